@@ -1,0 +1,298 @@
+//! The database handle.
+
+use crate::event::{Event, Subscribers, Subscription, lock};
+use crate::index::{IndexerSlot, IndexerStatus};
+use crate::schema::Schema;
+use crate::storage::{self, META, RANGES, SCHEMAS};
+use crate::tree::batch::Batch;
+use crate::tree::cache::Cache;
+use crate::{Error, Indexer, Record, Result, Tree};
+use redb::{ReadableDatabase, ReadableTable};
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The holder number of this replica in a standalone database.
+pub const LOCAL_REPLICA: u32 = 1;
+
+/// Options for opening a database.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DbOptions {
+    /// Memory budget, per tree, of the hot-record cache (default 64 MiB; 0 disables it).
+    pub cache_bytes: usize,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+impl DbOptions {
+    /// Sets [`DbOptions::cache_bytes`].
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+}
+
+/// An open rekord database. Cheap to clone; all clones share one database.
+///
+/// ```
+/// #[rekord::record(tree = "notes", version = 1)]
+/// pub struct Note { pub text: String }
+///
+/// let db = rekord::Db::memory()?;
+/// let notes = db.tree::<Note>()?;
+/// let key = notes.create(&Note { text: "hello".into() })?;
+/// assert_eq!(notes.with(key, |n| n.text.len())?, 5);
+/// # Ok::<(), rekord::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<DbInner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("replica", &self.inner.replica).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct DbInner {
+    pub(crate) redb: redb::Database,
+    pub(crate) writer: Mutex<WriterState>,
+    pub(crate) trees: RwLock<HashMap<String, Arc<TreeState>>>,
+    pub(crate) subscribers: Subscribers,
+    pub(crate) replica: u32,
+    pub(crate) options: DbOptions,
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        self.subscribers.close();
+    }
+}
+
+/// State guarded by the writer lock: one batch at a time.
+pub(crate) struct WriterState {
+    /// The last commit number handed out.
+    pub(crate) commit: u64,
+}
+
+/// Per-tree runtime state shared by all handles of one tree.
+pub(crate) struct TreeState {
+    pub(crate) name: Arc<str>,
+    pub(crate) table: String,
+    pub(crate) cache: Cache,
+    /// (version, type) pairs whose schema was compared with the stored one.
+    pub(crate) checked: Mutex<Vec<(u32, TypeId)>>,
+    pub(crate) indexers: Mutex<Vec<IndexerSlot>>,
+    pub(crate) has_indexers: AtomicBool,
+}
+
+impl TreeState {
+    pub(crate) fn def(&self) -> storage::DataTable<'_> {
+        redb::TableDefinition::new(&self.table)
+    }
+
+    pub(crate) fn is_checked<T: Record>(&self) -> bool {
+        lock(&self.checked).contains(&(T::VERSION, TypeId::of::<T>()))
+    }
+}
+
+impl Db {
+    /// Opens the database file at `path`, creating it if it does not exist.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Db> {
+        Db::open_with(path, DbOptions::default())
+    }
+
+    /// Opens the database file at `path` with options.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_with(path: impl AsRef<std::path::Path>, options: DbOptions) -> Result<Db> {
+        let path = path.as_ref();
+        let redb = storage::open_file(path).map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Db::init(redb, options)
+    }
+
+    /// A database in memory (gone when the last handle is dropped); for tests and scratch data.
+    pub fn memory() -> Result<Db> {
+        Db::memory_with(DbOptions::default())
+    }
+
+    /// A database in memory, with options.
+    pub fn memory_with(options: DbOptions) -> Result<Db> {
+        let redb = storage::open_memory().map_err(|source| Error::Open {
+            path: "<memory>".into(),
+            source,
+        })?;
+        Db::init(redb, options)
+    }
+
+    fn init(redb: redb::Database, options: DbOptions) -> Result<Db> {
+        let txn = redb.begin_write()?;
+        let commit;
+        {
+            let mut meta = txn.open_table(META)?;
+            let format = meta.get("format")?.map(|v| read_u64(v.value()));
+            match format {
+                None => {
+                    meta.insert("format", u64::from(storage::FORMAT).to_le_bytes().as_slice())?;
+                    meta.insert("next_id", 1u64.to_le_bytes().as_slice())?;
+                    meta.insert("commit", 0u64.to_le_bytes().as_slice())?;
+                    let mut ranges = txn.open_table(RANGES)?;
+                    // A standalone database owns the whole id space (0 is never an id).
+                    ranges.insert(1, u64::MAX)?;
+                    txn.open_table(SCHEMAS)?;
+                    commit = 0;
+                }
+                Some(Some(f)) if f == u64::from(storage::FORMAT) => {
+                    commit = meta.get("commit")?.and_then(|v| read_u64(v.value())).unwrap_or(0);
+                }
+                Some(f) => {
+                    return Err(Error::Format {
+                        found: f.and_then(|f| u32::try_from(f).ok()).unwrap_or(u32::MAX),
+                        expected: storage::FORMAT,
+                    });
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(Db {
+            inner: Arc::new(DbInner {
+                redb,
+                writer: Mutex::new(WriterState { commit }),
+                trees: RwLock::new(HashMap::new()),
+                subscribers: Subscribers::default(),
+                replica: LOCAL_REPLICA,
+                options,
+            }),
+        })
+    }
+
+    /// The typed handle of `T`'s tree. The first call per type compares `T`'s schema with the
+    /// one stored for the same version (storing it if it is new) and fails with
+    /// [`Error::SchemaChanged`] if they differ.
+    pub fn tree<T: Record>(&self) -> Result<Tree<T>> {
+        let state = self.inner.tree_state(T::TREE);
+        if !state.is_checked::<T>() {
+            let mut b = self.batch()?;
+            b.check_schema::<T>(&state)?;
+            b.commit()?;
+        }
+        Ok(Tree::new(self.clone(), state))
+    }
+
+    /// Starts an atomic write batch: every change made through it commits together in
+    /// [`Batch::commit`], or not at all (dropping the batch aborts it, without events).
+    ///
+    /// One batch is open at a time per database; other threads wait. Opening a second batch on
+    /// the same thread is [`Error::BatchInProgress`].
+    pub fn batch(&self) -> Result<Batch<'_>> {
+        Batch::begin(&self.inner)
+    }
+
+    /// Runs `f` in a write batch and commits it if `f` returns `Ok`; aborts it otherwise.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Batch<'_>) -> Result<R>) -> Result<R> {
+        let mut b = self.batch()?;
+        let r = f(&mut b)?;
+        b.commit()?;
+        Ok(r)
+    }
+
+    /// Subscribes to every change committed from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.subscribers.subscribe()
+    }
+
+    /// Registers an indexer for `T`'s tree: it is first called for every existing record
+    /// (replay, while writes wait), then for every change, right after commit and before
+    /// subscribers see the event. Keep a clonable handle to the index inside the indexer to
+    /// query it. A panic inside the indexer disables that indexer (see [`IndexerStatus`]) and
+    /// affects nothing else.
+    pub fn register_indexer<T: Record, I: Indexer<T>>(&self, indexer: I) -> Result<IndexerStatus> {
+        let state = self.inner.tree_state(T::TREE);
+        let mut b = self.batch()?;
+        if !state.is_checked::<T>() {
+            b.check_schema::<T>(&state)?;
+        }
+        let status = b.replay_into::<T, I>(&state, indexer)?;
+        b.commit()?;
+        Ok(status)
+    }
+
+    /// The holder number of this replica (who it is in borrow records).
+    pub fn replica(&self) -> u32 {
+        self.inner.replica
+    }
+
+    /// The last committed change number.
+    pub fn last_commit(&self) -> u64 {
+        lock(&self.inner.writer).commit
+    }
+
+    /// Every schema version stored for `tree`, oldest first.
+    pub fn schemas(&self, tree: &str) -> Result<Vec<Schema>> {
+        let txn = self.inner.redb.begin_read()?;
+        let table = txn.open_table(SCHEMAS)?;
+        let mut out = Vec::new();
+        for row in table.range((tree, 0)..=(tree, u32::MAX))? {
+            let (k, v) = row?;
+            let version = k.value().1;
+            out.push(Schema::from_ron(v.value()).map_err(|e| Error::CorruptSchema {
+                tree: tree.to_owned(),
+                version,
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+impl DbInner {
+    pub(crate) fn tree_state(&self, name: &str) -> Arc<TreeState> {
+        if let Some(s) = self
+            .trees
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+        {
+            return s.clone();
+        }
+        let mut trees = self
+            .trees
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        trees
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(TreeState {
+                    name: Arc::from(name),
+                    table: storage::table_name(name),
+                    cache: Cache::new(self.options.cache_bytes),
+                    checked: Mutex::new(Vec::new()),
+                    indexers: Mutex::new(Vec::new()),
+                    has_indexers: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn deliver(&self, events: &[Event]) {
+        if !events.is_empty() {
+            self.subscribers.send_all(events);
+        }
+    }
+}
+
+pub(crate) fn read_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(*bytes.first_chunk::<8>()?))
+}

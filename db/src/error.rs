@@ -1,0 +1,180 @@
+//! Errors. Every error says what happened and, where there is one, what to do about it.
+
+use crate::RawKey;
+
+/// The result type of rekord operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in rekord.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database file could not be opened or created.
+    #[error("cannot open the database at {path}: {source}")]
+    Open {
+        /// The path given to `Db::open`.
+        path: String,
+        /// What redb reported.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The storage engine failed (I/O error, corruption detected by redb, ...).
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+    /// The file is a redb database but not one written by this version of rekord.
+    #[error("the database uses rekord format {found}, this build understands format {expected}; open it with a matching rekord version")]
+    Format {
+        /// Format found in the file.
+        found: u32,
+        /// Format this build writes.
+        expected: u32,
+    },
+    /// No record has this key.
+    #[error("no record {key} in tree `{tree}`")]
+    NotFound {
+        /// Tree name.
+        tree: String,
+        /// The key that was looked up.
+        key: RawKey,
+    },
+    /// A change needs the record's borrow, and this replica does not hold it.
+    #[error("record {key} in tree `{tree}` is not borrowed by this replica{}; call borrow() first", holder_text(*.holder))]
+    NotBorrowed {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+        /// Who holds it (0: nobody).
+        holder: u32,
+    },
+    /// The record is borrowed by another replica.
+    #[error("record {key} in tree `{tree}` is borrowed by replica {holder}; wait until it is returned")]
+    AlreadyBorrowed {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+        /// The replica holding the borrow.
+        holder: u32,
+    },
+    /// The revision is released: its data is frozen for good.
+    #[error("record {key} in tree `{tree}` is released and cannot change; make a new revision with new_revision()")]
+    Released {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+    },
+    /// The operation needs a released revision (e.g. `set_state`).
+    #[error("record {key} in tree `{tree}` is a draft; release it first (states belong to released revisions)")]
+    NotReleased {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+    },
+    /// `new_revision` while the latest revision is still a draft.
+    #[error("record {key} in tree `{tree}` is still a draft; edit it, or release it before making a new revision")]
+    DraftExists {
+        /// Tree name.
+        tree: String,
+        /// The latest revision, a draft.
+        key: RawKey,
+    },
+    /// The revision counter of a record is exhausted.
+    #[error("record {id} in tree `{tree}` has no revision numbers left")]
+    RevisionsExhausted {
+        /// Tree name.
+        tree: String,
+        /// Record id.
+        id: u64,
+    },
+    /// This replica has no ids left to create records with.
+    #[error("no record ids left in this replica's id ranges; connect to the server to get a new range")]
+    IdsExhausted,
+    /// The compiled record type differs from the schema stored for the same version.
+    #[error("the schema of tree `{tree}` changed but its version is still {version}: {}; bump #[record(version = ...)] (or undo the change)", .changes.join("; "))]
+    SchemaChanged {
+        /// Tree name.
+        tree: String,
+        /// The unchanged version number.
+        version: u32,
+        /// What changed.
+        changes: Vec<String>,
+    },
+    /// The record was stored with another schema version than the type reading it.
+    #[error("record {key} in tree `{tree}` was stored with schema version {stored}, but this code reads version {expected}; schema evolution is needed to read it")]
+    SchemaVersion {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+        /// The version stored with the record.
+        stored: u32,
+        /// The version of the reading type.
+        expected: u32,
+    },
+    /// Stored bytes failed validation.
+    #[error("record {key} in tree `{tree}` is corrupt: {reason}")]
+    Corrupt {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+        /// What validation found.
+        reason: String,
+    },
+    /// A stored schema could not be parsed.
+    #[error("the stored schema of tree `{tree}` version {version} is unreadable: {reason}")]
+    CorruptSchema {
+        /// Tree name.
+        tree: String,
+        /// Schema version.
+        version: u32,
+        /// Parser message.
+        reason: String,
+    },
+    /// A record could not be serialized.
+    #[error("cannot encode a record for tree `{tree}`: {reason}")]
+    Encode {
+        /// Tree name.
+        tree: String,
+        /// Serializer message.
+        reason: String,
+    },
+    /// A write batch was started on a thread that already has one open on this database.
+    #[error("a write batch is already open on this thread (nested writes, or a write from an indexer or an update closure); use the open batch instead")]
+    BatchInProgress,
+    /// An indexer panicked while its index was being built.
+    #[error("the indexer for tree `{tree}` panicked while replaying existing records: {message}")]
+    IndexerPanicked {
+        /// Tree name.
+        tree: String,
+        /// The panic message.
+        message: String,
+    },
+}
+
+fn holder_text(holder: u32) -> String {
+    match holder {
+        0 => " (nobody holds it)".to_string(),
+        h => format!(" (replica {h} holds it)"),
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

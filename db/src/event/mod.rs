@@ -1,0 +1,171 @@
+//! Change events: every committed change, delivered after commit, in commit order, to every
+//! subscriber.
+//!
+//! Each [`Subscription`] has its own unbounded queue: an event is never dropped because a
+//! subscriber is slow (memory grows instead; drop the subscription to stop receiving). Poll it
+//! without blocking from a GUI frame loop ([`Subscription::try_iter`]), block on it
+//! ([`Subscription::recv_blocking`]), or await it ([`Subscription::recv`], or as a
+//! `futures_core::Stream`).
+
+use crate::{Key, RawKey, Record};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// One committed change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A change to a record.
+    Record(RecordEvent),
+}
+
+impl Event {
+    /// The record event, if this is one.
+    pub fn as_record(&self) -> Option<&RecordEvent> {
+        match self {
+            Event::Record(r) => Some(r),
+        }
+    }
+}
+
+/// A change to one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordEvent {
+    /// The local commit number the change belongs to (increasing, gap-free per database).
+    pub commit: u64,
+    /// The tree.
+    pub tree: Arc<str>,
+    /// The record.
+    pub key: RawKey,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl RecordEvent {
+    /// The key, typed, if the event is about tree `T`.
+    pub fn key_of<T: Record>(&self) -> Option<Key<T>> {
+        (&*self.tree == T::TREE).then(|| Key::new(self.key.id, self.key.rev))
+    }
+}
+
+/// What happened to a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The record was created (revision 0).
+    Created,
+    /// The draft's data changed.
+    Updated,
+    /// The revision was removed.
+    Removed,
+    /// A new revision (draft) was made from the previous one.
+    RevisionCreated,
+    /// The revision was released (frozen).
+    Released,
+    /// The state of a released revision changed.
+    StateChanged {
+        /// Previous state.
+        old: u32,
+        /// New state.
+        new: u32,
+    },
+    /// The record's borrow was granted.
+    Borrowed {
+        /// The replica now holding it.
+        holder: u32,
+    },
+    /// The record's borrow was returned.
+    Returned {
+        /// The replica that held it.
+        holder: u32,
+    },
+}
+
+/// A stream of events; see the [module docs](self).
+#[derive(Debug)]
+pub struct Subscription {
+    rx: Pin<Box<async_channel::Receiver<Event>>>,
+}
+
+impl Subscription {
+    pub(crate) fn new(rx: async_channel::Receiver<Event>) -> Self {
+        Subscription { rx: Box::pin(rx) }
+    }
+
+    /// The next event if one is waiting; never blocks.
+    pub fn try_next(&self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
+    /// All events waiting now; never blocks (for a GUI frame loop).
+    pub fn try_iter(&self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(|| self.try_next())
+    }
+
+    /// Waits for the next event (blocking the thread); `None` once the database is closed and
+    /// all events were taken. Do not call from async code: use [`recv`](Self::recv).
+    pub fn recv_blocking(&self) -> Option<Event> {
+        self.rx.recv_blocking().ok()
+    }
+
+    /// Waits for the next event; `None` once the database is closed and all events were taken.
+    pub async fn recv(&self) -> Option<Event> {
+        self.rx.recv().await.ok()
+    }
+
+    /// Number of events waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.as_mut().poll_next(cx)
+    }
+}
+
+/// The set of subscribers of one database.
+#[derive(Default)]
+pub(crate) struct Subscribers {
+    senders: std::sync::Mutex<Vec<async_channel::Sender<Event>>>,
+}
+
+impl Subscribers {
+    pub(crate) fn subscribe(&self) -> Subscription {
+        let (tx, rx) = async_channel::unbounded();
+        lock(&self.senders).push(tx);
+        Subscription::new(rx)
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        !lock(&self.senders).is_empty()
+    }
+
+    /// Delivers events to every live subscriber, in order.
+    pub(crate) fn send_all(&self, events: &[Event]) {
+        let mut senders = lock(&self.senders);
+        // Unbounded channels only fail when the receiver is gone: forget those subscribers.
+        senders.retain(|tx| events.iter().all(|e| tx.try_send(e.clone()).is_ok()));
+    }
+
+    pub(crate) fn close(&self) {
+        for tx in lock(&self.senders).drain(..) {
+            tx.close();
+        }
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the data guarded in rekord (queues, lists of
+/// handles) stays consistent even if a holder panicked, because every critical section either
+/// completes or leaves the structure as it was.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

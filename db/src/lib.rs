@@ -1,0 +1,34 @@
+#![doc = include_str!("../../README.md")]
+#![warn(missing_docs)]
+
+// Lets the attribute's generated `::rekord::...` paths resolve inside this crate's own tests.
+extern crate self as rekord;
+
+mod db;
+mod error;
+pub mod event;
+pub mod index;
+mod key;
+mod record;
+pub mod schema;
+pub mod storage;
+mod tree;
+
+pub use db::{Db, DbOptions, LOCAL_REPLICA};
+pub use error::{Error, Result};
+pub use event::{Event, EventKind, RecordEvent, Subscription};
+pub use index::{Change, Indexer, IndexerStatus};
+pub use key::{ArchivedKey, Key, RawKey};
+pub use record::{Archived, Record};
+pub use rekord_derive::{data, record};
+pub use schema::{Describe, Schema};
+pub use tree::batch::{Batch, BatchTree};
+pub use tree::{Iter, RecordMeta, RecordRef, Snapshot, Tree};
+
+/// Re-exports used by the code `#[rekord::record]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use rkyv;
+    pub use rkyv::rancor;
+    pub use serde;
+}

@@ -1,0 +1,241 @@
+//! Compile-time schema descriptions of record types.
+//!
+//! `#[rekord::record]` and `#[rekord::data]` implement [`Describe`] for the user's types; the
+//! std types records commonly hold implement it here. A [`Schema`] is the description of one
+//! record type at one version: the root type plus every user type it reaches, by name. Schemas
+//! are stored in the database (as RON text) next to the data, so a reader always knows the
+//! layout a record was written with.
+
+mod describe;
+mod diff;
+
+pub use diff::describe_changes;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Types whose layout rekord can describe, and so store.
+///
+/// Implemented by `#[rekord::record]`, `#[rekord::data]`, and here for the std types: integers
+/// (not `usize`/`isize`), floats, `bool`, `char`, `String`, `()`, `Option`, `Box`, `Vec`,
+/// arrays, tuples up to 8, `HashMap`/`BTreeMap`, `HashSet`/`BTreeSet`, `uuid::Uuid` and
+/// [`Key<T>`](crate::Key).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in a rekord record",
+    label = "this type has no rekord schema",
+    note = "put #[rekord::data] on your own nested types; supported std types are integers, floats, bool, char, String, Option, Box, Vec, arrays, tuples, HashMap, BTreeMap, HashSet, BTreeSet, uuid::Uuid and rekord::Key<T>"
+)]
+pub trait Describe {
+    /// Describes the type, registering nested user types in `builder`.
+    fn describe(builder: &mut SchemaBuilder) -> Type;
+}
+
+/// The shape of one value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Type {
+    /// `()`
+    Unit,
+    /// `bool`
+    Bool,
+    /// `u8`
+    U8,
+    /// `u16`
+    U16,
+    /// `u32`
+    U32,
+    /// `u64`
+    U64,
+    /// `u128`
+    U128,
+    /// `i8`
+    I8,
+    /// `i16`
+    I16,
+    /// `i32`
+    I32,
+    /// `i64`
+    I64,
+    /// `i128`
+    I128,
+    /// `f32`
+    F32,
+    /// `f64`
+    F64,
+    /// `char`
+    Char,
+    /// `String`
+    String,
+    /// `uuid::Uuid`
+    Uuid,
+    /// `Option<T>`
+    Option(Box<Type>),
+    /// `Box<T>`
+    Box(Box<Type>),
+    /// `Vec<T>`
+    Vec(Box<Type>),
+    /// `[T; N]`
+    Array(Box<Type>, u32),
+    /// `(A, B, ...)`
+    Tuple(Vec<Type>),
+    /// `BTreeMap<K, V>` (`ordered`) or `HashMap<K, V>`
+    Map {
+        /// Whether the map is ordered (`BTreeMap`).
+        ordered: bool,
+        /// Key type.
+        key: Box<Type>,
+        /// Value type.
+        value: Box<Type>,
+    },
+    /// `BTreeSet<T>` (`ordered`) or `HashSet<T>`
+    Set {
+        /// Whether the set is ordered (`BTreeSet`).
+        ordered: bool,
+        /// Element type.
+        item: Box<Type>,
+    },
+    /// `rekord::Key<T>`: a key into the named tree.
+    Key {
+        /// The tree the key points into.
+        tree: String,
+    },
+    /// A user type, defined in [`Schema::types`].
+    Named(String),
+}
+
+/// The definition of a user type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TypeDef {
+    /// A struct with named fields, in declaration order.
+    Struct(Vec<Field>),
+    /// An enum, variants in declaration order.
+    Enum(Vec<Variant>),
+}
+
+/// A named field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Field {
+    /// Field name (raw identifiers without `r#`).
+    pub name: String,
+    /// Field type.
+    pub ty: Type,
+    /// Whether the field has `#[record(default)]`, so data without it can be read.
+    pub default: bool,
+}
+
+impl Field {
+    /// A field description (used by generated code).
+    pub fn new(name: &str, ty: Type, default: bool) -> Self {
+        Field {
+            name: name.to_owned(),
+            ty,
+            default,
+        }
+    }
+}
+
+/// An enum variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Variant name.
+    pub name: String,
+    /// Variant payload.
+    pub kind: VariantKind,
+}
+
+/// The payload of an enum variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VariantKind {
+    /// `A`
+    Unit,
+    /// `A(T, U)`
+    Tuple(Vec<Type>),
+    /// `A { x: T }`
+    Named(Vec<Field>),
+}
+
+impl Variant {
+    /// A unit variant (used by generated code).
+    pub fn unit(name: &str) -> Self {
+        Variant {
+            name: name.to_owned(),
+            kind: VariantKind::Unit,
+        }
+    }
+    /// A tuple variant (used by generated code).
+    pub fn tuple(name: &str, types: Vec<Type>) -> Self {
+        Variant {
+            name: name.to_owned(),
+            kind: VariantKind::Tuple(types),
+        }
+    }
+    /// A variant with named fields (used by generated code).
+    pub fn named(name: &str, fields: Vec<Field>) -> Self {
+        Variant {
+            name: name.to_owned(),
+            kind: VariantKind::Named(fields),
+        }
+    }
+}
+
+/// The full description of a record type at one schema version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schema {
+    /// The tree the record type lives in.
+    pub tree: String,
+    /// The schema version.
+    pub version: u32,
+    /// The record type itself (a [`Type::Named`]).
+    pub root: Type,
+    /// Every user type reachable from the root, by name.
+    pub types: BTreeMap<String, TypeDef>,
+}
+
+impl Schema {
+    /// Builds the schema of `T`.
+    pub fn of<T: crate::Record>() -> Schema {
+        let mut b = SchemaBuilder::default();
+        let root = T::describe(&mut b);
+        Schema {
+            tree: T::TREE.to_owned(),
+            version: T::VERSION,
+            root,
+            types: b.types,
+        }
+    }
+
+    /// The schema as RON text (how it is stored).
+    pub fn to_ron(&self) -> Result<String, ron::Error> {
+        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default())
+    }
+
+    /// Parses a stored schema.
+    pub fn from_ron(text: &str) -> Result<Schema, ron::error::SpannedError> {
+        ron::Options::default()
+            .with_recursion_limit(256)
+            .from_str(text)
+    }
+}
+
+/// Collects the user types a schema reaches.
+#[derive(Default, Debug)]
+pub struct SchemaBuilder {
+    types: BTreeMap<String, TypeDef>,
+    in_progress: Vec<String>,
+}
+
+impl SchemaBuilder {
+    /// Defines the user type `name` (once; recursive types refer to themselves by name) and
+    /// returns a reference to it.
+    pub fn define(&mut self, name: &str, def: impl FnOnce(&mut SchemaBuilder) -> TypeDef) -> Type {
+        if self.types.contains_key(name) || self.in_progress.iter().any(|n| n == name) {
+            return Type::Named(name.to_owned());
+        }
+        self.in_progress.push(name.to_owned());
+        let d = def(self);
+        self.in_progress.pop();
+        self.types.insert(name.to_owned(), d);
+        Type::Named(name.to_owned())
+    }
+}

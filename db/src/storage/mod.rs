@@ -1,0 +1,142 @@
+//! The storage layout on redb.
+//!
+//! One redb database holds:
+//! - `rekord.meta` (`&str -> &[u8]`): format version, id allocator, commit counter;
+//! - `rekord.id_ranges` (`start -> end`, exclusive): the id ranges this replica owns;
+//! - `rekord.schemas` (`(tree, version) -> RON`): every schema version ever written;
+//! - `t.<tree>` (`(id, rev) -> value`): the records of one tree.
+//!
+//! A value is a 16-byte header followed by the record's rkyv bytes (unaligned, little-endian,
+//! 32-bit offsets: the same on every target, readable in place from any address):
+//!
+//! | bytes  | field                                              |
+//! |--------|----------------------------------------------------|
+//! | 0      | value format (1)                                   |
+//! | 1      | flags (bit 0: released)                            |
+//! | 2..4   | reserved, 0                                        |
+//! | 4..8   | schema version of the record bytes (u32 LE)        |
+//! | 8..12  | state (u32 LE), the application's lifecycle number |
+//! | 12..16 | borrow holder (u32 LE; 0: nobody)                  |
+//!
+//! The borrow of a record id is the holder field of its latest revision.
+
+use redb::TableDefinition;
+
+/// File format version written to `rekord.meta`.
+pub const FORMAT: u32 = 1;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("rekord.meta");
+pub(crate) const RANGES: TableDefinition<u64, u64> = TableDefinition::new("rekord.id_ranges");
+pub(crate) const SCHEMAS: TableDefinition<(&str, u32), &str> =
+    TableDefinition::new("rekord.schemas");
+
+/// A table of records.
+pub(crate) type DataTable<'a> = TableDefinition<'a, (u64, u32), &'static [u8]>;
+
+/// The redb table name of a tree.
+pub(crate) fn table_name(tree: &str) -> String {
+    format!("t.{tree}")
+}
+
+/// Length of the value header.
+pub const HEADER_LEN: usize = 16;
+const VALUE_FORMAT: u8 = 1;
+const FLAG_RELEASED: u8 = 1;
+
+/// The header in front of every stored record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Whether the revision is released (frozen).
+    pub released: bool,
+    /// Schema version of the record bytes.
+    pub version: u32,
+    /// Application-defined state.
+    pub state: u32,
+    /// Borrow holder (0: nobody).
+    pub holder: u32,
+}
+
+impl Header {
+    /// Splits a stored value into header and record bytes; `None` if it is not a valid value.
+    pub fn parse(value: &[u8]) -> Option<(Header, &[u8])> {
+        let (h, rest) = value.split_first_chunk::<HEADER_LEN>()?;
+        if h[0] != VALUE_FORMAT || h[1] & !FLAG_RELEASED != 0 || h[2] != 0 || h[3] != 0 {
+            return None;
+        }
+        let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        Some((
+            Header {
+                released: h[1] & FLAG_RELEASED != 0,
+                version: word(4),
+                state: word(8),
+                holder: word(12),
+            },
+            rest,
+        ))
+    }
+
+    /// The 16 header bytes.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0] = VALUE_FORMAT;
+        h[1] = if self.released { FLAG_RELEASED } else { 0 };
+        h[4..8].copy_from_slice(&self.version.to_le_bytes());
+        h[8..12].copy_from_slice(&self.state.to_le_bytes());
+        h[12..16].copy_from_slice(&self.holder.to_le_bytes());
+        h
+    }
+
+    /// Overwrites the header at the start of `value` (which must be a parsed value).
+    pub(crate) fn write_into(self, value: &mut [u8]) {
+        if let Some(h) = value.first_chunk_mut::<HEADER_LEN>() {
+            *h = self.to_bytes();
+        }
+    }
+}
+
+/// Opens or creates the redb database behind a [`Db`](crate::Db).
+pub(crate) fn open_memory() -> Result<redb::Database, redb::DatabaseError> {
+    redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn open_file(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
+    redb::Database::create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let h = Header {
+            released: true,
+            version: 7,
+            state: 3,
+            holder: 9,
+        };
+        let mut v = h.to_bytes().to_vec();
+        v.extend_from_slice(b"data");
+        let (p, rest) = Header::parse(&v).expect("valid header");
+        assert_eq!(p, h);
+        assert_eq!(rest, b"data");
+    }
+
+    #[test]
+    fn header_rejects_garbage() {
+        assert!(Header::parse(&[1, 0, 0]).is_none());
+        let mut v = Header {
+            released: false,
+            version: 1,
+            state: 0,
+            holder: 0,
+        }
+        .to_bytes();
+        v[0] = 2;
+        assert!(Header::parse(&v).is_none());
+        v[0] = 1;
+        v[1] = 4;
+        assert!(Header::parse(&v).is_none());
+    }
+}

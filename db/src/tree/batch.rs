@@ -1,0 +1,766 @@
+//! Atomic write batches.
+
+use super::RecordMeta;
+use crate::db::{DbInner, TreeState, WriterState, read_u64};
+use crate::event::{Event, EventKind, RecordEvent, lock};
+use crate::index::{IndexerSlot, IndexerStatus, RawChange};
+use crate::schema::{Schema, describe_changes};
+use crate::storage::{Header, META, RANGES, SCHEMAS};
+use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
+use redb::{ReadableTable, WriteTransaction};
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+
+thread_local! {
+    /// Databases (by address) with a batch open on this thread.
+    static OPEN: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Reentrancy(usize);
+
+impl Reentrancy {
+    fn enter(db: &DbInner) -> Result<Reentrancy> {
+        let addr = std::ptr::from_ref(db) as usize;
+        OPEN.with(|o| {
+            let mut o = o.borrow_mut();
+            if o.contains(&addr) {
+                Err(Error::BatchInProgress)
+            } else {
+                o.push(addr);
+                Ok(Reentrancy(addr))
+            }
+        })
+    }
+}
+
+impl Drop for Reentrancy {
+    fn drop(&mut self) {
+        OPEN.with(|o| o.borrow_mut().retain(|a| *a != self.0));
+    }
+}
+
+/// An atomic write batch over any number of trees; see [`Db::batch`](crate::Db::batch).
+///
+/// For many changes to one tree, open the tree once with [`Batch::tree`] and call its methods:
+/// that keeps the tree's table open between changes. The methods on `Batch` itself are
+/// shorthands that open the tree for one change.
+pub struct Batch<'db> {
+    db: &'db DbInner,
+    writer: MutexGuard<'db, WriterState>,
+    txn: WriteTransaction,
+    core: Core,
+    // Declared last: released after the writer lock.
+    _reentrancy: Reentrancy,
+}
+
+struct Pending {
+    tree: u32,
+    key: RawKey,
+    kind: EventKind,
+    /// Whether this is an event (false: only a cache invalidation).
+    event: bool,
+    invalidate: bool,
+    /// Old and new stored values, kept only for trees with indexers.
+    bytes: Option<Box<(Option<Vec<u8>>, Option<Vec<u8>>)>>,
+}
+
+struct IdAlloc {
+    next: u64,
+    end: u64,
+    dirty: bool,
+}
+
+struct Core {
+    replica: u32,
+    pending: Vec<Pending>,
+    trees: Vec<Arc<TreeState>>,
+    checked: Vec<(Arc<TreeState>, u32, TypeId)>,
+    ids: Option<IdAlloc>,
+    scratch: Vec<u8>,
+}
+
+impl<'db> Batch<'db> {
+    pub(crate) fn begin(db: &'db DbInner) -> Result<Batch<'db>> {
+        let reentrancy = Reentrancy::enter(db)?;
+        let writer = lock(&db.writer);
+        let txn = db.redb.begin_write()?;
+        Ok(Batch {
+            db,
+            writer,
+            txn,
+            core: Core {
+                replica: db.replica,
+                pending: Vec::new(),
+                trees: Vec::new(),
+                checked: Vec::new(),
+                ids: None,
+                scratch: Vec::new(),
+            },
+            _reentrancy: reentrancy,
+        })
+    }
+
+    /// Compares `T`'s schema with the stored one for its version, storing it if new.
+    pub(crate) fn check_schema<T: Record>(&mut self, state: &Arc<TreeState>) -> Result<()> {
+        if self
+            .core
+            .checked
+            .iter()
+            .any(|(s, v, t)| Arc::ptr_eq(s, state) && *v == T::VERSION && *t == TypeId::of::<T>())
+        {
+            return Ok(());
+        }
+        let schema = Schema::of::<T>();
+        let mut table = self.txn.open_table(SCHEMAS)?;
+        let stored = table
+            .get((T::TREE, T::VERSION))?
+            .map(|v| v.value().to_owned());
+        match stored {
+            Some(text) => {
+                let stored = Schema::from_ron(&text).map_err(|e| Error::CorruptSchema {
+                    tree: T::TREE.to_owned(),
+                    version: T::VERSION,
+                    reason: e.to_string(),
+                })?;
+                if stored != schema {
+                    return Err(Error::SchemaChanged {
+                        tree: T::TREE.to_owned(),
+                        version: T::VERSION,
+                        changes: describe_changes(&stored, &schema),
+                    });
+                }
+            }
+            None => {
+                let text = schema.to_ron().map_err(|e| Error::Encode {
+                    tree: T::TREE.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                table.insert((T::TREE, T::VERSION), text.as_str())?;
+            }
+        }
+        drop(table);
+        // Make sure the tree's table exists, so readers find an empty tree.
+        self.txn.open_table(state.def())?;
+        self.core
+            .checked
+            .push((state.clone(), T::VERSION, TypeId::of::<T>()));
+        Ok(())
+    }
+
+    /// Opens `T`'s tree in this batch.
+    pub fn tree<T: Record>(&mut self) -> Result<BatchTree<'_, T>> {
+        let state = self.db.tree_state(T::TREE);
+        if !state.is_checked::<T>() {
+            self.check_schema::<T>(&state)?;
+        }
+        let tree = match self.core.trees.iter().position(|s| Arc::ptr_eq(s, &state)) {
+            Some(i) => i,
+            None => {
+                self.core.trees.push(state.clone());
+                self.core.trees.len() - 1
+            }
+        };
+        let table = self.txn.open_table(state.def())?;
+        Ok(BatchTree {
+            table,
+            txn: &self.txn,
+            core: &mut self.core,
+            // At most one entry per tree name, and tree names are distinct strings of at most
+            // the number of trees in the process: far below u32::MAX.
+            tree: u32::try_from(tree).unwrap_or(u32::MAX),
+            state,
+            _type: PhantomData,
+        })
+    }
+
+    /// Creates a record (revision 0), borrowed by this replica from birth.
+    pub fn create<T: Record>(&mut self, record: &T) -> Result<Key<T>> {
+        self.tree::<T>()?.create(record)
+    }
+
+    /// Changes a draft this replica holds, through a closure on an owned copy.
+    pub fn update<T: Record, R>(&mut self, key: Key<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        self.tree::<T>()?.update(key, f)
+    }
+
+    /// Replaces a draft this replica holds.
+    pub fn replace<T: Record>(&mut self, key: Key<T>, record: &T) -> Result<()> {
+        self.tree::<T>()?.replace(key, record)
+    }
+
+    /// Removes a draft revision this replica holds.
+    pub fn remove<T: Record>(&mut self, key: Key<T>) -> Result<()> {
+        self.tree::<T>()?.remove(key)
+    }
+
+    /// Releases (freezes) a draft this replica holds.
+    pub fn release<T: Record>(&mut self, key: Key<T>) -> Result<()> {
+        self.tree::<T>()?.release(key)
+    }
+
+    /// Sets the state of a released revision.
+    pub fn set_state<T: Record>(&mut self, key: Key<T>, state: u32) -> Result<()> {
+        self.tree::<T>()?.set_state(key, state)
+    }
+
+    /// Makes the next revision (a draft) from the latest, released, revision.
+    pub fn new_revision<T: Record>(&mut self, key: Key<T>) -> Result<Key<T>> {
+        self.tree::<T>()?.new_revision(key)
+    }
+
+    /// Takes the borrow of a record.
+    pub fn borrow<T: Record>(&mut self, key: Key<T>) -> Result<()> {
+        self.tree::<T>()?.borrow(key)
+    }
+
+    /// Returns the borrow of a record.
+    pub fn return_borrow<T: Record>(&mut self, key: Key<T>) -> Result<()> {
+        self.tree::<T>()?.return_borrow(key)
+    }
+
+    /// Reads a record as this batch sees it (including its own uncommitted changes).
+    pub fn get<T: Record>(&mut self, key: Key<T>) -> Result<T> {
+        self.tree::<T>()?.get(key)
+    }
+
+    /// Commits every change of the batch atomically and durably, then delivers the events.
+    pub fn commit(self) -> Result<()> {
+        let Batch {
+            db,
+            mut writer,
+            txn,
+            core,
+            _reentrancy,
+        } = self;
+        let has_events = core.pending.iter().any(|p| p.event);
+        let commit = if !has_events {
+            writer.commit
+        } else {
+            writer.commit + 1
+        };
+        {
+            let mut meta = txn.open_table(META)?;
+            if let Some(ids) = &core.ids
+                && ids.dirty
+            {
+                meta.insert("next_id", ids.next.to_le_bytes().as_slice())?;
+            }
+            if commit != writer.commit {
+                meta.insert("commit", commit.to_le_bytes().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        writer.commit = commit;
+
+        for (state, v, t) in core.checked {
+            let mut c = lock(&state.checked);
+            if !c.contains(&(v, t)) {
+                c.push((v, t));
+            }
+        }
+        if core.pending.is_empty() {
+            return Ok(());
+        }
+        for (i, state) in core.trees.iter().enumerate() {
+            let keys = core
+                .pending
+                .iter()
+                .filter(|p| p.invalidate && p.tree as usize == i)
+                .map(|p| p.key);
+            state.cache.invalidate(keys);
+        }
+        for p in &core.pending {
+            let Some(state) = core.trees.get(p.tree as usize).filter(|_| p.event) else {
+                continue;
+            };
+            if !state.has_indexers.load(Ordering::Acquire) {
+                continue;
+            }
+            let (old, new) = match &p.bytes {
+                Some(b) => (b.0.as_deref(), b.1.as_deref()),
+                None => (None, None),
+            };
+            let change = RawChange {
+                key: p.key,
+                kind: p.kind,
+                replay: false,
+                old,
+                new,
+            };
+            let mut slots = lock(&state.indexers);
+            slots.retain_mut(|s| s.call(&state.name, &change));
+            if slots.is_empty() {
+                state.has_indexers.store(false, Ordering::Release);
+            }
+        }
+        if db.subscribers.any() {
+            let events: Vec<Event> = core
+                .pending
+                .iter()
+                .filter(|p| p.event)
+                .filter_map(|p| {
+                    let state = core.trees.get(p.tree as usize)?;
+                    Some(Event::Record(RecordEvent {
+                        commit,
+                        tree: state.name.clone(),
+                        key: p.key,
+                        kind: p.kind,
+                    }))
+                })
+                .collect();
+            db.deliver(&events);
+        }
+        drop(writer);
+        Ok(())
+    }
+
+    /// Discards every change of the batch (no events). Dropping the batch does the same.
+    pub fn abort(self) {}
+
+    pub(crate) fn replay_into<T: Record, I: Indexer<T>>(
+        &mut self,
+        state: &Arc<TreeState>,
+        indexer: I,
+    ) -> Result<IndexerStatus> {
+        let mut slot = IndexerSlot::new::<T, I>(indexer);
+        {
+            let table = self.txn.open_table(state.def())?;
+            for row in table.iter()? {
+                let (k, v) = row?;
+                let (id, rev) = k.value();
+                let change = RawChange {
+                    key: RawKey::new(id, rev),
+                    kind: EventKind::Created,
+                    replay: true,
+                    old: None,
+                    new: Some(v.value()),
+                };
+                if !slot.call(&state.name, &change) {
+                    return Err(Error::IndexerPanicked {
+                        tree: state.name.to_string(),
+                        message: slot.status().failure().unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        let status = slot.status();
+        lock(&state.indexers).push(slot);
+        state.has_indexers.store(true, Ordering::Release);
+        Ok(status)
+    }
+}
+
+/// One tree inside a [`Batch`], with its table kept open; see [`Batch::tree`].
+pub struct BatchTree<'b, T: Record> {
+    table: redb::Table<'b, (u64, u32), &'static [u8]>,
+    txn: &'b WriteTransaction,
+    core: &'b mut Core,
+    tree: u32,
+    state: Arc<TreeState>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Record> BatchTree<'_, T> {
+    fn not_found(&self, key: RawKey) -> Error {
+        Error::NotFound {
+            tree: T::TREE.to_owned(),
+            key,
+        }
+    }
+
+    fn corrupt(&self, key: RawKey, reason: impl std::fmt::Display) -> Error {
+        Error::Corrupt {
+            tree: T::TREE.to_owned(),
+            key,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn push(&mut self, key: RawKey, kind: EventKind, invalidate: bool, old: Option<Vec<u8>>, new: Option<&[u8]>) {
+        let bytes = if self.state.has_indexers.load(Ordering::Relaxed) {
+            Some(Box::new((old, new.map(<[u8]>::to_vec))))
+        } else {
+            None
+        };
+        self.core.pending.push(Pending {
+            tree: self.tree,
+            key,
+            kind,
+            event: true,
+            invalidate,
+            bytes,
+        });
+    }
+
+    fn encode(&mut self, record: &T, header: Header) -> Result<Vec<u8>> {
+        let mut buf = std::mem::take(&mut self.core.scratch);
+        buf.clear();
+        buf.extend_from_slice(&header.to_bytes());
+        record.__encode(buf).map_err(|e| Error::Encode {
+            tree: T::TREE.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The stored value of `key`, copied, with its header.
+    fn load(&self, key: RawKey) -> Result<(Header, Vec<u8>)> {
+        let guard = self
+            .table
+            .get((key.id, key.rev))?
+            .ok_or_else(|| self.not_found(key))?;
+        let value = guard.value();
+        let (h, _) = Header::parse(value).ok_or_else(|| self.corrupt(key, "invalid value header"))?;
+        Ok((h, value.to_vec()))
+    }
+
+    /// The latest revision of `id`: its key, header and value.
+    fn latest(&self, id: u64) -> Result<Option<(RawKey, Header, Vec<u8>)>> {
+        let mut range = self.table.range((id, 0)..=(id, u32::MAX))?;
+        let Some(row) = range.next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = row?;
+        let (id, rev) = k.value();
+        let key = RawKey::new(id, rev);
+        let value = v.value();
+        let (h, _) = Header::parse(value).ok_or_else(|| self.corrupt(key, "invalid value header"))?;
+        Ok(Some((key, h, value.to_vec())))
+    }
+
+    fn check_draft(&self, key: RawKey, h: &Header) -> Result<()> {
+        if h.released {
+            return Err(Error::Released {
+                tree: T::TREE.to_owned(),
+                key,
+            });
+        }
+        // A draft is always the latest revision of its id (new_revision requires the latest to
+        // be released), so its own header carries the id's borrow.
+        self.check_holder(key, h)
+    }
+
+    fn check_holder(&self, key: RawKey, h: &Header) -> Result<()> {
+        if h.holder != self.core.replica {
+            return Err(Error::NotBorrowed {
+                tree: T::TREE.to_owned(),
+                key,
+                holder: h.holder,
+            });
+        }
+        Ok(())
+    }
+
+    fn store(&mut self, key: RawKey, value: &[u8]) -> Result<()> {
+        self.table.insert((key.id, key.rev), value)?;
+        Ok(())
+    }
+
+    fn alloc_id(&mut self) -> Result<u64> {
+        if self.core.ids.is_none() {
+            let meta = self.txn.open_table(META)?;
+            let next = meta
+                .get("next_id")?
+                .and_then(|v| read_u64(v.value()))
+                .unwrap_or(1);
+            self.core.ids = Some(IdAlloc {
+                next,
+                end: next,
+                dirty: false,
+            });
+        }
+        let Some(ids) = self.core.ids.as_mut() else {
+            return Err(Error::IdsExhausted);
+        };
+        if ids.next >= ids.end {
+            let ranges = self.txn.open_table(RANGES)?;
+            let containing = match ranges.range(..=ids.next)?.next_back() {
+                Some(row) => {
+                    let (s, e) = row?;
+                    Some((s.value(), e.value()))
+                }
+                None => None,
+            }
+            .filter(|&(_, e)| e > ids.next);
+            let found = match containing {
+                Some(r) => Some(r),
+                None => match ranges.range(ids.next..)?.next() {
+                    Some(row) => {
+                        let (s, e) = row?;
+                        Some((s.value(), e.value()))
+                    }
+                    None => None,
+                },
+            };
+            match found {
+                Some((s, e)) if e > s.max(ids.next) => {
+                    ids.next = s.max(ids.next);
+                    ids.end = e;
+                }
+                _ => return Err(Error::IdsExhausted),
+            }
+        }
+        let id = ids.next;
+        ids.next += 1;
+        ids.dirty = true;
+        Ok(id)
+    }
+
+    /// Creates a record (revision 0), borrowed by this replica from birth.
+    pub fn create(&mut self, record: &T) -> Result<Key<T>> {
+        let id = self.alloc_id()?;
+        let key = RawKey::new(id, 0);
+        let value = self.encode(
+            record,
+            Header {
+                released: false,
+                version: T::VERSION,
+                state: 0,
+                holder: self.core.replica,
+            },
+        )?;
+        self.store(key, &value)?;
+        self.push(key, EventKind::Created, false, None, Some(&value));
+        self.core.scratch = value;
+        Ok(Key::new(id, 0))
+    }
+
+    /// Changes a draft this replica holds, through a closure on an owned copy.
+    pub fn update<R>(&mut self, key: Key<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        let k = key.raw();
+        let (h, old) = self.load(k)?;
+        self.check_draft(k, &h)?;
+        let mut record = decode::<T>(k, h, &old)?;
+        let r = f(&mut record);
+        self.write_draft(k, h, old, &record)?;
+        Ok(r)
+    }
+
+    /// Replaces a draft this replica holds.
+    pub fn replace(&mut self, key: Key<T>, record: &T) -> Result<()> {
+        let k = key.raw();
+        let (h, old) = self.load(k)?;
+        self.check_draft(k, &h)?;
+        self.write_draft(k, h, old, record)
+    }
+
+    fn write_draft(&mut self, k: RawKey, h: Header, old: Vec<u8>, record: &T) -> Result<()> {
+        let value = self.encode(
+            record,
+            Header {
+                version: T::VERSION,
+                ..h
+            },
+        )?;
+        self.store(k, &value)?;
+        let old = self.state.has_indexers.load(Ordering::Relaxed).then_some(old);
+        self.push(k, EventKind::Updated, true, old, Some(&value));
+        self.core.scratch = value;
+        Ok(())
+    }
+
+    /// Removes a draft revision this replica holds. Released revisions cannot be removed.
+    pub fn remove(&mut self, key: Key<T>) -> Result<()> {
+        let k = key.raw();
+        let (h, old) = self.load(k)?;
+        self.check_draft(k, &h)?;
+        self.table.remove((k.id, k.rev))?;
+        if k.rev > 0 {
+            // The previous revision becomes the latest and carries the borrow from now on.
+            let prev = RawKey::new(k.id, k.rev - 1);
+            if let Ok((ph, mut pv)) = self.load(prev) {
+                Header {
+                    holder: h.holder,
+                    ..ph
+                }
+                .write_into(&mut pv);
+                self.store(prev, &pv)?;
+                // Not an event (the borrow of the id did not change), but cached copies go.
+                self.core.pending.push(Pending {
+                    tree: self.tree,
+                    key: prev,
+                    kind: EventKind::Updated,
+                    event: false,
+                    invalidate: true,
+                    bytes: None,
+                });
+            }
+        }
+        let old = self.state.has_indexers.load(Ordering::Relaxed).then_some(old);
+        self.push(k, EventKind::Removed, true, old, None);
+        Ok(())
+    }
+
+    /// Releases (freezes) a draft this replica holds.
+    pub fn release(&mut self, key: Key<T>) -> Result<()> {
+        let k = key.raw();
+        let (h, mut v) = self.load(k)?;
+        self.check_draft(k, &h)?;
+        Header {
+            released: true,
+            ..h
+        }
+        .write_into(&mut v);
+        self.store(k, &v)?;
+        let keep = self.state.has_indexers.load(Ordering::Relaxed);
+        self.push(k, EventKind::Released, true, None, keep.then_some(&v[..]));
+        Ok(())
+    }
+
+    /// Sets the application state of a released revision (needs the record's borrow).
+    pub fn set_state(&mut self, key: Key<T>, state: u32) -> Result<()> {
+        let k = key.raw();
+        let (h, mut v) = self.load(k)?;
+        if !h.released {
+            return Err(Error::NotReleased {
+                tree: T::TREE.to_owned(),
+                key: k,
+            });
+        }
+        let (lk, lh, _) = self.latest(k.id)?.ok_or_else(|| self.not_found(k))?;
+        self.check_holder(lk, &lh)?;
+        if h.state == state {
+            return Ok(());
+        }
+        Header { state, ..h }.write_into(&mut v);
+        self.store(k, &v)?;
+        let keep = self.state.has_indexers.load(Ordering::Relaxed);
+        self.push(
+            k,
+            EventKind::StateChanged {
+                old: h.state,
+                new: state,
+            },
+            true,
+            None,
+            keep.then_some(&v[..]),
+        );
+        Ok(())
+    }
+
+    /// Makes the next revision (a draft) from the latest revision of `key`'s record, which must
+    /// be released; needs the record's borrow. Returns the new key.
+    pub fn new_revision(&mut self, key: Key<T>) -> Result<Key<T>> {
+        let (lk, lh, mut v) = self
+            .latest(key.id())?
+            .ok_or_else(|| self.not_found(key.raw()))?;
+        if !lh.released {
+            return Err(Error::DraftExists {
+                tree: T::TREE.to_owned(),
+                key: lk,
+            });
+        }
+        self.check_holder(lk, &lh)?;
+        let rev = lk.rev.checked_add(1).ok_or(Error::RevisionsExhausted {
+            tree: T::TREE.to_owned(),
+            id: lk.id,
+        })?;
+        let nk = RawKey::new(lk.id, rev);
+        Header {
+            released: false,
+            state: 0,
+            ..lh
+        }
+        .write_into(&mut v);
+        self.store(nk, &v)?;
+        self.push(nk, EventKind::RevisionCreated, false, None, Some(&v));
+        Ok(Key::new(nk.id, nk.rev))
+    }
+
+    /// Takes the borrow of `key`'s record. In a standalone database this replica is the only
+    /// one, so the borrow is granted unless it is already held; holding it already is fine.
+    pub fn borrow(&mut self, key: Key<T>) -> Result<()> {
+        let (lk, lh, mut v) = self
+            .latest(key.id())?
+            .ok_or_else(|| self.not_found(key.raw()))?;
+        if lh.holder == self.core.replica {
+            return Ok(());
+        }
+        if lh.holder != 0 {
+            return Err(Error::AlreadyBorrowed {
+                tree: T::TREE.to_owned(),
+                key: lk,
+                holder: lh.holder,
+            });
+        }
+        let holder = self.core.replica;
+        Header { holder, ..lh }.write_into(&mut v);
+        self.store(lk, &v)?;
+        let keep = self.state.has_indexers.load(Ordering::Relaxed);
+        self.push(lk, EventKind::Borrowed { holder }, true, None, keep.then_some(&v[..]));
+        Ok(())
+    }
+
+    /// Returns the borrow of `key`'s record (check-in). Afterwards changes need a new borrow.
+    pub fn return_borrow(&mut self, key: Key<T>) -> Result<()> {
+        let (lk, lh, mut v) = self
+            .latest(key.id())?
+            .ok_or_else(|| self.not_found(key.raw()))?;
+        self.check_holder(lk, &lh)?;
+        Header { holder: 0, ..lh }.write_into(&mut v);
+        self.store(lk, &v)?;
+        let keep = self.state.has_indexers.load(Ordering::Relaxed);
+        self.push(
+            lk,
+            EventKind::Returned { holder: lh.holder },
+            true,
+            None,
+            keep.then_some(&v[..]),
+        );
+        Ok(())
+    }
+
+    /// Reads a record as the batch sees it.
+    pub fn get(&self, key: Key<T>) -> Result<T> {
+        let k = key.raw();
+        let (h, v) = self.load(k)?;
+        decode::<T>(k, h, &v)
+    }
+
+    /// Reads a record zero-copy as the batch sees it.
+    pub fn with<R>(&self, key: Key<T>, f: impl FnOnce(&Archived<T>) -> R) -> Result<R> {
+        let k = key.raw();
+        let guard = self
+            .table
+            .get((k.id, k.rev))?
+            .ok_or_else(|| self.not_found(k))?;
+        let (h, data) =
+            Header::parse(guard.value()).ok_or_else(|| self.corrupt(k, "invalid value header"))?;
+        check_version::<T>(k, &h)?;
+        let a = T::__access(data).map_err(|e| self.corrupt(k, e))?;
+        Ok(f(a))
+    }
+
+    /// The metadata of a record as the batch sees it.
+    pub fn meta(&self, key: Key<T>) -> Result<RecordMeta> {
+        let (h, _) = self.load(key.raw())?;
+        Ok(RecordMeta::from(h))
+    }
+}
+
+pub(crate) fn check_version<T: Record>(key: RawKey, h: &Header) -> Result<()> {
+    if h.version != T::VERSION {
+        return Err(Error::SchemaVersion {
+            tree: T::TREE.to_owned(),
+            key,
+            stored: h.version,
+            expected: T::VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a stored value (header included) into an owned record.
+pub(crate) fn decode<T: Record>(key: RawKey, h: Header, value: &[u8]) -> Result<T> {
+    check_version::<T>(key, &h)?;
+    let corrupt = |e: rkyv::rancor::Error| Error::Corrupt {
+        tree: T::TREE.to_owned(),
+        key,
+        reason: e.to_string(),
+    };
+    let data = value.get(crate::storage::HEADER_LEN..).unwrap_or_default();
+    let a = T::__access(data).map_err(corrupt)?;
+    T::__deserialize(a).map_err(corrupt)
+}

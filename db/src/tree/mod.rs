@@ -1,0 +1,475 @@
+//! Typed tree handles: reads (zero-copy, cached), writes, iteration.
+
+pub mod batch;
+pub(crate) mod cache;
+
+use crate::db::TreeState;
+use crate::storage::Header;
+use crate::{Archived, Db, Error, Indexer, IndexerStatus, Key, RawKey, Record, Result};
+use batch::check_version;
+use cache::Entry;
+use redb::{ReadableDatabase, ReadableTableMetadata};
+use std::any::TypeId;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+/// Metadata of a stored revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordMeta {
+    /// Whether the revision is released (frozen).
+    pub released: bool,
+    /// The application-defined state (meaningful on released revisions).
+    pub state: u32,
+    /// Who holds the record's borrow, as stored on this revision (0: nobody). The borrow of a
+    /// record is the one stored on its latest revision.
+    pub holder: u32,
+    /// The schema version the record was stored with.
+    pub version: u32,
+}
+
+impl From<Header> for RecordMeta {
+    fn from(h: Header) -> Self {
+        RecordMeta {
+            released: h.released,
+            state: h.state,
+            holder: h.holder,
+            version: h.version,
+        }
+    }
+}
+
+/// The typed handle of one tree. Cheap to clone.
+///
+/// Reads are local and never wait for writers. Each write method is its own atomic, durable
+/// commit; use [`Db::batch`] to commit several changes (on several trees) together.
+pub struct Tree<T: Record> {
+    db: Db,
+    state: Arc<TreeState>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Record> Clone for Tree<T> {
+    fn clone(&self) -> Self {
+        Tree {
+            db: self.db.clone(),
+            state: self.state.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T: Record> std::fmt::Debug for Tree<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tree({})", T::TREE)
+    }
+}
+
+impl<T: Record> Tree<T> {
+    pub(crate) fn new(db: Db, state: Arc<TreeState>) -> Self {
+        Tree {
+            db,
+            state,
+            _type: PhantomData,
+        }
+    }
+
+    /// The database this tree belongs to.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn write<R>(&self, f: impl FnOnce(&mut batch::BatchTree<'_, T>) -> Result<R>) -> Result<R> {
+        let mut b = self.db.batch()?;
+        let r = f(&mut b.tree::<T>()?)?;
+        b.commit()?;
+        Ok(r)
+    }
+
+    /// Creates a record: allocates a new id (revision 0); the record is a draft, borrowed by
+    /// this replica from birth.
+    pub fn create(&self, record: &T) -> Result<Key<T>> {
+        self.write(|t| t.create(record))
+    }
+
+    /// Changes a draft this replica holds through a closure on an owned copy; returns what the
+    /// closure returns.
+    pub fn update<R>(&self, key: Key<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        self.write(|t| t.update(key, f))
+    }
+
+    /// Replaces a draft this replica holds.
+    pub fn replace(&self, key: Key<T>, record: &T) -> Result<()> {
+        self.write(|t| t.replace(key, record))
+    }
+
+    /// Removes a draft revision this replica holds ([`Error::Released`] for released ones).
+    pub fn remove(&self, key: Key<T>) -> Result<()> {
+        self.write(|t| t.remove(key))
+    }
+
+    /// Releases a draft: its data is frozen from now on.
+    pub fn release(&self, key: Key<T>) -> Result<()> {
+        self.write(|t| t.release(key))
+    }
+
+    /// Sets the application state of a released revision.
+    pub fn set_state(&self, key: Key<T>, state: u32) -> Result<()> {
+        self.write(|t| t.set_state(key, state))
+    }
+
+    /// Makes the next revision (a draft, a copy of the latest revision, which must be
+    /// released) and returns its key.
+    pub fn new_revision(&self, key: Key<T>) -> Result<Key<T>> {
+        self.write(|t| t.new_revision(key))
+    }
+
+    /// Takes the record's borrow (granted locally in a standalone database).
+    pub fn borrow(&self, key: Key<T>) -> Result<()> {
+        self.write(|t| t.borrow(key))
+    }
+
+    /// Returns the record's borrow (check-in).
+    pub fn return_borrow(&self, key: Key<T>) -> Result<()> {
+        self.write(|t| t.return_borrow(key))
+    }
+
+    /// Reads a record zero-copy: `f` gets the archived record in place.
+    ///
+    /// Repeatedly read records are served from memory (see the crate docs, "Hot records"),
+    /// so calling this for every visible row of a GUI every frame is cheap.
+    pub fn with<R>(&self, key: Key<T>, f: impl FnOnce(&Archived<T>) -> R) -> Result<R> {
+        let k = key.raw();
+        let generation = match self.state.cache.get(k) {
+            Ok(entry) if entry.validated_as == TypeId::of::<T>() => {
+                let (h, data) = Header::parse(&entry.bytes).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+                check_version::<T>(k, &h)?;
+                // SAFETY: the cache only holds entries whose record bytes passed `T::__access`
+                // (checked rkyv validation) for the type recorded in `validated_as`, which we
+                // just compared with `T`; the bytes are immutable behind the `Arc`.
+                let a = unsafe { rkyv::access_unchecked::<Archived<T>>(data) };
+                return Ok(f(a));
+            }
+            Ok(_) => None,
+            Err(generation) => Some(generation),
+        };
+        let txn = self.db.inner.redb.begin_read()?;
+        let table = match txn.open_table(self.state.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_found::<T>(k)),
+            Err(e) => return Err(e.into()),
+        };
+        let guard = table
+            .get((k.id, k.rev))?
+            .ok_or_else(|| not_found::<T>(k))?;
+        let value = guard.value();
+        let (h, data) = Header::parse(value).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+        check_version::<T>(k, &h)?;
+        let a = T::__access(data).map_err(|e| corrupt::<T>(k, e))?;
+        if let Some(generation) = generation
+            && self.state.cache.wants(k)
+        {
+            self.state.cache.admit(
+                generation,
+                k,
+                Entry {
+                    bytes: Arc::from(value),
+                    validated_as: TypeId::of::<T>(),
+                },
+            );
+        }
+        Ok(f(a))
+    }
+
+    /// Reads an owned copy of a record.
+    pub fn get(&self, key: Key<T>) -> Result<T> {
+        self.with(key, |a| T::__deserialize(a))?
+            .map_err(|e| corrupt::<T>(key.raw(), e))
+    }
+
+    /// Whether the record exists.
+    pub fn contains(&self, key: Key<T>) -> Result<bool> {
+        self.snapshot()?.contains(key)
+    }
+
+    /// The metadata (released, state, borrow holder, schema version) of a revision.
+    pub fn meta(&self, key: Key<T>) -> Result<RecordMeta> {
+        self.snapshot()?.meta(key)
+    }
+
+    /// The latest revision of record `id`.
+    pub fn latest(&self, id: u64) -> Result<Option<Key<T>>> {
+        self.snapshot()?.latest(id)
+    }
+
+    /// Every revision of record `id`, oldest first.
+    pub fn revisions(&self, id: u64) -> Result<Vec<Key<T>>> {
+        self.snapshot()?.revisions(id)
+    }
+
+    /// Number of stored revisions (of all records) in the tree.
+    pub fn len(&self) -> Result<u64> {
+        self.snapshot()?.len()
+    }
+
+    /// Whether the tree is empty.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Iterates over every revision of every record, in key order, zero-copy.
+    pub fn iter(&self) -> Result<Iter<T>> {
+        self.snapshot()?.iter()
+    }
+
+    /// Iterates over every revision of the records whose ids are in `ids`, zero-copy.
+    pub fn range(&self, ids: impl RangeBounds<u64>) -> Result<Iter<T>> {
+        self.snapshot()?.range(ids)
+    }
+
+    /// A consistent read-only view of the tree as of now, for many reads or iteration.
+    pub fn snapshot(&self) -> Result<Snapshot<T>> {
+        let txn = self.db.inner.redb.begin_read()?;
+        let table = match txn.open_table(self.state.def()) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Snapshot {
+            table,
+            _type: PhantomData,
+        })
+    }
+
+    /// Registers an indexer for this tree; see [`Db::register_indexer`].
+    pub fn register_indexer<I: Indexer<T>>(&self, indexer: I) -> Result<IndexerStatus> {
+        self.db.register_indexer::<T, I>(indexer)
+    }
+}
+
+fn not_found<T: Record>(key: RawKey) -> Error {
+    Error::NotFound {
+        tree: T::TREE.to_owned(),
+        key,
+    }
+}
+
+fn corrupt<T: Record>(key: RawKey, reason: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        tree: T::TREE.to_owned(),
+        key,
+        reason: reason.to_string(),
+    }
+}
+
+type ReadTable = redb::ReadOnlyTable<(u64, u32), &'static [u8]>;
+
+/// A consistent read-only view of one tree (a redb read transaction).
+pub struct Snapshot<T: Record> {
+    table: Option<ReadTable>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Record> Snapshot<T> {
+    fn fetch(&self, k: RawKey) -> Result<RecordRef<T>> {
+        let guard = self
+            .table
+            .as_ref()
+            .map(|t| t.get((k.id, k.rev)))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| not_found::<T>(k))?;
+        RecordRef::new(k, guard)
+    }
+
+    /// The record, zero-copy, held as long as the returned guard lives.
+    pub fn get_ref(&self, key: Key<T>) -> Result<RecordRef<T>> {
+        self.fetch(key.raw())
+    }
+
+    /// Reads a record zero-copy.
+    pub fn with<R>(&self, key: Key<T>, f: impl FnOnce(&Archived<T>) -> R) -> Result<R> {
+        let r = self.fetch(key.raw())?;
+        Ok(f(&r))
+    }
+
+    /// Reads an owned copy of a record.
+    pub fn get(&self, key: Key<T>) -> Result<T> {
+        self.fetch(key.raw())?.to_owned()
+    }
+
+    /// Whether the record exists.
+    pub fn contains(&self, key: Key<T>) -> Result<bool> {
+        let k = key.raw();
+        Ok(match &self.table {
+            Some(t) => t.get((k.id, k.rev))?.is_some(),
+            None => false,
+        })
+    }
+
+    /// The metadata of a revision.
+    pub fn meta(&self, key: Key<T>) -> Result<RecordMeta> {
+        let k = key.raw();
+        let guard = self
+            .table
+            .as_ref()
+            .map(|t| t.get((k.id, k.rev)))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| not_found::<T>(k))?;
+        let (h, _) = Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+        Ok(h.into())
+    }
+
+    /// The latest revision of record `id`.
+    pub fn latest(&self, id: u64) -> Result<Option<Key<T>>> {
+        let Some(t) = &self.table else {
+            return Ok(None);
+        };
+        match t.range((id, 0)..=(id, u32::MAX))?.next_back() {
+            Some(row) => {
+                let (k, _) = row?;
+                let (id, rev) = k.value();
+                Ok(Some(Key::new(id, rev)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every revision of record `id`, oldest first.
+    pub fn revisions(&self, id: u64) -> Result<Vec<Key<T>>> {
+        let Some(t) = &self.table else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in t.range((id, 0)..=(id, u32::MAX))? {
+            let (k, _) = row?;
+            let (id, rev) = k.value();
+            out.push(Key::new(id, rev));
+        }
+        Ok(out)
+    }
+
+    /// Number of stored revisions.
+    pub fn len(&self) -> Result<u64> {
+        Ok(match &self.table {
+            Some(t) => t.len()?,
+            None => 0,
+        })
+    }
+
+    /// Whether the tree is empty.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Iterates over every revision of every record, in key order.
+    pub fn iter(&self) -> Result<Iter<T>> {
+        self.range(..)
+    }
+
+    /// Iterates over every revision of the records whose ids are in `ids`.
+    pub fn range(&self, ids: impl RangeBounds<u64>) -> Result<Iter<T>> {
+        let lower = match ids.start_bound() {
+            Bound::Included(&a) => Bound::Included((a, 0)),
+            Bound::Excluded(&a) => Bound::Excluded((a, u32::MAX)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let upper = match ids.end_bound() {
+            Bound::Included(&b) => Bound::Included((b, u32::MAX)),
+            Bound::Excluded(&b) => Bound::Excluded((b, 0)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let inner = match &self.table {
+            Some(t) => Some(t.range::<(u64, u32)>((lower, upper))?),
+            None => None,
+        };
+        Ok(Iter {
+            inner,
+            _type: PhantomData,
+        })
+    }
+}
+
+type ValueGuard = redb::AccessGuard<'static, &'static [u8]>;
+
+/// A record read zero-copy from a snapshot or an iterator; dereferences to the archived
+/// record.
+pub struct RecordRef<T: Record> {
+    key: RawKey,
+    header: Header,
+    guard: ValueGuard,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Record> RecordRef<T> {
+    fn new(key: RawKey, guard: ValueGuard) -> Result<Self> {
+        let (header, data) =
+            Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
+        check_version::<T>(key, &header)?;
+        T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
+        Ok(RecordRef {
+            key,
+            header,
+            guard,
+            _type: PhantomData,
+        })
+    }
+
+    /// The key.
+    pub fn key(&self) -> Key<T> {
+        Key::new(self.key.id, self.key.rev)
+    }
+
+    /// The revision's metadata.
+    pub fn meta(&self) -> RecordMeta {
+        self.header.into()
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Result<T> {
+        T::__deserialize(self).map_err(|e| corrupt::<T>(self.key, e))
+    }
+}
+
+impl<T: Record> std::ops::Deref for RecordRef<T> {
+    type Target = Archived<T>;
+    fn deref(&self) -> &Archived<T> {
+        let data = self.guard.value().get(crate::storage::HEADER_LEN..).unwrap_or_default();
+        // SAFETY: `RecordRef::new` validated exactly these bytes with `T::__access` (checked
+        // rkyv access) and the guard keeps them alive and unchanged (redb pages of a read
+        // transaction are immutable).
+        unsafe { rkyv::access_unchecked::<Archived<T>>(data) }
+    }
+}
+
+/// Iterator over records, zero-copy; yields `Err` for a record that cannot be read (schema
+/// version, corruption) and goes on with the next.
+pub struct Iter<T: Record> {
+    inner: Option<redb::Range<'static, (u64, u32), &'static [u8]>>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Record> Iter<T> {
+    fn map_row(
+        row: std::result::Result<(redb::AccessGuard<'static, (u64, u32)>, ValueGuard), redb::StorageError>,
+    ) -> Result<RecordRef<T>> {
+        let (k, v) = row?;
+        let (id, rev) = k.value();
+        RecordRef::new(RawKey::new(id, rev), v)
+    }
+}
+
+impl<T: Record> Iterator for Iter<T> {
+    type Item = Result<RecordRef<T>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.as_mut()?.next().map(Self::map_row)
+    }
+}
+
+impl<T: Record> DoubleEndedIterator for Iter<T> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.inner.as_mut()?.next_back().map(Self::map_row)
+    }
+}
