@@ -59,7 +59,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("replica", &self.inner.replica).finish_non_exhaustive()
+        f.debug_struct("Db")
+            .field("replica", &self.inner.replica)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,6 +84,18 @@ impl Drop for DbInner {
 pub(crate) struct WriterState {
     /// The last commit number handed out.
     pub(crate) commit: u64,
+    /// The next id to allocate (as committed).
+    pub(crate) next_id: u64,
+    /// End (exclusive) of the id range `next_id` is in; 0 when not looked up yet.
+    pub(crate) range_end: u64,
+}
+
+/// The `rekord.meta` "state" value: next id and last commit, 16 bytes LE.
+pub(crate) fn state_bytes(next_id: u64, commit: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&next_id.to_le_bytes());
+    b[8..].copy_from_slice(&commit.to_le_bytes());
+    b
 }
 
 /// Per-tree runtime state shared by all handles of one tree.
@@ -139,23 +153,37 @@ impl Db {
 
     fn init(redb: redb::Database, options: DbOptions) -> Result<Db> {
         let txn = redb.begin_write()?;
-        let commit;
+        let (commit, next_id);
         {
             let mut meta = txn.open_table(META)?;
             let format = meta.get("format")?.map(|v| read_u64(v.value()));
             match format {
                 None => {
-                    meta.insert("format", u64::from(storage::FORMAT).to_le_bytes().as_slice())?;
-                    meta.insert("next_id", 1u64.to_le_bytes().as_slice())?;
-                    meta.insert("commit", 0u64.to_le_bytes().as_slice())?;
+                    meta.insert(
+                        "format",
+                        u64::from(storage::FORMAT).to_le_bytes().as_slice(),
+                    )?;
+                    meta.insert("state", state_bytes(1, 0).as_slice())?;
                     let mut ranges = txn.open_table(RANGES)?;
                     // A standalone database owns the whole id space (0 is never an id).
                     ranges.insert(1, u64::MAX)?;
                     txn.open_table(SCHEMAS)?;
                     commit = 0;
+                    next_id = 1;
                 }
                 Some(Some(f)) if f == u64::from(storage::FORMAT) => {
-                    commit = meta.get("commit")?.and_then(|v| read_u64(v.value())).unwrap_or(0);
+                    let state = meta.get("state")?.map(|v| {
+                        let v = v.value();
+                        (read_u64(v), v.get(8..).and_then(read_u64))
+                    });
+                    match state {
+                        Some((Some(n), Some(c))) => (next_id, commit) = (n, c),
+                        _ => {
+                            return Err(Error::CorruptMeta {
+                                reason: "the allocator state is missing or truncated".into(),
+                            });
+                        }
+                    }
                 }
                 Some(f) => {
                     return Err(Error::Format {
@@ -169,7 +197,11 @@ impl Db {
         Ok(Db {
             inner: Arc::new(DbInner {
                 redb,
-                writer: Mutex::new(WriterState { commit }),
+                writer: Mutex::new(WriterState {
+                    commit,
+                    next_id,
+                    range_end: 0,
+                }),
                 trees: RwLock::new(HashMap::new()),
                 subscribers: Subscribers::default(),
                 replica: LOCAL_REPLICA,
@@ -247,11 +279,13 @@ impl Db {
         for row in table.range((tree, 0)..=(tree, u32::MAX))? {
             let (k, v) = row?;
             let version = k.value().1;
-            out.push(Schema::from_ron(v.value()).map_err(|e| Error::CorruptSchema {
-                tree: tree.to_owned(),
-                version,
-                reason: e.to_string(),
-            })?);
+            out.push(
+                Schema::from_ron(v.value()).map_err(|e| Error::CorruptSchema {
+                    tree: tree.to_owned(),
+                    version,
+                    reason: e.to_string(),
+                })?,
+            );
         }
         Ok(out)
     }

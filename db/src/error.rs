@@ -22,12 +22,20 @@ pub enum Error {
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
     /// The file is a redb database but not one written by this version of rekord.
-    #[error("the database uses rekord format {found}, this build understands format {expected}; open it with a matching rekord version")]
+    #[error(
+        "the database uses rekord format {found}, this build understands format {expected}; open it with a matching rekord version"
+    )]
     Format {
         /// Format found in the file.
         found: u32,
         /// Format this build writes.
         expected: u32,
+    },
+    /// The database's own bookkeeping is unreadable.
+    #[error("the database's metadata is corrupt ({reason}); restore it from a backup")]
+    CorruptMeta {
+        /// What is wrong.
+        reason: String,
     },
     /// No record has this key.
     #[error("no record {key} in tree `{tree}`")]
@@ -48,7 +56,9 @@ pub enum Error {
         holder: u32,
     },
     /// The record is borrowed by another replica.
-    #[error("record {key} in tree `{tree}` is borrowed by replica {holder}; wait until it is returned")]
+    #[error(
+        "record {key} in tree `{tree}` is borrowed by replica {holder}; wait until it is returned"
+    )]
     AlreadyBorrowed {
         /// Tree name.
         tree: String,
@@ -58,7 +68,9 @@ pub enum Error {
         holder: u32,
     },
     /// The revision is released: its data is frozen for good.
-    #[error("record {key} in tree `{tree}` is released and cannot change; make a new revision with new_revision()")]
+    #[error(
+        "record {key} in tree `{tree}` is released and cannot change; make a new revision with new_revision()"
+    )]
     Released {
         /// Tree name.
         tree: String,
@@ -66,7 +78,9 @@ pub enum Error {
         key: RawKey,
     },
     /// The operation needs a released revision (e.g. `set_state`).
-    #[error("record {key} in tree `{tree}` is a draft; release it first (states belong to released revisions)")]
+    #[error(
+        "record {key} in tree `{tree}` is a draft; release it first (states belong to released revisions)"
+    )]
     NotReleased {
         /// Tree name.
         tree: String,
@@ -74,7 +88,9 @@ pub enum Error {
         key: RawKey,
     },
     /// `new_revision` while the latest revision is still a draft.
-    #[error("record {key} in tree `{tree}` is still a draft; edit it, or release it before making a new revision")]
+    #[error(
+        "record {key} in tree `{tree}` is still a draft; edit it, or release it before making a new revision"
+    )]
     DraftExists {
         /// Tree name.
         tree: String,
@@ -90,7 +106,9 @@ pub enum Error {
         id: u64,
     },
     /// This replica has no ids left to create records with.
-    #[error("no record ids left in this replica's id ranges; connect to the server to get a new range")]
+    #[error(
+        "no record ids left in this replica's id ranges; connect to the server to get a new range"
+    )]
     IdsExhausted,
     /// The compiled record type differs from the schema stored for the same version.
     #[error("the schema of tree `{tree}` changed but its version is still {version}: {}; bump #[record(version = ...)] (or undo the change)", .changes.join("; "))]
@@ -103,7 +121,9 @@ pub enum Error {
         changes: Vec<String>,
     },
     /// The record was stored with another schema version than the type reading it.
-    #[error("record {key} in tree `{tree}` was stored with schema version {stored}, but this code reads version {expected}; schema evolution is needed to read it")]
+    #[error(
+        "record {key} in tree `{tree}` was stored with schema version {stored}, but this code reads version {expected}; schema evolution is needed to read it"
+    )]
     SchemaVersion {
         /// Tree name.
         tree: String,
@@ -143,7 +163,9 @@ pub enum Error {
         reason: String,
     },
     /// A write batch was started on a thread that already has one open on this database.
-    #[error("a write batch is already open on this thread (nested writes, or a write from an indexer or an update closure); use the open batch instead")]
+    #[error(
+        "a write batch is already open on this thread (nested writes, or a write from an indexer or an update closure); use the open batch instead"
+    )]
     BatchInProgress,
     /// An indexer panicked while its index was being built.
     #[error("the indexer for tree `{tree}` panicked while replaying existing records: {message}")]

@@ -4,7 +4,9 @@ use std::fmt;
 use std::marker::PhantomData;
 
 /// An untyped record key: the record id and the revision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct RawKey {
     /// The record id, unique in the database (allocated from this replica's id ranges).
     pub id: u64,

@@ -8,7 +8,14 @@ use crate::schema::Describe;
 /// implementations it relies on. The hidden methods are the codec the attribute generates in
 /// a context where the rkyv bounds are known.
 pub trait Record:
-    Describe + rkyv::Archive + serde::Serialize + serde::de::DeserializeOwned + Sized + Send + Sync + 'static
+    Describe
+    + rkyv::Archive
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + Sized
+    + Send
+    + Sync
+    + 'static
 {
     /// The stable tree name.
     const TREE: &'static str;

@@ -62,25 +62,36 @@ fn create_read_update_release_revise() -> rekord::Result<()> {
     let db = Db::memory()?;
     let parts = db.tree::<Part>()?;
     let suppliers = db.tree::<Supplier>()?;
-    let s = suppliers.create(&Supplier { name: "acme".into() })?;
+    let s = suppliers.create(&Supplier {
+        name: "acme".into(),
+    })?;
     let mut p = part("bolt", 3);
     p.supplier = Some(s);
     let k = parts.create(&p)?;
     assert_eq!(k.rev(), 0);
     assert_eq!(parts.get(k)?, p);
     assert_eq!(parts.with(k, |a| a.name.as_str().to_owned())?, "bolt");
-    assert_eq!(parts.with(k, |a| a.supplier.as_ref().map(|s| s.to_key()))?, Some(s));
+    assert_eq!(
+        parts.with(k, |a| a.supplier.as_ref().map(|s| s.to_key()))?,
+        Some(s)
+    );
     parts.update(k, |p| p.qty += 1)?;
     assert_eq!(parts.get(k)?.qty, 4);
     parts.release(k)?;
-    assert!(matches!(parts.update(k, |p| p.qty = 0), Err(Error::Released { .. })));
+    assert!(matches!(
+        parts.update(k, |p| p.qty = 0),
+        Err(Error::Released { .. })
+    ));
     assert!(matches!(parts.remove(k), Err(Error::Released { .. })));
     assert!(matches!(parts.set_state(k, 0), Ok(())));
     parts.set_state(k, 3)?;
     assert_eq!(parts.meta(k)?.state, 3);
     let k1 = parts.new_revision(k)?;
     assert_eq!(k1, k.with_rev(1));
-    assert!(matches!(parts.new_revision(k), Err(Error::DraftExists { .. })));
+    assert!(matches!(
+        parts.new_revision(k),
+        Err(Error::DraftExists { .. })
+    ));
     parts.update(k1, |p| p.name = "bolt v2".into())?;
     assert_eq!(parts.get(k)?.name, "bolt");
     assert_eq!(parts.get(k1)?.name, "bolt v2");
@@ -100,8 +111,14 @@ fn borrows_are_checked_locally() -> rekord::Result<()> {
     let k = parts.create(&part("nut", 1))?;
     assert_eq!(parts.meta(k)?.holder, db.replica());
     parts.return_borrow(k)?;
-    assert!(matches!(parts.update(k, |p| p.qty = 2), Err(Error::NotBorrowed { holder: 0, .. })));
-    assert!(matches!(parts.return_borrow(k), Err(Error::NotBorrowed { .. })));
+    assert!(matches!(
+        parts.update(k, |p| p.qty = 2),
+        Err(Error::NotBorrowed { holder: 0, .. })
+    ));
+    assert!(matches!(
+        parts.return_borrow(k),
+        Err(Error::NotBorrowed { .. })
+    ));
     parts.borrow(k)?;
     parts.borrow(k)?; // idempotent
     parts.update(k, |p| p.qty = 2)?;
@@ -187,8 +204,13 @@ fn nested_batch_is_an_error_not_a_deadlock() -> rekord::Result<()> {
 fn iteration_and_ranges_are_zero_copy() -> rekord::Result<()> {
     let db = Db::memory()?;
     let parts = db.tree::<Part>()?;
-    let keys: Vec<_> = (0..10).map(|i| parts.create(&part(&format!("p{i}"), i))).collect::<Result<_, _>>()?;
-    let names: Vec<String> = parts.iter()?.map(|r| r.map(|r| r.name.to_string())).collect::<Result<_, _>>()?;
+    let keys: Vec<_> = (0..10)
+        .map(|i| parts.create(&part(&format!("p{i}"), i)))
+        .collect::<Result<_, _>>()?;
+    let names: Vec<String> = parts
+        .iter()?
+        .map(|r| r.map(|r| r.name.to_string()))
+        .collect::<Result<_, _>>()?;
     assert_eq!(names.len(), 10);
     assert_eq!(names[0], "p0");
     let mid: Vec<u32> = parts

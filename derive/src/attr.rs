@@ -50,13 +50,7 @@ pub struct ItemArgs {
 const RECORD_KEYS: &str = "`tree`, `version`, `crate`";
 const DATA_KEYS: &str = "`crate`";
 
-fn set_once<T>(
-    cx: &mut Ctxt,
-    slot: &mut Option<T>,
-    value: T,
-    name: &str,
-    span: Span,
-) {
+fn set_once<T>(cx: &mut Ctxt, slot: &mut Option<T>, value: T, name: &str, span: Span) {
     if slot.is_some() {
         cx.error(span, format!("`{name}` is already specified"));
     } else {
@@ -87,7 +81,10 @@ pub fn parse_item_args(cx: &mut Ctxt, kind: Kind, args: TokenStream) -> ItemArgs
             match lit.base10_parse::<u32>() {
                 Ok(0) => cx.error(lit.span(), "schema versions start at 1"),
                 Ok(v) => set_once(cx, &mut out.version, (v, lit.span()), "version", span),
-                Err(_) => cx.error(lit.span(), "`version` must be an integer from 1 to 4294967295"),
+                Err(_) => cx.error(
+                    lit.span(),
+                    "`version` must be an integer from 1 to 4294967295",
+                ),
             }
         } else if meta.path.is_ident("crate") {
             let lit: LitStr = meta.value()?.parse()?;
@@ -96,7 +93,11 @@ pub fn parse_item_args(cx: &mut Ctxt, kind: Kind, args: TokenStream) -> ItemArgs
                 Err(_) => cx.error(lit.span(), "`crate` must be a path such as \"::rekord\""),
             }
         } else {
-            let keys = if kind == Kind::Record { RECORD_KEYS } else { DATA_KEYS };
+            let keys = if kind == Kind::Record {
+                RECORD_KEYS
+            } else {
+                DATA_KEYS
+            };
             let name = meta
                 .path
                 .get_ident()
@@ -177,7 +178,10 @@ pub fn take_field_args(cx: &mut Ctxt, attrs: &mut Vec<syn::Attribute>) -> FieldA
 pub fn reject_record_attrs(cx: &mut Ctxt, attrs: &mut Vec<syn::Attribute>, what: &str) {
     attrs.retain(|a| {
         if a.path().is_ident("record") {
-            cx.error(a.span(), format!("`#[record(...)]` has no options on {what}"));
+            cx.error(
+                a.span(),
+                format!("`#[record(...)]` has no options on {what}"),
+            );
             false
         } else {
             true
@@ -191,7 +195,8 @@ pub fn snake_case(ident: &str) -> String {
     let chars: Vec<char> = ident.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
         if c.is_uppercase() {
-            let prev_lower = i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
             let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
             if i > 0 && (prev_lower || (next_lower && chars[i - 1].is_uppercase())) {
                 out.push('_');

@@ -13,10 +13,16 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     let mut input: DeriveInput = match syn::parse2(item.clone()) {
         Ok(i) => i,
         Err(_) => {
-            let what = if kind == Kind::Record { "record" } else { "data" };
+            let what = if kind == Kind::Record {
+                "record"
+            } else {
+                "data"
+            };
             let err = syn::Error::new_spanned(
                 &item,
-                format!("#[rekord::{what}] can only be placed on a struct with named fields or an enum"),
+                format!(
+                    "#[rekord::{what}] can only be placed on a struct with named fields or an enum"
+                ),
             );
             let mut out = err.to_compile_error();
             out.extend(item);
@@ -66,13 +72,19 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
         },
         Data::Enum(e) => {
             if e.variants.is_empty() {
-                cx.error(ident.span(), "an enum stored in a record needs at least one variant");
+                cx.error(
+                    ident.span(),
+                    "an enum stored in a record needs at least one variant",
+                );
             }
             let mut variants = Vec::new();
             for v in e.variants.iter_mut() {
                 attr::reject_record_attrs(&mut cx, &mut v.attrs, "enum variants");
                 if let Some((_, d)) = &v.discriminant {
-                    cx.error(d.span(), "explicit discriminants are not supported in records");
+                    cx.error(
+                        d.span(),
+                        "explicit discriminants are not supported in records",
+                    );
                 }
                 let vname = syn::ext::IdentExt::unraw(&v.ident).to_string();
                 match &mut v.fields {
@@ -82,7 +94,11 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
                     Fields::Unnamed(un) => {
                         let mut tys = Vec::new();
                         for f in un.unnamed.iter_mut() {
-                            attr::reject_record_attrs(&mut cx, &mut f.attrs, "tuple variant fields");
+                            attr::reject_record_attrs(
+                                &mut cx,
+                                &mut f.attrs,
+                                "tuple variant fields",
+                            );
                             check_type(&mut cx, &f.ty);
                             let ty = &f.ty;
                             tys.push(quote_spanned! {ty.span()=>

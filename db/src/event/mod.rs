@@ -105,6 +105,8 @@ impl Subscription {
 
     /// Waits for the next event (blocking the thread); `None` once the database is closed and
     /// all events were taken. Do not call from async code: use [`recv`](Self::recv).
+    /// (Not on wasm32, where blocking is not allowed.)
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn recv_blocking(&self) -> Option<Event> {
         self.rx.recv_blocking().ok()
     }

@@ -40,7 +40,10 @@ impl<T: Describe> Describe for Vec<T> {
 impl<T: Describe, const N: usize> Describe for [T; N] {
     fn describe(b: &mut SchemaBuilder) -> Type {
         // Arrays longer than u32::MAX elements cannot be archived with 32-bit offsets anyway.
-        Type::Array(Box::new(T::describe(b)), u32::try_from(N).unwrap_or(u32::MAX))
+        Type::Array(
+            Box::new(T::describe(b)),
+            u32::try_from(N).unwrap_or(u32::MAX),
+        )
     }
 }
 

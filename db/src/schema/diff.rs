@@ -42,7 +42,10 @@ fn diff_def(name: &str, old: &TypeDef, new: &TypeDef, out: &mut Vec<String>) {
                         (VariantKind::Named(of), VariantKind::Named(nf)) => {
                             diff_fields(&format!("{name}::{}", v.name), of, nf, out);
                         }
-                        _ => out.push(format!("the fields of variant `{name}::{}` changed", v.name)),
+                        _ => out.push(format!(
+                            "the fields of variant `{name}::{}` changed",
+                            v.name
+                        )),
                     },
                     Some(_) => {}
                 }
@@ -53,14 +56,22 @@ fn diff_def(name: &str, old: &TypeDef, new: &TypeDef, out: &mut Vec<String>) {
                 }
             }
             let on: Vec<_> = o.iter().map(|v| &v.name).collect();
-            let nn: Vec<_> = n.iter().filter(|v| on.contains(&&v.name)).map(|v| &v.name).collect();
+            let nn: Vec<_> = n
+                .iter()
+                .filter(|v| on.contains(&&v.name))
+                .map(|v| &v.name)
+                .collect();
             let on2: Vec<_> = on.into_iter().filter(|x| nn.contains(x)).collect();
             if on2 != nn {
                 out.push(format!("the variants of `{name}` were reordered"));
             }
         }
-        (TypeDef::Struct(_), TypeDef::Enum(_)) => out.push(format!("`{name}` changed from a struct to an enum")),
-        (TypeDef::Enum(_), TypeDef::Struct(_)) => out.push(format!("`{name}` changed from an enum to a struct")),
+        (TypeDef::Struct(_), TypeDef::Enum(_)) => {
+            out.push(format!("`{name}` changed from a struct to an enum"))
+        }
+        (TypeDef::Enum(_), TypeDef::Struct(_)) => {
+            out.push(format!("`{name}` changed from an enum to a struct"))
+        }
     }
 }
 
@@ -87,8 +98,16 @@ fn diff_fields(name: &str, old: &[Field], new: &[Field], out: &mut Vec<String>) 
             out.push(format!("field `{name}.{}` was removed", f.name));
         }
     }
-    let common_old: Vec<_> = old.iter().filter(|f| new.iter().any(|x| x.name == f.name)).map(|f| &f.name).collect();
-    let common_new: Vec<_> = new.iter().filter(|f| old.iter().any(|x| x.name == f.name)).map(|f| &f.name).collect();
+    let common_old: Vec<_> = old
+        .iter()
+        .filter(|f| new.iter().any(|x| x.name == f.name))
+        .map(|f| &f.name)
+        .collect();
+    let common_new: Vec<_> = new
+        .iter()
+        .filter(|f| old.iter().any(|x| x.name == f.name))
+        .map(|f| &f.name)
+        .collect();
     if common_old != common_new {
         out.push(format!("the fields of `{name}` were reordered"));
     }
@@ -119,14 +138,22 @@ pub(crate) fn show(t: &Type) -> String {
         Type::Vec(t) => format!("Vec<{}>", show(t)),
         Type::Array(t, n) => format!("[{}; {n}]", show(t)),
         Type::Tuple(ts) => format!("({})", ts.iter().map(show).collect::<Vec<_>>().join(", ")),
-        Type::Map { ordered, key, value } => format!(
+        Type::Map {
+            ordered,
+            key,
+            value,
+        } => format!(
             "{}<{}, {}>",
             if *ordered { "BTreeMap" } else { "HashMap" },
             show(key),
             show(value)
         ),
         Type::Set { ordered, item } => {
-            format!("{}<{}>", if *ordered { "BTreeSet" } else { "HashSet" }, show(item))
+            format!(
+                "{}<{}>",
+                if *ordered { "BTreeSet" } else { "HashSet" },
+                show(item)
+            )
         }
         Type::Key { tree } => format!("Key<{tree}>"),
         Type::Named(n) => n.clone(),

@@ -4,7 +4,7 @@
 //! - `rekord.meta` (`&str -> &[u8]`): format version, id allocator, commit counter;
 //! - `rekord.id_ranges` (`start -> end`, exclusive): the id ranges this replica owns;
 //! - `rekord.schemas` (`(tree, version) -> RON`): every schema version ever written;
-//! - `t.<tree>` (`(id, rev) -> value`): the records of one tree.
+//! - `t.<tree>` (`id << 32 | rev -> value`, a `u128`): the records of one tree.
 //!
 //! A value is a 16-byte header followed by the record's rkyv bytes (unaligned, little-endian,
 //! 32-bit offsets: the same on every target, readable in place from any address):
@@ -31,7 +31,25 @@ pub(crate) const SCHEMAS: TableDefinition<(&str, u32), &str> =
     TableDefinition::new("rekord.schemas");
 
 /// A table of records.
-pub(crate) type DataTable<'a> = TableDefinition<'a, (u64, u32), &'static [u8]>;
+pub(crate) type DataTable<'a> = TableDefinition<'a, u128, &'static [u8]>;
+
+/// The stored form of a key: `id << 32 | rev` (orders by id, then revision; one integer
+/// comparison per B-tree step).
+pub(crate) const fn pack(key: crate::RawKey) -> u128 {
+    ((key.id as u128) << 32) | key.rev as u128
+}
+
+/// The inverse of [`pack`].
+pub(crate) const fn unpack(k: u128) -> crate::RawKey {
+    // Truncations are the point: the high 64 bits of the packed value are the id (k < 2^96),
+    // the low 32 bits the revision.
+    crate::RawKey::new((k >> 32) as u64, k as u32)
+}
+
+/// All packed keys of record `id`.
+pub(crate) fn id_range(id: u64) -> std::ops::RangeInclusive<u128> {
+    pack(crate::RawKey::new(id, 0))..=pack(crate::RawKey::new(id, u32::MAX))
+}
 
 /// The redb table name of a tree.
 pub(crate) fn table_name(tree: &str) -> String {

@@ -1,11 +1,11 @@
 //! Atomic write batches.
 
 use super::RecordMeta;
-use crate::db::{DbInner, TreeState, WriterState, read_u64};
+use crate::db::{DbInner, TreeState, WriterState};
 use crate::event::{Event, EventKind, RecordEvent, lock};
 use crate::index::{IndexerSlot, IndexerStatus, RawChange};
 use crate::schema::{Schema, describe_changes};
-use crate::storage::{Header, META, RANGES, SCHEMAS};
+use crate::storage::{Header, META, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
 use redb::{ReadableTable, WriteTransaction};
 use std::any::TypeId;
@@ -75,6 +75,9 @@ struct IdAlloc {
 
 struct Core {
     replica: u32,
+    /// Id allocator state as of the last commit (copied from the writer state).
+    next_id: u64,
+    range_end: u64,
     pending: Vec<Pending>,
     trees: Vec<Arc<TreeState>>,
     checked: Vec<(Arc<TreeState>, u32, TypeId)>,
@@ -87,12 +90,15 @@ impl<'db> Batch<'db> {
         let reentrancy = Reentrancy::enter(db)?;
         let writer = lock(&db.writer);
         let txn = db.redb.begin_write()?;
+        let (next_id, range_end) = (writer.next_id, writer.range_end);
         Ok(Batch {
             db,
             writer,
             txn,
             core: Core {
                 replica: db.replica,
+                next_id,
+                range_end,
                 pending: Vec::new(),
                 trees: Vec::new(),
                 checked: Vec::new(),
@@ -243,17 +249,18 @@ impl<'db> Batch<'db> {
         };
         {
             let mut meta = txn.open_table(META)?;
-            if let Some(ids) = &core.ids
-                && ids.dirty
-            {
-                meta.insert("next_id", ids.next.to_le_bytes().as_slice())?;
-            }
-            if commit != writer.commit {
-                meta.insert("commit", commit.to_le_bytes().as_slice())?;
+            let ids_dirty = core.ids.as_ref().is_some_and(|i| i.dirty);
+            if ids_dirty || commit != writer.commit {
+                let next = core.ids.as_ref().map_or(writer.next_id, |i| i.next);
+                meta.insert("state", crate::db::state_bytes(next, commit).as_slice())?;
             }
         }
         txn.commit()?;
         writer.commit = commit;
+        if let Some(ids) = &core.ids {
+            writer.next_id = ids.next;
+            writer.range_end = ids.end;
+        }
 
         for (state, v, t) in core.checked {
             let mut c = lock(&state.checked);
@@ -330,9 +337,8 @@ impl<'db> Batch<'db> {
             let table = self.txn.open_table(state.def())?;
             for row in table.iter()? {
                 let (k, v) = row?;
-                let (id, rev) = k.value();
                 let change = RawChange {
-                    key: RawKey::new(id, rev),
+                    key: unpack(k.value()),
                     kind: EventKind::Created,
                     replay: true,
                     old: None,
@@ -355,7 +361,7 @@ impl<'db> Batch<'db> {
 
 /// One tree inside a [`Batch`], with its table kept open; see [`Batch::tree`].
 pub struct BatchTree<'b, T: Record> {
-    table: redb::Table<'b, (u64, u32), &'static [u8]>,
+    table: redb::Table<'b, u128, &'static [u8]>,
     txn: &'b WriteTransaction,
     core: &'b mut Core,
     tree: u32,
@@ -379,7 +385,14 @@ impl<T: Record> BatchTree<'_, T> {
         }
     }
 
-    fn push(&mut self, key: RawKey, kind: EventKind, invalidate: bool, old: Option<Vec<u8>>, new: Option<&[u8]>) {
+    fn push(
+        &mut self,
+        key: RawKey,
+        kind: EventKind,
+        invalidate: bool,
+        old: Option<Vec<u8>>,
+        new: Option<&[u8]>,
+    ) {
         let bytes = if self.state.has_indexers.load(Ordering::Relaxed) {
             Some(Box::new((old, new.map(<[u8]>::to_vec))))
         } else {
@@ -409,24 +422,25 @@ impl<T: Record> BatchTree<'_, T> {
     fn load(&self, key: RawKey) -> Result<(Header, Vec<u8>)> {
         let guard = self
             .table
-            .get((key.id, key.rev))?
+            .get(pack(key))?
             .ok_or_else(|| self.not_found(key))?;
         let value = guard.value();
-        let (h, _) = Header::parse(value).ok_or_else(|| self.corrupt(key, "invalid value header"))?;
+        let (h, _) =
+            Header::parse(value).ok_or_else(|| self.corrupt(key, "invalid value header"))?;
         Ok((h, value.to_vec()))
     }
 
     /// The latest revision of `id`: its key, header and value.
     fn latest(&self, id: u64) -> Result<Option<(RawKey, Header, Vec<u8>)>> {
-        let mut range = self.table.range((id, 0)..=(id, u32::MAX))?;
+        let mut range = self.table.range(id_range(id))?;
         let Some(row) = range.next_back() else {
             return Ok(None);
         };
         let (k, v) = row?;
-        let (id, rev) = k.value();
-        let key = RawKey::new(id, rev);
+        let key = unpack(k.value());
         let value = v.value();
-        let (h, _) = Header::parse(value).ok_or_else(|| self.corrupt(key, "invalid value header"))?;
+        let (h, _) =
+            Header::parse(value).ok_or_else(|| self.corrupt(key, "invalid value header"))?;
         Ok(Some((key, h, value.to_vec())))
     }
 
@@ -454,20 +468,15 @@ impl<T: Record> BatchTree<'_, T> {
     }
 
     fn store(&mut self, key: RawKey, value: &[u8]) -> Result<()> {
-        self.table.insert((key.id, key.rev), value)?;
+        self.table.insert(pack(key), value)?;
         Ok(())
     }
 
     fn alloc_id(&mut self) -> Result<u64> {
         if self.core.ids.is_none() {
-            let meta = self.txn.open_table(META)?;
-            let next = meta
-                .get("next_id")?
-                .and_then(|v| read_u64(v.value()))
-                .unwrap_or(1);
             self.core.ids = Some(IdAlloc {
-                next,
-                end: next,
+                next: self.core.next_id,
+                end: self.core.range_end,
                 dirty: false,
             });
         }
@@ -555,7 +564,11 @@ impl<T: Record> BatchTree<'_, T> {
             },
         )?;
         self.store(k, &value)?;
-        let old = self.state.has_indexers.load(Ordering::Relaxed).then_some(old);
+        let old = self
+            .state
+            .has_indexers
+            .load(Ordering::Relaxed)
+            .then_some(old);
         self.push(k, EventKind::Updated, true, old, Some(&value));
         self.core.scratch = value;
         Ok(())
@@ -566,7 +579,7 @@ impl<T: Record> BatchTree<'_, T> {
         let k = key.raw();
         let (h, old) = self.load(k)?;
         self.check_draft(k, &h)?;
-        self.table.remove((k.id, k.rev))?;
+        self.table.remove(pack(k))?;
         if k.rev > 0 {
             // The previous revision becomes the latest and carries the borrow from now on.
             let prev = RawKey::new(k.id, k.rev - 1);
@@ -588,7 +601,11 @@ impl<T: Record> BatchTree<'_, T> {
                 });
             }
         }
-        let old = self.state.has_indexers.load(Ordering::Relaxed).then_some(old);
+        let old = self
+            .state
+            .has_indexers
+            .load(Ordering::Relaxed)
+            .then_some(old);
         self.push(k, EventKind::Removed, true, old, None);
         Ok(())
     }
@@ -689,7 +706,13 @@ impl<T: Record> BatchTree<'_, T> {
         Header { holder, ..lh }.write_into(&mut v);
         self.store(lk, &v)?;
         let keep = self.state.has_indexers.load(Ordering::Relaxed);
-        self.push(lk, EventKind::Borrowed { holder }, true, None, keep.then_some(&v[..]));
+        self.push(
+            lk,
+            EventKind::Borrowed { holder },
+            true,
+            None,
+            keep.then_some(&v[..]),
+        );
         Ok(())
     }
 
@@ -722,10 +745,7 @@ impl<T: Record> BatchTree<'_, T> {
     /// Reads a record zero-copy as the batch sees it.
     pub fn with<R>(&self, key: Key<T>, f: impl FnOnce(&Archived<T>) -> R) -> Result<R> {
         let k = key.raw();
-        let guard = self
-            .table
-            .get((k.id, k.rev))?
-            .ok_or_else(|| self.not_found(k))?;
+        let guard = self.table.get(pack(k))?.ok_or_else(|| self.not_found(k))?;
         let (h, data) =
             Header::parse(guard.value()).ok_or_else(|| self.corrupt(k, "invalid value header"))?;
         check_version::<T>(k, &h)?;

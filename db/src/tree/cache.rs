@@ -7,9 +7,10 @@
 //! it opens its redb read transaction and only inserts what it read if the generation is still
 //! the same, so a value read before a commit can never be inserted after that commit's removal.
 //!
-//! Admission: a record enters the cache on its second read within a short window (a small
-//! "doorkeeper" table of recently missed keys), so a one-pass scan or random reads over a large
-//! tree do not pay for copying into the cache.
+//! Admission: a record enters the cache on its second read within a window (a "doorkeeper":
+//! a 512 Ki-bit Bloom filter of recently missed keys, cleared after every 64 Ki misses), so a
+//! one-pass scan or random reads over a large tree do not pay for copying into the cache,
+//! while rows a GUI shows every frame are cached from the second frame on.
 //!
 //! Bounded: when the cached bytes exceed the budget, a quarter of the entries are dropped.
 
@@ -20,7 +21,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-const DOOR_SLOTS: usize = 4096;
+const DOOR_WORDS: usize = 8192; // 512 Ki bits, 64 KiB per tree
+const DOOR_RESET: u64 = 1 << 16;
 
 /// A cached, validated record value (header + rkyv bytes).
 #[derive(Clone)]
@@ -39,6 +41,7 @@ struct Inner {
 pub(crate) struct Cache {
     inner: RwLock<Inner>,
     door: Box<[AtomicU64]>,
+    door_marks: AtomicU64,
     budget: usize,
 }
 
@@ -50,7 +53,8 @@ impl Cache {
                 generation: 0,
                 bytes: 0,
             }),
-            door: (0..DOOR_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            door: (0..DOOR_WORDS).map(|_| AtomicU64::new(0)).collect(),
+            door_marks: AtomicU64::new(0),
             budget,
         }
     }
@@ -58,11 +62,15 @@ impl Cache {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         // Poisoning cannot leave `Inner` inconsistent: every write section only inserts or
         // removes whole entries and adjusts the byte count after the map operation.
-        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The cached entry and, on a miss, the generation to pass to [`Cache::admit`].
@@ -82,14 +90,24 @@ impl Cache {
         }
         let mut h = foldhash::fast::FixedState::default().build_hasher();
         key.hash(&mut h);
-        let hash = h.finish() | 1;
-        let slot = &self.door[(hash as usize) % DOOR_SLOTS];
-        if slot.load(Ordering::Relaxed) == hash {
-            true
-        } else {
-            slot.store(hash, Ordering::Relaxed);
-            false
+        let hash = h.finish();
+        // Two bit positions from the two halves of the hash (truncation intended).
+        let bits = [hash as u32, (hash >> 32) as u32].map(|x| x as usize % (DOOR_WORDS * 64));
+        let seen = bits
+            .iter()
+            .all(|&b| self.door[b / 64].load(Ordering::Relaxed) & (1 << (b % 64)) != 0);
+        if seen {
+            return true;
         }
+        if self.door_marks.fetch_add(1, Ordering::Relaxed) % DOOR_RESET == DOOR_RESET - 1 {
+            for w in self.door.iter() {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+        for b in bits {
+            self.door[b / 64].fetch_or(1 << (b % 64), Ordering::Relaxed);
+        }
+        false
     }
 
     /// Inserts a value read under `generation`, unless a commit happened since.

@@ -4,7 +4,7 @@ pub mod batch;
 pub(crate) mod cache;
 
 use crate::db::TreeState;
-use crate::storage::Header;
+use crate::storage::{Header, id_range, pack, unpack};
 use crate::{Archived, Db, Error, Indexer, IndexerStatus, Key, RawKey, Record, Result};
 use batch::check_version;
 use cache::Entry;
@@ -143,7 +143,8 @@ impl<T: Record> Tree<T> {
         let k = key.raw();
         let generation = match self.state.cache.get(k) {
             Ok(entry) if entry.validated_as == TypeId::of::<T>() => {
-                let (h, data) = Header::parse(&entry.bytes).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+                let (h, data) = Header::parse(&entry.bytes)
+                    .ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
                 check_version::<T>(k, &h)?;
                 // SAFETY: the cache only holds entries whose record bytes passed `T::__access`
                 // (checked rkyv validation) for the type recorded in `validated_as`, which we
@@ -160,11 +161,10 @@ impl<T: Record> Tree<T> {
             Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_found::<T>(k)),
             Err(e) => return Err(e.into()),
         };
-        let guard = table
-            .get((k.id, k.rev))?
-            .ok_or_else(|| not_found::<T>(k))?;
+        let guard = table.get(pack(k))?.ok_or_else(|| not_found::<T>(k))?;
         let value = guard.value();
-        let (h, data) = Header::parse(value).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+        let (h, data) =
+            Header::parse(value).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
         check_version::<T>(k, &h)?;
         let a = T::__access(data).map_err(|e| corrupt::<T>(k, e))?;
         if let Some(generation) = generation
@@ -263,7 +263,7 @@ fn corrupt<T: Record>(key: RawKey, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-type ReadTable = redb::ReadOnlyTable<(u64, u32), &'static [u8]>;
+type ReadTable = redb::ReadOnlyTable<u128, &'static [u8]>;
 
 /// A consistent read-only view of one tree (a redb read transaction).
 pub struct Snapshot<T: Record> {
@@ -276,7 +276,7 @@ impl<T: Record> Snapshot<T> {
         let guard = self
             .table
             .as_ref()
-            .map(|t| t.get((k.id, k.rev)))
+            .map(|t| t.get(pack(k)))
             .transpose()?
             .flatten()
             .ok_or_else(|| not_found::<T>(k))?;
@@ -303,7 +303,7 @@ impl<T: Record> Snapshot<T> {
     pub fn contains(&self, key: Key<T>) -> Result<bool> {
         let k = key.raw();
         Ok(match &self.table {
-            Some(t) => t.get((k.id, k.rev))?.is_some(),
+            Some(t) => t.get(pack(k))?.is_some(),
             None => false,
         })
     }
@@ -314,11 +314,12 @@ impl<T: Record> Snapshot<T> {
         let guard = self
             .table
             .as_ref()
-            .map(|t| t.get((k.id, k.rev)))
+            .map(|t| t.get(pack(k)))
             .transpose()?
             .flatten()
             .ok_or_else(|| not_found::<T>(k))?;
-        let (h, _) = Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+        let (h, _) =
+            Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
         Ok(h.into())
     }
 
@@ -327,11 +328,11 @@ impl<T: Record> Snapshot<T> {
         let Some(t) = &self.table else {
             return Ok(None);
         };
-        match t.range((id, 0)..=(id, u32::MAX))?.next_back() {
+        match t.range(id_range(id))?.next_back() {
             Some(row) => {
                 let (k, _) = row?;
-                let (id, rev) = k.value();
-                Ok(Some(Key::new(id, rev)))
+                let k = unpack(k.value());
+                Ok(Some(Key::new(k.id, k.rev)))
             }
             None => Ok(None),
         }
@@ -343,10 +344,10 @@ impl<T: Record> Snapshot<T> {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for row in t.range((id, 0)..=(id, u32::MAX))? {
+        for row in t.range(id_range(id))? {
             let (k, _) = row?;
-            let (id, rev) = k.value();
-            out.push(Key::new(id, rev));
+            let k = unpack(k.value());
+            out.push(Key::new(k.id, k.rev));
         }
         Ok(out)
     }
@@ -372,17 +373,17 @@ impl<T: Record> Snapshot<T> {
     /// Iterates over every revision of the records whose ids are in `ids`.
     pub fn range(&self, ids: impl RangeBounds<u64>) -> Result<Iter<T>> {
         let lower = match ids.start_bound() {
-            Bound::Included(&a) => Bound::Included((a, 0)),
-            Bound::Excluded(&a) => Bound::Excluded((a, u32::MAX)),
+            Bound::Included(&a) => Bound::Included(pack(RawKey::new(a, 0))),
+            Bound::Excluded(&a) => Bound::Excluded(pack(RawKey::new(a, u32::MAX))),
             Bound::Unbounded => Bound::Unbounded,
         };
         let upper = match ids.end_bound() {
-            Bound::Included(&b) => Bound::Included((b, u32::MAX)),
-            Bound::Excluded(&b) => Bound::Excluded((b, 0)),
+            Bound::Included(&b) => Bound::Included(pack(RawKey::new(b, u32::MAX))),
+            Bound::Excluded(&b) => Bound::Excluded(pack(RawKey::new(b, 0))),
             Bound::Unbounded => Bound::Unbounded,
         };
         let inner = match &self.table {
-            Some(t) => Some(t.range::<(u64, u32)>((lower, upper))?),
+            Some(t) => Some(t.range::<u128>((lower, upper))?),
             None => None,
         };
         Ok(Iter {
@@ -405,8 +406,8 @@ pub struct RecordRef<T: Record> {
 
 impl<T: Record> RecordRef<T> {
     fn new(key: RawKey, guard: ValueGuard) -> Result<Self> {
-        let (header, data) =
-            Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
+        let (header, data) = Header::parse(guard.value())
+            .ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
         check_version::<T>(key, &header)?;
         T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
         Ok(RecordRef {
@@ -436,7 +437,11 @@ impl<T: Record> RecordRef<T> {
 impl<T: Record> std::ops::Deref for RecordRef<T> {
     type Target = Archived<T>;
     fn deref(&self) -> &Archived<T> {
-        let data = self.guard.value().get(crate::storage::HEADER_LEN..).unwrap_or_default();
+        let data = self
+            .guard
+            .value()
+            .get(crate::storage::HEADER_LEN..)
+            .unwrap_or_default();
         // SAFETY: `RecordRef::new` validated exactly these bytes with `T::__access` (checked
         // rkyv access) and the guard keeps them alive and unchanged (redb pages of a read
         // transaction are immutable).
@@ -447,17 +452,19 @@ impl<T: Record> std::ops::Deref for RecordRef<T> {
 /// Iterator over records, zero-copy; yields `Err` for a record that cannot be read (schema
 /// version, corruption) and goes on with the next.
 pub struct Iter<T: Record> {
-    inner: Option<redb::Range<'static, (u64, u32), &'static [u8]>>,
+    inner: Option<redb::Range<'static, u128, &'static [u8]>>,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T: Record> Iter<T> {
     fn map_row(
-        row: std::result::Result<(redb::AccessGuard<'static, (u64, u32)>, ValueGuard), redb::StorageError>,
+        row: std::result::Result<
+            (redb::AccessGuard<'static, u128>, ValueGuard),
+            redb::StorageError,
+        >,
     ) -> Result<RecordRef<T>> {
         let (k, v) = row?;
-        let (id, rev) = k.value();
-        RecordRef::new(RawKey::new(id, rev), v)
+        RecordRef::new(unpack(k.value()), v)
     }
 }
 

@@ -1,0 +1,6 @@
+#[rekord::record(crate = 42)]
+pub struct Part {
+    pub name: String,
+}
+
+fn main() {}

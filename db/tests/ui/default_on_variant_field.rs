@@ -1,0 +1,9 @@
+#[rekord::data]
+pub enum Shape {
+    Circle {
+        #[record(default)]
+        r: f64,
+    },
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[rekord::record(version = 1, version = 2)]
+pub struct Part {
+    pub name: String,
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[rekord::record]
+pub enum Nothing {}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[rekord::data]
+pub enum Color {
+    Red = 1,
+    Green,
+}
+
+fn main() {}

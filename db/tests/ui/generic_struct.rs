@@ -1,0 +1,6 @@
+#[rekord::record]
+pub struct Part<T> {
+    pub value: T,
+}
+
+fn main() {}

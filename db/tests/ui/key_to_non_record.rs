@@ -1,0 +1,11 @@
+#[rekord::data]
+pub struct Dims {
+    pub w: f32,
+}
+
+#[rekord::record]
+pub struct Part {
+    pub dims: rekord::Key<Dims>,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[rekord::record]
+pub struct Part {
+    pub offsets: Vec<Option<isize>>,
+}
+
+fn main() {}

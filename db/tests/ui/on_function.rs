@@ -1,0 +1,4 @@
+#[rekord::record]
+fn part() {}
+
+fn main() {}

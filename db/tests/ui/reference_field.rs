@@ -1,0 +1,6 @@
+#[rekord::record]
+pub struct Part {
+    pub name: &'static str,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[rekord::record(tree = "")]
+pub struct Part {
+    pub name: String,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[rekord::data(tree = "x")]
+pub struct Dimensions {
+    pub w: f32,
+}
+
+fn main() {}

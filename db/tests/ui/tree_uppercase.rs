@@ -1,0 +1,6 @@
+#[rekord::record(tree = "Parts")]
+pub struct Part {
+    pub name: String,
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[rekord::record]
+pub struct Part(String, u32);
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[rekord::record]
+pub union Part {
+    pub a: u32,
+    pub b: f32,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[rekord::record]
+pub struct Part {
+    #[record(defualt)]
+    pub name: String,
+}
+
+fn main() {}

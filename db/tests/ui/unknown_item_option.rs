@@ -1,0 +1,6 @@
+#[rekord::record(tre = "parts")]
+pub struct Part {
+    pub name: String,
+}
+
+fn main() {}

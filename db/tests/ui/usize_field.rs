@@ -1,0 +1,6 @@
+#[rekord::record]
+pub struct Part {
+    pub qty: usize,
+}
+
+fn main() {}

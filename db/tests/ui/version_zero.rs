@@ -1,0 +1,6 @@
+#[rekord::record(version = 0)]
+pub struct Part {
+    pub name: String,
+}
+
+fn main() {}
