@@ -240,3 +240,238 @@ fn reopen_keeps_data_and_schema() -> rekord::Result<()> {
     assert_eq!(db.schemas("parts")?.len(), 1);
     Ok(())
 }
+
+mod evo_v1 {
+    #[rekord::record(tree = "evo", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Item {
+        pub a: u32,
+        pub b: String,
+    }
+}
+
+mod evo_v1_changed {
+    // Same tree and version as `evo_v1::Item`, but `a` changed type: must be refused.
+    #[rekord::record(tree = "evo", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Item {
+        pub a: u64,
+        pub b: String,
+        pub c: bool,
+    }
+}
+
+mod evo_v2 {
+    #[rekord::record(tree = "evo", version = 2)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Item {
+        pub a: u64,
+        pub b: String,
+    }
+}
+
+#[test]
+fn changed_schema_with_same_version_is_refused_with_the_change_named() -> rekord::Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.rekord");
+    {
+        let db = Db::open(&path)?;
+        db.tree::<evo_v1::Item>()?.create(&evo_v1::Item {
+            a: 1,
+            b: "x".into(),
+        })?;
+    }
+    let db = Db::open(&path)?;
+    let err = db.tree::<evo_v1_changed::Item>().unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        Error::SchemaChanged {
+            tree,
+            version,
+            changes,
+        } => {
+            assert_eq!(tree, "evo");
+            assert_eq!(*version, 1);
+            assert!(
+                changes
+                    .iter()
+                    .any(|c| c.contains("`Item.a` changed type from u32 to u64")),
+                "{changes:?}"
+            );
+            assert!(
+                changes.iter().any(|c| c.contains("`Item.c` was added")),
+                "{changes:?}"
+            );
+        }
+        other => panic!("expected SchemaChanged, got {other:?}"),
+    }
+    assert!(msg.contains("tree `evo`") && msg.contains("bump"), "{msg}");
+    // The refused open changed nothing: the original type still reads its data.
+    let items = db.tree::<evo_v1::Item>()?;
+    assert_eq!(items.len()?, 1);
+    assert_eq!(db.schemas("evo")?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn reading_another_schema_version_is_a_clear_error_never_garbage() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let k = db.tree::<evo_v1::Item>()?.create(&evo_v1::Item {
+        a: 7,
+        b: "seven".into(),
+    })?;
+    let v2 = db.tree::<evo_v2::Item>()?;
+    let k2 = Key::<evo_v2::Item>::new(k.id(), k.rev());
+    for r in [
+        v2.get(k2).map(|_| ()),
+        v2.with(k2, |_| ()),
+        v2.update(k2, |_| ()),
+    ] {
+        match r {
+            Err(Error::SchemaVersion {
+                tree,
+                stored: 1,
+                expected: 2,
+                ..
+            }) => assert_eq!(tree, "evo"),
+            other => panic!("expected SchemaVersion, got {other:?}"),
+        }
+    }
+    assert!(
+        v2.iter()?
+            .all(|r| matches!(r, Err(Error::SchemaVersion { .. })))
+    );
+    // Both schema versions are kept.
+    let versions: Vec<u32> = db.schemas("evo")?.iter().map(|s| s.version).collect();
+    assert_eq!(versions, vec![1, 2]);
+    Ok(())
+}
+
+#[test]
+fn indexer_replays_existing_records_and_follows_changes() -> rekord::Result<()> {
+    use std::sync::{Arc, Mutex};
+    let db = Db::memory()?;
+    let parts = db.tree::<Part>()?;
+    let a = parts.create(&part("a", 1))?;
+    let b = parts.create(&part("b", 2))?;
+    let index: Arc<Mutex<BTreeMap<String, Key<Part>>>> = Arc::default();
+    let ix = index.clone();
+    let status = parts.register_indexer(move |c: &rekord::Change<'_, Part>| {
+        let mut m = ix.lock().unwrap();
+        if let Some(old) = c.old {
+            m.remove(old.name.as_str());
+        }
+        if let Some(new) = c.new {
+            m.insert(new.name.to_string(), c.key);
+        }
+        if c.kind == EventKind::Removed {
+            m.retain(|_, k| *k != c.key);
+        }
+    })?;
+    assert_eq!(index.lock().unwrap().len(), 2, "replayed");
+    parts.update(a, |p| p.name = "a2".into())?;
+    parts.remove(b)?;
+    let c = parts.create(&part("c", 3))?;
+    let m = index.lock().unwrap().clone();
+    assert_eq!(
+        m,
+        BTreeMap::from([("a2".to_string(), a), ("c".to_string(), c)])
+    );
+    assert!(status.is_running());
+    Ok(())
+}
+
+#[test]
+fn a_panicking_indexer_is_disabled_and_harms_nothing_else() -> rekord::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let db = Db::memory()?;
+    let parts = db.tree::<Part>()?;
+    let sub = db.subscribe();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    parts.register_indexer(move |_: &rekord::Change<'_, Part>| {
+        s.fetch_add(1, Ordering::SeqCst);
+    })?;
+    let bad = parts.register_indexer(|c: &rekord::Change<'_, Part>| {
+        if c.new.is_some_and(|p| p.qty == 13) {
+            panic!("unlucky record");
+        }
+    })?;
+    parts.create(&part("ok", 1))?;
+    let k = parts.create(&part("bad", 13))?;
+    parts.create(&part("after", 2))?;
+    assert_eq!(bad.failure().as_deref(), Some("unlucky record"));
+    assert!(!bad.is_running());
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        3,
+        "the other indexer saw every change"
+    );
+    assert_eq!(sub.try_iter().count(), 3, "subscribers got every event");
+    assert_eq!(parts.get(k)?.qty, 13, "the commit stands");
+    assert_eq!(parts.len()?, 3);
+    // Replay panics are reported as an error and the indexer is not registered.
+    let err = parts
+        .register_indexer(|_: &rekord::Change<'_, Part>| panic!("boom"))
+        .unwrap_err();
+    assert!(matches!(err, Error::IndexerPanicked { .. }), "{err:?}");
+    parts.create(&part("still fine", 4))?;
+    Ok(())
+}
+
+#[test]
+fn events_can_be_awaited_and_streamed() -> rekord::Result<()> {
+    use futures_core::Stream;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+    let db = Db::memory()?;
+    let parts = db.tree::<Part>()?;
+    let mut sub = db.subscribe();
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(
+        Pin::new(&mut sub).poll_next(&mut cx),
+        Poll::Pending
+    ));
+    let k = parts.create(&part("x", 1))?;
+    match Pin::new(&mut sub).poll_next(&mut cx) {
+        Poll::Ready(Some(Event::Record(r))) => {
+            assert_eq!(r.key_of::<Part>(), Some(k));
+            assert_eq!(r.kind, EventKind::Created);
+        }
+        other => panic!("expected an event, got {other:?}"),
+    }
+    parts.release(k)?;
+    let mut fut = std::pin::pin!(sub.recv());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Some(Event::Record(r))) => assert_eq!(r.kind, EventKind::Released),
+        other => panic!("expected an event, got {other:?}"),
+    }
+    // Another thread's commit wakes a blocking receiver.
+    let sub2 = db.subscribe();
+    let t = std::thread::spawn(move || sub2.recv_blocking());
+    parts.set_state(k, 1)?;
+    let got = t.join().unwrap();
+    assert!(
+        matches!(got, Some(Event::Record(r)) if r.kind == EventKind::StateChanged { old: 0, new: 1 })
+    );
+    // Closing the database ends the stream.
+    let sub3 = db.subscribe();
+    drop(parts);
+    drop(db);
+    assert!(sub3.recv_blocking().is_none());
+    Ok(())
+}
+
+#[test]
+fn keys_and_revisions_listing() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let parts = db.tree::<Part>()?;
+    let a = parts.create(&part("a", 1))?;
+    parts.release(a)?;
+    let a1 = parts.new_revision(a)?;
+    let b = parts.create(&part("b", 1))?;
+    assert_eq!(parts.keys()?, vec![a, a1, b]);
+    assert_eq!(parts.snapshot()?.keys()?.rev().next().transpose()?, Some(b));
+    Ok(())
+}

@@ -211,7 +211,7 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
             #krate::__private::serde::Serialize,
             #krate::__private::serde::Deserialize
         )]
-        #[rkyv(crate = #krate::__private::rkyv)]
+        #[rkyv(crate = #krate::__private::rkyv, attr(allow(missing_docs)))]
         #[serde(crate = #serde_path)]
         #input
 

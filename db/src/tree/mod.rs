@@ -223,6 +223,11 @@ impl<T: Record> Tree<T> {
         self.snapshot()?.iter()
     }
 
+    /// Every key in the tree (all revisions), in order.
+    pub fn keys(&self) -> Result<Vec<Key<T>>> {
+        self.snapshot()?.keys()?.collect()
+    }
+
     /// Iterates over every revision of the records whose ids are in `ids`, zero-copy.
     pub fn range(&self, ids: impl RangeBounds<u64>) -> Result<Iter<T>> {
         self.snapshot()?.range(ids)
@@ -368,6 +373,19 @@ impl<T: Record> Snapshot<T> {
     /// Iterates over every revision of every record, in key order.
     pub fn iter(&self) -> Result<Iter<T>> {
         self.range(..)
+    }
+
+    /// Iterates over the keys of every revision, in key order, without touching the records.
+    pub fn keys(&self) -> Result<impl DoubleEndedIterator<Item = Result<Key<T>>> + use<T>> {
+        let inner = match &self.table {
+            Some(t) => Some(t.range::<u128>(..)?),
+            None => None,
+        };
+        Ok(inner.into_iter().flatten().map(|row| {
+            let (k, _) = row?;
+            let k = unpack(k.value());
+            Ok(Key::new(k.id, k.rev))
+        }))
     }
 
     /// Iterates over every revision of the records whose ids are in `ids`.
