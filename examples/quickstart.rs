@@ -26,10 +26,10 @@ struct ByName(Arc<RwLock<BTreeMap<String, Vec<Key<Part>>>>>);
 impl ByName {
     fn apply(&self, change: &Change<'_, Part>) {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = change.old {
-            if let Some(keys) = map.get_mut(old.name.as_str()) {
-                keys.retain(|k| *k != change.key);
-            }
+        if let Some(old) = change.old
+            && let Some(keys) = map.get_mut(old.name.as_str())
+        {
+            keys.retain(|k| *k != change.key);
         }
         if let Some(new) = change.new {
             let keys = map.entry(new.name.to_string()).or_default();

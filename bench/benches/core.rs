@@ -57,10 +57,12 @@ fn make(i: u64) -> Part {
         qty: (i % 1000) as u32,
         price_cents: (i as i64 % 5000) + 10,
         weight_kg: (i % 50) as f64 * 0.013,
-        active: i % 7 != 0,
+        active: !i.is_multiple_of(7),
         tags: vec!["metric".into(), format!("m{}", i % 12), "stock".into()],
         supplier: format!("supplier-{}", i % 31),
-        note: (i % 3 == 0).then(|| "check thread pitch".to_string()),
+        note: i
+            .is_multiple_of(3)
+            .then(|| "check thread pitch".to_string()),
     }
 }
 

@@ -7,6 +7,11 @@ use crate::schema::Describe;
 /// Do not implement this by hand; the attribute generates it together with the rkyv and serde
 /// implementations it relies on. The hidden methods are the codec the attribute generates in
 /// a context where the rkyv bounds are known.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a rekord record",
+    label = "not a record type",
+    note = "record types (the ones with a tree, usable in `db.tree::<T>()` and `Key<T>`) are declared with #[rekord::record(tree = \"...\", version = N)]"
+)]
 pub trait Record:
     Describe
     + rkyv::Archive

@@ -472,6 +472,6 @@ fn keys_and_revisions_listing() -> rekord::Result<()> {
     let a1 = parts.new_revision(a)?;
     let b = parts.create(&part("b", 1))?;
     assert_eq!(parts.keys()?, vec![a, a1, b]);
-    assert_eq!(parts.snapshot()?.keys()?.rev().next().transpose()?, Some(b));
+    assert_eq!(parts.snapshot()?.keys()?.next_back().transpose()?, Some(b));
     Ok(())
 }

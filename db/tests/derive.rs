@@ -44,25 +44,11 @@ pub enum Shape {
     Rect { w: f64, h: Option<f64> },
 }
 
-/// A recursive data type.
-///
-/// The `#[rkyv(...)]` attributes are a workaround: without them the rkyv derives that
-/// `#[rekord::data]` adds put `Vec<Node>: Archive` bounds on `Node`'s own impls and the type
-/// does not compile (E0275 overflow). See the report: the attribute should handle this itself.
+/// A recursive data type: needs no annotation (the attribute omits rkyv's field bounds).
 #[rekord::data]
 #[derive(Debug, Clone, PartialEq)]
-#[rkyv(serialize_bounds(
-    __S: rekord::__private::rkyv::ser::Writer + rekord::__private::rkyv::ser::Allocator,
-    __S::Error: rekord::__private::rkyv::rancor::Source,
-))]
-#[rkyv(deserialize_bounds(__D::Error: rekord::__private::rkyv::rancor::Source))]
-#[rkyv(bytecheck(bounds(
-    __C: rekord::__private::rkyv::validation::ArchiveContext,
-    __C::Error: rekord::__private::rkyv::rancor::Source,
-)))]
 pub struct Node {
     pub label: String,
-    #[rkyv(omit_bounds)]
     pub children: Vec<Node>,
 }
 
@@ -583,4 +569,46 @@ fn records_round_trip_through_the_database() -> rekord::Result<()> {
     assert_eq!(db.schemas("everything")?, vec![Schema::of::<Everything>()]);
     assert_eq!(db.schemas("events.v1")?, vec![Schema::of::<Happening>()]);
     Ok(())
+}
+
+mod first {
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Dims {
+        pub w: f32,
+    }
+}
+
+mod second {
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Dims {
+        pub name: String,
+    }
+}
+
+#[rekord::record(tree = "clash")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clash {
+    pub a: first::Dims,
+    pub b: second::Dims,
+    pub c: first::Dims,
+}
+
+#[test]
+fn same_named_types_from_different_modules_get_distinct_schema_names() {
+    let s = Schema::of::<Clash>();
+    let TypeDef::Struct(fields) = &s.types["Clash"] else {
+        panic!("struct expected")
+    };
+    let tys: Vec<&Type> = fields.iter().map(|f| &f.ty).collect();
+    assert_eq!(tys, vec![&named("Dims"), &named("Dims#2"), &named("Dims")]);
+    assert_eq!(
+        s.types["Dims"],
+        TypeDef::Struct(vec![field("w", Type::F32, false)])
+    );
+    assert_eq!(
+        s.types["Dims#2"],
+        TypeDef::Struct(vec![field("name", Type::String, false)])
+    );
 }

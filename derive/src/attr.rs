@@ -1,7 +1,7 @@
 //! Parsing of `#[rekord::record(...)]` arguments and of `#[record(...)]` field attributes.
 
 use proc_macro2::{Span, TokenStream};
-use syn::{Expr, Ident, LitInt, LitStr, Path, meta::ParseNestedMeta, spanned::Spanned};
+use syn::{Expr, Ident, Lit, LitStr, Path, meta::ParseNestedMeta, spanned::Spanned};
 
 /// Collects every error of one expansion so they are all reported at once.
 #[derive(Default)]
@@ -13,6 +13,11 @@ impl Ctxt {
     /// Records an error at `span`.
     pub fn error(&mut self, span: Span, msg: impl std::fmt::Display) {
         self.errors.push(syn::Error::new(span, msg));
+    }
+
+    /// Records an error spanning all of `tokens` (not only their first token).
+    pub fn error_spanned(&mut self, tokens: impl quote::ToTokens, msg: impl std::fmt::Display) {
+        self.errors.push(syn::Error::new_spanned(tokens, msg));
     }
 
     /// Records a ready-made error.
@@ -70,27 +75,46 @@ pub fn parse_item_args(cx: &mut Ctxt, kind: Kind, args: TokenStream) -> ItemArgs
     }
     let parser = syn::meta::parser(|meta: ParseNestedMeta| {
         let span = meta.path.span();
-        if meta.path.is_ident("tree") && kind == Kind::Record {
-            let lit: LitStr = meta.value()?.parse()?;
-            if let Some(problem) = tree_name_problem(&lit.value()) {
-                cx.error(lit.span(), problem);
+        if kind == Kind::Data && (meta.path.is_ident("tree") || meta.path.is_ident("version")) {
+            let _ = meta.value().and_then(|v| v.parse::<Lit>());
+            cx.error(
+                span,
+                "`#[rekord::data]` types have no tree or version (only `#[rekord::record]` types do); the only option here is `crate`",
+            );
+        } else if meta.path.is_ident("tree") {
+            match meta.value()?.parse::<Lit>()? {
+                Lit::Str(lit) => {
+                    if let Some(problem) = tree_name_problem(&lit.value()) {
+                        cx.error(lit.span(), problem);
+                    }
+                    set_once(cx, &mut out.tree, lit, "tree", span);
+                }
+                other => cx.error_spanned(other, "`tree` must be a string such as \"parts\""),
             }
-            set_once(cx, &mut out.tree, lit, "tree", span);
-        } else if meta.path.is_ident("version") && kind == Kind::Record {
-            let lit: LitInt = meta.value()?.parse()?;
-            match lit.base10_parse::<u32>() {
-                Ok(0) => cx.error(lit.span(), "schema versions start at 1"),
-                Ok(v) => set_once(cx, &mut out.version, (v, lit.span()), "version", span),
-                Err(_) => cx.error(
-                    lit.span(),
-                    "`version` must be an integer from 1 to 4294967295",
+        } else if meta.path.is_ident("version") {
+            match meta.value()?.parse::<Lit>()? {
+                Lit::Int(lit) if lit.suffix().is_empty() => match lit.base10_parse::<u32>() {
+                    Ok(0) => cx.error(lit.span(), "schema versions start at 1"),
+                    Ok(v) => set_once(cx, &mut out.version, (v, lit.span()), "version", span),
+                    Err(_) => cx.error(
+                        lit.span(),
+                        "`version` must be an integer from 1 to 4294967295",
+                    ),
+                },
+                other => cx.error_spanned(
+                    other,
+                    "`version` must be a plain integer from 1 to 4294967295 (no quotes, no suffix)",
                 ),
             }
         } else if meta.path.is_ident("crate") {
-            let lit: LitStr = meta.value()?.parse()?;
-            match lit.parse::<Path>() {
-                Ok(p) => set_once(cx, &mut out.krate, p, "crate", span),
-                Err(_) => cx.error(lit.span(), "`crate` must be a path such as \"::rekord\""),
+            match meta.value()?.parse::<Lit>()? {
+                Lit::Str(lit) => match lit.parse::<Path>() {
+                    Ok(p) => set_once(cx, &mut out.krate, p, "crate", span),
+                    Err(_) => cx.error(lit.span(), "`crate` must be a path such as \"::rekord\""),
+                },
+                other => {
+                    cx.error_spanned(other, "`crate` must be a string path such as \"::rekord\"")
+                }
             }
         } else {
             let keys = if kind == Kind::Record {
@@ -136,6 +160,8 @@ pub fn tree_name_problem(name: &str) -> Option<String> {
 pub struct FieldArgs {
     /// `None`: required; `Some(None)`: `Default::default()`; `Some(Some(e))`: `e`.
     pub default: Option<Option<Expr>>,
+    /// Where `default` was written.
+    pub default_path: Option<Path>,
 }
 
 /// Parses and removes the `#[record(...)]` attributes of a field.
@@ -154,7 +180,12 @@ pub fn take_field_args(cx: &mut Ctxt, attrs: &mut Vec<syn::Attribute>) -> FieldA
                 } else {
                     None
                 };
-                set_once(cx, &mut out.default, value, "default", meta.path.span());
+                if out.default.is_some() {
+                    cx.error_spanned(&meta.path, "`default` is already specified");
+                } else {
+                    out.default = Some(value);
+                    out.default_path = Some(meta.path.clone());
+                }
                 Ok(())
             } else {
                 let name = meta
@@ -178,10 +209,7 @@ pub fn take_field_args(cx: &mut Ctxt, attrs: &mut Vec<syn::Attribute>) -> FieldA
 pub fn reject_record_attrs(cx: &mut Ctxt, attrs: &mut Vec<syn::Attribute>, what: &str) {
     attrs.retain(|a| {
         if a.path().is_ident("record") {
-            cx.error(
-                a.span(),
-                format!("`#[record(...)]` has no options on {what}"),
-            );
+            cx.error_spanned(a, format!("`#[record(...)]` has no options on {what}"));
             false
         } else {
             true

@@ -42,7 +42,18 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     }
 
     let ident = input.ident.clone();
-    let type_name = ident.to_string();
+    let type_name = syn::ext::IdentExt::unraw(&ident).to_string();
+    if kind == Kind::Record && args.tree.is_none() {
+        let derived = attr::snake_case(&type_name);
+        if let Some(problem) = attr::tree_name_problem(&derived) {
+            cx.error(
+                ident.span(),
+                format!(
+                    "the default tree name `{derived}` is invalid: {problem}; set `tree = \"...\"`"
+                ),
+            );
+        }
+    }
     let mut defaults: Vec<TokenStream> = Vec::new();
 
     let describe_body = match &mut input.data {
@@ -65,7 +76,7 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
             Fields::Unnamed(_) | Fields::Unit => {
                 cx.error(
                     ident.span(),
-                    "records need named fields (`struct Name { field: Type }`); tuple and unit structs cannot evolve by field name",
+                    "types stored in rekord need named fields (`struct Name { field: Type }`); tuple and unit structs cannot evolve by field name",
                 );
                 quote! { #krate::schema::TypeDef::Struct(::std::vec![]) }
             }
@@ -113,9 +124,9 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
                         let mut fields = Vec::new();
                         for f in named.named.iter_mut() {
                             let fa = attr::take_field_args(&mut cx, &mut f.attrs);
-                            if fa.default.is_some() {
-                                cx.error(
-                                    f.span(),
+                            if let Some(path) = &fa.default_path {
+                                cx.error_spanned(
+                                    path,
                                     "`default` is not supported on fields of enum variants",
                                 );
                             }
@@ -145,16 +156,19 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     };
 
     if let Some(err) = cx.finish() {
+        // Without the derives, serde/rkyv helper attributes would be secondary errors.
+        strip_helper_attrs(&mut input);
         let mut out = err.to_compile_error();
         out.extend(quote! { #input });
         return out;
     }
+    omit_field_bounds(&mut input);
 
     let serde_path = format!("{}::__private::serde", quote!(#krate)).replace(' ', "");
     let describe = quote! {
         impl #krate::Describe for #ident {
             fn describe(__reg: &mut #krate::schema::SchemaBuilder) -> #krate::schema::Type {
-                __reg.define(#type_name, |__reg| #describe_body)
+                __reg.define(#type_name, ::core::any::TypeId::of::<Self>(), |__reg| #describe_body)
             }
         }
     };
@@ -212,6 +226,17 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
             #krate::__private::serde::Deserialize
         )]
         #[rkyv(crate = #krate::__private::rkyv, attr(allow(missing_docs)))]
+        // Record types are never generic, so the field bounds rkyv would add are either
+        // trivially true or errors reported elsewhere; omitting them makes recursive types work.
+        #[rkyv(serialize_bounds(
+            __S: #krate::__private::rkyv::ser::Writer + #krate::__private::rkyv::ser::Allocator,
+            __S::Error: #krate::__private::rkyv::rancor::Source,
+        ))]
+        #[rkyv(deserialize_bounds(__D::Error: #krate::__private::rkyv::rancor::Source))]
+        #[rkyv(bytecheck(bounds(
+            __C: #krate::__private::rkyv::validation::ArchiveContext,
+            __C::Error: #krate::__private::rkyv::rancor::Source,
+        )))]
         #[serde(crate = #serde_path)]
         #input
 
@@ -249,5 +274,38 @@ fn add_serde_default(
             let path = format!("{ident}::{fn_name}");
             f.attrs.push(syn::parse_quote!(#[serde(default = #path)]));
         }
+    }
+}
+
+fn all_fields(input: &mut DeriveInput) -> Vec<&mut syn::Field> {
+    match &mut input.data {
+        Data::Struct(s) => s.fields.iter_mut().collect(),
+        Data::Enum(e) => e
+            .variants
+            .iter_mut()
+            .flat_map(|v| v.fields.iter_mut())
+            .collect(),
+        Data::Union(u) => u.fields.named.iter_mut().collect(),
+    }
+}
+
+/// Removes serde and rkyv helper attributes (used when the derives are not emitted).
+fn strip_helper_attrs(input: &mut DeriveInput) {
+    let foreign = |a: &syn::Attribute| a.path().is_ident("serde") || a.path().is_ident("rkyv");
+    input.attrs.retain(|a| !foreign(a));
+    if let Data::Enum(e) = &mut input.data {
+        for v in e.variants.iter_mut() {
+            v.attrs.retain(|a| !foreign(a));
+        }
+    }
+    for f in all_fields(input) {
+        f.attrs.retain(|a| !foreign(a));
+    }
+}
+
+/// Adds `#[rkyv(omit_bounds)]` to every field (see the item-level bounds in `expand`).
+fn omit_field_bounds(input: &mut DeriveInput) {
+    for f in all_fields(input) {
+        f.attrs.push(syn::parse_quote!(#[rkyv(omit_bounds)]));
     }
 }

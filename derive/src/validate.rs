@@ -3,30 +3,26 @@
 //! the field type).
 
 use crate::attr::Ctxt;
-use syn::{GenericArgument, PathArguments, Type, spanned::Spanned};
+use syn::{GenericArgument, PathArguments, Type};
 
 /// Reports every part of `ty` that cannot be stored in a record.
 pub fn check_type(cx: &mut Ctxt, ty: &Type) {
     match ty {
-        Type::Reference(r) => cx.error(
-            r.span(),
+        Type::Reference(r) => cx.error_spanned(r,
             "references cannot be stored in a record; use an owned type (String instead of &str, Vec<T> instead of &[T])",
         ),
-        Type::Ptr(p) => cx.error(p.span(), "raw pointers cannot be stored in a record"),
-        Type::BareFn(f) => cx.error(f.span(), "function pointers cannot be stored in a record"),
-        Type::TraitObject(t) => cx.error(
-            t.span(),
+        Type::Ptr(p) => cx.error_spanned(p, "raw pointers cannot be stored in a record"),
+        Type::BareFn(f) => cx.error_spanned(f, "function pointers cannot be stored in a record"),
+        Type::TraitObject(t) => cx.error_spanned(t,
             "trait objects cannot be stored in a record; use an enum of the concrete types",
         ),
-        Type::ImplTrait(t) => cx.error(t.span(), "`impl Trait` cannot be stored in a record"),
-        Type::Slice(s) => cx.error(
-            s.span(),
+        Type::ImplTrait(t) => cx.error_spanned(t, "`impl Trait` cannot be stored in a record"),
+        Type::Slice(s) => cx.error_spanned(s,
             "unsized slices cannot be stored in a record; use Vec<T> or [T; N]",
         ),
-        Type::Never(n) => cx.error(n.span(), "the never type cannot be stored in a record"),
-        Type::Infer(i) => cx.error(i.span(), "field types must be written out"),
-        Type::Macro(m) => cx.error(
-            m.span(),
+        Type::Never(n) => cx.error_spanned(n, "the never type cannot be stored in a record"),
+        Type::Infer(i) => cx.error_spanned(i, "field types must be written out"),
+        Type::Macro(m) => cx.error_spanned(m,
             "type macros are not supported in records; write the type out",
         ),
         Type::Paren(p) => check_type(cx, &p.elem),
@@ -39,7 +35,7 @@ pub fn check_type(cx: &mut Ctxt, ty: &Type) {
         }
         Type::Path(p) => {
             if p.qself.is_some() {
-                cx.error(p.span(), "qualified associated types are not supported in records");
+                cx.error_spanned(p, "qualified associated types are not supported in records");
                 return;
             }
             if let Some(last) = p.path.segments.last() {
@@ -64,6 +60,6 @@ pub fn check_type(cx: &mut Ctxt, ty: &Type) {
                 }
             }
         }
-        other => cx.error(other.span(), "this type cannot be stored in a record"),
+        other => cx.error_spanned(other, "this type cannot be stored in a record"),
     }
 }

@@ -222,20 +222,32 @@ impl Schema {
 #[derive(Default, Debug)]
 pub struct SchemaBuilder {
     types: BTreeMap<String, TypeDef>,
-    in_progress: Vec<String>,
+    /// Schema name given to each Rust type met so far.
+    names: Vec<(std::any::TypeId, String)>,
 }
 
 impl SchemaBuilder {
     /// Defines the user type `name` (once; recursive types refer to themselves by name) and
-    /// returns a reference to it.
-    pub fn define(&mut self, name: &str, def: impl FnOnce(&mut SchemaBuilder) -> TypeDef) -> Type {
-        if self.types.contains_key(name) || self.in_progress.iter().any(|n| n == name) {
-            return Type::Named(name.to_owned());
+    /// returns a reference to it. Two different Rust types with the same name (from different
+    /// modules) get distinct schema names: `Name`, `Name#2`, ... in the order they are reached.
+    pub fn define(
+        &mut self,
+        name: &str,
+        type_id: std::any::TypeId,
+        def: impl FnOnce(&mut SchemaBuilder) -> TypeDef,
+    ) -> Type {
+        if let Some((_, n)) = self.names.iter().find(|(t, _)| *t == type_id) {
+            return Type::Named(n.clone());
         }
-        self.in_progress.push(name.to_owned());
+        let mut unique = name.to_owned();
+        let mut i = 1;
+        while self.names.iter().any(|(_, n)| *n == unique) {
+            i += 1;
+            unique = format!("{name}#{i}");
+        }
+        self.names.push((type_id, unique.clone()));
         let d = def(self);
-        self.in_progress.pop();
-        self.types.insert(name.to_owned(), d);
-        Type::Named(name.to_owned())
+        self.types.insert(unique.clone(), d);
+        Type::Named(unique)
     }
 }

@@ -64,8 +64,11 @@ struct Pending {
     event: bool,
     invalidate: bool,
     /// Old and new stored values, kept only for trees with indexers.
-    bytes: Option<Box<(Option<Vec<u8>>, Option<Vec<u8>>)>>,
+    bytes: Option<Box<OldNew>>,
 }
+
+/// The stored values before and after a change.
+type OldNew = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 struct IdAlloc {
     next: u64,

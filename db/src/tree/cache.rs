@@ -17,7 +17,7 @@
 use crate::RawKey;
 use std::any::TypeId;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -88,9 +88,7 @@ impl Cache {
         if self.budget == 0 {
             return false;
         }
-        let mut h = foldhash::fast::FixedState::default().build_hasher();
-        key.hash(&mut h);
-        let hash = h.finish();
+        let hash = foldhash::fast::FixedState::default().hash_one(key);
         // Two bit positions from the two halves of the hash (truncation intended).
         let bits = [hash as u32, (hash >> 32) as u32].map(|x| x as usize % (DOOR_WORDS * 64));
         let seen = bits
