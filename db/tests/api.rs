@@ -475,3 +475,72 @@ fn keys_and_revisions_listing() -> rekord::Result<()> {
     assert_eq!(parts.snapshot()?.keys()?.next_back().transpose()?, Some(b));
     Ok(())
 }
+
+#[test]
+fn hot_cache_never_serves_stale_data() -> rekord::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = Db::memory()?;
+    let parts = db.tree::<Part>()?;
+    let keys: Vec<Key<Part>> = (0..8)
+        .map(|i| parts.create(&part("p", i)))
+        .collect::<Result<_, _>>()?;
+    // Read each key several times so it is admitted to the cache, then change it.
+    for _ in 0..3 {
+        for &k in &keys {
+            parts.with(k, |p| p.qty.to_native())?;
+        }
+    }
+    parts.update(keys[0], |p| p.qty = 100)?;
+    assert_eq!(parts.with(keys[0], |p| p.qty.to_native())?, 100);
+    parts.release(keys[1])?;
+    assert!(parts.meta(keys[1])?.released);
+    assert!(matches!(
+        parts.update(keys[1], |p| p.qty = 1),
+        Err(Error::Released { .. })
+    ));
+    parts.remove(keys[2])?;
+    assert!(matches!(
+        parts.with(keys[2], |_| ()),
+        Err(Error::NotFound { .. })
+    ));
+
+    // Concurrent readers: the values they see for a key never go backwards, and once the
+    // writer is done every reader sees the final value.
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let parts = parts.clone();
+            let keys = keys.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut last = [0u32; 8];
+                while !done.load(Ordering::SeqCst) {
+                    for (i, &k) in keys.iter().enumerate().skip(3) {
+                        let q = parts.with(k, |p| p.qty.to_native()).unwrap();
+                        assert!(q >= last[i], "key {i} went back from {} to {q}", last[i]);
+                        last[i] = q;
+                    }
+                }
+                keys.iter()
+                    .skip(3)
+                    .map(|&k| parts.with(k, |p| p.qty.to_native()).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for round in 1..=300u32 {
+        let k = keys[3 + (round as usize % 5)];
+        parts.update(k, |p| p.qty = 1000 + round)?;
+    }
+    let expected: Vec<u32> = keys
+        .iter()
+        .skip(3)
+        .map(|&k| parts.get(k).map(|p| p.qty))
+        .collect::<Result<_, _>>()?;
+    done.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert_eq!(r.join().unwrap(), expected);
+    }
+    Ok(())
+}

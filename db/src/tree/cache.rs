@@ -97,13 +97,21 @@ impl Cache {
         if seen {
             return true;
         }
-        if self.door_marks.fetch_add(1, Ordering::Relaxed) % DOOR_RESET == DOOR_RESET - 1 {
+        // Plain loads and stores instead of read-modify-write: a lost update between racing
+        // readers only delays an admission or a reset, and keeps the miss path cheap.
+        let marks = self.door_marks.load(Ordering::Relaxed).wrapping_add(1);
+        self.door_marks.store(marks, Ordering::Relaxed);
+        if marks % DOOR_RESET == 0 {
             for w in self.door.iter() {
                 w.store(0, Ordering::Relaxed);
             }
         }
         for b in bits {
-            self.door[b / 64].fetch_or(1 << (b % 64), Ordering::Relaxed);
+            let w = &self.door[b / 64];
+            w.store(
+                w.load(Ordering::Relaxed) | (1 << (b % 64)),
+                Ordering::Relaxed,
+            );
         }
         false
     }
