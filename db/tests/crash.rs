@@ -5,8 +5,18 @@
 //! but after the last report. Many rounds on the same file: each child continues from what the
 //! previous ones left.
 //!
-//! `REKORD_CRASH_SEED=<n>` replays a run (the seed is printed); `REKORD_CRASH_ROUNDS=<n>`
-//! changes the number of rounds (default 40).
+//! The child's reports (`@@ <op> <commit> ...`, one line per commit, written only after the
+//! commit returned): `C` create, `U` update of a draft, `B` a batch of creates and updates,
+//! `R` release, `N` new revision (+ replace), `V` release + new revision + update in one batch.
+//! Every record's payload derives from a seed (with a checksum field), so the parent can tell
+//! an intact record from garbage without having seen it reported.
+//!
+//! `REKORD_CRASH_SEED=<n>` fixes the parent's random choices (kill points, child seeds; the
+//! timing of the kill stays real); `REKORD_CRASH_ROUNDS=<n>` changes the number of rounds
+//! (default 40).
+//!
+//! `killed_while_creating_leaves_an_openable_file` (ignored: it shows a known bug) kills the
+//! child while `Db::open` creates a new file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use rekord::{Db, Key, LOCAL_REPLICA};
@@ -198,8 +208,13 @@ fn crash_child() {
                     })
                     .unwrap();
                 let mut line = format!("B {}", db.last_commit());
-                for (k, seed) in updates.iter().chain(&created).zip(seeds.drain(..)) {
-                    line.push_str(&format!(" {}:{}:{seed}", k.id(), k.rev()));
+                // id:rev:seed:1 for an update, id:rev:seed:0 for a new record.
+                let kinds = updates
+                    .iter()
+                    .map(|k| (k, 1))
+                    .chain(created.iter().map(|k| (k, 0)));
+                for ((k, update), seed) in kinds.zip(seeds.drain(..)) {
+                    line.push_str(&format!(" {}:{}:{seed}:{update}", k.id(), k.rev()));
                 }
                 drafts.extend(created);
                 say(line);
@@ -272,14 +287,16 @@ struct Known {
 }
 
 impl Known {
-    /// Records that `id@rev` now holds the record of `seed` (a draft).
+    /// Records that `id@rev` now holds the record of `seed` (a draft): a change of a known
+    /// draft if `existing`, else a new revision (whose key must not have been in use: ids and
+    /// revisions are never handed out twice).
     fn put(
         &mut self,
         line: &str,
         id: u64,
         rev: u32,
         seed: u64,
-        must_exist: bool,
+        existing: bool,
     ) -> Result<(), String> {
         self.max_seed = self.max_seed.max(seed);
         match self.want.insert(
@@ -290,7 +307,10 @@ impl Known {
             },
         ) {
             Some(w) if w.released => Err(format!("{line:?}: {id}@{rev} was released")),
-            None if must_exist => Err(format!("{line:?}: {id}@{rev} was unknown")),
+            None if existing => Err(format!("{line:?}: {id}@{rev} was unknown")),
+            Some(w) if !existing => {
+                Err(format!("{line:?}: {id}@{rev} ({w:?}) was handed out again"))
+            }
             _ => Ok(()),
         }
     }
@@ -335,11 +355,10 @@ impl Known {
                         .map(str::parse)
                         .collect::<Result<_, _>>()
                         .map_err(|e| format!("{line:?}: {e}"))?;
-                    let [id, r, seed] = p[..] else {
+                    let [id, r, seed, update] = p[..] else {
                         return Err(format!("bad batch entry in {line:?}"));
                     };
-                    let r = rev(r)?;
-                    self.put(line, id, r, seed, r > 0)?;
+                    self.put(line, id, rev(r)?, seed, update == 1)?;
                 }
                 Ok(())
             }
@@ -464,7 +483,6 @@ impl Known {
                 extra += 1;
             }
         }
-        // Ids are never handed out twice: a new record gets an id above all stored ones.
         drop(tree);
         drop(db);
         self.max_seed = self
@@ -552,7 +570,9 @@ fn killed_writer_loses_no_reported_commit() {
         });
 
         let mut reports = Vec::new();
-        if round % 2 == 0 {
+        // Round 0 creates the file and always gets as far as some commits: a kill while a new
+        // file is being created is a known bug, see `killed_while_creating_leaves_an_openable_file`.
+        if round % 2 == 1 {
             // Kill after a random time (possibly while the child is still opening the file).
             std::thread::sleep(Duration::from_millis(rng.range(5, 200)));
         } else {
@@ -616,4 +636,67 @@ fn killed_writer_loses_no_reported_commit() {
         started.elapsed()
     );
     assert!(total_reports > 0, "no child ever reported a commit");
+}
+
+/// A process killed while `Db::open` creates a new database file must not leave behind a file
+/// that can never be opened again (nothing was committed to it, so opening it should simply
+/// give an empty database, or the creation should be atomic).
+///
+/// Kills children at delays steered into the window where the file exists but the child has
+/// not finished opening it.
+#[test]
+#[ignore = "bug: a kill while Db::open creates a new file leaves a file without a redb header \
+            that every later Db::open rejects (\"Not a redb database: magic number mismatch\"); \
+            storage::open_file calls redb::Database::create on the final path"]
+fn killed_while_creating_leaves_an_openable_file() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng::new(seed_from_time());
+    let mut delay_us: u64 = 3000;
+    let mut in_window = 0;
+    for attempt in 0..60 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.rekord");
+        let mut child = Command::new(&exe)
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &path)
+            .env(BASE_ENV, (1u64 << 32).to_string())
+            .env(RNG_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let jitter = rng.range(70, 130);
+        std::thread::sleep(Duration::from_micros(delay_us * jitter / 100));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let opened = out.contains("@@ S ");
+        let exists = path.exists();
+        // Steer the delay towards "file created, open not finished".
+        if !exists {
+            delay_us = delay_us * 5 / 4 + 200;
+        } else if opened {
+            delay_us = (delay_us * 4 / 5).max(200);
+        } else {
+            in_window += 1;
+        }
+        let len = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if let Err(e) = Db::open(&path).and_then(|db| db.tree::<Blob>().map(drop)) {
+            panic!(
+                "attempt {attempt} (killed after ~{delay_us} us, file length {len:?}): the file \
+                 can no longer be opened: {e}"
+            );
+        }
+    }
+    eprintln!("{in_window} of 60 kills hit the creation window");
 }

@@ -1,17 +1,37 @@
-//! Model-based property test: random sequences of operations run against a database file and
-//! against a simple in-memory model; after every operation the results (Ok or which error),
-//! the events and the full contents (records and their metadata) must agree.
+//! Model-based property test: random sequences of operations (single writes, batches that
+//! commit, fail, are dropped or aborted, reopening the file) run against a database file and
+//! against a simple in-memory model. After every operation these must agree with the model:
+//! the result (Ok, or which error), the events delivered to a subscriber (kinds, keys, commit
+//! numbers), and the full contents as seen through iteration, ranges, point reads (repeated,
+//! so the hot cache serves them), metadata, and an indexer's mirror of the tree.
 //!
 //! 64 cases of up to 40 operations by default; set `PROPTEST_CASES` for more.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proptest::prelude::*;
 use rekord::{
-    Batch, BatchTree, Db, Error, Event, EventKind, Key, LOCAL_REPLICA, RawKey, RecordMeta,
-    Subscription, Tree,
+    Archived, Batch, BatchTree, Change, Db, Error, Event, EventKind, IndexerStatus, Key,
+    LOCAL_REPLICA, RawKey, RecordMeta, Subscription, Tree,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
+
+/// The payload of the panics the tests cause on purpose (not printed).
+struct IntendedPanic;
+
+fn quiet_intended_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<IntendedPanic>() {
+                prev(info);
+            }
+        }));
+    });
+}
 
 #[rekord::record(tree = "model_items", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +75,8 @@ enum Target {
 enum Single {
     Create(Item),
     Update(Target, u32, u8),
+    /// `update` whose closure panics: no effect.
+    UpdatePanics(Target),
     Replace(Target, Item),
     Remove(Target),
     Release(Target),
@@ -113,6 +135,7 @@ fn single() -> impl Strategy<Value = Single> {
     prop_oneof![
         4 => item().prop_map(Single::Create),
         3 => (target(), 0u32..5, any::<u8>()).prop_map(|(t, a, p)| Single::Update(t, a, p)),
+        1 => target().prop_map(Single::UpdatePanics),
         2 => (target(), item()).prop_map(|(t, i)| Single::Replace(t, i)),
         2 => target().prop_map(Single::Remove),
         4 => target().prop_map(Single::Release),
@@ -136,8 +159,18 @@ fn end() -> impl Strategy<Value = End> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => single().prop_map(Op::One),
-        3 => (proptest::collection::vec(single(), 1..6), end(), any::<bool>(), proptest::bool::weighted(0.3))
-            .prop_map(|(ops, end, tree_handle, check_isolation)| Op::Batch { ops, end, tree_handle, check_isolation }),
+        3 => (
+            proptest::collection::vec(single(), 1..6),
+            end(),
+            any::<bool>(),
+            proptest::bool::weighted(0.3),
+        )
+            .prop_map(|(ops, end, tree_handle, check_isolation)| Op::Batch {
+                ops,
+                end,
+                tree_handle,
+                check_isolation,
+            }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -199,6 +232,8 @@ enum Val {
     Unit,
     Key(RawKey),
     N(u32),
+    /// The closure panicked (and the panic came through).
+    Panicked,
     /// A read: the record, released, state, and the holder (compared on latest revisions only).
     Read(Item, bool, u32, Option<u32>),
 }
@@ -280,6 +315,10 @@ impl Model {
                 let r = self.revs.get_mut(&kid).unwrap();
                 let old = mutate(&mut r.item, *add, *push);
                 Ok((Val::N(old), vec![(k, EventKind::Updated)]))
+            }
+            Single::UpdatePanics(_) => {
+                self.check_draft(k)?;
+                Ok((Val::Panicked, vec![]))
             }
             Single::Replace(_, it) => {
                 self.check_draft(k)?;
@@ -374,6 +413,8 @@ impl Model {
 trait Api {
     fn create(&mut self, it: &Item) -> rekord::Result<Key<Item>>;
     fn update(&mut self, k: Key<Item>, add: u32, push: u8) -> rekord::Result<u32>;
+    /// `Ok(true)` if the closure ran (and panicked).
+    fn update_panics(&mut self, k: Key<Item>) -> rekord::Result<bool>;
     fn replace(&mut self, k: Key<Item>, it: &Item) -> rekord::Result<()>;
     fn remove(&mut self, k: Key<Item>) -> rekord::Result<()>;
     fn release(&mut self, k: Key<Item>) -> rekord::Result<()>;
@@ -392,6 +433,16 @@ macro_rules! api_impl {
             }
             fn update(&mut $s, k: Key<Item>, add: u32, push: u8) -> rekord::Result<u32> {
                 $target.update(k, |it: &mut Item| mutate(it, add, push))
+            }
+            fn update_panics(&mut $s, k: Key<Item>) -> rekord::Result<bool> {
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    $target.update(k, |_: &mut Item| -> () { std::panic::panic_any(IntendedPanic) })
+                }));
+                match r {
+                    Ok(r) => r.map(|()| false),
+                    Err(p) if p.is::<IntendedPanic>() => Ok(true),
+                    Err(p) => resume_unwind(p),
+                }
             }
             fn replace(&mut $s, k: Key<Item>, it: &Item) -> rekord::Result<()> {
                 $target.replace(k, it)
@@ -448,6 +499,13 @@ fn exec(api: &mut impl Api, op: &Single, k: RawKey) -> rekord::Result<Val> {
     Ok(match op {
         Single::Create(it) => Val::Key(api.create(it)?.raw()),
         Single::Update(_, add, push) => Val::N(api.update(key, *add, *push)?),
+        Single::UpdatePanics(_) => {
+            if api.update_panics(key)? {
+                Val::Panicked
+            } else {
+                Val::Unit
+            }
+        }
         Single::Replace(_, it) => {
             api.replace(key, it)?;
             Val::Unit
@@ -485,6 +543,7 @@ fn target_of(op: &Single) -> Option<&Target> {
     match op {
         Single::Create(_) => None,
         Single::Update(t, ..)
+        | Single::UpdatePanics(t)
         | Single::Replace(t, _)
         | Single::Remove(t)
         | Single::Release(t)
@@ -538,17 +597,94 @@ fn step(m: &mut Model, api: &mut impl Api, op: &Single) -> Result<Option<Vec<Ev>
 // ---------------------------------------------------------------------------------------------
 // The test driver
 
+/// What an indexer sees: a copy of the tree built from replay and change notifications.
+type Mirror = Arc<Mutex<BTreeMap<(u64, u32), (Item, RecordMeta)>>>;
+
+fn item_of(a: &Archived<Item>) -> Item {
+    Item {
+        name: a.name.as_str().to_owned(),
+        n: a.n.to_native(),
+        blob: a.blob.to_vec(),
+    }
+}
+
+/// An indexer that mirrors the tree and asserts that every change is consistent with what it
+/// saw before (a failed assertion disables it, which `full_check` reports).
+fn mirror_indexer(mirror: Mirror) -> impl FnMut(&Change<'_, Item>) + Send + 'static {
+    move |c: &Change<'_, Item>| {
+        let mut m = mirror
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let k = (c.key.id(), c.key.rev());
+        let before = m.get(&k).cloned();
+        if c.kind == EventKind::Removed {
+            let before = before.unwrap_or_else(|| panic!("removal of unknown {k:?}"));
+            assert_eq!(
+                c.old.map(item_of),
+                Some(before.0),
+                "old value of removed {k:?}"
+            );
+            assert!(
+                c.new.is_none() && c.meta.is_none(),
+                "removal of {k:?} with a new value"
+            );
+            m.remove(&k);
+            return;
+        }
+        let new = item_of(
+            c.new
+                .unwrap_or_else(|| panic!("{:?} of {k:?} without new value", c.kind)),
+        );
+        let meta = c
+            .meta
+            .unwrap_or_else(|| panic!("{:?} of {k:?} without meta", c.kind));
+        match (c.kind, before) {
+            (EventKind::Created, None) => {}
+            (EventKind::Created, Some(_)) => panic!("created {k:?} again (replay: {})", c.replay),
+            (EventKind::RevisionCreated, None) => {
+                let prev = m.get(&(k.0, k.1.wrapping_sub(1)));
+                assert_eq!(
+                    prev.map(|p| &p.0),
+                    Some(&new),
+                    "revision {k:?} is not a copy"
+                );
+            }
+            (EventKind::Updated, Some(b)) => {
+                assert_eq!(c.old.map(item_of), Some(b.0), "old value of updated {k:?}");
+            }
+            (kind, Some(b)) => {
+                assert!(c.old.is_none(), "{kind:?} of {k:?} with an old value");
+                assert_eq!(new, b.0, "{kind:?} changed the data of {k:?}");
+            }
+            (kind, None) => panic!("{kind:?} of unknown {k:?}"),
+        }
+        m.insert(k, (new, meta));
+    }
+}
+
 struct Live {
     sub: Subscription,
     tree: Tree<Item>,
+    mirror: Mirror,
+    indexer: IndexerStatus,
     db: Db,
 }
 
 fn open(path: &Path) -> Result<Live, String> {
     let db = Db::open(path).map_err(|e| format!("open: {e}"))?;
     let tree = db.tree::<Item>().map_err(|e| format!("tree: {e}"))?;
+    let mirror = Mirror::default();
+    let indexer = tree
+        .register_indexer(mirror_indexer(mirror.clone()))
+        .map_err(|e| format!("register_indexer: {e}"))?;
     let sub = db.subscribe();
-    Ok(Live { sub, tree, db })
+    Ok(Live {
+        sub,
+        tree,
+        mirror,
+        indexer,
+        db,
+    })
 }
 
 fn err(e: Error) -> String {
@@ -587,7 +723,39 @@ fn check_events(live: &Live, m: &mut Model, expected: &[Ev]) -> Result<(), Strin
 }
 
 /// Compares everything readable from the tree with the model.
-fn full_check(tree: &Tree<Item>, m: &Model) -> Result<(), String> {
+fn full_check(live: &Live, m: &Model) -> Result<(), String> {
+    let tree = &live.tree;
+    // The indexer's mirror.
+    if let Some(f) = live.indexer.failure() {
+        return Err(format!("the indexer failed: {f}"));
+    }
+    {
+        let mirror = live
+            .mirror
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys: Vec<_> = mirror.keys().copied().collect();
+        let want: Vec<_> = m.revs.keys().copied().collect();
+        if keys != want {
+            return Err(format!(
+                "indexer mirror has keys {keys:?}, model has {want:?}"
+            ));
+        }
+        for (kid, (item, meta)) in mirror.iter() {
+            let want = &m.revs[kid];
+            let k = RawKey::new(kid.0, kid.1);
+            if *item != want.item
+                || meta.released != want.released
+                || meta.state != want.state
+                || (m.is_latest(k) && meta.holder != m.holder(k.id))
+            {
+                return Err(format!(
+                    "indexer mirror has {k} = {item:?} {meta:?}, model has {want:?} holder {}",
+                    m.holder(k.id)
+                ));
+            }
+        }
+    }
     // Iteration, forward and backward.
     let mut seen: BTreeMap<(u64, u32), (Rev, u32)> = BTreeMap::new();
     for r in tree.iter().map_err(err)? {
@@ -617,6 +785,15 @@ fn full_check(tree: &Tree<Item>, m: &Model) -> Result<(), String> {
     let want_keys: Vec<_> = m.revs.keys().copied().collect();
     if got_keys != want_keys {
         return Err(format!("stored keys {got_keys:?}, model has {want_keys:?}"));
+    }
+    let listed: Vec<(u64, u32)> = tree
+        .keys()
+        .map_err(err)?
+        .into_iter()
+        .map(|k| (k.id(), k.rev()))
+        .collect();
+    if listed != want_keys {
+        return Err(format!("keys() gave {listed:?}, model has {want_keys:?}"));
     }
     let back: Vec<(u64, u32)> = tree
         .iter()
@@ -708,6 +885,43 @@ fn full_check(tree: &Tree<Item>, m: &Model) -> Result<(), String> {
             ));
         }
     }
+    // Ranges with every kind of bound, around every id (and at the ends of the id space).
+    let ids: Vec<u64> = m.holders.keys().copied().chain([0, u64::MAX]).collect();
+    for &id in &ids {
+        type Keys = Vec<(u64, u32)>;
+        let keys_of = |r: rekord::Result<rekord::Iter<Item>>| -> Result<Keys, String> {
+            r.map_err(err)?
+                .map(|r| r.map(|r| (r.key().id(), r.key().rev())))
+                .collect::<Result<_, _>>()
+                .map_err(err)
+        };
+        let want = |f: &dyn Fn(u64) -> bool| -> Keys {
+            m.revs.keys().copied().filter(|k| f(k.0)).collect()
+        };
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let cases: [(&str, Keys, Keys); 5] = [
+            ("..id", keys_of(tree.range(..id))?, want(&|x| x < id)),
+            ("..=id", keys_of(tree.range(..=id))?, want(&|x| x <= id)),
+            ("id..", keys_of(tree.range(id..))?, want(&|x| x >= id)),
+            (
+                "(Excluded(id), Unbounded)",
+                keys_of(tree.range((Excluded(id), Unbounded)))?,
+                want(&|x| x > id),
+            ),
+            (
+                "(Excluded(id), Included(id + 1))",
+                keys_of(tree.range((Excluded(id), Included(id.saturating_add(1)))))?,
+                want(&|x| x > id && x <= id.saturating_add(1)),
+            ),
+        ];
+        for (what, got, want) in cases {
+            if got != want {
+                return Err(format!(
+                    "range {what} with id = {id}: {got:?}, model has {want:?}"
+                ));
+            }
+        }
+    }
     // Things that do not exist.
     let missing = Key::<Item>::new(MISSING_ID, 0);
     if tree.contains(missing).map_err(err)? || tree.latest(MISSING_ID).map_err(err)?.is_some() {
@@ -756,7 +970,7 @@ fn run_batch(
                 }
             }
             if check_isolation {
-                full_check(&live.tree, m).map_err(|e| {
+                full_check(live, m).map_err(|e| {
                     mismatch = Some(format!("during an open batch: {e}"));
                     Error::IdsExhausted
                 })?;
@@ -790,7 +1004,7 @@ fn run_batch(
         }
     }
     if check_isolation {
-        full_check(&live.tree, m).map_err(|e| format!("during an open batch: {e}"))?;
+        full_check(live, m).map_err(|e| format!("during an open batch: {e}"))?;
     }
     match end {
         End::Commit => {
@@ -810,11 +1024,12 @@ fn run_batch(
 }
 
 fn run(ops: &[Op]) -> Result<(), String> {
+    quiet_intended_panics();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("model.rekord");
     let mut live = open(&path)?;
     let mut m = Model::default();
-    full_check(&live.tree, &m)?;
+    full_check(&live, &m)?;
     for (i, op) in ops.iter().enumerate() {
         let ctx = |e: String| format!("op #{i} {op:?}: {e}");
         match op {
@@ -850,12 +1065,12 @@ fn run(ops: &[Op]) -> Result<(), String> {
                 }
             }
         }
-        full_check(&live.tree, &m).map_err(ctx)?;
+        full_check(&live, &m).map_err(ctx)?;
     }
     drop(live);
     // Everything committed survives a final reopen.
     let live = open(&path)?;
-    full_check(&live.tree, &m).map_err(|e| format!("after the final reopen: {e}"))?;
+    full_check(&live, &m).map_err(|e| format!("after the final reopen: {e}"))?;
     if live.db.last_commit() != m.commit {
         return Err(format!(
             "last_commit {} after the final reopen, model says {}",
@@ -921,6 +1136,8 @@ fn scripted_scenario_matches_model() {
         Op::One(Single::Borrow(l(0))),
         Op::One(Single::Borrow(l(0))),
         Op::One(Single::Read(Target::Any(0))),
+        Op::One(Single::UpdatePanics(l(0))),
+        Op::One(Single::UpdatePanics(Target::Any(0))),
         Op::One(Single::Replace(l(0), it("a2", 5))),
         Op::Reopen,
         Op::One(Single::Remove(l(0))),
@@ -942,6 +1159,7 @@ fn scripted_scenario_matches_model() {
             ops: vec![
                 Single::Create(it("c", 3)),
                 Single::Update(l(2), 1, 1),
+                Single::UpdatePanics(l(2)),
                 Single::Release(l(2)),
                 Single::Update(l(2), 1, 1),
                 Single::NewRevision(l(2)),
@@ -969,4 +1187,54 @@ fn scripted_scenario_matches_model() {
         Op::Reopen,
     ];
     run(&ops).unwrap();
+}
+
+/// The hot cache under concurrent readers: once a commit returned, no reader may see (or leave
+/// behind in the cache) the value from before it. Readers hammer the same keys the writer
+/// changes, so that values read before a commit are offered to the cache after it.
+#[test]
+fn concurrent_readers_never_see_stale_values() {
+    let db = Db::memory().unwrap();
+    let tree = db.tree::<Item>().unwrap();
+    let keys: Vec<Key<Item>> = (0..2)
+        .map(|i| {
+            tree.create(&Item {
+                name: format!("k{i}"),
+                n: 0,
+                blob: vec![],
+            })
+            .unwrap()
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for &k in &keys {
+                        let _ = tree.with(k, |a| a.n.to_native()).unwrap();
+                    }
+                }
+            });
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Bounded in time as well: the writer competes with the readers for the CPU.
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+            for i in (1..=2000u32).take_while(|_| std::time::Instant::now() < until) {
+                let k = keys[i as usize % keys.len()];
+                tree.update(k, |it| it.n = i).unwrap();
+                for _ in 0..3 {
+                    assert_eq!(
+                        tree.get(k).unwrap().n,
+                        i,
+                        "stale read of {k} after commit {i}"
+                    );
+                }
+            }
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
+    });
 }

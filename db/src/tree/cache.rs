@@ -101,7 +101,7 @@ impl Cache {
         // readers only delays an admission or a reset, and keeps the miss path cheap.
         let marks = self.door_marks.load(Ordering::Relaxed).wrapping_add(1);
         self.door_marks.store(marks, Ordering::Relaxed);
-        if marks % DOOR_RESET == 0 {
+        if marks.is_multiple_of(DOOR_RESET) {
             for w in self.door.iter() {
                 w.store(0, Ordering::Relaxed);
             }
