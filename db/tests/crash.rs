@@ -645,9 +645,6 @@ fn killed_writer_loses_no_reported_commit() {
 /// Kills children at delays steered into the window where the file exists but the child has
 /// not finished opening it.
 #[test]
-#[ignore = "bug: a kill while Db::open creates a new file leaves a file without a redb header \
-            that every later Db::open rejects (\"Not a redb database: magic number mismatch\"); \
-            storage::open_file calls redb::Database::create on the final path"]
 fn killed_while_creating_leaves_an_openable_file() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;

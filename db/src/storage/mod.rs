@@ -117,8 +117,34 @@ pub(crate) fn open_memory() -> Result<redb::Database, redb::DatabaseError> {
     redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
 }
 
+/// Opens the database file at `path`, creating it first if it does not exist.
+///
+/// A new file is made under a temporary sibling name, closed, then renamed into place (and
+/// the directory synced), so a crash during creation leaves at worst a stray
+/// `*.creating-<pid>` file, never a half-initialized file at `path` that redb refuses.
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn open_file(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
+    let io = |e: std::io::Error| redb::DatabaseError::Storage(redb::StorageError::Io(e));
+    if !path.exists() {
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(format!(".creating-{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        // A leftover from an earlier crashed attempt of this very process id is garbage.
+        let _ = std::fs::remove_file(&tmp);
+        drop(redb::Database::create(&tmp)?);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        #[cfg(unix)]
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+    }
     redb::Database::create(path)
 }
 
