@@ -82,6 +82,7 @@ fn native(p: &Part) -> NativePart {
 }
 
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("parts");
+const RAW_SAME: TableDefinition<u128, &[u8]> = TableDefinition::new("parts-same-layout");
 
 fn raw_bytes(p: &Part) -> rkyv::util::AlignedVec {
     rkyv::to_bytes::<rkyv::rancor::Error>(p).unwrap()
@@ -310,9 +311,26 @@ fn main() {
         Some(&nat_t),
     );
 
-    // 4. Full scan.
-    let (mut raw_t, mut rek_t, mut nat_t) = (vec![], vec![], vec![]);
-    for _ in 0..rounds {
+    // A raw table with rekord's own layout (u128 (id, rev) key, 16-byte header before the rkyv
+    // bytes), untimed, to tell storage volume from code overhead in the scan.
+    let rdb_same = redb::Database::create(dir.path().join("raw-same-layout")).unwrap();
+    {
+        let txn = rdb_same.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(RAW_SAME).unwrap();
+            for (i, p) in records.iter().enumerate() {
+                let mut v = vec![1u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+                v.extend_from_slice(&raw_bytes(p));
+                t.insert((i as u128 + 1) << 32, v.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    // 4. Full scan (cheap, so more rounds against the noise).
+    let scan_rounds = rounds * 3;
+    let (mut raw_t, mut rek_t, mut nat_t, mut each_t) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..scan_rounds {
         raw_t.push(time(|| {
             let txn = rdb.begin_read().unwrap();
             let t = txn.open_table(RAW).unwrap();
@@ -335,6 +353,12 @@ fn main() {
             }
             assert!(s > 0);
         }));
+        each_t.push(time(|| {
+            let mut s = 0u64;
+            tree.for_each(.., |_, p| s += u64::from(p.qty.to_native()))
+                .unwrap();
+            assert!(s > 0);
+        }));
         nat_t.push(time(|| {
             let r = ndb.r_transaction().unwrap();
             let mut s = 0u64;
@@ -345,11 +369,51 @@ fn main() {
         }));
     }
     report.add(
-        &format!("full scan of {n} records"),
+        &format!("full scan of {n} records (iterator)"),
         n,
         &raw_t,
         &rek_t,
         Some(&nat_t),
+    );
+    report.add(
+        &format!("full scan of {n} records (for_each)"),
+        n,
+        &raw_t,
+        &each_t,
+        None,
+    );
+    let mut same_t = vec![];
+    let mut rek2_t = vec![];
+    for _ in 0..scan_rounds {
+        same_t.push(time(|| {
+            let txn = rdb_same.begin_read().unwrap();
+            let t = txn.open_table(RAW_SAME).unwrap();
+            let mut s = 0u64;
+            for row in t.iter().unwrap() {
+                let (_, v) = row.unwrap();
+                let data = &v.value()[16..];
+                s += u64::from(
+                    rkyv::access::<ArchivedPart, rkyv::rancor::Error>(data)
+                        .unwrap()
+                        .qty
+                        .to_native(),
+                );
+            }
+            assert!(s > 0);
+        }));
+        rek2_t.push(time(|| {
+            let mut s = 0u64;
+            tree.for_each(.., |_, p| s += u64::from(p.qty.to_native()))
+                .unwrap();
+            assert!(s > 0);
+        }));
+    }
+    report.add(
+        &format!("full scan of {n} records, raw using rekord's layout (u128 key + 16-byte header); rekord for_each"),
+        n,
+        &same_t,
+        &rek2_t,
+        None,
     );
 
     // 5. GUI frame: the same 10,000 rows read zero-copy every frame.

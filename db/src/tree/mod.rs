@@ -233,6 +233,16 @@ impl<T: Record> Tree<T> {
         self.snapshot()?.range(ids)
     }
 
+    /// Calls `f` with every revision of every record whose id is in `ids`, zero-copy; see
+    /// [`Snapshot::for_each`].
+    pub fn for_each(
+        &self,
+        ids: impl RangeBounds<u64>,
+        f: impl FnMut(Key<T>, &Archived<T>),
+    ) -> Result<()> {
+        self.snapshot()?.for_each(ids, f)
+    }
+
     /// A consistent read-only view of the tree as of now, for many reads or iteration.
     pub fn snapshot(&self) -> Result<Snapshot<T>> {
         let txn = self.db.inner.redb.begin_read()?;
@@ -375,6 +385,29 @@ impl<T: Record> Snapshot<T> {
         self.range(..)
     }
 
+    /// Calls `f` with every revision of every record whose id is in `ids`, zero-copy, in key
+    /// order; stops at the first record that cannot be read (returning its error). The
+    /// fastest way to scan: no per-record guard objects are built.
+    pub fn for_each(
+        &self,
+        ids: impl RangeBounds<u64>,
+        mut f: impl FnMut(Key<T>, &Archived<T>),
+    ) -> Result<()> {
+        let Some(t) = &self.table else {
+            return Ok(());
+        };
+        for row in t.range::<u128>(packed_bounds(&ids))? {
+            let (k, v) = row?;
+            let key = unpack(k.value());
+            let (h, data) = Header::parse(v.value())
+                .ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
+            check_version::<T>(key, &h)?;
+            let a = T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
+            f(Key::new(key.id, key.rev), a);
+        }
+        Ok(())
+    }
+
     /// Iterates over the keys of every revision, in key order, without touching the records.
     pub fn keys(&self) -> Result<impl DoubleEndedIterator<Item = Result<Key<T>>> + use<T>> {
         let inner = match &self.table {
@@ -390,18 +423,8 @@ impl<T: Record> Snapshot<T> {
 
     /// Iterates over every revision of the records whose ids are in `ids`.
     pub fn range(&self, ids: impl RangeBounds<u64>) -> Result<Iter<T>> {
-        let lower = match ids.start_bound() {
-            Bound::Included(&a) => Bound::Included(pack(RawKey::new(a, 0))),
-            Bound::Excluded(&a) => Bound::Excluded(pack(RawKey::new(a, u32::MAX))),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let upper = match ids.end_bound() {
-            Bound::Included(&b) => Bound::Included(pack(RawKey::new(b, u32::MAX))),
-            Bound::Excluded(&b) => Bound::Excluded(pack(RawKey::new(b, 0))),
-            Bound::Unbounded => Bound::Unbounded,
-        };
         let inner = match &self.table {
-            Some(t) => Some(t.range::<u128>((lower, upper))?),
+            Some(t) => Some(t.range::<u128>(packed_bounds(&ids))?),
             None => None,
         };
         Ok(Iter {
@@ -409,6 +432,21 @@ impl<T: Record> Snapshot<T> {
             _type: PhantomData,
         })
     }
+}
+
+/// Bounds on ids as bounds on packed keys.
+fn packed_bounds(ids: &impl RangeBounds<u64>) -> (Bound<u128>, Bound<u128>) {
+    let lower = match ids.start_bound() {
+        Bound::Included(&a) => Bound::Included(pack(RawKey::new(a, 0))),
+        Bound::Excluded(&a) => Bound::Excluded(pack(RawKey::new(a, u32::MAX))),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let upper = match ids.end_bound() {
+        Bound::Included(&b) => Bound::Included(pack(RawKey::new(b, u32::MAX))),
+        Bound::Excluded(&b) => Bound::Excluded(pack(RawKey::new(b, 0))),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (lower, upper)
 }
 
 type ValueGuard = redb::AccessGuard<'static, &'static [u8]>;
