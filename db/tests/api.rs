@@ -595,3 +595,20 @@ fn records_are_read_in_place_at_any_alignment() {
         assert_eq!(a.tags.len(), 2);
     }
 }
+
+#[test]
+fn for_each_visits_the_same_records_as_iter() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let parts = db.tree::<Part>()?;
+    let keys: Vec<_> = (0..6)
+        .map(|i| parts.create(&part(&format!("p{i}"), i)))
+        .collect::<Result<_, _>>()?;
+    let mut seen = Vec::new();
+    parts.for_each(.., |k, p| seen.push((k, p.qty.to_native())))?;
+    let expected: Vec<_> = keys.iter().zip(0..).map(|(k, i)| (*k, i)).collect();
+    assert_eq!(seen, expected);
+    let mut some = Vec::new();
+    parts.for_each(keys[1].id()..=keys[3].id(), |k, _| some.push(k))?;
+    assert_eq!(some, keys[1..=3].to_vec());
+    Ok(())
+}
