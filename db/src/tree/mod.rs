@@ -455,12 +455,12 @@ type ValueGuard = redb::AccessGuard<'static, &'static [u8]>;
 /// record.
 pub struct RecordRef<T: Record> {
     key: RawKey,
-    header: Header,
     guard: ValueGuard,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T: Record> RecordRef<T> {
+    #[inline]
     fn new(key: RawKey, guard: ValueGuard) -> Result<Self> {
         let (header, data) = Header::parse(guard.value())
             .ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
@@ -468,7 +468,6 @@ impl<T: Record> RecordRef<T> {
         T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
         Ok(RecordRef {
             key,
-            header,
             guard,
             _type: PhantomData,
         })
@@ -481,7 +480,16 @@ impl<T: Record> RecordRef<T> {
 
     /// The revision's metadata.
     pub fn meta(&self) -> RecordMeta {
-        self.header.into()
+        // `new` parsed this header successfully; the guard's bytes cannot change since.
+        Header::parse(self.guard.value()).map_or(
+            RecordMeta {
+                released: false,
+                state: 0,
+                holder: 0,
+                version: T::VERSION,
+            },
+            |(h, _)| h.into(),
+        )
     }
 
     /// An owned copy.
@@ -492,6 +500,7 @@ impl<T: Record> RecordRef<T> {
 
 impl<T: Record> std::ops::Deref for RecordRef<T> {
     type Target = Archived<T>;
+    #[inline]
     fn deref(&self) -> &Archived<T> {
         let data = self
             .guard
@@ -513,6 +522,7 @@ pub struct Iter<T: Record> {
 }
 
 impl<T: Record> Iter<T> {
+    #[inline]
     fn map_row(
         row: std::result::Result<
             (redb::AccessGuard<'static, u128>, ValueGuard),
@@ -526,6 +536,7 @@ impl<T: Record> Iter<T> {
 
 impl<T: Record> Iterator for Iter<T> {
     type Item = Result<RecordRef<T>>;
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         self.inner.as_mut()?.next().map(Self::map_row)
     }
