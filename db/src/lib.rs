@@ -28,6 +28,7 @@ pub use tree::{Iter, RecordMeta, RecordRef, Snapshot, Tree};
 /// Re-exports used by the code `#[rekord::record]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::record::{ChainError, from_older_via, same_str};
     pub use rkyv;
     pub use rkyv::rancor;
     pub use serde;

@@ -50,9 +50,10 @@ pub struct ItemArgs {
     pub tree: Option<LitStr>,
     pub version: Option<(u32, Span)>,
     pub krate: Option<Path>,
+    pub migrate_from: Option<syn::Type>,
 }
 
-const RECORD_KEYS: &str = "`tree`, `version`, `crate`";
+const RECORD_KEYS: &str = "`tree`, `version`, `migrate_from`, `crate`";
 const DATA_KEYS: &str = "`crate`";
 
 fn set_once<T>(cx: &mut Ctxt, slot: &mut Option<T>, value: T, name: &str, span: Span) {
@@ -69,6 +70,7 @@ pub fn parse_item_args(cx: &mut Ctxt, kind: Kind, args: TokenStream) -> ItemArgs
         tree: None,
         version: None,
         krate: None,
+        migrate_from: None,
     };
     if args.is_empty() {
         return out;
@@ -106,6 +108,9 @@ pub fn parse_item_args(cx: &mut Ctxt, kind: Kind, args: TokenStream) -> ItemArgs
                     "`version` must be a plain integer from 1 to 4294967295 (no quotes, no suffix)",
                 ),
             }
+        } else if meta.path.is_ident("migrate_from") && kind == Kind::Record {
+            let ty: syn::Type = meta.value()?.parse()?;
+            set_once(cx, &mut out.migrate_from, ty, "migrate_from", span);
         } else if meta.path.is_ident("crate") {
             match meta.value()?.parse::<Lit>()? {
                 Lit::Str(lit) => match lit.parse::<Path>() {

@@ -178,6 +178,31 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
             .as_ref()
             .map_or_else(|| attr::snake_case(&type_name), |t| t.value());
         let version = args.version.map_or(1, |(v, _)| v);
+        let (from_older, chain_checks) = match &args.migrate_from {
+            None => (quote! {}, quote! {}),
+            Some(prev) => (
+                quote! {
+                    fn __from_older(
+                        __version: u32,
+                        __data: &[u8],
+                    ) -> ::core::option::Option<::core::result::Result<Self, #krate::__private::ChainError>> {
+                        #krate::__private::from_older_via::<#prev, Self>(__version, __data)
+                    }
+                },
+                quote_spanned! {prev.span()=>
+                    const _: () = {
+                        ::core::assert!(
+                            #krate::__private::same_str(<#prev as #krate::Record>::TREE, #tree),
+                            "`migrate_from` must name an older version of the same tree (same `tree = ...`)"
+                        );
+                        ::core::assert!(
+                            <#prev as #krate::Record>::VERSION < #version,
+                            "`migrate_from` must name an older version (a smaller `version`)"
+                        );
+                    };
+                },
+            ),
+        };
         quote! {
             impl #krate::Record for #ident {
                 const TREE: &'static str = #tree;
@@ -201,7 +226,11 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
                 ) -> ::core::result::Result<Self, #krate::__private::rancor::Error> {
                     #krate::__private::rkyv::deserialize::<Self, #krate::__private::rancor::Error>(__archived)
                 }
+
+                #from_older
             }
+
+            #chain_checks
         }
     } else {
         quote! {}
