@@ -58,6 +58,7 @@ struct Row {
 pub struct Report {
     rows: Vec<Row>,
     notes: Vec<String>,
+    baseline: Option<String>,
 }
 
 fn fmt_time(s: f64) -> String {
@@ -82,9 +83,17 @@ fn fmt_rate(ops: u64, s: f64) -> String {
 }
 
 impl Report {
-    /// An empty report.
+    /// An empty report against the raw redb + rkyv baseline.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty report whose baseline column is named `baseline`.
+    pub fn against(baseline: &str) -> Self {
+        Report {
+            baseline: Some(baseline.to_owned()),
+            ..Self::default()
+        }
     }
 
     /// Adds a case: seconds per round for the raw baseline, rekord and (optionally) the peer.
@@ -129,8 +138,9 @@ impl Report {
     pub fn print(&self, name: &str) {
         let mut out = String::new();
         out.push_str(&format!(
-            "\n## {name} (medians of {} rounds)\n\n| case | raw redb+rkyv | rekord | rekord/raw | native_db (/raw) |\n|---|---|---|---|---|\n",
-            self.rows.first().map_or(0, |r| r.raw.len())
+            "\n## {name} (medians of {} rounds)\n\n| case | {} | rekord | rekord/baseline | native_db (/baseline) |\n|---|---|---|---|---|\n",
+            self.rows.first().map_or(0, |r| r.raw.len()),
+            self.baseline.as_deref().unwrap_or("raw redb+rkyv")
         ));
         for r in &self.rows {
             out.push_str(&Self::line(r));

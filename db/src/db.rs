@@ -107,6 +107,8 @@ pub(crate) struct TreeState {
     pub(crate) checked: Mutex<Vec<(u32, TypeId)>>,
     pub(crate) indexers: Mutex<Vec<IndexerSlot>>,
     pub(crate) has_indexers: AtomicBool,
+    /// Stored schemas already parsed, by version.
+    pub(crate) schemas: Mutex<HashMap<u32, Arc<Schema>>>,
 }
 
 impl TreeState {
@@ -315,6 +317,7 @@ impl DbInner {
                     checked: Mutex::new(Vec::new()),
                     indexers: Mutex::new(Vec::new()),
                     has_indexers: AtomicBool::new(false),
+                    schemas: Mutex::new(HashMap::new()),
                 })
             })
             .clone()

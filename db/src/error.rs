@@ -120,6 +120,65 @@ pub enum Error {
         /// What changed.
         changes: Vec<String>,
     },
+    /// A user migration (`TryFrom` in a `migrate_from` chain) refused a stored record.
+    #[error(
+        "migrating record {key} in tree `{tree}` from schema version {from} to {to} failed: {reason}"
+    )]
+    Migration {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+        /// The version the failing conversion started from.
+        from: u32,
+        /// The version being read.
+        to: u32,
+        /// The conversion's error.
+        reason: String,
+    },
+    /// A record stored with another schema version cannot be projected onto the reading type.
+    #[error(
+        "record {key} in tree `{tree}` (schema version {stored}) cannot be read as version {expected}: at `{path}`: {reason}; give the field a #[record(default)] or add a migration (migrate_from)"
+    )]
+    Incompatible {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+        /// The version the record was stored with.
+        stored: u32,
+        /// The version of the reading type.
+        expected: u32,
+        /// Path of the offending field (`dims.w`, `tags[2]`, ...).
+        path: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A change to a record written by a newer schema version, which this program would
+    /// partly destroy (it does not know the newer fields).
+    #[error(
+        "record {key} in tree `{tree}` was written with schema version {stored}, newer than this program's version {expected}; changing it here could drop fields this program does not know, so it is refused: use the newer program"
+    )]
+    NewerVersion {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+        /// The version the record was stored with.
+        stored: u32,
+        /// The version of this program's type.
+        expected: u32,
+    },
+    /// A record names a schema version the database does not have.
+    #[error(
+        "tree `{tree}` has no stored schema version {version}; the database is damaged or was edited by hand"
+    )]
+    UnknownSchema {
+        /// Tree name.
+        tree: String,
+        /// The missing version.
+        version: u32,
+    },
     /// The record was stored with another schema version than the type reading it.
     #[error(
         "record {key} in tree `{tree}` was stored with schema version {stored}, but this code reads version {expected}; schema evolution is needed to read it"

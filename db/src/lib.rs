@@ -23,7 +23,7 @@ pub use record::{Archived, Record};
 pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
 pub use tree::batch::{Batch, BatchTree};
-pub use tree::{Iter, RecordMeta, RecordRef, Snapshot, Tree};
+pub use tree::{Iter, MigrateProgress, MigrateReport, RecordMeta, RecordRef, Snapshot, Tree};
 
 /// Re-exports used by the code `#[rekord::record]` generates. Not a public API.
 #[doc(hidden)]

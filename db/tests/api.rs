@@ -314,7 +314,8 @@ fn changed_schema_with_same_version_is_refused_with_the_change_named() -> rekord
 }
 
 #[test]
-fn reading_another_schema_version_is_a_clear_error_never_garbage() -> rekord::Result<()> {
+fn reading_another_schema_version_goes_through_evolution_never_garbage() -> rekord::Result<()> {
+    // v2 widened `a` (u32 -> u64) without a migration: compatible by projection.
     let db = Db::memory()?;
     let k = db.tree::<evo_v1::Item>()?.create(&evo_v1::Item {
         a: 7,
@@ -322,25 +323,38 @@ fn reading_another_schema_version_is_a_clear_error_never_garbage() -> rekord::Re
     })?;
     let v2 = db.tree::<evo_v2::Item>()?;
     let k2 = Key::<evo_v2::Item>::new(k.id(), k.rev());
-    for r in [
-        v2.get(k2).map(|_| ()),
-        v2.with(k2, |_| ()),
-        v2.update(k2, |_| ()),
-    ] {
-        match r {
-            Err(Error::SchemaVersion {
-                tree,
-                stored: 1,
-                expected: 2,
-                ..
-            }) => assert_eq!(tree, "evo"),
-            other => panic!("expected SchemaVersion, got {other:?}"),
+    assert_eq!(
+        v2.get(k2)?,
+        evo_v2::Item {
+            a: 7,
+            b: "seven".into()
         }
-    }
-    assert!(
-        v2.iter()?
-            .all(|r| matches!(r, Err(Error::SchemaVersion { .. })))
     );
+    assert_eq!(v2.with(k2, |i| i.a.to_native())?, 7);
+    let all: Vec<u64> = v2
+        .iter()?
+        .map(|r| r.map(|r| r.a.to_native()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(all, vec![7]);
+    // Writing it stores version 2; version-1 code still reads it (7 fits a u32)...
+    v2.update(k2, |i| i.a = 8)?;
+    assert_eq!(v2.meta(k2)?.version, 2);
+    assert_eq!(db.tree::<evo_v1::Item>()?.get(k)?.a, 8);
+    // ...but a value that does not fit is a typed error naming the field, never garbage.
+    v2.update(k2, |i| i.a = u64::MAX)?;
+    match db.tree::<evo_v1::Item>()?.get(k) {
+        Err(Error::Incompatible {
+            tree,
+            stored: 2,
+            expected: 1,
+            path,
+            ..
+        }) => {
+            assert_eq!(tree, "evo");
+            assert!(path.contains('a'), "{path}");
+        }
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
     // Both schema versions are kept.
     let versions: Vec<u32> = db.schemas("evo")?.iter().map(|s| s.version).collect();
     assert_eq!(versions, vec![1, 2]);

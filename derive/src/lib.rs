@@ -33,6 +33,10 @@ use proc_macro::TokenStream;
 /// - `tree = "name"`: the stable tree name (default: the type name in snake_case). Lowercase
 ///   ASCII letters, digits, `_`, `-` and `.`, at most 64 characters.
 /// - `version = N`: the schema version, an integer from 1 (default 1).
+/// - `migrate_from = OldType`: the previous version of this record (same tree, smaller
+///   version), to read records stored with it (or, through its own `migrate_from`, with any
+///   older version); needs `impl From<OldType> for ThisType` or `TryFrom` with a `Display`
+///   error. Checked at compile time.
 /// - `crate = "path"`: the path of the `rekord` crate if it was renamed (default `::rekord`).
 ///
 /// Field options:

@@ -75,6 +75,14 @@ pub enum EventKind {
         /// The replica now holding it.
         holder: u32,
     },
+    /// The record's bytes were rewritten to a newer schema version by `Tree::migrate` (the
+    /// value is the same record, in the current layout).
+    Migrated {
+        /// The version it was stored with.
+        from: u32,
+        /// The version it is stored with now.
+        to: u32,
+    },
     /// The record's borrow was returned.
     Returned {
         /// The replica that held it.

@@ -8,6 +8,7 @@
 
 mod describe;
 mod diff;
+pub mod dynamic;
 
 pub use diff::describe_changes;
 

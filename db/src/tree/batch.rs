@@ -1,11 +1,12 @@
 //! Atomic write batches.
 
 use super::RecordMeta;
+use super::evolve;
 use crate::db::{DbInner, TreeState, WriterState};
 use crate::event::{Event, EventKind, RecordEvent, lock};
 use crate::index::{IndexerSlot, IndexerStatus, RawChange};
 use crate::schema::{Schema, describe_changes};
-use crate::storage::{Header, META, RANGES, SCHEMAS, id_range, pack, unpack};
+use crate::storage::{HEADER_LEN, Header, META, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
 use redb::{ReadableTable, WriteTransaction};
 use std::any::TypeId;
@@ -539,12 +540,41 @@ impl<T: Record> BatchTree<'_, T> {
         Ok(Key::new(id, 0))
     }
 
-    /// Changes a draft this replica holds, through a closure on an owned copy.
+    /// Refuses changes to a record written by a newer schema version (see
+    /// [`Error::NewerVersion`]).
+    fn check_not_newer(&self, key: RawKey, h: &Header) -> Result<()> {
+        if h.version > T::VERSION {
+            return Err(Error::NewerVersion {
+                tree: T::TREE.to_owned(),
+                key,
+                stored: h.version,
+                expected: T::VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes a stored value (header included) as `T`, across schema versions.
+    fn decode(&self, key: RawKey, h: &Header, value: &[u8]) -> Result<T> {
+        let data = value.get(HEADER_LEN..).unwrap_or_default();
+        evolve::decode_record(
+            &self.state,
+            || Ok(self.txn.open_table(SCHEMAS)?),
+            key,
+            h,
+            data,
+        )
+    }
+
+    /// Changes a draft this replica holds, through a closure on an owned copy. A record
+    /// stored with an older schema version is migrated and written in the current one; one
+    /// written by a newer version is refused ([`Error::NewerVersion`]).
     pub fn update<R>(&mut self, key: Key<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
         let k = key.raw();
         let (h, old) = self.load(k)?;
         self.check_draft(k, &h)?;
-        let mut record = decode::<T>(k, h, &old)?;
+        self.check_not_newer(k, &h)?;
+        let mut record = self.decode(k, &h, &old)?;
         let r = f(&mut record);
         self.write_draft(k, h, old, &record)?;
         Ok(r)
@@ -555,6 +585,7 @@ impl<T: Record> BatchTree<'_, T> {
         let k = key.raw();
         let (h, old) = self.load(k)?;
         self.check_draft(k, &h)?;
+        self.check_not_newer(k, &h)?;
         self.write_draft(k, h, old, record)
     }
 
@@ -738,11 +769,39 @@ impl<T: Record> BatchTree<'_, T> {
         Ok(())
     }
 
+    /// Rewrites one record stored with an older schema version in the current one; `false`
+    /// if there was nothing to do (gone, or not older).
+    pub(crate) fn migrate_one(&mut self, k: RawKey) -> Result<bool> {
+        let (h, old) = match self.load(k) {
+            Ok(v) => v,
+            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if h.version >= T::VERSION {
+            return Ok(false);
+        }
+        let record = self.decode(k, &h, &old)?;
+        let value = evolve::reencode(&record, &h)?;
+        self.store(k, &value)?;
+        let keep = self.state.has_indexers.load(Ordering::Relaxed);
+        self.push(
+            k,
+            EventKind::Migrated {
+                from: h.version,
+                to: T::VERSION,
+            },
+            true,
+            keep.then_some(old),
+            keep.then_some(&value[..]),
+        );
+        Ok(true)
+    }
+
     /// Reads a record as the batch sees it.
     pub fn get(&self, key: Key<T>) -> Result<T> {
         let k = key.raw();
         let (h, v) = self.load(k)?;
-        decode::<T>(k, h, &v)
+        self.decode(k, &h, &v)
     }
 
     /// Reads a record zero-copy as the batch sees it.
@@ -751,8 +810,14 @@ impl<T: Record> BatchTree<'_, T> {
         let guard = self.table.get(pack(k))?.ok_or_else(|| self.not_found(k))?;
         let (h, data) =
             Header::parse(guard.value()).ok_or_else(|| self.corrupt(k, "invalid value header"))?;
-        check_version::<T>(k, &h)?;
-        let a = T::__access(data).map_err(|e| self.corrupt(k, e))?;
+        if h.version == T::VERSION {
+            let a = T::__access(data).map_err(|e| self.corrupt(k, e))?;
+            return Ok(f(a));
+        }
+        let record = self.decode(k, &h, guard.value())?;
+        let copy = evolve::reencode(&record, &h)?;
+        let a = T::__access(copy.get(HEADER_LEN..).unwrap_or_default())
+            .map_err(|e| self.corrupt(k, e))?;
         Ok(f(a))
     }
 
@@ -761,29 +826,4 @@ impl<T: Record> BatchTree<'_, T> {
         let (h, _) = self.load(key.raw())?;
         Ok(RecordMeta::from(h))
     }
-}
-
-pub(crate) fn check_version<T: Record>(key: RawKey, h: &Header) -> Result<()> {
-    if h.version != T::VERSION {
-        return Err(Error::SchemaVersion {
-            tree: T::TREE.to_owned(),
-            key,
-            stored: h.version,
-            expected: T::VERSION,
-        });
-    }
-    Ok(())
-}
-
-/// Decodes a stored value (header included) into an owned record.
-pub(crate) fn decode<T: Record>(key: RawKey, h: Header, value: &[u8]) -> Result<T> {
-    check_version::<T>(key, &h)?;
-    let corrupt = |e: rkyv::rancor::Error| Error::Corrupt {
-        tree: T::TREE.to_owned(),
-        key,
-        reason: e.to_string(),
-    };
-    let data = value.get(crate::storage::HEADER_LEN..).unwrap_or_default();
-    let a = T::__access(data).map_err(corrupt)?;
-    T::__deserialize(a).map_err(corrupt)
 }

@@ -2,13 +2,13 @@
 
 pub mod batch;
 pub(crate) mod cache;
+pub(crate) mod evolve;
 
 use crate::db::TreeState;
-use crate::storage::{Header, id_range, pack, unpack};
+use crate::storage::{HEADER_LEN, Header, id_range, pack, unpack};
 use crate::{Archived, Db, Error, Indexer, IndexerStatus, Key, RawKey, Record, Result};
-use batch::check_version;
 use cache::Entry;
-use redb::{ReadableDatabase, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::any::TypeId;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
@@ -38,6 +38,26 @@ impl From<Header> for RecordMeta {
             version: h.version,
         }
     }
+}
+
+/// Progress of [`Tree::migrate`]: records migrated so far, out of `total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrateProgress {
+    /// Records migrated so far.
+    pub done: u64,
+    /// Records that needed migration when it started.
+    pub total: u64,
+}
+
+/// What [`Tree::migrate`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// Records rewritten in the current version.
+    pub migrated: u64,
+    /// Records that were already current.
+    pub current: u64,
+    /// Records written by a newer version, left alone.
+    pub newer: u64,
 }
 
 /// The typed handle of one tree. Cheap to clone.
@@ -137,15 +157,18 @@ impl<T: Record> Tree<T> {
 
     /// Reads a record zero-copy: `f` gets the archived record in place.
     ///
+    /// A record stored with another schema version (older, or written by a newer program) is
+    /// read through schema evolution (see the crate docs) and `f` gets a *migrated archived
+    /// copy* in this type's layout; [`Tree::migrate`] rewrites such records for good.
+    ///
     /// Repeatedly read records are served from memory (see the crate docs, "Hot records"),
     /// so calling this for every visible row of a GUI every frame is cheap.
     pub fn with<R>(&self, key: Key<T>, f: impl FnOnce(&Archived<T>) -> R) -> Result<R> {
         let k = key.raw();
         let generation = match self.state.cache.get(k) {
             Ok(entry) if entry.validated_as == TypeId::of::<T>() => {
-                let (h, data) = Header::parse(&entry.bytes)
+                let (_, data) = Header::parse(&entry.bytes)
                     .ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
-                check_version::<T>(k, &h)?;
                 // SAFETY: the cache only holds entries whose record bytes passed `T::__access`
                 // (checked rkyv validation) for the type recorded in `validated_as`, which we
                 // just compared with `T`; the bytes are immutable behind the `Arc`.
@@ -165,27 +188,62 @@ impl<T: Record> Tree<T> {
         let value = guard.value();
         let (h, data) =
             Header::parse(value).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
-        check_version::<T>(k, &h)?;
-        let a = T::__access(data).map_err(|e| corrupt::<T>(k, e))?;
-        if let Some(generation) = generation
-            && self.state.cache.wants(k)
-        {
+        let admit = generation.filter(|_| self.state.cache.wants(k));
+        if h.version == T::VERSION {
+            let a = T::__access(data).map_err(|e| corrupt::<T>(k, e))?;
+            if let Some(generation) = admit {
+                self.state.cache.admit(
+                    generation,
+                    k,
+                    Entry {
+                        bytes: Arc::from(value),
+                        validated_as: TypeId::of::<T>(),
+                    },
+                );
+            }
+            return Ok(f(a));
+        }
+        // Another schema version: read a migrated archived copy (cached like any record).
+        let record: T =
+            evolve::decode_record(&self.state, || evolve::read_schemas(&txn), k, &h, data)?;
+        let bytes: Arc<[u8]> = Arc::from(evolve::reencode(&record, &h)?);
+        if let Some(generation) = admit {
             self.state.cache.admit(
                 generation,
                 k,
                 Entry {
-                    bytes: Arc::from(value),
+                    bytes: bytes.clone(),
                     validated_as: TypeId::of::<T>(),
                 },
             );
         }
+        let a = T::__access(bytes.get(HEADER_LEN..).unwrap_or_default())
+            .map_err(|e| corrupt::<T>(k, e))?;
         Ok(f(a))
     }
 
-    /// Reads an owned copy of a record.
+    /// Reads an owned copy of a record (of any schema version: see [`Tree::with`]).
     pub fn get(&self, key: Key<T>) -> Result<T> {
-        self.with(key, |a| T::__deserialize(a))?
-            .map_err(|e| corrupt::<T>(key.raw(), e))
+        let k = key.raw();
+        if let Ok(entry) = self.state.cache.get(k)
+            && entry.validated_as == TypeId::of::<T>()
+            && let Some((h, data)) = Header::parse(&entry.bytes)
+            && h.version == T::VERSION
+        {
+            // SAFETY: as in `with`: validated for `T` before it entered the cache.
+            let a = unsafe { rkyv::access_unchecked::<Archived<T>>(data) };
+            return T::__deserialize(a).map_err(|e| corrupt::<T>(k, e));
+        }
+        let txn = self.db.inner.redb.begin_read()?;
+        let table = match txn.open_table(self.state.def()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_found::<T>(k)),
+            Err(e) => return Err(e.into()),
+        };
+        let guard = table.get(pack(k))?.ok_or_else(|| not_found::<T>(k))?;
+        let (h, data) =
+            Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+        evolve::decode_record(&self.state, || evolve::read_schemas(&txn), k, &h, data)
     }
 
     /// Whether the record exists.
@@ -253,8 +311,70 @@ impl<T: Record> Tree<T> {
         };
         Ok(Snapshot {
             table,
+            ctx: Arc::new(Ctx {
+                txn,
+                state: self.state.clone(),
+            }),
             _type: PhantomData,
         })
+    }
+
+    /// Rewrites every record of the tree stored with an older schema version in the current
+    /// one (see [`Tree::migrate_with`]); `progress` is called after every committed batch.
+    pub fn migrate(&self, progress: impl FnMut(MigrateProgress)) -> Result<MigrateReport> {
+        self.migrate_with(1000, progress)
+    }
+
+    /// Rewrites every record stored with an older schema version in `T`'s version, in
+    /// batches of `batch_size` records, each its own atomic commit with `Migrated` events.
+    ///
+    /// Safe to interrupt (a crash, a kill, an error): every record is at all times either
+    /// still in its old version (readable through evolution) or migrated; running `migrate`
+    /// again continues with what is left. Migration changes the stored layout, not the
+    /// record's value, so it also rewrites released revisions and needs no borrows. Records
+    /// written by a *newer* version are left alone and counted in [`MigrateReport::newer`].
+    pub fn migrate_with(
+        &self,
+        batch_size: usize,
+        mut progress: impl FnMut(MigrateProgress),
+    ) -> Result<MigrateReport> {
+        let mut report = MigrateReport::default();
+        let mut todo = Vec::new();
+        {
+            let snap = self.snapshot()?;
+            if let Some(t) = &snap.table {
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    let key = unpack(k.value());
+                    let (h, _) = Header::parse(v.value())
+                        .ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
+                    match h.version.cmp(&T::VERSION) {
+                        std::cmp::Ordering::Less => todo.push(key),
+                        std::cmp::Ordering::Equal => report.current += 1,
+                        std::cmp::Ordering::Greater => report.newer += 1,
+                    }
+                }
+            }
+        }
+        let total = todo.len() as u64;
+        progress(MigrateProgress { done: 0, total });
+        for chunk in todo.chunks(batch_size.max(1)) {
+            let mut b = self.db.batch()?;
+            {
+                let mut t = b.tree::<T>()?;
+                for &k in chunk {
+                    if t.migrate_one(k)? {
+                        report.migrated += 1;
+                    }
+                }
+            }
+            b.commit()?;
+            progress(MigrateProgress {
+                done: report.migrated,
+                total,
+            });
+        }
+        Ok(report)
     }
 
     /// Registers an indexer for this tree; see [`Db::register_indexer`].
@@ -280,9 +400,29 @@ fn corrupt<T: Record>(key: RawKey, reason: impl std::fmt::Display) -> Error {
 
 type ReadTable = redb::ReadOnlyTable<u128, &'static [u8]>;
 
+/// What a snapshot needs to read other schema versions: its read transaction (for the stored
+/// schemas) and the tree's state (for the schema cache).
+struct Ctx {
+    txn: redb::ReadTransaction,
+    state: Arc<TreeState>,
+}
+
+impl Ctx {
+    fn decode<T: Record>(&self, key: RawKey, h: &Header, data: &[u8]) -> Result<T> {
+        evolve::decode_record(
+            &self.state,
+            || evolve::read_schemas(&self.txn),
+            key,
+            h,
+            data,
+        )
+    }
+}
+
 /// A consistent read-only view of one tree (a redb read transaction).
 pub struct Snapshot<T: Record> {
     table: Option<ReadTable>,
+    ctx: Arc<Ctx>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -295,7 +435,7 @@ impl<T: Record> Snapshot<T> {
             .transpose()?
             .flatten()
             .ok_or_else(|| not_found::<T>(k))?;
-        RecordRef::new(k, guard)
+        RecordRef::new(k, guard, &self.ctx)
     }
 
     /// The record, zero-copy, held as long as the returned guard lives.
@@ -303,7 +443,7 @@ impl<T: Record> Snapshot<T> {
         self.fetch(key.raw())
     }
 
-    /// Reads a record zero-copy.
+    /// Reads a record zero-copy (a migrated copy for other schema versions, see [`Tree::with`]).
     pub fn with<R>(&self, key: Key<T>, f: impl FnOnce(&Archived<T>) -> R) -> Result<R> {
         let r = self.fetch(key.raw())?;
         Ok(f(&r))
@@ -311,7 +451,17 @@ impl<T: Record> Snapshot<T> {
 
     /// Reads an owned copy of a record.
     pub fn get(&self, key: Key<T>) -> Result<T> {
-        self.fetch(key.raw())?.to_owned()
+        let k = key.raw();
+        let guard = self
+            .table
+            .as_ref()
+            .map(|t| t.get(pack(k)))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| not_found::<T>(k))?;
+        let (h, data) =
+            Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
+        self.ctx.decode(k, &h, data)
     }
 
     /// Whether the record exists.
@@ -387,7 +537,8 @@ impl<T: Record> Snapshot<T> {
 
     /// Calls `f` with every revision of every record whose id is in `ids`, zero-copy, in key
     /// order; stops at the first record that cannot be read (returning its error). The
-    /// fastest way to scan: no per-record guard objects are built.
+    /// fastest way to scan: no per-record guard objects are built. Records of other schema
+    /// versions are passed as migrated copies.
     pub fn for_each(
         &self,
         ids: impl RangeBounds<u64>,
@@ -401,9 +552,16 @@ impl<T: Record> Snapshot<T> {
             let key = unpack(k.value());
             let (h, data) = Header::parse(v.value())
                 .ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
-            check_version::<T>(key, &h)?;
-            let a = T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
-            f(Key::new(key.id, key.rev), a);
+            if h.version == T::VERSION {
+                let a = T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
+                f(Key::new(key.id, key.rev), a);
+            } else {
+                let record: T = self.ctx.decode(key, &h, data)?;
+                let bytes = evolve::reencode(&record, &h)?;
+                let a = T::__access(bytes.get(HEADER_LEN..).unwrap_or_default())
+                    .map_err(|e| corrupt::<T>(key, e))?;
+                f(Key::new(key.id, key.rev), a);
+            }
         }
         Ok(())
     }
@@ -429,6 +587,7 @@ impl<T: Record> Snapshot<T> {
         };
         Ok(Iter {
             inner,
+            ctx: self.ctx.clone(),
             _type: PhantomData,
         })
     }
@@ -451,24 +610,39 @@ fn packed_bounds(ids: &impl RangeBounds<u64>) -> (Bound<u128>, Bound<u128>) {
 
 type ValueGuard = redb::AccessGuard<'static, &'static [u8]>;
 
+enum Bytes {
+    /// The stored value, in `T`'s layout.
+    Stored(ValueGuard),
+    /// A migrated copy in `T`'s layout, and the header as stored.
+    Migrated(Box<[u8]>, Header),
+}
+
 /// A record read zero-copy from a snapshot or an iterator; dereferences to the archived
-/// record.
+/// record (a migrated copy for records of other schema versions).
 pub struct RecordRef<T: Record> {
     key: RawKey,
-    guard: ValueGuard,
+    bytes: Bytes,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T: Record> RecordRef<T> {
     #[inline]
-    fn new(key: RawKey, guard: ValueGuard) -> Result<Self> {
+    fn new(key: RawKey, guard: ValueGuard, ctx: &Ctx) -> Result<Self> {
         let (header, data) = Header::parse(guard.value())
             .ok_or_else(|| corrupt::<T>(key, "invalid value header"))?;
-        check_version::<T>(key, &header)?;
-        T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
+        let bytes = if header.version == T::VERSION {
+            T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
+            Bytes::Stored(guard)
+        } else {
+            let record: T = ctx.decode(key, &header, data)?;
+            let copy = evolve::reencode(&record, &header)?;
+            T::__access(copy.get(HEADER_LEN..).unwrap_or_default())
+                .map_err(|e| corrupt::<T>(key, e))?;
+            Bytes::Migrated(copy.into_boxed_slice(), header)
+        };
         Ok(RecordRef {
             key,
-            guard,
+            bytes,
             _type: PhantomData,
         })
     }
@@ -478,18 +652,21 @@ impl<T: Record> RecordRef<T> {
         Key::new(self.key.id, self.key.rev)
     }
 
-    /// The revision's metadata.
+    /// The revision's metadata (as stored).
     pub fn meta(&self) -> RecordMeta {
-        // `new` parsed this header successfully; the guard's bytes cannot change since.
-        Header::parse(self.guard.value()).map_or(
-            RecordMeta {
-                released: false,
-                state: 0,
-                holder: 0,
-                version: T::VERSION,
-            },
-            |(h, _)| h.into(),
-        )
+        match &self.bytes {
+            Bytes::Migrated(_, h) => (*h).into(),
+            // `new` parsed this header successfully; the guard's bytes cannot change since.
+            Bytes::Stored(g) => Header::parse(g.value()).map_or(
+                RecordMeta {
+                    released: false,
+                    state: 0,
+                    holder: 0,
+                    version: T::VERSION,
+                },
+                |(h, _)| h.into(),
+            ),
+        }
     }
 
     /// An owned copy.
@@ -502,35 +679,37 @@ impl<T: Record> std::ops::Deref for RecordRef<T> {
     type Target = Archived<T>;
     #[inline]
     fn deref(&self) -> &Archived<T> {
-        let data = self
-            .guard
-            .value()
-            .get(crate::storage::HEADER_LEN..)
-            .unwrap_or_default();
+        let value = match &self.bytes {
+            Bytes::Stored(g) => g.value(),
+            Bytes::Migrated(b, _) => b,
+        };
+        let data = value.get(HEADER_LEN..).unwrap_or_default();
         // SAFETY: `RecordRef::new` validated exactly these bytes with `T::__access` (checked
-        // rkyv access) and the guard keeps them alive and unchanged (redb pages of a read
-        // transaction are immutable).
+        // rkyv access); the guard keeps stored bytes alive and unchanged (pages of a read
+        // transaction are immutable), and a migrated copy is owned and never mutated.
         unsafe { rkyv::access_unchecked::<Archived<T>>(data) }
     }
 }
 
-/// Iterator over records, zero-copy; yields `Err` for a record that cannot be read (schema
-/// version, corruption) and goes on with the next.
+/// Iterator over records, zero-copy; yields `Err` for a record that cannot be read (corrupt,
+/// or incompatible with this type) and goes on with the next.
 pub struct Iter<T: Record> {
     inner: Option<redb::Range<'static, u128, &'static [u8]>>,
+    ctx: Arc<Ctx>,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T: Record> Iter<T> {
     #[inline]
     fn map_row(
+        ctx: &Ctx,
         row: std::result::Result<
             (redb::AccessGuard<'static, u128>, ValueGuard),
             redb::StorageError,
         >,
     ) -> Result<RecordRef<T>> {
         let (k, v) = row?;
-        RecordRef::new(unpack(k.value()), v)
+        RecordRef::new(unpack(k.value()), v, ctx)
     }
 }
 
@@ -538,12 +717,14 @@ impl<T: Record> Iterator for Iter<T> {
     type Item = Result<RecordRef<T>>;
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.as_mut()?.next().map(Self::map_row)
+        let row = self.inner.as_mut()?.next()?;
+        Some(Self::map_row(&self.ctx, row))
     }
 }
 
 impl<T: Record> DoubleEndedIterator for Iter<T> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        self.inner.as_mut()?.next_back().map(Self::map_row)
+        let row = self.inner.as_mut()?.next_back()?;
+        Some(Self::map_row(&self.ctx, row))
     }
 }

@@ -1,0 +1,6 @@
+#[rekord::data(migrate_from = u32)]
+pub struct Dimensions {
+    pub w: f32,
+}
+
+fn main() {}
