@@ -400,10 +400,7 @@ fn s(x: &str) -> Value {
 }
 
 /// Encodes with the dynamic encoder and checks rkyv accepts it; returns the typed value.
-fn reencode<T: Record>(schema: &Schema, v: &Value) -> (Vec<u8>, T)
-where
-    T: Record,
-{
+fn reencode<T: Record>(schema: &Schema, v: &Value) -> (Vec<u8>, T) {
     let bytes = encode(schema, v).unwrap();
     let archived = T::__access(&bytes).unwrap();
     (bytes.clone(), T::__deserialize(archived).unwrap())
@@ -1559,4 +1556,25 @@ fn ron_rendering() {
         }),
         "A(a: 1)"
     );
+}
+
+#[test]
+fn values_at_the_depth_limit_work_everywhere() {
+    let mut l = List::Nil;
+    for i in 0..60u32 {
+        l = List::Cons(i as u8, Box::new(l));
+    }
+    let mut p = plain_of_default();
+    p.list = l;
+    let schema = Schema::of::<Plain>();
+    let bytes = p.__encode(Vec::new()).unwrap();
+    let v = decode(&schema, &bytes).unwrap();
+    assert_eq!(encode(&schema, &v).unwrap(), bytes);
+    let text = to_ron(&v);
+    let back: Plain = ron::Options::default()
+        .with_recursion_limit(1024)
+        .from_str(&text)
+        .unwrap();
+    assert_eq!(back, p);
+    assert_eq!(from_value::<Plain>(v).unwrap(), p);
 }

@@ -63,14 +63,14 @@ impl<'a> Encoder<'a> {
             if leaf_entries == last_level || open_leaf.len() == E {
                 child = Some(self.close_leaf(&shape, entries, &open_leaf)?);
                 open_leaf.clear();
-                if leaf_entries == last_level {
-                    if let Some(mut inner) = open_inners.pop() {
-                        while inner.len() < E && next < len {
-                            inner.push((next, child.take()));
-                            next += 1;
-                        }
-                        child = Some(self.close_inner(&shape, entries, &inner, child)?);
+                if leaf_entries == last_level
+                    && let Some(mut inner) = open_inners.pop()
+                {
+                    while inner.len() < E && next < len {
+                        inner.push((next, child.take()));
+                        next += 1;
                     }
+                    child = Some(self.close_inner(&shape, entries, &inner, child)?);
                 }
                 let mut popped = 0;
                 while let Some(last) = open_inners.last_mut() {

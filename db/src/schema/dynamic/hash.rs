@@ -392,3 +392,157 @@ pub(crate) fn place(hashes: &[u64], cap: usize) -> Result<(Vec<u8>, Vec<Option<u
     }
     Ok((ctrl, slots))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::schema::Schema;
+    use rkyv::hash::{FxHasher64, hash_value};
+    use std::collections::BTreeSet;
+
+    fn ours(ty: Type, v: Value) -> u64 {
+        let schema = Schema {
+            tree: "t".into(),
+            version: 1,
+            root: Type::Unit,
+            types: Default::default(),
+        };
+        let layout = Layout::new(&schema);
+        let mut h = Fx::default();
+        hash(&layout, &ty, &v, &mut h);
+        h.finish()
+    }
+
+    fn b(t: Type) -> Box<Type> {
+        Box::new(t)
+    }
+
+    #[test]
+    fn hashes_match_rkyv() {
+        let s = |x: &str| Value::String(x.to_owned());
+        assert_eq!(
+            ours(Type::U32, Value::U32(5)),
+            hash_value::<_, FxHasher64>(&5u32)
+        );
+        assert_eq!(
+            ours(Type::I8, Value::I8(-3)),
+            hash_value::<_, FxHasher64>(&-3i8)
+        );
+        assert_eq!(
+            ours(Type::I64, Value::I64(-3)),
+            hash_value::<_, FxHasher64>(&-3i64)
+        );
+        assert_eq!(
+            ours(Type::I128, Value::I128(i128::MIN + 9)),
+            hash_value::<_, FxHasher64>(&(i128::MIN + 9))
+        );
+        assert_eq!(
+            ours(Type::Char, Value::Char('é')),
+            hash_value::<_, FxHasher64>(&'é')
+        );
+        assert_eq!(
+            ours(Type::Bool, Value::Bool(true)),
+            hash_value::<_, FxHasher64>(&true)
+        );
+        for x in [
+            "",
+            "a",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghijklmnopq",
+            "héllo wörld!!",
+        ] {
+            assert_eq!(ours(Type::String, s(x)), hash_value::<_, FxHasher64>(x));
+        }
+        assert_eq!(
+            ours(
+                Type::Tuple(vec![Type::U8, Type::String]),
+                Value::Tuple(vec![Value::U8(1), s("yy")])
+            ),
+            hash_value::<_, FxHasher64>(&(1u8, "yy".to_owned()))
+        );
+        assert_eq!(
+            ours(
+                Type::Option(b(Type::U16)),
+                Value::Option(Some(Box::new(Value::U16(3))))
+            ),
+            hash_value::<_, FxHasher64>(&Some(3u16))
+        );
+        assert_eq!(
+            ours(Type::Option(b(Type::U16)), Value::Option(None)),
+            hash_value::<_, FxHasher64>(&None::<u16>)
+        );
+        assert_eq!(
+            ours(
+                Type::Vec(b(Type::U16)),
+                Value::Seq(vec![Value::U16(1), Value::U16(2), Value::U16(3)])
+            ),
+            hash_value::<_, FxHasher64>(&vec![1u16, 2, 3])
+        );
+        assert_eq!(
+            ours(
+                Type::Vec(b(Type::Bool)),
+                Value::Seq(vec![Value::Bool(true), Value::Bool(false)])
+            ),
+            hash_value::<_, FxHasher64>(&vec![true, false])
+        );
+        assert_eq!(
+            ours(
+                Type::Array(b(Type::U8), 3),
+                Value::Seq(vec![Value::U8(1), Value::U8(2), Value::U8(3)])
+            ),
+            hash_value::<_, FxHasher64>(&[1u8, 2, 3])
+        );
+        assert_eq!(
+            ours(Type::Vec(b(Type::String)), Value::Seq(vec![s("x")])),
+            hash_value::<_, FxHasher64>(&vec!["x".to_owned()])
+        );
+        let u = uuid::Uuid::from_bytes([7; 16]);
+        assert_eq!(
+            ours(Type::Uuid, Value::Uuid(u)),
+            hash_value::<_, FxHasher64>(&u)
+        );
+        assert_eq!(
+            ours(Type::Box(b(Type::U64)), Value::Box(Box::new(Value::U64(9)))),
+            hash_value::<_, FxHasher64>(&Box::new(9u64))
+        );
+        assert_eq!(
+            ours(
+                Type::Set {
+                    ordered: true,
+                    item: b(Type::U8)
+                },
+                Value::Seq(vec![Value::U8(1), Value::U8(2)])
+            ),
+            hash_value::<_, FxHasher64>(&BTreeSet::from([1u8, 2]))
+        );
+        assert_eq!(
+            ours(Type::Key { tree: "t".into() }, Value::Key { id: 4, rev: 5 }),
+            hash_value::<_, FxHasher64>(&crate::Key::<crate::schema::dynamic::tests::Rec>::new(
+                4, 5
+            ))
+        );
+        assert_eq!(
+            ours(Type::Unit, Value::Unit),
+            hash_value::<_, FxHasher64>(&())
+        );
+    }
+
+    #[test]
+    fn placement_fills_every_item_once() {
+        for len in 1..100usize {
+            let cap = capacity(len).unwrap();
+            let hashes: Vec<u64> = (0..len as u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .collect();
+            let (ctrl, slots) = place(&hashes, cap).unwrap();
+            assert_eq!(slots.iter().flatten().count(), len);
+            assert_eq!(
+                ctrl.iter().take(cap).filter(|c| *c & 0x80 == 0).count(),
+                len
+            );
+        }
+        assert!(place(&[1, 2], 2).is_err());
+    }
+}

@@ -72,3 +72,129 @@ pub fn to_ron(value: &Value) -> String {
 pub fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, DynError> {
     de::from_value(value)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::schema::{Field, Type, TypeDef};
+
+    /// A record type for tests that need one (e.g. `Key<Rec>`).
+    #[crate::record(tree = "rec")]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Rec {
+        pub a: u32,
+        pub b: String,
+    }
+
+    fn schema(fields: Vec<(&str, Type)>) -> Schema {
+        Schema {
+            tree: "t".into(),
+            version: 1,
+            root: Type::Named("A".into()),
+            types: [(
+                "A".to_owned(),
+                TypeDef::Struct(
+                    fields
+                        .into_iter()
+                        .map(|(n, t)| Field::new(n, t, false))
+                        .collect(),
+                ),
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn paths_render_like_rust() {
+        use path::{Seg, render};
+        assert_eq!(
+            render([
+                Seg::Field("parts"),
+                Seg::Index(3),
+                Seg::Field("dims"),
+                Seg::Field("w")
+            ]),
+            "parts[3].dims.w"
+        );
+        assert_eq!(
+            render([Seg::Field("map"), Seg::Entry(2), Seg::Value]),
+            "map{2}.value"
+        );
+        assert_eq!(render([Seg::Tuple(1), Seg::Key]), "1.key");
+        assert_eq!(render([]), "");
+    }
+
+    #[test]
+    fn round_trip_of_a_record() {
+        let r = Rec {
+            a: 7,
+            b: "a string longer than 8".into(),
+        };
+        let bytes = crate::Record::__encode(&r, Vec::new()).unwrap();
+        let s = Schema::of::<Rec>();
+        let v = decode(&s, &bytes).unwrap();
+        assert_eq!(
+            v,
+            Value::Struct(vec![
+                ("a".into(), Value::U32(7)),
+                ("b".into(), Value::String("a string longer than 8".into())),
+            ])
+        );
+        assert_eq!(encode(&s, &v).unwrap(), bytes);
+        assert_eq!(from_value::<Rec>(v.clone()).unwrap(), r);
+        assert_eq!(to_ron(&v), "(a: 7, b: \"a string longer than 8\")");
+    }
+
+    #[test]
+    fn layout_errors() {
+        let s = schema(vec![("a", Type::Named("A".into()))]);
+        let e = decode(&s, &[]).unwrap_err();
+        assert!(e.message.contains("infinite"), "{e}");
+        let s = schema(vec![("a", Type::Array(Box::new(Type::U64), u32::MAX))]);
+        let e = decode(&s, &[]).unwrap_err();
+        assert!(e.message.contains("larger"), "{e}");
+        // Recursion through a Box is fine.
+        let s = schema(vec![(
+            "a",
+            Type::Option(Box::new(Type::Box(Box::new(Type::Named("A".into()))))),
+        )]);
+        assert_eq!(
+            decode(&s, &[0; 5]).unwrap(),
+            Value::Struct(vec![("a".into(), Value::Option(None))])
+        );
+    }
+
+    #[test]
+    fn out_of_order_dependencies_are_rejected() {
+        // (String, String) with the second string's bytes first (rkyv rejects this too).
+        let s = schema(vec![("x", Type::Tuple(vec![Type::String, Type::String]))]);
+        let enc = |l: u32| ((l & 0x3f) | 0x80 | ((l & !0x3f) << 2)).to_le_bytes();
+        let mut b = Vec::new();
+        b.extend(b"BBBBBBBBBB");
+        b.extend(b"AAAAAAAAAA");
+        b.extend(enc(10));
+        b.extend((10i32 - 20).to_le_bytes());
+        b.extend(enc(10));
+        b.extend((0i32 - 28).to_le_bytes());
+        assert!(decode(&s, &b).is_err());
+        // Sharing one byte range is rejected as well.
+        let mut b = Vec::new();
+        b.extend(b"AAAAAAAAAA");
+        b.extend(enc(10));
+        b.extend((0i32 - 10).to_le_bytes());
+        b.extend(enc(10));
+        b.extend((0i32 - 18).to_le_bytes());
+        assert!(decode(&s, &b).is_err());
+        // In order, it decodes.
+        let mut b = Vec::new();
+        b.extend(b"AAAAAAAAAA");
+        b.extend(b"BBBBBBBBBB");
+        b.extend(enc(10));
+        b.extend((0i32 - 20).to_le_bytes());
+        b.extend(enc(10));
+        b.extend((10i32 - 28).to_le_bytes());
+        let v = decode(&s, &b).unwrap();
+        assert_eq!(encode(&s, &v).unwrap(), b);
+    }
+}
