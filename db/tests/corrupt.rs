@@ -38,7 +38,13 @@ fn check_reads(db: &Db, bad: Key<Victim>, good: Key<Victim>) {
     ] {
         match r {
             Ok(()) => {}
-            Err(Error::Corrupt { .. } | Error::SchemaVersion { .. } | Error::NotFound { .. }) => {}
+            Err(
+                Error::Corrupt { .. }
+                | Error::UnknownSchema { .. }
+                | Error::Incompatible { .. }
+                | Error::NewerVersion { .. }
+                | Error::NotFound { .. },
+            ) => {}
             Err(e) => panic!("unexpected error kind: {e:?}"),
         }
     }
@@ -47,7 +53,9 @@ fn check_reads(db: &Db, bad: Key<Victim>, good: Key<Victim>) {
             Ok(v) => {
                 let _ = v.name.len();
             }
-            Err(Error::Corrupt { .. } | Error::SchemaVersion { .. }) => {}
+            Err(
+                Error::Corrupt { .. } | Error::UnknownSchema { .. } | Error::Incompatible { .. },
+            ) => {}
             Err(e) => panic!("unexpected error kind in iteration: {e:?}"),
         }
     }
