@@ -259,3 +259,57 @@ fn migrate_rewrites_in_batches_with_progress_and_events() -> rekord::Result<()> 
     assert_eq!(g2.get(same(keys[3]))?.price_cents, 3);
     Ok(())
 }
+
+mod shapes_v1 {
+    #[rekord::record(tree = "shapes", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Shape {
+        Circle { r: f64 },
+        Square(f64),
+    }
+}
+
+mod shapes_v2 {
+    // A new variant: additive, no code needed for reading old records.
+    #[rekord::record(tree = "shapes", version = 2)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Shape {
+        Circle { r: f64 },
+        Square(f64),
+        Triangle { a: f64, b: f64, c: f64 },
+    }
+}
+
+#[test]
+fn enum_variants_evolve_by_name() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let old = db.tree::<shapes_v1::Shape>()?;
+    let c = old.create(&shapes_v1::Shape::Circle { r: 2.0 })?;
+    let s = old.create(&shapes_v1::Shape::Square(3.0))?;
+    let new = db.tree::<shapes_v2::Shape>()?;
+    assert_eq!(new.get(same(c))?, shapes_v2::Shape::Circle { r: 2.0 });
+    assert_eq!(new.get(same(s))?, shapes_v2::Shape::Square(3.0));
+    let t = new.create(&shapes_v2::Shape::Triangle {
+        a: 3.0,
+        b: 4.0,
+        c: 5.0,
+    })?;
+    let sq = new.create(&shapes_v2::Shape::Square(1.5))?;
+    // Older code reads newer records whose variant it knows...
+    assert_eq!(old.get(same(sq))?, shapes_v1::Shape::Square(1.5));
+    // ...and gets a typed error naming the variant it does not know.
+    match old.get(same(t)) {
+        Err(Error::Incompatible {
+            tree,
+            stored: 2,
+            expected: 1,
+            reason,
+            ..
+        }) => {
+            assert_eq!(tree, "shapes");
+            assert!(reason.contains("Triangle"), "{reason}");
+        }
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
+    Ok(())
+}
