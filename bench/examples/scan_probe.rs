@@ -58,6 +58,47 @@ fn main() {
     })
     .unwrap();
     let tree = db.tree::<Part>().unwrap();
+    if std::env::args().nth(1).as_deref() == Some("file") {
+        // Scan rekord's own table with raw redb code, to tell file layout from code cost.
+        drop(tree);
+        drop(db);
+        let rf = redb::Database::open(dir.path().join("rek")).unwrap();
+        const T: TableDefinition<u128, &[u8]> = TableDefinition::new("t.parts");
+        for round in 0..7 {
+            let t0 = std::time::Instant::now();
+            let txn = raw.begin_read().unwrap();
+            let tb = txn.open_table(RAW).unwrap();
+            let mut s = 0u64;
+            for row in tb.iter().unwrap() {
+                let (_, v) = row.unwrap();
+                s += u64::from(
+                    rkyv::access::<ArchivedPart, rkyv::rancor::Error>(v.value())
+                        .unwrap()
+                        .qty
+                        .to_native(),
+                );
+            }
+            let raw_t = t0.elapsed();
+            let t0 = std::time::Instant::now();
+            let txn = rf.begin_read().unwrap();
+            let tb = txn.open_table(T).unwrap();
+            for row in tb.iter().unwrap() {
+                let (_, v) = row.unwrap();
+                s += u64::from(
+                    rkyv::access::<ArchivedPart, rkyv::rancor::Error>(&v.value()[16..])
+                        .unwrap()
+                        .qty
+                        .to_native(),
+                );
+            }
+            let file_t = t0.elapsed();
+            println!(
+                "round {round}: raw {raw_t:?}, raw code on rekord's file {file_t:?} ({:.2}x) {s}",
+                file_t.as_secs_f64() / raw_t.as_secs_f64()
+            );
+        }
+        return;
+    }
     let mut s = 0u64;
     for round in 0..7 {
         let t = std::time::Instant::now();
