@@ -9,6 +9,7 @@ mod error;
 pub mod event;
 pub mod index;
 mod key;
+pub mod proto;
 mod record;
 pub mod schema;
 pub mod storage;

@@ -1,0 +1,379 @@
+//! The messages of protocol version [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
+
+use super::{MAX_NAME, MAX_TOKEN, MAX_TREES, WireError};
+
+/// A 16-byte identity (a UUID's bytes): of a server, a client, or an operation.
+pub type Id = [u8; 16];
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum Frame {
+    /// First message of a client.
+    ClientHello(ClientHello),
+    /// The server's answer when it accepts the client.
+    ServerHello(ServerHello),
+    /// The server's answer when it refuses the client (it closes the connection after).
+    Refused(Refusal),
+    /// A client request; answered by a [`Frame::Response`] with the same `id`.
+    Request {
+        /// Chosen by the client, unique per connection.
+        id: u64,
+        /// What is asked.
+        body: Request,
+    },
+    /// The answer to the request `id`.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        body: Response,
+    },
+    /// Something the server sends unasked (changes, borrow states).
+    Push(Push),
+}
+
+/// What a client says first.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct ClientHello {
+    /// The protocol version the client speaks.
+    pub protocol: u32,
+    /// The application name: a client of one application never syncs with another's server.
+    pub app: String,
+    /// The client's stable identity.
+    pub client: Id,
+    /// The access token issued by the server's CLI.
+    pub token: String,
+    /// The server identity the client pinned on first contact (`None` on first contact).
+    pub server: Option<Id>,
+    /// The last server sequence number the client has applied (0: none).
+    pub cursor: u64,
+    /// Trees to receive changes of (empty: all the token may read).
+    pub trees: Vec<String>,
+}
+
+/// The server's welcome.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct ServerHello {
+    /// The protocol version the server speaks.
+    pub protocol: u32,
+    /// The application name the server serves.
+    pub app: String,
+    /// The server's identity (pinned by the client on first contact).
+    pub server: Id,
+    /// The holder number the server uses for this client in borrow records.
+    pub replica: u32,
+    /// The server's latest sequence number.
+    pub head: u64,
+}
+
+/// Why the server refuses a client.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum Refusal {
+    /// Client and server speak different protocol versions.
+    ProtocolVersion {
+        /// The server's version.
+        server: u32,
+        /// The client's version.
+        client: u32,
+    },
+    /// The client belongs to another application.
+    WrongApp {
+        /// The server's application.
+        server: String,
+        /// The client's application.
+        client: String,
+    },
+    /// The token is unknown, revoked or malformed.
+    BadToken,
+    /// The client asked for a tree its token may not read.
+    TreeNotAllowed {
+        /// The tree.
+        tree: String,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::ProtocolVersion { server, client } => write!(
+                f,
+                "the server speaks protocol version {server}, this client {client}; update the older side"
+            ),
+            Refusal::WrongApp { server, client } => write!(
+                f,
+                "the server serves application `{server}`, this client is `{client}`; check the server address"
+            ),
+            Refusal::BadToken => write!(
+                f,
+                "the server does not accept this token (unknown or revoked); ask its administrator for a new one"
+            ),
+            Refusal::TreeNotAllowed { tree } => {
+                write!(f, "this client's token may not read tree `{tree}`")
+            }
+        }
+    }
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum Request {
+    /// Liveness and round-trip measurement.
+    Ping,
+    /// Asks for id ranges with at least `want` ids in total.
+    Ranges {
+        /// Ids wanted.
+        want: u64,
+    },
+    /// Asks for the borrow of a record.
+    Borrow {
+        /// Tree.
+        tree: String,
+        /// Record id.
+        id: u64,
+    },
+    /// Returns a borrow (after pushing the final data).
+    Return {
+        /// Tree.
+        tree: String,
+        /// Record id.
+        id: u64,
+    },
+    /// Local changes to apply, atomically, once (`op` makes retries idempotent).
+    Changes {
+        /// Operation id, unique per client operation.
+        op: Id,
+        /// The changes.
+        changes: Vec<Change>,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// Granted id ranges, `(start, end)` with `end` exclusive.
+    Ranges(Vec<(u64, u64)>),
+    /// The borrow is granted (or was already held by this client).
+    Granted,
+    /// The borrow is returned.
+    Returned,
+    /// The changes are applied under this sequence number (also for a retried `op`).
+    Accepted {
+        /// The sequence number of the (last) accepted change.
+        seq: u64,
+    },
+    /// The request failed.
+    Error(RemoteError),
+}
+
+/// Why the server rejected a request.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum RemoteError {
+    /// The record is borrowed by another client.
+    AlreadyBorrowed {
+        /// Holder number of the client holding it.
+        holder: u32,
+    },
+    /// The change needs the record's borrow, which this client does not hold.
+    NotBorrowed,
+    /// The revision is released; only its state may change.
+    Released,
+    /// A create used an id outside this client's ranges.
+    OutsideRange {
+        /// The offending id.
+        id: u64,
+    },
+    /// The token does not allow this (tree not writable).
+    NotAllowed {
+        /// The tree.
+        tree: String,
+    },
+    /// The request names something that does not exist.
+    NotFound,
+    /// The request is malformed or inconsistent.
+    Invalid(String),
+}
+
+/// One change to one record, as it travels between replicas.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct Change {
+    /// Tree.
+    pub tree: String,
+    /// Record id.
+    pub id: u64,
+    /// Revision.
+    pub rev: u32,
+    /// What changed.
+    pub kind: ChangeKind,
+}
+
+/// What a [`Change`] does.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum ChangeKind {
+    /// The record's new data (create, update, new revision): rkyv bytes of schema `version`,
+    /// validated against that stored schema before they are stored.
+    Put {
+        /// Schema version of `data`.
+        version: u32,
+        /// The record bytes.
+        data: Vec<u8>,
+    },
+    /// The revision is removed.
+    Remove,
+    /// The revision is released.
+    Release,
+    /// The released revision's state.
+    SetState(u32),
+}
+
+/// What the server sends unasked.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum Push {
+    /// Accepted changes, in sequence order, each with the holder number of its origin.
+    Changes(Vec<Sequenced>),
+    /// A record's borrow changed hands (`holder` 0: returned).
+    Borrow {
+        /// Tree.
+        tree: String,
+        /// Record id.
+        id: u64,
+        /// The new holder.
+        holder: u32,
+    },
+    /// The client has every change up to `head`.
+    CaughtUp {
+        /// The server's latest sequence number.
+        head: u64,
+    },
+}
+
+/// A change with its server sequence number.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct Sequenced {
+    /// Gap-free server sequence number.
+    pub seq: u64,
+    /// Holder number of the client the change came from.
+    pub origin: u32,
+    /// The change.
+    pub change: Change,
+}
+
+fn name_ok(what: &str, name: &str) -> Result<(), WireError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(WireError::Invalid(format!(
+            "{what} must be 1 to {MAX_NAME} bytes, got {}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+fn tree_ok(tree: &str) -> Result<(), WireError> {
+    name_ok("a tree name", tree)?;
+    if !tree
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(WireError::Invalid(format!(
+            "`{tree}` is not a valid tree name"
+        )));
+    }
+    Ok(())
+}
+
+fn change_ok(c: &Change) -> Result<(), WireError> {
+    tree_ok(&c.tree)?;
+    if c.id == 0 {
+        return Err(WireError::Invalid("record id 0 does not exist".into()));
+    }
+    if let ChangeKind::Put { version: 0, .. } = c.kind {
+        return Err(WireError::Invalid("schema versions start at 1".into()));
+    }
+    Ok(())
+}
+
+impl Frame {
+    /// Checks the protocol's limits (names, counts, ids); called by [`decode`](super::decode)
+    /// on everything that comes from the network.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Frame::ClientHello(h) => {
+                name_ok("the application name", &h.app)?;
+                if h.token.len() > MAX_TOKEN {
+                    return Err(WireError::Invalid(format!(
+                        "the token is longer than {MAX_TOKEN} bytes"
+                    )));
+                }
+                if h.trees.len() > MAX_TREES {
+                    return Err(WireError::Invalid(format!(
+                        "at most {MAX_TREES} trees may be subscribed to by name"
+                    )));
+                }
+                h.trees.iter().try_for_each(|t| tree_ok(t))
+            }
+            Frame::ServerHello(h) => name_ok("the application name", &h.app),
+            Frame::Refused(Refusal::WrongApp { server, client }) => {
+                name_ok("the application name", server)?;
+                name_ok("the application name", client)
+            }
+            Frame::Refused(Refusal::TreeNotAllowed { tree }) => tree_ok(tree),
+            Frame::Refused(_) => Ok(()),
+            Frame::Request { body, .. } => match body {
+                Request::Borrow { tree, id } | Request::Return { tree, id } => {
+                    tree_ok(tree)?;
+                    if *id == 0 {
+                        return Err(WireError::Invalid("record id 0 does not exist".into()));
+                    }
+                    Ok(())
+                }
+                Request::Changes { changes, .. } => changes.iter().try_for_each(change_ok),
+                Request::Ping | Request::Ranges { .. } => Ok(()),
+            },
+            Frame::Response { body, .. } => match body {
+                Response::Ranges(r) => {
+                    if r.iter().any(|(s, e)| *s == 0 || s >= e) {
+                        return Err(WireError::Invalid(
+                            "an id range is empty or starts at 0".into(),
+                        ));
+                    }
+                    Ok(())
+                }
+                Response::Error(RemoteError::NotAllowed { tree }) => tree_ok(tree),
+                _ => Ok(()),
+            },
+            Frame::Push(Push::Changes(entries)) => {
+                let mut last = 0;
+                for e in entries {
+                    if e.seq <= last {
+                        return Err(WireError::Invalid(
+                            "pushed changes must have increasing sequence numbers".into(),
+                        ));
+                    }
+                    last = e.seq;
+                    change_ok(&e.change)?;
+                }
+                Ok(())
+            }
+            Frame::Push(Push::Borrow { tree, id, .. }) => {
+                tree_ok(tree)?;
+                if *id == 0 {
+                    return Err(WireError::Invalid("record id 0 does not exist".into()));
+                }
+                Ok(())
+            }
+            Frame::Push(Push::CaughtUp { .. }) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The sans-IO wire protocol: framing, validation, fuzzing, and the handshake, all without
+//! sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use proptest::prelude::*;
+use rekord::proto::handshake::{
+    ClientConfig, Grant, HandshakeError, Trees, check_client, check_server, client_hello,
+};
+use rekord::proto::{
+    Change, ChangeKind, ClientHello, Frame, FrameReader, MAX_FRAME, PROTOCOL_VERSION, Push,
+    Refusal, RemoteError, Request, Response, Sequenced, ServerHello, WireError, decode, encode,
+};
+
+fn sample_frames() -> Vec<Frame> {
+    vec![
+        Frame::ClientHello(ClientHello {
+            protocol: PROTOCOL_VERSION,
+            app: "workshop".into(),
+            client: [7; 16],
+            token: "tok".into(),
+            server: Some([9; 16]),
+            cursor: 42,
+            trees: vec!["parts".into()],
+        }),
+        Frame::ServerHello(ServerHello {
+            protocol: PROTOCOL_VERSION,
+            app: "workshop".into(),
+            server: [9; 16],
+            replica: 3,
+            head: 100,
+        }),
+        Frame::Refused(Refusal::BadToken),
+        Frame::Request {
+            id: 1,
+            body: Request::Borrow {
+                tree: "parts".into(),
+                id: 5,
+            },
+        },
+        Frame::Request {
+            id: 2,
+            body: Request::Changes {
+                op: [1; 16],
+                changes: vec![Change {
+                    tree: "parts".into(),
+                    id: 5,
+                    rev: 0,
+                    kind: ChangeKind::Put {
+                        version: 1,
+                        data: vec![1, 2, 3],
+                    },
+                }],
+            },
+        },
+        Frame::Response {
+            id: 2,
+            body: Response::Accepted { seq: 9 },
+        },
+        Frame::Response {
+            id: 3,
+            body: Response::Error(RemoteError::AlreadyBorrowed { holder: 4 }),
+        },
+        Frame::Response {
+            id: 4,
+            body: Response::Ranges(vec![(1000, 2000)]),
+        },
+        Frame::Push(Push::Changes(vec![
+            Sequenced {
+                seq: 1,
+                origin: 2,
+                change: Change {
+                    tree: "parts".into(),
+                    id: 5,
+                    rev: 0,
+                    kind: ChangeKind::Release,
+                },
+            },
+            Sequenced {
+                seq: 2,
+                origin: 2,
+                change: Change {
+                    tree: "parts".into(),
+                    id: 5,
+                    rev: 0,
+                    kind: ChangeKind::SetState(3),
+                },
+            },
+        ])),
+        Frame::Push(Push::Borrow {
+            tree: "parts".into(),
+            id: 5,
+            holder: 0,
+        }),
+        Frame::Push(Push::CaughtUp { head: 2 }),
+    ]
+}
+
+#[test]
+fn frames_round_trip_through_a_chunked_stream() {
+    let frames = sample_frames();
+    let mut stream = Vec::new();
+    for f in &frames {
+        stream.extend_from_slice(&encode(f).unwrap());
+    }
+    // Deliver the stream in every chunk size from 1 byte up.
+    for chunk in [1, 2, 3, 7, 64, stream.len()] {
+        let mut reader = FrameReader::new();
+        let mut got = Vec::new();
+        for piece in stream.chunks(chunk) {
+            reader.push(piece);
+            while let Some(f) = reader.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames, "chunk size {chunk}");
+        assert_eq!(reader.pending(), 0);
+    }
+}
+
+#[test]
+fn oversized_frames_are_refused_before_allocation() {
+    let mut reader = FrameReader::new();
+    reader.push(&(MAX_FRAME + 1).to_le_bytes());
+    assert_eq!(
+        reader.next_frame(),
+        Err(WireError::FrameTooLarge { len: MAX_FRAME + 1 })
+    );
+}
+
+#[test]
+fn protocol_limits_are_enforced_on_decode() {
+    let bad = [
+        Frame::Request {
+            id: 1,
+            body: Request::Borrow {
+                tree: "Parts!".into(),
+                id: 1,
+            },
+        },
+        Frame::Request {
+            id: 1,
+            body: Request::Return {
+                tree: "parts".into(),
+                id: 0,
+            },
+        },
+        Frame::ClientHello(ClientHello {
+            protocol: 1,
+            app: String::new(),
+            client: [0; 16],
+            token: String::new(),
+            server: None,
+            cursor: 0,
+            trees: vec![],
+        }),
+        Frame::Response {
+            id: 1,
+            body: Response::Ranges(vec![(5, 5)]),
+        },
+        Frame::Push(Push::Changes(vec![
+            Sequenced {
+                seq: 2,
+                origin: 1,
+                change: Change {
+                    tree: "t".into(),
+                    id: 1,
+                    rev: 0,
+                    kind: ChangeKind::Remove,
+                },
+            },
+            Sequenced {
+                seq: 2,
+                origin: 1,
+                change: Change {
+                    tree: "t".into(),
+                    id: 1,
+                    rev: 0,
+                    kind: ChangeKind::Remove,
+                },
+            },
+        ])),
+        Frame::Request {
+            id: 1,
+            body: Request::Changes {
+                op: [0; 16],
+                changes: vec![Change {
+                    tree: "t".into(),
+                    id: 1,
+                    rev: 0,
+                    kind: ChangeKind::Put {
+                        version: 0,
+                        data: vec![],
+                    },
+                }],
+            },
+        },
+    ];
+    for f in bad {
+        let bytes = encode(&f).unwrap();
+        assert!(
+            matches!(decode(&bytes[4..]), Err(WireError::Invalid(_))),
+            "{f:?} was accepted"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes never panic the reader: they give frames, errors, or a request for more.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), split in 1usize..64) {
+        let mut reader = FrameReader::new();
+        for piece in bytes.chunks(split) {
+            reader.push(piece);
+            loop {
+                match reader.next_frame() {
+                    Ok(Some(f)) => { let _ = f.validate(); }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        let _ = decode(&bytes);
+    }
+
+    /// Damaged valid frames are rejected or decode to a frame that passes validation.
+    #[test]
+    fn damaged_frames_are_caught(idx in 0usize..11, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let frames = sample_frames();
+        let mut bytes = encode(&frames[idx % frames.len()]).unwrap();
+        for (at, x) in flips {
+            let n = bytes.len() - 4;
+            bytes[4 + at % n] ^= x | 1;
+        }
+        if let Ok(f) = decode(&bytes[4..]) {
+            prop_assert!(f.validate().is_ok());
+        }
+    }
+}
+
+fn client(pinned: Option<[u8; 16]>) -> ClientConfig {
+    ClientConfig {
+        app: "workshop".into(),
+        client: [1; 16],
+        token: "good".into(),
+        pinned,
+        cursor: 0,
+        trees: vec!["parts".into()],
+    }
+}
+
+fn grants(token: &str) -> Option<Grant> {
+    (token == "good").then(|| Grant {
+        read: Trees::Only(vec!["parts".into()]),
+        write: Trees::All,
+    })
+}
+
+fn hello_of(f: Frame) -> ClientHello {
+    match f {
+        Frame::ClientHello(h) => h,
+        other => panic!("not a hello: {other:?}"),
+    }
+}
+
+#[test]
+fn server_checks_version_app_token_and_trees() {
+    let ok = hello_of(client_hello(&client(None)));
+    assert!(check_client(&ok, "workshop", grants).is_ok());
+
+    let mut old = ok.clone();
+    old.protocol = PROTOCOL_VERSION + 1;
+    assert_eq!(
+        check_client(&old, "workshop", grants),
+        Err(Refusal::ProtocolVersion {
+            server: PROTOCOL_VERSION,
+            client: PROTOCOL_VERSION + 1
+        })
+    );
+    assert_eq!(
+        check_client(&ok, "lab", grants),
+        Err(Refusal::WrongApp {
+            server: "lab".into(),
+            client: "workshop".into()
+        })
+    );
+    let mut bad = ok.clone();
+    bad.token = "stolen".into();
+    assert_eq!(
+        check_client(&bad, "workshop", grants),
+        Err(Refusal::BadToken)
+    );
+    let mut greedy = ok.clone();
+    greedy.trees.push("salaries".into());
+    assert_eq!(
+        check_client(&greedy, "workshop", grants),
+        Err(Refusal::TreeNotAllowed {
+            tree: "salaries".into()
+        })
+    );
+    assert!(Refusal::BadToken.to_string().contains("new one"));
+}
+
+#[test]
+fn client_pins_the_server_and_refuses_strangers() {
+    let answer = |server: [u8; 16], app: &str, protocol: u32| {
+        Frame::ServerHello(ServerHello {
+            protocol,
+            app: app.into(),
+            server,
+            replica: 2,
+            head: 0,
+        })
+    };
+    // First contact: anything that speaks our protocol and application is accepted (and pinned).
+    let first = check_server(&client(None), answer([9; 16], "workshop", PROTOCOL_VERSION)).unwrap();
+    assert_eq!(first.server, [9; 16]);
+    // Afterwards only the pinned server.
+    let pinned = client(Some([9; 16]));
+    assert!(check_server(&pinned, answer([9; 16], "workshop", PROTOCOL_VERSION)).is_ok());
+    let err = check_server(&pinned, answer([8; 16], "workshop", PROTOCOL_VERSION)).unwrap_err();
+    assert!(matches!(err, HandshakeError::WrongServer { .. }));
+    assert!(
+        err.to_string()
+            .contains("not the server this client first connected to"),
+        "{err}"
+    );
+    assert!(matches!(
+        check_server(&pinned, answer([9; 16], "lab", PROTOCOL_VERSION)),
+        Err(HandshakeError::WrongApp { .. })
+    ));
+    assert!(matches!(
+        check_server(&pinned, answer([9; 16], "workshop", PROTOCOL_VERSION + 1)),
+        Err(HandshakeError::ProtocolVersion { .. })
+    ));
+    assert_eq!(
+        check_server(&pinned, Frame::Refused(Refusal::BadToken)),
+        Err(HandshakeError::Refused(Refusal::BadToken))
+    );
+    assert!(matches!(
+        check_server(&pinned, Frame::Push(Push::CaughtUp { head: 0 })),
+        Err(HandshakeError::Unexpected(_))
+    ));
+}
+
+#[test]
+fn a_handshake_over_an_in_memory_stream() {
+    // Client and server exchange bytes only; no socket.
+    let cfg = client(None);
+    let mut to_server = FrameReader::new();
+    to_server.push(&encode(&client_hello(&cfg)).unwrap());
+    let hello = match to_server.next_frame().unwrap() {
+        Some(Frame::ClientHello(h)) => h,
+        other => panic!("{other:?}"),
+    };
+    let grant = check_client(&hello, "workshop", grants).unwrap();
+    assert!(grant.write.allows("anything"));
+    let reply = Frame::ServerHello(ServerHello {
+        protocol: PROTOCOL_VERSION,
+        app: "workshop".into(),
+        server: [5; 16],
+        replica: 7,
+        head: 0,
+    });
+    let mut to_client = FrameReader::new();
+    to_client.push(&encode(&reply).unwrap());
+    let answer = to_client.next_frame().unwrap().unwrap();
+    let welcome = check_server(&cfg, answer).unwrap();
+    assert_eq!((welcome.server, welcome.replica), ([5; 16], 7));
+}
