@@ -213,11 +213,8 @@ proptest! {
         let mut reader = FrameReader::new();
         for piece in bytes.chunks(split) {
             reader.push(piece);
-            loop {
-                match reader.next_frame() {
-                    Ok(Some(f)) => { let _ = f.validate(); }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(f)) = reader.next_frame() {
+                let _ = f.validate();
             }
         }
         let _ = decode(&bytes);
