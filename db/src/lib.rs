@@ -9,6 +9,8 @@ mod error;
 pub mod event;
 pub mod index;
 mod key;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod net;
 pub mod proto;
 mod record;
 pub mod schema;

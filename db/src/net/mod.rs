@@ -1,0 +1,468 @@
+//! The QUIC transport of the [wire protocol](crate::proto): the client side, and the contract
+//! both sides follow (native targets only).
+//!
+//! # Transport contract
+//!
+//! - QUIC (quinn) with TLS 1.3 (rustls, ring provider), ALPN [`ALPN`] (`rekord/1`).
+//! - The server's certificate is self-signed for the name [`SERVER_NAME`] (`rekord-server`).
+//!   No certificate authority is involved: the client pins the certificate's SHA-256
+//!   [`fingerprint`] and the server's UUID on first contact ([`Pin`]) and afterwards refuses
+//!   any other certificate ([`NetError::CertificateMismatch`]) or identity
+//!   ([`HandshakeError::WrongServer`]). TLS signatures are still verified with the presented
+//!   certificate's key, so a peer must hold the pinned key, not just replay the certificate.
+//! - Right after connecting, the client opens exactly one bidirectional stream and sends its
+//!   [`Frame::ClientHello`] on it. The server answers on the same stream with
+//!   [`Frame::ServerHello`] or [`Frame::Refused`]; after a refusal it closes the connection
+//!   with application error code [`CLOSE_REFUSED`] and the refusal as reason text.
+//! - Every later frame of the session travels on that stream: requests from the client,
+//!   responses and pushes from the server. Frames are [`proto::encode`]d (a `u32`
+//!   little-endian length, then rkyv bytes) and read back with a [`FrameReader`].
+//! - Application error codes when closing a connection: [`CLOSE_NORMAL`] (0, done),
+//!   [`CLOSE_REFUSED`] (1, handshake refused), [`CLOSE_PROTOCOL`] (2, the peer broke the
+//!   protocol: malformed or oversized frame, unexpected message), [`CLOSE_SHUTDOWN`] (3, the
+//!   server is shutting down).
+//! - Connecting and the handshake are bounded in time ([`DEFAULT_TIMEOUT`], 10 s, unless
+//!   [`connect_timeout`] says otherwise); so is every request round trip of a [`Session`].
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::rustls;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::Digest as _;
+
+use crate::proto::handshake::{ClientConfig, HandshakeError, check_server, client_hello};
+use crate::proto::{self, Frame, FrameReader, Id, Request, Response, ServerHello, WireError};
+
+/// The ALPN protocol identifier of rekord's QUIC transport.
+pub const ALPN: &[u8] = b"rekord/1";
+
+/// The name the server's self-signed certificate is issued for, and the TLS server name the
+/// client asks for.
+pub const SERVER_NAME: &str = "rekord-server";
+
+/// Application close code: the session ended normally.
+pub const CLOSE_NORMAL: u32 = 0;
+/// Application close code: the server refused the client's hello.
+pub const CLOSE_REFUSED: u32 = 1;
+/// Application close code: the peer broke the protocol (malformed, oversized or unexpected
+/// frame).
+pub const CLOSE_PROTOCOL: u32 = 2;
+/// Application close code: the server is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 3;
+
+/// Default bound on connecting plus the handshake, and on each request round trip.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often an idle client session sends a keep-alive.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How many bytes are read from the stream at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The SHA-256 fingerprint of a DER certificate, as 64 lowercase hex digits.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(cert_der);
+    let mut out = String::with_capacity(64);
+    for b in digest.iter() {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// What a client pins on first contact and checks on every later connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The server's identity (UUID bytes).
+    pub server: Id,
+    /// The SHA-256 [`fingerprint`] of the server's certificate.
+    pub cert: String,
+}
+
+/// Why a connection or a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// No QUIC connection could be established (address unreachable, TLS failure other than
+    /// a pin mismatch, local socket error).
+    #[error("could not connect to {addr}: {reason}")]
+    Connect {
+        /// The server address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server presented another certificate than the one pinned at first contact.
+    #[error(
+        "the server's certificate is not the one pinned at first contact; refusing a possible impostor (pinned fingerprint {expected}, presented {found})"
+    )]
+    CertificateMismatch {
+        /// The pinned fingerprint.
+        expected: String,
+        /// The presented certificate's fingerprint.
+        found: String,
+    },
+    /// The handshake failed: the server refused this client, or its answer was not
+    /// acceptable (another identity, application or protocol version).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The peer sent bytes that are not a valid frame.
+    #[error("the server broke the wire protocol: {0}")]
+    Wire(#[from] WireError),
+    /// The connection was lost or closed.
+    #[error("the connection to the server was lost: {0}")]
+    Closed(String),
+    /// The server answered something that does not fit the request.
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
+    /// An operation took longer than its bound.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+        /// The bound.
+        after: Duration,
+    },
+}
+
+/// The certificate verifier of the client: pins a fingerprint, or records the presented one
+/// on first contact.
+#[derive(Debug)]
+pub struct PinnedVerifier {
+    pinned: Option<String>,
+    presented: Mutex<Option<String>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedVerifier {
+    /// A verifier that accepts only the certificate with fingerprint `pinned`, or (with
+    /// `None`, first contact) the presented certificate, whose fingerprint it records.
+    pub fn new(pinned: Option<String>) -> Self {
+        Self {
+            pinned,
+            presented: Mutex::new(None),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+    }
+
+    /// The fingerprint of the certificate the server presented, once TLS reached it.
+    pub fn presented(&self) -> Option<String> {
+        match self.presented.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let found = fingerprint(end_entity.as_ref());
+        match self.presented.lock() {
+            Ok(mut g) => *g = Some(found.clone()),
+            Err(poisoned) => *poisoned.into_inner() = Some(found.clone()),
+        }
+        match &self.pinned {
+            Some(expected) if *expected != found => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// An authenticated session with a server: the connection and its one stream.
+#[derive(Debug)]
+pub struct Session {
+    // Kept alive for the connection's sake: dropping the endpoint ends its connections.
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    reader: FrameReader,
+    hello: ServerHello,
+    pin: Pin,
+    next_id: u64,
+    timeout: Duration,
+}
+
+/// Connects to the server at `addr`, pinned to `pin` if given (else first contact), and
+/// runs the handshake, bounded by [`DEFAULT_TIMEOUT`].
+pub async fn connect(
+    addr: SocketAddr,
+    cfg: &ClientConfig,
+    pin: Option<&Pin>,
+) -> Result<Session, NetError> {
+    connect_timeout(addr, cfg, pin, DEFAULT_TIMEOUT).await
+}
+
+/// [`connect`] with another bound on connecting plus the handshake (also used for each
+/// request round trip of the session).
+pub async fn connect_timeout(
+    addr: SocketAddr,
+    cfg: &ClientConfig,
+    pin: Option<&Pin>,
+    timeout: Duration,
+) -> Result<Session, NetError> {
+    // The pinned server identity travels in the hello and is checked by `check_server`.
+    let mut cfg = cfg.clone();
+    if let Some(pin) = pin {
+        cfg.pinned = Some(pin.server);
+    }
+    match tokio::time::timeout(timeout, establish(addr, &cfg, pin, timeout)).await {
+        Ok(result) => result,
+        Err(_) => Err(NetError::Timeout {
+            what: "connecting and the handshake",
+            after: timeout,
+        }),
+    }
+}
+
+fn connect_error(addr: SocketAddr, reason: impl std::fmt::Display) -> NetError {
+    NetError::Connect {
+        addr,
+        reason: reason.to_string(),
+    }
+}
+
+async fn establish(
+    addr: SocketAddr,
+    cfg: &ClientConfig,
+    pin: Option<&Pin>,
+    timeout: Duration,
+) -> Result<Session, NetError> {
+    let verifier = Arc::new(PinnedVerifier::new(pin.map(|p| p.cert.clone())));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| connect_error(addr, e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| connect_error(addr, e))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    // Keeps an idle session alive (the idle timeout is 30 s by default).
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    client_config.transport_config(Arc::new(transport));
+
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let mut endpoint = quinn::Endpoint::client(local).map_err(|e| connect_error(addr, e))?;
+    endpoint.set_default_client_config(client_config);
+
+    let connecting = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| connect_error(addr, e))?;
+    let conn = match connecting.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            if let (Some(pin), Some(found)) = (pin, verifier.presented())
+                && pin.cert != found
+            {
+                return Err(NetError::CertificateMismatch {
+                    expected: pin.cert.clone(),
+                    found,
+                });
+            }
+            return Err(connect_error(addr, e));
+        }
+    };
+    // The verifier ran during the TLS handshake; a connection without a presented
+    // certificate cannot be pinned.
+    let Some(cert) = verifier.presented() else {
+        conn.close(CLOSE_PROTOCOL.into(), b"no certificate");
+        return Err(connect_error(addr, "the server presented no certificate"));
+    };
+
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| NetError::Closed(e.to_string()))?;
+    let bytes = proto::encode(&client_hello(cfg))?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| NetError::Closed(e.to_string()))?;
+
+    let mut session = Session {
+        _endpoint: endpoint,
+        conn,
+        send,
+        recv,
+        reader: FrameReader::new(),
+        hello: ServerHello {
+            protocol: 0,
+            app: String::new(),
+            server: [0; 16],
+            replica: 0,
+            head: 0,
+        },
+        pin: Pin {
+            server: [0; 16],
+            cert,
+        },
+        next_id: 1,
+        timeout,
+    };
+    let answer = match session.read_frame().await {
+        Ok(frame) => frame,
+        Err(e) => {
+            session.conn.close(CLOSE_PROTOCOL.into(), b"bad answer");
+            return Err(e);
+        }
+    };
+    match check_server(cfg, answer) {
+        Ok(hello) => {
+            session.pin.server = hello.server;
+            session.hello = hello;
+            Ok(session)
+        }
+        Err(e) => {
+            let code = match e {
+                HandshakeError::Refused(_) => CLOSE_NORMAL,
+                _ => CLOSE_PROTOCOL,
+            };
+            session.conn.close(code.into(), b"handshake failed");
+            Err(e.into())
+        }
+    }
+}
+
+impl Session {
+    /// What to persist after first contact (and what was checked on later contacts).
+    pub fn pin(&self) -> Pin {
+        self.pin.clone()
+    }
+
+    /// The server's answer to the hello.
+    pub fn server_hello(&self) -> &ServerHello {
+        &self.hello
+    }
+
+    /// The address of the server.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Sends [`Request::Ping`] and waits for the pong; returns the round-trip time.
+    pub async fn ping(&mut self) -> Result<Duration, NetError> {
+        let start = Instant::now();
+        match self.request(Request::Ping).await? {
+            Response::Pong => Ok(start.elapsed()),
+            other => Err(NetError::Protocol(format!(
+                "expected a pong, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a request and waits for its response (bounded by the session's timeout).
+    /// Pushes received meanwhile are skipped: nothing subscribes to them yet.
+    pub async fn request(&mut self, body: Request) -> Result<Response, NetError> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.round_trip(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(NetError::Timeout {
+                what: "a request",
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn round_trip(&mut self, body: Request) -> Result<Response, NetError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = proto::encode(&Frame::Request { id, body })?;
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(|e| NetError::Closed(e.to_string()))?;
+        loop {
+            match self.read_frame().await? {
+                Frame::Response { id: got, body } if got == id => return Ok(body),
+                Frame::Push(_) => continue,
+                other => {
+                    self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected frame");
+                    return Err(NetError::Protocol(format!(
+                        "unexpected frame while waiting for response {id}: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, NetError> {
+        loop {
+            match self.reader.next_frame() {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => {
+                    self.conn.close(CLOSE_PROTOCOL.into(), b"malformed frame");
+                    return Err(e.into());
+                }
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.reader.push(&chunk.bytes),
+                Ok(None) => return Err(NetError::Closed("the server ended the stream".into())),
+                Err(e) => return Err(NetError::Closed(e.to_string())),
+            }
+        }
+    }
+
+    /// Closes the session politely and waits (bounded) until the server knows.
+    pub async fn close(mut self) {
+        let _ = self.send.finish();
+        self.conn.close(CLOSE_NORMAL.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,450 @@
+//! The rekord sync server, as a library; the `rekord-server` binary is a thin wrapper.
+//!
+//! What it does today: on first start it creates its identity (UUID, key pair,
+//! self-signed certificate; see [`identity`]) and its database (`server.redb`: tokens and
+//! client holder numbers; see [`store`]) in the data directory, reuses them afterwards,
+//! and serves rekord's QUIC transport (contract in [`rekord::net`]): the authenticated,
+//! pinned handshake, then [`Request::Ping`]. Every other request is answered with
+//! [`RemoteError::Invalid`] saying it is not served by this version yet (sync comes next).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rekord_server::ServerError> {
+//! let config = rekord_server::Config::default();
+//! rekord_server::run(config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod identity;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::rustls;
+use rekord::net::{ALPN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_SHUTDOWN};
+use rekord::proto::handshake::check_client;
+use rekord::proto::{
+    self, Frame, FrameReader, PROTOCOL_VERSION, RemoteError, Request, Response, ServerHello,
+};
+use tokio::task::JoinSet;
+
+pub use identity::Identity;
+pub use store::{Store, TokenInfo};
+
+/// Application close code: the server failed internally (database error) while serving the
+/// connection; the client may retry later.
+pub const CLOSE_INTERNAL: u32 = 4;
+
+/// Bound on a client's QUIC handshake plus its hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on waiting for connections to close at shutdown.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The server's configuration; every field has a default, so an empty TOML file (or none)
+/// is a valid configuration.
+///
+/// ```toml
+/// listen = "127.0.0.1:7878"     # UDP address to serve QUIC on
+/// data = "./rekord-server-data" # identity files and server.redb
+/// app = "rekord"                # application name clients must present
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address to listen on (default `127.0.0.1:7878`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Data directory: identity files and `server.redb` (default `./rekord-server-data`).
+    pub data: PathBuf,
+    /// The application name clients must present in their hello (default `rekord`).
+    pub app: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data: PathBuf::from("./rekord-server-data"),
+            app: "rekord".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a configuration from a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServerError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ServerError::Config(msg) => ServerError::Config(format!("{}: {msg}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Parses a configuration from TOML text.
+    pub fn parse(text: &str) -> Result<Self, ServerError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ServerError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values (the application name's length).
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.app.is_empty() || self.app.len() > proto::MAX_NAME {
+            return Err(ServerError::Config(format!(
+                "the application name must be 1 to {} bytes",
+                proto::MAX_NAME
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why the server could not start or a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The identity (UUID, key, certificate) could not be created or loaded.
+    #[error("server identity: {0}")]
+    Identity(String),
+    /// The server database failed.
+    #[error("server database: {0}")]
+    Database(String),
+    /// The server database is opened by another process.
+    #[error(
+        "{} is in use by another process (is the server running?); stop it first",
+        .0.display()
+    )]
+    Busy(PathBuf),
+    /// A token command failed.
+    #[error("{0}")]
+    Token(String),
+    /// TLS could not be set up with the identity.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+struct Shared {
+    app: String,
+    server: [u8; 16],
+    store: Arc<Store>,
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    store: Arc<Store>,
+    config: Config,
+}
+
+/// Binds a server with `config` and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    Server::bind(config)?.serve(shutdown).await
+}
+
+impl Server {
+    /// Loads (or creates) the identity and the database in the data directory and binds the
+    /// QUIC endpoint. Must be called inside a tokio runtime.
+    pub fn bind(config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
+        let identity = Identity::load_or_create(&config.data)?;
+        let store = Arc::new(Store::open(&config.data)?);
+        let server_config = tls_config(&identity)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
+            ServerError::Bind {
+                addr: config.listen,
+                source: e,
+            }
+        })?;
+        Ok(Self {
+            endpoint,
+            identity,
+            store,
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.endpoint.local_addr().map_err(|e| ServerError::Bind {
+            addr: self.config.listen,
+            source: e,
+        })
+    }
+
+    /// The server's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The server database, usable while serving (tokens, online [`Store::backup`]).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Accepts connections concurrently until `shutdown` completes, then closes every
+    /// connection (code [`CLOSE_SHUTDOWN`]) and waits, bounded by [`SHUTDOWN_TIMEOUT`], for
+    /// them to end. The database is closed when this returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            endpoint,
+            identity,
+            store,
+            config,
+        } = self;
+        let shared = Arc::new(Shared {
+            app: config.app.clone(),
+            server: *identity.uuid.as_bytes(),
+            store,
+        });
+        tracing::info!(
+            listen = ?endpoint.local_addr().ok(),
+            uuid = %identity.uuid,
+            fingerprint = %identity.fingerprint(),
+            app = %config.app,
+            "rekord server serving"
+        );
+        let mut tasks = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    tasks.spawn(handle(incoming, shared.clone()));
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        tracing::info!(connections = tasks.len(), "shutting down");
+        endpoint.close(CLOSE_SHUTDOWN.into(), b"server shutting down");
+        let drained = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+            while tasks.join_next().await.is_some() {}
+            endpoint.wait_idle().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections did not close in time; dropping them");
+            tasks.shutdown().await;
+        }
+        drop(shared);
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+fn tls_config(identity: &Identity) -> Result<quinn::ServerConfig, ServerError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let tls_error = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(&e))?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(identity.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
+        )
+        .map_err(|e| tls_error(&e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_error(&e))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// Why a connection ended early.
+enum End {
+    /// The peer closed or the connection was lost: nothing to send.
+    Gone(String),
+    /// The peer broke the protocol.
+    Protocol(String),
+    /// The server failed.
+    Internal(String),
+}
+
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+) -> Result<Option<Frame>, End> {
+    loop {
+        match reader.next_frame() {
+            Ok(Some(frame)) => return Ok(Some(frame)),
+            Ok(None) => {}
+            Err(e) => return Err(End::Protocol(e.to_string())),
+        }
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => reader.push(&chunk.bytes),
+            Ok(None) if reader.pending() == 0 => return Ok(None),
+            Ok(None) => return Err(End::Protocol("the stream ended inside a frame".into())),
+            Err(e) => return Err(End::Gone(e.to_string())),
+        }
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), End> {
+    let bytes = proto::encode(frame).map_err(|e| End::Internal(e.to_string()))?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| End::Gone(e.to_string()))
+}
+
+async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "connection failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "QUIC handshake timed out");
+            return;
+        }
+    };
+    match session(&conn, &shared).await {
+        Ok(()) => tracing::debug!(%remote, "connection ended"),
+        Err(End::Gone(reason)) => tracing::debug!(%remote, %reason, "connection lost"),
+        Err(End::Protocol(reason)) => {
+            tracing::warn!(%remote, %reason, "closing a connection that broke the protocol");
+            conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+        }
+        Err(End::Internal(reason)) => {
+            tracing::error!(%remote, %reason, "internal error; closing the connection");
+            conn.close(CLOSE_INTERNAL.into(), b"internal server error");
+        }
+    }
+}
+
+async fn session(conn: &quinn::Connection, shared: &Shared) -> Result<(), End> {
+    let remote = conn.remote_address();
+    let (mut send, mut recv, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let (send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| End::Gone(e.to_string()))?;
+        let mut reader = FrameReader::new();
+        match read_frame(&mut recv, &mut reader).await? {
+            Some(Frame::ClientHello(hello)) => Ok((send, (recv, reader), hello)),
+            Some(_) => Err(End::Protocol(
+                "the first frame must be a client hello".into(),
+            )),
+            None => Err(End::Gone(
+                "the client ended the stream before its hello".into(),
+            )),
+        }
+    })
+    .await
+    .map_err(|_| End::Protocol("no hello in time".into()))??;
+    let (recv_stream, mut reader) = (&mut recv.0, recv.1);
+
+    let store = shared.store.clone();
+    let app = shared.app.clone();
+    let client = hello.client;
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut db_error = None;
+        let verdict = check_client(&hello, &app, |token| match store.grant(token) {
+            Ok(grant) => grant,
+            Err(e) => {
+                db_error = Some(e);
+                None
+            }
+        });
+        if let Some(e) = db_error {
+            return Err(e);
+        }
+        match verdict {
+            Ok(grant) => store.holder(client).map(|holder| Ok((grant, holder))),
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    })
+    .await
+    .map_err(|e| End::Internal(e.to_string()))?
+    .map_err(|e| End::Internal(e.to_string()))?;
+
+    let client_text = uuid::Uuid::from_bytes(client);
+    let (_grant, holder) = match checked {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            tracing::info!(%remote, client = %client_text, %refusal, "refused a client");
+            write_frame(&mut send, &Frame::Refused(refusal.clone())).await?;
+            let _ = send.finish();
+            // Let the refusal arrive before the close discards unsent stream data.
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            conn.close(CLOSE_REFUSED.into(), refusal.to_string().as_bytes());
+            return Ok(());
+        }
+    };
+    write_frame(
+        &mut send,
+        &Frame::ServerHello(ServerHello {
+            protocol: PROTOCOL_VERSION,
+            app: shared.app.clone(),
+            server: shared.server,
+            replica: holder,
+            head: 0,
+        }),
+    )
+    .await?;
+    tracing::info!(%remote, client = %client_text, holder, "client connected");
+
+    while let Some(frame) = read_frame(recv_stream, &mut reader).await? {
+        let Frame::Request { id, body } = frame else {
+            return Err(End::Protocol(
+                "only requests are accepted after the hello".into(),
+            ));
+        };
+        let answer = match body {
+            Request::Ping => Response::Pong,
+            other => Response::Error(RemoteError::Invalid(format!(
+                "{} is not served by this server version yet",
+                request_name(&other)
+            ))),
+        };
+        write_frame(&mut send, &Frame::Response { id, body: answer }).await?;
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Ping => "Ping",
+        Request::Ranges { .. } => "Ranges",
+        Request::Borrow { .. } => "Borrow",
+        Request::Return { .. } => "Return",
+        Request::Changes { .. } => "Changes",
+    }
+}

@@ -1,0 +1,228 @@
+//! `rekord-server`: runs the rekord sync server and manages its tokens, identity and backups.
+//!
+//! Token, identity and backup commands open the data directory directly; token and backup
+//! commands need the server to be stopped (its database is locked while it runs).
+//!
+//! Restore a backup: stop the server, replace `server.redb` in the data directory by the
+//! backup file, start the server again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use rekord::proto::handshake::Trees;
+use rekord_server::{Config, Identity, ServerError, Store};
+
+/// The rekord sync server.
+#[derive(Debug, Parser)]
+#[command(name = "rekord-server", version, about)]
+struct Cli {
+    /// TOML configuration file (defaults apply to everything it does not set).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the configuration).
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the server until SIGINT or SIGTERM. Prints `listening on ADDR` once ready.
+    Run {
+        /// UDP address to listen on (overrides the configuration).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Application name clients must present (overrides the configuration).
+        #[arg(long, value_name = "NAME")]
+        app: Option<String>,
+    },
+    /// Manages access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Prints the server UUID and its certificate's SHA-256 fingerprint (creating the
+    /// identity if there is none yet).
+    Identity,
+    /// Writes a consistent copy of server.redb to a new file. Restore: stop the server,
+    /// replace server.redb in the data directory by the copy, start the server.
+    Backup {
+        /// The backup file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issues a token and prints it (it is shown only once).
+    Issue {
+        /// A unique name for the token (who or what uses it).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        read: ReadTrees,
+        #[command(flatten)]
+        write: WriteTrees,
+    },
+    /// Revokes a token, given its name or the token itself.
+    Revoke {
+        /// The token's name, or the token.
+        token_or_name: String,
+    },
+    /// Lists the tokens' names and permissions.
+    List,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+struct ReadTrees {
+    /// Trees the token may read, comma-separated (none if neither option is given).
+    #[arg(long, value_delimiter = ',', value_name = "TREES")]
+    read: Vec<String>,
+    /// The token may read every tree.
+    #[arg(long)]
+    read_all: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+struct WriteTrees {
+    /// Trees the token may write, comma-separated (none if neither option is given).
+    #[arg(long, value_delimiter = ',', value_name = "TREES")]
+    write: Vec<String>,
+    /// The token may write every tree.
+    #[arg(long)]
+    write_all: bool,
+}
+
+fn trees(all: bool, names: Vec<String>) -> Trees {
+    if all { Trees::All } else { Trees::Only(names) }
+}
+
+fn show(trees: &Trees) -> String {
+    match trees {
+        Trees::All => "all".into(),
+        Trees::Only(names) if names.is_empty() => "none".into(),
+        Trees::Only(names) => names.join(","),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match main_inner(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rekord-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(cli: Cli) -> Result<(), ServerError> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(data) = cli.data {
+        config.data = data;
+    }
+    match cli.command {
+        Command::Run { listen, app } => {
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(app) = app {
+                config.app = app;
+            }
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| ServerError::Io {
+                path: PathBuf::from("<tokio runtime>"),
+                source: e,
+            })?;
+            runtime.block_on(run(config))
+        }
+        Command::Token(TokenCommand::Issue { name, read, write }) => {
+            let store = Store::open(&config.data)?;
+            let read = trees(read.read_all, read.read);
+            let write = trees(write.write_all, write.write);
+            eprintln!(
+                "issued token `{name}` (read: {}, write: {}); it is shown only once:",
+                show(&read),
+                show(&write)
+            );
+            let token = store.issue(&name, read, write)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { token_or_name }) => {
+            let name = Store::open(&config.data)?.revoke(&token_or_name)?;
+            println!("revoked token `{name}`");
+            Ok(())
+        }
+        Command::Token(TokenCommand::List) => {
+            for t in Store::open(&config.data)?.list()? {
+                println!(
+                    "{}\tread: {}\twrite: {}",
+                    t.name,
+                    show(&t.read),
+                    show(&t.write)
+                );
+            }
+            Ok(())
+        }
+        Command::Identity => {
+            let identity = Identity::load_or_create(&config.data)?;
+            println!("uuid {}", identity.uuid);
+            println!("fingerprint {}", identity.fingerprint());
+            Ok(())
+        }
+        Command::Backup { out } => {
+            Store::open(&config.data)?.backup(&out)?;
+            println!("backed up to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), ServerError> {
+    let shutdown = shutdown_signal()?;
+    let server = rekord_server::Server::bind(config)?;
+    println!("listening on {}", server.local_addr()?);
+    server.serve(shutdown).await
+}
+
+/// Completes on SIGINT or (on Unix) SIGTERM. The handlers are installed before it returns,
+/// so a signal arriving any time after is not lost.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, ServerError> {
+    let io = |e| ServerError::Io {
+        path: PathBuf::from("<signal handler>"),
+        source: e,
+    };
+    #[cfg(unix)]
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io)?;
+    #[cfg(unix)]
+    let mut int =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(io)?;
+    Ok(async move {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = io;
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("Ctrl-C received");
+        }
+    })
+}
