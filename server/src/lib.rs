@@ -7,6 +7,36 @@
 //! pinned handshake, then [`Request::Ping`]. Every other request is answered with
 //! [`RemoteError::Invalid`] saying it is not served by this version yet (sync comes next).
 //!
+//! # Administration while serving
+//!
+//! `server.redb` is locked by the running server, so on Unix the server also listens on a
+//! local admin socket, `admin.sock` in its data directory (only its user can connect;
+//! see [`admin`]). The CLI's token and backup commands open the database directly when no
+//! server runs, and otherwise send the command over that socket; the server executes it
+//! through its open [`Store`] while it keeps serving clients. A token issued this way is
+//! accepted by the very next connection, and a revoked one refused (existing sessions are
+//! not cut off). On other platforms these commands need the server to be stopped.
+//!
+//! ```text
+//! rekord-server --data DIR token issue --name alice --read-all --write parts
+//! rekord-server --data DIR token list
+//! rekord-server --data DIR token revoke alice
+//! rekord-server --data DIR backup --out /var/backups/rekord/server-2024-05-01.redb
+//! ```
+//!
+//! **Backup** ([`Store::backup`]) works the same with the server running or stopped: it
+//! writes a consistent copy (the state of one instant) to a new file, never overwriting
+//! one; while serving, the server process creates the file (a relative `--out` is resolved
+//! against the CLI's working directory). The identity files (`server.uuid`, `cert.der`,
+//! `key.der`) never change: copy them once, together with the first backup.
+//!
+//! **Restore** needs the server stopped: stop it (SIGTERM or SIGINT; it removes its admin
+//! socket), replace `server.redb` in the data directory by the backup file, start it again.
+//! Tokens are as they were at the backup (later issues and revocations are undone), and
+//! holder numbers assigned after it are forgotten: the restored server may give such a
+//! number to another client, so back up often. (A server that was killed leaves
+//! `admin.sock` behind; the next start replaces it.)
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), rekord_server::ServerError> {
 //! let config = rekord_server::Config::default();
@@ -18,6 +48,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod identity;
 pub mod store;
 
@@ -35,6 +66,7 @@ use rekord::proto::{
 };
 use tokio::task::JoinSet;
 
+pub use admin::{AdminReply, AdminRequest};
 pub use identity::Identity;
 pub use store::{Store, TokenInfo};
 
@@ -55,7 +87,7 @@ const READ_CHUNK: usize = 64 * 1024;
 ///
 /// ```toml
 /// listen = "127.0.0.1:7878"     # UDP address to serve QUIC on
-/// data = "./rekord-server-data" # identity files and server.redb
+/// data = "./rekord-server-data" # identity files, server.redb, admin.sock
 /// app = "rekord"                # application name clients must present
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,7 +95,8 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Config {
     /// UDP address to listen on (default `127.0.0.1:7878`; port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Data directory: identity files and `server.redb` (default `./rekord-server-data`).
+    /// Data directory: identity files, `server.redb` and, while serving, `admin.sock`
+    /// (default `./rekord-server-data`).
     pub data: PathBuf,
     /// The application name clients must present in their hello (default `rekord`).
     pub app: String,
@@ -142,6 +175,13 @@ pub enum ServerError {
     /// A token command failed.
     #[error("{0}")]
     Token(String),
+    /// The admin socket could not be set up, or a reply on it broke the protocol.
+    #[error("admin socket: {0}")]
+    Admin(String),
+    /// A command sent to the running server through its admin socket failed there (the
+    /// server's message).
+    #[error("the running server: {0}")]
+    Remote(String),
     /// TLS could not be set up with the identity.
     #[error("TLS setup: {0}")]
     Tls(String),
@@ -168,6 +208,7 @@ pub struct Server {
     identity: Identity,
     store: Arc<Store>,
     config: Config,
+    admin: admin::Listener,
 }
 
 /// Binds a server with `config` and serves until `shutdown` completes.
@@ -176,12 +217,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 impl Server {
-    /// Loads (or creates) the identity and the database in the data directory and binds the
-    /// QUIC endpoint. Must be called inside a tokio runtime.
+    /// Loads (or creates) the identity and the database in the data directory, binds the
+    /// admin socket (Unix; see [`admin`]) and the QUIC endpoint. Must be called inside a
+    /// tokio runtime.
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let identity = Identity::load_or_create(&config.data)?;
         let store = Arc::new(Store::open(&config.data)?);
+        // After the database: its lock proves no other server uses this data directory.
+        let admin = admin::Listener::bind(&config.data)?;
         let server_config = tls_config(&identity)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
             ServerError::Bind {
@@ -194,6 +238,7 @@ impl Server {
             identity,
             store,
             config,
+            admin,
         })
     }
 
@@ -215,15 +260,27 @@ impl Server {
         &self.store
     }
 
+    /// The admin socket ([`admin::SOCKET_FILE`] in the data directory) on Unix; `None`
+    /// on platforms without an admin channel.
+    pub fn admin_socket(&self) -> Option<&Path> {
+        #[cfg(unix)]
+        return Some(self.admin.path());
+        #[cfg(not(unix))]
+        return self.admin.path();
+    }
+
     /// Accepts connections concurrently until `shutdown` completes, then closes every
     /// connection (code [`CLOSE_SHUTDOWN`]) and waits, bounded by [`SHUTDOWN_TIMEOUT`], for
-    /// them to end. The database is closed when this returns.
+    /// them to end. Admin commands ([`admin`]) are served meanwhile; at shutdown the admin
+    /// socket is removed and commands under way are completed. The database is closed when
+    /// this returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             endpoint,
             identity,
             store,
             config,
+            admin,
         } = self;
         let shared = Arc::new(Shared {
             app: config.app.clone(),
@@ -238,6 +295,7 @@ impl Server {
             "rekord server serving"
         );
         let mut tasks = JoinSet::new();
+        let mut admin_tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -247,9 +305,15 @@ impl Server {
                     let Some(incoming) = incoming else { break };
                     tasks.spawn(handle(incoming, shared.clone()));
                 }
+                connection = admin.accept() => {
+                    admin_tasks.spawn(connection.serve(shared.store.clone()));
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(_) = admin_tasks.join_next(), if !admin_tasks.is_empty() => {}
             }
         }
+        // No new admin commands: the socket file goes away now.
+        drop(admin);
         tracing::info!(connections = tasks.len(), "shutting down");
         endpoint.close(CLOSE_SHUTDOWN.into(), b"server shutting down");
         let drained = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
@@ -261,6 +325,9 @@ impl Server {
             tracing::warn!("connections did not close in time; dropping them");
             tasks.shutdown().await;
         }
+        // Admin commands are bounded (ADMIN_TIMEOUT for their I/O) apart from the command
+        // itself, which must end before the database can close anyway.
+        while admin_tasks.join_next().await.is_some() {}
         drop(shared);
         tracing::info!("server stopped");
         Ok(())

@@ -1,17 +1,22 @@
 //! `rekord-server`: runs the rekord sync server and manages its tokens, identity and backups.
 //!
-//! Token, identity and backup commands open the data directory directly; token and backup
-//! commands need the server to be stopped (its database is locked while it runs).
+//! Token and backup commands open the data directory's database directly when no server
+//! runs on it. While `rekord-server run` serves it (the database is locked then), they are
+//! sent to the running server through its admin socket (`admin.sock` in the data
+//! directory; Unix only, see `rekord_server::admin`) and executed there, with the same
+//! output. On other platforms they need the server to be stopped. `identity` only reads
+//! files and works either way.
 //!
-//! Restore a backup: stop the server, replace `server.redb` in the data directory by the
-//! backup file, start the server again.
+//! Back up while serving: `rekord-server --data DIR backup --out FILE` (a new file; the
+//! running server writes it). Restore a backup: stop the server, replace `server.redb` in
+//! the data directory by the backup file, start the server again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use rekord::proto::handshake::Trees;
-use rekord_server::{Config, Identity, ServerError, Store};
+use rekord_server::{AdminReply, AdminRequest, Config, Identity, ServerError, Store};
 
 /// The rekord sync server.
 #[derive(Debug, Parser)]
@@ -38,16 +43,17 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         app: Option<String>,
     },
-    /// Manages access tokens.
+    /// Manages access tokens (through the running server if there is one).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Prints the server UUID and its certificate's SHA-256 fingerprint (creating the
     /// identity if there is none yet).
     Identity,
-    /// Writes a consistent copy of server.redb to a new file. Restore: stop the server,
-    /// replace server.redb in the data directory by the copy, start the server.
+    /// Writes a consistent copy of server.redb to a new file, also while the server runs
+    /// (it then writes the copy itself). Restore: stop the server, replace server.redb in
+    /// the data directory by the copy, start the server.
     Backup {
-        /// The backup file to create.
+        /// The backup file to create (never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
@@ -148,25 +154,37 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
             runtime.block_on(run(config))
         }
         Command::Token(TokenCommand::Issue { name, read, write }) => {
-            let store = Store::open(&config.data)?;
             let read = trees(read.read_all, read.read);
             let write = trees(write.write_all, write.write);
+            let request = AdminRequest::Issue {
+                name: name.clone(),
+                read: read.clone(),
+                write: write.clone(),
+            };
+            let AdminReply::Issued { token } = administer(&config.data, request)? else {
+                return Err(unexpected());
+            };
             eprintln!(
                 "issued token `{name}` (read: {}, write: {}); it is shown only once:",
                 show(&read),
                 show(&write)
             );
-            let token = store.issue(&name, read, write)?;
             println!("{token}");
             Ok(())
         }
         Command::Token(TokenCommand::Revoke { token_or_name }) => {
-            let name = Store::open(&config.data)?.revoke(&token_or_name)?;
+            let request = AdminRequest::Revoke { token_or_name };
+            let AdminReply::Revoked { name } = administer(&config.data, request)? else {
+                return Err(unexpected());
+            };
             println!("revoked token `{name}`");
             Ok(())
         }
         Command::Token(TokenCommand::List) => {
-            for t in Store::open(&config.data)?.list()? {
+            let AdminReply::Tokens(tokens) = administer(&config.data, AdminRequest::List)? else {
+                return Err(unexpected());
+            };
+            for t in tokens {
                 println!(
                     "{}\tread: {}\twrite: {}",
                     t.name,
@@ -183,11 +201,32 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::Backup { out } => {
-            Store::open(&config.data)?.backup(&out)?;
+            let AdminReply::BackedUp { out } =
+                administer(&config.data, AdminRequest::Backup { out })?
+            else {
+                return Err(unexpected());
+            };
             println!("backed up to {}", out.display());
             Ok(())
         }
     }
+}
+
+/// Executes `request` on the database in `data`: directly if no process holds it, else
+/// (on Unix) through the admin socket of the server running on it.
+fn administer(data: &Path, request: AdminRequest) -> Result<AdminReply, ServerError> {
+    match Store::open(data) {
+        Ok(store) => request.execute(&store),
+        #[cfg(unix)]
+        Err(ServerError::Busy(path)) => {
+            rekord_server::admin::request(data, &request)?.ok_or(ServerError::Busy(path))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn unexpected() -> ServerError {
+    ServerError::Admin("the server answered with the wrong kind of reply".into())
 }
 
 async fn run(config: Config) -> Result<(), ServerError> {

@@ -226,23 +226,15 @@ impl Store {
         Ok(n)
     }
 
-    /// Writes a consistent copy of the database to `out` (a new file): every table is
+    /// Writes a consistent copy of the database to `out`, a new file (an existing file is
+    /// never overwritten; on Unix the copy is readable by the owner only): every table is
     /// copied inside one read transaction, so the copy is the state of one instant even
-    /// while the server keeps writing.
+    /// while the server keeps writing. If the copy fails, the partial file is removed.
     ///
     /// To restore: stop the server, replace `server.redb` in its data directory by the
     /// copy, start the server. (The identity files `server.uuid`, `cert.der` and `key.der`
     /// are not in the database; back them up once, they never change.)
     pub fn backup(&self, out: &Path) -> Result<(), ServerError> {
-        if out.exists() {
-            return Err(ServerError::Io {
-                path: out.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the backup file exists already; choose a new name",
-                ),
-            });
-        }
         let read = self.db.begin_read()?;
         for table in read.list_tables()? {
             let name = redb::TableHandle::name(&table);
@@ -253,37 +245,65 @@ impl Store {
                 )));
             }
         }
-        let copy = redb::Database::create(out).map_err(|e| open_error(out, e))?;
-        let write = copy.begin_write()?;
-        {
-            let src = read.open_table(TOKENS)?;
-            let mut dst = write.open_table(TOKENS)?;
-            for entry in src.iter()? {
-                let (k, v) = entry?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let src = read.open_table(TOKEN_NAMES)?;
-            let mut dst = write.open_table(TOKEN_NAMES)?;
-            for entry in src.iter()? {
-                let (k, v) = entry?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let src = read.open_table(HOLDERS)?;
-            let mut dst = write.open_table(HOLDERS)?;
-            for entry in src.iter()? {
-                let (k, v) = entry?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let src = read.open_table(META)?;
-            let mut dst = write.open_table(META)?;
-            for entry in src.iter()? {
-                let (k, v) = entry?;
-                dst.insert(k.value(), v.value())?;
-            }
+        // Claiming the name atomically: no race with another file of that name.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(out).map_err(|e| ServerError::Io {
+            path: out.to_path_buf(),
+            source: if e.kind() == std::io::ErrorKind::AlreadyExists {
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the backup file exists already; choose a new name",
+                )
+            } else {
+                e
+            },
+        })?;
+        // redb initialises a new database in the empty file.
+        drop(file);
+        let copied = redb::Database::create(out)
+            .map_err(|e| open_error(out, e))
+            .and_then(|copy| copy_tables(&read, &copy));
+        if copied.is_err() {
+            let _ = std::fs::remove_file(out);
         }
-        write.commit()?;
-        Ok(())
+        copied
     }
+}
+
+/// Copies every table read by `read` into `copy`, in one write transaction.
+fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<(), ServerError> {
+    let write = copy.begin_write()?;
+    {
+        let src = read.open_table(TOKENS)?;
+        let mut dst = write.open_table(TOKENS)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(TOKEN_NAMES)?;
+        let mut dst = write.open_table(TOKEN_NAMES)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(HOLDERS)?;
+        let mut dst = write.open_table(HOLDERS)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(META)?;
+        let mut dst = write.open_table(META)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+    }
+    write.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
