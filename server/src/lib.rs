@@ -4,8 +4,33 @@
 //! self-signed certificate; see [`identity`]) and its database (`server.redb`: tokens and
 //! client holder numbers; see [`store`]) in the data directory, reuses them afterwards,
 //! and serves rekord's QUIC transport (contract in [`rekord::net`]): the authenticated,
-//! pinned handshake, then [`Request::Ping`]. Every other request is answered with
-//! [`RemoteError::Invalid`] saying it is not served by this version yet (sync comes next).
+//! pinned handshake, then these requests:
+//!
+//! - [`Request::Ping`]: answered with [`Response::Pong`].
+//! - [`Request::Ranges`]: grants the client a new id range of `want` ids, clamped to
+//!   `1..=`[`store::MAX_RANGE`], from one global allocator starting at [`store::FIRST_ID`]
+//!   (see [`Store::grant_range`]); answered with [`Response::Ranges`] (one range).
+//! - [`Request::Borrow`]: the tree must be writable by the client's token (else
+//!   [`RemoteError::NotAllowed`]). If nobody holds the record, the client does now; if it
+//!   held it already, nothing changes; both are answered with [`Response::Granted`]. If
+//!   another client holds it: [`RemoteError::AlreadyBorrowed`] with that client's holder
+//!   number. Borrows are persisted ([`Store::borrow`]) and survive restarts.
+//! - [`Request::Return`]: frees the record if this client holds it
+//!   ([`Response::Returned`]), else [`RemoteError::NotBorrowed`].
+//!
+//! [`Request::Changes`] is answered with [`RemoteError::Invalid`] saying it is not served by
+//! this version yet (sync comes next).
+//!
+//! # Borrow pushes
+//!
+//! Every borrow that changes hands (granted to a client that did not hold it, or returned)
+//! is pushed as [`Push::Borrow`] (`holder` 0 for a return) to every connected, handshaken
+//! session whose token may read the tree, the requester included (after its response).
+//! Pushes are sent in the order the borrow changes were committed. Each session has a queue
+//! of [`PUSH_QUEUE`] pushes; a client that does not read fast enough to keep up never loses
+//! a push silently: when its queue overflows, its connection is closed with
+//! [`CLOSE_LAGGED`], and the client resynchronises when it reconnects. A client that reads
+//! nothing at all for [`PUSH_WRITE_TIMEOUT`] while a push waits is closed the same way.
 //!
 //! # Administration while serving
 //!
@@ -60,19 +85,33 @@ use std::time::Duration;
 
 use quinn::rustls;
 use rekord::net::{ALPN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_SHUTDOWN};
+use rekord::proto::handshake::Grant;
 use rekord::proto::handshake::check_client;
 use rekord::proto::{
-    self, Frame, FrameReader, PROTOCOL_VERSION, RemoteError, Request, Response, ServerHello,
+    self, Frame, FrameReader, PROTOCOL_VERSION, Push, RemoteError, Request, Response, ServerHello,
 };
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 pub use admin::{AdminReply, AdminRequest};
 pub use identity::Identity;
-pub use store::{Store, TokenInfo};
+pub use store::{BorrowOutcome, Store, TokenInfo};
 
 /// Application close code: the server failed internally (database error) while serving the
 /// connection; the client may retry later.
 pub const CLOSE_INTERNAL: u32 = 4;
+
+/// Application close code: the client did not read the server's pushes fast enough and its
+/// queue of [`PUSH_QUEUE`] pushes overflowed; it missed pushes and must resynchronise
+/// (reconnect).
+pub const CLOSE_LAGGED: u32 = 5;
+
+/// How many pushes may wait for one session before it is closed with [`CLOSE_LAGGED`].
+pub const PUSH_QUEUE: usize = 4096;
+
+/// Bound on writing one push to a session (QUIC flow control blocks the write while the
+/// client reads nothing); a session that takes longer is closed with [`CLOSE_LAGGED`].
+pub const PUSH_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bound on a client's QUIC handshake plus its hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,6 +238,18 @@ struct Shared {
     app: String,
     server: [u8; 16],
     store: Arc<Store>,
+    /// Borrow pushes to every session. The lock is held across a borrow change's
+    /// transaction and its send, so pushes go out in commit order.
+    pushes: std::sync::Mutex<broadcast::Sender<Push>>,
+}
+
+impl Shared {
+    fn pushes(&self) -> std::sync::MutexGuard<'_, broadcast::Sender<Push>> {
+        match self.pushes.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
 }
 
 /// A bound server, ready to [`serve`](Server::serve).
@@ -286,6 +337,7 @@ impl Server {
             app: config.app.clone(),
             server: *identity.uuid.as_bytes(),
             store,
+            pushes: std::sync::Mutex::new(broadcast::channel(PUSH_QUEUE).0),
         });
         tracing::info!(
             listen = ?endpoint.local_addr().ok(),
@@ -360,6 +412,8 @@ enum End {
     Protocol(String),
     /// The server failed.
     Internal(String),
+    /// The session's push queue overflowed (this many pushes were missed).
+    Lagged(u64),
 }
 
 async fn read_frame(
@@ -401,7 +455,7 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
-    match session(&conn, &shared).await {
+    match session(&conn, shared).await {
         Ok(()) => tracing::debug!(%remote, "connection ended"),
         Err(End::Gone(reason)) => tracing::debug!(%remote, %reason, "connection lost"),
         Err(End::Protocol(reason)) => {
@@ -412,10 +466,17 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
             tracing::error!(%remote, %reason, "internal error; closing the connection");
             conn.close(CLOSE_INTERNAL.into(), b"internal server error");
         }
+        Err(End::Lagged(missed)) => {
+            tracing::warn!(%remote, missed, "client too slow for its pushes; closing it");
+            conn.close(
+                CLOSE_LAGGED.into(),
+                b"too many pushes queued for this client; reconnect to resynchronise",
+            );
+        }
     }
 }
 
-async fn session(conn: &quinn::Connection, shared: &Shared) -> Result<(), End> {
+async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), End> {
     let remote = conn.remote_address();
     let (mut send, mut recv, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let (send, mut recv) = conn
@@ -462,7 +523,7 @@ async fn session(conn: &quinn::Connection, shared: &Shared) -> Result<(), End> {
     .map_err(|e| End::Internal(e.to_string()))?;
 
     let client_text = uuid::Uuid::from_bytes(client);
-    let (_grant, holder) = match checked {
+    let (grant, holder) = match checked {
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::info!(%remote, client = %client_text, %refusal, "refused a client");
@@ -474,6 +535,8 @@ async fn session(conn: &quinn::Connection, shared: &Shared) -> Result<(), End> {
             return Ok(());
         }
     };
+    // Subscribed before the hello: every borrow change after it reaches this client.
+    let mut pushes = shared.pushes().subscribe();
     write_frame(
         &mut send,
         &Frame::ServerHello(ServerHello {
@@ -487,23 +550,120 @@ async fn session(conn: &quinn::Connection, shared: &Shared) -> Result<(), End> {
     .await?;
     tracing::info!(%remote, client = %client_text, holder, "client connected");
 
-    while let Some(frame) = read_frame(recv_stream, &mut reader).await? {
-        let Frame::Request { id, body } = frame else {
-            return Err(End::Protocol(
-                "only requests are accepted after the hello".into(),
-            ));
-        };
-        let answer = match body {
-            Request::Ping => Response::Pong,
-            other => Response::Error(RemoteError::Invalid(format!(
-                "{} is not served by this server version yet",
-                request_name(&other)
-            ))),
-        };
-        write_frame(&mut send, &Frame::Response { id, body: answer }).await?;
+    loop {
+        // Both branches are cancel-safe: a frame is read from chunks already received, and
+        // a push stays queued until `recv` returns it.
+        tokio::select! {
+            frame = read_frame(recv_stream, &mut reader) => {
+                let Some(frame) = frame? else { break };
+                let Frame::Request { id, body } = frame else {
+                    return Err(End::Protocol(
+                        "only requests are accepted after the hello".into(),
+                    ));
+                };
+                let answer = answer(&shared, &grant, holder, body).await?;
+                write_frame(&mut send, &Frame::Response { id, body: answer }).await?;
+            }
+            push = pushes.recv() => match push {
+                Ok(push) => {
+                    if push_allowed(&grant, &push) {
+                        let frame = Frame::Push(push);
+                        tokio::time::timeout(PUSH_WRITE_TIMEOUT, write_frame(&mut send, &frame))
+                            .await
+                            .map_err(|_| End::Lagged(pushes.len() as u64))??;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return Err(End::Lagged(missed));
+                }
+                // The sender lives as long as the server: shutting down.
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        }
     }
     let _ = send.finish();
     Ok(())
+}
+
+fn push_allowed(grant: &Grant, push: &Push) -> bool {
+    match push {
+        Push::Borrow { tree, .. } => grant.read.allows(tree),
+        Push::Changes(_) | Push::CaughtUp { .. } => true,
+    }
+}
+
+/// Runs `work` with the store on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, End> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| End::Internal(e.to_string()))?
+        .map_err(|e| End::Internal(e.to_string()))
+}
+
+/// The answer to one request of client `holder` whose token grants `grant`.
+async fn answer(
+    shared: &Arc<Shared>,
+    grant: &Grant,
+    holder: u32,
+    body: Request,
+) -> Result<Response, End> {
+    Ok(match body {
+        Request::Ping => Response::Pong,
+        Request::Ranges { want } => {
+            let store = shared.store.clone();
+            let range = blocking(move || store.grant_range(holder, want)).await?;
+            Response::Ranges(vec![range])
+        }
+        Request::Borrow { tree, id } => {
+            if !grant.write.allows(&tree) {
+                return Ok(Response::Error(RemoteError::NotAllowed { tree }));
+            }
+            let shared = shared.clone();
+            let outcome = blocking(move || {
+                let pushes = shared.pushes();
+                let outcome = shared.store.borrow(&tree, id, holder)?;
+                if outcome == BorrowOutcome::Granted {
+                    // No receiver (no session) is fine.
+                    let _ = pushes.send(Push::Borrow { tree, id, holder });
+                }
+                Ok(outcome)
+            })
+            .await?;
+            match outcome {
+                BorrowOutcome::Granted | BorrowOutcome::AlreadyHeld => Response::Granted,
+                BorrowOutcome::HeldBy(other) => {
+                    Response::Error(RemoteError::AlreadyBorrowed { holder: other })
+                }
+            }
+        }
+        Request::Return { tree, id } => {
+            let shared = shared.clone();
+            let freed = blocking(move || {
+                let pushes = shared.pushes();
+                let freed = shared.store.return_borrow(&tree, id, holder)?;
+                if freed {
+                    let _ = pushes.send(Push::Borrow {
+                        tree,
+                        id,
+                        holder: 0,
+                    });
+                }
+                Ok(freed)
+            })
+            .await?;
+            if freed {
+                Response::Returned
+            } else {
+                Response::Error(RemoteError::NotBorrowed)
+            }
+        }
+        other @ Request::Changes { .. } => Response::Error(RemoteError::Invalid(format!(
+            "{} is not served by this server version yet",
+            request_name(&other)
+        ))),
+    })
 }
 
 fn request_name(request: &Request) -> &'static str {

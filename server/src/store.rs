@@ -1,4 +1,22 @@
-//! The server's own database, `server.redb`: access tokens and client holder numbers.
+//! The server's own database, `server.redb`: access tokens, client holder numbers, granted
+//! id ranges and borrows.
+//!
+//! # Id ranges
+//!
+//! Record ids are allocated in ranges by one global allocator: the `next_id` counter of the
+//! `meta` table starts at [`FIRST_ID`] (2^32; ids below are left to standalone replicas)
+//! and only grows, so an id is never granted twice. [`Store::grant_range`] takes at most
+//! [`MAX_RANGE`] ids (at least 1) from it and records the range for the client (table
+//! `ranges`: `(holder, start) -> end`) in the same write transaction, committed durably
+//! before the range is answered: a range a client was told about survives any crash, and a
+//! range whose transaction did not commit was never told to anyone.
+//!
+//! # Borrows
+//!
+//! Table `borrows` maps `(tree, id)` to the holder number of the client holding the record.
+//! [`Store::borrow`] and [`Store::return_borrow`] check and change it inside one write
+//! transaction; redb runs one write transaction at a time, so under contention exactly one
+//! client wins a borrow.
 //!
 //! Tokens are never stored: only the SHA-256 of each token is, as the key of the token
 //! table. Checking a token hashes it and looks the hash up; the lookup compares hashes, so
@@ -20,11 +38,40 @@ const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 const TOKEN_NAMES: TableDefinition<&str, &str> = TableDefinition::new("token_names");
 /// Client UUID -> holder number.
 const HOLDERS: TableDefinition<u128, u32> = TableDefinition::new("holders");
-/// Counters: `next_holder`.
+/// Counters: `next_holder`, `next_id`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (holder number, range start) -> range end (exclusive).
+const RANGES: TableDefinition<(u32, u64), u64> = TableDefinition::new("ranges");
+/// (tree, record id) -> holder number of the client holding the borrow.
+const BORROWS: TableDefinition<(&str, u64), u32> = TableDefinition::new("borrows");
 
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 4] = ["tokens", "token_names", "holders", "meta"];
+pub const TABLES: [&str; 6] = [
+    "tokens",
+    "token_names",
+    "holders",
+    "meta",
+    "ranges",
+    "borrows",
+];
+
+/// The first record id the server grants (ids below 2^32 are never granted).
+pub const FIRST_ID: u64 = 1 << 32;
+
+/// The most ids one [`Store::grant_range`] grants; larger wishes are clamped to it, and a
+/// wish of 0 is raised to 1.
+pub const MAX_RANGE: u64 = 1_000_000;
+
+/// What [`Store::borrow`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BorrowOutcome {
+    /// Nobody held the record: the asking client holds it now.
+    Granted,
+    /// The asking client held it already; nothing changed.
+    AlreadyHeld,
+    /// Another client holds it (its holder number); nothing changed.
+    HeldBy(u32),
+}
 
 /// The first holder number given to a client (1 is reserved for standalone replicas).
 pub const FIRST_HOLDER: u32 = 2;
@@ -100,6 +147,8 @@ impl Store {
         txn.open_table(TOKEN_NAMES)?;
         txn.open_table(HOLDERS)?;
         txn.open_table(META)?;
+        txn.open_table(RANGES)?;
+        txn.open_table(BORROWS)?;
         txn.commit()?;
         Ok(Self { db, path })
     }
@@ -226,6 +275,106 @@ impl Store {
         Ok(n)
     }
 
+    /// Grants client `holder` a new range of `want` ids, clamped to `1..=`[`MAX_RANGE`],
+    /// from the global allocator; returns `(start, end)`, `end` exclusive. The range is
+    /// recorded and the allocator advanced in one durable write transaction: no id is ever
+    /// granted twice, also across crashes and restarts.
+    pub fn grant_range(&self, holder: u32, want: u64) -> Result<(u64, u64), ServerError> {
+        let n = want.clamp(1, MAX_RANGE);
+        let txn = self.db.begin_write()?;
+        let range = {
+            let mut meta = txn.open_table(META)?;
+            let start = meta.get("next_id")?.map_or(FIRST_ID, |g| g.value());
+            let end = start
+                .checked_add(n)
+                .ok_or_else(|| ServerError::Database("every record id is taken".into()))?;
+            meta.insert("next_id", end)?;
+            txn.open_table(RANGES)?.insert((holder, start), end)?;
+            (start, end)
+        };
+        txn.commit()?;
+        Ok(range)
+    }
+
+    /// Every range granted to client `holder`, in id order.
+    pub fn ranges(&self, holder: u32) -> Result<Vec<(u64, u64)>, ServerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RANGES)?;
+        let mut out = Vec::new();
+        for entry in table.range((holder, 0)..=(holder, u64::MAX))? {
+            let (k, end) = entry?;
+            out.push((k.value().1, end.value()));
+        }
+        Ok(out)
+    }
+
+    /// Whether `id` lies in a range granted to client `holder` (for validating creates).
+    pub fn owns(&self, holder: u32, id: u64) -> Result<bool, ServerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RANGES)?;
+        let last = table.range((holder, 0)..=(holder, id))?.next_back();
+        match last {
+            Some(entry) => {
+                let (_, end) = entry?;
+                Ok(id < end.value())
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Makes client `holder` the holder of record `id` of `tree` unless another client
+    /// holds it; check and change happen in one durable write transaction.
+    pub fn borrow(&self, tree: &str, id: u64, holder: u32) -> Result<BorrowOutcome, ServerError> {
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let mut borrows = txn.open_table(BORROWS)?;
+            let current = borrows.get((tree, id))?.map(|g| g.value());
+            match current {
+                Some(h) if h == holder => BorrowOutcome::AlreadyHeld,
+                Some(h) => BorrowOutcome::HeldBy(h),
+                None => {
+                    borrows.insert((tree, id), holder)?;
+                    BorrowOutcome::Granted
+                }
+            }
+        };
+        if outcome == BorrowOutcome::Granted {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Frees record `id` of `tree` if client `holder` holds it; returns whether it did
+    /// (`false`: not held by this client, nothing changed).
+    pub fn return_borrow(&self, tree: &str, id: u64, holder: u32) -> Result<bool, ServerError> {
+        let txn = self.db.begin_write()?;
+        let freed = {
+            let mut borrows = txn.open_table(BORROWS)?;
+            let current = borrows.get((tree, id))?.map(|g| g.value());
+            if current == Some(holder) {
+                borrows.remove((tree, id))?;
+                true
+            } else {
+                false
+            }
+        };
+        if freed {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(freed)
+    }
+
+    /// The holder number of the client holding record `id` of `tree`, if any.
+    pub fn borrower(&self, tree: &str, id: u64) -> Result<Option<u32>, ServerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BORROWS)?;
+        Ok(table.get((tree, id))?.map(|g| g.value()))
+    }
+
     /// Writes a consistent copy of the database to `out`, a new file (an existing file is
     /// never overwritten; on Unix the copy is readable by the owner only): every table is
     /// copied inside one read transaction, so the copy is the state of one instant even
@@ -301,6 +450,18 @@ fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<()
             let (k, v) = entry?;
             dst.insert(k.value(), v.value())?;
         }
+        let src = read.open_table(RANGES)?;
+        let mut dst = write.open_table(RANGES)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(BORROWS)?;
+        let mut dst = write.open_table(BORROWS)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
     }
     write.commit()?;
     Ok(())
@@ -339,5 +500,36 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.holder([2; 16]).unwrap(), FIRST_HOLDER + 1);
         assert_eq!(store.holder([3; 16]).unwrap(), FIRST_HOLDER + 2);
+    }
+
+    #[test]
+    fn ranges_and_borrows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.grant_range(2, 10).unwrap();
+        assert_eq!(a, (FIRST_ID, FIRST_ID + 10));
+        let b = store.grant_range(3, 0).unwrap();
+        assert_eq!(b, (FIRST_ID + 10, FIRST_ID + 11));
+        let c = store.grant_range(2, u64::MAX).unwrap();
+        assert_eq!(c.1 - c.0, MAX_RANGE);
+        assert!(store.owns(2, FIRST_ID).unwrap());
+        assert!(store.owns(2, FIRST_ID + 9).unwrap());
+        assert!(!store.owns(2, FIRST_ID + 10).unwrap());
+        assert!(store.owns(3, FIRST_ID + 10).unwrap());
+        assert!(store.owns(2, c.0).unwrap() && store.owns(2, c.1 - 1).unwrap());
+        assert!(!store.owns(2, c.1).unwrap() && !store.owns(2, 1).unwrap());
+        assert_eq!(store.ranges(2).unwrap(), vec![a, c]);
+
+        assert_eq!(store.borrow("t", 5, 2).unwrap(), BorrowOutcome::Granted);
+        assert_eq!(store.borrow("t", 5, 2).unwrap(), BorrowOutcome::AlreadyHeld);
+        assert_eq!(store.borrow("t", 5, 3).unwrap(), BorrowOutcome::HeldBy(2));
+        assert_eq!(store.borrow("u", 5, 3).unwrap(), BorrowOutcome::Granted);
+        assert!(!store.return_borrow("t", 5, 3).unwrap());
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.borrower("t", 5).unwrap(), Some(2));
+        assert!(store.return_borrow("t", 5, 2).unwrap());
+        assert_eq!(store.borrower("t", 5).unwrap(), None);
+        assert_eq!(store.grant_range(4, 1).unwrap().0, c.1);
     }
 }

@@ -107,7 +107,11 @@ async fn first_contact_pins_identity_and_ping_works() {
         assert!(rtt < Duration::from_secs(5));
         session.ping().await.unwrap();
         // Requests not served yet get an honest protocol answer, and the session goes on.
-        match session.request(Request::Ranges { want: 10 }).await.unwrap() {
+        let changes = Request::Changes {
+            op: [7; 16],
+            changes: vec![],
+        };
+        match session.request(changes).await.unwrap() {
             Response::Error(RemoteError::Invalid(msg)) => {
                 assert!(
                     msg.contains("not served by this server version yet"),

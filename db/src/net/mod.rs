@@ -21,9 +21,12 @@
 //!   [`CLOSE_REFUSED`] (1, handshake refused), [`CLOSE_PROTOCOL`] (2, the peer broke the
 //!   protocol: malformed or oversized frame, unexpected message), [`CLOSE_SHUTDOWN`] (3, the
 //!   server is shutting down).
+//! - Application close code [`CLOSE_LAGGED`] (5): the server closed a session that did not
+//!   read its pushes fast enough (it missed some); reconnect to resynchronise.
 //! - Connecting and the handshake are bounded in time ([`DEFAULT_TIMEOUT`], 10 s, unless
 //!   [`connect_timeout`] says otherwise); so is every request round trip of a [`Session`].
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -37,7 +40,9 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::Digest as _;
 
 use crate::proto::handshake::{ClientConfig, HandshakeError, check_server, client_hello};
-use crate::proto::{self, Frame, FrameReader, Id, Request, Response, ServerHello, WireError};
+use crate::proto::{
+    self, Frame, FrameReader, Id, Push, RemoteError, Request, Response, ServerHello, WireError,
+};
 
 /// The ALPN protocol identifier of rekord's QUIC transport.
 pub const ALPN: &[u8] = b"rekord/1";
@@ -55,6 +60,9 @@ pub const CLOSE_REFUSED: u32 = 1;
 pub const CLOSE_PROTOCOL: u32 = 2;
 /// Application close code: the server is shutting down.
 pub const CLOSE_SHUTDOWN: u32 = 3;
+/// Application close code: the server's queue of pushes for this session overflowed (the
+/// client did not read them fast enough and missed some); reconnect to resynchronise.
+pub const CLOSE_LAGGED: u32 = 5;
 
 /// Default bound on connecting plus the handshake, and on each request round trip.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,6 +129,10 @@ pub enum NetError {
     /// The server answered something that does not fit the request.
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
+    /// The server rejected the request (for example [`RemoteError::AlreadyBorrowed`] with
+    /// the holder number of the client holding the record).
+    #[error("the server rejected the request: {}", describe(.0))]
+    Remote(RemoteError),
     /// An operation took longer than its bound.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -129,6 +141,24 @@ pub enum NetError {
         /// The bound.
         after: Duration,
     },
+}
+
+fn describe(e: &RemoteError) -> String {
+    match e {
+        RemoteError::AlreadyBorrowed { holder } => {
+            format!("the record is borrowed by another client (holder {holder})")
+        }
+        RemoteError::NotBorrowed => "this client does not hold the record's borrow".into(),
+        RemoteError::Released => "the revision is released; only its state may change".into(),
+        RemoteError::OutsideRange { id } => {
+            format!("id {id} is outside this client's granted ranges")
+        }
+        RemoteError::NotAllowed { tree } => {
+            format!("this client's token may not write tree `{tree}`")
+        }
+        RemoteError::NotFound => "not found".into(),
+        RemoteError::Invalid(msg) => format!("invalid request: {msg}"),
+    }
 }
 
 /// The certificate verifier of the client: pins a fingerprint, or records the presented one
@@ -218,6 +248,14 @@ impl ServerCertVerifier for PinnedVerifier {
 }
 
 /// An authenticated session with a server: the connection and its one stream.
+///
+/// This is the transport-level API: one request at a time ([`request`](Session::request)
+/// and its typed wrappers [`ranges`](Session::ranges), [`borrow`](Session::borrow),
+/// [`return_borrow`](Session::return_borrow)), and the server's pushes
+/// ([`next_push`](Session::next_push)). Responses and pushes share the stream; pushes that
+/// arrive while a request waits for its response are buffered in arrival order and handed
+/// out by `next_push`, so none is lost (the buffer is unbounded: read it regularly). The
+/// database-level sync client builds on this.
 #[derive(Debug)]
 pub struct Session {
     // Kept alive for the connection's sake: dropping the endpoint ends its connections.
@@ -230,6 +268,7 @@ pub struct Session {
     pin: Pin,
     next_id: u64,
     timeout: Duration,
+    pushes: VecDeque<Push>,
 }
 
 /// Connects to the server at `addr`, pinned to `pin` if given (else first contact), and
@@ -354,6 +393,7 @@ async fn establish(
         },
         next_id: 1,
         timeout,
+        pushes: VecDeque::new(),
     };
     let answer = match session.read_frame().await {
         Ok(frame) => frame,
@@ -406,8 +446,87 @@ impl Session {
         }
     }
 
+    /// Asks for a new id range of `want` ids (the server clamps `want` to 1..=1,000,000);
+    /// returns the granted ranges, `(start, end)` with `end` exclusive.
+    pub async fn ranges(&mut self, want: u64) -> Result<Vec<(u64, u64)>, NetError> {
+        match self.request(Request::Ranges { want }).await? {
+            Response::Ranges(ranges) => Ok(ranges),
+            Response::Error(e) => Err(NetError::Remote(e)),
+            other => Err(NetError::Protocol(format!(
+                "expected id ranges, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Borrows record `id` of `tree` (also fine if this client holds it already). Another
+    /// client's borrow gives [`NetError::Remote`] with [`RemoteError::AlreadyBorrowed`]; a
+    /// tree the token may not write gives [`RemoteError::NotAllowed`].
+    pub async fn borrow(&mut self, tree: &str, id: u64) -> Result<(), NetError> {
+        let request = Request::Borrow {
+            tree: tree.to_owned(),
+            id,
+        };
+        match self.request(request).await? {
+            Response::Granted => Ok(()),
+            Response::Error(e) => Err(NetError::Remote(e)),
+            other => Err(NetError::Protocol(format!(
+                "expected a borrow answer, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Returns the borrow of record `id` of `tree`. If this client does not hold it:
+    /// [`NetError::Remote`] with [`RemoteError::NotBorrowed`].
+    pub async fn return_borrow(&mut self, tree: &str, id: u64) -> Result<(), NetError> {
+        let request = Request::Return {
+            tree: tree.to_owned(),
+            id,
+        };
+        match self.request(request).await? {
+            Response::Returned => Ok(()),
+            Response::Error(e) => Err(NetError::Remote(e)),
+            other => Err(NetError::Protocol(format!(
+                "expected a return answer, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The next push from the server: a buffered one (received while waiting for a
+    /// response) first, else one that arrives within `timeout`; `Ok(None)` if none did.
+    pub async fn next_push(&mut self, timeout: Duration) -> Result<Option<Push>, NetError> {
+        if let Some(push) = self.pushes.pop_front() {
+            return Ok(Some(push));
+        }
+        let wait = async {
+            loop {
+                match self.read_frame().await? {
+                    Frame::Push(push) => return Ok(push),
+                    // The late answer to a request that timed out.
+                    Frame::Response { id, .. } if id < self.next_id => continue,
+                    other => {
+                        self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected frame");
+                        return Err(NetError::Protocol(format!(
+                            "unexpected frame while waiting for pushes: {other:?}"
+                        )));
+                    }
+                }
+            }
+        };
+        // Cancel-safe: `read_frame` keeps every received byte in the session's reader.
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// How many pushes are buffered (received, not yet taken by
+    /// [`next_push`](Session::next_push)).
+    pub fn buffered_pushes(&self) -> usize {
+        self.pushes.len()
+    }
+
     /// Sends a request and waits for its response (bounded by the session's timeout).
-    /// Pushes received meanwhile are skipped: nothing subscribes to them yet.
+    /// Pushes received meanwhile are buffered for [`next_push`](Session::next_push).
     pub async fn request(&mut self, body: Request) -> Result<Response, NetError> {
         let timeout = self.timeout;
         match tokio::time::timeout(timeout, self.round_trip(body)).await {
@@ -430,7 +549,9 @@ impl Session {
         loop {
             match self.read_frame().await? {
                 Frame::Response { id: got, body } if got == id => return Ok(body),
-                Frame::Push(_) => continue,
+                // The late answer to an earlier request that timed out.
+                Frame::Response { id: got, .. } if got < id => continue,
+                Frame::Push(push) => self.pushes.push_back(push),
                 other => {
                     self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected frame");
                     return Err(NetError::Protocol(format!(
