@@ -38,6 +38,14 @@ fn sample_frames() -> Vec<Frame> {
             },
         },
         Frame::Request {
+            id: 4,
+            body: Request::PutSchema {
+                tree: "parts".into(),
+                version: 1,
+                schema: "(tree: \"parts\")".into(),
+            },
+        },
+        Frame::Request {
             id: 2,
             body: Request::Changes {
                 op: [1; 16],
@@ -192,6 +200,22 @@ fn protocol_limits_are_enforced_on_decode() {
                         data: vec![],
                     },
                 }],
+            },
+        },
+        Frame::Request {
+            id: 1,
+            body: Request::PutSchema {
+                tree: "parts".into(),
+                version: 1,
+                schema: "x".repeat(rekord::proto::MAX_SCHEMA + 1),
+            },
+        },
+        Frame::Request {
+            id: 1,
+            body: Request::PutSchema {
+                tree: "parts".into(),
+                version: 0,
+                schema: String::new(),
             },
         },
     ];

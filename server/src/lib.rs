@@ -18,8 +18,45 @@
 //! - [`Request::Return`]: frees the record if this client holds it
 //!   ([`Response::Returned`]), else [`RemoteError::NotBorrowed`].
 //!
-//! [`Request::Changes`] is answered with [`RemoteError::Invalid`] saying it is not served by
-//! this version yet (sync comes next).
+//! - [`Request::PutSchema`]: stores a record schema (RON of a [`rekord::Schema`], whose tree
+//!   and version must match the request's; the tree must be writable); answered with
+//!   [`Response::Accepted`] (`seq` 0). The same schema again is fine; a different one for
+//!   an existing `(tree, version)` is refused with [`RemoteError::Invalid`].
+//! - [`Request::Changes`]: applies a batch of changes (see "Changes" below).
+//!
+//! # Changes
+//!
+//! A batch is applied all or nothing, in one durable write transaction
+//! ([`Store::apply_changes`]); each change gets the next gap-free sequence number (from 1)
+//! and is logged. The answer is [`Response::Accepted`] with the last sequence number; the
+//! same `op` of the same client again (a retry) gets the same answer and applies nothing.
+//! The first refused change refuses the batch, with:
+//!
+//! - [`RemoteError::NotAllowed`]: the token may not write the tree;
+//! - [`RemoteError::OutsideRange`]: a create (`Put` of revision 0 of an unknown id) with an
+//!   id outside the client's granted ranges. A create makes the client the record's borrow
+//!   holder (pushed as [`Push::Borrow`]);
+//! - [`RemoteError::NotBorrowed`]: any other change without holding the record's borrow;
+//! - [`RemoteError::Released`]: `Put`, `Remove` or `Release` of a released revision
+//!   (`SetState` needs a released revision, else [`RemoteError::Invalid`]);
+//! - [`RemoteError::NotFound`]: a change of a removed revision, or a non-`Put` change of an
+//!   unknown one;
+//! - [`RemoteError::Invalid`]: `Put` data that does not decode with the stored schema of its
+//!   version (or no such schema: "upload the schema first"), or a new revision whose
+//!   previous revision does not exist.
+//!
+//! After the commit, the accepted changes are pushed as [`Push::Changes`] (at most
+//! [`PUSH_BATCH`] changes and about [`PUSH_BATCH_BYTES`] each) to every session whose
+//! token may read the tree and that subscribed to it (`ClientHello::trees`, empty: all),
+//! the origin included, in sequence order.
+//!
+//! # Catch-up
+//!
+//! After the [`ServerHello`] (whose `head` is the latest sequence number), a session gets
+//! every logged change after its `ClientHello::cursor` that it may read, in order, in
+//! [`Push::Changes`] batches, then [`Push::CaughtUp`], then live pushes. It subscribes to
+//! the live pushes before reading the log and skips live changes the catch-up sent, so
+//! there is no gap and no duplicate.
 //!
 //! # Borrow pushes
 //!
@@ -88,14 +125,15 @@ use rekord::net::{ALPN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_SHUTDOWN};
 use rekord::proto::handshake::Grant;
 use rekord::proto::handshake::check_client;
 use rekord::proto::{
-    self, Frame, FrameReader, PROTOCOL_VERSION, Push, RemoteError, Request, Response, ServerHello,
+    self, ChangeKind, Frame, FrameReader, PROTOCOL_VERSION, Push, RemoteError, Request, Response,
+    Sequenced, ServerHello,
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 pub use admin::{AdminReply, AdminRequest};
 pub use identity::Identity;
-pub use store::{BorrowOutcome, Store, TokenInfo};
+pub use store::{Applied, BorrowOutcome, RecordState, Store, TokenInfo};
 
 /// Application close code: the server failed internally (database error) while serving the
 /// connection; the client may retry later.
@@ -118,6 +156,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bound on waiting for connections to close at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most changes in one [`Push::Changes`] (catch-up and live).
+pub const PUSH_BATCH: usize = 1000;
+
+/// About the most record bytes in one [`Push::Changes`] (a single larger change, at most
+/// [`proto::MAX_RECORD`] bytes, travels alone).
+pub const PUSH_BATCH_BYTES: usize = 4 << 20;
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -501,6 +546,8 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     let store = shared.store.clone();
     let app = shared.app.clone();
     let client = hello.client;
+    let subscribed = hello.trees.clone();
+    let cursor = hello.cursor;
     let checked = tokio::task::spawn_blocking(move || {
         let mut db_error = None;
         let verdict = check_client(&hello, &app, |token| match store.grant(token) {
@@ -535,8 +582,11 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             return Ok(());
         }
     };
-    // Subscribed before the hello: every borrow change after it reaches this client.
+    // Subscribed before the hello and before the log is read: every change committed
+    // after this point reaches this session live, every one before it is in the log.
     let mut pushes = shared.pushes().subscribe();
+    let store = shared.store.clone();
+    let head = blocking(move || store.head()).await?;
     write_frame(
         &mut send,
         &Frame::ServerHello(ServerHello {
@@ -544,11 +594,35 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             app: shared.app.clone(),
             server: shared.server,
             replica: holder,
-            head: 0,
+            head,
         }),
     )
     .await?;
-    tracing::info!(%remote, client = %client_text, holder, "client connected");
+    tracing::info!(%remote, client = %client_text, holder, cursor, head, "client connected");
+    let reads = |tree: &str| {
+        grant.read.allows(tree) && (subscribed.is_empty() || subscribed.iter().any(|t| t == tree))
+    };
+
+    // Catch-up: every logged change after the cursor, then `CaughtUp`.
+    let mut scanned = cursor;
+    loop {
+        let store = shared.store.clone();
+        let after = scanned;
+        let batch = blocking(move || store.log_after(after, PUSH_BATCH, PUSH_BATCH_BYTES)).await?;
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            break;
+        };
+        scanned = last;
+        let visible: Vec<Sequenced> = batch
+            .into_iter()
+            .filter(|e| reads(&e.change.tree))
+            .collect();
+        if !visible.is_empty() {
+            send_push(&mut send, Push::Changes(visible), &pushes).await?;
+        }
+    }
+    let head = scanned.max(head);
+    send_push(&mut send, Push::CaughtUp { head }, &pushes).await?;
 
     loop {
         // Both branches are cancel-safe: a frame is read from chunks already received, and
@@ -566,11 +640,20 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             }
             push = pushes.recv() => match push {
                 Ok(push) => {
-                    if push_allowed(&grant, &push) {
-                        let frame = Frame::Push(push);
-                        tokio::time::timeout(PUSH_WRITE_TIMEOUT, write_frame(&mut send, &frame))
-                            .await
-                            .map_err(|_| End::Lagged(pushes.len() as u64))??;
+                    let push = match push {
+                        Push::Borrow { ref tree, .. } if !grant.read.allows(tree) => None,
+                        Push::Changes(entries) => {
+                            // Entries up to `head` were sent by the catch-up already.
+                            let visible: Vec<Sequenced> = entries
+                                .into_iter()
+                                .filter(|e| e.seq > head && reads(&e.change.tree))
+                                .collect();
+                            (!visible.is_empty()).then_some(Push::Changes(visible))
+                        }
+                        other => Some(other),
+                    };
+                    if let Some(push) = push {
+                        send_push(&mut send, push, &pushes).await?;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -585,11 +668,16 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     Ok(())
 }
 
-fn push_allowed(grant: &Grant, push: &Push) -> bool {
-    match push {
-        Push::Borrow { tree, .. } => grant.read.allows(tree),
-        Push::Changes(_) | Push::CaughtUp { .. } => true,
-    }
+/// Writes one push, bounded by [`PUSH_WRITE_TIMEOUT`].
+async fn send_push(
+    send: &mut quinn::SendStream,
+    push: Push,
+    queue: &broadcast::Receiver<Push>,
+) -> Result<(), End> {
+    let frame = Frame::Push(push);
+    tokio::time::timeout(PUSH_WRITE_TIMEOUT, write_frame(send, &frame))
+        .await
+        .map_err(|_| End::Lagged(queue.len() as u64))?
 }
 
 /// Runs `work` with the store on a blocking thread.
@@ -659,19 +747,77 @@ async fn answer(
                 Response::Error(RemoteError::NotBorrowed)
             }
         }
-        other @ Request::Changes { .. } => Response::Error(RemoteError::Invalid(format!(
-            "{} is not served by this server version yet",
-            request_name(&other)
-        ))),
+        Request::PutSchema {
+            tree,
+            version,
+            schema,
+        } => {
+            if !grant.write.allows(&tree) {
+                return Ok(Response::Error(RemoteError::NotAllowed { tree }));
+            }
+            let store = shared.store.clone();
+            match blocking(move || store.put_schema(&tree, version, &schema)).await? {
+                Ok(()) => Response::Accepted { seq: 0 },
+                Err(e) => Response::Error(e),
+            }
+        }
+        Request::Changes { op, changes } => {
+            let shared = shared.clone();
+            let grant = grant.clone();
+            blocking(move || {
+                let pushes = shared.pushes();
+                Ok(
+                    match shared.store.apply_changes(holder, &grant, op, changes)? {
+                        Applied::Accepted {
+                            seq,
+                            entries,
+                            borrows,
+                        } => {
+                            // No receiver (no session) is fine.
+                            for (tree, id) in borrows {
+                                let _ = pushes.send(Push::Borrow { tree, id, holder });
+                            }
+                            for batch in push_batches(entries) {
+                                let _ = pushes.send(Push::Changes(batch));
+                            }
+                            Response::Accepted { seq }
+                        }
+                        Applied::Retried { seq } => Response::Accepted { seq },
+                        Applied::Rejected(e) => Response::Error(e),
+                    },
+                )
+            })
+            .await?
+        }
     })
 }
 
-fn request_name(request: &Request) -> &'static str {
-    match request {
-        Request::Ping => "Ping",
-        Request::Ranges { .. } => "Ranges",
-        Request::Borrow { .. } => "Borrow",
-        Request::Return { .. } => "Return",
-        Request::Changes { .. } => "Changes",
+/// Splits accepted changes into pushes of at most [`PUSH_BATCH`] changes and, beyond the
+/// first change of each, about [`PUSH_BATCH_BYTES`] of record data.
+fn push_batches(entries: Vec<Sequenced>) -> Vec<Vec<Sequenced>> {
+    let mut out: Vec<Vec<Sequenced>> = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        let len = entry_size(&entry);
+        match out.last_mut() {
+            Some(last) if last.len() < PUSH_BATCH && bytes + len <= PUSH_BATCH_BYTES => {
+                bytes += len;
+                last.push(entry);
+            }
+            _ => {
+                bytes = len;
+                out.push(vec![entry]);
+            }
+        }
     }
+    out
+}
+
+/// About how many bytes a change takes in a frame.
+fn entry_size(entry: &Sequenced) -> usize {
+    let data = match &entry.change.kind {
+        ChangeKind::Put { data, .. } => data.len(),
+        _ => 0,
+    };
+    64 + entry.change.tree.len() + data
 }

@@ -1,5 +1,6 @@
 //! The server's own database, `server.redb`: access tokens, client holder numbers, granted
-//! id ranges and borrows.
+//! id ranges, borrows, record schemas, the change log, the records' state and the accepted
+//! operations (tables `schemas`, `log`, `records`, `ops`; see [`Store::apply_changes`]).
 //!
 //! # Id ranges
 //!
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use rekord::proto::handshake::{Grant, Trees};
+use rekord::proto::{Change, ChangeKind, RemoteError, Sequenced};
 
 use crate::ServerError;
 
@@ -45,14 +47,27 @@ const RANGES: TableDefinition<(u32, u64), u64> = TableDefinition::new("ranges");
 /// (tree, record id) -> holder number of the client holding the borrow.
 const BORROWS: TableDefinition<(&str, u64), u32> = TableDefinition::new("borrows");
 
+/// (tree, schema version) -> the schema as RON text.
+const SCHEMAS: TableDefinition<(&str, u32), &str> = TableDefinition::new("schemas");
+/// Sequence number -> the accepted change ([`rekord::proto::encode_sequenced`] bytes).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// (tree, record id, revision) -> [`RecordState`] (encoded by `RecordState::encode`).
+const RECORDS: TableDefinition<(&str, u64, u32), &[u8]> = TableDefinition::new("records");
+/// (holder number, operation id) -> sequence number answered for that operation.
+const OPS: TableDefinition<(u32, u128), u64> = TableDefinition::new("ops");
+
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 10] = [
     "tokens",
     "token_names",
     "holders",
     "meta",
     "ranges",
     "borrows",
+    "schemas",
+    "log",
+    "records",
+    "ops",
 ];
 
 /// The first record id the server grants (ids below 2^32 are never granted).
@@ -149,6 +164,10 @@ impl Store {
         txn.open_table(META)?;
         txn.open_table(RANGES)?;
         txn.open_table(BORROWS)?;
+        txn.open_table(SCHEMAS)?;
+        txn.open_table(LOG)?;
+        txn.open_table(RECORDS)?;
+        txn.open_table(OPS)?;
         txn.commit()?;
         Ok(Self { db, path })
     }
@@ -422,6 +441,453 @@ impl Store {
     }
 }
 
+/// The server's state of one revision of one record (table `records`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordState {
+    /// `false` once the revision is removed (the row stays, so the revision is never
+    /// recreated).
+    pub exists: bool,
+    /// Whether the revision is released (its data is final; only its state may change).
+    pub released: bool,
+    /// The released revision's state ([`ChangeKind::SetState`]; 0 until set).
+    pub state: u32,
+    /// Schema version of `data`.
+    pub version: u32,
+    /// The record bytes (empty once removed).
+    pub data: Vec<u8>,
+}
+
+const RECORD_HEADER: usize = 9;
+
+impl RecordState {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(RECORD_HEADER + self.data.len());
+        out.push(u8::from(self.exists) | (u8::from(self.released) << 1));
+        out.extend_from_slice(&self.state.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, ServerError> {
+        let corrupt = || ServerError::Database("a stored record state is corrupt".into());
+        let (&flags, rest) = bytes.split_first().ok_or_else(corrupt)?;
+        let (state, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let (version, data) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        Ok(Self {
+            exists: flags & 1 != 0,
+            released: flags & 2 != 0,
+            state: u32::from_le_bytes(*state),
+            version: u32::from_le_bytes(*version),
+            data: data.to_vec(),
+        })
+    }
+}
+
+/// What [`Store::apply_changes`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The batch was applied (durably) under these sequence numbers.
+    Accepted {
+        /// The sequence number of the batch's last change (the head for an empty batch).
+        seq: u64,
+        /// The accepted changes, in sequence order.
+        entries: Vec<Sequenced>,
+        /// Records created by the batch, whose borrow the client now holds: `(tree, id)`.
+        borrows: Vec<(String, u64)>,
+    },
+    /// The operation was accepted before; nothing was applied again.
+    Retried {
+        /// The sequence number answered the first time.
+        seq: u64,
+    },
+    /// The batch was refused (nothing applied) for this reason.
+    Rejected(RemoteError),
+}
+
+fn wire_error(e: rekord::proto::WireError) -> ServerError {
+    ServerError::Database(format!("a stored log entry is corrupt: {e}"))
+}
+
+/// The last sequence number in the log (0: empty).
+fn head_of(log: &impl redb::ReadableTable<u64, &'static [u8]>) -> Result<u64, ServerError> {
+    Ok(log.last()?.map_or(0, |(k, _)| k.value()))
+}
+
+impl Store {
+    /// Stores the schema (RON text) of `tree` at `version`. The text must parse as a
+    /// [`rekord::Schema`] naming the same tree and version; the same schema again is fine,
+    /// a different one for an existing `(tree, version)` is refused (the outer `Ok` holds
+    /// the refusal).
+    pub fn put_schema(
+        &self,
+        tree: &str,
+        version: u32,
+        ron: &str,
+    ) -> Result<Result<(), RemoteError>, ServerError> {
+        let schema = match rekord::Schema::from_ron(ron) {
+            Ok(schema) => schema,
+            Err(e) => {
+                return Ok(Err(RemoteError::Invalid(format!(
+                    "the schema of tree `{tree}` version {version} is not valid RON: {e}"
+                ))));
+            }
+        };
+        if schema.tree != tree || schema.version != version {
+            return Ok(Err(RemoteError::Invalid(format!(
+                "the schema describes tree `{}` version {}, not tree `{tree}` version {version}",
+                schema.tree, schema.version
+            ))));
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut schemas = txn.open_table(SCHEMAS)?;
+            let existing = schemas.get((tree, version))?.map(|g| g.value().to_owned());
+            if let Some(existing) = existing {
+                let same = rekord::Schema::from_ron(&existing).is_ok_and(|old| old == schema);
+                return Ok(if same {
+                    Ok(())
+                } else {
+                    Err(RemoteError::Invalid(format!(
+                        "tree `{tree}` has a different schema for version {version} already; \
+                         a schema version never changes, use a new version"
+                    )))
+                });
+            }
+            schemas.insert((tree, version), ron)?;
+        }
+        txn.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// The stored schema (RON text) of `tree` at `version`.
+    pub fn schema(&self, tree: &str, version: u32) -> Result<Option<String>, ServerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SCHEMAS)?;
+        Ok(table.get((tree, version))?.map(|g| g.value().to_owned()))
+    }
+
+    /// The server's state of revision `rev` of record `id` of `tree`.
+    pub fn record(
+        &self,
+        tree: &str,
+        id: u64,
+        rev: u32,
+    ) -> Result<Option<RecordState>, ServerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        table
+            .get((tree, id, rev))?
+            .map(|g| RecordState::decode(g.value()))
+            .transpose()
+    }
+
+    /// The latest sequence number (0: nothing accepted yet).
+    pub fn head(&self) -> Result<u64, ServerError> {
+        let txn = self.db.begin_read()?;
+        head_of(&txn.open_table(LOG)?)
+    }
+
+    /// Logged changes with a sequence number above `after`, in order: at most `max` of them
+    /// and, beyond the first, about `max_bytes` of record data in total.
+    pub fn log_after(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Sequenced>, ServerError> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let Some(from) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        for entry in log.range(from..)? {
+            let (_, value) = entry?;
+            let len = value.value().len();
+            if out.len() >= max || (!out.is_empty() && bytes + len > max_bytes) {
+                break;
+            }
+            bytes += len;
+            out.push(rekord::proto::decode_sequenced(value.value()).map_err(wire_error)?);
+        }
+        Ok(out)
+    }
+
+    /// Applies the changes of operation `op` of client `holder` (whose token grants
+    /// `grant`): all or nothing, in one durable write transaction, each accepted change
+    /// logged under the next sequence number. A retried `op` is answered with its first
+    /// sequence number and applies nothing. The rules are those of the crate
+    /// documentation (section "Changes").
+    pub fn apply_changes(
+        &self,
+        holder: u32,
+        grant: &Grant,
+        op: [u8; 16],
+        changes: Vec<Change>,
+    ) -> Result<Applied, ServerError> {
+        let op_key = (holder, u128::from_be_bytes(op));
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let mut ops = txn.open_table(OPS)?;
+            if let Some(seq) = ops.get(op_key)? {
+                return Ok(Applied::Retried { seq: seq.value() });
+            }
+            let mut log = txn.open_table(LOG)?;
+            let mut records = txn.open_table(RECORDS)?;
+            let mut borrows = txn.open_table(BORROWS)?;
+            let schemas = txn.open_table(SCHEMAS)?;
+            let ranges = txn.open_table(RANGES)?;
+            let mut seq = head_of(&log)?;
+            let mut entries = Vec::with_capacity(changes.len());
+            let mut created = Vec::new();
+            let mut parsed: std::collections::HashMap<(String, u32), rekord::Schema> =
+                std::collections::HashMap::new();
+            let mut refusal = None;
+            for change in changes {
+                let mut tables = Tables {
+                    records: &mut records,
+                    borrows: &mut borrows,
+                    schemas: &schemas,
+                    ranges: &ranges,
+                    parsed: &mut parsed,
+                };
+                match tables.apply(holder, grant, &change)? {
+                    Ok(born) => {
+                        if born {
+                            created.push((change.tree.clone(), change.id));
+                        }
+                        seq += 1;
+                        let entry = Sequenced {
+                            seq,
+                            origin: holder,
+                            change,
+                        };
+                        let bytes = rekord::proto::encode_sequenced(&entry).map_err(wire_error)?;
+                        log.insert(seq, bytes.as_slice())?;
+                        entries.push(entry);
+                    }
+                    Err(e) => {
+                        refusal = Some(e);
+                        break;
+                    }
+                }
+            }
+            match refusal {
+                Some(e) => Applied::Rejected(e),
+                None => {
+                    ops.insert(op_key, seq)?;
+                    Applied::Accepted {
+                        seq,
+                        entries,
+                        borrows: created,
+                    }
+                }
+            }
+        };
+        if matches!(outcome, Applied::Rejected(_)) {
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
+        Ok(outcome)
+    }
+}
+
+/// The tables one change is checked against and applied to.
+struct Tables<'a, 't> {
+    records: &'a mut redb::Table<'t, (&'static str, u64, u32), &'static [u8]>,
+    borrows: &'a mut redb::Table<'t, (&'static str, u64), u32>,
+    schemas: &'a redb::Table<'t, (&'static str, u32), &'static str>,
+    ranges: &'a redb::Table<'t, (u32, u64), u64>,
+    parsed: &'a mut std::collections::HashMap<(String, u32), rekord::Schema>,
+}
+
+impl Tables<'_, '_> {
+    fn state(&self, tree: &str, id: u64, rev: u32) -> Result<Option<RecordState>, ServerError> {
+        self.records
+            .get((tree, id, rev))?
+            .map(|g| RecordState::decode(g.value()))
+            .transpose()
+    }
+
+    fn known_id(&self, tree: &str, id: u64) -> Result<bool, ServerError> {
+        Ok(self
+            .records
+            .range((tree, id, 0)..=(tree, id, u32::MAX))?
+            .next()
+            .is_some())
+    }
+
+    fn owns(&self, holder: u32, id: u64) -> Result<bool, ServerError> {
+        match self.ranges.range((holder, 0)..=(holder, id))?.next_back() {
+            Some(entry) => Ok(id < entry?.1.value()),
+            None => Ok(false),
+        }
+    }
+
+    /// Checks `data` against the stored schema `(tree, version)`.
+    fn check_data(
+        &mut self,
+        tree: &str,
+        version: u32,
+        data: &[u8],
+    ) -> Result<Result<(), RemoteError>, ServerError> {
+        let key = (tree.to_owned(), version);
+        if !self.parsed.contains_key(&key) {
+            let Some(text) = self
+                .schemas
+                .get((tree, version))?
+                .map(|g| g.value().to_owned())
+            else {
+                return Ok(Err(RemoteError::Invalid(format!(
+                    "the server has no schema for tree `{tree}` version {version}; \
+                     upload the schema first"
+                ))));
+            };
+            let schema = rekord::Schema::from_ron(&text).map_err(|e| {
+                ServerError::Database(format!(
+                    "the stored schema of tree `{tree}` version {version} is corrupt: {e}"
+                ))
+            })?;
+            self.parsed.insert(key.clone(), schema);
+        }
+        let Some(schema) = self.parsed.get(&key) else {
+            return Err(ServerError::Database("a parsed schema went missing".into()));
+        };
+        Ok(rekord::schema::dynamic::decode(schema, data)
+            .map(|_| ())
+            .map_err(|e| {
+                RemoteError::Invalid(format!(
+                    "the data of a record of tree `{tree}` does not match schema version \
+                     {version}: {e}"
+                ))
+            }))
+    }
+
+    /// Checks and applies one change; `Ok(Ok(true))` if it created a record (whose borrow
+    /// the client now holds).
+    fn apply(
+        &mut self,
+        holder: u32,
+        grant: &Grant,
+        change: &Change,
+    ) -> Result<Result<bool, RemoteError>, ServerError> {
+        let Change {
+            tree,
+            id,
+            rev,
+            kind,
+        } = change;
+        let (tree, id, rev) = (tree.as_str(), *id, *rev);
+        if !grant.write.allows(tree) {
+            return Ok(Err(RemoteError::NotAllowed {
+                tree: tree.to_owned(),
+            }));
+        }
+        let borrower = self.borrows.get((tree, id))?.map(|g| g.value());
+        let current = self.state(tree, id, rev)?;
+        let creates = current.is_none() && rev == 0 && !self.known_id(tree, id)?;
+        if creates {
+            let ChangeKind::Put { version, data } = kind else {
+                return Ok(Err(RemoteError::NotFound));
+            };
+            if !self.owns(holder, id)? {
+                return Ok(Err(RemoteError::OutsideRange { id }));
+            }
+            if let Some(other) = borrower.filter(|h| *h != holder) {
+                return Ok(Err(RemoteError::AlreadyBorrowed { holder: other }));
+            }
+            if let Err(e) = self.check_data(tree, *version, data)? {
+                return Ok(Err(e));
+            }
+            let state = RecordState {
+                exists: true,
+                released: false,
+                state: 0,
+                version: *version,
+                data: data.clone(),
+            };
+            self.records
+                .insert((tree, id, rev), state.encode().as_slice())?;
+            let born = borrower.is_none();
+            if born {
+                self.borrows.insert((tree, id), holder)?;
+            }
+            return Ok(Ok(born));
+        }
+        if borrower != Some(holder) {
+            return Ok(Err(RemoteError::NotBorrowed));
+        }
+        let mut state = match current {
+            Some(state) if state.exists => state,
+            Some(_) => return Ok(Err(RemoteError::NotFound)),
+            None => {
+                // Only a new revision (of an existing record) may be created here.
+                let ChangeKind::Put { .. } = kind else {
+                    return Ok(Err(RemoteError::NotFound));
+                };
+                let previous = match rev.checked_sub(1) {
+                    Some(p) => self.state(tree, id, p)?,
+                    None => None,
+                };
+                if !previous.is_some_and(|p| p.exists) {
+                    return Ok(Err(RemoteError::Invalid(format!(
+                        "revision {rev} of record {id} of tree `{tree}` needs revision {} to \
+                         exist first",
+                        rev.saturating_sub(1)
+                    ))));
+                }
+                RecordState {
+                    exists: true,
+                    released: false,
+                    state: 0,
+                    version: 0,
+                    data: Vec::new(),
+                }
+            }
+        };
+        match kind {
+            ChangeKind::Put { version, data } => {
+                if state.released {
+                    return Ok(Err(RemoteError::Released));
+                }
+                if let Err(e) = self.check_data(tree, *version, data)? {
+                    return Ok(Err(e));
+                }
+                state.version = *version;
+                state.data = data.clone();
+            }
+            ChangeKind::Remove => {
+                if state.released {
+                    return Ok(Err(RemoteError::Released));
+                }
+                state.exists = false;
+                state.data = Vec::new();
+            }
+            ChangeKind::Release => {
+                if state.released {
+                    return Ok(Err(RemoteError::Released));
+                }
+                state.released = true;
+            }
+            ChangeKind::SetState(s) => {
+                if !state.released {
+                    return Ok(Err(RemoteError::Invalid(format!(
+                        "revision {rev} of record {id} of tree `{tree}` is not released; only \
+                         a released revision has a state"
+                    ))));
+                }
+                state.state = *s;
+            }
+        }
+        self.records
+            .insert((tree, id, rev), state.encode().as_slice())?;
+        Ok(Ok(false))
+    }
+}
+
 /// Copies every table read by `read` into `copy`, in one write transaction.
 fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<(), ServerError> {
     let write = copy.begin_write()?;
@@ -458,6 +924,30 @@ fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<()
         }
         let src = read.open_table(BORROWS)?;
         let mut dst = write.open_table(BORROWS)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(SCHEMAS)?;
+        let mut dst = write.open_table(SCHEMAS)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(LOG)?;
+        let mut dst = write.open_table(LOG)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(RECORDS)?;
+        let mut dst = write.open_table(RECORDS)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        let src = read.open_table(OPS)?;
+        let mut dst = write.open_table(OPS)?;
         for entry in src.iter()? {
             let (k, v) = entry?;
             dst.insert(k.value(), v.value())?;

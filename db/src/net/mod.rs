@@ -41,7 +41,8 @@ use sha2::Digest as _;
 
 use crate::proto::handshake::{ClientConfig, HandshakeError, check_server, client_hello};
 use crate::proto::{
-    self, Frame, FrameReader, Id, Push, RemoteError, Request, Response, ServerHello, WireError,
+    self, Change, Frame, FrameReader, Id, Push, RemoteError, Request, Response, ServerHello,
+    WireError,
 };
 
 /// The ALPN protocol identifier of rekord's QUIC transport.
@@ -487,6 +488,51 @@ impl Session {
             Response::Error(e) => Err(NetError::Remote(e)),
             other => Err(NetError::Protocol(format!(
                 "expected a return answer, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Uploads the schema of `tree` at `version` (RON text of a [`crate::Schema`], e.g.
+    /// `Schema::of::<T>().to_ron()`); the server refuses data of a version it has no schema
+    /// for. Uploading the same schema again is fine; a different schema for an existing
+    /// version gives [`NetError::Remote`] with [`RemoteError::Invalid`].
+    ///
+    /// This is the transport-level API: the database-level sync client calls it.
+    pub async fn put_schema(
+        &mut self,
+        tree: &str,
+        version: u32,
+        ron: &str,
+    ) -> Result<(), NetError> {
+        let request = Request::PutSchema {
+            tree: tree.to_owned(),
+            version,
+            schema: ron.to_owned(),
+        };
+        match self.request(request).await? {
+            Response::Accepted { .. } => Ok(()),
+            Response::Error(e) => Err(NetError::Remote(e)),
+            other => Err(NetError::Protocol(format!(
+                "expected a schema answer, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends local changes as operation `op` (unique per client operation): the server
+    /// applies all of them or none, durably, and returns the sequence number of the last
+    /// one. Sending the same `op` again (a retry after a lost answer) returns the same
+    /// sequence number and applies nothing twice. A refusal is [`NetError::Remote`] with
+    /// the server's [`RemoteError`] (`NotBorrowed`, `Released`,
+    /// `OutsideRange`, `NotAllowed`, `Invalid`, ...). The accepted changes also come back
+    /// as a [`Push::Changes`] (like everyone else's), which carries their sequence numbers.
+    ///
+    /// This is the transport-level API: the database-level sync client builds on it.
+    pub async fn changes(&mut self, op: [u8; 16], changes: Vec<Change>) -> Result<u64, NetError> {
+        match self.request(Request::Changes { op, changes }).await? {
+            Response::Accepted { seq } => Ok(seq),
+            Response::Error(e) => Err(NetError::Remote(e)),
+            other => Err(NetError::Protocol(format!(
+                "expected an answer to changes, got {other:?}"
             ))),
         }
     }

@@ -1,6 +1,6 @@
 //! The messages of protocol version [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
 
-use super::{MAX_NAME, MAX_TOKEN, MAX_TREES, WireError};
+use super::{MAX_NAME, MAX_RECORD, MAX_SCHEMA, MAX_TOKEN, MAX_TREES, WireError};
 
 /// A 16-byte identity (a UUID's bytes): of a server, a client, or an operation.
 pub type Id = [u8; 16];
@@ -142,6 +142,18 @@ pub enum Request {
         tree: String,
         /// Record id.
         id: u64,
+    },
+    /// Uploads the schema of `tree` at `version` (needed before data of that version is
+    /// accepted); answered with [`Response::Accepted`] (`seq` 0). Uploading the same schema
+    /// again is fine; a different one for an existing `(tree, version)` is refused.
+    PutSchema {
+        /// Tree.
+        tree: String,
+        /// Schema version (from 1).
+        version: u32,
+        /// The schema as RON text (`rekord::Schema::to_ron`), at most
+        /// [`MAX_SCHEMA`](super::MAX_SCHEMA) bytes.
+        schema: String,
     },
     /// Local changes to apply, atomically, once (`op` makes retries idempotent).
     Changes {
@@ -298,8 +310,16 @@ fn change_ok(c: &Change) -> Result<(), WireError> {
     if c.id == 0 {
         return Err(WireError::Invalid("record id 0 does not exist".into()));
     }
-    if let ChangeKind::Put { version: 0, .. } = c.kind {
-        return Err(WireError::Invalid("schema versions start at 1".into()));
+    if let ChangeKind::Put { version, data } = &c.kind {
+        if *version == 0 {
+            return Err(WireError::Invalid("schema versions start at 1".into()));
+        }
+        if data.len() > MAX_RECORD {
+            return Err(WireError::Invalid(format!(
+                "record data is limited to {MAX_RECORD} bytes, got {}",
+                data.len()
+            )));
+        }
     }
     Ok(())
 }
@@ -335,6 +355,23 @@ impl Frame {
                     tree_ok(tree)?;
                     if *id == 0 {
                         return Err(WireError::Invalid("record id 0 does not exist".into()));
+                    }
+                    Ok(())
+                }
+                Request::PutSchema {
+                    tree,
+                    version,
+                    schema,
+                } => {
+                    tree_ok(tree)?;
+                    if *version == 0 {
+                        return Err(WireError::Invalid("schema versions start at 1".into()));
+                    }
+                    if schema.len() > MAX_SCHEMA {
+                        return Err(WireError::Invalid(format!(
+                            "a schema is limited to {MAX_SCHEMA} bytes of RON, got {}",
+                            schema.len()
+                        )));
                     }
                     Ok(())
                 }

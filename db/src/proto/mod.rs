@@ -35,6 +35,13 @@ pub const MAX_TOKEN: usize = 512;
 /// Most trees a client may subscribe to by name.
 pub const MAX_TREES: usize = 1024;
 
+/// Longest schema text (RON) accepted by [`Request::PutSchema`] (1 MiB).
+pub const MAX_SCHEMA: usize = 1 << 20;
+
+/// Largest record data accepted in one [`ChangeKind::Put`] (8 MiB), so that any change,
+/// with its sequence number, fits in a pushed frame.
+pub const MAX_RECORD: usize = 8 << 20;
+
 /// Why bytes from the network were rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -79,6 +86,21 @@ pub fn decode(payload: &[u8]) -> Result<Frame, WireError> {
         .map_err(|e| WireError::Malformed(e.to_string()))?;
     frame.validate()?;
     Ok(frame)
+}
+
+/// Encodes one [`Sequenced`] change on its own (rkyv bytes, no length prefix), as a server
+/// stores it in its log.
+pub fn encode_sequenced(entry: &Sequenced) -> Result<Vec<u8>, WireError> {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(entry, Vec::new())
+        .map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Decodes bytes written by [`encode_sequenced`] (checked rkyv access).
+pub fn decode_sequenced(bytes: &[u8]) -> Result<Sequenced, WireError> {
+    let archived = rkyv::access::<ArchivedSequenced, rkyv::rancor::Error>(bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    rkyv::deserialize::<Sequenced, rkyv::rancor::Error>(archived)
+        .map_err(|e| WireError::Malformed(e.to_string()))
 }
 
 /// Reassembles frames from a byte stream delivered in arbitrary chunks.
