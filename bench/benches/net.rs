@@ -1,16 +1,26 @@
-//! Network benchmarks (issue #4, first slice): the raw quinn round trip on loopback as the
-//! floor, and rekord's request round trip (`Session::ping`: a framed, validated request and
-//! response on the session stream of a pinned, authenticated connection), in the same run.
+//! Network benchmarks (issue #4, transport level): the raw quinn round trip on loopback as the
+//! floor, and in the same run rekord's request round trip (`Session::ping`), borrow round trip
+//! (a durable grant plus its pushes), and change propagation from client A's request to the
+//! pushed change arriving at client B (durable commit on the server), p50 and p99.
 //!
 //! `cargo bench -p rekord-bench --bench net`; `REKORD_BENCH_QUICK=1` for fewer round trips.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use quinn::rustls;
+use rekord::Record;
 use rekord::proto::handshake::{ClientConfig, Trees};
+use rekord::proto::{Change, ChangeKind, Push};
 use rekord_server::{Config, Server};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The record the propagation case sends.
+#[rekord::record(tree = "items", version = 1)]
+pub struct Item {
+    pub name: String,
+    pub qty: u32,
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -59,7 +69,15 @@ async fn raw_floor(n: usize) -> Vec<Duration> {
     out
 }
 
-async fn rekord_ping(n: usize) -> Vec<Duration> {
+/// Per-case samples of one rekord run: ping, borrow, propagation (A's commit request to B's
+/// receipt of the pushed change).
+struct Samples {
+    ping: Vec<Duration>,
+    borrow: Vec<Duration>,
+    propagation: Vec<Duration>,
+}
+
+async fn rekord_cases(n: usize) -> Samples {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::bind(Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -76,27 +94,101 @@ async fn rekord_ping(n: usize) -> Vec<Duration> {
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let cfg = ClientConfig {
+    let cfg = |client: u8| ClientConfig {
         app: "bench".into(),
-        client: [3; 16],
-        token,
+        client: [client; 16],
+        token: token.clone(),
         pinned: None,
         cursor: 0,
         trees: vec![],
     };
-    let mut session = rekord::net::connect(addr, &cfg, None).await.unwrap();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + 50 {
+    let mut a = rekord::net::connect(addr, &cfg(1), None).await.unwrap();
+    let schema = rekord::Schema::of::<Item>().to_ron().unwrap();
+    a.put_schema("items", 1, &schema).await.unwrap();
+    let (start, _) = a.ranges(1_000_000).await.unwrap()[0];
+    let data = Item {
+        name: "bolt".into(),
+        qty: 1,
+    }
+    .__encode(Vec::new())
+    .unwrap();
+    let put = |id: u64| Change {
+        tree: "items".into(),
+        id,
+        rev: 0,
+        kind: ChangeKind::Put {
+            version: 1,
+            data: data.clone(),
+        },
+    };
+    let mut op = 0u128;
+    let mut next_op = || {
+        op += 1;
+        op.to_le_bytes()
+    };
+    // Borrow round trips: one record, borrowed and returned by A, alone on the server.
+    a.changes(next_op(), vec![put(start)]).await.unwrap();
+    a.return_borrow("items", start).await.unwrap();
+    let mut borrow = Vec::with_capacity(n);
+    for i in 0..n + 20 {
         let t = Instant::now();
-        session.ping().await.unwrap();
-        if i >= 50 {
-            out.push(t.elapsed());
+        a.borrow("items", start).await.unwrap();
+        let dt = t.elapsed();
+        a.return_borrow("items", start).await.unwrap();
+        if i >= 20 {
+            borrow.push(dt);
         }
     }
-    drop(session);
+    // A's own pushes were buffered meanwhile; drop them.
+    while a
+        .next_push(Duration::from_millis(1))
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    let mut ping = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let t = Instant::now();
+        a.ping().await.unwrap();
+        if i >= 20 {
+            ping.push(t.elapsed());
+        }
+    }
+    // Propagation: A creates a record; B is connected and waits for the pushed change.
+    let mut b = rekord::net::connect(addr, &cfg(2), None).await.unwrap();
+    while let Some(p) = b.next_push(Duration::from_millis(200)).await.unwrap() {
+        if matches!(p, Push::CaughtUp { .. }) {
+            break;
+        }
+    }
+    let mut propagation = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let id = start + 1 + i;
+        let t = Instant::now();
+        a.changes(next_op(), vec![put(id)]).await.unwrap();
+        loop {
+            match b.next_push(Duration::from_secs(5)).await.unwrap() {
+                Some(Push::Changes(c)) if c.iter().any(|s| s.change.id == id) => break,
+                Some(_) => {}
+                None => panic!("change {id} did not reach B"),
+            }
+        }
+        propagation.push(t.elapsed());
+        while a
+            .next_push(Duration::from_micros(1))
+            .await
+            .unwrap()
+            .is_some()
+        {}
+    }
+    drop((a, b));
     let _ = stop.send(());
     let _ = task.await;
-    out
+    Samples {
+        ping,
+        borrow,
+        propagation,
+    }
 }
 
 fn main() {
@@ -107,26 +199,44 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    let mut raw = Vec::new();
+    let (mut ping, mut borrow, mut prop) = (Vec::new(), Vec::new(), Vec::new());
     // Interleave rounds so drift hits both alike.
     for _ in 0..3 {
         raw.extend(rt.block_on(raw_floor(n / 3)));
-        ours.extend(rt.block_on(rekord_ping(n / 3)));
+        let s = rt.block_on(rekord_cases(n / 3));
+        ping.extend(s.ping);
+        borrow.extend(s.borrow);
+        prop.extend(s.propagation);
     }
-    raw.sort();
-    ours.sort();
+    for v in [&mut raw, &mut ping, &mut borrow, &mut prop] {
+        v.sort();
+    }
     let (r50, r99) = (percentile(&raw, 0.5), percentile(&raw, 0.99));
-    let (k50, k99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
-    let out = format!(
-        "\n## net ({} round trips each, loopback)\n\n| case | raw quinn round trip | rekord request round trip (ping) | ratio |\n|---|---|---|---|\n| p50 | {:.1} µs | {:.1} µs | **{:.2}x** |\n| p99 | {:.1} µs | {:.1} µs | **{:.2}x** |\n",
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mut out = format!(
+        "\n## net ({} samples per case, loopback; ratios to the raw quinn round trip)\n\n| case | p50 | p50 / raw | p99 | p99 / raw |\n|---|---|---|---|---|\n| raw quinn round trip (floor) | {:.1} µs | 1.00x | {:.1} µs | 1.00x |\n",
         raw.len(),
-        r50.as_secs_f64() * 1e6,
-        k50.as_secs_f64() * 1e6,
-        k50.as_secs_f64() / r50.as_secs_f64(),
-        r99.as_secs_f64() * 1e6,
-        k99.as_secs_f64() * 1e6,
-        k99.as_secs_f64() / r99.as_secs_f64(),
+        us(r50),
+        us(r99)
     );
+    for (name, v) in [
+        ("rekord request round trip (ping)", &ping),
+        ("rekord borrow round trip (durable grant + push)", &borrow),
+        (
+            "change propagation A -> server -> B (durable commit, transport level)",
+            &prop,
+        ),
+    ] {
+        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+        out.push_str(&format!(
+            "| {name} | {:.1} µs | **{:.2}x** | {:.1} µs | **{:.2}x** |\n",
+            us(p50),
+            us(p50) / us(r50),
+            us(p99),
+            us(p99) / us(r99)
+        ));
+    }
     println!("{out}");
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into());
     let _ = std::fs::write(format!("{dir}/bench-net.md"), out);
