@@ -528,3 +528,90 @@ async fn catch_up_from_a_cursor_also_across_a_restart() {
     })
     .await;
 }
+
+#[rekord::record(tree = "tools")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_receive_only_the_trees_they_subscribe_to_and_may_read() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Running::start(dir.path());
+        let (mut a, _, _) = connect(server.addr, &client(&server.token("a")), None).await;
+        // B subscribes to `tools` only; C's token may read `parts` only (no subscription list).
+        let mut tools_only = client(&server.token("b"));
+        tools_only.trees = vec!["tools".into()];
+        let (mut b, _, _) = connect(server.addr, &tools_only, None).await;
+        let c_token = server
+            .store
+            .issue("c", Trees::Only(vec!["parts".into()]), Trees::Only(vec![]))
+            .unwrap();
+        let (mut c, _, _) = connect(server.addr, &client(&c_token), None).await;
+
+        a.put_schema("parts", Part::VERSION, &schema_ron())
+            .await
+            .unwrap();
+        a.put_schema(
+            "tools",
+            Tool::VERSION,
+            &Schema::of::<Tool>().to_ron().unwrap(),
+        )
+        .await
+        .unwrap();
+        let (start, _) = a.ranges(10).await.unwrap()[0];
+        let tool = Change {
+            tree: "tools".into(),
+            id: start + 1,
+            rev: 0,
+            kind: ChangeKind::Put {
+                version: Tool::VERSION,
+                data: Tool { name: "saw".into() }.__encode(Vec::new()).unwrap(),
+            },
+        };
+        let s1 = a
+            .changes(op(), vec![put(start, 0, part("bolt", 1))])
+            .await
+            .unwrap();
+        let s2 = a.changes(op(), vec![tool]).await.unwrap();
+        assert_eq!(s2, s1 + 1);
+
+        // B sees the tool change and nothing of `parts`.
+        let got_b = changes_until(&mut b, s2).await;
+        assert_eq!(
+            got_b
+                .iter()
+                .map(|e| e.change.tree.as_str())
+                .collect::<Vec<_>>(),
+            ["tools"]
+        );
+        // C sees the part change; the tool change never reaches it.
+        let got_c = changes_until(&mut c, s1).await;
+        assert_eq!(
+            got_c
+                .iter()
+                .map(|e| e.change.tree.as_str())
+                .collect::<Vec<_>>(),
+            ["parts"]
+        );
+        match c.next_push(Duration::from_millis(300)).await.unwrap() {
+            None | Some(Push::Borrow { .. }) => {}
+            Some(other) => panic!("C must not receive other trees' changes: {other:?}"),
+        }
+        // Catch-up is filtered the same way.
+        let (_, caught, head) = connect(server.addr, &tools_only, None).await;
+        assert_eq!(head, s2);
+        assert_eq!(caught.iter().map(|e| e.seq).collect::<Vec<_>>(), [s2]);
+        // A token that may not read `tools` cannot subscribe to it.
+        let mut greedy = client(&c_token);
+        greedy.trees = vec!["tools".into()];
+        assert!(net::connect(server.addr, &greedy, None).await.is_err());
+        a.close().await;
+        b.close().await;
+        c.close().await;
+        server.stop().await;
+    })
+    .await;
+}
