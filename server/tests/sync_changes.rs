@@ -2,20 +2,17 @@
 //! with real QUIC servers and clients on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::{Running, client};
+
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rekord::net::{self, NetError, Session};
 use rekord::proto::handshake::{ClientConfig, Trees};
 use rekord::proto::{Change, ChangeKind, Push, RemoteError, Sequenced};
 use rekord::{Record, Schema};
-use rekord_server::{Config, Server, ServerError, Store};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const APP: &str = "workshop";
 const BOUND: Duration = Duration::from_secs(20);
 const PUSH_WAIT: Duration = Duration::from_secs(5);
 
@@ -27,64 +24,8 @@ pub struct Part {
     pub tags: Vec<String>,
 }
 
-struct Running {
-    addr: SocketAddr,
-    store: Arc<Store>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServerError>>,
-}
-
-impl Running {
-    fn start(dir: &Path) -> Running {
-        let server = Server::bind(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data: dir.to_path_buf(),
-            app: APP.into(),
-        })
-        .unwrap();
-        let addr = server.local_addr().unwrap();
-        let store = server.store().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(async {
-            let _ = stopped.await;
-        }));
-        Running {
-            addr,
-            store,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let Running {
-            store, stop, task, ..
-        } = self;
-        drop(store);
-        stop.send(()).unwrap();
-        task.await.unwrap().unwrap();
-    }
-
-    fn token(&self, name: &str) -> String {
-        self.store.issue(name, Trees::All, Trees::All).unwrap()
-    }
-}
-
-fn client(token: &str) -> ClientConfig {
-    ClientConfig {
-        app: APP.into(),
-        client: *uuid::Uuid::new_v4().as_bytes(),
-        token: token.into(),
-        pinned: None,
-        cursor: 0,
-        trees: vec![],
-    }
-}
-
 async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("the test took too long")
+    common::bounded(BOUND, f).await
 }
 
 fn part(name: &str, qty: u32) -> Vec<u8> {
