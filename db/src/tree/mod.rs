@@ -427,14 +427,18 @@ pub struct Snapshot<T: Record> {
 }
 
 impl<T: Record> Snapshot<T> {
-    fn fetch(&self, k: RawKey) -> Result<RecordRef<T>> {
-        let guard = self
-            .table
+    /// The stored value of `k` ([`Error::NotFound`] if there is none).
+    fn stored(&self, k: RawKey) -> Result<ValueGuard> {
+        self.table
             .as_ref()
             .map(|t| t.get(pack(k)))
             .transpose()?
             .flatten()
-            .ok_or_else(|| not_found::<T>(k))?;
+            .ok_or_else(|| not_found::<T>(k))
+    }
+
+    fn fetch(&self, k: RawKey) -> Result<RecordRef<T>> {
+        let guard = self.stored(k)?;
         RecordRef::new(k, guard, &self.ctx)
     }
 
@@ -452,13 +456,7 @@ impl<T: Record> Snapshot<T> {
     /// Reads an owned copy of a record.
     pub fn get(&self, key: Key<T>) -> Result<T> {
         let k = key.raw();
-        let guard = self
-            .table
-            .as_ref()
-            .map(|t| t.get(pack(k)))
-            .transpose()?
-            .flatten()
-            .ok_or_else(|| not_found::<T>(k))?;
+        let guard = self.stored(k)?;
         let (h, data) =
             Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
         self.ctx.decode(k, &h, data)
@@ -476,13 +474,7 @@ impl<T: Record> Snapshot<T> {
     /// The metadata of a revision.
     pub fn meta(&self, key: Key<T>) -> Result<RecordMeta> {
         let k = key.raw();
-        let guard = self
-            .table
-            .as_ref()
-            .map(|t| t.get(pack(k)))
-            .transpose()?
-            .flatten()
-            .ok_or_else(|| not_found::<T>(k))?;
+        let guard = self.stored(k)?;
         let (h, _) =
             Header::parse(guard.value()).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
         Ok(h.into())
