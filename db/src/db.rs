@@ -10,7 +10,7 @@ use crate::{Error, Indexer, Record, Result, Tree};
 use redb::{ReadableDatabase, ReadableTable};
 use std::any::TypeId;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The holder number of this replica in a standalone database.
@@ -60,7 +60,8 @@ pub struct Db {
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
-            .field("replica", &self.inner.replica)
+            .field("replica", &self.replica())
+            .field("synced", &self.inner.client)
             .finish_non_exhaustive()
     }
 }
@@ -70,14 +71,31 @@ pub(crate) struct DbInner {
     pub(crate) writer: Mutex<WriterState>,
     pub(crate) trees: RwLock<HashMap<String, Arc<TreeState>>>,
     pub(crate) subscribers: Subscribers,
-    pub(crate) replica: u32,
+    /// Holder number of this replica (a synced database learns it at first contact).
+    pub(crate) replica: AtomicU32,
+    /// Whether this is a synced database (client mode).
+    pub(crate) client: bool,
+    /// The sync thread of a synced database.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) link: std::sync::OnceLock<Arc<crate::sync::client::Link>>,
     pub(crate) options: DbOptions,
 }
 
 impl Drop for DbInner {
     fn drop(&mut self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            link.stop();
+        }
         self.subscribers.close();
     }
+}
+
+/// Whether a database file is standalone or a synced replica.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Standalone,
+    Client,
 }
 
 /// State guarded by the writer lock: one batch at a time.
@@ -136,7 +154,109 @@ impl Db {
             path: path.display().to_string(),
             source,
         })?;
-        Db::init(redb, options)
+        Db::init(redb, options, Mode::Standalone)
+    }
+
+    /// Opens (or creates) the synced database file at `path`: a local replica of a rekord
+    /// server's database, synced in the background by a thread of its own. Opening never
+    /// waits for the network; see the [`sync`](crate::sync) module for what holds.
+    ///
+    /// A file made by [`Db::open`] cannot be opened as a synced database, nor the other way
+    /// round ([`Error::Mode`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_synced(
+        path: impl AsRef<std::path::Path>,
+        config: crate::sync::SyncConfig,
+    ) -> Result<Db> {
+        Db::open_synced_with(path, config, DbOptions::default())
+    }
+
+    /// [`Db::open_synced`] with options.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_synced_with(
+        path: impl AsRef<std::path::Path>,
+        config: crate::sync::SyncConfig,
+        options: DbOptions,
+    ) -> Result<Db> {
+        let path = path.as_ref();
+        let redb = storage::open_file(path).map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Db::start_sync(Db::init(redb, options, Mode::Client)?, config)
+    }
+
+    /// A fresh synced database in memory (a new client each time; for tests and tools).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn memory_synced(config: crate::sync::SyncConfig) -> Result<Db> {
+        let redb = storage::open_memory().map_err(|source| Error::Open {
+            path: "<memory>".into(),
+            source,
+        })?;
+        Db::start_sync(Db::init(redb, DbOptions::default(), Mode::Client)?, config)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn start_sync(db: Db, config: crate::sync::SyncConfig) -> Result<Db> {
+        let link = crate::sync::client::start(&db.inner, config)?;
+        // A fresh `DbInner` has no link yet.
+        let _ = db.inner.link.set(link);
+        Ok(db)
+    }
+
+    /// The state of the sync client (`None` for a database that is not synced).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sync_status(&self) -> Option<crate::sync::SyncStatus> {
+        self.inner.link.get().map(|l| l.status())
+    }
+
+    /// Waits until every local write committed so far has been accepted by the server (the
+    /// outbox is empty), at most `timeout`. Fails with [`Error::Offline`] if that did not
+    /// happen in time (the writes stay queued and are sent later), or [`Error::NotSynced`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait_pushed(&self, timeout: std::time::Duration) -> Result<()> {
+        let link = self.inner.link.get().ok_or(Error::NotSynced {
+            what: "waiting for the outbox",
+        })?;
+        let (done, status) = link.wait(timeout, |s| s.outbox == 0);
+        if done {
+            return Ok(());
+        }
+        Err(Error::Offline {
+            what: "pushing the outbox",
+            reason: status.last_error.unwrap_or_else(|| {
+                format!("{} entries still waiting after {timeout:?}", status.outbox)
+            }),
+        })
+    }
+
+    /// Waits until the sync client is connected and has applied every server change known
+    /// when it connected, at most `timeout` ([`Error::Offline`] otherwise).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait_caught_up(&self, timeout: std::time::Duration) -> Result<()> {
+        let link = self.inner.link.get().ok_or(Error::NotSynced {
+            what: "waiting for catch-up",
+        })?;
+        let (done, status) = link.wait(timeout, |s| s.online && s.caught_up);
+        if done {
+            return Ok(());
+        }
+        Err(Error::Offline {
+            what: "catching up with the server",
+            reason: status
+                .last_error
+                .unwrap_or_else(|| format!("not caught up after {timeout:?}")),
+        })
+    }
+
+    /// Stops the sync client (if any) and waits until it has stopped. Dropping the last
+    /// handle of a database does the same; this is for when the file must be closed at a
+    /// known point while other handles may still exist.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn stop_sync(&self) {
+        if let Some(link) = self.inner.link.get() {
+            link.stop();
+        }
     }
 
     /// A database in memory (gone when the last handle is dropped); for tests and scratch data.
@@ -150,15 +270,18 @@ impl Db {
             path: "<memory>".into(),
             source,
         })?;
-        Db::init(redb, options)
+        Db::init(redb, options, Mode::Standalone)
     }
 
-    fn init(redb: redb::Database, options: DbOptions) -> Result<Db> {
+    fn init(redb: redb::Database, options: DbOptions, mode: Mode) -> Result<Db> {
         let txn = redb.begin_write()?;
         let (commit, next_id);
+        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
+        let mut replica = LOCAL_REPLICA;
         {
             let mut meta = txn.open_table(META)?;
             let format = meta.get("format")?.map(|v| read_u64(v.value()));
+            let created = format.is_none();
             match format {
                 None => {
                     meta.insert(
@@ -167,8 +290,11 @@ impl Db {
                     )?;
                     meta.insert("state", state_bytes(1, 0).as_slice())?;
                     let mut ranges = txn.open_table(RANGES)?;
-                    // A standalone database owns the whole id space (0 is never an id).
-                    ranges.insert(1, u64::MAX)?;
+                    if mode == Mode::Standalone {
+                        // A standalone database owns the whole id space (0 is never an id);
+                        // a synced one gets ranges from its server.
+                        ranges.insert(1, u64::MAX)?;
+                    }
                     txn.open_table(SCHEMAS)?;
                     commit = 0;
                     next_id = 1;
@@ -194,6 +320,28 @@ impl Db {
                     });
                 }
             }
+            let is_client = meta
+                .get(crate::sync::MODE)?
+                .is_some_and(|v| v.value() == b"client");
+            match (mode, is_client || (created && mode == Mode::Client)) {
+                (Mode::Standalone, true) => {
+                    return Err(Error::Mode {
+                        found: "synced",
+                        open_with: "Db::open_synced",
+                    });
+                }
+                (Mode::Client, false) => {
+                    return Err(Error::Mode {
+                        found: "standalone",
+                        open_with: "Db::open",
+                    });
+                }
+                _ => {}
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            if mode == Mode::Client {
+                replica = crate::sync::client::init_meta(&mut meta, created)?;
+            }
         }
         txn.commit()?;
         Ok(Db {
@@ -206,7 +354,10 @@ impl Db {
                 }),
                 trees: RwLock::new(HashMap::new()),
                 subscribers: Subscribers::default(),
-                replica: LOCAL_REPLICA,
+                replica: AtomicU32::new(replica),
+                client: mode == Mode::Client,
+                #[cfg(not(target_arch = "wasm32"))]
+                link: std::sync::OnceLock::new(),
                 options,
             }),
         })
@@ -263,9 +414,16 @@ impl Db {
         Ok(status)
     }
 
-    /// The holder number of this replica (who it is in borrow records).
+    /// The holder number of this replica (who it is in borrow records): [`LOCAL_REPLICA`]
+    /// in a standalone database; in a synced one the number its server gave it (`u32::MAX`
+    /// before the first connection).
     pub fn replica(&self) -> u32 {
-        self.inner.replica
+        self.inner.replica.load(Ordering::Acquire)
+    }
+
+    /// Whether this is a synced database ([`Db::open_synced`]).
+    pub fn is_synced(&self) -> bool {
+        self.inner.client
     }
 
     /// The last committed change number.
@@ -321,6 +479,16 @@ impl DbInner {
                 })
             })
             .clone()
+    }
+
+    /// Tells the sync thread that the outbox has new entries.
+    pub(crate) fn wake_sync(&self, entries: u64) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            link.enqueued(entries);
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = entries;
     }
 
     pub(crate) fn deliver(&self, events: &[Event]) {

@@ -234,6 +234,46 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// In a synced database borrows are granted by the server, not inside a batch.
+    #[error(
+        "record {key} in tree `{tree}` is not borrowed by this replica; in a synced database the server grants borrows: call Tree::borrow (outside a batch)"
+    )]
+    BorrowNeedsServer {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+    },
+    /// The operation needs the server, which is not reachable now.
+    #[error("{what} needs the server, which is not reachable ({reason}); try again when online")]
+    Offline {
+        /// What needed the server.
+        what: &'static str,
+        /// Why the server is not reachable.
+        reason: String,
+    },
+    /// The server refused the operation.
+    #[error("the server refused {what}: {reason}")]
+    Refused {
+        /// What was refused.
+        what: &'static str,
+        /// The server's reason.
+        reason: String,
+    },
+    /// A sync operation on a database that is not synced.
+    #[error("{what} needs a synced database; open it with Db::open_synced")]
+    NotSynced {
+        /// The operation.
+        what: &'static str,
+    },
+    /// The file was made for the other mode (standalone or synced).
+    #[error("the database file is a {found} database; open it with {open_with}")]
+    Mode {
+        /// The file's mode.
+        found: &'static str,
+        /// The function that opens it.
+        open_with: &'static str,
+    },
 }
 
 fn holder_text(holder: u32) -> String {

@@ -15,16 +15,18 @@ pub mod proto;
 mod record;
 pub mod schema;
 pub mod storage;
+pub mod sync;
 mod tree;
 
 pub use db::{Db, DbOptions, LOCAL_REPLICA};
 pub use error::{Error, Result};
-pub use event::{Event, EventKind, RecordEvent, Subscription};
+pub use event::{Event, EventKind, RecordEvent, Subscription, SyncEvent};
 pub use index::{Change, Indexer, IndexerStatus};
 pub use key::{ArchivedKey, Key, RawKey};
 pub use record::{Archived, Record};
 pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
+pub use sync::{Retry, SyncConfig, SyncStatus};
 pub use tree::batch::{Batch, BatchTree};
 pub use tree::{Iter, MigrateProgress, MigrateReport, RecordMeta, RecordRef, Snapshot, Tree};
 

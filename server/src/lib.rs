@@ -22,6 +22,9 @@
 //!   and version must match the request's; the tree must be writable); answered with
 //!   [`Response::Accepted`] (`seq` 0). The same schema again is fine; a different one for
 //!   an existing `(tree, version)` is refused with [`RemoteError::Invalid`].
+//! - [`Request::Schema`]: the stored schema of a tree the token may read, at one version
+//!   ([`Response::Schema`], or [`RemoteError::NotFound`]); clients fetch the schemas of
+//!   versions other clients wrote.
 //! - [`Request::Changes`]: applies a batch of changes (see "Changes" below).
 //!
 //! # Changes
@@ -759,6 +762,16 @@ async fn answer(
             match blocking(move || store.put_schema(&tree, version, &schema)).await? {
                 Ok(()) => Response::Accepted { seq: 0 },
                 Err(e) => Response::Error(e),
+            }
+        }
+        Request::Schema { tree, version } => {
+            if !grant.read.allows(&tree) {
+                return Ok(Response::Error(RemoteError::NotAllowed { tree }));
+            }
+            let store = shared.store.clone();
+            match blocking(move || store.schema(&tree, version)).await? {
+                Some(text) => Response::Schema(text),
+                None => Response::Error(RemoteError::NotFound),
             }
         }
         Request::Changes { op, changes } => {

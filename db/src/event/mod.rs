@@ -16,8 +16,10 @@ use std::task::{Context, Poll};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// A change to a record.
+    /// A change to a record (made here, or by another replica and synced here).
     Record(RecordEvent),
+    /// News from the sync client of a synced database (connection, progress, refusals).
+    Sync(SyncEvent),
 }
 
 impl Event {
@@ -25,8 +27,70 @@ impl Event {
     pub fn as_record(&self) -> Option<&RecordEvent> {
         match self {
             Event::Record(r) => Some(r),
+            Event::Sync(_) => None,
         }
     }
+
+    /// The sync event, if this is one.
+    pub fn as_sync(&self) -> Option<&SyncEvent> {
+        match self {
+            Event::Sync(s) => Some(s),
+            Event::Record(_) => None,
+        }
+    }
+}
+
+/// What the sync client of a synced database reports (see `Db::open_synced`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// Connected and authenticated; catch-up from the local cursor starts.
+    Connected {
+        /// The server's latest sequence number at connection time.
+        head: u64,
+    },
+    /// The connection was lost (or could not be made); the client retries after `retry_in`.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// When the next attempt is made.
+        retry_in: std::time::Duration,
+    },
+    /// The server refused this client, or this client refused the server (wrong identity,
+    /// application, token); the client keeps retrying with backoff, but it will not
+    /// succeed until the cause (named in `reason`) is fixed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Server changes up to `cursor` are applied locally (sent during catch-up).
+    Progress {
+        /// The last applied server sequence number.
+        cursor: u64,
+        /// The server's head when the connection was made.
+        head: u64,
+    },
+    /// Every server change up to `cursor` is applied; live changes follow.
+    CaughtUp {
+        /// The last applied server sequence number.
+        cursor: u64,
+    },
+    /// A local write (outbox entry) was accepted by the server.
+    Pushed {
+        /// The server sequence number of its last change (0 for a borrow return).
+        seq: u64,
+        /// Outbox entries still waiting.
+        outbox: u64,
+    },
+    /// The server refused a local write for good. Its changes stay in the local database
+    /// and the refused entry is kept in the `rekord.outbox_rejected` table; nothing is
+    /// dropped silently.
+    Rejected {
+        /// The outbox entry number.
+        entry: u64,
+        /// The server's reason.
+        reason: String,
+    },
 }
 
 /// A change to one record.
@@ -40,9 +104,17 @@ pub struct RecordEvent {
     pub key: RawKey,
     /// What happened.
     pub kind: EventKind,
+    /// The holder number of the replica that made the change ([`crate::Db::replica`] for
+    /// changes made here).
+    pub origin: u32,
 }
 
 impl RecordEvent {
+    /// Whether another replica made the change (it arrived through sync).
+    pub fn is_remote(&self, db: &crate::Db) -> bool {
+        self.origin != db.replica()
+    }
+
     /// The key, typed, if the event is about tree `T`.
     pub fn key_of<T: Record>(&self) -> Option<Key<T>> {
         (&*self.tree == T::TREE).then(|| Key::new(self.key.id, self.key.rev))

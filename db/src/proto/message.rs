@@ -162,6 +162,15 @@ pub enum Request {
         /// The changes.
         changes: Vec<Change>,
     },
+    /// Asks for the stored schema of `tree` at `version` (a client needs it before it
+    /// stores data of that version written by another client); answered with
+    /// [`Response::Schema`], or [`RemoteError::NotFound`].
+    Schema {
+        /// Tree.
+        tree: String,
+        /// Schema version.
+        version: u32,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -183,6 +192,8 @@ pub enum Response {
     },
     /// The request failed.
     Error(RemoteError),
+    /// Answer to [`Request::Schema`]: the schema as RON text.
+    Schema(String),
 }
 
 /// Why the server rejected a request.
@@ -376,6 +387,13 @@ impl Frame {
                     Ok(())
                 }
                 Request::Changes { changes, .. } => changes.iter().try_for_each(change_ok),
+                Request::Schema { tree, version } => {
+                    tree_ok(tree)?;
+                    if *version == 0 {
+                        return Err(WireError::Invalid("schema versions start at 1".into()));
+                    }
+                    Ok(())
+                }
                 Request::Ping | Request::Ranges { .. } => Ok(()),
             },
             Frame::Response { body, .. } => match body {
@@ -388,6 +406,12 @@ impl Frame {
                     Ok(())
                 }
                 Response::Error(RemoteError::NotAllowed { tree }) => tree_ok(tree),
+                Response::Schema(text) if text.len() > MAX_SCHEMA => {
+                    Err(WireError::Invalid(format!(
+                        "a schema is limited to {MAX_SCHEMA} bytes of RON, got {}",
+                        text.len()
+                    )))
+                }
                 _ => Ok(()),
             },
             Frame::Push(Push::Changes(entries)) => {

@@ -4,7 +4,13 @@
 //! - `rekord.meta` (`&str -> &[u8]`): format version, id allocator, commit counter;
 //! - `rekord.id_ranges` (`start -> end`, exclusive): the id ranges this replica owns;
 //! - `rekord.schemas` (`(tree, version) -> RON`): every schema version ever written;
-//! - `t.<tree>` (`id << 32 | rev -> value`, a `u128`): the records of one tree.
+//! - `t.<tree>` (`id << 32 | rev -> value`, a `u128`): the records of one tree;
+//! - in a synced database (`Db::open_synced`) also `rekord.outbox` (`entry -> rkyv bytes`):
+//!   local writes not yet accepted by the server, written in the same transaction as the
+//!   write; and `rekord.outbox_rejected`: entries the server refused for good. `rekord.meta`
+//!   then holds `mode` (`client`), `sync.client` (16-byte identity), `sync.replica` (holder
+//!   number), `sync.pin` (server UUID + certificate fingerprint) and `sync.cursor` (last
+//!   applied server sequence number, written with the data it covers).
 //!
 //! A value is a 16-byte header followed by the record's rkyv bytes (unaligned, little-endian,
 //! 32-bit offsets: the same on every target, readable in place from any address):
@@ -29,6 +35,11 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("reko
 pub(crate) const RANGES: TableDefinition<u64, u64> = TableDefinition::new("rekord.id_ranges");
 pub(crate) const SCHEMAS: TableDefinition<(&str, u32), &str> =
     TableDefinition::new("rekord.schemas");
+
+pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("rekord.outbox");
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const REJECTED: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("rekord.outbox_rejected");
 
 /// A table of records.
 pub(crate) type DataTable<'a> = TableDefinition<'a, u128, &'static [u8]>;

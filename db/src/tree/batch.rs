@@ -5,6 +5,7 @@ use super::evolve;
 use crate::db::{DbInner, TreeState, WriterState};
 use crate::event::{Event, EventKind, RecordEvent, lock};
 use crate::index::{IndexerSlot, IndexerStatus, RawChange};
+use crate::proto::{Change, ChangeKind};
 use crate::schema::{Schema, describe_changes};
 use crate::storage::{HEADER_LEN, Header, META, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
@@ -21,6 +22,12 @@ thread_local! {
 }
 
 struct Reentrancy(usize);
+
+/// Whether a batch of `db` is open on this thread.
+pub(crate) fn batch_open_here(db: &DbInner) -> bool {
+    let addr = std::ptr::from_ref(db) as usize;
+    OPEN.with(|o| o.borrow().contains(&addr))
+}
 
 impl Reentrancy {
     fn enter(db: &DbInner) -> Result<Reentrancy> {
@@ -49,27 +56,29 @@ impl Drop for Reentrancy {
 /// that keeps the tree's table open between changes. The methods on `Batch` itself are
 /// shorthands that open the tree for one change.
 pub struct Batch<'db> {
-    db: &'db DbInner,
+    pub(crate) db: &'db DbInner,
     writer: MutexGuard<'db, WriterState>,
-    txn: WriteTransaction,
-    core: Core,
+    pub(crate) txn: WriteTransaction,
+    pub(crate) core: Core,
     // Declared last: released after the writer lock.
     _reentrancy: Reentrancy,
 }
 
-struct Pending {
-    tree: u32,
-    key: RawKey,
-    kind: EventKind,
+pub(crate) struct Pending {
+    pub(crate) tree: u32,
+    pub(crate) key: RawKey,
+    pub(crate) kind: EventKind,
+    /// Holder number of the replica that made the change.
+    pub(crate) origin: u32,
     /// Whether this is an event (false: only a cache invalidation).
-    event: bool,
-    invalidate: bool,
+    pub(crate) event: bool,
+    pub(crate) invalidate: bool,
     /// Old and new stored values, kept only for trees with indexers.
-    bytes: Option<Box<OldNew>>,
+    pub(crate) bytes: Option<Box<OldNew>>,
 }
 
 /// The stored values before and after a change.
-type OldNew = (Option<Vec<u8>>, Option<Vec<u8>>);
+pub(crate) type OldNew = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 struct IdAlloc {
     next: u64,
@@ -77,13 +86,21 @@ struct IdAlloc {
     dirty: bool,
 }
 
-struct Core {
-    replica: u32,
+pub(crate) struct Core {
+    pub(crate) replica: u32,
+    /// Whether this is a synced database: local changes also go to the outbox.
+    client: bool,
+    /// Changes for the outbox (synced databases).
+    outbox: Vec<Change>,
+    /// Borrows returned in this batch, sent after `outbox` (synced databases).
+    returns: Vec<(String, u64)>,
+    /// The server cursor to store with this batch (remote changes applied).
+    pub(crate) cursor: Option<u64>,
     /// Id allocator state as of the last commit (copied from the writer state).
     next_id: u64,
     range_end: u64,
-    pending: Vec<Pending>,
-    trees: Vec<Arc<TreeState>>,
+    pub(crate) pending: Vec<Pending>,
+    pub(crate) trees: Vec<Arc<TreeState>>,
     checked: Vec<(Arc<TreeState>, u32, TypeId)>,
     ids: Option<IdAlloc>,
     scratch: Vec<u8>,
@@ -100,7 +117,11 @@ impl<'db> Batch<'db> {
             writer,
             txn,
             core: Core {
-                replica: db.replica,
+                replica: db.replica.load(Ordering::Acquire),
+                client: db.client,
+                outbox: Vec::new(),
+                returns: Vec::new(),
+                cursor: None,
                 next_id,
                 range_end,
                 pending: Vec::new(),
@@ -160,27 +181,33 @@ impl<'db> Batch<'db> {
         Ok(())
     }
 
-    /// Opens `T`'s tree in this batch.
-    pub fn tree<T: Record>(&mut self) -> Result<BatchTree<'_, T>> {
-        let state = self.db.tree_state(T::TREE);
-        if !state.is_checked::<T>() {
-            self.check_schema::<T>(&state)?;
-        }
-        let tree = match self.core.trees.iter().position(|s| Arc::ptr_eq(s, &state)) {
+    /// The index of `state` in this batch's list of trees (added if new).
+    pub(crate) fn tree_index(&mut self, state: &Arc<TreeState>) -> u32 {
+        let tree = match self.core.trees.iter().position(|s| Arc::ptr_eq(s, state)) {
             Some(i) => i,
             None => {
                 self.core.trees.push(state.clone());
                 self.core.trees.len() - 1
             }
         };
+        // At most one entry per tree name, and tree names are distinct strings of at most
+        // the number of trees in the process: far below u32::MAX.
+        u32::try_from(tree).unwrap_or(u32::MAX)
+    }
+
+    /// Opens `T`'s tree in this batch.
+    pub fn tree<T: Record>(&mut self) -> Result<BatchTree<'_, T>> {
+        let state = self.db.tree_state(T::TREE);
+        if !state.is_checked::<T>() {
+            self.check_schema::<T>(&state)?;
+        }
+        let tree = self.tree_index(&state);
         let table = self.txn.open_table(state.def())?;
         Ok(BatchTree {
             table,
             txn: &self.txn,
             core: &mut self.core,
-            // At most one entry per tree name, and tree names are distinct strings of at most
-            // the number of trees in the process: far below u32::MAX.
-            tree: u32::try_from(tree).unwrap_or(u32::MAX),
+            tree,
             state,
             _type: PhantomData,
         })
@@ -258,8 +285,19 @@ impl<'db> Batch<'db> {
                 let next = core.ids.as_ref().map_or(writer.next_id, |i| i.next);
                 meta.insert("state", crate::db::state_bytes(next, commit).as_slice())?;
             }
+            if let Some(cursor) = core.cursor {
+                meta.insert(crate::sync::CURSOR, cursor.to_le_bytes().as_slice())?;
+            }
         }
+        let queued = if !core.outbox.is_empty() || !core.returns.is_empty() {
+            crate::sync::outbox::enqueue(&txn, &core.outbox, &core.returns)?
+        } else {
+            0
+        };
         txn.commit()?;
+        if queued > 0 {
+            db.wake_sync(queued);
+        }
         writer.commit = commit;
         if let Some(ids) = &core.ids {
             writer.next_id = ids.next;
@@ -319,6 +357,7 @@ impl<'db> Batch<'db> {
                         tree: state.name.clone(),
                         key: p.key,
                         kind: p.kind,
+                        origin: p.origin,
                     }))
                 })
                 .collect();
@@ -406,10 +445,31 @@ impl<T: Record> BatchTree<'_, T> {
             tree: self.tree,
             key,
             kind,
+            origin: self.core.replica,
             event: true,
             invalidate,
             bytes,
         });
+    }
+
+    /// Queues `kind` for the server (synced databases only).
+    fn log(&mut self, key: RawKey, kind: impl FnOnce() -> ChangeKind) {
+        if self.core.client {
+            self.core.outbox.push(Change {
+                tree: T::TREE.to_owned(),
+                id: key.id,
+                rev: key.rev,
+                kind: kind(),
+            });
+        }
+    }
+
+    fn put(value: &[u8]) -> ChangeKind {
+        let (version, data) = match Header::parse(value) {
+            Some((h, data)) => (h.version, data.to_vec()),
+            None => (T::VERSION, Vec::new()),
+        };
+        ChangeKind::Put { version, data }
     }
 
     fn encode(&mut self, record: &T, header: Header) -> Result<Vec<u8>> {
@@ -536,6 +596,7 @@ impl<T: Record> BatchTree<'_, T> {
         )?;
         self.store(key, &value)?;
         self.push(key, EventKind::Created, false, None, Some(&value));
+        self.log(key, || Self::put(&value));
         self.core.scratch = value;
         Ok(Key::new(id, 0))
     }
@@ -604,6 +665,7 @@ impl<T: Record> BatchTree<'_, T> {
             .load(Ordering::Relaxed)
             .then_some(old);
         self.push(k, EventKind::Updated, true, old, Some(&value));
+        self.log(k, || Self::put(&value));
         self.core.scratch = value;
         Ok(())
     }
@@ -629,6 +691,7 @@ impl<T: Record> BatchTree<'_, T> {
                     tree: self.tree,
                     key: prev,
                     kind: EventKind::Updated,
+                    origin: self.core.replica,
                     event: false,
                     invalidate: true,
                     bytes: None,
@@ -641,6 +704,7 @@ impl<T: Record> BatchTree<'_, T> {
             .load(Ordering::Relaxed)
             .then_some(old);
         self.push(k, EventKind::Removed, true, old, None);
+        self.log(k, || ChangeKind::Remove);
         Ok(())
     }
 
@@ -657,6 +721,7 @@ impl<T: Record> BatchTree<'_, T> {
         self.store(k, &v)?;
         let keep = self.state.has_indexers.load(Ordering::Relaxed);
         self.push(k, EventKind::Released, true, None, keep.then_some(&v[..]));
+        self.log(k, || ChangeKind::Release);
         Ok(())
     }
 
@@ -688,6 +753,7 @@ impl<T: Record> BatchTree<'_, T> {
             None,
             keep.then_some(&v[..]),
         );
+        self.log(k, || ChangeKind::SetState(state));
         Ok(())
     }
 
@@ -717,6 +783,7 @@ impl<T: Record> BatchTree<'_, T> {
         .write_into(&mut v);
         self.store(nk, &v)?;
         self.push(nk, EventKind::RevisionCreated, false, None, Some(&v));
+        self.log(nk, || Self::put(&v));
         Ok(Key::new(nk.id, nk.rev))
     }
 
@@ -728,6 +795,12 @@ impl<T: Record> BatchTree<'_, T> {
             .ok_or_else(|| self.not_found(key.raw()))?;
         if lh.holder == self.core.replica {
             return Ok(());
+        }
+        if self.core.client {
+            return Err(Error::BorrowNeedsServer {
+                tree: T::TREE.to_owned(),
+                key: lk,
+            });
         }
         if lh.holder != 0 {
             return Err(Error::AlreadyBorrowed {
@@ -766,6 +839,9 @@ impl<T: Record> BatchTree<'_, T> {
             None,
             keep.then_some(&v[..]),
         );
+        if self.core.client {
+            self.core.returns.push((T::TREE.to_owned(), lk.id));
+        }
         Ok(())
     }
 

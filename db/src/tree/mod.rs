@@ -3,6 +3,7 @@
 pub mod batch;
 pub(crate) mod cache;
 pub(crate) mod evolve;
+mod remote;
 
 use crate::db::TreeState;
 use crate::storage::{HEADER_LEN, Header, id_range, pack, unpack};
@@ -145,9 +146,48 @@ impl<T: Record> Tree<T> {
         self.write(|t| t.new_revision(key))
     }
 
-    /// Takes the record's borrow (granted locally in a standalone database).
+    /// Takes the record's borrow: granted locally in a standalone database; in a synced
+    /// database the server grants it (this waits for its answer, bounded by
+    /// [`SyncConfig::timeout`](crate::SyncConfig), and fails with [`Error::Offline`] when
+    /// it is unreachable or [`Error::AlreadyBorrowed`] naming the holder). Holding it already
+    /// is fine. Call it outside a batch ([`Error::BatchInProgress`] otherwise). From async
+    /// code, [`Tree::borrow_async`] does not block the thread.
     pub fn borrow(&self, key: Key<T>) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.db.inner.link.get() {
+            let Some(latest) = self.server_borrow_needed(key)? else {
+                return Ok(());
+            };
+            return link.borrow_blocking(T::TREE, latest);
+        }
         self.write(|t| t.borrow(key))
+    }
+
+    /// [`Tree::borrow`] for async code: waits for the server without blocking the thread.
+    pub async fn borrow_async(&self, key: Key<T>) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.db.inner.link.get() {
+            let Some(latest) = self.server_borrow_needed(key)? else {
+                return Ok(());
+            };
+            return link.borrow(T::TREE, latest).await;
+        }
+        self.write(|t| t.borrow(key))
+    }
+
+    /// The latest revision of `key`'s record if its borrow must be asked for (not held here).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn server_borrow_needed(&self, key: Key<T>) -> Result<Option<RawKey>> {
+        if batch::batch_open_here(&self.db.inner) {
+            return Err(Error::BatchInProgress);
+        }
+        let latest = self
+            .latest(key.id())?
+            .ok_or_else(|| not_found::<T>(key.raw()))?;
+        if self.meta(latest)?.holder == self.db.replica() {
+            return Ok(None);
+        }
+        Ok(Some(latest.raw()))
     }
 
     /// Returns the record's borrow (check-in).

@@ -26,8 +26,13 @@ pub struct Running {
 impl Running {
     /// Starts a server on 127.0.0.1:0 with its data in `dir`.
     pub fn start(dir: &Path) -> Running {
+        Running::start_on(dir, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a server on `addr` with its data in `dir`.
+    pub fn start_on(dir: &Path, addr: SocketAddr) -> Running {
         let server = Server::bind(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: addr,
             data: dir.to_path_buf(),
             app: APP.into(),
         })

@@ -1,0 +1,803 @@
+//! The sync client thread of a synced database (native targets).
+
+use super::outbox::{self, Entry};
+use super::{CLIENT, CURSOR, MODE, PIN, REPLICA, SyncConfig, SyncStatus, UNKNOWN_REPLICA};
+use crate::db::{DbInner, read_u64};
+use crate::event::{Event, SyncEvent, lock};
+use crate::net::{self, NetError, Pin, Session};
+use crate::proto::handshake::{ClientConfig, HandshakeError};
+use crate::proto::{ChangeKind, Push, RemoteError, Request, Response, Sequenced};
+use crate::storage::{META, OUTBOX, RANGES, REJECTED, SCHEMAS};
+use crate::{Error, RawKey, Result};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// What the application asks of the sync thread.
+pub(crate) enum Command {
+    /// Borrow a record through the server.
+    Borrow {
+        tree: String,
+        key: RawKey,
+        reply: async_channel::Sender<Result<()>>,
+    },
+}
+
+/// The application's side of the sync thread.
+pub(crate) struct Link {
+    commands: async_channel::Sender<Command>,
+    /// Signalled after every commit that added outbox entries.
+    wake: tokio::sync::Notify,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    status: Mutex<SyncStatus>,
+    changed: Condvar,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread_id: Mutex<Option<std::thread::ThreadId>>,
+}
+
+impl Link {
+    /// Counts `entries` new outbox entries and wakes the sync thread.
+    pub(crate) fn enqueued(&self, entries: u64) {
+        self.update(|s| s.outbox += entries);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn status(&self) -> SyncStatus {
+        lock(&self.status).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
+        f(&mut lock(&self.status));
+        self.changed.notify_all();
+    }
+
+    /// Waits (blocking) until `done` holds for the status, at most `timeout`; the status
+    /// seen last.
+    pub(crate) fn wait(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&SyncStatus) -> bool,
+    ) -> (bool, SyncStatus) {
+        let deadline = Instant::now() + timeout;
+        let mut status = lock(&self.status);
+        loop {
+            if done(&status) {
+                return (true, status.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (false, status.clone());
+            }
+            status = match self.changed.wait_timeout(status, left) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Asks the server for a borrow; the answer is applied locally before it returns.
+    pub(crate) async fn borrow(&self, tree: &str, key: RawKey) -> Result<()> {
+        let (reply, answer) = async_channel::bounded(1);
+        let command = Command::Borrow {
+            tree: tree.to_owned(),
+            key,
+            reply,
+        };
+        let gone = || Error::Offline {
+            what: "borrowing",
+            reason: "the sync client has stopped".into(),
+        };
+        self.commands.send(command).await.map_err(|_| gone())?;
+        answer.recv().await.map_err(|_| gone())?
+    }
+
+    /// [`Link::borrow`], blocking the calling thread (never the sync thread's runtime).
+    pub(crate) fn borrow_blocking(&self, tree: &str, key: RawKey) -> Result<()> {
+        let (reply, answer) = async_channel::bounded(1);
+        let command = Command::Borrow {
+            tree: tree.to_owned(),
+            key,
+            reply,
+        };
+        let gone = || Error::Offline {
+            what: "borrowing",
+            reason: "the sync client has stopped".into(),
+        };
+        self.commands.send_blocking(command).map_err(|_| gone())?;
+        answer.recv_blocking().map_err(|_| gone())?
+    }
+
+    /// Stops the sync thread and waits for it (unless called on it).
+    pub(crate) fn stop(&self) {
+        self.commands.close();
+        let _ = self.shutdown.send(true);
+        let on_sync_thread = *lock(&self.thread_id) == Some(std::thread::current().id());
+        if !on_sync_thread && let Some(handle) = lock(&self.thread).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Random bytes from the operating system (through the TLS library's source).
+pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    quinn::rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut buf)
+        .map_err(|_| Error::CorruptMeta {
+            reason: "the operating system gave no random bytes for the client identity".into(),
+        })?;
+    Ok(buf)
+}
+
+fn unit_random() -> f64 {
+    random::<8>().map_or(0.5, |b| {
+        (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// Prepares the client-mode bookkeeping of a database being initialized.
+pub(crate) fn init_meta(meta: &mut redb::Table<'_, &str, &[u8]>, created: bool) -> Result<u32> {
+    if created {
+        meta.insert(MODE, b"client".as_slice())?;
+        meta.insert(CLIENT, random::<16>()?.as_slice())?;
+        meta.insert(CURSOR, 0u64.to_le_bytes().as_slice())?;
+    }
+    let replica = meta
+        .get(REPLICA)?
+        .and_then(|v| v.value().first_chunk::<4>().map(|b| u32::from_le_bytes(*b)));
+    Ok(replica.unwrap_or(UNKNOWN_REPLICA))
+}
+
+/// Starts the sync thread of `db`.
+pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> {
+    let (commands, commands_rx) = async_channel::unbounded();
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let link = Arc::new(Link {
+        commands,
+        wake: tokio::sync::Notify::new(),
+        shutdown,
+        status: Mutex::new(SyncStatus::default()),
+        changed: Condvar::new(),
+        thread: Mutex::new(None),
+        thread_id: Mutex::new(None),
+    });
+    let (client_id, cursor, replica) = {
+        let txn = db.redb.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let id = meta
+            .get(CLIENT)?
+            .and_then(|v| v.value().first_chunk::<16>().copied())
+            .ok_or_else(|| Error::CorruptMeta {
+                reason: "the synced database has no client identity".into(),
+            })?;
+        let cursor = meta
+            .get(CURSOR)?
+            .and_then(|v| read_u64(v.value()))
+            .unwrap_or(0);
+        (id, cursor, db.replica.load(Ordering::Acquire))
+    };
+    let (outbox, rejected) = counts(db)?;
+    link.update(|s| {
+        s.cursor = cursor;
+        s.outbox = outbox;
+        s.rejected = rejected;
+        s.replica = (replica != UNKNOWN_REPLICA).then_some(replica);
+    });
+    let client = Client {
+        db: Arc::downgrade(db),
+        link: link.clone(),
+        config,
+        commands: commands_rx,
+        client_id,
+        cursor,
+        head: 0,
+        caught_up: false,
+        uploaded: HashSet::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Offline {
+            what: "starting the sync client",
+            reason: e.to_string(),
+        })?;
+    let thread_link = link.clone();
+    let handle = std::thread::Builder::new()
+        .name("rekord-sync".into())
+        .spawn(move || {
+            *lock(&thread_link.thread_id) = Some(std::thread::current().id());
+            let mut shutdown_rx = shutdown_rx;
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = client.run() => {}
+                    _ = shutdown_rx.wait_for(|stop| *stop) => {}
+                }
+            });
+            thread_link.update(|s| s.online = false);
+        })
+        .map_err(|e| Error::Offline {
+            what: "starting the sync client",
+            reason: e.to_string(),
+        })?;
+    *lock(&link.thread) = Some(handle);
+    Ok(link)
+}
+
+fn counts(db: &DbInner) -> Result<(u64, u64)> {
+    let txn = db.redb.begin_read()?;
+    let outbox = match txn.open_table(OUTBOX) {
+        Ok(t) => t.len()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let rejected = match txn.open_table(REJECTED) {
+        Ok(t) => t.len()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok((outbox, rejected))
+}
+
+/// Why a session ended.
+enum End {
+    /// The application closed the database.
+    Closed,
+    /// The connection failed or broke; retry.
+    Lost(String),
+    /// A refusal (either side); retry, but it needs a fix.
+    Refused(String),
+}
+
+impl From<NetError> for End {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Handshake(_) | NetError::CertificateMismatch { .. } => {
+                End::Refused(e.to_string())
+            }
+            other => End::Lost(other.to_string()),
+        }
+    }
+}
+
+impl From<Error> for End {
+    fn from(e: Error) -> Self {
+        End::Lost(format!("local database error: {e}"))
+    }
+}
+
+struct Client {
+    db: Weak<DbInner>,
+    link: Arc<Link>,
+    config: SyncConfig,
+    commands: async_channel::Receiver<Command>,
+    client_id: [u8; 16],
+    cursor: u64,
+    head: u64,
+    caught_up: bool,
+    /// Schemas uploaded in this session.
+    uploaded: HashSet<(String, u32)>,
+}
+
+enum Wakeup {
+    Command(Option<Command>),
+    Outbox,
+    Push(std::result::Result<Option<Push>, NetError>),
+}
+
+impl Client {
+    fn db(&self) -> std::result::Result<crate::Db, End> {
+        self.db
+            .upgrade()
+            .map(|inner| crate::Db { inner })
+            .ok_or(End::Closed)
+    }
+
+    fn emit(&self, event: SyncEvent) {
+        if let Some(db) = self.db.upgrade() {
+            db.deliver(&[Event::Sync(event)]);
+        }
+    }
+
+    async fn run(mut self) {
+        let mut attempt = 0u32;
+        loop {
+            let end = match self.connect().await {
+                Ok(session) => {
+                    attempt = 0;
+                    self.session(session).await
+                }
+                Err(end) => end,
+            };
+            let (reason, refused) = match end {
+                End::Closed => return,
+                End::Lost(r) => (r, false),
+                End::Refused(r) => (r, true),
+            };
+            let delay = self.config.retry.delay(attempt, unit_random());
+            attempt = attempt.saturating_add(1);
+            tracing::debug!(%reason, ?delay, "rekord sync: offline");
+            self.link.update(|s| {
+                s.online = false;
+                s.caught_up = false;
+                s.last_error = Some(reason.clone());
+            });
+            if refused {
+                self.emit(SyncEvent::Refused {
+                    reason: reason.clone(),
+                });
+            }
+            self.emit(SyncEvent::Disconnected {
+                reason: reason.clone(),
+                retry_in: delay,
+            });
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    command = self.commands.recv() => match command {
+                        Ok(command) => fail(command, &reason),
+                        Err(_) => return,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> std::result::Result<Session, End> {
+        let db = self.db()?;
+        let (cursor, pin) = {
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let meta = txn.open_table(META).map_err(Error::from)?;
+            let cursor = meta
+                .get(CURSOR)
+                .map_err(Error::from)?
+                .and_then(|v| read_u64(v.value()))
+                .unwrap_or(0);
+            let pin = meta.get(PIN).map_err(Error::from)?.and_then(|v| {
+                let (server, cert) = v.value().split_first_chunk::<16>()?;
+                Some(Pin {
+                    server: *server,
+                    cert: String::from_utf8(cert.to_vec()).ok()?,
+                })
+            });
+            (cursor, pin)
+        };
+        drop(db);
+        self.cursor = cursor;
+        let pin = pin.or_else(|| self.config.pin.clone());
+        let hello = ClientConfig {
+            app: self.config.app.clone(),
+            client: self.client_id,
+            token: self.config.token.clone(),
+            pinned: pin.as_ref().map(|p| p.server),
+            cursor,
+            trees: self.config.trees.clone(),
+        };
+        let session = net::connect_timeout(
+            self.config.server,
+            &hello,
+            pin.as_ref(),
+            self.config.timeout,
+        )
+        .await?;
+        Ok(session)
+    }
+
+    async fn session(&mut self, mut s: Session) -> End {
+        let end = self.serve(&mut s).await;
+        match &end {
+            End::Closed => s.close().await,
+            _ => drop(s),
+        }
+        end
+    }
+
+    async fn serve(&mut self, s: &mut Session) -> End {
+        match self.serve_inner(s).await {
+            Ok(never) => match never {},
+            Err(end) => end,
+        }
+    }
+
+    async fn serve_inner(
+        &mut self,
+        s: &mut Session,
+    ) -> std::result::Result<std::convert::Infallible, End> {
+        let hello = s.server_hello().clone();
+        self.first_contact(s.pin(), hello.replica)?;
+        self.head = hello.head;
+        self.caught_up = false;
+        self.uploaded.clear();
+        self.link.update(|st| {
+            st.online = true;
+            st.last_error = None;
+        });
+        self.emit(SyncEvent::Connected { head: hello.head });
+        tracing::debug!(
+            head = hello.head,
+            cursor = self.cursor,
+            "rekord sync: connected"
+        );
+        self.ensure_ranges(s).await?;
+        self.flush(s).await?;
+        loop {
+            let wakeup = tokio::select! {
+                biased;
+                command = self.commands.recv() => Wakeup::Command(command.ok()),
+                () = self.link.wake.notified() => Wakeup::Outbox,
+                push = s.next_push(Duration::from_secs(3600)) => Wakeup::Push(push),
+            };
+            match wakeup {
+                Wakeup::Command(None) => return Err(End::Closed),
+                Wakeup::Command(Some(Command::Borrow { tree, key, reply })) => {
+                    let result = self.borrow(s, &tree, key).await;
+                    match result {
+                        Ok(answer) => {
+                            let _ = reply.try_send(answer);
+                        }
+                        Err(end) => {
+                            let reason = match &end {
+                                End::Lost(r) | End::Refused(r) => r.clone(),
+                                End::Closed => "the database is closing".into(),
+                            };
+                            let _ = reply.try_send(Err(Error::Offline {
+                                what: "borrowing",
+                                reason,
+                            }));
+                            return Err(end);
+                        }
+                    }
+                }
+                Wakeup::Outbox => {
+                    self.flush(s).await?;
+                    self.ensure_ranges(s).await?;
+                }
+                Wakeup::Push(Ok(Some(push))) => self.apply(s, push).await?,
+                Wakeup::Push(Ok(None)) => {}
+                Wakeup::Push(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Stores the pin and holder number at first contact; checks them afterwards.
+    fn first_contact(&mut self, pin: Pin, replica: u32) -> std::result::Result<(), End> {
+        let db = self.db()?;
+        let known = db.inner.replica.load(Ordering::Acquire);
+        if known != UNKNOWN_REPLICA && known != replica {
+            return Err(End::Refused(format!(
+                "the server knows this client as holder {replica}, but its borrows here are \
+                 recorded for holder {known}; was the server restored from an old backup?"
+            )));
+        }
+        if known == UNKNOWN_REPLICA {
+            let b = db.batch()?;
+            {
+                let mut meta = b.txn.open_table(META).map_err(Error::from)?;
+                meta.insert(REPLICA, replica.to_le_bytes().as_slice())
+                    .map_err(Error::from)?;
+                let mut bytes = pin.server.to_vec();
+                bytes.extend_from_slice(pin.cert.as_bytes());
+                meta.insert(PIN, bytes.as_slice()).map_err(Error::from)?;
+            }
+            b.commit()?;
+            db.inner.replica.store(replica, Ordering::Release);
+            self.link.update(|s| s.replica = Some(replica));
+        }
+        Ok(())
+    }
+
+    /// Asks for a new id range when fewer than half a range of ids are left.
+    async fn ensure_ranges(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        let want = self.config.range_size.max(1);
+        let left = {
+            let db = self.db()?;
+            let next = lock(&db.inner.writer).next_id;
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let ranges = txn.open_table(RANGES).map_err(Error::from)?;
+            let mut left = 0u64;
+            for row in ranges.iter().map_err(Error::from)? {
+                let (start, end) = row.map_err(Error::from)?;
+                left = left.saturating_add(end.value().saturating_sub(start.value().max(next)));
+            }
+            left
+        };
+        if left >= want.div_ceil(2) {
+            return Ok(());
+        }
+        let granted = s.ranges(want).await?;
+        let db = self.db()?;
+        let b = db.batch()?;
+        {
+            let mut ranges = b.txn.open_table(RANGES).map_err(Error::from)?;
+            for (start, end) in granted {
+                ranges.insert(start, end).map_err(Error::from)?;
+            }
+        }
+        b.commit()?;
+        Ok(())
+    }
+
+    /// Sends the outbox, oldest entry first, until it is empty.
+    async fn flush(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        loop {
+            let first = {
+                let db = self.db()?;
+                let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+                match txn.open_table(OUTBOX) {
+                    Ok(t) => match t.first().map_err(Error::from)? {
+                        Some((k, v)) => Some((k.value(), outbox::decode(v.value())?)),
+                        None => None,
+                    },
+                    Err(redb::TableError::TableDoesNotExist(_)) => None,
+                    Err(e) => return Err(Error::from(e).into()),
+                }
+            };
+            let Some((n, entry)) = first else {
+                return Ok(());
+            };
+            let outcome = match entry {
+                Entry::Changes(changes) => {
+                    for c in &changes {
+                        if let ChangeKind::Put { version, .. } = &c.kind {
+                            self.upload_schema(s, &c.tree, *version).await?;
+                        }
+                    }
+                    s.changes(outbox::op_id(n), changes).await
+                }
+                Entry::Return { tree, id } => match s.return_borrow(&tree, id).await {
+                    // A retried return whose first answer was lost.
+                    Ok(()) | Err(NetError::Remote(RemoteError::NotBorrowed)) => Ok(0),
+                    Err(e) => Err(e),
+                },
+            };
+            match outcome {
+                Ok(seq) => self.settle(n, None, seq)?,
+                Err(NetError::Remote(e)) => {
+                    let reason = NetError::Remote(e).to_string();
+                    tracing::warn!(entry = n, %reason, "rekord sync: the server rejected a local write");
+                    self.settle(n, Some(reason), 0)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Removes outbox entry `n` (accepted, or rejected and kept aside).
+    fn settle(
+        &mut self,
+        n: u64,
+        rejected: Option<String>,
+        seq: u64,
+    ) -> std::result::Result<(), End> {
+        let db = self.db()?;
+        let b = db.batch()?;
+        let left = {
+            let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
+            let entry = table
+                .remove(n)
+                .map_err(Error::from)?
+                .map(|v| v.value().to_vec());
+            if let (Some(entry), Some(_)) = (entry, &rejected) {
+                let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
+                aside.insert(n, entry.as_slice()).map_err(Error::from)?;
+            }
+            table.len().map_err(Error::from)?
+        };
+        b.commit()?;
+        // Counted down, not set to `left`: a local commit may have counted its entries in
+        // between this commit and this update.
+        self.link.update(|st| {
+            st.outbox = st.outbox.saturating_sub(1);
+            if rejected.is_some() {
+                st.rejected += 1;
+            }
+        });
+        match rejected {
+            Some(reason) => self.emit(SyncEvent::Rejected { entry: n, reason }),
+            None => self.emit(SyncEvent::Pushed { seq, outbox: left }),
+        }
+        Ok(())
+    }
+
+    async fn upload_schema(
+        &mut self,
+        s: &mut Session,
+        tree: &str,
+        version: u32,
+    ) -> std::result::Result<(), End> {
+        let key = (tree.to_owned(), version);
+        if self.uploaded.contains(&key) {
+            return Ok(());
+        }
+        let text = {
+            let db = self.db()?;
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let schemas = txn.open_table(SCHEMAS).map_err(Error::from)?;
+            schemas
+                .get((tree, version))
+                .map_err(Error::from)?
+                .map(|v| v.value().to_owned())
+        };
+        if let Some(text) = text {
+            match s.put_schema(tree, version, &text).await {
+                Ok(()) => {}
+                // The change itself will be refused with the reason.
+                Err(NetError::Remote(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.uploaded.insert(key);
+        Ok(())
+    }
+
+    /// Stores the schemas `entries` need that this database does not have yet.
+    async fn fetch_schemas(
+        &mut self,
+        s: &mut Session,
+        entries: &[Sequenced],
+    ) -> std::result::Result<(), End> {
+        let mut needed: Vec<(String, u32)> = Vec::new();
+        {
+            let db = self.db()?;
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let schemas = txn.open_table(SCHEMAS).map_err(Error::from)?;
+            for e in entries {
+                if let ChangeKind::Put { version, .. } = &e.change.kind {
+                    let key = (e.change.tree.clone(), *version);
+                    if !needed.contains(&key)
+                        && schemas
+                            .get((key.0.as_str(), key.1))
+                            .map_err(Error::from)?
+                            .is_none()
+                    {
+                        needed.push(key);
+                    }
+                }
+            }
+        }
+        for (tree, version) in needed {
+            let request = Request::Schema {
+                tree: tree.clone(),
+                version,
+            };
+            let text = match s.request(request).await? {
+                Response::Schema(text) => text,
+                other => {
+                    return Err(End::Lost(format!(
+                        "the server has no schema for tree `{tree}` version {version} ({other:?})"
+                    )));
+                }
+            };
+            let schema = crate::Schema::from_ron(&text)
+                .map_err(|e| End::Lost(format!("the server sent an unreadable schema: {e}")))?;
+            if schema.tree != tree || schema.version != version {
+                return Err(End::Lost(format!(
+                    "the server sent the schema of tree `{}` version {} for tree `{tree}` version {version}",
+                    schema.tree, schema.version
+                )));
+            }
+            let db = self.db()?;
+            let b = db.batch()?;
+            {
+                let mut schemas = b.txn.open_table(SCHEMAS).map_err(Error::from)?;
+                if schemas
+                    .get((tree.as_str(), version))
+                    .map_err(Error::from)?
+                    .is_none()
+                {
+                    schemas
+                        .insert((tree.as_str(), version), text.as_str())
+                        .map_err(Error::from)?;
+                }
+            }
+            b.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Applies one push from the server.
+    async fn apply(&mut self, s: &mut Session, push: Push) -> std::result::Result<(), End> {
+        match push {
+            Push::Changes(entries) => {
+                let Some(last) = entries.last().map(|e| e.seq) else {
+                    return Ok(());
+                };
+                if last <= self.cursor {
+                    return Ok(());
+                }
+                self.fetch_schemas(s, &entries).await?;
+                let db = self.db()?;
+                let fresh: Vec<Sequenced> = entries
+                    .into_iter()
+                    .filter(|e| e.seq > self.cursor)
+                    .collect();
+                let mut b = db.batch()?;
+                b.apply_remote(&fresh)?;
+                b.set_cursor(last);
+                b.commit()?;
+                self.cursor = last;
+                self.link.update(|st| st.cursor = last);
+                if !self.caught_up {
+                    self.emit(SyncEvent::Progress {
+                        cursor: last,
+                        head: self.head,
+                    });
+                }
+            }
+            Push::Borrow { tree, id, holder } => {
+                let db = self.db()?;
+                let mut b = db.batch()?;
+                b.apply_borrow(&tree, id, holder)?;
+                b.commit()?;
+            }
+            Push::CaughtUp { head } => {
+                self.caught_up = true;
+                self.head = head;
+                let cursor = self.cursor;
+                self.link.update(|st| st.caught_up = true);
+                self.emit(SyncEvent::CaughtUp { cursor });
+            }
+        }
+        Ok(())
+    }
+
+    async fn borrow(
+        &mut self,
+        s: &mut Session,
+        tree: &str,
+        key: RawKey,
+    ) -> std::result::Result<Result<()>, End> {
+        // Returns queued before this borrow must reach the server first.
+        self.flush(s).await?;
+        match s.borrow(tree, key.id).await {
+            Ok(()) => {
+                // Apply what the server sent before the grant, so no older borrow push
+                // overwrites it afterwards.
+                while s.buffered_pushes() > 0 {
+                    if let Some(push) = s.next_push(Duration::ZERO).await? {
+                        self.apply(s, push).await?;
+                    }
+                }
+                let db = self.db()?;
+                let me = db.inner.replica.load(Ordering::Acquire);
+                let mut b = db.batch()?;
+                b.apply_borrow(tree, key.id, me)?;
+                b.commit()?;
+                Ok(Ok(()))
+            }
+            Err(NetError::Remote(RemoteError::AlreadyBorrowed { holder })) => {
+                Ok(Err(Error::AlreadyBorrowed {
+                    tree: tree.to_owned(),
+                    key,
+                    holder,
+                }))
+            }
+            Err(NetError::Remote(e)) => Ok(Err(Error::Refused {
+                what: "the borrow",
+                reason: NetError::Remote(e).to_string(),
+            })),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn fail(command: Command, reason: &str) {
+    match command {
+        Command::Borrow { reply, .. } => {
+            let _ = reply.try_send(Err(Error::Offline {
+                what: "borrowing",
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+}
+
+impl From<HandshakeError> for End {
+    fn from(e: HandshakeError) -> Self {
+        End::Refused(e.to_string())
+    }
+}

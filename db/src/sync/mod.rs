@@ -1,0 +1,257 @@
+//! Synced databases: a local rekord database that is a replica of a rekord server's.
+//!
+//! [`Db::open_synced`](crate::Db::open_synced) opens (or creates) a local database in
+//! *client mode* and starts its sync client on a thread of its own (with its own async
+//! runtime: the application needs none, and no call of the database ever blocks inside the
+//! application's async code on the network). What holds:
+//!
+//! - **Local first.** Reads and writes are local and never wait on the network. Each write
+//!   batch also adds its changes to a persistent *outbox* in the same local transaction
+//!   ([`crate::storage`] documents the tables), so nothing the database acknowledged is
+//!   lost, offline or across crashes. The sync client sends the outbox in order, one entry
+//!   per request, each with an op id derived from its entry number so a retry after a lost
+//!   answer or a crash never applies twice. While the server is unreachable it retries with
+//!   exponential backoff and jitter ([`Retry`]).
+//! - **Ids.** Records are created with ids from ranges the server granted this client (kept
+//!   in the local database); the client asks for more in the background while online
+//!   ([`SyncConfig::range_size`]). Offline, creating works until the ranges are used up
+//!   ([`crate::Error::IdsExhausted`]). A fresh database can create records only after its
+//!   first connection.
+//! - **Borrows.** [`Tree::borrow`](crate::Tree::borrow) asks the server (it fails with
+//!   [`crate::Error::Offline`] when the server is unreachable, or
+//!   [`crate::Error::AlreadyBorrowed`] naming the holder); records a client creates are
+//!   borrowed by it from birth. Held borrows are stored in the records' headers, so editing
+//!   continues offline and across restarts. [`Tree::return_borrow`](crate::Tree::return_borrow)
+//!   is a write like any other: the server frees the borrow after it has the changes made
+//!   before it. Every client learns who holds what ([`crate::EventKind::Borrowed`],
+//!   [`crate::RecordMeta::holder`]).
+//! - **Remote changes** are applied in server order, with the cursor (last applied sequence
+//!   number) in the same local transaction, so a crash resumes exactly where it stopped
+//!   and a reconnect asks only for what is new. They produce the same events as local
+//!   changes (with [`crate::RecordEvent::origin`] the other replica), reach indexers and
+//!   invalidate the hot cache. Record bytes from the server are checked against their
+//!   schema before they are stored; schemas of versions other clients wrote are fetched.
+//! - **Events** [`crate::SyncEvent`]: connected, disconnected (with the retry delay),
+//!   refused, catch-up progress, caught up, outbox entry pushed or rejected.
+//!
+//! A rejected outbox entry (the server refused it for good, e.g. a change to a record whose
+//! borrow this client lost) is moved to the `rekord.outbox_rejected` table and reported as
+//! [`crate::SyncEvent::Rejected`]; its local effect stays.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) mod client;
+pub(crate) mod outbox;
+
+use std::time::Duration;
+
+/// `rekord.meta` key of the database mode (`client` for synced databases).
+pub(crate) const MODE: &str = "mode";
+/// `rekord.meta` key of the client's identity (16 bytes).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const CLIENT: &str = "sync.client";
+/// `rekord.meta` key of the client's holder number (u32 LE).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const REPLICA: &str = "sync.replica";
+/// `rekord.meta` key of the pinned server (16 bytes of UUID, then the certificate
+/// fingerprint as text).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const PIN: &str = "sync.pin";
+/// `rekord.meta` key of the cursor (u64 LE).
+pub(crate) const CURSOR: &str = "sync.cursor";
+
+/// The holder number of a synced database before its first connection (it owns no ids and
+/// holds no borrows yet, so the number is never stored in a record).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const UNKNOWN_REPLICA: u32 = u32::MAX;
+
+/// Retry policy while the server is unreachable: exponential backoff with jitter.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Retry {
+    /// First delay (default 100 ms).
+    pub initial: Duration,
+    /// Longest delay (default 10 s).
+    pub max: Duration,
+    /// Factor between consecutive delays (default 2).
+    pub multiplier: f64,
+    /// Fraction of each delay that is random (default 0.5: a delay `d` becomes a uniform
+    /// pick in `[d/2, d]`), so that many clients do not reconnect in lockstep.
+    pub jitter: f64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: 0.5,
+        }
+    }
+}
+
+impl Retry {
+    /// Sets [`Retry::initial`].
+    pub fn initial(mut self, d: Duration) -> Self {
+        self.initial = d;
+        self
+    }
+    /// Sets [`Retry::max`].
+    pub fn max(mut self, d: Duration) -> Self {
+        self.max = d;
+        self
+    }
+    /// Sets [`Retry::multiplier`] (values below 1 count as 1).
+    pub fn multiplier(mut self, m: f64) -> Self {
+        self.multiplier = m;
+        self
+    }
+    /// Sets [`Retry::jitter`] (clamped to `0..=1`).
+    pub fn jitter(mut self, j: f64) -> Self {
+        self.jitter = j;
+        self
+    }
+
+    /// The delay before retry number `attempt` (from 0), given a uniform random `unit` in
+    /// `[0, 1)`.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let m = if self.multiplier.is_finite() {
+            self.multiplier.max(1.0)
+        } else {
+            1.0
+        };
+        let max = self.max.as_secs_f64();
+        let base = (self.initial.as_secs_f64() * m.powi(attempt.min(64) as i32)).min(max);
+        let jitter = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let d = base * (1.0 - jitter * unit);
+        Duration::try_from_secs_f64(d).unwrap_or(self.max)
+    }
+}
+
+/// How a synced database reaches its server; see [`Db::open_synced`](crate::Db::open_synced).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SyncConfig {
+    /// The server's address.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub server: std::net::SocketAddr,
+    /// The application name (must match the server's).
+    pub app: String,
+    /// The access token issued by the server's CLI.
+    pub token: String,
+    /// Trees to receive changes of (empty, the default: every tree the token may read).
+    pub trees: Vec<String>,
+    /// The server to expect on first contact (UUID and certificate fingerprint, as printed
+    /// by `rekord-server identity`); `None` (default): trust the first server met, then
+    /// pin it. After the first contact the stored pin is what counts.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub pin: Option<crate::net::Pin>,
+    /// Retry policy while the server is unreachable.
+    pub retry: Retry,
+    /// Ids asked for per range (default 10,000); a new range is asked for when fewer than
+    /// half of this are left.
+    pub range_size: u64,
+    /// Bound on connecting and on each request (default 10 s).
+    pub timeout: Duration,
+}
+
+impl SyncConfig {
+    /// A configuration with defaults for everything but the server, application and token.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new(
+        server: std::net::SocketAddr,
+        app: impl Into<String>,
+        token: impl Into<String>,
+    ) -> Self {
+        SyncConfig {
+            server,
+            app: app.into(),
+            token: token.into(),
+            trees: Vec::new(),
+            pin: None,
+            retry: Retry::default(),
+            range_size: 10_000,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets [`SyncConfig::trees`].
+    pub fn trees<S: Into<String>>(mut self, trees: impl IntoIterator<Item = S>) -> Self {
+        self.trees = trees.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`SyncConfig::retry`].
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets [`SyncConfig::range_size`] (at least 1).
+    pub fn range_size(mut self, ids: u64) -> Self {
+        self.range_size = ids.max(1);
+        self
+    }
+
+    /// Sets [`SyncConfig::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`SyncConfig::pin`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn pin(mut self, pin: crate::net::Pin) -> Self {
+        self.pin = Some(pin);
+        self
+    }
+}
+
+/// The state of a synced database's sync client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncStatus {
+    /// Whether a session with the server is up.
+    pub online: bool,
+    /// Whether every server change known at connection time is applied.
+    pub caught_up: bool,
+    /// The last applied server sequence number.
+    pub cursor: u64,
+    /// Local outbox entries not yet accepted by the server.
+    pub outbox: u64,
+    /// Outbox entries the server refused for good (see [`crate::SyncEvent::Rejected`]).
+    pub rejected: u64,
+    /// This client's holder number (`None` before the first connection).
+    pub replica: Option<u32>,
+    /// Why the last connection ended or failed, if it did.
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_downwards() {
+        let r = Retry::default();
+        assert_eq!(r.delay(0, 0.0), Duration::from_millis(100));
+        assert_eq!(r.delay(1, 0.0), Duration::from_millis(200));
+        assert_eq!(r.delay(3, 0.0), Duration::from_millis(800));
+        assert_eq!(r.delay(30, 0.0), Duration::from_secs(10));
+        assert_eq!(r.delay(u32::MAX, 0.0), Duration::from_secs(10));
+        let j = r.delay(2, 0.999);
+        assert!(j >= Duration::from_millis(200) && j < Duration::from_millis(400));
+        let odd = Retry::default().multiplier(f64::NAN).jitter(7.0);
+        assert_eq!(odd.delay(5, 0.0), Duration::from_millis(100));
+        assert!(odd.delay(5, 1.0) <= Duration::from_millis(1));
+    }
+}

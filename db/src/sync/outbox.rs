@@ -1,0 +1,113 @@
+//! The persistent outbox of a synced database: local writes waiting for the server.
+//!
+//! Each committed batch that changed anything adds one entry (its changes, sent as one
+//! all-or-nothing request), then one entry per returned borrow, in the same local
+//! transaction as the changes themselves. Entries are numbered in commit order; the entry
+//! number, in the 16 bytes of the request's op id, makes a retry idempotent (the server
+//! remembers op ids per client). An entry leaves the outbox when the server accepted it, in
+//! the same local transaction that records the acceptance.
+
+use crate::proto::Change;
+use crate::storage::{META, OUTBOX};
+
+/// `rekord.meta` key of the next outbox entry number (u64 LE).
+const NEXT_ENTRY: &str = "sync.next_entry";
+use crate::{Error, Result};
+use redb::{ReadableTable, WriteTransaction};
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub(crate) enum Entry {
+    /// The changes of one local batch.
+    Changes(Vec<Change>),
+    /// A returned borrow (sent after the changes before it).
+    Return {
+        /// Tree.
+        tree: String,
+        /// Record id.
+        id: u64,
+    },
+}
+
+/// The bytes of an entry.
+pub(crate) fn encode(entry: &Entry) -> Result<Vec<u8>> {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(entry, Vec::new()).map_err(|e| {
+        Error::Encode {
+            tree: "rekord.outbox".into(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// An entry from its bytes (checked: the file may be damaged).
+pub(crate) fn decode(bytes: &[u8]) -> Result<Entry> {
+    let corrupt = |e: rkyv::rancor::Error| Error::CorruptMeta {
+        reason: format!("an outbox entry is unreadable: {e}"),
+    };
+    let archived = rkyv::access::<ArchivedEntry, rkyv::rancor::Error>(bytes).map_err(corrupt)?;
+    rkyv::deserialize::<Entry, rkyv::rancor::Error>(archived).map_err(corrupt)
+}
+
+/// The op id of entry `n`.
+pub(crate) fn op_id(n: u64) -> [u8; 16] {
+    u128::from(n).to_be_bytes()
+}
+
+/// Appends the entries of one committed batch inside its transaction; returns how many.
+pub(crate) fn enqueue(
+    txn: &WriteTransaction,
+    changes: &[Change],
+    returns: &[(String, u64)],
+) -> Result<u64> {
+    // Entry numbers are never reused (they are the op ids the server remembers), so the
+    // next one is kept in the metadata, not derived from the (emptied) table.
+    let mut meta = txn.open_table(META)?;
+    let mut next = meta
+        .get(NEXT_ENTRY)?
+        .and_then(|v| crate::db::read_u64(v.value()))
+        .unwrap_or(1);
+    let mut table = txn.open_table(OUTBOX)?;
+    if !changes.is_empty() {
+        table.insert(next, encode(&Entry::Changes(changes.to_vec()))?.as_slice())?;
+        next += 1;
+    }
+    for (tree, id) in returns {
+        let entry = Entry::Return {
+            tree: tree.clone(),
+            id: *id,
+        };
+        table.insert(next, encode(&entry)?.as_slice())?;
+        next += 1;
+    }
+    meta.insert(NEXT_ENTRY, next.to_le_bytes().as_slice())?;
+    Ok(u64::from(!changes.is_empty()) + returns.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ChangeKind;
+
+    #[test]
+    fn entries_round_trip_and_damage_is_an_error() {
+        let e = Entry::Changes(vec![Change {
+            tree: "t".into(),
+            id: 7,
+            rev: 1,
+            kind: ChangeKind::Put {
+                version: 2,
+                data: vec![1, 2, 3],
+            },
+        }]);
+        let bytes = encode(&e).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), e);
+        let r = Entry::Return {
+            tree: "t".into(),
+            id: 9,
+        };
+        assert_eq!(decode(&encode(&r).unwrap()).unwrap(), r);
+        assert!(decode(&bytes[..bytes.len() / 2]).is_err());
+        assert_ne!(op_id(1), op_id(2));
+    }
+}

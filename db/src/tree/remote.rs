@@ -1,0 +1,238 @@
+//! Applying server changes to the local database (synced databases).
+//!
+//! Remote changes go through a normal [`Batch`], so they reach the hot cache, indexers and
+//! subscribers exactly like local ones (with the origin replica in the event), and the
+//! cursor is stored in the same transaction as the data it covers.
+
+use super::batch::{Batch, Pending};
+use super::evolve;
+use crate::event::EventKind;
+use crate::proto::{ChangeKind, Sequenced};
+use crate::schema::dynamic;
+use crate::storage::{HEADER_LEN, Header, SCHEMAS, id_range, pack, unpack};
+use crate::{Error, RawKey, Result};
+use redb::ReadableTable;
+use std::sync::atomic::Ordering;
+
+impl Batch<'_> {
+    /// Stores `cursor` (the last applied server sequence number) with this batch.
+    pub(crate) fn set_cursor(&mut self, cursor: u64) {
+        self.core.cursor = Some(cursor);
+    }
+
+    fn pend(
+        &mut self,
+        tree: u32,
+        key: RawKey,
+        kind: EventKind,
+        origin: u32,
+        old: Option<Vec<u8>>,
+        new: Option<&[u8]>,
+    ) {
+        let indexed = self
+            .core
+            .trees
+            .get(tree as usize)
+            .is_some_and(|s| s.has_indexers.load(Ordering::Relaxed));
+        let bytes = indexed.then(|| Box::new((old, new.map(<[u8]>::to_vec))));
+        self.core.pending.push(Pending {
+            tree,
+            key,
+            kind,
+            origin,
+            event: true,
+            invalidate: true,
+            bytes,
+        });
+    }
+
+    /// Applies changes other replicas made (entries whose origin is this replica are
+    /// skipped: their effect is here already, and applying them could undo later local
+    /// writes). Record bytes are checked against the stored schema of their version, which
+    /// the caller made sure is stored.
+    pub(crate) fn apply_remote(&mut self, entries: &[Sequenced]) -> Result<()> {
+        let me = self.core.replica;
+        for entry in entries {
+            if entry.origin == me {
+                continue;
+            }
+            self.apply_one(entry)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, entry: &Sequenced) -> Result<()> {
+        let change = &entry.change;
+        let state = self.db.tree_state(&change.tree);
+        let tree = self.tree_index(&state);
+        let key = RawKey::new(change.id, change.rev);
+        let corrupt = |reason: String| Error::Corrupt {
+            tree: change.tree.clone(),
+            key,
+            reason,
+        };
+        let mut table = self.txn.open_table(state.def())?;
+        let current = match table.get(pack(key))? {
+            Some(g) => {
+                let v = g.value().to_vec();
+                let (h, _) =
+                    Header::parse(&v).ok_or_else(|| corrupt("invalid value header".into()))?;
+                Some((h, v))
+            }
+            None => None,
+        };
+        match &change.kind {
+            ChangeKind::Put { version, data } => {
+                let schema = evolve::writer_schema(&state, *version, || {
+                    Ok(self.txn.open_table(SCHEMAS)?)
+                })?;
+                dynamic::decode(&schema, data).map_err(|e| {
+                    corrupt(format!(
+                        "the server sent record data that does not match schema version \
+                         {version}: {e}"
+                    ))
+                })?;
+                let (header, kind, old) = match current {
+                    Some((h, old)) => (
+                        Header {
+                            version: *version,
+                            ..h
+                        },
+                        EventKind::Updated,
+                        Some(old),
+                    ),
+                    None => {
+                        // A new record or revision: its creator holds the borrow (the
+                        // server only accepts a new revision from the borrow's holder).
+                        let header = Header {
+                            released: false,
+                            version: *version,
+                            state: 0,
+                            holder: entry.origin,
+                        };
+                        let kind = if key.rev == 0 {
+                            EventKind::Created
+                        } else {
+                            EventKind::RevisionCreated
+                        };
+                        (header, kind, None)
+                    }
+                };
+                let mut value = Vec::with_capacity(HEADER_LEN + data.len());
+                value.extend_from_slice(&header.to_bytes());
+                value.extend_from_slice(data);
+                table.insert(pack(key), value.as_slice())?;
+                drop(table);
+                self.pend(tree, key, kind, entry.origin, old, Some(&value));
+            }
+            ChangeKind::Remove => {
+                let Some((h, old)) = current else {
+                    return Ok(());
+                };
+                table.remove(pack(key))?;
+                if key.rev > 0 {
+                    // The previous revision becomes the latest and carries the borrow.
+                    let prev = RawKey::new(key.id, key.rev - 1);
+                    let pv = table.get(pack(prev))?.map(|g| g.value().to_vec());
+                    if let Some(mut pv) = pv
+                        && let Some((ph, _)) = Header::parse(&pv)
+                    {
+                        Header {
+                            holder: h.holder,
+                            ..ph
+                        }
+                        .write_into(&mut pv);
+                        table.insert(pack(prev), pv.as_slice())?;
+                    }
+                }
+                drop(table);
+                self.pend(tree, key, EventKind::Removed, entry.origin, Some(old), None);
+                if key.rev > 0 {
+                    // Not an event (the borrow of the id did not change), but cached copies
+                    // of the previous revision go.
+                    self.core.pending.push(Pending {
+                        tree,
+                        key: RawKey::new(key.id, key.rev - 1),
+                        kind: EventKind::Updated,
+                        origin: entry.origin,
+                        event: false,
+                        invalidate: true,
+                        bytes: None,
+                    });
+                }
+            }
+            ChangeKind::Release => {
+                let Some((h, mut v)) = current else {
+                    return Ok(());
+                };
+                if h.released {
+                    return Ok(());
+                }
+                Header {
+                    released: true,
+                    ..h
+                }
+                .write_into(&mut v);
+                table.insert(pack(key), v.as_slice())?;
+                drop(table);
+                self.pend(tree, key, EventKind::Released, entry.origin, None, Some(&v));
+            }
+            ChangeKind::SetState(s) => {
+                let Some((h, mut v)) = current else {
+                    return Ok(());
+                };
+                if h.state == *s {
+                    return Ok(());
+                }
+                Header { state: *s, ..h }.write_into(&mut v);
+                table.insert(pack(key), v.as_slice())?;
+                drop(table);
+                let kind = EventKind::StateChanged {
+                    old: h.state,
+                    new: *s,
+                };
+                self.pend(tree, key, kind, entry.origin, None, Some(&v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the borrow of record `id` of `tree` is now held by `holder` (0:
+    /// nobody), as the server says; `origin` is who caused the change.
+    pub(crate) fn apply_borrow(&mut self, tree: &str, id: u64, holder: u32) -> Result<()> {
+        let state = self.db.tree_state(tree);
+        let ti = self.tree_index(&state);
+        let mut table = self.txn.open_table(state.def())?;
+        let latest = match table.range(id_range(id))?.next_back() {
+            Some(row) => {
+                let (k, v) = row?;
+                Some((unpack(k.value()), v.value().to_vec()))
+            }
+            None => None,
+        };
+        // A record not here (yet, or not subscribed): its creation brings its holder.
+        let Some((key, mut v)) = latest else {
+            return Ok(());
+        };
+        let Some((h, _)) = Header::parse(&v) else {
+            return Err(Error::Corrupt {
+                tree: tree.to_owned(),
+                key,
+                reason: "invalid value header".into(),
+            });
+        };
+        if h.holder == holder {
+            return Ok(());
+        }
+        Header { holder, ..h }.write_into(&mut v);
+        table.insert(pack(key), v.as_slice())?;
+        drop(table);
+        let (kind, origin) = if holder == 0 {
+            (EventKind::Returned { holder: h.holder }, h.holder)
+        } else {
+            (EventKind::Borrowed { holder }, holder)
+        };
+        self.pend(ti, key, kind, origin, None, Some(&v));
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! Synced databases (`Db::open_synced`) against a real server on loopback, in one process:
+//! remote changes with events and indexers, borrows through the server, returns, releases,
+//! offline creates with an outbox, reconnects, subscriptions, refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{APP, Running, bounded};
+use rekord::{Db, Error, Event, EventKind, Key, Retry, SyncConfig, SyncEvent};
+
+#[rekord::record(tree = "parts", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub name: String,
+    pub qty: u32,
+}
+
+#[rekord::record(tree = "notes", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub text: String,
+}
+
+/// What the indexer saw: (id, new name).
+type Seen = Arc<Mutex<Vec<(u64, Option<String>)>>>;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn config(server: &Running, token: &str) -> SyncConfig {
+    SyncConfig::new(server.addr, APP, token).retry(
+        Retry::default()
+            .initial(Duration::from_millis(20))
+            .max(Duration::from_millis(200)),
+    )
+}
+
+/// Waits (polling, bounded) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for the first record event matching `pred` (bounded).
+fn wait_event(sub: &rekord::Subscription, mut pred: impl FnMut(&rekord::RecordEvent) -> bool) {
+    let start = Instant::now();
+    loop {
+        while let Some(e) = sub.try_next() {
+            if let Event::Record(r) = &e
+                && pred(r)
+            {
+                return;
+            }
+        }
+        assert!(start.elapsed() < LIMIT, "timed out waiting for an event");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Creates a part once the first id range has arrived.
+fn create(parts: &rekord::Tree<Part>, part: &Part) -> Key<Part> {
+    let start = Instant::now();
+    loop {
+        match parts.create(part) {
+            Ok(k) => return k,
+            Err(Error::IdsExhausted) if start.elapsed() < LIMIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("create failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_borrows_returns_and_releases_reach_the_other_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let token = server.token("all");
+    let t = token.clone();
+    let srv_addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        let server_cfg = |t: &str| {
+            SyncConfig::new(srv_addr, APP, t)
+                .retry(Retry::default().initial(Duration::from_millis(20)))
+        };
+        let a = Db::memory_synced(server_cfg(&t)).unwrap();
+        let b = Db::memory_synced(server_cfg(&t)).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        b.wait_caught_up(LIMIT).unwrap();
+        assert_ne!(a.replica(), b.replica());
+        let (pa, pb) = (a.tree::<Part>().unwrap(), b.tree::<Part>().unwrap());
+
+        // An indexer on B sees remote changes.
+        let seen: Seen = Arc::default();
+        let s2 = seen.clone();
+        b.register_indexer::<Part, _>(move |c: &rekord::Change<'_, Part>| {
+            s2.lock()
+                .unwrap()
+                .push((c.key.id(), c.new.map(|n| n.name.to_string())));
+        })
+        .unwrap();
+        let sub_b = b.subscribe();
+
+        // A creates: B gets the record, the event (origin A) and the indexer call.
+        let key = create(
+            &pa,
+            &Part {
+                name: "bolt".into(),
+                qty: 1,
+            },
+        );
+        assert!(key.id() >= 1 << 32, "ids come from the server's ranges");
+        let ra = a.replica();
+        wait_event(&sub_b, |e| {
+            e.kind == EventKind::Created && e.key == key.raw() && e.origin == ra && e.is_remote(&b)
+        });
+        assert_eq!(
+            pb.get(key).unwrap(),
+            Part {
+                name: "bolt".into(),
+                qty: 1
+            }
+        );
+        assert_eq!(
+            pb.meta(key).unwrap().holder,
+            ra,
+            "the creator holds it from birth"
+        );
+        assert!(
+            seen.lock()
+                .unwrap()
+                .contains(&(key.id(), Some("bolt".into())))
+        );
+
+        // B cannot borrow it (A holds it): a typed error naming the holder.
+        match pb.borrow(key) {
+            Err(Error::AlreadyBorrowed { holder, .. }) => assert_eq!(holder, ra),
+            other => panic!("expected AlreadyBorrowed, got {other:?}"),
+        }
+        // B cannot change it locally either.
+        assert!(matches!(
+            pb.update(key, |p| p.qty = 9),
+            Err(Error::NotBorrowed { .. })
+        ));
+
+        // A edits and returns: B sees the edit, then the return.
+        pa.update(key, |p| p.qty = 2).unwrap();
+        pa.return_borrow(key).unwrap();
+        a.wait_pushed(LIMIT).unwrap();
+        wait_event(&sub_b, |e| {
+            matches!(e.kind, EventKind::Returned { .. }) && e.key.id == key.id()
+        });
+        assert_eq!(pb.get(key).unwrap().qty, 2);
+        assert_eq!(pb.meta(key).unwrap().holder, 0);
+
+        // Now B borrows (exactly one winner), edits, releases, returns.
+        pb.borrow(key).unwrap();
+        let rb = b.replica();
+        assert_eq!(pb.meta(key).unwrap().holder, rb);
+        let sub_a = a.subscribe();
+        pb.update(key, |p| p.qty = 3).unwrap();
+        pb.release(key).unwrap();
+        b.wait_pushed(LIMIT).unwrap();
+        wait_event(&sub_a, |e| {
+            e.kind == EventKind::Released && e.key == key.raw() && e.origin == rb
+        });
+        assert_eq!(pa.get(key).unwrap().qty, 3);
+        assert!(pa.meta(key).unwrap().released);
+        match pa.borrow(key) {
+            Err(Error::AlreadyBorrowed { holder, .. }) => assert_eq!(holder, rb),
+            other => panic!("expected AlreadyBorrowed, got {other:?}"),
+        }
+        // A released revision is frozen; a new revision carries on (B holds the borrow).
+        pb.set_state(key, 7).unwrap();
+        let k1 = pb.new_revision(key).unwrap();
+        pb.update(k1, |p| p.qty = 4).unwrap();
+        b.wait_pushed(LIMIT).unwrap();
+        wait_event(&sub_a, |e| {
+            e.key == k1.raw() && e.kind == EventKind::Updated
+        });
+        assert_eq!(pa.meta(key).unwrap().state, 7);
+        assert_eq!(pa.get(k1).unwrap().qty, 4);
+        assert_eq!(pa.latest(key.id()).unwrap(), Some(k1));
+        assert_eq!(b.sync_status().unwrap().rejected, 0);
+        assert_eq!(a.sync_status().unwrap().rejected, 0);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_creates_wait_in_the_outbox_and_converge_after_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let addr = server.addr;
+    let token = server.token("all");
+    let files = tempfile::tempdir().unwrap();
+    let path_a = files.path().join("a.rekord");
+    let cfg = move |t: &str| {
+        SyncConfig::new(addr, APP, t).retry(
+            Retry::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(100)),
+        )
+    };
+    let (t, p) = (token.clone(), path_a.clone());
+    // First contact: A gets its ids, then the server goes away.
+    let keys = tokio::task::spawn_blocking(move || {
+        let a = Db::open_synced(&p, cfg(&t)).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        create(
+            &pa,
+            &Part {
+                name: "first".into(),
+                qty: 0,
+            },
+        );
+        a.wait_pushed(LIMIT).unwrap();
+        a
+    })
+    .await
+    .unwrap();
+    let a = keys;
+    server.stop().await;
+
+    let a2 = a.clone();
+    let offline_keys = tokio::task::spawn_blocking(move || {
+        eventually("A to notice the server is gone", || {
+            !a2.sync_status().unwrap().online
+        });
+        let pa = a2.tree::<Part>().unwrap();
+        let keys: Vec<_> = (0..50)
+            .map(|i| {
+                pa.create(&Part {
+                    name: format!("offline {i}"),
+                    qty: i,
+                })
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(a2.sync_status().unwrap().outbox, 50);
+        // Borrowing needs the server.
+        assert!(matches!(pa.borrow(keys[0]), Ok(()))); // held from birth: no server needed
+        keys
+    })
+    .await
+    .unwrap();
+    // Restart A's process-equivalent: drop it (outbox stays in the file) and reopen.
+    drop(a);
+
+    // The server comes back on the same port.
+    let server = Running::start_on(dir.path(), addr);
+    let (t, p) = (token.clone(), path_a.clone());
+    tokio::task::spawn_blocking(move || {
+        let a = Db::open_synced(&p, cfg(&t)).unwrap();
+        a.wait_pushed(LIMIT).unwrap();
+        let b = Db::memory_synced(cfg(&t)).unwrap();
+        b.wait_caught_up(LIMIT).unwrap();
+        let pb = b.tree::<Part>().unwrap();
+        assert_eq!(pb.len().unwrap(), 51);
+        for (i, k) in offline_keys.iter().enumerate() {
+            assert_eq!(pb.get(*k).unwrap().name, format!("offline {i}"));
+        }
+    })
+    .await
+    .unwrap();
+    // Each change was applied once: 51 creates in the server's log, no more.
+    assert_eq!(server.store.head().unwrap(), 51);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_may_subscribe_to_a_subset_of_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let token = server.token("all");
+    let cfg = config(&server, &token);
+    tokio::task::spawn_blocking(move || {
+        let a = Db::memory_synced(cfg.clone()).unwrap();
+        let b = Db::memory_synced(cfg.trees(["notes"])).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        b.wait_caught_up(LIMIT).unwrap();
+        let sub = b.subscribe();
+        let pa = a.tree::<Part>().unwrap();
+        create(
+            &pa,
+            &Part {
+                name: "x".into(),
+                qty: 1,
+            },
+        );
+        let na = a.tree::<Note>().unwrap();
+        let nk = na
+            .create(&Note {
+                text: "hello".into(),
+            })
+            .unwrap();
+        a.wait_pushed(LIMIT).unwrap();
+        wait_event(&sub, |e| e.key == nk.raw());
+        assert_eq!(b.tree::<Note>().unwrap().get(nk).unwrap().text, "hello");
+        assert_eq!(b.tree::<Part>().unwrap().len().unwrap(), 0);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_token_is_refused_with_an_event_and_borrow_says_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let cfg = config(&server, "not-a-token");
+    tokio::task::spawn_blocking(move || {
+        let db = Db::memory_synced(cfg).unwrap();
+        let sub = db.subscribe();
+        let start = Instant::now();
+        let reason = loop {
+            if let Some(Event::Sync(SyncEvent::Refused { reason })) = sub.try_next() {
+                break reason;
+            }
+            assert!(start.elapsed() < LIMIT);
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(reason.contains("token"), "{reason}");
+        assert!(matches!(
+            db.wait_caught_up(Duration::from_millis(50)),
+            Err(Error::Offline { .. })
+        ));
+        // No ids without a server: a clear error, not a panic.
+        assert!(matches!(
+            db.tree::<Part>().unwrap().create(&Part {
+                name: "n".into(),
+                qty: 0
+            }),
+            Err(Error::IdsExhausted)
+        ));
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn borrowing_from_async_code_neither_blocks_the_runtime_nor_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let token = server.token("all");
+    let cfg = config(&server, &token);
+    bounded(LIMIT, async move {
+        // The sync client runs on its own thread: this single-threaded runtime only serves
+        // the server.
+        let a = Db::memory_synced(cfg.clone()).unwrap();
+        let b = Db::memory_synced(cfg).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        let pb = b.tree::<Part>().unwrap();
+        let key = loop {
+            match pa.create(&Part {
+                name: "async".into(),
+                qty: 0,
+            }) {
+                Ok(k) => break k,
+                Err(Error::IdsExhausted) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        pa.return_borrow(key).unwrap();
+        loop {
+            match pb.borrow_async(key).await {
+                Ok(()) => break,
+                // Not here yet, or A's return not yet at the server.
+                Err(Error::NotFound { .. } | Error::AlreadyBorrowed { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(pb.meta(key).unwrap().holder, b.replica());
+    })
+    .await;
+    server.stop().await;
+}
