@@ -41,6 +41,7 @@ pub(crate) fn encode(entry: &Entry) -> Result<Vec<u8>> {
 }
 
 /// An entry from its bytes (checked: the file may be damaged).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn decode(bytes: &[u8]) -> Result<Entry> {
     let corrupt = |e: rkyv::rancor::Error| Error::CorruptMeta {
         reason: format!("an outbox entry is unreadable: {e}"),
@@ -50,6 +51,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Entry> {
 }
 
 /// The op id of entry `n`.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn op_id(n: u64) -> [u8; 16] {
     u128::from(n).to_be_bytes()
 }

@@ -24,6 +24,7 @@ thread_local! {
 struct Reentrancy(usize);
 
 /// Whether a batch of `db` is open on this thread.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn batch_open_here(db: &DbInner) -> bool {
     let addr = std::ptr::from_ref(db) as usize;
     OPEN.with(|o| o.borrow().contains(&addr))
