@@ -272,6 +272,42 @@ pub struct Session {
     pushes: VecDeque<Push>,
 }
 
+/// Bounds of a client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Bound on connecting plus the handshake, and on each request round trip (default
+    /// [`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
+    /// A connection that hears nothing from the server for this long is considered lost
+    /// (default 15 s); keep-alives are sent at a quarter of it, at most every
+    /// [`KEEP_ALIVE`]. This is how a client notices a server that vanished without closing.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: DEFAULT_TIMEOUT,
+            idle_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Sets [`ConnectOptions::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`ConnectOptions::idle_timeout`].
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+}
+
 /// Connects to the server at `addr`, pinned to `pin` if given (else first contact), and
 /// runs the handshake, bounded by [`DEFAULT_TIMEOUT`].
 pub async fn connect(
@@ -290,12 +326,23 @@ pub async fn connect_timeout(
     pin: Option<&Pin>,
     timeout: Duration,
 ) -> Result<Session, NetError> {
+    connect_with(addr, cfg, pin, ConnectOptions::default().timeout(timeout)).await
+}
+
+/// [`connect`] with explicit [`ConnectOptions`].
+pub async fn connect_with(
+    addr: SocketAddr,
+    cfg: &ClientConfig,
+    pin: Option<&Pin>,
+    options: ConnectOptions,
+) -> Result<Session, NetError> {
+    let timeout = options.timeout;
     // The pinned server identity travels in the hello and is checked by `check_server`.
     let mut cfg = cfg.clone();
     if let Some(pin) = pin {
         cfg.pinned = Some(pin.server);
     }
-    match tokio::time::timeout(timeout, establish(addr, &cfg, pin, timeout)).await {
+    match tokio::time::timeout(timeout, establish(addr, &cfg, pin, options)).await {
         Ok(result) => result,
         Err(_) => Err(NetError::Timeout {
             what: "connecting and the handshake",
@@ -315,8 +362,9 @@ async fn establish(
     addr: SocketAddr,
     cfg: &ClientConfig,
     pin: Option<&Pin>,
-    timeout: Duration,
+    options: ConnectOptions,
 ) -> Result<Session, NetError> {
+    let timeout = options.timeout;
     let verifier = Arc::new(PinnedVerifier::new(pin.map(|p| p.cert.clone())));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -330,8 +378,10 @@ async fn establish(
         .map_err(|e| connect_error(addr, e))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
-    // Keeps an idle session alive (the idle timeout is 30 s by default).
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    // Keeps an idle session alive, and notices a vanished server after `idle_timeout`.
+    let idle = options.idle_timeout.max(Duration::from_millis(100));
+    transport.keep_alive_interval(Some((idle / 4).min(KEEP_ALIVE)));
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     client_config.transport_config(Arc::new(transport));
 
     let local: SocketAddr = match addr {

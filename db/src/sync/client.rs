@@ -303,10 +303,12 @@ impl Client {
 
     async fn run(mut self) {
         let mut attempt = 0u32;
+        let mut last_refusal: Option<String> = None;
         loop {
             let end = match self.connect().await {
                 Ok(session) => {
                     attempt = 0;
+                    last_refusal = None;
                     self.session(session).await
                 }
                 Err(end) => end,
@@ -324,11 +326,13 @@ impl Client {
                 s.caught_up = false;
                 s.last_error = Some(reason.clone());
             });
-            if refused {
+            // A refusal is reported once, not on every retry.
+            if refused && last_refusal.as_ref() != Some(&reason) {
                 self.emit(SyncEvent::Refused {
                     reason: reason.clone(),
                 });
             }
+            last_refusal = refused.then(|| reason.clone());
             self.emit(SyncEvent::Disconnected {
                 reason: reason.clone(),
                 retry_in: delay,
@@ -424,12 +428,15 @@ impl Client {
         );
         self.ensure_ranges(s).await?;
         self.flush(s).await?;
+        // After this long without a push, a ping checks that the server is still there (a
+        // server that vanished without closing is noticed within about `idle_timeout`).
+        let quiet = (self.config.idle_timeout / 2).max(Duration::from_millis(50));
         loop {
             let wakeup = tokio::select! {
                 biased;
                 command = self.commands.recv() => Wakeup::Command(command.ok()),
                 () = self.link.wake.notified() => Wakeup::Outbox,
-                push = s.next_push(Duration::from_secs(3600)) => Wakeup::Push(push),
+                push = s.next_push(quiet) => Wakeup::Push(push),
             };
             match wakeup {
                 Wakeup::Command(None) => return Err(End::Closed),
@@ -457,7 +464,19 @@ impl Client {
                     self.ensure_ranges(s).await?;
                 }
                 Wakeup::Push(Ok(Some(push))) => self.apply(s, push).await?,
-                Wakeup::Push(Ok(None)) => {}
+                Wakeup::Push(Ok(None)) => {
+                    match tokio::time::timeout(self.config.idle_timeout.max(quiet), s.ping()).await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => {
+                            return Err(End::Lost(format!(
+                                "the server did not answer a ping within {:?}",
+                                self.config.idle_timeout
+                            )));
+                        }
+                    }
+                }
                 Wakeup::Push(Err(e)) => return Err(e.into()),
             }
         }

@@ -162,6 +162,9 @@ pub struct SyncConfig {
     pub range_size: u64,
     /// Bound on connecting and on each request (default 10 s).
     pub timeout: Duration,
+    /// A session that hears nothing from the server for this long is considered lost and
+    /// the client reconnects (default 15 s); see [`crate::net::ConnectOptions`].
+    pub idle_timeout: Duration,
 }
 
 impl SyncConfig {
@@ -181,6 +184,7 @@ impl SyncConfig {
             retry: Retry::default(),
             range_size: 10_000,
             timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
         }
     }
 
@@ -205,6 +209,12 @@ impl SyncConfig {
     /// Sets [`SyncConfig::timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`SyncConfig::idle_timeout`].
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
         self
     }
 

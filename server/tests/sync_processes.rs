@@ -1,0 +1,537 @@
+//! Synced databases in separate processes: a real `rekord-server` process and client
+//! processes (this test binary, re-executed as a driven client) on loopback. Covers
+//! convergence after offline work, borrow contention between processes, return and release,
+//! server restarts with borrows held, client restarts with a non-empty outbox, a stranger
+//! server on the pinned address, and SIGKILL of clients and of the server in the middle of
+//! sync with nothing lost or duplicated.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rekord::{Db, Error, Event, Retry, SyncConfig, SyncEvent};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rekord-server");
+const APP: &str = "workshop";
+const CHILD_ENV: &str = "REKORD_SYNC_CHILD";
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[rekord::record(tree = "parts", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub name: String,
+    pub qty: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// The client process: reads commands on stdin, answers one line each on stdout ("@ ...").
+
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@ {line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn create_retrying(parts: &rekord::Tree<Part>, part: &Part) -> rekord::Result<rekord::Key<Part>> {
+    let start = Instant::now();
+    loop {
+        match parts.create(part) {
+            Err(Error::IdsExhausted) if start.elapsed() < LIMIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Entry point of a client process (a no-op in a normal test run).
+#[test]
+fn client_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut it = spec.splitn(3, '|');
+    let (path, addr, token) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    let cfg = SyncConfig::new(addr.parse().unwrap(), APP, token)
+        .retry(
+            Retry::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(250)),
+        )
+        // Notice a killed server quickly.
+        .timeout(Duration::from_secs(3))
+        .idle_timeout(Duration::from_secs(1));
+    let db = Db::open_synced(path, cfg).unwrap();
+    let events = db.subscribe();
+    let parts = db.tree::<Part>().unwrap();
+    say(format!("open cursor {}", db.sync_status().unwrap().cursor));
+    let key = |s: &str| rekord::Key::<Part>::new(s.parse().unwrap(), 0);
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["caught_up"] => say(match db.wait_caught_up(LIMIT) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("err {e}"),
+            }),
+            ["create", name] => {
+                let k = create_retrying(
+                    &parts,
+                    &Part {
+                        name: (*name).into(),
+                        qty: 0,
+                    },
+                )
+                .unwrap();
+                say(format!("key {}", k.id()));
+            }
+            // Creates `n` records as fast as possible, reporting each once committed.
+            ["spam", n] => {
+                for i in 0..n.parse::<u32>().unwrap() {
+                    let k = create_retrying(
+                        &parts,
+                        &Part {
+                            name: format!("spam {i}"),
+                            qty: i,
+                        },
+                    )
+                    .unwrap();
+                    say(format!("key {}", k.id()));
+                }
+                say("done");
+            }
+            ["update", id, qty] => say(
+                match parts.update(key(id), |p| p.qty = qty.parse().unwrap()) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("err {e}"),
+                },
+            ),
+            ["borrow", id] => say(match parts.borrow(key(id)) {
+                Ok(()) => "ok".to_string(),
+                Err(Error::AlreadyBorrowed { holder, .. }) => format!("already {holder}"),
+                Err(Error::Offline { .. }) => "offline".to_string(),
+                Err(e) => format!("err {e}"),
+            }),
+            ["return", id] => say(match parts.return_borrow(key(id)) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("err {e}"),
+            }),
+            ["release", id] => say(match parts.release(key(id)) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("err {e}"),
+            }),
+            ["get", id] => say(match parts.get(key(id)) {
+                Ok(p) => {
+                    let m = parts.meta(key(id)).unwrap();
+                    format!("part {} {} {} {}", p.name, p.qty, m.holder, m.released)
+                }
+                Err(Error::NotFound { .. }) => "missing".to_string(),
+                Err(e) => format!("err {e}"),
+            }),
+            // Waits until record `id` has quantity `qty` here.
+            ["await_qty", id, qty] => {
+                let want: u32 = qty.parse().unwrap();
+                let start = Instant::now();
+                loop {
+                    if parts.get(key(id)).is_ok_and(|p| p.qty == want) {
+                        say("ok");
+                        break;
+                    }
+                    if start.elapsed() > LIMIT {
+                        say("timeout");
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            ["ids"] => {
+                let ids: Vec<String> = parts
+                    .keys()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.id().to_string())
+                    .collect();
+                say(format!("ids {}", ids.join(",")));
+            }
+            ["pushed"] => say(match db.wait_pushed(LIMIT) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("err {e}"),
+            }),
+            ["status"] => {
+                let s = db.sync_status().unwrap();
+                say(format!(
+                    "status {} {} {} {}",
+                    s.online,
+                    s.outbox,
+                    s.cursor,
+                    s.replica.unwrap_or(0)
+                ));
+            }
+            ["replica"] => say(format!("replica {}", db.replica())),
+            // Waits for a refusal event.
+            ["refused"] => {
+                let start = Instant::now();
+                loop {
+                    match events.try_next() {
+                        Some(Event::Sync(SyncEvent::Refused { reason })) => {
+                            say(format!("refused {reason}"));
+                            break;
+                        }
+                        Some(_) => {}
+                        None if start.elapsed() > LIMIT => {
+                            say("timeout");
+                            break;
+                        }
+                        None => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }
+            ["quit"] => {
+                say("bye");
+                return;
+            }
+            other => panic!("unknown command {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The driving side.
+
+struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    name: &'static str,
+}
+
+impl Client {
+    fn start(name: &'static str, path: &Path, addr: SocketAddr, token: &str) -> Client {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args([
+                "client_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, format!("{}|{addr}|{token}", path.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest prints `test client_process ... ` before the first line.
+                if let Some((_, l)) = line.split_once("@ ") {
+                    let _ = tx.send(l.to_owned());
+                }
+            }
+        });
+        let mut c = Client {
+            child,
+            stdin,
+            lines,
+            name,
+        };
+        let first = c.line();
+        assert!(first.starts_with("open cursor "), "{name}: {first}");
+        c
+    }
+
+    fn line(&mut self) -> String {
+        self.lines
+            .recv_timeout(LIMIT * 2)
+            .unwrap_or_else(|_| panic!("client {} did not answer", self.name))
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        self.send(command);
+        self.line()
+    }
+
+    fn ok(&mut self, command: &str) {
+        let answer = self.ask(command);
+        assert_eq!(answer, "ok", "{}: `{command}` answered {answer}", self.name);
+    }
+
+    fn create(&mut self, name: &str) -> u64 {
+        let a = self.ask(&format!("create {name}"));
+        a.strip_prefix("key ").unwrap().parse().unwrap()
+    }
+
+    fn ids(&mut self) -> Vec<u64> {
+        let a = self.ask("ids");
+        let list = a.strip_prefix("ids").unwrap().trim();
+        if list.is_empty() {
+            return Vec::new();
+        }
+        list.split(',').map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn replica(&mut self) -> u32 {
+        self.ask("replica")
+            .strip_prefix("replica ")
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until `get id` answers `want`.
+    fn await_get(&mut self, id: u64, want: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.ask(&format!("get {id}"));
+            if got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "{}: get {id} is {got}, want {want}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn quit(mut self) {
+        assert_eq!(self.ask("quit"), "bye");
+        self.child.wait().unwrap();
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `rekord-server run` on `listen` (port 0: any).
+    fn start(data: &Path, listen: &str) -> ServerProcess {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(data)
+            .args(["run", "--listen", listen, "--app", APP])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        ServerProcess { child, addr }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn token(data: &Path) -> String {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args([
+            "token",
+            "issue",
+            "--name",
+            "all",
+            "--read-all",
+            "--write-all",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    root: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    Dirs {
+        data: root.join("server"),
+        root,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn two_client_processes_borrow_return_release_and_survive_restarts() {
+    let d = dirs();
+    let token = token(&d.data);
+    let server = ServerProcess::start(&d.data, "127.0.0.1:0");
+    let addr = server.addr;
+    let (pa, pb) = (d.root.join("a.rekord"), d.root.join("b.rekord"));
+    let mut a = Client::start("A", &pa, addr, &token);
+    let mut b = Client::start("B", &pb, addr, &token);
+    a.ok("caught_up");
+    b.ok("caught_up");
+    let (ra, rb) = (a.replica(), b.replica());
+    assert_ne!(ra, rb);
+
+    // A creates; B sees it in real time, held by A; contention: B is refused with A's number.
+    let k = a.create("bolt");
+    b.await_get(k, &format!("part bolt 0 {ra} false"));
+    assert_eq!(b.ask(&format!("borrow {k}")), format!("already {ra}"));
+    assert!(
+        b.ask(&format!("update {k} 5")).starts_with("err"),
+        "no local write without the borrow"
+    );
+
+    // A edits and returns; B borrows, edits, releases; A sees it all.
+    a.ok(&format!("update {k} 2"));
+    a.ok(&format!("return {k}"));
+    a.ok("pushed");
+    b.await_get(k, "part bolt 2 0 false");
+    b.ok(&format!("borrow {k}"));
+    assert_eq!(a.ask(&format!("borrow {k}")), format!("already {rb}"));
+    b.ok(&format!("update {k} 3"));
+    b.ok(&format!("release {k}"));
+    b.ok("pushed");
+    a.await_get(k, &format!("part bolt 3 {rb} true"));
+
+    // B creates k2 (B holds it); the server is SIGKILLed and restarted on the same port:
+    // the borrow survives, and B's offline edit arrives afterwards.
+    let k2 = b.create("nut");
+    b.ok("pushed");
+    a.await_get(k2, &format!("part nut 0 {rb} false"));
+    server.kill();
+    b.ok(&format!("update {k2} 9")); // offline: local, queued
+    assert_eq!(a.ask(&format!("borrow {k2}")), "offline");
+    let server = ServerProcess::start(&d.data, &addr.to_string());
+    b.ok("pushed");
+    a.ok(&format!("await_qty {k2} 9"));
+    assert_eq!(a.ask(&format!("borrow {k2}")), format!("already {rb}"));
+
+    // Client restart with a non-empty outbox: B works offline, quits, comes back.
+    server.kill();
+    let offline: Vec<u64> = (0..20).map(|i| b.create(&format!("offline{i}"))).collect();
+    // (B may not have noticed yet that the server is gone: the outbox is what counts.)
+    let status = b.ask("status");
+    assert_eq!(status.split_whitespace().nth(2), Some("20"), "{status}");
+    b.quit();
+    let server = ServerProcess::start(&d.data, &addr.to_string());
+    let mut b = Client::start("B", &pb, addr, &token);
+    b.ok("pushed");
+    for id in &offline {
+        a.await_get(
+            *id,
+            &format!(
+                "part offline{} 0 {rb} false",
+                offline.iter().position(|x| x == id).unwrap()
+            ),
+        );
+    }
+    let ids_a = a.ids();
+    assert_eq!(ids_a, b.ids(), "both replicas hold the same records");
+    assert_eq!(ids_a.len(), 22);
+
+    // A stranger server on the pinned address is refused, with a reason.
+    server.kill();
+    let stranger_dir = d.root.join("stranger");
+    let stranger = ServerProcess::start(&stranger_dir, &addr.to_string());
+    let refused = a.ask("refused");
+    assert!(
+        refused.starts_with("refused ") && refused.contains("certificate"),
+        "{refused}"
+    );
+    stranger.kill();
+    a.quit();
+    b.quit();
+}
+
+#[test]
+fn sigkill_of_clients_and_server_mid_sync_loses_and_duplicates_nothing() {
+    let d = dirs();
+    let token = token(&d.data);
+    let server = ServerProcess::start(&d.data, "127.0.0.1:0");
+    let addr = server.addr;
+    let (pa, pb) = (d.root.join("a.rekord"), d.root.join("b.rekord"));
+
+    // A writes as fast as it can; it is SIGKILLed mid-stream, restarted, SIGKILLed again
+    // while the server is killed and restarted under it.
+    let mut acknowledged = Vec::new();
+    let mut a = Client::start("A", &pa, addr, &token);
+    a.ok("caught_up");
+    a.send("spam 3000");
+    let collect = |a: &mut Client, n: usize, acked: &mut Vec<u64>| {
+        while acked.len() < n {
+            let l = a.line();
+            acked.push(l.strip_prefix("key ").unwrap().parse().unwrap());
+        }
+    };
+    collect(&mut a, 400, &mut acknowledged);
+    a.kill();
+    let mut a = Client::start("A", &pa, addr, &token);
+    a.send("spam 3000");
+    collect(&mut a, acknowledged.len() + 300, &mut acknowledged);
+    server.kill();
+    collect(&mut a, acknowledged.len() + 100, &mut acknowledged);
+    let server = ServerProcess::start(&d.data, &addr.to_string());
+    collect(&mut a, acknowledged.len() + 300, &mut acknowledged);
+    a.kill();
+
+    // A fresh client B starts syncing everything and is SIGKILLed in the middle of it.
+    let mut a = Client::start("A", &pa, addr, &token);
+    a.ok("pushed");
+    let b = Client::start("B", &pb, addr, &token);
+    std::thread::sleep(Duration::from_millis(30));
+    b.kill();
+    let mut b = Client::start("B", &pb, addr, &token);
+    b.ok("caught_up");
+
+    let ids_a = a.ids();
+    let ids_b = b.ids();
+    for id in &acknowledged {
+        assert!(
+            ids_a.binary_search(id).is_ok(),
+            "acknowledged record {id} lost at A"
+        );
+    }
+    assert_eq!(ids_a, ids_b, "B converged to A");
+    // Nothing applied twice: one logged change per record (all creates, each once). B
+    // caught up after A pushed everything, so its cursor is the server's head.
+    let status = b.ask("status");
+    let cursor: u64 = status.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(
+        cursor,
+        ids_a.len() as u64,
+        "server log = creates, each exactly once ({status})"
+    );
+    a.quit();
+    b.quit();
+    server.kill();
+}
