@@ -196,6 +196,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         head: 0,
         caught_up: false,
         uploaded: HashSet::new(),
+        last_durable: Instant::now(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -279,7 +280,12 @@ struct Client {
     caught_up: bool,
     /// Schemas uploaded in this session.
     uploaded: HashSet<(String, u32)>,
+    /// When the sync client last committed durably.
+    last_durable: Instant,
 }
+
+/// How long the sync client's own commits may stay non-durable.
+const LAZY_DURABILITY: Duration = Duration::from_millis(250);
 
 enum Wakeup {
     Command(Option<Command>),
@@ -293,6 +299,21 @@ impl Client {
             .upgrade()
             .map(|inner| crate::Db { inner })
             .ok_or(End::Closed)
+    }
+
+    /// A batch for the sync client's own bookkeeping (applied server changes, settled
+    /// outbox entries), durable only every [`LAZY_DURABILITY`]: the cursor is committed
+    /// atomically with the data it covers, so a crash loses at most a suffix of such commits,
+    /// which are fetched (or resent, idempotently) again. The application's own writes stay
+    /// durable, and each of them makes the earlier lazy commits durable too.
+    fn lazy_batch<'d>(&mut self, db: &'d crate::Db) -> Result<crate::Batch<'d>> {
+        let mut b = db.batch()?;
+        if self.last_durable.elapsed() < LAZY_DURABILITY {
+            b.lazy();
+        } else {
+            self.last_durable = Instant::now();
+        }
+        Ok(b)
     }
 
     fn emit(&self, event: SyncEvent) {
@@ -593,7 +614,7 @@ impl Client {
         seq: u64,
     ) -> std::result::Result<(), End> {
         let db = self.db()?;
-        let b = db.batch()?;
+        let b = self.lazy_batch(&db)?;
         let left = {
             let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
             let entry = table
@@ -734,7 +755,7 @@ impl Client {
                     .into_iter()
                     .filter(|e| e.seq > self.cursor)
                     .collect();
-                let mut b = db.batch()?;
+                let mut b = self.lazy_batch(&db)?;
                 b.apply_remote(&fresh)?;
                 b.set_cursor(last);
                 b.commit()?;
@@ -749,7 +770,7 @@ impl Client {
             }
             Push::Borrow { tree, id, holder } => {
                 let db = self.db()?;
-                let mut b = db.batch()?;
+                let mut b = self.lazy_batch(&db)?;
                 b.apply_borrow(&tree, id, holder)?;
                 b.commit()?;
             }
@@ -783,7 +804,7 @@ impl Client {
                 }
                 let db = self.db()?;
                 let me = db.inner.replica.load(Ordering::Acquire);
-                let mut b = db.batch()?;
+                let mut b = self.lazy_batch(&db)?;
                 b.apply_borrow(tree, key.id, me)?;
                 b.commit()?;
                 Ok(Ok(()))

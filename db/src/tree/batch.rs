@@ -368,6 +368,15 @@ impl<'db> Batch<'db> {
         Ok(())
     }
 
+    /// Commits this batch without waiting for the disk (redb `Durability::None`): atomic,
+    /// and made durable by the next durable commit, but lost in a crash before that.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn lazy(&mut self) {
+        // Refused only with persistent savepoints, which rekord never creates; then the
+        // commit simply stays durable.
+        let _ = self.txn.set_durability(redb::Durability::None);
+    }
+
     /// Discards every change of the batch (no events). Dropping the batch does the same.
     pub fn abort(self) {}
 
