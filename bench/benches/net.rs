@@ -7,12 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use quinn::rustls;
 use rekord::Record;
 use rekord::proto::handshake::{ClientConfig, Trees};
 use rekord::proto::{Change, ChangeKind, Push};
 use rekord_server::{Config, Server};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The record the propagation case sends.
@@ -22,52 +20,8 @@ pub struct Item {
     pub qty: u32,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-async fn raw_floor(n: usize) -> Vec<Duration> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        ck.signing_key.serialize_der(),
-    ));
-    let server_cfg = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).unwrap();
-    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(async move {
-        if let Some(incoming) = server.accept().await {
-            let conn = incoming.await.unwrap();
-            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-            let mut buf = [0u8; 8];
-            while recv.read_exact(&mut buf).await.is_ok() {
-                if send.write_all(&buf).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client_cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(client_cfg);
-    let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut out = Vec::with_capacity(n);
-    let mut buf = [0u8; 8];
-    for i in 0..n + 50 {
-        let t = Instant::now();
-        send.write_all(&(i as u64).to_le_bytes()).await.unwrap();
-        recv.read_exact(&mut buf).await.unwrap();
-        if i >= 50 {
-            out.push(t.elapsed());
-        }
-    }
-    conn.close(0u32.into(), b"done");
-    out
-}
+mod common;
+use common::{percentile, raw_floor};
 
 /// Per-case samples of one rekord run: ping, borrow, propagation (A's commit request to B's
 /// receipt of the pushed change).

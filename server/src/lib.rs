@@ -38,7 +38,8 @@
 //! - [`RemoteError::NotAllowed`]: the token may not write the tree;
 //! - [`RemoteError::OutsideRange`]: a create (`Put` of revision 0 of an unknown id) with an
 //!   id outside the client's granted ranges. A create makes the client the record's borrow
-//!   holder (pushed as [`Push::Borrow`]);
+//!   holder (receivers learn it from the pushed change's `origin`; there is no separate
+//!   [`Push::Borrow`]);
 //! - [`RemoteError::NotBorrowed`]: any other change without holding the record's borrow;
 //! - [`RemoteError::Released`]: `Put`, `Remove` or `Release` of a released revision
 //!   (`SetState` needs a released revision, else [`RemoteError::Invalid`]);
@@ -66,7 +67,8 @@
 //! Every borrow that changes hands (granted to a client that did not hold it, or returned)
 //! is pushed as [`Push::Borrow`] (`holder` 0 for a return) to every connected, handshaken
 //! session whose token may read the tree, the requester included (after its response).
-//! Pushes are sent in the order the borrow changes were committed. Each session has a queue
+//! Pushes are sent in the order the borrow changes were committed, and every push committed
+//! before a request is handled reaches the session before that request's response. Each session has a queue
 //! of [`PUSH_QUEUE`] pushes; a client that does not read fast enough to keep up never loses
 //! a push silently: when its queue overflows, its connection is closed with
 //! [`CLOSE_LAGGED`], and the client resynchronises when it reconnects. A client that reads
@@ -627,6 +629,19 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     let head = scanned.max(head);
     send_push(&mut send, Push::CaughtUp { head }, &pushes).await?;
 
+    // What of a live push this session gets.
+    let filter = |push: Push| match push {
+        Push::Borrow { ref tree, .. } if !grant.read.allows(tree) => None,
+        Push::Changes(entries) => {
+            // Entries up to `head` were sent by the catch-up already.
+            let visible: Vec<Sequenced> = entries
+                .into_iter()
+                .filter(|e| e.seq > head && reads(&e.change.tree))
+                .collect();
+            (!visible.is_empty()).then_some(Push::Changes(visible))
+        }
+        other => Some(other),
+    };
     loop {
         // Both branches are cancel-safe: a frame is read from chunks already received, and
         // a push stays queued until `recv` returns it.
@@ -638,26 +653,20 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
                         "only requests are accepted after the hello".into(),
                     ));
                 };
+                // Pushes committed before this request go out before its answer (a client
+                // granted a borrow never sees an older borrow push after the grant).
+                drain(&mut send, &mut pushes, &filter).await?;
                 let answer = answer(&shared, &grant, holder, body).await?;
                 write_frame(&mut send, &Frame::Response { id, body: answer }).await?;
             }
             push = pushes.recv() => match push {
                 Ok(push) => {
-                    let push = match push {
-                        Push::Borrow { ref tree, .. } if !grant.read.allows(tree) => None,
-                        Push::Changes(entries) => {
-                            // Entries up to `head` were sent by the catch-up already.
-                            let visible: Vec<Sequenced> = entries
-                                .into_iter()
-                                .filter(|e| e.seq > head && reads(&e.change.tree))
-                                .collect();
-                            (!visible.is_empty()).then_some(Push::Changes(visible))
-                        }
-                        other => Some(other),
-                    };
-                    if let Some(push) = push {
+                    if let Some(push) = filter(push) {
                         send_push(&mut send, push, &pushes).await?;
                     }
+                    // Forward what else is queued right away: a session busy with its own
+                    // requests must not fall behind the pushes they cause.
+                    drain(&mut send, &mut pushes, &filter).await?;
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     return Err(End::Lagged(missed));
@@ -669,6 +678,26 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// Forwards every push queued for this session now (through `filter`).
+async fn drain(
+    send: &mut quinn::SendStream,
+    pushes: &mut broadcast::Receiver<Push>,
+    filter: &impl Fn(Push) -> Option<Push>,
+) -> Result<(), End> {
+    loop {
+        let push = match pushes.try_recv() {
+            Ok(push) => push,
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                return Err(End::Lagged(missed));
+            }
+            Err(_) => return Ok(()),
+        };
+        if let Some(push) = filter(push) {
+            send_push(send, push, pushes).await?;
+        }
+    }
 }
 
 /// Writes one push, bounded by [`PUSH_WRITE_TIMEOUT`].
@@ -781,15 +810,10 @@ async fn answer(
                 let pushes = shared.pushes();
                 Ok(
                     match shared.store.apply_changes(holder, &grant, op, changes)? {
-                        Applied::Accepted {
-                            seq,
-                            entries,
-                            borrows,
-                        } => {
+                        // A create makes its client the borrow holder; the pushed
+                        // change says so (`Sequenced::origin`), no separate borrow push.
+                        Applied::Accepted { seq, entries, .. } => {
                             // No receiver (no session) is fine.
-                            for (tree, id) in borrows {
-                                let _ = pushes.send(Push::Borrow { tree, id, holder });
-                            }
                             for batch in push_batches(entries) {
                                 let _ = pushes.send(Push::Changes(batch));
                             }

@@ -1,0 +1,263 @@
+//! Synced-database benchmarks (issue #4, database level), each beside the raw quinn floor
+//! measured in the same run:
+//!
+//! - change propagation: from the return of a commit on client A (`Tree::create`) to the
+//!   event on client B, p50 and p99 over at least 1,000 changes;
+//! - fan-out: the same, until all of 8 clients have the event;
+//! - bulk sync: a fresh client catching up with 100,000 records (records/s), beside raw
+//!   quinn moving the same number of equally sized messages over one stream.
+//!
+//! `cargo bench -p rekord-bench --bench sync`; `REKORD_BENCH_QUICK=1` for a smaller run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+use common::{percentile, raw_bulk, raw_floor};
+
+use rekord::proto::handshake::{ClientConfig, Trees};
+use rekord::proto::{Change, ChangeKind};
+use rekord::{Db, Event, EventKind, Record, Retry, SyncConfig, Tree};
+use rekord_server::{Config, Server};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[rekord::record(tree = "items", version = 1)]
+pub struct Item {
+    pub name: String,
+    pub qty: u32,
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Running {
+    addr: SocketAddr,
+    token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), rekord_server::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+fn start(rt: &tokio::runtime::Runtime) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = rt.enter();
+    let server = Server::bind(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().to_path_buf(),
+        app: "bench".into(),
+    })
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let token = server
+        .store()
+        .issue("bench", Trees::All, Trees::All)
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        token,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+fn stop(rt: &tokio::runtime::Runtime, r: Running) {
+    let _ = r.stop.send(());
+    let _ = rt.block_on(r.task);
+}
+
+fn client(r: &Running) -> Db {
+    let cfg = SyncConfig::new(r.addr, "bench", r.token.clone())
+        .retry(Retry::default().initial(Duration::from_millis(10)));
+    let db = Db::memory_synced(cfg).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    db
+}
+
+fn create(t: &Tree<Item>, i: u32) -> rekord::Key<Item> {
+    let start = Instant::now();
+    loop {
+        match t.create(&Item {
+            name: "bolt".into(),
+            qty: i,
+        }) {
+            Ok(k) => return k,
+            Err(rekord::Error::IdsExhausted) if start.elapsed() < LIMIT => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Waits until `sub` delivers the creation of `key` (bounded).
+fn wait_created(sub: &rekord::Subscription, key: rekord::RawKey) {
+    let start = Instant::now();
+    loop {
+        match sub.recv_blocking() {
+            Some(Event::Record(r)) if r.key == key && r.kind == EventKind::Created => return,
+            Some(_) => {}
+            None => panic!("database closed"),
+        }
+        assert!(start.elapsed() < LIMIT, "change {key} did not arrive");
+    }
+}
+
+/// Propagation A -> B and fan-out A -> 8 clients: `n` changes each.
+fn propagation(rt: &tokio::runtime::Runtime, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let r = start(rt);
+    let a = client(&r);
+    let b = client(&r);
+    let ta = a.tree::<Item>().unwrap();
+    let sub = b.subscribe();
+    let mut prop = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let key = create(&ta, i as u32);
+        let t = Instant::now();
+        wait_created(&sub, key.raw());
+        if i >= 20 {
+            prop.push(t.elapsed());
+        }
+    }
+    drop((sub, b));
+    let fans: Vec<Db> = (0..8).map(|_| client(&r)).collect();
+    let subs: Vec<_> = fans.iter().map(Db::subscribe).collect();
+    let mut fan = Vec::with_capacity(n / 4);
+    for i in 0..n / 4 + 10 {
+        let key = create(&ta, i as u32);
+        let t = Instant::now();
+        for s in &subs {
+            wait_created(s, key.raw());
+        }
+        if i >= 10 {
+            fan.push(t.elapsed());
+        }
+    }
+    drop((subs, fans, ta, a));
+    stop(rt, r);
+    (prop, fan)
+}
+
+/// Fills a server with `n` records (transport level, 1,000 per request), then times a fresh
+/// synced client from opening to caught up. Returns (seconds, encoded record size).
+fn bulk(rt: &tokio::runtime::Runtime, n: usize) -> (f64, usize) {
+    let r = start(rt);
+    let data = Item {
+        name: "bolt".into(),
+        qty: 1,
+    }
+    .__encode(Vec::new())
+    .unwrap();
+    let size = data.len();
+    rt.block_on(async {
+        let cfg = ClientConfig {
+            app: "bench".into(),
+            client: [9; 16],
+            token: r.token.clone(),
+            pinned: None,
+            cursor: 0,
+            trees: vec![],
+        };
+        let mut s = rekord::net::connect(r.addr, &cfg, None).await.unwrap();
+        let schema = rekord::Schema::of::<Item>().to_ron().unwrap();
+        s.put_schema("items", 1, &schema).await.unwrap();
+        let (start, _) = s.ranges(1_000_000).await.unwrap()[0];
+        for (op, chunk) in (0..n as u64).collect::<Vec<_>>().chunks(1000).enumerate() {
+            let changes = chunk
+                .iter()
+                .map(|i| Change {
+                    tree: "items".into(),
+                    id: start + i,
+                    rev: 0,
+                    kind: ChangeKind::Put {
+                        version: 1,
+                        data: data.clone(),
+                    },
+                })
+                .collect();
+            s.changes((op as u128 + 1).to_le_bytes(), changes)
+                .await
+                .unwrap();
+        }
+        s.close().await;
+    });
+    let t = Instant::now();
+    let fresh = client(&r);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(fresh.tree::<Item>().unwrap().len().unwrap(), n as u64);
+    drop(fresh);
+    stop(rt, r);
+    (secs, size)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let quick = std::env::var_os("REKORD_BENCH_QUICK").is_some();
+    let (n, records) = if quick {
+        (300, 20_000)
+    } else {
+        (1_200, 100_000)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut raw, mut prop, mut fan) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bulk_secs, mut raw_bulk_secs) = (Vec::new(), Vec::new());
+    // Interleaved rounds, so drift hits every case alike.
+    for _ in 0..3 {
+        raw.extend(rt.block_on(raw_floor(1000)));
+        let (p, f) = propagation(&rt, n / 3);
+        prop.extend(p);
+        fan.extend(f);
+        let (secs, size) = bulk(&rt, records);
+        bulk_secs.push(secs);
+        raw_bulk_secs.push(rt.block_on(raw_bulk(records, size + 40)));
+    }
+    for v in [&mut raw, &mut prop, &mut fan] {
+        v.sort();
+    }
+    let (r50, r99) = (percentile(&raw, 0.5), percentile(&raw, 0.99));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mut out = format!(
+        "\n## sync (synced databases on loopback; ratios to the raw quinn floor of the same run)\n\n| case | p50 | p50 / raw | p99 | p99 / raw |\n|---|---|---|---|---|\n| raw quinn round trip (floor, {} samples) | {:.1} µs | 1.00x | {:.1} µs | 1.00x |\n",
+        raw.len(),
+        us(r50),
+        us(r99)
+    );
+    for (name, v) in [
+        ("propagation: commit on A -> event on B", &prop),
+        ("fan-out: commit on A -> event on all of 8 clients", &fan),
+    ] {
+        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+        out.push_str(&format!(
+            "| {name} ({} changes) | {:.1} µs | **{:.1}x** | {:.1} µs | **{:.1}x** |\n",
+            v.len(),
+            us(p50),
+            us(p50) / us(r50),
+            us(p99),
+            us(p99) / us(r99)
+        ));
+    }
+    let med = |v: &[f64]| rekord_bench::median(v);
+    let (ours, floor) = (
+        records as f64 / med(&bulk_secs),
+        records as f64 / med(&raw_bulk_secs),
+    );
+    out.push_str(&format!(
+        "\n| bulk sync of {records} records to a fresh client (median of {}) | records/s | ratio |\n|---|---|---|\n| raw quinn: {records} messages of the same size over one stream | {:.0} | 1.00x |\n| rekord: open a synced database until caught up | {:.0} | **{:.1}x slower** |\n",
+        bulk_secs.len(),
+        floor,
+        ours,
+        floor / ours
+    ));
+    println!("{out}");
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into());
+    let _ = std::fs::write(format!("{dir}/bench-sync.md"), out);
+}
