@@ -100,6 +100,17 @@ fn sample_frames() -> Vec<Frame> {
             holder: 0,
         }),
         Frame::Push(Push::CaughtUp { head: 2 }),
+        Frame::Request {
+            id: 5,
+            body: Request::Schema {
+                tree: "parts".into(),
+                version: 2,
+            },
+        },
+        Frame::Response {
+            id: 5,
+            body: Response::Schema("(tree: \"parts\", version: 2)".into()),
+        },
     ]
 }
 
@@ -218,6 +229,24 @@ fn protocol_limits_are_enforced_on_decode() {
                 schema: String::new(),
             },
         },
+        Frame::Request {
+            id: 1,
+            body: Request::Schema {
+                tree: "Parts!".into(),
+                version: 1,
+            },
+        },
+        Frame::Request {
+            id: 1,
+            body: Request::Schema {
+                tree: "parts".into(),
+                version: 0,
+            },
+        },
+        Frame::Response {
+            id: 1,
+            body: Response::Schema("x".repeat(rekord::proto::MAX_SCHEMA + 1)),
+        },
     ];
     for f in bad {
         let bytes = encode(&f).unwrap();
@@ -246,7 +275,7 @@ proptest! {
 
     /// Damaged valid frames are rejected or decode to a frame that passes validation.
     #[test]
-    fn damaged_frames_are_caught(idx in 0usize..11, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+    fn damaged_frames_are_caught(idx in 0usize..13, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
         let frames = sample_frames();
         let mut bytes = encode(&frames[idx % frames.len()]).unwrap();
         for (at, x) in flips {

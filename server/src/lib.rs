@@ -609,7 +609,9 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     };
 
     // Catch-up: every logged change after the cursor, then `CaughtUp`.
-    let mut scanned = cursor;
+    // A cursor beyond the head (a client of a server since restored from an older backup)
+    // must not hide the changes that now get those numbers.
+    let mut scanned = cursor.min(head);
     loop {
         let store = shared.store.clone();
         let after = scanned;

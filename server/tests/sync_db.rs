@@ -386,3 +386,179 @@ async fn borrowing_from_async_code_neither_blocks_the_runtime_nor_panics() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_restored_from_an_older_backup_is_followed_from_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let addr = server.addr;
+    let token = server.token("all");
+    let backup = tempfile::tempdir().unwrap().keep().join("backup.redb");
+    let cfg = config(&server, &token);
+    let store = server.store.clone();
+    let (b_path, b_dir) = {
+        let d = tempfile::tempdir().unwrap();
+        (d.path().join("b.rekord"), d)
+    };
+    let (cfg2, bp, bk) = (cfg.clone(), b_path.clone(), backup.clone());
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let a = Db::memory_synced(cfg2.clone()).unwrap();
+        let b = Db::open_synced(&bp, cfg2).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        b.wait_caught_up(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        for i in 0..3 {
+            create(
+                &pa,
+                &Part {
+                    name: format!("kept {i}"),
+                    qty: i,
+                },
+            );
+        }
+        a.wait_pushed(LIMIT).unwrap();
+        store.backup(&bk).unwrap();
+        for i in 0..2 {
+            create(
+                &pa,
+                &Part {
+                    name: format!("lost {i}"),
+                    qty: i,
+                },
+            );
+        }
+        a.wait_pushed(LIMIT).unwrap();
+        eventually("B to apply all five", || {
+            b.sync_status().unwrap().cursor == 5
+        });
+        (a, b)
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    std::fs::copy(&backup, dir.path().join(rekord_server::store::DB_FILE)).unwrap();
+    let server = Running::start_on(dir.path(), addr);
+    tokio::task::spawn_blocking(move || {
+        let sub = b.subscribe();
+        // B notices the server is behind, goes on from its head and gets what is new.
+        let start = Instant::now();
+        loop {
+            if let Some(Event::Sync(SyncEvent::ServerBehind { cursor, head })) = sub.try_next() {
+                assert_eq!((cursor, head), (5, 3));
+                break;
+            }
+            assert!(start.elapsed() < LIMIT, "no ServerBehind event");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        a.wait_caught_up(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        let k = create(
+            &pa,
+            &Part {
+                name: "after restore".into(),
+                qty: 9,
+            },
+        );
+        a.wait_pushed(LIMIT).unwrap();
+        wait_event(&sub, |e| e.key == k.raw() && e.kind == EventKind::Created);
+        assert_eq!(
+            b.tree::<Part>().unwrap().get(k).unwrap().name,
+            "after restore"
+        );
+        assert_eq!(b.sync_status().unwrap().cursor, 4);
+        drop(b_dir);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_creates_work_until_the_granted_ids_run_out_and_refill_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let addr = server.addr;
+    let token = server.token("all");
+    let cfg = config(&server, &token).range_size(4);
+    let a = tokio::task::spawn_blocking(move || {
+        let a = Db::memory_synced(cfg).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        create(
+            &pa,
+            &Part {
+                name: "online".into(),
+                qty: 0,
+            },
+        );
+        a.wait_pushed(LIMIT).unwrap();
+        a
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    let a2 = a.clone();
+    tokio::task::spawn_blocking(move || {
+        let pa = a2.tree::<Part>().unwrap();
+        let mut made = 0;
+        let err = loop {
+            match pa.create(&Part {
+                name: "offline".into(),
+                qty: made,
+            }) {
+                Ok(_) => made += 1,
+                Err(e) => break e,
+            }
+        };
+        // One range of 4 ids, one used online: 3 offline creates, then a clear error.
+        assert_eq!(made, 3);
+        assert!(matches!(err, Error::IdsExhausted), "{err}");
+        assert!(err.to_string().contains("connect to the server"), "{err}");
+    })
+    .await
+    .unwrap();
+    let server = Running::start_on(dir.path(), addr);
+    tokio::task::spawn_blocking(move || {
+        a.wait_pushed(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        // Back online, the client refills its ids in the background.
+        create(
+            &pa,
+            &Part {
+                name: "refilled".into(),
+                qty: 0,
+            },
+        );
+        a.wait_pushed(LIMIT).unwrap();
+        assert_eq!(pa.len().unwrap(), 5);
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.store.head().unwrap(), 5);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_of_another_application_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let token = server.token("all");
+    let cfg = SyncConfig::new(server.addr, "another-app", token);
+    tokio::task::spawn_blocking(move || {
+        let db = Db::memory_synced(cfg).unwrap();
+        let sub = db.subscribe();
+        let start = Instant::now();
+        let reason = loop {
+            if let Some(Event::Sync(SyncEvent::Refused { reason })) = sub.try_next() {
+                break reason;
+            }
+            assert!(start.elapsed() < LIMIT);
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(reason.contains("application"), "{reason}");
+        assert!(db.sync_status().unwrap().replica.is_none());
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}

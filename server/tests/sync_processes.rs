@@ -446,6 +446,10 @@ fn two_client_processes_borrow_return_release_and_survive_restarts() {
     let server = ServerProcess::start(&d.data, &addr.to_string());
     let mut b = Client::start("B", &pb, addr, &token);
     b.ok("pushed");
+    // The borrow B held before its restart is still B's: it edits without asking.
+    b.ok(&format!("update {k2} 10"));
+    b.ok("pushed");
+    a.ok(&format!("await_qty {k2} 10"));
     for id in &offline {
         a.await_get(
             *id,

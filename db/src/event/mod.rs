@@ -75,6 +75,16 @@ pub enum SyncEvent {
         /// The last applied server sequence number.
         cursor: u64,
     },
+    /// The server's latest sequence number is below this client's cursor: the server was
+    /// restored from an older backup and lost the changes after `head`. The client goes on
+    /// from `head` (so it receives the server's new changes, which reuse those numbers);
+    /// what it applied beyond `head` stays in the local database but is gone on the server.
+    ServerBehind {
+        /// This client's cursor before.
+        cursor: u64,
+        /// The server's head.
+        head: u64,
+    },
     /// A local write (outbox entry) was accepted by the server.
     Pushed {
         /// The server sequence number of its last change (0 for a borrow return).

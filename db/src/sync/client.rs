@@ -434,6 +434,26 @@ impl Client {
     ) -> std::result::Result<std::convert::Infallible, End> {
         let hello = s.server_hello().clone();
         self.first_contact(s.pin(), hello.replica)?;
+        if hello.head < self.cursor {
+            // Restored from an older backup: go on from its head, or its new changes (which
+            // reuse the lost numbers) would be skipped as already applied.
+            let before = self.cursor;
+            tracing::warn!(
+                cursor = before,
+                head = hello.head,
+                "rekord sync: the server is behind this client"
+            );
+            let db = self.db()?;
+            let mut b = db.batch()?;
+            b.set_cursor(hello.head);
+            b.commit()?;
+            self.cursor = hello.head;
+            self.link.update(|st| st.cursor = hello.head);
+            self.emit(SyncEvent::ServerBehind {
+                cursor: before,
+                head: hello.head,
+            });
+        }
         self.head = hello.head;
         self.caught_up = false;
         self.uploaded.clear();
