@@ -26,6 +26,9 @@
 //!   ([`Response::Schema`], or [`RemoteError::NotFound`]); clients fetch the schemas of
 //!   versions other clients wrote.
 //! - [`Request::Changes`]: applies a batch of changes (see "Changes" below).
+//! - [`Request::Entries`]: consecutive numbered outbox entries of a synced database, each
+//!   applied like a [`Request::Changes`] batch, with retries detected by entry number
+//!   ([`Store::apply_entries`]); answered with one [`rekord::proto::EntryOutcome`] each.
 //!
 //! # Changes
 //!
@@ -804,6 +807,22 @@ async fn answer(
                 Some(text) => Response::Schema(text),
                 None => Response::Error(RemoteError::NotFound),
             }
+        }
+        Request::Entries { first, entries } => {
+            let shared = shared.clone();
+            let grant = grant.clone();
+            blocking(move || {
+                let pushes = shared.pushes();
+                let (outcomes, accepted) = shared
+                    .store
+                    .apply_entries(holder, &grant, first, &entries)?;
+                // No receiver (no session) is fine.
+                for batch in push_batches(accepted) {
+                    let _ = pushes.send(Push::Changes(batch));
+                }
+                Ok(Response::Entries(outcomes))
+            })
+            .await?
         }
         Request::Changes { op, changes } => {
             let shared = shared.clone();

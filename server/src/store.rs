@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use rekord::proto::handshake::{Grant, Trees};
-use rekord::proto::{Change, ChangeKind, RemoteError, Sequenced};
+use rekord::proto::{Change, ChangeKind, EntryOutcome, RemoteError, Sequenced};
 
 use crate::ServerError;
 
@@ -55,9 +55,12 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const RECORDS: TableDefinition<(&str, u64, u32), &[u8]> = TableDefinition::new("records");
 /// (holder number, operation id) -> sequence number answered for that operation.
 const OPS: TableDefinition<(u32, u128), u64> = TableDefinition::new("ops");
+/// Holder number -> the last outbox entry number of that client processed
+/// ([`Store::apply_entries`]).
+const ENTRIES: TableDefinition<u32, u64> = TableDefinition::new("entries");
 
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 11] = [
     "tokens",
     "token_names",
     "holders",
@@ -68,6 +71,7 @@ pub const TABLES: [&str; 10] = [
     "log",
     "records",
     "ops",
+    "entries",
 ];
 
 /// The first record id the server grants (ids below 2^32 are never granted).
@@ -168,6 +172,7 @@ impl Store {
         txn.open_table(LOG)?;
         txn.open_table(RECORDS)?;
         txn.open_table(OPS)?;
+        txn.open_table(ENTRIES)?;
         txn.commit()?;
         Ok(Self { db, path })
     }
@@ -629,70 +634,165 @@ impl Store {
     ) -> Result<Applied, ServerError> {
         let op_key = (holder, u128::from_be_bytes(op));
         let txn = self.db.begin_write()?;
-        let outcome = {
-            let mut ops = txn.open_table(OPS)?;
+        {
+            let ops = txn.open_table(OPS)?;
             if let Some(seq) = ops.get(op_key)? {
                 return Ok(Applied::Retried { seq: seq.value() });
             }
-            let mut log = txn.open_table(LOG)?;
-            let mut records = txn.open_table(RECORDS)?;
-            let mut borrows = txn.open_table(BORROWS)?;
-            let schemas = txn.open_table(SCHEMAS)?;
-            let ranges = txn.open_table(RANGES)?;
-            let mut seq = head_of(&log)?;
-            let mut entries = Vec::with_capacity(changes.len());
+        }
+        let mut seq = head_of(&txn.open_table(LOG)?)?;
+        let mut entries = Vec::with_capacity(changes.len());
+        let mut created = Vec::new();
+        match apply_in(
+            &txn,
+            holder,
+            grant,
+            changes,
+            &mut seq,
+            &mut entries,
+            &mut created,
+        )? {
+            Err(e) => {
+                txn.abort()?;
+                Ok(Applied::Rejected(e))
+            }
+            Ok(()) => {
+                txn.open_table(OPS)?.insert(op_key, seq)?;
+                txn.commit()?;
+                Ok(Applied::Accepted {
+                    seq,
+                    entries,
+                    borrows: created,
+                })
+            }
+        }
+    }
+
+    /// Applies consecutive outbox entries `first, first + 1, ...` of client `holder`, each
+    /// all or nothing, in one durable transaction. The server remembers the last entry
+    /// number processed per client: entries up to it are answered
+    /// [`EntryOutcome::Duplicate`] and apply nothing (a retry); a refused entry is answered
+    /// [`EntryOutcome::Rejected`] and counts as processed (its number is never applied
+    /// later); entries after a refused one are not processed by this call (they are missing
+    /// from the answer; the client sends them again). Returns the outcomes, in entry order,
+    /// and the accepted changes, in sequence order.
+    pub fn apply_entries(
+        &self,
+        holder: u32,
+        grant: &Grant,
+        first: u64,
+        batch: &[Vec<Change>],
+    ) -> Result<(Vec<EntryOutcome>, Vec<Sequenced>), ServerError> {
+        let mut limit = batch.len();
+        // The refusal of entry `limit`, found by an earlier round.
+        let mut refusal: Option<RemoteError> = None;
+        loop {
+            let txn = self.db.begin_write()?;
+            let last = txn
+                .open_table(ENTRIES)?
+                .get(holder)?
+                .map_or(0, |v| v.value());
+            let mut seq = head_of(&txn.open_table(LOG)?)?;
+            let mut entries = Vec::new();
             let mut created = Vec::new();
-            let mut parsed: std::collections::HashMap<(String, u32), rekord::Schema> =
-                std::collections::HashMap::new();
-            let mut refusal = None;
-            for change in changes {
-                let mut tables = Tables {
-                    records: &mut records,
-                    borrows: &mut borrows,
-                    schemas: &schemas,
-                    ranges: &ranges,
-                    parsed: &mut parsed,
-                };
-                match tables.apply(holder, grant, &change)? {
-                    Ok(born) => {
-                        if born {
-                            created.push((change.tree.clone(), change.id));
-                        }
-                        seq += 1;
-                        let entry = Sequenced {
-                            seq,
-                            origin: holder,
-                            change,
-                        };
-                        let bytes = rekord::proto::encode_sequenced(&entry).map_err(wire_error)?;
-                        log.insert(seq, bytes.as_slice())?;
-                        entries.push(entry);
+            let mut outcomes = Vec::with_capacity(limit + 1);
+            let mut processed = last;
+            let mut failed = None;
+            for (i, changes) in batch.iter().take(limit).enumerate() {
+                let n = first.saturating_add(i as u64);
+                if n <= last {
+                    outcomes.push(EntryOutcome::Duplicate);
+                    continue;
+                }
+                match apply_in(
+                    &txn,
+                    holder,
+                    grant,
+                    changes.clone(),
+                    &mut seq,
+                    &mut entries,
+                    &mut created,
+                )? {
+                    Ok(()) => {
+                        outcomes.push(EntryOutcome::Applied { seq });
+                        processed = n;
                     }
                     Err(e) => {
-                        refusal = Some(e);
+                        failed = Some((i, e));
                         break;
                     }
                 }
             }
-            match refusal {
-                Some(e) => Applied::Rejected(e),
-                None => {
-                    ops.insert(op_key, seq)?;
-                    Applied::Accepted {
-                        seq,
-                        entries,
-                        borrows: created,
-                    }
+            if let Some((i, e)) = failed {
+                // The refused entry may have written part of its changes: start over
+                // without it (`limit` shrinks every round, so this ends).
+                txn.abort()?;
+                limit = i;
+                refusal = Some(e);
+                continue;
+            }
+            if let Some(e) = refusal {
+                let n = first.saturating_add(limit as u64);
+                if n > last {
+                    outcomes.push(EntryOutcome::Rejected(e));
+                    processed = n;
+                } else {
+                    outcomes.push(EntryOutcome::Duplicate);
                 }
             }
-        };
-        if matches!(outcome, Applied::Rejected(_)) {
-            txn.abort()?;
-        } else {
+            txn.open_table(ENTRIES)?.insert(holder, processed)?;
             txn.commit()?;
+            return Ok((outcomes, entries));
         }
-        Ok(outcome)
     }
+}
+
+/// Checks and applies `changes` in `txn`, logging each under the next sequence number
+/// (`seq` is the last one used); the outer error is a storage failure, the inner one the
+/// first refusal (after which `txn` holds partial writes and must be aborted).
+fn apply_in(
+    txn: &redb::WriteTransaction,
+    holder: u32,
+    grant: &Grant,
+    changes: Vec<Change>,
+    seq: &mut u64,
+    entries: &mut Vec<Sequenced>,
+    created: &mut Vec<(String, u64)>,
+) -> Result<Result<(), RemoteError>, ServerError> {
+    let mut log = txn.open_table(LOG)?;
+    let mut records = txn.open_table(RECORDS)?;
+    let mut borrows = txn.open_table(BORROWS)?;
+    let schemas = txn.open_table(SCHEMAS)?;
+    let ranges = txn.open_table(RANGES)?;
+    let mut parsed: std::collections::HashMap<(String, u32), rekord::Schema> =
+        std::collections::HashMap::new();
+    for change in changes {
+        let mut tables = Tables {
+            records: &mut records,
+            borrows: &mut borrows,
+            schemas: &schemas,
+            ranges: &ranges,
+            parsed: &mut parsed,
+        };
+        match tables.apply(holder, grant, &change)? {
+            Ok(born) => {
+                if born {
+                    created.push((change.tree.clone(), change.id));
+                }
+                *seq += 1;
+                let entry = Sequenced {
+                    seq: *seq,
+                    origin: holder,
+                    change,
+                };
+                let bytes = rekord::proto::encode_sequenced(&entry).map_err(wire_error)?;
+                log.insert(*seq, bytes.as_slice())?;
+                entries.push(entry);
+            }
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// The tables one change is checked against and applied to.
@@ -890,69 +990,36 @@ impl Tables<'_, '_> {
 
 /// Copies every table read by `read` into `copy`, in one write transaction.
 fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<(), ServerError> {
-    let write = copy.begin_write()?;
-    {
-        let src = read.open_table(TOKENS)?;
-        let mut dst = write.open_table(TOKENS)?;
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        read: &redb::ReadTransaction,
+        write: &redb::WriteTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<(), ServerError> {
+        let src = match read.open_table(def) {
+            Ok(t) => t,
+            // Tables appear on first use (an older or fresh server may lack some).
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut dst = write.open_table(def)?;
         for entry in src.iter()? {
             let (k, v) = entry?;
             dst.insert(k.value(), v.value())?;
         }
-        let src = read.open_table(TOKEN_NAMES)?;
-        let mut dst = write.open_table(TOKEN_NAMES)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(HOLDERS)?;
-        let mut dst = write.open_table(HOLDERS)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(META)?;
-        let mut dst = write.open_table(META)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(RANGES)?;
-        let mut dst = write.open_table(RANGES)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(BORROWS)?;
-        let mut dst = write.open_table(BORROWS)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(SCHEMAS)?;
-        let mut dst = write.open_table(SCHEMAS)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(LOG)?;
-        let mut dst = write.open_table(LOG)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(RECORDS)?;
-        let mut dst = write.open_table(RECORDS)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
-        let src = read.open_table(OPS)?;
-        let mut dst = write.open_table(OPS)?;
-        for entry in src.iter()? {
-            let (k, v) = entry?;
-            dst.insert(k.value(), v.value())?;
-        }
+        Ok(())
     }
+    let write = copy.begin_write()?;
+    table(read, &write, TOKENS)?;
+    table(read, &write, TOKEN_NAMES)?;
+    table(read, &write, HOLDERS)?;
+    table(read, &write, META)?;
+    table(read, &write, RANGES)?;
+    table(read, &write, BORROWS)?;
+    table(read, &write, SCHEMAS)?;
+    table(read, &write, LOG)?;
+    table(read, &write, RECORDS)?;
+    table(read, &write, OPS)?;
+    table(read, &write, ENTRIES)?;
     write.commit()?;
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use rekord::net::{self, NetError, Session};
 use rekord::proto::handshake::{ClientConfig, Trees};
-use rekord::proto::{Change, ChangeKind, Push, RemoteError, Sequenced};
+use rekord::proto::{
+    Change, ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced,
+};
 use rekord::{Record, Schema};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -552,6 +554,80 @@ async fn clients_receive_only_the_trees_they_subscribe_to_and_may_read() {
         a.close().await;
         b.close().await;
         c.close().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbered_entries_apply_once_and_a_refused_one_stops_the_run() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Running::start(dir.path());
+        let (mut a, _, _) = connect(server.addr, &client(&server.token("a")), None).await;
+        a.put_schema("parts", Part::VERSION, &schema_ron())
+            .await
+            .unwrap();
+        let (start, _) = a.ranges(10).await.unwrap()[0];
+        let entries = |first: u64, entries: Vec<Vec<Change>>| Request::Entries { first, entries };
+        let answer = |r: Response| match r {
+            Response::Entries(o) => o,
+            other => panic!("expected entry outcomes, got {other:?}"),
+        };
+
+        // Entries 1..=3; the second has two changes, applied together.
+        let run = vec![
+            vec![put(start, 0, part("a", 1))],
+            vec![put(start + 1, 0, part("b", 1)), put(start, 0, part("a", 2))],
+            vec![put(start + 2, 0, part("c", 1))],
+        ];
+        let got = answer(a.request(entries(1, run.clone())).await.unwrap());
+        assert_eq!(
+            got,
+            vec![
+                EntryOutcome::Applied { seq: 1 },
+                EntryOutcome::Applied { seq: 3 },
+                EntryOutcome::Applied { seq: 4 },
+            ]
+        );
+        // The same run again (a lost answer): nothing applied twice.
+        let got = answer(a.request(entries(1, run)).await.unwrap());
+        assert_eq!(got, vec![EntryOutcome::Duplicate; 3]);
+        assert_eq!(server.store.head().unwrap(), 4);
+
+        // Entries 4..=6 where 5 is refused halfway (its first change is fine, its second
+        // is not): 4 applies, nothing of 5, 6 is not processed.
+        let run = vec![
+            vec![put(start + 3, 0, part("d", 1))],
+            vec![
+                put(start + 4, 0, part("e", 1)),
+                put(start + 5, 0, vec![9, 9]),
+            ],
+            vec![put(start + 6, 0, part("g", 1))],
+        ];
+        let got = answer(a.request(entries(4, run)).await.unwrap());
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], EntryOutcome::Applied { seq: 5 });
+        assert!(matches!(
+            got[1],
+            EntryOutcome::Rejected(RemoteError::Invalid(_))
+        ));
+        assert_eq!(server.store.head().unwrap(), 5);
+        assert_eq!(server.store.record("parts", start + 4, 0).unwrap(), None);
+        // Entry 5 counts as processed: sending it again (even fixed) applies nothing; 6 goes.
+        let run = vec![
+            vec![put(start + 4, 0, part("e", 1))],
+            vec![put(start + 6, 0, part("g", 1))],
+        ];
+        let got = answer(a.request(entries(5, run)).await.unwrap());
+        assert_eq!(
+            got,
+            vec![EntryOutcome::Duplicate, EntryOutcome::Applied { seq: 6 }]
+        );
+        let log = server.store.log_after(0, 100, usize::MAX).unwrap();
+        assert_gap_free(&log, 1, 6);
+        // Entry numbers start at 1.
+        assert!(a.request(entries(0, vec![vec![]])).await.is_err());
         server.stop().await;
     })
     .await;

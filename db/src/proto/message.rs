@@ -1,6 +1,6 @@
 //! The messages of protocol version [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
 
-use super::{MAX_NAME, MAX_RECORD, MAX_SCHEMA, MAX_TOKEN, MAX_TREES, WireError};
+use super::{MAX_ENTRIES, MAX_NAME, MAX_RECORD, MAX_SCHEMA, MAX_TOKEN, MAX_TREES, WireError};
 
 /// A 16-byte identity (a UUID's bytes): of a server, a client, or an operation.
 pub type Id = [u8; 16];
@@ -162,6 +162,16 @@ pub enum Request {
         /// The changes.
         changes: Vec<Change>,
     },
+    /// Consecutive outbox entries `first, first + 1, ...` of this client, each applied all
+    /// or nothing; the server remembers the last entry number it processed per client, so
+    /// a retry applies nothing twice (see `rekord_server::store::Store::apply_entries`).
+    /// Answered with [`Response::Entries`].
+    Entries {
+        /// The number of the first entry (from 1; numbers are never reused by a client).
+        first: u64,
+        /// The entries' changes, at most [`MAX_ENTRIES`](super::MAX_ENTRIES) entries.
+        entries: Vec<Vec<Change>>,
+    },
     /// Asks for the stored schema of `tree` at `version` (a client needs it before it
     /// stores data of that version written by another client); answered with
     /// [`Response::Schema`], or [`RemoteError::NotFound`].
@@ -194,6 +204,25 @@ pub enum Response {
     Error(RemoteError),
     /// Answer to [`Request::Schema`]: the schema as RON text.
     Schema(String),
+    /// Answer to [`Request::Entries`]: one outcome per processed entry, in order (entries
+    /// after a rejected one are not processed and not answered).
+    Entries(Vec<EntryOutcome>),
+}
+
+/// What the server did with one outbox entry of [`Request::Entries`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub enum EntryOutcome {
+    /// Applied; `seq` is the sequence number of its last change (the head before it for
+    /// an empty entry).
+    Applied {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Processed before (a retry): nothing applied.
+    Duplicate,
+    /// Refused for good (nothing of it applied).
+    Rejected(RemoteError),
 }
 
 /// Why the server rejected a request.
@@ -387,6 +416,18 @@ impl Frame {
                     Ok(())
                 }
                 Request::Changes { changes, .. } => changes.iter().try_for_each(change_ok),
+                Request::Entries { first, entries } => {
+                    if *first == 0 {
+                        return Err(WireError::Invalid("entry numbers start at 1".into()));
+                    }
+                    if entries.len() > MAX_ENTRIES {
+                        return Err(WireError::Invalid(format!(
+                            "at most {MAX_ENTRIES} entries per request, got {}",
+                            entries.len()
+                        )));
+                    }
+                    entries.iter().flatten().try_for_each(change_ok)
+                }
                 Request::Schema { tree, version } => {
                     tree_ok(tree)?;
                     if *version == 0 {

@@ -38,6 +38,9 @@ pub const MAX_TREES: usize = 1024;
 /// Longest schema text (RON) accepted by [`Request::PutSchema`] (1 MiB).
 pub const MAX_SCHEMA: usize = 1 << 20;
 
+/// Most outbox entries in one [`Request::Entries`].
+pub const MAX_ENTRIES: usize = 10_000;
+
 /// Largest record data accepted in one [`ChangeKind::Put`] (8 MiB), so that any change,
 /// with its sequence number, fits in a pushed frame.
 pub const MAX_RECORD: usize = 8 << 20;

@@ -6,7 +6,7 @@ use crate::db::{DbInner, read_u64};
 use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
-use crate::proto::{ChangeKind, Push, RemoteError, Request, Response, Sequenced};
+use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
 use crate::storage::{META, OUTBOX, RANGES, REJECTED, SCHEMAS};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -283,6 +283,9 @@ struct Client {
     /// When the sync client last committed durably.
     last_durable: Instant,
 }
+
+/// About how many bytes of outbox entries go into one request.
+const BATCH_BYTES: usize = 4 << 20;
 
 /// How long the sync client's own commits may stay non-durable.
 const LAZY_DURABILITY: Duration = Duration::from_millis(250);
@@ -583,82 +586,131 @@ impl Client {
 
     /// Sends the outbox, oldest entry first, until it is empty.
     async fn flush(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        let max_entries = self.config.batch_size.clamp(1, crate::proto::MAX_ENTRIES);
         loop {
-            let first = {
+            // The next run of entries: one return, or up to `max_entries` consecutive
+            // change entries of at most about `BATCH_BYTES`.
+            let (first, run, returned) = {
                 let db = self.db()?;
                 let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-                match txn.open_table(OUTBOX) {
-                    Ok(t) => match t.first().map_err(Error::from)? {
-                        Some((k, v)) => Some((k.value(), outbox::decode(v.value())?)),
-                        None => None,
-                    },
-                    Err(redb::TableError::TableDoesNotExist(_)) => None,
+                let table = match txn.open_table(OUTBOX) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
                     Err(e) => return Err(Error::from(e).into()),
-                }
-            };
-            let Some((n, entry)) = first else {
-                return Ok(());
-            };
-            let outcome = match entry {
-                Entry::Changes(changes) => {
-                    for c in &changes {
-                        if let ChangeKind::Put { version, .. } = &c.kind {
-                            self.upload_schema(s, &c.tree, *version).await?;
+                };
+                let mut first = 0;
+                let mut run: Vec<Vec<crate::proto::Change>> = Vec::new();
+                let mut returned = None;
+                let mut bytes = 0usize;
+                for row in table.iter().map_err(Error::from)? {
+                    let (k, v) = row.map_err(Error::from)?;
+                    let n = k.value();
+                    if run.is_empty() {
+                        first = n;
+                    } else if n != first + run.len() as u64
+                        || run.len() >= max_entries
+                        || bytes + v.value().len() > BATCH_BYTES
+                    {
+                        break;
+                    }
+                    match outbox::decode(v.value())? {
+                        Entry::Changes(changes) => {
+                            bytes += v.value().len();
+                            run.push(changes);
+                        }
+                        Entry::Return { tree, id } => {
+                            if run.is_empty() {
+                                returned = Some((tree, id));
+                            }
+                            break;
                         }
                     }
-                    s.changes(outbox::op_id(n), changes).await
                 }
-                Entry::Return { tree, id } => match s.return_borrow(&tree, id).await {
-                    // A retried return whose first answer was lost.
-                    Ok(()) | Err(NetError::Remote(RemoteError::NotBorrowed)) => Ok(0),
-                    Err(e) => Err(e),
-                },
+                (first, run, returned)
             };
-            match outcome {
-                Ok(seq) => self.settle(n, None, seq)?,
-                Err(NetError::Remote(e)) => {
-                    let reason = NetError::Remote(e).to_string();
-                    tracing::warn!(entry = n, %reason, "rekord sync: the server rejected a local write");
-                    self.settle(n, Some(reason), 0)?;
+            if let Some((tree, id)) = returned {
+                match s.return_borrow(&tree, id).await {
+                    // A retried return whose first answer was lost.
+                    Ok(()) | Err(NetError::Remote(RemoteError::NotBorrowed)) => {
+                        self.settle(first, &[EntryOutcome::Applied { seq: 0 }])?
+                    }
+                    Err(NetError::Remote(e)) => self.settle(first, &[EntryOutcome::Rejected(e)])?,
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
+                continue;
             }
+            if run.is_empty() {
+                return Ok(());
+            }
+            for c in run.iter().flatten() {
+                if let ChangeKind::Put { version, .. } = &c.kind {
+                    self.upload_schema(s, &c.tree, *version).await?;
+                }
+            }
+            let outcomes = match s
+                .request(Request::Entries {
+                    first,
+                    entries: run,
+                })
+                .await?
+            {
+                Response::Entries(o) if !o.is_empty() => o,
+                other => {
+                    return Err(End::Lost(format!(
+                        "the server answered outbox entries with {other:?}"
+                    )));
+                }
+            };
+            self.settle(first, &outcomes)?;
         }
     }
 
-    /// Removes outbox entry `n` (accepted, or rejected and kept aside).
-    fn settle(
-        &mut self,
-        n: u64,
-        rejected: Option<String>,
-        seq: u64,
-    ) -> std::result::Result<(), End> {
+    /// Removes outbox entries `first, first + 1, ...` that the server processed (one per
+    /// outcome): accepted ones go, rejected ones are kept aside in `rekord.outbox_rejected`.
+    fn settle(&mut self, first: u64, outcomes: &[EntryOutcome]) -> std::result::Result<(), End> {
         let db = self.db()?;
         let b = self.lazy_batch(&db)?;
         let left = {
             let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
-            let entry = table
-                .remove(n)
-                .map_err(Error::from)?
-                .map(|v| v.value().to_vec());
-            if let (Some(entry), Some(_)) = (entry, &rejected) {
-                let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
-                aside.insert(n, entry.as_slice()).map_err(Error::from)?;
+            let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
+            for (k, outcome) in outcomes.iter().enumerate() {
+                let n = first + k as u64;
+                let entry = table
+                    .remove(n)
+                    .map_err(Error::from)?
+                    .map(|v| v.value().to_vec());
+                if let (Some(entry), EntryOutcome::Rejected(_)) = (entry, outcome) {
+                    aside.insert(n, entry.as_slice()).map_err(Error::from)?;
+                }
             }
             table.len().map_err(Error::from)?
         };
         b.commit()?;
+        let rejected = outcomes
+            .iter()
+            .filter(|o| matches!(o, EntryOutcome::Rejected(_)))
+            .count() as u64;
         // Counted down, not set to `left`: a local commit may have counted its entries in
         // between this commit and this update.
         self.link.update(|st| {
-            st.outbox = st.outbox.saturating_sub(1);
-            if rejected.is_some() {
-                st.rejected += 1;
-            }
+            st.outbox = st.outbox.saturating_sub(outcomes.len() as u64);
+            st.rejected += rejected;
         });
-        match rejected {
-            Some(reason) => self.emit(SyncEvent::Rejected { entry: n, reason }),
-            None => self.emit(SyncEvent::Pushed { seq, outbox: left }),
+        let mut seq = 0;
+        for (k, outcome) in outcomes.iter().enumerate() {
+            match outcome {
+                EntryOutcome::Applied { seq: s } => seq = seq.max(*s),
+                EntryOutcome::Duplicate => {}
+                EntryOutcome::Rejected(e) => {
+                    let reason = NetError::Remote(e.clone()).to_string();
+                    let entry = first + k as u64;
+                    tracing::warn!(entry, %reason, "rekord sync: the server rejected a local write");
+                    self.emit(SyncEvent::Rejected { entry, reason });
+                }
+            }
+        }
+        if rejected < outcomes.len() as u64 {
+            self.emit(SyncEvent::Pushed { seq, outbox: left });
         }
         Ok(())
     }

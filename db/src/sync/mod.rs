@@ -8,9 +8,10 @@
 //! - **Local first.** Reads and writes are local and never wait on the network. Each write
 //!   batch also adds its changes to a persistent *outbox* in the same local transaction
 //!   ([`crate::storage`] documents the tables), so nothing the database acknowledged is
-//!   lost, offline or across crashes. The sync client sends the outbox in order, one entry
-//!   per request, each with an op id derived from its entry number so a retry after a lost
-//!   answer or a crash never applies twice. While the server is unreachable it retries with
+//!   lost, offline or across crashes. The sync client sends the outbox in order, up to
+//!   [`SyncConfig::batch_size`] entries per request; entries are numbered (never reusing a
+//!   number) and the server remembers the last number it processed for each client, so a
+//!   retry after a lost answer or a crash never applies anything twice. While the server is unreachable it retries with
 //!   exponential backoff and jitter ([`Retry`]).
 //! - **Ids.** Records are created with ids from ranges the server granted this client (kept
 //!   in the local database); the client asks for more in the background while online
@@ -162,6 +163,9 @@ pub struct SyncConfig {
     pub range_size: u64,
     /// Bound on connecting and on each request (default 10 s).
     pub timeout: Duration,
+    /// Outbox entries (local write batches) sent per request (default 256, at most
+    /// [`crate::proto::MAX_ENTRIES`]); each entry is still applied all or nothing.
+    pub batch_size: usize,
     /// A session that hears nothing from the server for this long is considered lost and
     /// the client reconnects (default 15 s); see [`crate::net::ConnectOptions`].
     pub idle_timeout: Duration,
@@ -185,6 +189,7 @@ impl SyncConfig {
             range_size: 10_000,
             timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
+            batch_size: 256,
         }
     }
 
@@ -209,6 +214,12 @@ impl SyncConfig {
     /// Sets [`SyncConfig::timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`SyncConfig::batch_size`] (at least 1).
+    pub fn batch_size(mut self, entries: usize) -> Self {
+        self.batch_size = entries.max(1);
         self
     }
 

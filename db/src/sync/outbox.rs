@@ -2,10 +2,10 @@
 //!
 //! Each committed batch that changed anything adds one entry (its changes, sent as one
 //! all-or-nothing request), then one entry per returned borrow, in the same local
-//! transaction as the changes themselves. Entries are numbered in commit order; the entry
-//! number, in the 16 bytes of the request's op id, makes a retry idempotent (the server
-//! remembers op ids per client). An entry leaves the outbox when the server accepted it, in
-//! the same local transaction that records the acceptance.
+//! transaction as the changes themselves. Entries are numbered in commit order and numbers
+//! are never reused; the server remembers the last entry number it processed for each
+//! client, so a retry is idempotent. An entry leaves the outbox once the server processed
+//! it (accepted, or refused and kept aside).
 
 use crate::proto::Change;
 use crate::storage::{META, OUTBOX};
@@ -48,12 +48,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Entry> {
     };
     let archived = rkyv::access::<ArchivedEntry, rkyv::rancor::Error>(bytes).map_err(corrupt)?;
     rkyv::deserialize::<Entry, rkyv::rancor::Error>(archived).map_err(corrupt)
-}
-
-/// The op id of entry `n`.
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-pub(crate) fn op_id(n: u64) -> [u8; 16] {
-    u128::from(n).to_be_bytes()
 }
 
 /// Appends the entries of one committed batch inside its transaction; returns how many.
@@ -110,6 +104,5 @@ mod tests {
         };
         assert_eq!(decode(&encode(&r).unwrap()).unwrap(), r);
         assert!(decode(&bytes[..bytes.len() / 2]).is_err());
-        assert_ne!(op_id(1), op_id(2));
     }
 }
