@@ -94,11 +94,16 @@ fn sample_frames() -> Vec<Frame> {
                 },
             },
         ])),
-        Frame::Push(Push::Borrow {
-            tree: "parts".into(),
-            id: 5,
-            holder: 0,
-        }),
+        Frame::Push(Push::Changes(vec![Sequenced {
+            seq: 3,
+            origin: 4,
+            change: Change {
+                tree: "parts".into(),
+                id: 5,
+                rev: 0,
+                kind: ChangeKind::Borrow { holder: 4 },
+            },
+        }])),
         Frame::Push(Push::CaughtUp { head: 2 }),
         Frame::Request {
             id: 5,

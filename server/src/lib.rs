@@ -41,8 +41,8 @@
 //! - [`RemoteError::NotAllowed`]: the token may not write the tree;
 //! - [`RemoteError::OutsideRange`]: a create (`Put` of revision 0 of an unknown id) with an
 //!   id outside the client's granted ranges. A create makes the client the record's borrow
-//!   holder (receivers learn it from the pushed change's `origin`; there is no separate
-//!   [`Push::Borrow`]);
+//!   holder (receivers learn it from the pushed change's `origin`; no separate borrow
+//!   change is logged);
 //! - [`RemoteError::NotBorrowed`]: any other change without holding the record's borrow;
 //! - [`RemoteError::Released`]: `Put`, `Remove` or `Release` of a released revision
 //!   (`SetState` needs a released revision, else [`RemoteError::Invalid`]);
@@ -65,13 +65,19 @@
 //! the live pushes before reading the log and skips live changes the catch-up sent, so
 //! there is no gap and no duplicate.
 //!
-//! # Borrow pushes
+//! # Borrow changes
 //!
 //! Every borrow that changes hands (granted to a client that did not hold it, or returned)
-//! is pushed as [`Push::Borrow`] (`holder` 0 for a return) to every connected, handshaken
-//! session whose token may read the tree, the requester included (after its response).
-//! Pushes are sent in the order the borrow changes were committed, and every push committed
-//! before a request is handled reaches the session before that request's response. Each session has a queue
+//! is logged like a data change, in the same transaction: a [`ChangeKind::Borrow`] change
+//! (`holder` 0 for a return, `origin` the client that asked) under the next sequence
+//! number. So it is pushed in order with the data to every session that may read and
+//! subscribed to the tree (the requester included, after its response), and replayed in
+//! catch-up to clients that were offline when it happened.
+//!
+//! # Push order and slow clients
+//!
+//! Pushes are sent in commit order, and every push committed before a request is handled
+//! reaches the session before that request's response. Each session has a queue
 //! of [`PUSH_QUEUE`] pushes; a client that does not read fast enough to keep up never loses
 //! a push silently: when its queue overflows, its connection is closed with
 //! [`CLOSE_LAGGED`], and the client resynchronises when it reconnects. A client that reads
@@ -636,7 +642,6 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
 
     // What of a live push this session gets.
     let filter = |push: Push| match push {
-        Push::Borrow { ref tree, .. } if !grant.read.allows(tree) => None,
         Push::Changes(entries) => {
             // Entries up to `head` were sent by the catch-up already.
             let visible: Vec<Sequenced> = entries
@@ -748,10 +753,10 @@ async fn answer(
             let shared = shared.clone();
             let outcome = blocking(move || {
                 let pushes = shared.pushes();
-                let outcome = shared.store.borrow(&tree, id, holder)?;
-                if outcome == BorrowOutcome::Granted {
+                let (outcome, entry) = shared.store.borrow_logged(&tree, id, holder)?;
+                if let Some(entry) = entry {
                     // No receiver (no session) is fine.
-                    let _ = pushes.send(Push::Borrow { tree, id, holder });
+                    let _ = pushes.send(Push::Changes(vec![entry]));
                 }
                 Ok(outcome)
             })
@@ -767,13 +772,10 @@ async fn answer(
             let shared = shared.clone();
             let freed = blocking(move || {
                 let pushes = shared.pushes();
-                let freed = shared.store.return_borrow(&tree, id, holder)?;
-                if freed {
-                    let _ = pushes.send(Push::Borrow {
-                        tree,
-                        id,
-                        holder: 0,
-                    });
+                let entry = shared.store.return_logged(&tree, id, holder)?;
+                let freed = entry.is_some();
+                if let Some(entry) = entry {
+                    let _ = pushes.send(Push::Changes(vec![entry]));
                 }
                 Ok(freed)
             })

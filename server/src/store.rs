@@ -349,6 +349,19 @@ impl Store {
     /// Makes client `holder` the holder of record `id` of `tree` unless another client
     /// holds it; check and change happen in one durable write transaction.
     pub fn borrow(&self, tree: &str, id: u64, holder: u32) -> Result<BorrowOutcome, ServerError> {
+        Ok(self.borrow_logged(tree, id, holder)?.0)
+    }
+
+    /// [`Store::borrow`], also returning the log entry a grant wrote (a
+    /// [`ChangeKind::Borrow`] change under the next sequence number, in the same
+    /// transaction, so borrow changes reach clients in order with the data, also in
+    /// catch-up).
+    pub fn borrow_logged(
+        &self,
+        tree: &str,
+        id: u64,
+        holder: u32,
+    ) -> Result<(BorrowOutcome, Option<Sequenced>), ServerError> {
         let txn = self.db.begin_write()?;
         let outcome = {
             let mut borrows = txn.open_table(BORROWS)?;
@@ -362,17 +375,29 @@ impl Store {
                 }
             }
         };
-        if outcome == BorrowOutcome::Granted {
-            txn.commit()?;
-        } else {
+        if outcome != BorrowOutcome::Granted {
             txn.abort()?;
+            return Ok((outcome, None));
         }
-        Ok(outcome)
+        let entry = log_borrow(&txn, tree, id, holder, holder)?;
+        txn.commit()?;
+        Ok((outcome, Some(entry)))
     }
 
     /// Frees record `id` of `tree` if client `holder` holds it; returns whether it did
     /// (`false`: not held by this client, nothing changed).
     pub fn return_borrow(&self, tree: &str, id: u64, holder: u32) -> Result<bool, ServerError> {
+        Ok(self.return_logged(tree, id, holder)?.is_some())
+    }
+
+    /// [`Store::return_borrow`], returning the log entry of the return (`None`: nothing
+    /// changed).
+    pub fn return_logged(
+        &self,
+        tree: &str,
+        id: u64,
+        holder: u32,
+    ) -> Result<Option<Sequenced>, ServerError> {
         let txn = self.db.begin_write()?;
         let freed = {
             let mut borrows = txn.open_table(BORROWS)?;
@@ -384,12 +409,13 @@ impl Store {
                 false
             }
         };
-        if freed {
-            txn.commit()?;
-        } else {
+        if !freed {
             txn.abort()?;
+            return Ok(None);
         }
-        Ok(freed)
+        let entry = log_borrow(&txn, tree, id, 0, holder)?;
+        txn.commit()?;
+        Ok(Some(entry))
     }
 
     /// The holder number of the client holding record `id` of `tree`, if any.
@@ -747,6 +773,32 @@ impl Store {
     }
 }
 
+/// Logs that the borrow of record `id` of `tree` is now `holder`'s (0: nobody), caused by
+/// client `origin`.
+fn log_borrow(
+    txn: &redb::WriteTransaction,
+    tree: &str,
+    id: u64,
+    holder: u32,
+    origin: u32,
+) -> Result<Sequenced, ServerError> {
+    let mut log = txn.open_table(LOG)?;
+    let seq = head_of(&log)? + 1;
+    let entry = Sequenced {
+        seq,
+        origin,
+        change: Change {
+            tree: tree.to_owned(),
+            id,
+            rev: 0,
+            kind: ChangeKind::Borrow { holder },
+        },
+    };
+    let bytes = rekord::proto::encode_sequenced(&entry).map_err(wire_error)?;
+    log.insert(seq, bytes.as_slice())?;
+    Ok(entry)
+}
+
 /// Checks and applies `changes` in `txn`, logging each under the next sequence number
 /// (`seq` is the last one used); the outer error is a storage failure, the inner one the
 /// first refusal (after which `txn` holds partial writes and must be aborted).
@@ -881,6 +933,11 @@ impl Tables<'_, '_> {
             kind,
         } = change;
         let (tree, id, rev) = (tree.as_str(), *id, *rev);
+        if let ChangeKind::Borrow { .. } = kind {
+            return Ok(Err(RemoteError::Invalid(
+                "borrow changes are made by the server; ask with Request::Borrow / Return".into(),
+            )));
+        }
         if !grant.write.allows(tree) {
             return Ok(Err(RemoteError::NotAllowed {
                 tree: tree.to_owned(),
@@ -949,6 +1006,8 @@ impl Tables<'_, '_> {
             }
         };
         match kind {
+            // Refused at the top of this function.
+            ChangeKind::Borrow { .. } => {}
             ChangeKind::Put { version, data } => {
                 if state.released {
                     return Ok(Err(RemoteError::Released));

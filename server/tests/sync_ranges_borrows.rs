@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rekord::net::{self, NetError, Session};
 use rekord::proto::handshake::Trees;
-use rekord::proto::{Push, RemoteError};
+use rekord::proto::{ChangeKind, Push, RemoteError};
 use rekord_server::store::{FIRST_ID, MAX_RANGE};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -43,14 +43,18 @@ async fn next_push(s: &mut Session, wait: Duration) -> Option<Push> {
 
 async fn expect_push(s: &mut Session, tree: &str, id: u64, holder: u32) {
     let push = next_push(s, PUSH_WAIT).await;
-    assert_eq!(
-        push,
-        Some(Push::Borrow {
-            tree: tree.into(),
-            id,
-            holder
-        })
-    );
+    match push {
+        Some(Push::Changes(entries)) => {
+            assert_eq!(entries.len(), 1, "{entries:?}");
+            let c = &entries[0].change;
+            assert_eq!(
+                (c.tree.as_str(), c.id, &c.kind),
+                (tree, id, &ChangeKind::Borrow { holder }),
+                "{entries:?}"
+            );
+        }
+        other => panic!("expected a borrow change, got {other:?}"),
+    }
 }
 
 async fn expect_no_push(s: &mut Session) {
@@ -244,6 +248,8 @@ async fn borrows_survive_a_server_restart() {
 
         let server = Running::start(dir.path());
         let mut b = net::connect(server.addr, &cfg_b, Some(&pin)).await.unwrap();
+        // Borrow changes are logged: B's catch-up tells it who holds the record.
+        expect_push(&mut b, "parts", 7, holder_a).await;
         assert_eq!(
             remote(b.borrow("parts", 7).await),
             RemoteError::AlreadyBorrowed { holder: holder_a }
@@ -254,6 +260,7 @@ async fn borrows_survive_a_server_restart() {
         );
         let mut a = net::connect(server.addr, &cfg_a, Some(&pin)).await.unwrap();
         assert_eq!(holder(&a), holder_a);
+        expect_push(&mut a, "parts", 7, holder_a).await;
         // Still held by A: borrowing again is fine, and A can return it.
         a.borrow("parts", 7).await.unwrap();
         a.return_borrow("parts", 7).await.unwrap();

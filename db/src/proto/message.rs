@@ -29,7 +29,7 @@ pub enum Frame {
         /// The answer.
         body: Response,
     },
-    /// Something the server sends unasked (changes, borrow states).
+    /// Something the server sends unasked (changes, including borrow changes).
     Push(Push),
 }
 
@@ -286,6 +286,13 @@ pub enum ChangeKind {
     Release,
     /// The released revision's state.
     SetState(u32),
+    /// The record's borrow changed hands (`holder` 0: returned). Only the server writes
+    /// these, into its log, when it grants or frees a borrow ([`Request::Borrow`],
+    /// [`Request::Return`]); a client sending one is refused.
+    Borrow {
+        /// The new holder.
+        holder: u32,
+    },
 }
 
 /// What the server sends unasked.
@@ -294,15 +301,6 @@ pub enum ChangeKind {
 pub enum Push {
     /// Accepted changes, in sequence order, each with the holder number of its origin.
     Changes(Vec<Sequenced>),
-    /// A record's borrow changed hands (`holder` 0: returned).
-    Borrow {
-        /// Tree.
-        tree: String,
-        /// Record id.
-        id: u64,
-        /// The new holder.
-        holder: u32,
-    },
     /// The client has every change up to `head`.
     CaughtUp {
         /// The server's latest sequence number.
@@ -465,13 +463,6 @@ impl Frame {
                     }
                     last = e.seq;
                     change_ok(&e.change)?;
-                }
-                Ok(())
-            }
-            Frame::Push(Push::Borrow { tree, id, .. }) => {
-                tree_ok(tree)?;
-                if *id == 0 {
-                    return Err(WireError::Invalid("record id 0 does not exist".into()));
                 }
                 Ok(())
             }

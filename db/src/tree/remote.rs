@@ -63,6 +63,9 @@ impl Batch<'_> {
 
     fn apply_one(&mut self, entry: &Sequenced) -> Result<()> {
         let change = &entry.change;
+        if let ChangeKind::Borrow { holder } = change.kind {
+            return self.apply_borrow(&change.tree, change.id, holder);
+        }
         let state = self.db.tree_state(&change.tree);
         let tree = self.tree_index(&state);
         let key = RawKey::new(change.id, change.rev);
@@ -82,6 +85,8 @@ impl Batch<'_> {
             None => None,
         };
         match &change.kind {
+            // Handled above.
+            ChangeKind::Borrow { .. } => {}
             ChangeKind::Put { version, data } => {
                 let schema = evolve::writer_schema(&state, *version, || {
                     Ok(self.txn.open_table(SCHEMAS)?)
@@ -198,7 +203,7 @@ impl Batch<'_> {
     }
 
     /// Records that the borrow of record `id` of `tree` is now held by `holder` (0:
-    /// nobody), as the server says; `origin` is who caused the change.
+    /// nobody), as the server says.
     pub(crate) fn apply_borrow(&mut self, tree: &str, id: u64, holder: u32) -> Result<()> {
         let state = self.db.tree_state(tree);
         let ti = self.tree_index(&state);
