@@ -482,13 +482,23 @@ impl DbInner {
     }
 
     /// Tells the sync thread that the outbox has new entries.
-    pub(crate) fn wake_sync(&self, entries: u64) {
+    pub(crate) fn wake_sync(&self, entries: u64, bytes: u64) {
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
-            link.enqueued(entries);
+            link.enqueued(entries, bytes);
         }
         #[cfg(target_arch = "wasm32")]
-        let _ = entries;
+        let _ = (entries, bytes);
+    }
+
+    /// Refuses a write whose `bytes` of outbox entries would exceed the outbox limit.
+    pub(crate) fn outbox_room(&self, bytes: u64) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            return link.room(bytes);
+        }
+        let _ = bytes;
+        Ok(())
     }
 
     pub(crate) fn deliver(&self, events: &[Event]) {

@@ -260,6 +260,16 @@ pub enum Error {
         /// The server's reason.
         reason: String,
     },
+    /// The outbox (local writes the server has not accepted yet) is at its size limit.
+    #[error(
+        "this write was refused (nothing changed): the outbox already holds {queued} bytes of local writes the server has not accepted, the limit is {limit} (SyncConfig::max_outbox_bytes); reconnect to the server or raise the limit"
+    )]
+    OutboxFull {
+        /// Bytes waiting in the outbox.
+        queued: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A sync operation on a database that is not synced.
     #[error("{what} needs a synced database; open it with Db::open_synced")]
     NotSynced {

@@ -30,11 +30,15 @@ type Seen = Arc<Mutex<Vec<(u64, Option<String>)>>>;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn config(server: &Running, token: &str) -> SyncConfig {
-    SyncConfig::new(server.addr, APP, token).retry(
-        Retry::default()
-            .initial(Duration::from_millis(20))
-            .max(Duration::from_millis(200)),
-    )
+    SyncConfig::new(server.addr, APP, token)
+        .retry(
+            Retry::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(200)),
+        )
+        // Notice a stopped server quickly.
+        .idle_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
 }
 
 /// Waits (polling, bounded) until `f` holds.
@@ -560,5 +564,111 @@ async fn a_client_of_another_application_is_refused() {
     })
     .await
     .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_controls_limits_staleness_throttling_and_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let addr = server.addr;
+    let token = server.token("all");
+    let cfg = config(&server, &token)
+        .max_outbox_bytes(4_000)
+        .max_outbox_age(Duration::from_millis(100))
+        .batch_size(5)
+        .replay_bytes_per_sec(20_000);
+    let a = tokio::task::spawn_blocking(move || {
+        let a = Db::memory_synced(cfg).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        create(
+            &pa,
+            &Part {
+                name: "online".into(),
+                qty: 0,
+            },
+        );
+        a.wait_pushed(LIMIT).unwrap();
+        let st = a.sync_status().unwrap();
+        assert!(
+            st.online && st.bytes_sent > 0 && st.bytes_received > 0,
+            "{st:?}"
+        );
+        assert!(st.last_sync.is_some(), "{st:?}");
+        assert_eq!((st.outbox, st.outbox_bytes), (0, 0));
+        a
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    let a2 = a.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        let sub = a2.subscribe();
+        let pa = a2.tree::<Part>().unwrap();
+        // Offline writes fill the outbox up to its byte limit; the next is refused whole.
+        let mut made = 0;
+        let err = loop {
+            match pa.create(&Part {
+                name: "offline".into(),
+                qty: made,
+            }) {
+                Ok(_) => made += 1,
+                Err(e) => break e,
+            }
+            assert!(made < 1_000, "the outbox limit never hit");
+        };
+        let Error::OutboxFull { queued, limit } = err else {
+            panic!("expected OutboxFull, got {err}");
+        };
+        assert_eq!(limit, 4_000);
+        let st = a2.sync_status().unwrap();
+        assert_eq!(st.outbox_bytes, queued);
+        assert!(queued <= 4_000 && st.outbox == u64::from(made), "{st:?}");
+        assert_eq!(
+            pa.len().unwrap(),
+            u64::from(made) + 1,
+            "the refused write changed nothing"
+        );
+        // The outbox grows old while the server is away: one event, nothing dropped.
+        let start = Instant::now();
+        loop {
+            if let Some(Event::Sync(SyncEvent::OutboxStale { age, entries })) = sub.try_next() {
+                assert!(age >= Duration::from_millis(100));
+                assert_eq!(entries, u64::from(made));
+                break;
+            }
+            assert!(start.elapsed() < LIMIT, "no OutboxStale event");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        made
+    })
+    .await
+    .unwrap();
+    let server = Running::start_on(dir.path(), addr);
+    tokio::task::spawn_blocking(move || {
+        let before = a.sync_status().unwrap();
+        let queued = before.outbox_bytes;
+        let start = Instant::now();
+        a.wait_pushed(LIMIT).unwrap();
+        let took = start.elapsed();
+        // Throttled to 20,000 bytes/s: the replay cannot be faster than that (one batch's
+        // pause may overlap the end).
+        let floor = Duration::from_secs_f64(queued as f64 / 20_000.0 * 0.5);
+        assert!(
+            took >= floor,
+            "replayed {queued} bytes in {took:?}, floor {floor:?}"
+        );
+        let st = a.sync_status().unwrap();
+        assert_eq!((st.outbox, st.outbox_bytes), (0, 0));
+        assert!(st.bytes_sent > before.bytes_sent + queued / 2, "{st:?}");
+        assert_eq!(
+            a.tree::<Part>().unwrap().len().unwrap(),
+            u64::from(made) + 1
+        );
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.store.head().unwrap(), u64::from(made) + 1);
     server.stop().await;
 }

@@ -85,6 +85,15 @@ pub enum SyncEvent {
         /// The server's head.
         head: u64,
     },
+    /// The oldest local write waiting in the outbox is older than
+    /// `SyncConfig::max_outbox_age` (reported once until the outbox moves again). Nothing
+    /// is dropped; it is a prompt to reconnect.
+    OutboxStale {
+        /// The oldest entry's age.
+        age: std::time::Duration,
+        /// Entries waiting.
+        entries: u64,
+    },
     /// A local write (outbox entry) was accepted by the server.
     Pushed {
         /// The server sequence number of its last change (0 for a borrow return).

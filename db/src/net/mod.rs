@@ -270,6 +270,8 @@ pub struct Session {
     next_id: u64,
     timeout: Duration,
     pushes: VecDeque<Push>,
+    sent: u64,
+    received: u64,
 }
 
 /// Bounds of a client connection.
@@ -445,6 +447,8 @@ async fn establish(
         next_id: 1,
         timeout,
         pushes: VecDeque::new(),
+        sent: bytes.len() as u64,
+        received: 0,
     };
     let answer = match session.read_frame().await {
         Ok(frame) => frame,
@@ -621,6 +625,16 @@ impl Session {
         self.pushes.len()
     }
 
+    /// Bytes of frames this session sent (the hello included).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Bytes of frames this session received.
+    pub fn bytes_received(&self) -> u64 {
+        self.received
+    }
+
     /// Sends a request and waits for its response (bounded by the session's timeout).
     /// Pushes received meanwhile are buffered for [`next_push`](Session::next_push).
     pub async fn request(&mut self, body: Request) -> Result<Response, NetError> {
@@ -642,6 +656,7 @@ impl Session {
             .write_all(&bytes)
             .await
             .map_err(|e| NetError::Closed(e.to_string()))?;
+        self.sent += bytes.len() as u64;
         loop {
             match self.read_frame().await? {
                 Frame::Response { id: got, body } if got == id => return Ok(body),
@@ -669,7 +684,10 @@ impl Session {
                 }
             }
             match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => self.reader.push(&chunk.bytes),
+                Ok(Some(chunk)) => {
+                    self.received += chunk.bytes.len() as u64;
+                    self.reader.push(&chunk.bytes);
+                }
                 Ok(None) => return Err(NetError::Closed("the server ended the stream".into())),
                 Err(e) => return Err(NetError::Closed(e.to_string())),
             }

@@ -35,13 +35,29 @@ pub(crate) struct Link {
     changed: Condvar,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     thread_id: Mutex<Option<std::thread::ThreadId>>,
+    max_outbox_bytes: Option<u64>,
 }
 
 impl Link {
-    /// Counts `entries` new outbox entries and wakes the sync thread.
-    pub(crate) fn enqueued(&self, entries: u64) {
-        self.update(|s| s.outbox += entries);
+    /// Counts `entries` new outbox entries of `bytes` and wakes the sync thread.
+    pub(crate) fn enqueued(&self, entries: u64, bytes: u64) {
+        self.update(|s| {
+            s.outbox += entries;
+            s.outbox_bytes += bytes;
+        });
         self.wake.notify_one();
+    }
+
+    /// Refuses `bytes` more of outbox entries beyond the limit.
+    pub(crate) fn room(&self, bytes: u64) -> Result<()> {
+        let Some(limit) = self.max_outbox_bytes else {
+            return Ok(());
+        };
+        let queued = lock(&self.status).outbox_bytes;
+        if queued.saturating_add(bytes) > limit {
+            return Err(Error::OutboxFull { queued, limit });
+        }
+        Ok(())
     }
 
     pub(crate) fn status(&self) -> SyncStatus {
@@ -163,6 +179,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         changed: Condvar::new(),
         thread: Mutex::new(None),
         thread_id: Mutex::new(None),
+        max_outbox_bytes: config.max_outbox_bytes,
     });
     let (client_id, cursor, replica) = {
         let txn = db.redb.begin_read()?;
@@ -179,10 +196,11 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
             .unwrap_or(0);
         (id, cursor, db.replica.load(Ordering::Acquire))
     };
-    let (outbox, rejected) = counts(db)?;
+    let (outbox, outbox_bytes, rejected) = counts(db)?;
     link.update(|s| {
         s.cursor = cursor;
         s.outbox = outbox;
+        s.outbox_bytes = outbox_bytes;
         s.rejected = rejected;
         s.replica = (replica != UNKNOWN_REPLICA).then_some(replica);
     });
@@ -197,6 +215,9 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         caught_up: false,
         uploaded: HashSet::new(),
         last_durable: Instant::now(),
+        stale_reported: false,
+        sent_before: 0,
+        received_before: 0,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -227,11 +248,18 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
     Ok(link)
 }
 
-fn counts(db: &DbInner) -> Result<(u64, u64)> {
+/// Outbox entries and bytes, and rejected entries.
+fn counts(db: &DbInner) -> Result<(u64, u64, u64)> {
     let txn = db.redb.begin_read()?;
-    let outbox = match txn.open_table(OUTBOX) {
-        Ok(t) => t.len()?,
-        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+    let (outbox, bytes) = match txn.open_table(OUTBOX) {
+        Ok(t) => {
+            let mut bytes = 0u64;
+            for row in t.iter()? {
+                bytes += row?.1.value().len() as u64;
+            }
+            (t.len()?, bytes)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => (0, 0),
         Err(e) => return Err(e.into()),
     };
     let rejected = match txn.open_table(REJECTED) {
@@ -239,7 +267,7 @@ fn counts(db: &DbInner) -> Result<(u64, u64)> {
         Err(redb::TableError::TableDoesNotExist(_)) => 0,
         Err(e) => return Err(e.into()),
     };
-    Ok((outbox, rejected))
+    Ok((outbox, bytes, rejected))
 }
 
 /// Why a session ended.
@@ -282,6 +310,11 @@ struct Client {
     uploaded: HashSet<(String, u32)>,
     /// When the sync client last committed durably.
     last_durable: Instant,
+    /// Whether the current stale outbox was reported.
+    stale_reported: bool,
+    /// Bytes sent and received by earlier sessions.
+    sent_before: u64,
+    received_before: u64,
 }
 
 /// About how many bytes of outbox entries go into one request.
@@ -317,6 +350,52 @@ impl Client {
             self.last_durable = Instant::now();
         }
         Ok(b)
+    }
+
+    /// Publishes the byte counters, this session's included.
+    fn publish_traffic(&self, s: &Session) {
+        let traffic = (
+            self.sent_before + s.bytes_sent(),
+            self.received_before + s.bytes_received(),
+        );
+        self.link
+            .update(|st| (st.bytes_sent, st.bytes_received) = traffic);
+    }
+
+    /// Reports a stale outbox once (see `SyncConfig::max_outbox_age`).
+    fn check_stale(&mut self) {
+        let Some(max) = self.config.max_outbox_age else {
+            return;
+        };
+        if self.stale_reported {
+            return;
+        }
+        let Some(db) = self.db.upgrade() else {
+            return;
+        };
+        let oldest = (|| -> Result<Option<u64>> {
+            let txn = db.redb.begin_read()?;
+            let table = match txn.open_table(OUTBOX) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(match table.first()? {
+                Some((_, v)) => Some(outbox::decode(v.value())?.0),
+                None => None,
+            })
+        })();
+        drop(db);
+        let Ok(Some(at)) = oldest else {
+            return;
+        };
+        let age = Duration::from_millis(outbox::now_ms().saturating_sub(at));
+        if age > max {
+            self.stale_reported = true;
+            let entries = self.link.status().outbox;
+            tracing::warn!(?age, entries, "rekord sync: the outbox is stale");
+            self.emit(SyncEvent::OutboxStale { age, entries });
+        }
     }
 
     fn emit(&self, event: SyncEvent) {
@@ -361,6 +440,7 @@ impl Client {
                 reason: reason.clone(),
                 retry_in: delay,
             });
+            self.check_stale();
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
@@ -417,6 +497,11 @@ impl Client {
 
     async fn session(&mut self, mut s: Session) -> End {
         let end = self.serve(&mut s).await;
+        self.sent_before += s.bytes_sent();
+        self.received_before += s.bytes_received();
+        let (sent, received) = (self.sent_before, self.received_before);
+        self.link
+            .update(|st| (st.bytes_sent, st.bytes_received) = (sent, received));
         match &end {
             End::Closed => s.close().await,
             _ => drop(s),
@@ -482,6 +567,7 @@ impl Client {
                 () = self.link.wake.notified() => Wakeup::Outbox,
                 push = s.next_push(quiet) => Wakeup::Push(push),
             };
+            self.publish_traffic(s);
             match wakeup {
                 Wakeup::Command(None) => return Err(End::Closed),
                 Wakeup::Command(Some(Command::Borrow { tree, key, reply })) => {
@@ -509,6 +595,7 @@ impl Client {
                 }
                 Wakeup::Push(Ok(Some(push))) => self.apply(s, push).await?,
                 Wakeup::Push(Ok(None)) => {
+                    self.check_stale();
                     match tokio::time::timeout(self.config.idle_timeout.max(quiet), s.ping()).await
                     {
                         Ok(Ok(_)) => {}
@@ -613,7 +700,7 @@ impl Client {
                     {
                         break;
                     }
-                    match outbox::decode(v.value())? {
+                    match outbox::decode(v.value())?.1 {
                         Entry::Changes(changes) => {
                             bytes += v.value().len();
                             run.push(changes);
@@ -647,13 +734,15 @@ impl Client {
                     self.upload_schema(s, &c.tree, *version).await?;
                 }
             }
-            let outcomes = match s
+            let before = s.bytes_sent();
+            let answer = s
                 .request(Request::Entries {
                     first,
                     entries: run,
                 })
-                .await?
-            {
+                .await?;
+            let sent_bytes = s.bytes_sent() - before;
+            let outcomes = match answer {
                 Response::Entries(o) if !o.is_empty() => o,
                 other => {
                     return Err(End::Lost(format!(
@@ -662,6 +751,12 @@ impl Client {
                 }
             };
             self.settle(first, &outcomes)?;
+            self.publish_traffic(s);
+            if let Some(rate) = self.config.replay_bytes_per_sec {
+                // Throttle: this batch's bytes at `rate` bytes per second.
+                let secs = sent_bytes as f64 / rate.max(1) as f64;
+                tokio::time::sleep(Duration::from_secs_f64(secs.min(60.0))).await;
+            }
         }
     }
 
@@ -670,6 +765,7 @@ impl Client {
     fn settle(&mut self, first: u64, outcomes: &[EntryOutcome]) -> std::result::Result<(), End> {
         let db = self.db()?;
         let b = self.lazy_batch(&db)?;
+        let mut freed = 0u64;
         let left = {
             let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
             let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
@@ -679,6 +775,7 @@ impl Client {
                     .remove(n)
                     .map_err(Error::from)?
                     .map(|v| v.value().to_vec());
+                freed += entry.as_ref().map_or(0, |e| e.len() as u64);
                 if let (Some(entry), EntryOutcome::Rejected(_)) = (entry, outcome) {
                     aside.insert(n, entry.as_slice()).map_err(Error::from)?;
                 }
@@ -694,8 +791,11 @@ impl Client {
         // between this commit and this update.
         self.link.update(|st| {
             st.outbox = st.outbox.saturating_sub(outcomes.len() as u64);
+            st.outbox_bytes = st.outbox_bytes.saturating_sub(freed);
             st.rejected += rejected;
+            st.last_sync = Some(std::time::SystemTime::now());
         });
+        self.stale_reported = false;
         let mut seq = 0;
         for (k, outcome) in outcomes.iter().enumerate() {
             match outcome {
@@ -832,7 +932,10 @@ impl Client {
                 b.set_cursor(last);
                 b.commit()?;
                 self.cursor = last;
-                self.link.update(|st| st.cursor = last);
+                self.link.update(|st| {
+                    st.cursor = last;
+                    st.last_sync = Some(std::time::SystemTime::now());
+                });
                 if !self.caught_up {
                     self.emit(SyncEvent::Progress {
                         cursor: last,

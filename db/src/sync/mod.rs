@@ -163,6 +163,15 @@ pub struct SyncConfig {
     pub range_size: u64,
     /// Bound on connecting and on each request (default 10 s).
     pub timeout: Duration,
+    /// Refuse local writes ([`crate::Error::OutboxFull`], nothing changed) once the outbox
+    /// holds this many bytes (default `None`: no limit).
+    pub max_outbox_bytes: Option<u64>,
+    /// Report [`crate::SyncEvent::OutboxStale`] when the oldest outbox entry is older than
+    /// this (default `None`: never); nothing is dropped.
+    pub max_outbox_age: Option<Duration>,
+    /// Limit the outbox replay (after a reconnect, or a burst of writes) to about this many
+    /// bytes per second (default `None`: as fast as the server takes them).
+    pub replay_bytes_per_sec: Option<u64>,
     /// Outbox entries (local write batches) sent per request (default 256, at most
     /// [`crate::proto::MAX_ENTRIES`]); each entry is still applied all or nothing.
     pub batch_size: usize,
@@ -190,6 +199,9 @@ impl SyncConfig {
             timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             batch_size: 256,
+            max_outbox_bytes: None,
+            max_outbox_age: None,
+            replay_bytes_per_sec: None,
         }
     }
 
@@ -214,6 +226,24 @@ impl SyncConfig {
     /// Sets [`SyncConfig::timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`SyncConfig::max_outbox_bytes`].
+    pub fn max_outbox_bytes(mut self, bytes: u64) -> Self {
+        self.max_outbox_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets [`SyncConfig::max_outbox_age`].
+    pub fn max_outbox_age(mut self, age: Duration) -> Self {
+        self.max_outbox_age = Some(age);
+        self
+    }
+
+    /// Sets [`SyncConfig::replay_bytes_per_sec`] (at least 1).
+    pub fn replay_bytes_per_sec(mut self, rate: u64) -> Self {
+        self.replay_bytes_per_sec = Some(rate.max(1));
         self
     }
 
@@ -249,8 +279,16 @@ pub struct SyncStatus {
     pub cursor: u64,
     /// Local outbox entries not yet accepted by the server.
     pub outbox: u64,
+    /// Bytes of those entries (as stored).
+    pub outbox_bytes: u64,
     /// Outbox entries the server refused for good (see [`crate::SyncEvent::Rejected`]).
     pub rejected: u64,
+    /// When the server last accepted local writes or sent changes that were applied here.
+    pub last_sync: Option<std::time::SystemTime>,
+    /// Bytes sent to the server, over all sessions since the database was opened.
+    pub bytes_sent: u64,
+    /// Bytes received from the server, over all sessions since the database was opened.
+    pub bytes_received: u64,
     /// This client's holder number (`None` before the first connection).
     pub replica: Option<u32>,
     /// Why the last connection ended or failed, if it did.

@@ -30,32 +30,55 @@ pub(crate) enum Entry {
     },
 }
 
-/// The bytes of an entry.
-pub(crate) fn encode(entry: &Entry) -> Result<Vec<u8>> {
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(entry, Vec::new()).map_err(|e| {
-        Error::Encode {
-            tree: "rekord.outbox".into(),
-            reason: e.to_string(),
-        }
+/// The bytes of an entry made at `at` (milliseconds since the Unix epoch): `at` as 8
+/// bytes LE, then the entry's rkyv bytes.
+pub(crate) fn encode(entry: &Entry, at: u64) -> Result<Vec<u8>> {
+    let out = at.to_le_bytes().to_vec();
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(entry, out).map_err(|e| Error::Encode {
+        tree: "rekord.outbox".into(),
+        reason: e.to_string(),
     })
 }
 
-/// An entry from its bytes (checked: the file may be damaged).
+/// An entry and its time from its bytes (checked: the file may be damaged).
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-pub(crate) fn decode(bytes: &[u8]) -> Result<Entry> {
-    let corrupt = |e: rkyv::rancor::Error| Error::CorruptMeta {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(u64, Entry)> {
+    let corrupt = |e: String| Error::CorruptMeta {
         reason: format!("an outbox entry is unreadable: {e}"),
     };
-    let archived = rkyv::access::<ArchivedEntry, rkyv::rancor::Error>(bytes).map_err(corrupt)?;
-    rkyv::deserialize::<Entry, rkyv::rancor::Error>(archived).map_err(corrupt)
+    let (at, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("too short".into()))?;
+    let archived = rkyv::access::<ArchivedEntry, rkyv::rancor::Error>(rest)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let entry = rkyv::deserialize::<Entry, rkyv::rancor::Error>(archived)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok((u64::from_le_bytes(*at), entry))
 }
 
-/// Appends the entries of one committed batch inside its transaction; returns how many.
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        0
+    }
+}
+
+/// Appends the entries of one committed batch inside its transaction; returns how many,
+/// and their bytes.
 pub(crate) fn enqueue(
     txn: &WriteTransaction,
     changes: &[Change],
     returns: &[(String, u64)],
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
+    let at = now_ms();
+    let mut bytes = 0u64;
     // Entry numbers are never reused (they are the op ids the server remembers), so the
     // next one is kept in the metadata, not derived from the (emptied) table.
     let mut meta = txn.open_table(META)?;
@@ -65,7 +88,9 @@ pub(crate) fn enqueue(
         .unwrap_or(1);
     let mut table = txn.open_table(OUTBOX)?;
     if !changes.is_empty() {
-        table.insert(next, encode(&Entry::Changes(changes.to_vec()))?.as_slice())?;
+        let value = encode(&Entry::Changes(changes.to_vec()), at)?;
+        bytes += value.len() as u64;
+        table.insert(next, value.as_slice())?;
         next += 1;
     }
     for (tree, id) in returns {
@@ -73,11 +98,13 @@ pub(crate) fn enqueue(
             tree: tree.clone(),
             id: *id,
         };
-        table.insert(next, encode(&entry)?.as_slice())?;
+        let value = encode(&entry, at)?;
+        bytes += value.len() as u64;
+        table.insert(next, value.as_slice())?;
         next += 1;
     }
     meta.insert(NEXT_ENTRY, next.to_le_bytes().as_slice())?;
-    Ok(u64::from(!changes.is_empty()) + returns.len() as u64)
+    Ok((u64::from(!changes.is_empty()) + returns.len() as u64, bytes))
 }
 
 #[cfg(test)]
@@ -96,13 +123,14 @@ mod tests {
                 data: vec![1, 2, 3],
             },
         }]);
-        let bytes = encode(&e).unwrap();
-        assert_eq!(decode(&bytes).unwrap(), e);
+        let bytes = encode(&e, 77).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), (77, e));
         let r = Entry::Return {
             tree: "t".into(),
             id: 9,
         };
-        assert_eq!(decode(&encode(&r).unwrap()).unwrap(), r);
+        assert_eq!(decode(&encode(&r, 5).unwrap()).unwrap(), (5, r));
+        assert!(decode(&bytes[..4]).is_err());
         assert!(decode(&bytes[..bytes.len() / 2]).is_err());
     }
 }

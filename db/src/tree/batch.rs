@@ -290,14 +290,18 @@ impl<'db> Batch<'db> {
                 meta.insert(crate::sync::CURSOR, cursor.to_le_bytes().as_slice())?;
             }
         }
-        let queued = if !core.outbox.is_empty() || !core.returns.is_empty() {
+        let (queued, bytes) = if !core.outbox.is_empty() || !core.returns.is_empty() {
             crate::sync::outbox::enqueue(&txn, &core.outbox, &core.returns)?
         } else {
-            0
+            (0, 0)
         };
+        if queued > 0 {
+            // Refusing here aborts the transaction: nothing of the batch happens.
+            db.outbox_room(bytes)?;
+        }
         txn.commit()?;
         if queued > 0 {
-            db.wake_sync(queued);
+            db.wake_sync(queued, bytes);
         }
         writer.commit = commit;
         if let Some(ids) = &core.ids {
