@@ -63,6 +63,13 @@ pub const MAX_REPLY: usize = 16 * 1024 * 1024;
 /// (for example a backup) is not bounded.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a running server does for admin commands that concern live sessions.
+pub trait Hooks: Send + Sync {
+    /// Forces the return of a record's borrow and pushes the change to the sessions;
+    /// returns the former holder.
+    fn force_return(&self, tree: &str, id: u64) -> Result<Option<u32>, ServerError>;
+}
+
 /// A command for the server database.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AdminRequest {
@@ -89,6 +96,13 @@ pub enum AdminRequest {
         /// The backup file to create.
         out: PathBuf,
     },
+    /// Take a record's borrow back from whoever holds it (see [`Store::force_return`]).
+    ForceReturn {
+        /// Tree.
+        tree: String,
+        /// Record id.
+        id: u64,
+    },
 }
 
 /// The result of an [`AdminRequest`].
@@ -111,6 +125,11 @@ pub enum AdminReply {
         /// The backup file.
         out: PathBuf,
     },
+    /// The borrow was taken back from `holder` (`None`: nobody held it).
+    ForceReturned {
+        /// The former holder.
+        holder: Option<u32>,
+    },
     /// The command failed (only sent over the socket; [`request`] turns it into
     /// [`ServerError::Remote`]).
     Error(String),
@@ -130,6 +149,13 @@ impl AdminRequest {
             AdminRequest::Backup { out } => {
                 store.backup(&out).map(|()| AdminReply::BackedUp { out })
             }
+            AdminRequest::ForceReturn { tree, id } => {
+                store
+                    .force_return(&tree, id)
+                    .map(|taken| AdminReply::ForceReturned {
+                        holder: taken.map(|(h, _)| h),
+                    })
+            }
         }
     }
 
@@ -141,6 +167,9 @@ impl AdminRequest {
             AdminRequest::Revoke { .. } => "revoke a token".into(),
             AdminRequest::List => "list tokens".into(),
             AdminRequest::Backup { out } => format!("back up to {}", out.display()),
+            AdminRequest::ForceReturn { tree, id } => {
+                format!("force the return of record {id} of tree `{tree}`")
+            }
         }
     }
 }
@@ -190,6 +219,7 @@ pub(crate) use elsewhere::Listener;
 
 #[cfg(unix)]
 mod unix {
+    use super::Hooks;
     use std::io::{BufRead as _, Read as _, Write as _};
     use std::os::unix::fs::{
         DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
@@ -332,7 +362,7 @@ mod unix {
 
     impl Connection {
         /// Reads the request, executes it on `store` on a blocking thread and replies.
-        pub(crate) async fn serve(self, store: Arc<Store>) {
+        pub(crate) async fn serve(self, store: Arc<Store>, hooks: Arc<dyn Hooks>) {
             let Connection { stream, owner } = self;
             match stream.peer_cred() {
                 Ok(cred) if cred.uid() == owner || cred.uid() == 0 => {}
@@ -348,7 +378,7 @@ mod unix {
             let reply = match tokio::time::timeout(ADMIN_TIMEOUT, read_request(&stream)).await {
                 Err(_) => AdminReply::Error("no complete request in time".into()),
                 Ok(Err(e)) => AdminReply::Error(format!("invalid request: {e}")),
-                Ok(Ok(request)) => execute(request, store).await,
+                Ok(Ok(request)) => execute(request, store, hooks).await,
             };
             let bytes = match encode_line(&reply) {
                 Ok(bytes) => bytes,
@@ -398,7 +428,11 @@ mod unix {
         Ok(())
     }
 
-    async fn execute(request: AdminRequest, store: Arc<Store>) -> AdminReply {
+    async fn execute(
+        request: AdminRequest,
+        store: Arc<Store>,
+        hooks: Arc<dyn Hooks>,
+    ) -> AdminReply {
         if let AdminRequest::Backup { out } = &request
             && !out.is_absolute()
         {
@@ -408,7 +442,14 @@ mod unix {
             ));
         }
         let what = request.describe();
-        let done = tokio::task::spawn_blocking(move || request.execute(&store)).await;
+        let done = tokio::task::spawn_blocking(move || match request {
+            // Live clients must hear of it: the server's hook commits and pushes.
+            AdminRequest::ForceReturn { tree, id } => hooks
+                .force_return(&tree, id)
+                .map(|holder| AdminReply::ForceReturned { holder }),
+            other => other.execute(&store),
+        })
+        .await;
         match done {
             Ok(Ok(reply)) => {
                 tracing::info!(command = %what, "admin command done");
@@ -511,7 +552,7 @@ mod elsewhere {
     pub(crate) enum Connection {}
 
     impl Connection {
-        pub(crate) async fn serve(self, _store: Arc<Store>) {
+        pub(crate) async fn serve(self, _store: Arc<Store>, _hooks: Arc<dyn super::Hooks>) {
             match self {}
         }
     }

@@ -22,6 +22,9 @@
 //!   and version must match the request's; the tree must be writable); answered with
 //!   [`Response::Accepted`] (`seq` 0). The same schema again is fine; a different one for
 //!   an existing `(tree, version)` is refused with [`RemoteError::Invalid`].
+//! - [`Request::Fetch`]: the current state of one record (revisions and borrow holder) of a
+//!   tree the token may read ([`Response::Record`]); clients resynchronise a record with it
+//!   after the server refused their changes to it.
 //! - [`Request::Schema`]: the stored schema of a tree the token may read, at one version
 //!   ([`Response::Schema`], or [`RemoteError::NotFound`]); clients fetch the schemas of
 //!   versions other clients wrote.
@@ -417,7 +420,8 @@ impl Server {
                     tasks.spawn(handle(incoming, shared.clone()));
                 }
                 connection = admin.accept() => {
-                    admin_tasks.spawn(connection.serve(shared.store.clone()));
+                    let hooks: Arc<dyn admin::Hooks> = shared.clone();
+                    admin_tasks.spawn(connection.serve(shared.store.clone(), hooks));
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 Some(_) = admin_tasks.join_next(), if !admin_tasks.is_empty() => {}
@@ -722,6 +726,19 @@ async fn send_push(
         .map_err(|_| End::Lagged(queue.len() as u64))?
 }
 
+impl admin::Hooks for Shared {
+    fn force_return(&self, tree: &str, id: u64) -> Result<Option<u32>, ServerError> {
+        let pushes = self.pushes();
+        let taken = self.store.force_return(tree, id)?;
+        Ok(taken.map(|(holder, entry)| {
+            tracing::info!(tree, id, holder, "borrow forcibly returned");
+            // No receiver (no session) is fine.
+            let _ = pushes.send(Push::Changes(vec![entry]));
+            holder
+        }))
+    }
+}
+
 /// Runs `work` with the store on a blocking thread.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
@@ -799,6 +816,14 @@ async fn answer(
                 Ok(()) => Response::Accepted { seq: 0 },
                 Err(e) => Response::Error(e),
             }
+        }
+        Request::Fetch { tree, id } => {
+            if !grant.read.allows(&tree) {
+                return Ok(Response::Error(RemoteError::NotAllowed { tree }));
+            }
+            let store = shared.store.clone();
+            let (holder, revisions) = blocking(move || store.fetch(&tree, id)).await?;
+            Response::Record { holder, revisions }
         }
         Request::Schema { tree, version } => {
             if !grant.read.allows(&tree) {

@@ -46,6 +46,9 @@ enum Command {
     /// Manages access tokens (through the running server if there is one).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manages borrows (through the running server if there is one).
+    #[command(subcommand)]
+    Borrow(BorrowCommand),
     /// Prints the server UUID and its certificate's SHA-256 fingerprint (creating the
     /// identity if there is none yet).
     Identity,
@@ -56,6 +59,21 @@ enum Command {
         /// The backup file to create (never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BorrowCommand {
+    /// Takes a record's borrow back from whoever holds it. The holder is told (a borrow
+    /// change like any other); changes it made offline and pushes later are refused by the
+    /// server and kept aside on that client (reported there, never dropped silently).
+    ForceReturn {
+        /// The record's tree.
+        #[arg(long)]
+        tree: String,
+        /// The record's id.
+        #[arg(long)]
+        id: u64,
     },
 }
 
@@ -191,6 +209,20 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
                     show(&t.read),
                     show(&t.write)
                 );
+            }
+            Ok(())
+        }
+        Command::Borrow(BorrowCommand::ForceReturn { tree, id }) => {
+            let request = AdminRequest::ForceReturn {
+                tree: tree.clone(),
+                id,
+            };
+            let AdminReply::ForceReturned { holder } = administer(&config.data, request)? else {
+                return Err(unexpected());
+            };
+            match holder {
+                Some(h) => println!("returned record {id} of tree `{tree}` from holder {h}"),
+                None => println!("nobody held record {id} of tree `{tree}`"),
             }
             Ok(())
         }

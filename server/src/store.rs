@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use rekord::proto::handshake::{Grant, Trees};
-use rekord::proto::{Change, ChangeKind, EntryOutcome, RemoteError, Sequenced};
+use rekord::proto::{Change, ChangeKind, EntryOutcome, RemoteError, Revision, Sequenced};
 
 use crate::ServerError;
 
@@ -416,6 +416,56 @@ impl Store {
         let entry = log_borrow(&txn, tree, id, 0, holder)?;
         txn.commit()?;
         Ok(Some(entry))
+    }
+
+    /// Frees record `id` of `tree` whoever holds it (an administrator's forced return),
+    /// logging a [`ChangeKind::Borrow`] change with origin 0 (the server). Returns the
+    /// holder it was taken from and the log entry; `None` if nobody held it. The former
+    /// holder's later changes to the record are refused ([`RemoteError::NotBorrowed`]) like
+    /// any change without the borrow; its client keeps them aside and reports them.
+    pub fn force_return(
+        &self,
+        tree: &str,
+        id: u64,
+    ) -> Result<Option<(u32, Sequenced)>, ServerError> {
+        let txn = self.db.begin_write()?;
+        let held = txn
+            .open_table(BORROWS)?
+            .remove((tree, id))?
+            .map(|g| g.value());
+        let Some(holder) = held else {
+            txn.abort()?;
+            return Ok(None);
+        };
+        let entry = log_borrow(&txn, tree, id, 0, 0)?;
+        txn.commit()?;
+        Ok(Some((holder, entry)))
+    }
+
+    /// The server's state of record `id` of `tree`: its borrow holder (0: nobody) and its
+    /// existing (not removed) revisions, oldest first.
+    pub fn fetch(&self, tree: &str, id: u64) -> Result<(u32, Vec<Revision>), ServerError> {
+        let txn = self.db.begin_read()?;
+        let holder = txn
+            .open_table(BORROWS)?
+            .get((tree, id))?
+            .map_or(0, |g| g.value());
+        let records = txn.open_table(RECORDS)?;
+        let mut revisions = Vec::new();
+        for row in records.range((tree, id, 0)..=(tree, id, u32::MAX))? {
+            let (k, v) = row?;
+            let state = RecordState::decode(v.value())?;
+            if state.exists {
+                revisions.push(Revision {
+                    rev: k.value().2,
+                    version: state.version,
+                    released: state.released,
+                    state: state.state,
+                    data: state.data,
+                });
+            }
+        }
+        Ok((holder, revisions))
     }
 
     /// The holder number of the client holding record `id` of `tree`, if any.

@@ -85,6 +85,12 @@ fn cli_tokens_identity_and_backup() {
     );
     assert!(!list.contains(&token), "tokens are never shown again");
 
+    let nobody = cli(
+        &data,
+        &["borrow", "force-return", "--tree", "parts", "--id", "5"],
+    );
+    assert_eq!(nobody.trim(), "nobody held record 5 of tree `parts`");
+
     let identity = cli(&data, &["identity"]);
     let uuid = field(&identity, "uuid").to_owned();
     let fingerprint = field(&identity, "fingerprint").to_owned();

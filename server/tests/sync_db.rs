@@ -672,3 +672,120 @@ async fn sync_controls_limits_staleness_throttling_and_statistics() {
     assert_eq!(server.store.head().unwrap(), u64::from(made) + 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forced_return_is_reported_and_later_offline_edits_are_refused_kept_and_undone() {
+    use rekord_server::{AdminReply, AdminRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let addr = server.addr;
+    let token = server.token("all");
+    let cfg = config(&server, &token);
+    let data = dir.path().to_path_buf();
+    let (a, b, k, k2) = tokio::task::spawn_blocking(move || {
+        let a = Db::memory_synced(cfg.clone()).unwrap();
+        let b = Db::memory_synced(cfg).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        b.wait_caught_up(LIMIT).unwrap();
+        let (pa, pb) = (a.tree::<Part>().unwrap(), b.tree::<Part>().unwrap());
+        let k = create(
+            &pa,
+            &Part {
+                name: "bolt".into(),
+                qty: 1,
+            },
+        );
+        let k2 = create(
+            &pa,
+            &Part {
+                name: "nut".into(),
+                qty: 1,
+            },
+        );
+        a.wait_pushed(LIMIT).unwrap();
+        let sub_a = a.subscribe();
+        // Live: the administrator takes k back; A is told, and B sees it returned.
+        let reply = rekord_server::admin::request(
+            &data,
+            &AdminRequest::ForceReturn {
+                tree: "parts".into(),
+                id: k.id(),
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            reply,
+            AdminReply::ForceReturned {
+                holder: Some(a.replica())
+            }
+        );
+        let start = Instant::now();
+        loop {
+            if let Some(Event::Sync(SyncEvent::BorrowRevoked { tree, id })) = sub_a.try_next() {
+                assert_eq!((tree.as_str(), id), ("parts", k.id()));
+                break;
+            }
+            assert!(start.elapsed() < LIMIT, "A was not told");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(pa.meta(k).unwrap().holder, 0);
+        assert!(matches!(
+            pa.update(k, |p| p.qty = 5),
+            Err(Error::NotBorrowed { .. })
+        ));
+        eventually("B to see k returned", || pb.meta(k).unwrap().holder == 0);
+        pb.borrow(k).unwrap();
+        (a, b, k, k2)
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    // Offline, A edits k2, which it still holds; meanwhile the administrator takes it back
+    // (the server is down: directly on its database).
+    let a2 = a.clone();
+    tokio::task::spawn_blocking(move || {
+        a2.tree::<Part>()
+            .unwrap()
+            .update(k2, |p| p.qty = 99)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    {
+        let store = rekord_server::Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .force_return("parts", k2.id())
+                .unwrap()
+                .map(|(h, _)| h),
+            Some(a.replica())
+        );
+    }
+    let server = Running::start_on(dir.path(), addr);
+    tokio::task::spawn_blocking(move || {
+        let sub = a.subscribe();
+        a.wait_pushed(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        // The edit was refused, kept aside, reported, and the local copy is the server's.
+        let mut rejected = false;
+        let start = Instant::now();
+        while !(rejected && pa.get(k2).unwrap().qty == 1) {
+            if let Some(Event::Sync(SyncEvent::Rejected { reason, .. })) = sub.try_next() {
+                assert!(reason.contains("borrow"), "{reason}");
+                rejected = true;
+            }
+            assert!(start.elapsed() < LIMIT, "the refused edit was not undone");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(a.sync_status().unwrap().rejected, 1);
+        assert_eq!(pa.meta(k2).unwrap().holder, 0);
+        let pb = b.tree::<Part>().unwrap();
+        eventually("B to see k2 returned", || pb.meta(k2).unwrap().holder == 0);
+        assert_eq!(pb.get(k2).unwrap().qty, 1);
+        assert_eq!(pa.meta(k).unwrap().holder, b.replica());
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}

@@ -94,6 +94,15 @@ pub enum SyncEvent {
         /// Entries waiting.
         entries: u64,
     },
+    /// An administrator took back the borrow of a record this replica held
+    /// (`rekord-server borrow force-return`). Local changes to it not yet accepted will be
+    /// refused by the server ([`SyncEvent::Rejected`], kept aside) and the record resynced.
+    BorrowRevoked {
+        /// Tree.
+        tree: String,
+        /// Record id.
+        id: u64,
+    },
     /// A local write (outbox entry) was accepted by the server.
     Pushed {
         /// The server sequence number of its last change (0 for a borrow return).

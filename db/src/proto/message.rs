@@ -172,6 +172,15 @@ pub enum Request {
         /// The entries' changes, at most [`MAX_ENTRIES`](super::MAX_ENTRIES) entries.
         entries: Vec<Vec<Change>>,
     },
+    /// Asks for the server's current state of record `id` of `tree` (every existing
+    /// revision and the borrow holder); answered with [`Response::Record`]. A client
+    /// resynchronises a record with it after the server refused its changes.
+    Fetch {
+        /// Tree.
+        tree: String,
+        /// Record id.
+        id: u64,
+    },
     /// Asks for the stored schema of `tree` at `version` (a client needs it before it
     /// stores data of that version written by another client); answered with
     /// [`Response::Schema`], or [`RemoteError::NotFound`].
@@ -204,9 +213,32 @@ pub enum Response {
     Error(RemoteError),
     /// Answer to [`Request::Schema`]: the schema as RON text.
     Schema(String),
+    /// Answer to [`Request::Fetch`].
+    Record {
+        /// Who holds the record's borrow (0: nobody).
+        holder: u32,
+        /// The existing revisions, oldest first (empty: no such record).
+        revisions: Vec<Revision>,
+    },
     /// Answer to [`Request::Entries`]: one outcome per processed entry, in order (entries
     /// after a rejected one are not processed and not answered).
     Entries(Vec<EntryOutcome>),
+}
+
+/// One revision of a record as the server holds it ([`Response::Record`]).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct Revision {
+    /// Revision number.
+    pub rev: u32,
+    /// Schema version of `data`.
+    pub version: u32,
+    /// Whether it is released.
+    pub released: bool,
+    /// Its state (released revisions).
+    pub state: u32,
+    /// The record bytes.
+    pub data: Vec<u8>,
 }
 
 /// What the server did with one outbox entry of [`Request::Entries`].
@@ -426,6 +458,13 @@ impl Frame {
                     }
                     entries.iter().flatten().try_for_each(change_ok)
                 }
+                Request::Fetch { tree, id } => {
+                    tree_ok(tree)?;
+                    if *id == 0 {
+                        return Err(WireError::Invalid("record id 0 does not exist".into()));
+                    }
+                    Ok(())
+                }
                 Request::Schema { tree, version } => {
                     tree_ok(tree)?;
                     if *version == 0 {
@@ -445,6 +484,23 @@ impl Frame {
                     Ok(())
                 }
                 Response::Error(RemoteError::NotAllowed { tree }) => tree_ok(tree),
+                Response::Record { revisions, .. } => {
+                    let mut last = None;
+                    for r in revisions {
+                        if r.version == 0 || r.data.len() > MAX_RECORD {
+                            return Err(WireError::Invalid(
+                                "a fetched revision has version 0 or too much data".into(),
+                            ));
+                        }
+                        if last.is_some_and(|l| l >= r.rev) {
+                            return Err(WireError::Invalid(
+                                "fetched revisions must be in increasing order".into(),
+                            ));
+                        }
+                        last = Some(r.rev);
+                    }
+                    Ok(())
+                }
                 Response::Schema(text) if text.len() > MAX_SCHEMA => {
                     Err(WireError::Invalid(format!(
                         "a schema is limited to {MAX_SCHEMA} bytes of RON, got {}",

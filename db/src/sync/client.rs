@@ -719,9 +719,12 @@ impl Client {
                 match s.return_borrow(&tree, id).await {
                     // A retried return whose first answer was lost.
                     Ok(()) | Err(NetError::Remote(RemoteError::NotBorrowed)) => {
-                        self.settle(first, &[EntryOutcome::Applied { seq: 0 }])?
+                        self.settle(first, &[EntryOutcome::Applied { seq: 0 }])?;
                     }
-                    Err(NetError::Remote(e)) => self.settle(first, &[EntryOutcome::Rejected(e)])?,
+                    Err(NetError::Remote(e)) => {
+                        let refused = self.settle(first, &[EntryOutcome::Rejected(e)])?;
+                        self.resync(s, refused).await?;
+                    }
                     Err(e) => return Err(e.into()),
                 }
                 continue;
@@ -750,7 +753,8 @@ impl Client {
                     )));
                 }
             };
-            self.settle(first, &outcomes)?;
+            let refused = self.settle(first, &outcomes)?;
+            self.resync(s, refused).await?;
             self.publish_traffic(s);
             if let Some(rate) = self.config.replay_bytes_per_sec {
                 // Throttle: this batch's bytes at `rate` bytes per second.
@@ -762,7 +766,12 @@ impl Client {
 
     /// Removes outbox entries `first, first + 1, ...` that the server processed (one per
     /// outcome): accepted ones go, rejected ones are kept aside in `rekord.outbox_rejected`.
-    fn settle(&mut self, first: u64, outcomes: &[EntryOutcome]) -> std::result::Result<(), End> {
+    fn settle(
+        &mut self,
+        first: u64,
+        outcomes: &[EntryOutcome],
+    ) -> std::result::Result<Vec<(String, u64)>, End> {
+        let mut refused: Vec<(String, u64)> = Vec::new();
         let db = self.db()?;
         let b = self.lazy_batch(&db)?;
         let mut freed = 0u64;
@@ -778,6 +787,17 @@ impl Client {
                 freed += entry.as_ref().map_or(0, |e| e.len() as u64);
                 if let (Some(entry), EntryOutcome::Rejected(_)) = (entry, outcome) {
                     aside.insert(n, entry.as_slice()).map_err(Error::from)?;
+                    let keys = match outbox::decode(&entry)?.1 {
+                        Entry::Changes(changes) => {
+                            changes.into_iter().map(|c| (c.tree, c.id)).collect()
+                        }
+                        Entry::Return { tree, id } => vec![(tree, id)],
+                    };
+                    for key in keys {
+                        if !refused.contains(&key) {
+                            refused.push(key);
+                        }
+                    }
                 }
             }
             table.len().map_err(Error::from)?
@@ -811,6 +831,51 @@ impl Client {
         }
         if rejected < outcomes.len() as u64 {
             self.emit(SyncEvent::Pushed { seq, outbox: left });
+        }
+        Ok(refused)
+    }
+
+    /// Makes the local copies of records the server refused changes to what the server
+    /// has (the refused changes stay in `rekord.outbox_rejected`).
+    async fn resync(
+        &mut self,
+        s: &mut Session,
+        keys: Vec<(String, u64)>,
+    ) -> std::result::Result<(), End> {
+        for (tree, id) in keys {
+            let answer = s
+                .request(Request::Fetch {
+                    tree: tree.clone(),
+                    id,
+                })
+                .await?;
+            let (holder, revisions) = match answer {
+                Response::Record { holder, revisions } => (holder, revisions),
+                Response::Error(e) => {
+                    tracing::warn!(%tree, id, error = ?e, "rekord sync: cannot refetch a record");
+                    continue;
+                }
+                other => {
+                    return Err(End::Lost(format!(
+                        "the server answered a fetch with {other:?}"
+                    )));
+                }
+            };
+            // Changes the server sent before this answer are older: apply them first.
+            while s.buffered_pushes() > 0 {
+                if let Some(push) = s.next_push(Duration::ZERO).await? {
+                    Box::pin(self.apply(s, push)).await?;
+                }
+            }
+            let versions: Vec<(String, u32)> = revisions
+                .iter()
+                .map(|r| (tree.clone(), r.version))
+                .collect();
+            self.fetch_schemas(s, &versions).await?;
+            let db = self.db()?;
+            let mut b = db.batch()?;
+            b.replace_record(&tree, id, holder, &revisions)?;
+            b.commit()?;
         }
         Ok(())
     }
@@ -850,24 +915,21 @@ impl Client {
     async fn fetch_schemas(
         &mut self,
         s: &mut Session,
-        entries: &[Sequenced],
+        versions: &[(String, u32)],
     ) -> std::result::Result<(), End> {
         let mut needed: Vec<(String, u32)> = Vec::new();
         {
             let db = self.db()?;
             let txn = db.inner.redb.begin_read().map_err(Error::from)?;
             let schemas = txn.open_table(SCHEMAS).map_err(Error::from)?;
-            for e in entries {
-                if let ChangeKind::Put { version, .. } = &e.change.kind {
-                    let key = (e.change.tree.clone(), *version);
-                    if !needed.contains(&key)
-                        && schemas
-                            .get((key.0.as_str(), key.1))
-                            .map_err(Error::from)?
-                            .is_none()
-                    {
-                        needed.push(key);
-                    }
+            for key in versions {
+                if !needed.contains(key)
+                    && schemas
+                        .get((key.0.as_str(), key.1))
+                        .map_err(Error::from)?
+                        .is_none()
+                {
+                    needed.push(key.clone());
                 }
             }
         }
@@ -921,7 +983,15 @@ impl Client {
                 if last <= self.cursor {
                     return Ok(());
                 }
-                self.fetch_schemas(s, &entries).await?;
+                let versions: Vec<(String, u32)> = entries
+                    .iter()
+                    .filter_map(|e| match &e.change.kind {
+                        ChangeKind::Put { version, .. } => Some((e.change.tree.clone(), *version)),
+                        _ => None,
+                    })
+                    .collect();
+                self.fetch_schemas(s, &versions).await?;
+                let revoked = self.revoked_borrows(&entries);
                 let db = self.db()?;
                 let fresh: Vec<Sequenced> = entries
                     .into_iter()
@@ -936,6 +1006,10 @@ impl Client {
                     st.cursor = last;
                     st.last_sync = Some(std::time::SystemTime::now());
                 });
+                for (tree, id) in revoked {
+                    tracing::warn!(%tree, id, "rekord sync: an administrator took back a borrow");
+                    self.emit(SyncEvent::BorrowRevoked { tree, id });
+                }
                 if !self.caught_up {
                     self.emit(SyncEvent::Progress {
                         cursor: last,
@@ -952,6 +1026,40 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Records this replica holds whose borrow `entries` take back by force (origin 0).
+    fn revoked_borrows(&self, entries: &[Sequenced]) -> Vec<(String, u64)> {
+        let Some(db) = self.db.upgrade() else {
+            return Vec::new();
+        };
+        let me = db.replica.load(Ordering::Acquire);
+        let mut out = Vec::new();
+        for e in entries {
+            if e.origin != 0 || e.change.kind != (ChangeKind::Borrow { holder: 0 }) {
+                continue;
+            }
+            let held = (|| -> Result<bool> {
+                let txn = db.redb.begin_read()?;
+                let state = db.tree_state(&e.change.tree);
+                let table = match txn.open_table(state.def()) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                };
+                let latest = table
+                    .range(crate::storage::id_range(e.change.id))?
+                    .next_back()
+                    .transpose()?;
+                Ok(latest.is_some_and(|(_, v)| {
+                    crate::storage::Header::parse(v.value()).is_some_and(|(h, _)| h.holder == me)
+                }))
+            })();
+            if held.unwrap_or(false) {
+                out.push((e.change.tree.clone(), e.change.id));
+            }
+        }
+        out
     }
 
     async fn borrow(

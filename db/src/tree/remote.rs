@@ -241,3 +241,79 @@ impl Batch<'_> {
         Ok(())
     }
 }
+
+impl Batch<'_> {
+    /// Replaces every local revision of record `id` of `tree` by the server's state
+    /// (`revisions`, oldest first; `holder` holds the borrow): after the server refused this
+    /// replica's changes to it, the local copy goes back to what everyone else has. Events
+    /// (origin 0, the server) for every revision that changed; data checked against its
+    /// schema, which the caller made sure is stored.
+    pub(crate) fn replace_record(
+        &mut self,
+        tree: &str,
+        id: u64,
+        holder: u32,
+        revisions: &[crate::proto::Revision],
+    ) -> Result<()> {
+        let state = self.db.tree_state(tree);
+        let ti = self.tree_index(&state);
+        for r in revisions {
+            let schema =
+                evolve::writer_schema(&state, r.version, || Ok(self.txn.open_table(SCHEMAS)?))?;
+            dynamic::decode(&schema, &r.data).map_err(|e| Error::Corrupt {
+                tree: tree.to_owned(),
+                key: RawKey::new(id, r.rev),
+                reason: format!("the server sent record data that does not match its schema: {e}"),
+            })?;
+        }
+        let mut table = self.txn.open_table(state.def())?;
+        let mut local: Vec<(RawKey, Vec<u8>)> = Vec::new();
+        for row in table.range(id_range(id))? {
+            let (k, v) = row?;
+            local.push((unpack(k.value()), v.value().to_vec()));
+        }
+        let latest = revisions.last().map(|r| r.rev);
+        let mut events = Vec::new();
+        for (k, old) in &local {
+            if !revisions.iter().any(|r| r.rev == k.rev) {
+                table.remove(pack(*k))?;
+                events.push((*k, EventKind::Removed, Some(old.clone()), None));
+            }
+        }
+        for r in revisions {
+            let key = RawKey::new(id, r.rev);
+            let old = local.iter().find(|(k, _)| k.rev == r.rev).map(|(_, v)| v);
+            let old_holder = old
+                .and_then(|v| Header::parse(v))
+                .map_or(0, |(h, _)| h.holder);
+            let header = Header {
+                released: r.released,
+                version: r.version,
+                state: r.state,
+                holder: if Some(r.rev) == latest {
+                    holder
+                } else {
+                    old_holder
+                },
+            };
+            let mut value = Vec::with_capacity(HEADER_LEN + r.data.len());
+            value.extend_from_slice(&header.to_bytes());
+            value.extend_from_slice(&r.data);
+            if old.is_some_and(|o| *o == value) {
+                continue;
+            }
+            table.insert(pack(key), value.as_slice())?;
+            let kind = match old {
+                Some(_) => EventKind::Updated,
+                None if r.rev == 0 => EventKind::Created,
+                None => EventKind::RevisionCreated,
+            };
+            events.push((key, kind, old.cloned(), Some(value)));
+        }
+        drop(table);
+        for (key, kind, old, new) in events {
+            self.pend(ti, key, kind, 0, old, new.as_deref());
+        }
+        Ok(())
+    }
+}
