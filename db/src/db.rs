@@ -491,6 +491,35 @@ impl DbInner {
         let _ = (entries, bytes);
     }
 
+    /// Whether writes to `tree` wait for the server (write-through).
+    pub(crate) fn write_through(&self, tree: &str) -> bool {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            return link.write_through(tree);
+        }
+        let _ = tree;
+        false
+    }
+
+    /// Refuses a write-through write while the server is not connected.
+    pub(crate) fn require_online(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            return link.require_online();
+        }
+        Ok(())
+    }
+
+    /// Waits until the server processed outbox entries `first..=last` (write-through).
+    pub(crate) fn await_entries(&self, first: u64, last: u64) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            return link.await_entries(self, first, last);
+        }
+        let _ = (first, last);
+        Ok(())
+    }
+
     /// Refuses a write whose `bytes` of outbox entries would exceed the outbox limit.
     pub(crate) fn outbox_room(&self, bytes: u64) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]

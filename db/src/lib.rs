@@ -26,7 +26,7 @@ pub use key::{ArchivedKey, Key, RawKey};
 pub use record::{Archived, Record};
 pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
-pub use sync::{Retry, SyncConfig, SyncStatus};
+pub use sync::{Retry, SyncConfig, SyncStatus, WriteMode};
 pub use tree::batch::{Batch, BatchTree};
 pub use tree::{Iter, MigrateProgress, MigrateReport, RecordMeta, RecordRef, Snapshot, Tree};
 

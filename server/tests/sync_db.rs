@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{APP, Running, bounded};
-use rekord::{Db, Error, Event, EventKind, Key, Retry, SyncConfig, SyncEvent};
+use rekord::{Db, Error, Event, EventKind, Key, Retry, SyncConfig, SyncEvent, WriteMode};
 
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -788,4 +788,104 @@ async fn a_forced_return_is_reported_and_later_offline_edits_are_refused_kept_an
     .await
     .unwrap();
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_through_waits_for_the_server_and_refusals_are_undone_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let all = server.token("all");
+    // This token may read everything but write only notes.
+    let notes_only = server
+        .store
+        .issue(
+            "notes-only",
+            rekord::proto::handshake::Trees::All,
+            rekord::proto::handshake::Trees::Only(vec!["notes".into()]),
+        )
+        .unwrap();
+    let store = server.store.clone();
+    let through = config(&server, &all).write_mode(WriteMode::Through);
+    let limited = config(&server, &notes_only).tree_write_mode("notes", WriteMode::Through);
+    let a = tokio::task::spawn_blocking(move || {
+        let a = Db::memory_synced(through).unwrap();
+        a.wait_caught_up(LIMIT).unwrap();
+        let pa = a.tree::<Part>().unwrap();
+        // Accepted: when create and update return, the server has them already.
+        let k = create(
+            &pa,
+            &Part {
+                name: "bolt".into(),
+                qty: 1,
+            },
+        );
+        assert!(store.record("parts", k.id(), 0).unwrap().is_some());
+        let head = store.head().unwrap();
+        pa.update(k, |p| p.qty = 2).unwrap();
+        assert_eq!(store.head().unwrap(), head + 1);
+        assert_eq!(a.sync_status().unwrap().outbox, 0);
+
+        // Refused writes are undone locally, with events, in both modes.
+        let c = Db::memory_synced(limited).unwrap();
+        c.wait_caught_up(LIMIT).unwrap();
+        let sub = c.subscribe();
+        let (pc, nc) = (c.tree::<Part>().unwrap(), c.tree::<Note>().unwrap());
+        // Write-behind tree: the create returns, then is refused and undone.
+        let k2 = create(
+            &pc,
+            &Part {
+                name: "forbidden".into(),
+                qty: 0,
+            },
+        );
+        let start = Instant::now();
+        let (mut rejected, mut removed) = (false, false);
+        while !(rejected && removed) {
+            match sub.try_next() {
+                Some(Event::Sync(SyncEvent::Rejected { reason, .. })) => {
+                    assert!(reason.contains("may not write"), "{reason}");
+                    rejected = true;
+                }
+                Some(Event::Record(r)) if r.key == k2.raw() && r.kind == EventKind::Removed => {
+                    assert_eq!(r.origin, 0, "undone on the server's word");
+                    removed = true;
+                }
+                Some(_) => {}
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+            assert!(start.elapsed() < LIMIT, "the refused create was not undone");
+        }
+        assert!(!pc.contains(k2).unwrap());
+        // Write-through tree: accepted notes return Ok with the server having them.
+        let nk = nc
+            .create(&Note {
+                text: "fine".into(),
+            })
+            .unwrap();
+        assert_eq!(c.sync_status().unwrap().outbox, 0);
+        assert!(nc.contains(nk).unwrap());
+        a
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+    tokio::task::spawn_blocking(move || {
+        eventually("A to notice the server is gone", || {
+            !a.sync_status().unwrap().online
+        });
+        let pa = a.tree::<Part>().unwrap();
+        let before = pa.len().unwrap();
+        // Offline, a write-through write is refused before anything changes.
+        let err = pa
+            .create(&Part {
+                name: "offline".into(),
+                qty: 0,
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::Offline { .. }), "{err}");
+        assert_eq!(pa.len().unwrap(), before);
+        assert_eq!(a.sync_status().unwrap().outbox, 0);
+    })
+    .await
+    .unwrap();
 }

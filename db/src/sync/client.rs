@@ -36,6 +36,9 @@ pub(crate) struct Link {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     thread_id: Mutex<Option<std::thread::ThreadId>>,
     max_outbox_bytes: Option<u64>,
+    write_mode: super::WriteMode,
+    tree_write_modes: Vec<(String, super::WriteMode)>,
+    timeout: Duration,
 }
 
 impl Link {
@@ -56,6 +59,62 @@ impl Link {
         let queued = lock(&self.status).outbox_bytes;
         if queued.saturating_add(bytes) > limit {
             return Err(Error::OutboxFull { queued, limit });
+        }
+        Ok(())
+    }
+
+    /// Whether writes to `tree` are write-through.
+    pub(crate) fn write_through(&self, tree: &str) -> bool {
+        let mode = self
+            .tree_write_modes
+            .iter()
+            .find(|(t, _)| t == tree)
+            .map_or(self.write_mode, |(_, m)| *m);
+        mode == super::WriteMode::Through
+    }
+
+    /// Refuses a write-through write while offline (before anything changes).
+    pub(crate) fn require_online(&self) -> Result<()> {
+        let st = lock(&self.status);
+        if st.online {
+            return Ok(());
+        }
+        Err(Error::Offline {
+            what: "a write-through write",
+            reason: st
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "not connected yet".into()),
+        })
+    }
+
+    /// Waits until the server processed outbox entries `first..=last`, at most the request
+    /// timeout; a refusal of any of them is [`Error::Refused`].
+    pub(crate) fn await_entries(&self, db: &DbInner, first: u64, last: u64) -> Result<()> {
+        let (done, status) = self.wait(self.timeout, |s| s.processed_entry >= last);
+        if !done {
+            return Err(Error::Offline {
+                what: "confirming a write-through write",
+                reason: format!(
+                    "no answer from the server within {:?} ({}); the write is committed here and stays queued",
+                    self.timeout,
+                    status.last_error.as_deref().unwrap_or("connected")
+                ),
+            });
+        }
+        let txn = db.redb.begin_read()?;
+        let rejected = match txn.open_table(REJECTED) {
+            Ok(t) => t.range(first..=last)?.next().is_some(),
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if rejected {
+            return Err(Error::Refused {
+                what: "the write",
+                reason:
+                    "the server refused it; the local change was undone (see SyncEvent::Rejected)"
+                        .into(),
+            });
         }
         Ok(())
     }
@@ -180,6 +239,9 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         thread: Mutex::new(None),
         thread_id: Mutex::new(None),
         max_outbox_bytes: config.max_outbox_bytes,
+        write_mode: config.write_mode,
+        tree_write_modes: config.tree_write_modes.clone(),
+        timeout: config.timeout,
     });
     let (client_id, cursor, replica) = {
         let txn = db.redb.begin_read()?;
@@ -720,10 +782,12 @@ impl Client {
                     // A retried return whose first answer was lost.
                     Ok(()) | Err(NetError::Remote(RemoteError::NotBorrowed)) => {
                         self.settle(first, &[EntryOutcome::Applied { seq: 0 }])?;
+                        self.processed(first);
                     }
                     Err(NetError::Remote(e)) => {
                         let refused = self.settle(first, &[EntryOutcome::Rejected(e)])?;
                         self.resync(s, refused).await?;
+                        self.processed(first);
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -755,6 +819,9 @@ impl Client {
             };
             let refused = self.settle(first, &outcomes)?;
             self.resync(s, refused).await?;
+            // After the resync: a write-through writer told of a refusal finds its local
+            // change undone already.
+            self.processed(first + outcomes.len() as u64 - 1);
             self.publish_traffic(s);
             if let Some(rate) = self.config.replay_bytes_per_sec {
                 // Throttle: this batch's bytes at `rate` bytes per second.
@@ -833,6 +900,12 @@ impl Client {
             self.emit(SyncEvent::Pushed { seq, outbox: left });
         }
         Ok(refused)
+    }
+
+    /// Publishes that the server processed outbox entries up to `last`.
+    fn processed(&self, last: u64) {
+        self.link
+            .update(|st| st.processed_entry = st.processed_entry.max(last));
     }
 
     /// Makes the local copies of records the server refused changes to what the server

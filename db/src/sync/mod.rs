@@ -138,6 +138,19 @@ impl Retry {
     }
 }
 
+/// When a write to a synced database returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteMode {
+    /// Commit locally and sync in the background (the default): writes never wait on the
+    /// network and work offline.
+    #[default]
+    Behind,
+    /// Commit only when connected, and return once the server accepted the write
+    /// ([`crate::Batch::commit`] documents the errors).
+    Through,
+}
+
 /// How a synced database reaches its server; see [`Db::open_synced`](crate::Db::open_synced).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -172,6 +185,11 @@ pub struct SyncConfig {
     /// Limit the outbox replay (after a reconnect, or a burst of writes) to about this many
     /// bytes per second (default `None`: as fast as the server takes them).
     pub replay_bytes_per_sec: Option<u64>,
+    /// When writes return (default [`WriteMode::Behind`]); see also
+    /// [`SyncConfig::tree_write_modes`].
+    pub write_mode: WriteMode,
+    /// Per-tree exceptions to [`SyncConfig::write_mode`].
+    pub tree_write_modes: Vec<(String, WriteMode)>,
     /// Outbox entries (local write batches) sent per request (default 256, at most
     /// [`crate::proto::MAX_ENTRIES`]); each entry is still applied all or nothing.
     pub batch_size: usize,
@@ -199,6 +217,8 @@ impl SyncConfig {
             timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             batch_size: 256,
+            write_mode: WriteMode::Behind,
+            tree_write_modes: Vec::new(),
             max_outbox_bytes: None,
             max_outbox_age: None,
             replay_bytes_per_sec: None,
@@ -226,6 +246,20 @@ impl SyncConfig {
     /// Sets [`SyncConfig::timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`SyncConfig::write_mode`].
+    pub fn write_mode(mut self, mode: WriteMode) -> Self {
+        self.write_mode = mode;
+        self
+    }
+
+    /// Sets the write mode of one tree (see [`SyncConfig::tree_write_modes`]).
+    pub fn tree_write_mode(mut self, tree: impl Into<String>, mode: WriteMode) -> Self {
+        let tree = tree.into();
+        self.tree_write_modes.retain(|(t, _)| *t != tree);
+        self.tree_write_modes.push((tree, mode));
         self
     }
 
@@ -281,6 +315,9 @@ pub struct SyncStatus {
     pub outbox: u64,
     /// Bytes of those entries (as stored).
     pub outbox_bytes: u64,
+    /// The number of the last outbox entry the server processed in this run (entries are
+    /// numbered in commit order; 0: none yet).
+    pub processed_entry: u64,
     /// Outbox entries the server refused for good (see [`crate::SyncEvent::Rejected`]).
     pub rejected: u64,
     /// When the server last accepted local writes or sent changes that were applied here.

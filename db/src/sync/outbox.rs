@@ -70,13 +70,13 @@ pub(crate) fn now_ms() -> u64 {
     }
 }
 
-/// Appends the entries of one committed batch inside its transaction; returns how many,
-/// and their bytes.
+/// Appends the entries of one committed batch inside its transaction; returns the first
+/// entry's number, how many, and their bytes.
 pub(crate) fn enqueue(
     txn: &WriteTransaction,
     changes: &[Change],
     returns: &[(String, u64)],
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, u64)> {
     let at = now_ms();
     let mut bytes = 0u64;
     // Entry numbers are never reused (they are the op ids the server remembers), so the
@@ -86,6 +86,7 @@ pub(crate) fn enqueue(
         .get(NEXT_ENTRY)?
         .and_then(|v| crate::db::read_u64(v.value()))
         .unwrap_or(1);
+    let first = next;
     let mut table = txn.open_table(OUTBOX)?;
     if !changes.is_empty() {
         let value = encode(&Entry::Changes(changes.to_vec()), at)?;
@@ -104,7 +105,11 @@ pub(crate) fn enqueue(
         next += 1;
     }
     meta.insert(NEXT_ENTRY, next.to_le_bytes().as_slice())?;
-    Ok((u64::from(!changes.is_empty()) + returns.len() as u64, bytes))
+    Ok((
+        first,
+        u64::from(!changes.is_empty()) + returns.len() as u64,
+        bytes,
+    ))
 }
 
 #[cfg(test)]

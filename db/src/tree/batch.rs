@@ -265,7 +265,38 @@ impl<'db> Batch<'db> {
     }
 
     /// Commits every change of the batch atomically and durably, then delivers the events.
+    ///
+    /// In a synced database, a batch that changes a write-through tree (see
+    /// [`WriteMode`](crate::sync::WriteMode)) returns only once the server accepted it: it
+    /// fails with [`Error::Offline`] before changing anything when the server is not
+    /// connected, with [`Error::Refused`] when the server refused it (the local change is
+    /// then undone, with events), and with [`Error::Offline`] when no answer came in time
+    /// (the change stays committed locally and queued).
     pub fn commit(self) -> Result<()> {
+        let through = self.core.client
+            && (self
+                .core
+                .outbox
+                .iter()
+                .any(|c| self.db.write_through(&c.tree))
+                || self
+                    .core
+                    .returns
+                    .iter()
+                    .any(|(t, _)| self.db.write_through(t)));
+        if through {
+            self.db.require_online()?;
+        }
+        let db = self.db;
+        let entries = self.commit_inner()?;
+        match entries {
+            Some((first, last)) if through => db.await_entries(first, last),
+            _ => Ok(()),
+        }
+    }
+
+    /// Commits; returns the outbox entry numbers added (first, last).
+    fn commit_inner(self) -> Result<Option<(u64, u64)>> {
         let Batch {
             db,
             mut writer,
@@ -290,11 +321,12 @@ impl<'db> Batch<'db> {
                 meta.insert(crate::sync::CURSOR, cursor.to_le_bytes().as_slice())?;
             }
         }
-        let (queued, bytes) = if !core.outbox.is_empty() || !core.returns.is_empty() {
+        let (first, queued, bytes) = if !core.outbox.is_empty() || !core.returns.is_empty() {
             crate::sync::outbox::enqueue(&txn, &core.outbox, &core.returns)?
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
+        let entries = (queued > 0).then(|| (first, first + queued - 1));
         if queued > 0 {
             // Refusing here aborts the transaction: nothing of the batch happens.
             db.outbox_room(bytes)?;
@@ -316,7 +348,7 @@ impl<'db> Batch<'db> {
             }
         }
         if core.pending.is_empty() {
-            return Ok(());
+            return Ok(entries);
         }
         for (i, state) in core.trees.iter().enumerate() {
             let keys = core
@@ -369,7 +401,7 @@ impl<'db> Batch<'db> {
             db.deliver(&events);
         }
         drop(writer);
-        Ok(())
+        Ok(entries)
     }
 
     /// Commits this batch without waiting for the disk (redb `Durability::None`): atomic,
