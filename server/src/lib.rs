@@ -12,7 +12,8 @@
 //!   (see [`Store::grant_range`]); answered with [`Response::Ranges`] (one range).
 //! - [`Request::Borrow`]: the tree must be writable by the client's token (else
 //!   [`RemoteError::NotAllowed`]). If nobody holds the record, the client does now; if it
-//!   held it already, nothing changes; both are answered with [`Response::Granted`]. If
+//!   held it already, nothing changes; both are answered with [`Response::Granted`] (with
+//!   the grant's sequence number, 0 if it was held already). If
 //!   another client holds it: [`RemoteError::AlreadyBorrowed`] with that client's holder
 //!   number. Borrows are persisted ([`Store::borrow`]) and survive restarts.
 //! - [`Request::Return`]: frees the record if this client holds it
@@ -768,18 +769,19 @@ async fn answer(
                 return Ok(Response::Error(RemoteError::NotAllowed { tree }));
             }
             let shared = shared.clone();
-            let outcome = blocking(move || {
+            let (outcome, seq) = blocking(move || {
                 let pushes = shared.pushes();
                 let (outcome, entry) = shared.store.borrow_logged(&tree, id, holder)?;
+                let seq = entry.as_ref().map_or(0, |e| e.seq);
                 if let Some(entry) = entry {
                     // No receiver (no session) is fine.
                     let _ = pushes.send(Push::Changes(vec![entry]));
                 }
-                Ok(outcome)
+                Ok((outcome, seq))
             })
             .await?;
             match outcome {
-                BorrowOutcome::Granted | BorrowOutcome::AlreadyHeld => Response::Granted,
+                BorrowOutcome::Granted | BorrowOutcome::AlreadyHeld => Response::Granted { seq },
                 BorrowOutcome::HeldBy(other) => {
                     Response::Error(RemoteError::AlreadyBorrowed { holder: other })
                 }

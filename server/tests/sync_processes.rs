@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use rekord::{Db, Error, Event, Retry, SyncConfig, SyncEvent};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rekord-server");
 const APP: &str = "workshop";
 const CHILD_ENV: &str = "REKORD_SYNC_CHILD";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -418,59 +417,6 @@ impl Client {
     }
 }
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    /// Starts `rekord-server run` on `listen` (port 0: any).
-    fn start(data: &Path, listen: &str) -> ServerProcess {
-        let mut child = Command::new(BIN)
-            .arg("--data")
-            .arg(data)
-            .args(["run", "--listen", listen, "--app", APP])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        ServerProcess { child, addr }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-fn token(data: &Path) -> String {
-    let out = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args([
-            "token",
-            "issue",
-            "--name",
-            "all",
-            "--read-all",
-            "--write-all",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 struct Dirs {
     _tmp: tempfile::TempDir,
     data: PathBuf,
@@ -678,6 +624,10 @@ impl Acks {
 #[path = "common/proxy.rs"]
 mod proxy;
 
+#[path = "common/process.rs"]
+mod process;
+use process::{ServerProcess, token};
+
 /// Three client processes run a seeded random workload (creates, borrows, edits, returns,
 /// releases, new revisions) through a UDP proxy that drops, delays, duplicates and reorders
 /// datagrams and cuts clients off; clients and the server are SIGKILLed at random points.
@@ -783,7 +733,7 @@ fn fault_run(default_ops: u32, rounds: u64) {
                     .iter()
                     .nth(rng.below(acks.created.len() as u64) as usize)
                 {
-                    let out = Command::new(BIN)
+                    let out = Command::new(process::BIN)
                         .arg("--data")
                         .arg(&d.data)
                         .args(["borrow", "force-return", "--tree", "parts", "--id"])

@@ -23,7 +23,7 @@ fn holder(s: &Session) -> u32 {
     s.server_hello().replica
 }
 
-fn remote(result: Result<(), NetError>) -> RemoteError {
+fn remote<T: std::fmt::Debug>(result: Result<T, NetError>) -> RemoteError {
     match result {
         Err(NetError::Remote(e)) => e,
         other => panic!("expected a remote error, got {other:?}"),

@@ -513,16 +513,17 @@ impl Session {
         }
     }
 
-    /// Borrows record `id` of `tree` (also fine if this client holds it already). Another
+    /// Borrows record `id` of `tree` (also fine if this client holds it already); returns
+    /// the sequence number of the logged grant (0 if it was held already). Another
     /// client's borrow gives [`NetError::Remote`] with [`RemoteError::AlreadyBorrowed`]; a
     /// tree the token may not write gives [`RemoteError::NotAllowed`].
-    pub async fn borrow(&mut self, tree: &str, id: u64) -> Result<(), NetError> {
+    pub async fn borrow(&mut self, tree: &str, id: u64) -> Result<u64, NetError> {
         let request = Request::Borrow {
             tree: tree.to_owned(),
             id,
         };
         match self.request(request).await? {
-            Response::Granted => Ok(()),
+            Response::Granted { seq } => Ok(seq),
             Response::Error(e) => Err(NetError::Remote(e)),
             other => Err(NetError::Protocol(format!(
                 "expected a borrow answer, got {other:?}"

@@ -200,8 +200,12 @@ pub enum Response {
     Pong,
     /// Granted id ranges, `(start, end)` with `end` exclusive.
     Ranges(Vec<(u64, u64)>),
-    /// The borrow is granted (or was already held by this client).
-    Granted,
+    /// The borrow is granted (or was already held by this client: `seq` 0).
+    Granted {
+        /// The sequence number of the logged grant; it reaches the client as a pushed
+        /// change, after any change logged before it.
+        seq: u64,
+    },
     /// The borrow is returned.
     Returned,
     /// The changes are applied under this sequence number (also for a retried `op`).

@@ -1144,21 +1144,30 @@ impl Client {
         // Returns queued before this borrow must reach the server first.
         self.flush(s).await?;
         match s.borrow(tree, key.id).await {
-            Ok(()) => {
-                // Apply what the server sent before the grant, so no older borrow push
-                // overwrites it afterwards.
-                while s.buffered_pushes() > 0 {
-                    if let Some(push) = s.next_push(Duration::ZERO).await? {
-                        self.apply(s, push).await?;
-                    }
-                }
+            Ok(0) => {
+                // Held already (by the server's word): make sure it shows here.
                 let db = self.db()?;
                 let me = db.inner.replica.load(Ordering::Acquire);
-                // Durable: the server's log entry of this grant has this client as its
-                // origin, and a client skips its own entries when they come back.
                 let mut b = db.batch()?;
                 b.apply_borrow(tree, key.id, me)?;
                 b.commit()?;
+                Ok(Ok(()))
+            }
+            Ok(seq) => {
+                // The grant arrives as a logged change after every older one (a return
+                // by the previous holder, say): apply the log up to it, in order.
+                let deadline = Instant::now() + self.config.timeout;
+                while self.cursor < seq {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match s.next_push(left).await? {
+                        Some(push) => self.apply(s, push).await?,
+                        None => {
+                            return Err(End::Lost(format!(
+                                "the borrow granted under sequence number {seq} did not arrive"
+                            )));
+                        }
+                    }
+                }
                 Ok(Ok(()))
             }
             Err(NetError::Remote(RemoteError::AlreadyBorrowed { holder })) => {

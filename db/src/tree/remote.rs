@@ -46,14 +46,15 @@ impl Batch<'_> {
         });
     }
 
-    /// Applies changes other replicas made (entries whose origin is this replica are
+    /// Applies changes other replicas made (data changes whose origin is this replica are
     /// skipped: their effect is here already, and applying them could undo later local
-    /// writes). Record bytes are checked against the stored schema of their version, which
-    /// the caller made sure is stored.
+    /// writes; borrow changes are facts of the server's log and always applied, so a grant
+    /// lands after any older borrow change). Record bytes are checked against the stored
+    /// schema of their version, which the caller made sure is stored.
     pub(crate) fn apply_remote(&mut self, entries: &[Sequenced]) -> Result<()> {
         let me = self.core.replica;
         for entry in entries {
-            if entry.origin == me {
+            if entry.origin == me && !matches!(entry.change.kind, ChangeKind::Borrow { .. }) {
                 continue;
             }
             self.apply_one(entry)?;

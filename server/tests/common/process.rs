@@ -1,0 +1,65 @@
+//! A real `rekord-server` process for tests: started on a loopback port, killed at will.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The server binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_rekord-server");
+/// The application name test servers serve.
+pub const APP: &str = "workshop";
+
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `rekord-server run` on `listen` (port 0: any).
+    pub fn start(data: &Path, listen: &str) -> ServerProcess {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(data)
+            .args(["run", "--listen", listen, "--app", APP])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        ServerProcess { child, addr }
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+pub fn token(data: &Path) -> String {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args([
+            "token",
+            "issue",
+            "--name",
+            "all",
+            "--read-all",
+            "--write-all",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
