@@ -38,19 +38,27 @@ struct Running {
 }
 
 fn start(rt: &tokio::runtime::Runtime) -> Running {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(rt, tempfile::tempdir().unwrap(), "127.0.0.1:0".parse().unwrap())
+}
+
+/// Starts a server with its data in `dir`, listening on `listen`.
+fn start_in(rt: &tokio::runtime::Runtime, dir: tempfile::TempDir, listen: SocketAddr) -> Running {
     let _guard = rt.enter();
     let server = Server::bind(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen,
         data: dir.path().to_path_buf(),
         app: "bench".into(),
     })
     .unwrap();
     let addr = server.local_addr().unwrap();
-    let token = server
-        .store()
-        .issue("bench", Trees::All, Trees::All)
-        .unwrap();
+    let token = match server.store().issue("bench", Trees::All, Trees::All) {
+        Ok(t) => t,
+        // Restarted on the same data: the token exists; issue another name.
+        Err(_) => server
+            .store()
+            .issue(&format!("bench-{}", std::process::id()), Trees::All, Trees::All)
+            .unwrap(),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = rt.spawn(server.serve(async {
         let _ = stopped.await;
@@ -64,9 +72,10 @@ fn start(rt: &tokio::runtime::Runtime) -> Running {
     }
 }
 
-fn stop(rt: &tokio::runtime::Runtime, r: Running) {
+fn stop(rt: &tokio::runtime::Runtime, r: Running) -> tempfile::TempDir {
     let _ = r.stop.send(());
     let _ = rt.block_on(r.task);
+    r._dir
 }
 
 fn client(r: &Running) -> Db {
@@ -193,11 +202,113 @@ fn bulk(rt: &tokio::runtime::Runtime, n: usize) -> (f64, usize) {
     (secs, size)
 }
 
+/// Reconnect catch-up: client A creates `n` records while the server is down; the server
+/// comes back; returns the seconds from A's reconnection until client B (waiting,
+/// connected after the restart) holds all of them.
+fn reconnect(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
+    let r = start(rt);
+    let addr = r.addr;
+    let token = r.token.clone();
+    let cfg = SyncConfig::new(addr, "bench", token)
+        .retry(Retry::default().initial(Duration::from_millis(5)).max(Duration::from_millis(20)))
+        .range_size(n as u64 * 2)
+        .idle_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30));
+    let a = Db::memory_synced(cfg.clone()).unwrap();
+    a.wait_caught_up(LIMIT).unwrap();
+    let ta = a.tree::<Item>().unwrap();
+    create(&ta, 0);
+    a.wait_pushed(LIMIT).unwrap();
+    let dir = stop(rt, r);
+    for i in 0..n {
+        create(&ta, i as u32);
+    }
+    let b = Db::memory_synced(cfg).unwrap();
+    // The clock starts when A is connected again (not when the server restarts: a QUIC
+    // handshake attempted while the port was closed waits for its ~1 s retransmission).
+    let sub = a.subscribe();
+    let connected = std::thread::spawn(move || {
+        loop {
+            match sub.recv_blocking() {
+                Some(Event::Sync(rekord::SyncEvent::Connected { .. })) => return Instant::now(),
+                Some(_) => {}
+                None => panic!("A closed"),
+            }
+        }
+    });
+    let r = start_in(rt, dir, addr);
+    let tb = b.tree::<Item>().unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while tb.len().unwrap() < n as u64 + 1 {
+        assert!(Instant::now() < deadline, "B did not converge");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let done = Instant::now();
+    let t = connected.join().unwrap();
+    a.wait_pushed(LIMIT).unwrap();
+    let secs = done.duration_since(t).as_secs_f64();
+    drop((ta, tb, a, b));
+    stop(rt, r);
+    secs
+}
+
+/// Propagation A -> B while 50 other clients write (each a create and an update every
+/// ~10 ms); `n` changes.
+fn under_load(rt: &tokio::runtime::Runtime, n: usize) -> Vec<Duration> {
+    let r = start(rt);
+    let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..50)
+        .map(|_| {
+            let db = client(&r);
+            let stop_flag = stop_flag.clone();
+            std::thread::spawn(move || {
+                let t = db.tree::<Item>().unwrap();
+                let mut i = 0;
+                while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = create(&t, i);
+                    t.update(k, |it| it.qty += 1).unwrap();
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                db
+            })
+        })
+        .collect();
+    let a = client(&r);
+    let b = client(&r);
+    let ta = a.tree::<Item>().unwrap();
+    let sub = b.subscribe();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let key = create(&ta, i as u32);
+        let t = Instant::now();
+        wait_created(&sub, key.raw());
+        if i >= 20 {
+            out.push(t.elapsed());
+        }
+    }
+    stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dbs: Vec<Db> = load.into_iter().map(|h| h.join().unwrap()).collect();
+    drop((sub, ta, a, b, dbs));
+    stop(rt, r);
+    out
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let quick = std::env::var_os("REKORD_BENCH_QUICK").is_some();
+    if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_RECONNECT") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let secs = reconnect(&rt, n.parse().unwrap());
+        println!("reconnect {n}: {secs:.3} s");
+        return;
+    }
     let (n, records) = if quick {
         (300, 20_000)
     } else {
@@ -220,7 +331,12 @@ fn main() {
         bulk_secs.push(secs);
         raw_bulk_secs.push(rt.block_on(raw_bulk(records, size + 40)));
     }
-    for v in [&mut raw, &mut prop, &mut fan] {
+    // One run each of the issue #5 cases (they are long), after the interleaved rounds.
+    let offline = if quick { 2_000 } else { 10_000 };
+    let reconnect_secs = reconnect(&rt, offline);
+    let mut loaded = under_load(&rt, if quick { 200 } else { 1_000 });
+    raw.extend(rt.block_on(raw_floor(1000)));
+    for v in [&mut raw, &mut prop, &mut fan, &mut loaded] {
         v.sort();
     }
     let (r50, r99) = (percentile(&raw, 0.5), percentile(&raw, 0.99));
@@ -234,6 +350,7 @@ fn main() {
     for (name, v) in [
         ("propagation: commit on A -> event on B", &prop),
         ("fan-out: commit on A -> event on all of 8 clients", &fan),
+        ("propagation A -> B while 50 clients write", &loaded),
     ] {
         let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
         out.push_str(&format!(
@@ -256,6 +373,12 @@ fn main() {
         floor,
         ours,
         floor / ours
+    ));
+    out.push_str(&format!(
+        "\n| reconnect catch-up | time | per change | per change / raw round trip |\n|---|---|---|---|\n| {offline} changes made offline on A, until B (online) has them all | {:.2} s | {:.1} µs | {:.2}x |\n",
+        reconnect_secs,
+        reconnect_secs * 1e6 / offline as f64,
+        reconnect_secs * 1e6 / offline as f64 / us(r50),
     ));
     println!("{out}");
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into());
