@@ -38,7 +38,11 @@ struct Running {
 }
 
 fn start(rt: &tokio::runtime::Runtime) -> Running {
-    start_in(rt, tempfile::tempdir().unwrap(), "127.0.0.1:0".parse().unwrap())
+    start_in(
+        rt,
+        tempfile::tempdir().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
 }
 
 /// Starts a server with its data in `dir`, listening on `listen`.
@@ -56,7 +60,11 @@ fn start_in(rt: &tokio::runtime::Runtime, dir: tempfile::TempDir, listen: Socket
         // Restarted on the same data: the token exists; issue another name.
         Err(_) => server
             .store()
-            .issue(&format!("bench-{}", std::process::id()), Trees::All, Trees::All)
+            .issue(
+                &format!("bench-{}", std::process::id()),
+                Trees::All,
+                Trees::All,
+            )
             .unwrap(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -210,7 +218,11 @@ fn reconnect(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
     let addr = r.addr;
     let token = r.token.clone();
     let cfg = SyncConfig::new(addr, "bench", token)
-        .retry(Retry::default().initial(Duration::from_millis(5)).max(Duration::from_millis(20)))
+        .retry(
+            Retry::default()
+                .initial(Duration::from_millis(5))
+                .max(Duration::from_millis(20)),
+        )
         .range_size(n as u64 * 2)
         .idle_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30));
@@ -253,7 +265,7 @@ fn reconnect(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
 }
 
 /// Propagation A -> B while 50 other clients write (each a create and an update every
-/// ~10 ms); `n` changes.
+/// ~100 ms: about 1,000 changes/s in all); `n` changes.
 fn under_load(rt: &tokio::runtime::Runtime, n: usize) -> Vec<Duration> {
     let r = start(rt);
     let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -268,7 +280,7 @@ fn under_load(rt: &tokio::runtime::Runtime, n: usize) -> Vec<Duration> {
                     let k = create(&t, i);
                     t.update(k, |it| it.qty += 1).unwrap();
                     i += 1;
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(100));
                 }
                 db
             })
@@ -350,7 +362,10 @@ fn main() {
     for (name, v) in [
         ("propagation: commit on A -> event on B", &prop),
         ("fan-out: commit on A -> event on all of 8 clients", &fan),
-        ("propagation A -> B while 50 clients write", &loaded),
+        (
+            "propagation A -> B while 50 clients write ~1,000 changes/s",
+            &loaded,
+        ),
     ] {
         let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
         out.push_str(&format!(

@@ -301,9 +301,22 @@ struct Shared {
     app: String,
     server: [u8; 16],
     store: Arc<Store>,
-    /// Borrow pushes to every session. The lock is held across a borrow change's
-    /// transaction and its send, so pushes go out in commit order.
+    /// Pushes to every session. The lock is held across a logged change's transaction and
+    /// its place in `pending`, so pushes go out in commit order.
     pushes: std::sync::Mutex<broadcast::Sender<Push>>,
+    /// Group commit: changes committed (not yet durably) waiting for the next flush, in
+    /// commit order; their pushes go out and their requests are answered after it.
+    pending: std::sync::Mutex<Vec<Flush>>,
+    /// Wakes the flusher.
+    flush_wake: tokio::sync::Notify,
+    /// The last sequence number known durable (what catch-up may send).
+    durable: std::sync::atomic::AtomicU64,
+}
+
+/// One commit waiting for the group flush.
+struct Flush {
+    pushes: Vec<Push>,
+    done: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Shared {
@@ -313,6 +326,70 @@ impl Shared {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+
+    /// Queues a commit's pushes for the next group flush (call while holding
+    /// [`Shared::pushes`], right after the commit); the receiver completes once the commit
+    /// is durable and its pushes are sent.
+    fn enqueue(&self, pushes: Vec<Push>) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, durable) = tokio::sync::oneshot::channel();
+        match self.pending.lock() {
+            Ok(mut g) => g.push(Flush { pushes, done }),
+            Err(poisoned) => poisoned.into_inner().push(Flush { pushes, done }),
+        }
+        self.flush_wake.notify_one();
+        durable
+    }
+
+    fn take_pending(&self) -> Vec<Flush> {
+        match self.pending.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+/// Group commit: makes queued commits durable with one disk sync per round, then sends
+/// their pushes in commit order and releases their answers.
+async fn flusher(shared: Arc<Shared>) {
+    loop {
+        shared.flush_wake.notified().await;
+        loop {
+            let batch = shared.take_pending();
+            if batch.is_empty() {
+                break;
+            }
+            let store = shared.store.clone();
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => {
+                    let sender = shared.pushes();
+                    for flush in batch {
+                        for push in flush.pushes {
+                            if let Push::Changes(entries) = &push
+                                && let Some(last) = entries.last()
+                            {
+                                shared
+                                    .durable
+                                    .fetch_max(last.seq, std::sync::atomic::Ordering::AcqRel);
+                            }
+                            // No receiver (no session) is fine.
+                            let _ = sender.send(push);
+                        }
+                        let _ = flush.done.send(());
+                    }
+                }
+                // The requests waiting on `batch` fail (their senders are dropped here):
+                // nothing is acknowledged that is not durable.
+                Ok(Err(e)) => tracing::error!(error = %e, "group commit failed"),
+                Err(e) => tracing::error!(error = %e, "group commit crashed"),
+            }
+        }
+    }
+}
+
+/// Waits for a queued commit to be durable.
+async fn durable(done: tokio::sync::oneshot::Receiver<()>) -> Result<(), End> {
+    done.await
+        .map_err(|_| End::Internal("a change could not be made durable".into()))
 }
 
 /// A bound server, ready to [`serve`](Server::serve).
@@ -396,12 +473,18 @@ impl Server {
             config,
             admin,
         } = self;
+        let head = store.head()?;
+        store.set_group_commit(true);
         let shared = Arc::new(Shared {
             app: config.app.clone(),
             server: *identity.uuid.as_bytes(),
             store,
             pushes: std::sync::Mutex::new(broadcast::channel(PUSH_QUEUE).0),
+            pending: std::sync::Mutex::new(Vec::new()),
+            flush_wake: tokio::sync::Notify::new(),
+            durable: std::sync::atomic::AtomicU64::new(head),
         });
+        let flush_task = tokio::spawn(flusher(shared.clone()));
         tracing::info!(
             listen = ?endpoint.local_addr().ok(),
             uuid = %identity.uuid,
@@ -444,6 +527,12 @@ impl Server {
         // Admin commands are bounded (ADMIN_TIMEOUT for their I/O) apart from the command
         // itself, which must end before the database can close anyway.
         while admin_tasks.join_next().await.is_some() {}
+        // Nothing waits for the flusher any more; whatever was committed since its last
+        // round becomes durable here, before the database closes.
+        flush_task.abort();
+        let _ = flush_task.await;
+        shared.store.flush()?;
+        shared.store.set_group_commit(false);
         drop(shared);
         tracing::info!("server stopped");
         Ok(())
@@ -604,8 +693,9 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     // Subscribed before the hello and before the log is read: every change committed
     // after this point reaches this session live, every one before it is in the log.
     let mut pushes = shared.pushes().subscribe();
-    let store = shared.store.clone();
-    let head = blocking(move || store.head()).await?;
+    // Only what is durable is sent: a change the server could still lose never reaches a
+    // client.
+    let head = shared.durable.load(std::sync::atomic::Ordering::Acquire);
     write_frame(
         &mut send,
         &Frame::ServerHello(ServerHello {
@@ -629,7 +719,9 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     loop {
         let store = shared.store.clone();
         let after = scanned;
-        let batch = blocking(move || store.log_after(after, PUSH_BATCH, PUSH_BATCH_BYTES)).await?;
+        let mut batch =
+            blocking(move || store.log_after(after, PUSH_BATCH, PUSH_BATCH_BYTES)).await?;
+        batch.retain(|e| e.seq <= head);
         let Some(last) = batch.last().map(|e| e.seq) else {
             break;
         };
@@ -729,14 +821,21 @@ async fn send_push(
 
 impl admin::Hooks for Shared {
     fn force_return(&self, tree: &str, id: u64) -> Result<Option<u32>, ServerError> {
-        let pushes = self.pushes();
-        let taken = self.store.force_return(tree, id)?;
-        Ok(taken.map(|(holder, entry)| {
-            tracing::info!(tree, id, holder, "borrow forcibly returned");
-            // No receiver (no session) is fine.
-            let _ = pushes.send(Push::Changes(vec![entry]));
-            holder
-        }))
+        let done = {
+            let _order = self.pushes();
+            let taken = self.store.force_return(tree, id)?;
+            taken.map(|(holder, entry)| {
+                tracing::info!(tree, id, holder, "borrow forcibly returned");
+                (holder, self.enqueue(vec![Push::Changes(vec![entry])]))
+            })
+        };
+        // On a blocking thread (admin commands run there), never inside async code.
+        match done {
+            Some((holder, done)) => done.blocking_recv().map(|()| Some(holder)).map_err(|_| {
+                ServerError::Database("the forced return could not be made durable".into())
+            }),
+            None => Ok(None),
+        }
     }
 }
 
@@ -769,17 +868,15 @@ async fn answer(
                 return Ok(Response::Error(RemoteError::NotAllowed { tree }));
             }
             let shared = shared.clone();
-            let (outcome, seq) = blocking(move || {
-                let pushes = shared.pushes();
+            let (outcome, seq, done) = blocking(move || {
+                let _order = shared.pushes();
                 let (outcome, entry) = shared.store.borrow_logged(&tree, id, holder)?;
                 let seq = entry.as_ref().map_or(0, |e| e.seq);
-                if let Some(entry) = entry {
-                    // No receiver (no session) is fine.
-                    let _ = pushes.send(Push::Changes(vec![entry]));
-                }
-                Ok((outcome, seq))
+                let pushes = entry.map(|e| Push::Changes(vec![e])).into_iter().collect();
+                Ok((outcome, seq, shared.enqueue(pushes)))
             })
             .await?;
+            durable(done).await?;
             match outcome {
                 BorrowOutcome::Granted | BorrowOutcome::AlreadyHeld => Response::Granted { seq },
                 BorrowOutcome::HeldBy(other) => {
@@ -789,16 +886,15 @@ async fn answer(
         }
         Request::Return { tree, id } => {
             let shared = shared.clone();
-            let freed = blocking(move || {
-                let pushes = shared.pushes();
+            let (freed, done) = blocking(move || {
+                let _order = shared.pushes();
                 let entry = shared.store.return_logged(&tree, id, holder)?;
                 let freed = entry.is_some();
-                if let Some(entry) = entry {
-                    let _ = pushes.send(Push::Changes(vec![entry]));
-                }
-                Ok(freed)
+                let pushes = entry.map(|e| Push::Changes(vec![e])).into_iter().collect();
+                Ok((freed, shared.enqueue(pushes)))
             })
             .await?;
+            durable(done).await?;
             if freed {
                 Response::Returned
             } else {
@@ -840,41 +936,47 @@ async fn answer(
         Request::Entries { first, entries } => {
             let shared = shared.clone();
             let grant = grant.clone();
-            blocking(move || {
-                let pushes = shared.pushes();
+            let (response, done) = blocking(move || {
+                let _order = shared.pushes();
                 let (outcomes, accepted) = shared
                     .store
                     .apply_entries(holder, &grant, first, &entries)?;
-                // No receiver (no session) is fine.
-                for batch in push_batches(accepted) {
-                    let _ = pushes.send(Push::Changes(batch));
-                }
-                Ok(Response::Entries(outcomes))
+                let pushes = push_batches(accepted)
+                    .into_iter()
+                    .map(Push::Changes)
+                    .collect();
+                Ok((Response::Entries(outcomes), shared.enqueue(pushes)))
             })
-            .await?
+            .await?;
+            // Also for entries answered as duplicates: their first application may still
+            // be on its way to the disk.
+            durable(done).await?;
+            response
         }
         Request::Changes { op, changes } => {
             let shared = shared.clone();
             let grant = grant.clone();
-            blocking(move || {
-                let pushes = shared.pushes();
-                Ok(
+            let (response, done) = blocking(move || {
+                let _order = shared.pushes();
+                let (response, pushes) =
                     match shared.store.apply_changes(holder, &grant, op, changes)? {
                         // A create makes its client the borrow holder; the pushed
                         // change says so (`Sequenced::origin`), no separate borrow push.
-                        Applied::Accepted { seq, entries, .. } => {
-                            // No receiver (no session) is fine.
-                            for batch in push_batches(entries) {
-                                let _ = pushes.send(Push::Changes(batch));
-                            }
-                            Response::Accepted { seq }
-                        }
-                        Applied::Retried { seq } => Response::Accepted { seq },
-                        Applied::Rejected(e) => Response::Error(e),
-                    },
-                )
+                        Applied::Accepted { seq, entries, .. } => (
+                            Response::Accepted { seq },
+                            push_batches(entries)
+                                .into_iter()
+                                .map(Push::Changes)
+                                .collect(),
+                        ),
+                        Applied::Retried { seq } => (Response::Accepted { seq }, Vec::new()),
+                        Applied::Rejected(e) => (Response::Error(e), Vec::new()),
+                    };
+                Ok((response, shared.enqueue(pushes)))
             })
-            .await?
+            .await?;
+            durable(done).await?;
+            response
         }
     })
 }

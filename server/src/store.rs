@@ -114,6 +114,9 @@ pub struct TokenInfo {
 pub struct Store {
     db: redb::Database,
     path: PathBuf,
+    /// Whether logged changes commit without waiting for the disk (group commit: the
+    /// server makes them durable with [`Store::flush`] before it answers or pushes).
+    group_commit: std::sync::atomic::AtomicBool,
 }
 
 macro_rules! from_redb {
@@ -174,7 +177,39 @@ impl Store {
         txn.open_table(OPS)?;
         txn.open_table(ENTRIES)?;
         txn.commit()?;
-        Ok(Self { db, path })
+        Ok(Self {
+            db,
+            path,
+            group_commit: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Switches group commit on or off. With it on, the methods that log changes
+    /// ([`Store::apply_entries`], [`Store::apply_changes`], [`Store::borrow_logged`],
+    /// [`Store::return_logged`], [`Store::force_return`]) commit atomically but not durably;
+    /// the caller must call [`Store::flush`] before it tells anyone about them. The server
+    /// does (one flush for every change committed meanwhile). Off (the default), each of
+    /// them is durable when it returns.
+    pub fn set_group_commit(&self, on: bool) {
+        self.group_commit
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Makes every earlier commit durable (one disk sync).
+    pub fn flush(&self) -> Result<(), ServerError> {
+        let txn = self.db.begin_write()?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A write transaction for logged changes (non-durable under group commit).
+    fn begin_logged(&self) -> Result<redb::WriteTransaction, ServerError> {
+        let mut txn = self.db.begin_write()?;
+        if self.group_commit.load(std::sync::atomic::Ordering::Acquire) {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| ServerError::Database(e.to_string()))?;
+        }
+        Ok(txn)
     }
 
     /// The database file.
@@ -362,7 +397,7 @@ impl Store {
         id: u64,
         holder: u32,
     ) -> Result<(BorrowOutcome, Option<Sequenced>), ServerError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_logged()?;
         let outcome = {
             let mut borrows = txn.open_table(BORROWS)?;
             let current = borrows.get((tree, id))?.map(|g| g.value());
@@ -398,7 +433,7 @@ impl Store {
         id: u64,
         holder: u32,
     ) -> Result<Option<Sequenced>, ServerError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_logged()?;
         let freed = {
             let mut borrows = txn.open_table(BORROWS)?;
             let current = borrows.get((tree, id))?.map(|g| g.value());
@@ -428,7 +463,7 @@ impl Store {
         tree: &str,
         id: u64,
     ) -> Result<Option<(u32, Sequenced)>, ServerError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_logged()?;
         let held = txn
             .open_table(BORROWS)?
             .remove((tree, id))?
@@ -709,7 +744,7 @@ impl Store {
         changes: Vec<Change>,
     ) -> Result<Applied, ServerError> {
         let op_key = (holder, u128::from_be_bytes(op));
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_logged()?;
         {
             let ops = txn.open_table(OPS)?;
             if let Some(seq) = ops.get(op_key)? {
@@ -763,7 +798,7 @@ impl Store {
         // The refusal of entry `limit`, found by an earlier round.
         let mut refusal: Option<RemoteError> = None;
         loop {
-            let txn = self.db.begin_write()?;
+            let txn = self.begin_logged()?;
             let last = txn
                 .open_table(ENTRIES)?
                 .get(holder)?

@@ -620,6 +620,47 @@ impl Session {
         }
     }
 
+    /// The next push if one has arrived already (buffered, or received and not yet
+    /// read); never waits.
+    pub fn try_next_push(&mut self) -> Result<Option<Push>, NetError> {
+        if let Some(push) = self.pushes.pop_front() {
+            return Ok(Some(push));
+        }
+        loop {
+            match self.reader.next_frame() {
+                Ok(Some(Frame::Push(push))) => return Ok(Some(push)),
+                // The late answer to a request that timed out.
+                Ok(Some(Frame::Response { id, .. })) if id < self.next_id => continue,
+                Ok(Some(other)) => {
+                    self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected frame");
+                    return Err(NetError::Protocol(format!(
+                        "unexpected frame while looking for pushes: {other:?}"
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.conn.close(CLOSE_PROTOCOL.into(), b"malformed frame");
+                    return Err(e.into());
+                }
+            }
+            // Polled once: data quinn has received already is taken, nothing is waited
+            // for (reading a chunk is cancel-safe).
+            let mut read = std::pin::pin!(self.recv.read_chunk(READ_CHUNK, true));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::future::Future::poll(read.as_mut(), &mut cx) {
+                std::task::Poll::Ready(Ok(Some(chunk))) => {
+                    self.received += chunk.bytes.len() as u64;
+                    self.reader.push(&chunk.bytes);
+                }
+                std::task::Poll::Ready(Ok(None)) => {
+                    return Err(NetError::Closed("the server ended the stream".into()));
+                }
+                std::task::Poll::Ready(Err(e)) => return Err(NetError::Closed(e.to_string())),
+                std::task::Poll::Pending => return Ok(None),
+            }
+        }
+    }
+
     /// How many pushes are buffered (received, not yet taken by
     /// [`next_push`](Session::next_push)).
     pub fn buffered_pushes(&self) -> usize {

@@ -655,7 +655,7 @@ impl Client {
                     self.flush(s).await?;
                     self.ensure_ranges(s).await?;
                 }
-                Wakeup::Push(Ok(Some(push))) => self.apply(s, push).await?,
+                Wakeup::Push(Ok(Some(push))) => self.apply_ready(s, push).await?,
                 Wakeup::Push(Ok(None)) => {
                     self.check_stale();
                     match tokio::time::timeout(self.config.idle_timeout.max(quiet), s.ping()).await
@@ -1097,6 +1097,33 @@ impl Client {
                 self.link.update(|st| st.caught_up = true);
                 self.emit(SyncEvent::CaughtUp { cursor });
             }
+        }
+        Ok(())
+    }
+
+    /// Applies `first` and every push already received after it, consecutive changes in
+    /// one local transaction (under load, many small pushes cost one commit, not many).
+    async fn apply_ready(&mut self, s: &mut Session, first: Push) -> std::result::Result<(), End> {
+        const MAX_MERGED: usize = 4096;
+        let mut merged: Vec<Sequenced> = Vec::new();
+        let mut next = Some(first);
+        while let Some(push) = next.take() {
+            match push {
+                Push::Changes(entries) => merged.extend(entries),
+                other => {
+                    if !merged.is_empty() {
+                        self.apply(s, Push::Changes(std::mem::take(&mut merged)))
+                            .await?;
+                    }
+                    self.apply(s, other).await?;
+                }
+            }
+            if merged.len() < MAX_MERGED {
+                next = s.try_next_push()?;
+            }
+        }
+        if !merged.is_empty() {
+            self.apply(s, Push::Changes(merged)).await?;
         }
         Ok(())
     }
