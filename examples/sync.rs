@@ -154,7 +154,25 @@ fn main() -> Res<()> {
     )?;
     holders(key)?;
 
-    // 6. Close the clients (their sync threads stop, bob's listener ends), then the server.
+    // 6. Sync statistics, as an application would show them.
+    for (name, db) in [("alice", &alice), ("bob", &bob)] {
+        let Some(st) = db.sync_status() else {
+            return Err("a synced database has a sync status".into());
+        };
+        println!(
+            "{name}: online {}, outbox {} entries / {} bytes, cursor {}, sent {} B, received {} B, last sync {:?} ago",
+            st.online,
+            st.outbox,
+            st.outbox_bytes,
+            st.cursor,
+            st.bytes_sent,
+            st.bytes_received,
+            st.last_sync.and_then(|t| t.elapsed().ok()).unwrap_or_default(),
+        );
+        check(st.online && st.bytes_sent > 0, "the statistics should show traffic")?;
+    }
+
+    // 7. Close the clients (their sync threads stop, bob's listener ends), then the server.
     drop((tasks_a, tasks_b, alice_sub));
     drop((alice, bob));
     if listener.join().is_err() {

@@ -35,9 +35,19 @@
 //! - **Events** [`crate::SyncEvent`]: connected, disconnected (with the retry delay),
 //!   refused, catch-up progress, caught up, outbox entry pushed or rejected.
 //!
+//! - **Write modes** ([`WriteMode`], per database or per tree): write-behind (default) or
+//!   write-through, where a batch returns once the server accepted it
+//!   ([`crate::Batch::commit`] has the errors).
+//! - **Controls**: [`SyncConfig::batch_size`], [`Retry`], [`SyncConfig::max_outbox_bytes`]
+//!   ([`crate::Error::OutboxFull`]), [`SyncConfig::max_outbox_age`]
+//!   ([`crate::SyncEvent::OutboxStale`]), [`SyncConfig::replay_bytes_per_sec`]; statistics
+//!   in [`SyncStatus`].
+//!
 //! A rejected outbox entry (the server refused it for good, e.g. a change to a record whose
-//! borrow this client lost) is moved to the `rekord.outbox_rejected` table and reported as
-//! [`crate::SyncEvent::Rejected`]; its local effect stays.
+//! borrow an administrator took back, [`crate::SyncEvent::BorrowRevoked`]) is moved to the
+//! `rekord.outbox_rejected` table and reported as [`crate::SyncEvent::Rejected`]; the
+//! records it touched are then fetched from the server and replaced locally (with events),
+//! so the local copy is what every other replica has.
 
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod client;
