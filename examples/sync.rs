@@ -167,9 +167,14 @@ fn main() -> Res<()> {
             st.cursor,
             st.bytes_sent,
             st.bytes_received,
-            st.last_sync.and_then(|t| t.elapsed().ok()).unwrap_or_default(),
+            st.last_sync
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default(),
         );
-        check(st.online && st.bytes_sent > 0, "the statistics should show traffic")?;
+        check(
+            st.online && st.bytes_sent > 0,
+            "the statistics should show traffic",
+        )?;
     }
 
     // 7. Close the clients (their sync threads stop, bob's listener ends), then the server.
