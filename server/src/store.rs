@@ -762,6 +762,7 @@ impl Store {
             &mut seq,
             &mut entries,
             &mut created,
+            &mut Parsed::new(),
         )? {
             Err(e) => {
                 txn.abort()?;
@@ -795,6 +796,7 @@ impl Store {
         batch: &[Vec<Change>],
     ) -> Result<(Vec<EntryOutcome>, Vec<Sequenced>), ServerError> {
         let mut limit = batch.len();
+        let mut parsed = Parsed::new();
         // The refusal of entry `limit`, found by an earlier round.
         let mut refusal: Option<RemoteError> = None;
         loop {
@@ -823,6 +825,7 @@ impl Store {
                     &mut seq,
                     &mut entries,
                     &mut created,
+                    &mut parsed,
                 )? {
                     Ok(()) => {
                         outcomes.push(EntryOutcome::Applied { seq });
@@ -884,9 +887,15 @@ fn log_borrow(
     Ok(entry)
 }
 
+/// Schemas parsed during one request, by (tree, version) (parsing RON costs more than
+/// checking a record).
+type Parsed = std::collections::HashMap<(String, u32), rekord::Schema>;
+
 /// Checks and applies `changes` in `txn`, logging each under the next sequence number
 /// (`seq` is the last one used); the outer error is a storage failure, the inner one the
 /// first refusal (after which `txn` holds partial writes and must be aborted).
+// The accumulators are the caller's state across the entries of one request.
+#[allow(clippy::too_many_arguments)]
 fn apply_in(
     txn: &redb::WriteTransaction,
     holder: u32,
@@ -895,21 +904,20 @@ fn apply_in(
     seq: &mut u64,
     entries: &mut Vec<Sequenced>,
     created: &mut Vec<(String, u64)>,
+    parsed: &mut Parsed,
 ) -> Result<Result<(), RemoteError>, ServerError> {
     let mut log = txn.open_table(LOG)?;
     let mut records = txn.open_table(RECORDS)?;
     let mut borrows = txn.open_table(BORROWS)?;
     let schemas = txn.open_table(SCHEMAS)?;
     let ranges = txn.open_table(RANGES)?;
-    let mut parsed: std::collections::HashMap<(String, u32), rekord::Schema> =
-        std::collections::HashMap::new();
     for change in changes {
         let mut tables = Tables {
             records: &mut records,
             borrows: &mut borrows,
             schemas: &schemas,
             ranges: &ranges,
-            parsed: &mut parsed,
+            parsed,
         };
         match tables.apply(holder, grant, &change)? {
             Ok(born) => {
