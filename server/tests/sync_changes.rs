@@ -631,3 +631,50 @@ async fn numbered_entries_apply_once_and_a_refused_one_stops_the_run() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_does_not_read_its_pushes_is_closed_as_lagged_never_skipped() {
+    common::bounded(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Running::start(dir.path());
+        let token = server.token("a");
+        let (mut a, _, _) = connect(server.addr, &client(&token), None).await;
+        // B connects, then never reads again.
+        let (mut b, _, _) = connect(server.addr, &client(&token), None).await;
+        a.put_schema("parts", Part::VERSION, &schema_ron())
+            .await
+            .unwrap();
+        let (start, _) = a.ranges(10_000).await.unwrap()[0];
+        // Large records first fill B's flow-control window, so the server cannot hand B
+        // anything more; then small ones, one push each, overflow B's push queue.
+        let big = part(&"x".repeat(60_000), 1);
+        let small = part("s", 1);
+        let total = 40 + rekord_server::PUSH_QUEUE as u64 + 200;
+        for i in 0..total {
+            let data = if i < 40 { big.clone() } else { small.clone() };
+            a.changes(op(), vec![put(start + i, 0, data)])
+                .await
+                .unwrap();
+            // A reads its own pushes, so it is never the one lagging.
+            while a.try_next_push().unwrap().is_some() {}
+        }
+        // B reads now: what was queued for it, then the close, with the reason.
+        let end = loop {
+            match b.next_push(Duration::from_secs(10)).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("B was neither closed nor sent anything"),
+                Err(e) => break e,
+            }
+        };
+        let text = end.to_string();
+        assert!(
+            matches!(end, NetError::Closed(_)) && text.contains("too many pushes"),
+            "{text}"
+        );
+        // A is unaffected and B's data is all in the log for its next catch-up.
+        a.ping().await.unwrap();
+        assert_eq!(server.store.head().unwrap(), total);
+        server.stop().await;
+    })
+    .await;
+}

@@ -74,6 +74,21 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How many bytes are read from the stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Why reading failed, with the peer's close code and reason when it closed the connection.
+fn read_error(e: quinn::ReadError) -> String {
+    match e {
+        quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(close)) => {
+            format!(
+                "the server closed the connection (code {}): {}",
+                close.error_code,
+                String::from_utf8_lossy(&close.reason)
+            )
+        }
+        quinn::ReadError::ConnectionLost(c) => c.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// The SHA-256 fingerprint of a DER certificate, as 64 lowercase hex digits.
 pub fn fingerprint(cert_der: &[u8]) -> String {
     let digest = sha2::Sha256::digest(cert_der);
@@ -655,7 +670,7 @@ impl Session {
                 std::task::Poll::Ready(Ok(None)) => {
                     return Err(NetError::Closed("the server ended the stream".into()));
                 }
-                std::task::Poll::Ready(Err(e)) => return Err(NetError::Closed(e.to_string())),
+                std::task::Poll::Ready(Err(e)) => return Err(NetError::Closed(read_error(e))),
                 std::task::Poll::Pending => return Ok(None),
             }
         }
@@ -731,7 +746,7 @@ impl Session {
                     self.reader.push(&chunk.bytes);
                 }
                 Ok(None) => return Err(NetError::Closed("the server ended the stream".into())),
-                Err(e) => return Err(NetError::Closed(e.to_string())),
+                Err(e) => return Err(NetError::Closed(read_error(e))),
             }
         }
     }
