@@ -96,8 +96,7 @@ async fn connect(
     }
 }
 
-/// Reads pushes until changes up to `seq` arrived; returns the changes (borrow pushes are
-/// skipped).
+/// Reads pushes until changes up to `seq` arrived; returns the changes.
 async fn changes_until(s: &mut Session, seq: u64) -> Vec<Sequenced> {
     let mut got: Vec<Sequenced> = Vec::new();
     while got.last().is_none_or(|e| e.seq < seq) {
