@@ -66,6 +66,24 @@ fn wait_event(sub: &rekord::Subscription, mut pred: impl FnMut(&rekord::RecordEv
     }
 }
 
+/// Waits (bounded) for the first sync event `pick` accepts; what it picked.
+fn wait_sync<R>(
+    sub: &rekord::Subscription,
+    what: &str,
+    mut pick: impl FnMut(&SyncEvent) -> Option<R>,
+) -> R {
+    let start = Instant::now();
+    loop {
+        while let Some(e) = sub.try_next() {
+            if let Some(r) = e.as_sync().and_then(&mut pick) {
+                return r;
+            }
+        }
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Creates a part once the first id range has arrived.
 fn create(parts: &rekord::Tree<Part>, part: &Part) -> Key<Part> {
     let start = Instant::now();
@@ -324,14 +342,10 @@ async fn a_bad_token_is_refused_with_an_event_and_borrow_says_offline() {
     tokio::task::spawn_blocking(move || {
         let db = Db::memory_synced(cfg).unwrap();
         let sub = db.subscribe();
-        let start = Instant::now();
-        let reason = loop {
-            if let Some(Event::Sync(SyncEvent::Refused { reason })) = sub.try_next() {
-                break reason;
-            }
-            assert!(start.elapsed() < LIMIT);
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let reason = wait_sync(&sub, "a refusal", |e| match e {
+            SyncEvent::Refused { reason } => Some(reason.clone()),
+            _ => None,
+        });
         assert!(reason.contains("token"), "{reason}");
         assert!(matches!(
             db.wait_caught_up(Duration::from_millis(50)),
@@ -445,15 +459,11 @@ async fn a_server_restored_from_an_older_backup_is_followed_from_its_head() {
     tokio::task::spawn_blocking(move || {
         let sub = b.subscribe();
         // B notices the server is behind, goes on from its head and gets what is new.
-        let start = Instant::now();
-        loop {
-            if let Some(Event::Sync(SyncEvent::ServerBehind { cursor, head })) = sub.try_next() {
-                assert_eq!((cursor, head), (5, 3));
-                break;
-            }
-            assert!(start.elapsed() < LIMIT, "no ServerBehind event");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let behind = wait_sync(&sub, "ServerBehind", |e| match e {
+            SyncEvent::ServerBehind { cursor, head } => Some((*cursor, *head)),
+            _ => None,
+        });
+        assert_eq!(behind, (5, 3));
         a.wait_caught_up(LIMIT).unwrap();
         let pa = a.tree::<Part>().unwrap();
         let k = create(
@@ -551,14 +561,10 @@ async fn a_client_of_another_application_is_refused() {
     tokio::task::spawn_blocking(move || {
         let db = Db::memory_synced(cfg).unwrap();
         let sub = db.subscribe();
-        let start = Instant::now();
-        let reason = loop {
-            if let Some(Event::Sync(SyncEvent::Refused { reason })) = sub.try_next() {
-                break reason;
-            }
-            assert!(start.elapsed() < LIMIT);
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let reason = wait_sync(&sub, "a refusal", |e| match e {
+            SyncEvent::Refused { reason } => Some(reason.clone()),
+            _ => None,
+        });
         assert!(reason.contains("application"), "{reason}");
         assert!(db.sync_status().unwrap().replica.is_none());
     })
@@ -631,16 +637,12 @@ async fn sync_controls_limits_staleness_throttling_and_statistics() {
             "the refused write changed nothing"
         );
         // The outbox grows old while the server is away: one event, nothing dropped.
-        let start = Instant::now();
-        loop {
-            if let Some(Event::Sync(SyncEvent::OutboxStale { age, entries })) = sub.try_next() {
-                assert!(age >= Duration::from_millis(100));
-                assert_eq!(entries, u64::from(made));
-                break;
-            }
-            assert!(start.elapsed() < LIMIT, "no OutboxStale event");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (age, entries) = wait_sync(&sub, "OutboxStale", |e| match e {
+            SyncEvent::OutboxStale { age, entries } => Some((*age, *entries)),
+            _ => None,
+        });
+        assert!(age >= Duration::from_millis(100));
+        assert_eq!(entries, u64::from(made));
         made
     })
     .await
@@ -720,15 +722,11 @@ async fn a_forced_return_is_reported_and_later_offline_edits_are_refused_kept_an
                 holder: Some(a.replica())
             }
         );
-        let start = Instant::now();
-        loop {
-            if let Some(Event::Sync(SyncEvent::BorrowRevoked { tree, id })) = sub_a.try_next() {
-                assert_eq!((tree.as_str(), id), ("parts", k.id()));
-                break;
-            }
-            assert!(start.elapsed() < LIMIT, "A was not told");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let revoked = wait_sync(&sub_a, "BorrowRevoked", |e| match e {
+            SyncEvent::BorrowRevoked { tree, id } => Some((tree.clone(), *id)),
+            _ => None,
+        });
+        assert_eq!(revoked, ("parts".to_string(), k.id()));
         assert_eq!(pa.meta(k).unwrap().holder, 0);
         assert!(matches!(
             pa.update(k, |p| p.qty = 5),
