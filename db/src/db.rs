@@ -343,6 +343,11 @@ impl Db {
                 replica = crate::sync::client::init_meta(&mut meta, created)?;
             }
         }
+        if mode == Mode::Client {
+            // Present from the start, so readers never meet a missing outbox.
+            txn.open_table(storage::OUTBOX)?;
+            txn.open_table(storage::REJECTED)?;
+        }
         txn.commit()?;
         Ok(Db {
             inner: Arc::new(DbInner {

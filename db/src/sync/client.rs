@@ -103,11 +103,11 @@ impl Link {
             });
         }
         let txn = db.redb.begin_read()?;
-        let rejected = match txn.open_table(REJECTED) {
-            Ok(t) => t.range(first..=last)?.next().is_some(),
-            Err(redb::TableError::TableDoesNotExist(_)) => false,
-            Err(e) => return Err(e.into()),
-        };
+        let rejected = txn
+            .open_table(REJECTED)?
+            .range(first..=last)?
+            .next()
+            .is_some();
         if rejected {
             return Err(Error::Refused {
                 what: "the write",
@@ -313,22 +313,13 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
 /// Outbox entries and bytes, and rejected entries.
 fn counts(db: &DbInner) -> Result<(u64, u64, u64)> {
     let txn = db.redb.begin_read()?;
-    let (outbox, bytes) = match txn.open_table(OUTBOX) {
-        Ok(t) => {
-            let mut bytes = 0u64;
-            for row in t.iter()? {
-                bytes += row?.1.value().len() as u64;
-            }
-            (t.len()?, bytes)
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => (0, 0),
-        Err(e) => return Err(e.into()),
-    };
-    let rejected = match txn.open_table(REJECTED) {
-        Ok(t) => t.len()?,
-        Err(redb::TableError::TableDoesNotExist(_)) => 0,
-        Err(e) => return Err(e.into()),
-    };
+    let table = txn.open_table(OUTBOX)?;
+    let mut bytes = 0u64;
+    for row in table.iter()? {
+        bytes += row?.1.value().len() as u64;
+    }
+    let outbox = table.len()?;
+    let rejected = txn.open_table(REJECTED)?.len()?;
     Ok((outbox, bytes, rejected))
 }
 
@@ -437,11 +428,7 @@ impl Client {
         };
         let oldest = (|| -> Result<Option<u64>> {
             let txn = db.redb.begin_read()?;
-            let table = match txn.open_table(OUTBOX) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
+            let table = txn.open_table(OUTBOX)?;
             Ok(match table.first()? {
                 Some((_, v)) => Some(outbox::decode(v.value())?.0),
                 None => None,
@@ -742,11 +729,7 @@ impl Client {
             let (first, run, returned) = {
                 let db = self.db()?;
                 let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-                let table = match txn.open_table(OUTBOX) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                    Err(e) => return Err(Error::from(e).into()),
-                };
+                let table = txn.open_table(OUTBOX).map_err(Error::from)?;
                 let mut first = 0;
                 let mut run: Vec<Vec<crate::proto::Change>> = Vec::new();
                 let mut returned = None;
