@@ -78,6 +78,11 @@ pub(crate) struct DbInner {
     /// The sync thread of a synced database.
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) link: std::sync::OnceLock<Arc<crate::sync::client::Link>>,
+    /// The optimistic trees of a synced database and their merge strategies.
+    pub(crate) merges: std::sync::OnceLock<HashMap<String, crate::sync::Merge>>,
+    /// The hybrid logical clock: the latest timestamp made or seen (written back by batches
+    /// under the writer lock).
+    pub(crate) hlc: std::sync::atomic::AtomicU64,
     pub(crate) options: DbOptions,
 }
 
@@ -198,6 +203,9 @@ impl Db {
 
     #[cfg(not(target_arch = "wasm32"))]
     fn start_sync(db: Db, config: crate::sync::SyncConfig) -> Result<Db> {
+        let merges = config.merges.iter().cloned().collect();
+        // A fresh `DbInner` has no merges yet.
+        let _ = db.inner.merges.set(merges);
         let link = crate::sync::client::start(&db.inner, config)?;
         // A fresh `DbInner` has no link yet.
         let _ = db.inner.link.set(link);
@@ -347,7 +355,16 @@ impl Db {
             // Present from the start, so readers never meet a missing outbox.
             txn.open_table(storage::OUTBOX)?;
             txn.open_table(storage::REJECTED)?;
+            txn.open_table(storage::PENDING)?;
         }
+        let hlc = if mode == Mode::Client {
+            txn.open_table(META)?
+                .get(crate::sync::HLC)?
+                .and_then(|v| read_u64(v.value()))
+                .unwrap_or(0)
+        } else {
+            0
+        };
         txn.commit()?;
         Ok(Db {
             inner: Arc::new(DbInner {
@@ -363,6 +380,8 @@ impl Db {
                 client: mode == Mode::Client,
                 #[cfg(not(target_arch = "wasm32"))]
                 link: std::sync::OnceLock::new(),
+                merges: std::sync::OnceLock::new(),
+                hlc: std::sync::atomic::AtomicU64::new(hlc),
                 options,
             }),
         })
@@ -484,6 +503,11 @@ impl DbInner {
                 })
             })
             .clone()
+    }
+
+    /// The merge strategy of `tree` if it is an optimistic tree of a synced database.
+    pub(crate) fn merge_of(&self, tree: &str) -> Option<&crate::sync::Merge> {
+        self.merges.get()?.get(tree)
     }
 
     /// Tells the sync thread that the outbox has new entries.

@@ -20,13 +20,13 @@ mod tree;
 
 pub use db::{Db, DbOptions, LOCAL_REPLICA};
 pub use error::{Error, Result};
-pub use event::{Event, EventKind, RecordEvent, Subscription, SyncEvent};
+pub use event::{Conflict, Event, EventKind, RecordEvent, Subscription, SyncEvent};
 pub use index::{Change, Indexer, IndexerStatus};
 pub use key::{ArchivedKey, Key, RawKey};
 pub use record::{Archived, Record};
 pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
-pub use sync::{Retry, SyncConfig, SyncStatus, WriteMode};
+pub use sync::{Merge, Retry, SyncConfig, SyncStatus, WriteMode};
 pub use tree::batch::{Batch, BatchTree};
 pub use tree::{Iter, MigrateProgress, MigrateReport, RecordMeta, RecordRef, Snapshot, Tree};
 

@@ -58,9 +58,13 @@ const OPS: TableDefinition<(u32, u128), u64> = TableDefinition::new("ops");
 /// Holder number -> the last outbox entry number of that client processed
 /// ([`Store::apply_entries`]).
 const ENTRIES: TableDefinition<u32, u64> = TableDefinition::new("entries");
+/// (holder number, entry number) -> what became of that outbox entry (rkyv bytes of
+/// [`EntryOutcome`]), so a retry after a lost answer hears the same answer (with the
+/// sequence number, or the refusal); dropped once the client sends later entries only.
+const OUTCOMES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("outcomes");
 
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 12] = [
     "tokens",
     "token_names",
     "holders",
@@ -72,6 +76,7 @@ pub const TABLES: [&str; 11] = [
     "records",
     "ops",
     "entries",
+    "outcomes",
 ];
 
 /// The first record id the server grants (ids below 2^32 are never granted).
@@ -571,16 +576,32 @@ pub struct RecordState {
     pub version: u32,
     /// The record bytes (empty once removed).
     pub data: Vec<u8>,
+    /// Sequence number of the last data change (`Put` or `Edit`; 0: none recorded).
+    pub seq: u64,
+    /// Holder number of the client that made it.
+    pub origin: u32,
+    /// Sequence number of the last data change by a client other than `origin` (0: none):
+    /// `origin` may keep editing on top of it without a conflict.
+    pub before: u64,
+    /// Hybrid logical clock timestamp of the last data change (0: a `Put`).
+    pub hlc: u64,
 }
 
+/// Flags byte, state, version.
 const RECORD_HEADER: usize = 9;
+/// Flag: the state carries the data change tracking (`seq`, `origin`, `before`, `hlc`).
+const TRACKED: u8 = 4;
 
 impl RecordState {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + self.data.len());
-        out.push(u8::from(self.exists) | (u8::from(self.released) << 1));
+        let mut out = Vec::with_capacity(RECORD_HEADER + 28 + self.data.len());
+        out.push(u8::from(self.exists) | (u8::from(self.released) << 1) | TRACKED);
         out.extend_from_slice(&self.state.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.origin.to_le_bytes());
+        out.extend_from_slice(&self.before.to_le_bytes());
+        out.extend_from_slice(&self.hlc.to_le_bytes());
         out.extend_from_slice(&self.data);
         out
     }
@@ -589,14 +610,48 @@ impl RecordState {
         let corrupt = || ServerError::Database("a stored record state is corrupt".into());
         let (&flags, rest) = bytes.split_first().ok_or_else(corrupt)?;
         let (state, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
-        let (version, data) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let (version, mut data) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let mut tracked = (0, 0, 0, 0);
+        if flags & TRACKED != 0 {
+            let (seq, rest) = data.split_first_chunk::<8>().ok_or_else(corrupt)?;
+            let (origin, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+            let (before, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+            let (hlc, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+            tracked = (
+                u64::from_le_bytes(*seq),
+                u32::from_le_bytes(*origin),
+                u64::from_le_bytes(*before),
+                u64::from_le_bytes(*hlc),
+            );
+            data = rest;
+        }
         Ok(Self {
             exists: flags & 1 != 0,
             released: flags & 2 != 0,
             state: u32::from_le_bytes(*state),
             version: u32::from_le_bytes(*version),
             data: data.to_vec(),
+            seq: tracked.0,
+            origin: tracked.1,
+            before: tracked.2,
+            hlc: tracked.3,
         })
+    }
+
+    /// Records a data change by `origin` under sequence number `seq`.
+    fn changed(&mut self, origin: u32, seq: u64, hlc: u64) {
+        if self.origin != origin {
+            self.before = self.seq;
+            self.origin = origin;
+        }
+        self.seq = seq;
+        self.hlc = hlc;
+    }
+
+    /// Whether an edit by `origin` based on sequence number `base` sees every change of
+    /// other clients (no conflict).
+    fn edit_fits(&self, origin: u32, base: u64) -> bool {
+        self.seq <= base || (self.origin == origin && self.before <= base)
     }
 }
 
@@ -782,8 +837,9 @@ impl Store {
 
     /// Applies consecutive outbox entries `first, first + 1, ...` of client `holder`, each
     /// all or nothing, in one durable transaction. The server remembers the last entry
-    /// number processed per client: entries up to it are answered
-    /// [`EntryOutcome::Duplicate`] and apply nothing (a retry); a refused entry is answered
+    /// number processed per client, and the outcome of each entry the client has not
+    /// settled yet: a retry of an entry up to it applies nothing and gets the first answer
+    /// again (or [`EntryOutcome::Duplicate`] once forgotten); a refused entry is answered
     /// [`EntryOutcome::Rejected`] and counts as processed (its number is never applied
     /// later); entries after a refused one are not processed by this call (they are missing
     /// from the answer; the client sends them again). Returns the outcomes, in entry order,
@@ -806,6 +862,9 @@ impl Store {
                 .get(holder)?
                 .map_or(0, |v| v.value());
             let mut seq = head_of(&txn.open_table(LOG)?)?;
+            let mut answered = txn.open_table(OUTCOMES)?;
+            // The client settled every entry before `first`.
+            answered.retain_in((holder, 0)..(holder, first), |_, _| false)?;
             let mut entries = Vec::new();
             let mut created = Vec::new();
             let mut outcomes = Vec::with_capacity(limit + 1);
@@ -814,7 +873,10 @@ impl Store {
             for (i, changes) in batch.iter().take(limit).enumerate() {
                 let n = first.saturating_add(i as u64);
                 if n <= last {
-                    outcomes.push(EntryOutcome::Duplicate);
+                    outcomes.push(match answered.get((holder, n))? {
+                        Some(o) => decode_outcome(o.value())?,
+                        None => EntryOutcome::Duplicate,
+                    });
                     continue;
                 }
                 match apply_in(
@@ -828,7 +890,9 @@ impl Store {
                     &mut parsed,
                 )? {
                     Ok(()) => {
-                        outcomes.push(EntryOutcome::Applied { seq });
+                        let outcome = EntryOutcome::Applied { seq };
+                        answered.insert((holder, n), encode_outcome(&outcome)?.as_slice())?;
+                        outcomes.push(outcome);
                         processed = n;
                     }
                     Err(e) => {
@@ -840,6 +904,7 @@ impl Store {
             if let Some((i, e)) = failed {
                 // The refused entry may have written part of its changes: start over
                 // without it (`limit` shrinks every round, so this ends).
+                drop(answered);
                 txn.abort()?;
                 limit = i;
                 refusal = Some(e);
@@ -848,17 +913,33 @@ impl Store {
             if let Some(e) = refusal {
                 let n = first.saturating_add(limit as u64);
                 if n > last {
-                    outcomes.push(EntryOutcome::Rejected(e));
+                    let outcome = EntryOutcome::Rejected(e);
+                    answered.insert((holder, n), encode_outcome(&outcome)?.as_slice())?;
+                    outcomes.push(outcome);
                     processed = n;
                 } else {
-                    outcomes.push(EntryOutcome::Duplicate);
+                    outcomes.push(match answered.get((holder, n))? {
+                        Some(o) => decode_outcome(o.value())?,
+                        None => EntryOutcome::Duplicate,
+                    });
                 }
             }
+            drop(answered);
             txn.open_table(ENTRIES)?.insert(holder, processed)?;
             txn.commit()?;
             return Ok((outcomes, entries));
         }
     }
+}
+
+fn encode_outcome(o: &EntryOutcome) -> Result<Vec<u8>, ServerError> {
+    rekord::proto::encode_outcome(o)
+        .map_err(|e| ServerError::Database(format!("cannot encode an entry outcome: {e}")))
+}
+
+fn decode_outcome(bytes: &[u8]) -> Result<EntryOutcome, ServerError> {
+    rekord::proto::decode_outcome(bytes)
+        .map_err(|e| ServerError::Database(format!("a stored entry outcome is corrupt: {e}")))
 }
 
 /// Logs that the borrow of record `id` of `tree` is now `holder`'s (0: nobody), caused by
@@ -913,13 +994,14 @@ fn apply_in(
     let ranges = txn.open_table(RANGES)?;
     for change in changes {
         let mut tables = Tables {
+            log: &log,
             records: &mut records,
             borrows: &mut borrows,
             schemas: &schemas,
             ranges: &ranges,
             parsed,
         };
-        match tables.apply(holder, grant, &change)? {
+        match tables.apply(holder, grant, &change, *seq + 1)? {
             Ok(born) => {
                 if born {
                     created.push((change.tree.clone(), change.id));
@@ -942,6 +1024,7 @@ fn apply_in(
 
 /// The tables one change is checked against and applied to.
 struct Tables<'a, 't> {
+    log: &'a redb::Table<'t, u64, &'static [u8]>,
     records: &'a mut redb::Table<'t, (&'static str, u64, u32), &'static [u8]>,
     borrows: &'a mut redb::Table<'t, (&'static str, u64), u32>,
     schemas: &'a redb::Table<'t, (&'static str, u32), &'static str>,
@@ -1011,13 +1094,42 @@ impl Tables<'_, '_> {
             }))
     }
 
-    /// Checks and applies one change; `Ok(Ok(true))` if it created a record (whose borrow
-    /// the client now holds).
+    /// The data a logged change `seq` gave revision `rev` of record `id` of `tree`, if the
+    /// log entry is such a data change (the base of a three-way merge).
+    fn logged_data(
+        &self,
+        seq: u64,
+        tree: &str,
+        id: u64,
+        rev: u32,
+    ) -> Result<Option<(u32, Vec<u8>)>, ServerError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let Some(bytes) = self.log.get(seq)? else {
+            return Ok(None);
+        };
+        let entry = rekord::proto::decode_sequenced(bytes.value()).map_err(wire_error)?;
+        let c = entry.change;
+        if c.tree != tree || c.id != id || c.rev != rev {
+            return Ok(None);
+        }
+        Ok(match c.kind {
+            ChangeKind::Put { version, data } | ChangeKind::Edit { version, data, .. } => {
+                Some((version, data))
+            }
+            _ => None,
+        })
+    }
+
+    /// Checks and applies one change, which gets sequence number `seq`; `Ok(Ok(true))` if
+    /// it created a record whose borrow the client now holds.
     fn apply(
         &mut self,
         holder: u32,
         grant: &Grant,
         change: &Change,
+        seq: u64,
     ) -> Result<Result<bool, RemoteError>, ServerError> {
         let Change {
             tree,
@@ -1040,8 +1152,12 @@ impl Tables<'_, '_> {
         let current = self.state(tree, id, rev)?;
         let creates = current.is_none() && rev == 0 && !self.known_id(tree, id)?;
         if creates {
-            let ChangeKind::Put { version, data } = kind else {
-                return Ok(Err(RemoteError::NotFound));
+            let (version, data, hlc, optimistic) = match kind {
+                ChangeKind::Put { version, data } => (*version, data, 0, false),
+                ChangeKind::Edit {
+                    version, data, hlc, ..
+                } => (*version, data, *hlc, true),
+                _ => return Ok(Err(RemoteError::NotFound)),
             };
             if !self.owns(holder, id)? {
                 return Ok(Err(RemoteError::OutsideRange { id }));
@@ -1049,25 +1165,57 @@ impl Tables<'_, '_> {
             if let Some(other) = borrower.filter(|h| *h != holder) {
                 return Ok(Err(RemoteError::AlreadyBorrowed { holder: other }));
             }
-            if let Err(e) = self.check_data(tree, *version, data)? {
+            if let Err(e) = self.check_data(tree, version, data)? {
                 return Ok(Err(e));
             }
-            let state = RecordState {
+            let mut state = RecordState {
                 exists: true,
                 released: false,
                 state: 0,
-                version: *version,
+                version,
                 data: data.clone(),
+                seq: 0,
+                origin: 0,
+                before: 0,
+                hlc: 0,
             };
+            state.changed(holder, seq, hlc);
             self.records
                 .insert((tree, id, rev), state.encode().as_slice())?;
-            let born = borrower.is_none();
+            // An optimistic create gives nobody the borrow.
+            let born = borrower.is_none() && !optimistic;
             if born {
                 self.borrows.insert((tree, id), holder)?;
             }
             return Ok(Ok(born));
         }
-        if borrower != Some(holder) {
+        if let ChangeKind::Edit { base, .. } = kind {
+            if let Some(other) = borrower.filter(|h| *h != holder) {
+                return Ok(Err(RemoteError::AlreadyBorrowed { holder: other }));
+            }
+            let Some(state) = current.as_ref().filter(|s| s.exists) else {
+                return Ok(Err(RemoteError::NotFound));
+            };
+            if !state.released && !state.edit_fits(holder, *base) {
+                // Base data and current data must fit in one frame together.
+                let base = self
+                    .logged_data(*base, tree, id, rev)?
+                    .filter(|(_, b)| b.len() + state.data.len() <= rekord::proto::MAX_RECORD);
+                return Ok(Err(RemoteError::Conflict(Box::new(
+                    rekord::proto::Current {
+                        tree: tree.to_owned(),
+                        id,
+                        rev,
+                        seq: state.seq,
+                        origin: state.origin,
+                        hlc: state.hlc,
+                        version: state.version,
+                        data: state.data.clone(),
+                        base,
+                    },
+                ))));
+            }
+        } else if borrower != Some(holder) {
             return Ok(Err(RemoteError::NotBorrowed));
         }
         let mut state = match current {
@@ -1095,21 +1243,30 @@ impl Tables<'_, '_> {
                     state: 0,
                     version: 0,
                     data: Vec::new(),
+                    seq: 0,
+                    origin: 0,
+                    before: 0,
+                    hlc: 0,
                 }
             }
         };
         match kind {
             // Refused at the top of this function.
             ChangeKind::Borrow { .. } => {}
-            ChangeKind::Put { version, data } => {
+            ChangeKind::Put { version, data } | ChangeKind::Edit { version, data, .. } => {
                 if state.released {
                     return Ok(Err(RemoteError::Released));
                 }
                 if let Err(e) = self.check_data(tree, *version, data)? {
                     return Ok(Err(e));
                 }
+                let hlc = match kind {
+                    ChangeKind::Edit { hlc, .. } => *hlc,
+                    _ => 0,
+                };
                 state.version = *version;
                 state.data = data.clone();
+                state.changed(holder, seq, hlc);
             }
             ChangeKind::Remove => {
                 if state.released {

@@ -110,6 +110,11 @@ pub enum SyncEvent {
         /// Outbox entries still waiting.
         outbox: u64,
     },
+    /// An optimistic edit of this replica met a concurrent edit of another (see
+    /// [`crate::sync::merge`]) and the two were merged: `outcome` is what the record is now
+    /// here and, once the server accepted it, everywhere. Both sides and the outcome are
+    /// RON text (as the viewer shows records).
+    Conflict(Box<Conflict>),
     /// The server refused a local write for good. Its changes stay in the local database
     /// and the refused entry is kept in the `rekord.outbox_rejected` table; nothing is
     /// dropped silently.
@@ -119,6 +124,30 @@ pub enum SyncEvent {
         /// The server's reason.
         reason: String,
     },
+}
+
+/// A merged conflict ([`SyncEvent::Conflict`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Conflict {
+    /// Tree.
+    pub tree: String,
+    /// The record revision.
+    pub key: crate::RawKey,
+    /// The strategy that decided (with the reason if it fell back to last-write-wins).
+    pub strategy: String,
+    /// Which side won.
+    pub winner: crate::sync::Winner,
+    /// This replica's side.
+    pub mine: String,
+    /// The server's side (the other replica's edit).
+    pub theirs: String,
+    /// The record as merged.
+    pub outcome: String,
+    /// Holder number of the replica that made the server's side.
+    pub other: u32,
+    /// The losing side kept as a new record ([`crate::sync::Merge::keep_loser`]).
+    pub kept: Option<crate::RawKey>,
 }
 
 /// A change to one record.

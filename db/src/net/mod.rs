@@ -174,6 +174,11 @@ fn describe(e: &RemoteError) -> String {
         }
         RemoteError::NotFound => "not found".into(),
         RemoteError::Invalid(msg) => format!("invalid request: {msg}"),
+        RemoteError::Conflict(c) => format!(
+            "record {} revision {} of tree `{}` was changed by holder {} (sequence number {}) \
+             after the version this edit was based on",
+            c.id, c.rev, c.tree, c.origin, c.seq
+        ),
     }
 }
 

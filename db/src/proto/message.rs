@@ -255,7 +255,9 @@ pub enum EntryOutcome {
         /// Sequence number.
         seq: u64,
     },
-    /// Processed before (a retry): nothing applied.
+    /// Processed before (a retry) and its first answer forgotten: nothing applied. (A
+    /// server answers a retry with the first answer while the client may not have seen it:
+    /// until the client sends only later entries.)
     Duplicate,
     /// Refused for good (nothing of it applied).
     Rejected(RemoteError),
@@ -288,6 +290,36 @@ pub enum RemoteError {
     NotFound,
     /// The request is malformed or inconsistent.
     Invalid(String),
+    /// An optimistic [`ChangeKind::Edit`] was based on a version another client changed
+    /// since: nothing of its entry was applied. The client merges per the tree's strategy
+    /// and sends the outcome as a new edit based on `current.seq`.
+    Conflict(Box<Current>),
+}
+
+/// The server's current version of a record revision that an optimistic edit conflicted
+/// with ([`RemoteError::Conflict`]), and the version the edit was based on.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct Current {
+    /// Tree.
+    pub tree: String,
+    /// Record id.
+    pub id: u64,
+    /// Revision.
+    pub rev: u32,
+    /// Sequence number of the last change of the current version.
+    pub seq: u64,
+    /// Holder number of the client that made it (0: the server).
+    pub origin: u32,
+    /// Its hybrid logical clock timestamp (0: written under a borrow, without one).
+    pub hlc: u64,
+    /// Schema version of `data`.
+    pub version: u32,
+    /// The current record bytes.
+    pub data: Vec<u8>,
+    /// The version the conflicting edit was based on, `(schema version, bytes)`, when the
+    /// server's log still holds it (the base of a three-way merge).
+    pub base: Option<(u32, Vec<u8>)>,
 }
 
 /// One change to one record, as it travels between replicas.
@@ -308,6 +340,22 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 pub enum ChangeKind {
+    /// An optimistic edit (trees with a merge strategy): the record's new data, accepted
+    /// without the borrow when no other client changed the revision after sequence number
+    /// `base` (the last server change this client had applied when it edited), else refused
+    /// with [`RemoteError::Conflict`]. A record held by another client's borrow is refused
+    /// with [`RemoteError::AlreadyBorrowed`]. On an id from the client's ranges that does not
+    /// exist yet, it creates the record without giving anyone its borrow.
+    Edit {
+        /// Sequence number the edit is based on.
+        base: u64,
+        /// Hybrid logical clock timestamp of the edit (physical milliseconds << 16 | counter).
+        hlc: u64,
+        /// Schema version of `data`.
+        version: u32,
+        /// The record bytes.
+        data: Vec<u8>,
+    },
     /// The record's new data (create, update, new revision): rkyv bytes of schema `version`,
     /// validated against that stored schema before they are stored.
     Put {
@@ -384,7 +432,7 @@ fn change_ok(c: &Change) -> Result<(), WireError> {
     if c.id == 0 {
         return Err(WireError::Invalid("record id 0 does not exist".into()));
     }
-    if let ChangeKind::Put { version, data } = &c.kind {
+    if let ChangeKind::Put { version, data } | ChangeKind::Edit { version, data, .. } = &c.kind {
         if *version == 0 {
             return Err(WireError::Invalid("schema versions start at 1".into()));
         }
@@ -396,6 +444,23 @@ fn change_ok(c: &Change) -> Result<(), WireError> {
         }
     }
     Ok(())
+}
+
+fn remote_ok(e: &RemoteError) -> Result<(), WireError> {
+    match e {
+        RemoteError::NotAllowed { tree } => tree_ok(tree),
+        RemoteError::Conflict(c) => {
+            tree_ok(&c.tree)?;
+            let base = c.base.as_ref().map_or(0, |(_, d)| d.len());
+            if c.version == 0 || c.data.len() > MAX_RECORD || base > MAX_RECORD {
+                return Err(WireError::Invalid(
+                    "a conflict names version 0 or carries too much data".into(),
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Frame {
@@ -487,7 +552,11 @@ impl Frame {
                     }
                     Ok(())
                 }
-                Response::Error(RemoteError::NotAllowed { tree }) => tree_ok(tree),
+                Response::Error(e) => remote_ok(e),
+                Response::Entries(outcomes) => outcomes.iter().try_for_each(|o| match o {
+                    EntryOutcome::Rejected(e) => remote_ok(e),
+                    _ => Ok(()),
+                }),
                 Response::Record { revisions, .. } => {
                     let mut last = None;
                     for r in revisions {

@@ -106,6 +106,20 @@ pub fn decode_sequenced(bytes: &[u8]) -> Result<Sequenced, WireError> {
         .map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+/// Encodes one [`EntryOutcome`] on its own (rkyv bytes), as a server remembers it.
+pub fn encode_outcome(o: &EntryOutcome) -> Result<Vec<u8>, WireError> {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(o, Vec::new())
+        .map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Decodes bytes written by [`encode_outcome`] (checked rkyv access).
+pub fn decode_outcome(bytes: &[u8]) -> Result<EntryOutcome, WireError> {
+    let archived = rkyv::access::<ArchivedEntryOutcome, rkyv::rancor::Error>(bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    rkyv::deserialize::<EntryOutcome, rkyv::rancor::Error>(archived)
+        .map_err(|e| WireError::Malformed(e.to_string()))
+}
+
 /// Reassembles frames from a byte stream delivered in arbitrary chunks.
 #[derive(Debug, Default)]
 pub struct FrameReader {

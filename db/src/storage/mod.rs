@@ -7,10 +7,12 @@
 //! - `t.<tree>` (`id << 32 | rev -> value`, a `u128`): the records of one tree;
 //! - in a synced database (`Db::open_synced`) also `rekord.outbox` (`entry -> rkyv bytes`):
 //!   local writes not yet accepted by the server, written in the same transaction as the
-//!   write; and `rekord.outbox_rejected`: entries the server refused for good. `rekord.meta`
+//!   write; `rekord.outbox_rejected`: entries the server refused for good; and
+//!   `rekord.pending`: records of optimistic trees with edits in the outbox. `rekord.meta`
 //!   then holds `mode` (`client`), `sync.client` (16-byte identity), `sync.replica` (holder
 //!   number), `sync.pin` (server UUID + certificate fingerprint) and `sync.cursor` (last
-//!   applied server sequence number, written with the data it covers).
+//!   applied server sequence number, written with the data it covers) and `sync.hlc` (the
+//!   hybrid logical clock).
 //!
 //! A value is a 16-byte header followed by the record's rkyv bytes (unaligned, little-endian,
 //! 32-bit offsets: the same on every target, readable in place from any address):
@@ -40,6 +42,13 @@ pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("rek
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const REJECTED: TableDefinition<u64, &[u8]> =
     TableDefinition::new("rekord.outbox_rejected");
+
+/// `(tree, id) -> count, base, hlc` (3 x u64 LE) of records with optimistic edits in the
+/// outbox: how many, the server sequence number they are based on, and the clock of the
+/// last one (synced databases).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const PENDING: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("rekord.pending");
 
 /// A table of records.
 pub(crate) type DataTable<'a> = TableDefinition<'a, u128, &'static [u8]>;

@@ -7,7 +7,7 @@ use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
-use crate::storage::{META, OUTBOX, RANGES, REJECTED, SCHEMAS};
+use crate::storage::{META, OUTBOX, PENDING, RANGES, REJECTED, SCHEMAS};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
@@ -368,6 +368,15 @@ struct Client {
     /// Bytes sent and received by earlier sessions.
     sent_before: u64,
     received_before: u64,
+}
+
+/// An outbox entry the server refused with a conflict: its changes and the server's version.
+struct Conflicted {
+    entry: u64,
+    /// Its stored size (still counted in the outbox statistics until it is resolved).
+    bytes: u64,
+    changes: Vec<crate::proto::Change>,
+    current: Box<crate::proto::Current>,
 }
 
 /// About how many bytes of outbox entries go into one request.
@@ -768,7 +777,7 @@ impl Client {
                         self.processed(first);
                     }
                     Err(NetError::Remote(e)) => {
-                        let refused = self.settle(first, &[EntryOutcome::Rejected(e)])?;
+                        let (refused, _) = self.settle(first, &[EntryOutcome::Rejected(e)])?;
                         self.resync(s, refused).await?;
                         self.processed(first);
                     }
@@ -780,7 +789,8 @@ impl Client {
                 return Ok(());
             }
             for c in run.iter().flatten() {
-                if let ChangeKind::Put { version, .. } = &c.kind {
+                if let ChangeKind::Put { version, .. } | ChangeKind::Edit { version, .. } = &c.kind
+                {
                     self.upload_schema(s, &c.tree, *version).await?;
                 }
             }
@@ -800,8 +810,11 @@ impl Client {
                     )));
                 }
             };
-            let refused = self.settle(first, &outcomes)?;
+            let (refused, conflict) = self.settle(first, &outcomes)?;
             self.resync(s, refused).await?;
+            if let Some(conflict) = conflict {
+                self.resolve(s, conflict).await?;
+            }
             // After the resync: a write-through writer told of a refusal finds its local
             // change undone already.
             self.processed(first + outcomes.len() as u64 - 1);
@@ -815,35 +828,109 @@ impl Client {
     }
 
     /// Removes outbox entries `first, first + 1, ...` that the server processed (one per
-    /// outcome): accepted ones go, rejected ones are kept aside in `rekord.outbox_rejected`.
+    /// outcome): accepted ones go, rejected ones are kept aside in `rekord.outbox_rejected`,
+    /// except one refused with a conflict, which is returned for [`Client::resolve`]. Returns
+    /// the records to resync and that conflict.
     fn settle(
         &mut self,
         first: u64,
         outcomes: &[EntryOutcome],
-    ) -> std::result::Result<Vec<(String, u64)>, End> {
+    ) -> std::result::Result<(Vec<(String, u64)>, Option<Conflicted>), End> {
         let mut refused: Vec<(String, u64)> = Vec::new();
+        let mut conflict = None;
         let db = self.db()?;
         let b = self.lazy_batch(&db)?;
         let mut freed = 0u64;
         let left = {
             let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
             let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
+            let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
+            let any_pending = !pending.is_empty().map_err(Error::from)?;
             for (k, outcome) in outcomes.iter().enumerate() {
                 let n = first + k as u64;
                 let entry = table
                     .remove(n)
                     .map_err(Error::from)?
                     .map(|v| v.value().to_vec());
-                freed += entry.as_ref().map_or(0, |e| e.len() as u64);
-                if let (Some(entry), EntryOutcome::Rejected(_)) = (entry, outcome) {
-                    aside.insert(n, entry.as_slice()).map_err(Error::from)?;
-                    let keys = match outbox::decode(&entry)?.1 {
-                        Entry::Changes(changes) => {
-                            changes.into_iter().map(|c| (c.tree, c.id)).collect()
+                let Some(entry) = entry else {
+                    continue;
+                };
+                freed += entry.len() as u64;
+                if let EntryOutcome::Rejected(RemoteError::Conflict(current)) = outcome
+                    && let Entry::Changes(changes) = outbox::decode(&entry)?.1
+                {
+                    // Its optimistic edits stay counted as pending: the merge settles them.
+                    freed -= entry.len() as u64;
+                    conflict = Some(Conflicted {
+                        entry: n,
+                        bytes: entry.len() as u64,
+                        changes,
+                        current: current.clone(),
+                    });
+                    continue;
+                }
+                let rejected = matches!(outcome, EntryOutcome::Rejected(_));
+                if !rejected && !any_pending {
+                    continue;
+                }
+                let changes = match outbox::decode(&entry)?.1 {
+                    Entry::Changes(changes) => changes,
+                    Entry::Return { tree, id } => {
+                        if rejected && !refused.contains(&(tree.clone(), id)) {
+                            refused.push((tree, id));
                         }
-                        Entry::Return { tree, id } => vec![(tree, id)],
+                        Vec::new()
+                    }
+                };
+                // Sequence numbers of the entry's changes (consecutive, the last one's given).
+                let last_seq = match outcome {
+                    EntryOutcome::Applied { seq } => Some(*seq),
+                    _ => None,
+                };
+                let count = changes.len() as u64;
+                for (i, c) in changes.iter().enumerate() {
+                    let ChangeKind::Edit { version, data, .. } = &c.kind else {
+                        continue;
                     };
-                    for key in keys {
+                    let key = (c.tree.as_str(), c.id);
+                    let row = pending
+                        .get(key)
+                        .map_err(Error::from)?
+                        .map(|v| outbox::PendingRow::decode(v.value()));
+                    let Some(mut row) = row else {
+                        continue;
+                    };
+                    row.count = row.count.saturating_sub(1);
+                    if !rejected {
+                        // Accepted: the common ancestor of the edits still waiting, and
+                        // newer than any pushed change before it.
+                        let mut value = crate::storage::Header {
+                            released: false,
+                            version: *version,
+                            state: 0,
+                            holder: 0,
+                        }
+                        .to_bytes()
+                        .to_vec();
+                        value.extend_from_slice(data);
+                        row.base_value = value;
+                        if let Some(last) = last_seq {
+                            let seq = last.saturating_sub(count - 1 - i as u64);
+                            row.floor = row.floor.max(seq);
+                        }
+                    }
+                    if row.count == 0 && (rejected || row.floor <= self.cursor) {
+                        pending.remove(key).map_err(Error::from)?;
+                    } else {
+                        pending
+                            .insert(key, row.encode().as_slice())
+                            .map_err(Error::from)?;
+                    }
+                }
+                if rejected {
+                    aside.insert(n, entry.as_slice()).map_err(Error::from)?;
+                    for c in changes {
+                        let key = (c.tree, c.id);
                         if !refused.contains(&key) {
                             refused.push(key);
                         }
@@ -855,12 +942,16 @@ impl Client {
         b.commit()?;
         let rejected = outcomes
             .iter()
-            .filter(|o| matches!(o, EntryOutcome::Rejected(_)))
+            .filter(|o| {
+                matches!(o, EntryOutcome::Rejected(e) if !matches!(e, RemoteError::Conflict(_)))
+            })
             .count() as u64;
         // Counted down, not set to `left`: a local commit may have counted its entries in
         // between this commit and this update.
+        // A conflicting entry stays counted until its merge is queued.
+        let settled = outcomes.len() as u64 - u64::from(conflict.is_some());
         self.link.update(|st| {
-            st.outbox = st.outbox.saturating_sub(outcomes.len() as u64);
+            st.outbox = st.outbox.saturating_sub(settled);
             st.outbox_bytes = st.outbox_bytes.saturating_sub(freed);
             st.rejected += rejected;
             st.last_sync = Some(std::time::SystemTime::now());
@@ -870,7 +961,7 @@ impl Client {
         for (k, outcome) in outcomes.iter().enumerate() {
             match outcome {
                 EntryOutcome::Applied { seq: s } => seq = seq.max(*s),
-                EntryOutcome::Duplicate => {}
+                EntryOutcome::Duplicate | EntryOutcome::Rejected(RemoteError::Conflict(_)) => {}
                 EntryOutcome::Rejected(e) => {
                     let reason = NetError::Remote(e.clone()).to_string();
                     let entry = first + k as u64;
@@ -882,7 +973,43 @@ impl Client {
         if rejected < outcomes.len() as u64 {
             self.emit(SyncEvent::Pushed { seq, outbox: left });
         }
-        Ok(refused)
+        Ok((refused, conflict))
+    }
+
+    /// Merges an optimistic edit the server refused with a conflict (see
+    /// [`crate::sync::merge`]) and queues the outcome.
+    async fn resolve(&mut self, s: &mut Session, c: Conflicted) -> std::result::Result<(), End> {
+        let tree = c.current.tree.clone();
+        let mut versions = vec![(tree.clone(), c.current.version)];
+        if let Some((v, _)) = &c.current.base {
+            versions.push((tree.clone(), *v));
+        }
+        self.fetch_schemas(s, &versions).await?;
+        let db = self.db()?;
+        let merge = db
+            .inner
+            .merge_of(&tree)
+            .cloned()
+            .unwrap_or_else(crate::sync::Merge::last_write_wins);
+        let mut b = db.batch()?;
+        let resolved = b.resolve_conflict(c.entry, c.changes, &c.current, &merge)?;
+        b.commit_for_sync()?;
+        let delta = resolved.bytes_delta - c.bytes as i64;
+        self.link.update(|st| {
+            st.conflicts += 1;
+            st.outbox = st.outbox.saturating_sub(1);
+            st.outbox_bytes = st.outbox_bytes.saturating_add_signed(delta);
+        });
+        let event = resolved.event;
+        tracing::info!(
+            tree = %event.tree,
+            key = %event.key,
+            winner = ?event.winner,
+            strategy = %event.strategy,
+            "rekord sync: merged a conflicting edit"
+        );
+        self.emit(SyncEvent::Conflict(Box::new(event)));
+        Ok(())
     }
 
     /// Publishes that the server processed outbox entries up to `last`.
@@ -1042,7 +1169,9 @@ impl Client {
                 let versions: Vec<(String, u32)> = entries
                     .iter()
                     .filter_map(|e| match &e.change.kind {
-                        ChangeKind::Put { version, .. } => Some((e.change.tree.clone(), *version)),
+                        ChangeKind::Put { version, .. } | ChangeKind::Edit { version, .. } => {
+                            Some((e.change.tree.clone(), *version))
+                        }
                         _ => None,
                     })
                     .collect();

@@ -35,6 +35,9 @@
 //! - **Events** [`crate::SyncEvent`]: connected, disconnected (with the retry delay),
 //!   refused, catch-up progress, caught up, outbox entry pushed or rejected.
 //!
+//! - **Optimistic trees** ([`SyncConfig::optimistic`], [`merge`]): edits without borrows,
+//!   concurrent edits merged per the tree's [`Merge`] strategy, every conflict reported
+//!   ([`crate::SyncEvent::Conflict`]).
 //! - **Write modes** ([`WriteMode`], per database or per tree): write-behind (default) or
 //!   write-through, where a batch returns once the server accepted it
 //!   ([`crate::Batch::commit`] has the errors).
@@ -51,7 +54,10 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod client;
+pub mod merge;
 pub(crate) mod outbox;
+
+pub use merge::{Hlc, Merge, Winner};
 
 use std::time::Duration;
 
@@ -69,6 +75,8 @@ pub(crate) const REPLICA: &str = "sync.replica";
 pub(crate) const PIN: &str = "sync.pin";
 /// `rekord.meta` key of the cursor (u64 LE).
 pub(crate) const CURSOR: &str = "sync.cursor";
+/// `rekord.meta` key of the hybrid logical clock (u64 LE).
+pub(crate) const HLC: &str = "sync.hlc";
 
 /// The holder number of a synced database before its first connection (it owns no ids and
 /// holds no borrows yet, so the number is never stored in a record).
@@ -206,6 +214,8 @@ pub struct SyncConfig {
     /// A session that hears nothing from the server for this long is considered lost and
     /// the client reconnects (default 15 s); see [`crate::net::ConnectOptions`].
     pub idle_timeout: Duration,
+    /// Optimistic trees and their merge strategies ([`SyncConfig::optimistic`]).
+    pub merges: Vec<(String, Merge)>,
 }
 
 impl SyncConfig {
@@ -232,7 +242,17 @@ impl SyncConfig {
             max_outbox_bytes: None,
             max_outbox_age: None,
             replay_bytes_per_sec: None,
+            merges: Vec::new(),
         }
+    }
+
+    /// Makes `tree` optimistic: its records can be edited without borrowing them, and
+    /// concurrent edits are merged with `merge` (see [`merge`]).
+    pub fn optimistic(mut self, tree: impl Into<String>, merge: Merge) -> Self {
+        let tree = tree.into();
+        self.merges.retain(|(t, _)| *t != tree);
+        self.merges.push((tree, merge));
+        self
     }
 
     /// Sets [`SyncConfig::trees`].
@@ -330,6 +350,9 @@ pub struct SyncStatus {
     pub processed_entry: u64,
     /// Outbox entries the server refused for good (see [`crate::SyncEvent::Rejected`]).
     pub rejected: u64,
+    /// Conflicts of optimistic edits merged since the database was opened (see
+    /// [`crate::SyncEvent::Conflict`]).
+    pub conflicts: u64,
     /// When the server last accepted local writes or sent changes that were applied here.
     pub last_sync: Option<std::time::SystemTime>,
     /// Bytes sent to the server, over all sessions since the database was opened.

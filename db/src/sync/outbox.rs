@@ -56,6 +56,63 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(u64, Entry)> {
     Ok((u64::from_le_bytes(*at), entry))
 }
 
+/// A `rekord.pending` row: the optimistic edits of one record waiting in the outbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PendingRow {
+    /// How many.
+    pub(crate) count: u64,
+    /// The server sequence number they are based on.
+    pub(crate) base: u64,
+    /// The clock of the last one.
+    pub(crate) hlc: u64,
+    /// The server sequence number of the newest version this replica has of the record
+    /// that it got other than by applying pushed changes (its own accepted edit, a
+    /// merge's base): pushed changes of other replicas up to it are older and skipped. A
+    /// row with `count` 0 stays until the cursor reaches `floor`.
+    pub(crate) floor: u64,
+    /// The version they started from, as stored (header and record bytes; empty for a
+    /// create): the common ancestor of a three-way merge.
+    pub(crate) base_value: Vec<u8>,
+}
+
+impl PendingRow {
+    /// The stored form: count, base, clock, floor (u64 LE each), then the base value.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(32 + self.base_value.len());
+        b.extend_from_slice(&self.count.to_le_bytes());
+        b.extend_from_slice(&self.base.to_le_bytes());
+        b.extend_from_slice(&self.hlc.to_le_bytes());
+        b.extend_from_slice(&self.floor.to_le_bytes());
+        b.extend_from_slice(&self.base_value);
+        b
+    }
+
+    /// Whether a pushed change of another replica with sequence number `seq` must not be
+    /// applied to the record: edits of this replica are waiting (the server will refuse
+    /// them with a conflict, and the merge brings the change in), or it is older than
+    /// what this replica has.
+    pub(crate) fn holds_back(&self, seq: u64) -> bool {
+        self.count > 0 || seq <= self.floor
+    }
+
+    /// Reads a stored row (a damaged one reads as no pending edits).
+    pub(crate) fn decode(bytes: &[u8]) -> Self {
+        let word = |i: usize| {
+            bytes
+                .get(i..i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        PendingRow {
+            count: word(0),
+            base: word(8),
+            hlc: word(16),
+            floor: word(24),
+            base_value: bytes.get(32..).unwrap_or_default().to_vec(),
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
     #[cfg(not(target_arch = "wasm32"))]

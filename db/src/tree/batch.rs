@@ -7,7 +7,7 @@ use crate::event::{Event, EventKind, RecordEvent, lock};
 use crate::index::{IndexerSlot, IndexerStatus, RawChange};
 use crate::proto::{Change, ChangeKind};
 use crate::schema::{Schema, describe_changes};
-use crate::storage::{HEADER_LEN, Header, META, RANGES, SCHEMAS, id_range, pack, unpack};
+use crate::storage::{HEADER_LEN, Header, META, PENDING, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
 use redb::{ReadableTable, WriteTransaction};
 use std::any::TypeId;
@@ -92,11 +92,16 @@ pub(crate) struct Core {
     /// Whether this is a synced database: local changes also go to the outbox.
     client: bool,
     /// Changes for the outbox (synced databases).
-    outbox: Vec<Change>,
+    pub(crate) outbox: Vec<Change>,
     /// Borrows returned in this batch, sent after `outbox` (synced databases).
     returns: Vec<(String, u64)>,
     /// The server cursor to store with this batch (remote changes applied).
     pub(crate) cursor: Option<u64>,
+    /// Whether the outbox byte limit does not apply (the sync client's own batches).
+    pub(crate) unlimited: bool,
+    /// The hybrid logical clock as this batch moved it, and whether it did.
+    pub(crate) hlc: u64,
+    pub(crate) hlc_moved: bool,
     /// Id allocator state as of the last commit (copied from the writer state).
     next_id: u64,
     range_end: u64,
@@ -123,6 +128,9 @@ impl<'db> Batch<'db> {
                 outbox: Vec::new(),
                 returns: Vec::new(),
                 cursor: None,
+                unlimited: false,
+                hlc: db.hlc.load(Ordering::Acquire),
+                hlc_moved: false,
                 next_id,
                 range_end,
                 pending: Vec::new(),
@@ -204,12 +212,14 @@ impl<'db> Batch<'db> {
         }
         let tree = self.tree_index(&state);
         let table = self.txn.open_table(state.def())?;
+        let optimistic = self.core.client && self.db.merge_of(T::TREE).is_some();
         Ok(BatchTree {
             table,
             txn: &self.txn,
             core: &mut self.core,
             tree,
             state,
+            optimistic,
             _type: PhantomData,
         })
     }
@@ -295,6 +305,14 @@ impl<'db> Batch<'db> {
         }
     }
 
+    /// Commits for the sync client: never waits for the server (write-through does not
+    /// apply) and the outbox byte limit does not refuse it.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn commit_for_sync(mut self) -> Result<()> {
+        self.core.unlimited = true;
+        self.commit_inner().map(|_| ())
+    }
+
     /// Commits; returns the outbox entry numbers added (first, last).
     fn commit_inner(self) -> Result<Option<(u64, u64)>> {
         let Batch {
@@ -320,6 +338,9 @@ impl<'db> Batch<'db> {
             if let Some(cursor) = core.cursor {
                 meta.insert(crate::sync::CURSOR, cursor.to_le_bytes().as_slice())?;
             }
+            if core.hlc_moved {
+                meta.insert(crate::sync::HLC, core.hlc.to_le_bytes().as_slice())?;
+            }
         }
         let (first, queued, bytes) = if !core.outbox.is_empty() || !core.returns.is_empty() {
             crate::sync::outbox::enqueue(&txn, &core.outbox, &core.returns)?
@@ -327,11 +348,14 @@ impl<'db> Batch<'db> {
             (0, 0, 0)
         };
         let entries = (queued > 0).then(|| (first, first + queued - 1));
-        if queued > 0 {
+        if queued > 0 && !core.unlimited {
             // Refusing here aborts the transaction: nothing of the batch happens.
             db.outbox_room(bytes)?;
         }
         txn.commit()?;
+        if core.hlc_moved {
+            db.hlc.fetch_max(core.hlc, Ordering::AcqRel);
+        }
         if queued > 0 {
             db.wake_sync(queued, bytes);
         }
@@ -455,6 +479,8 @@ pub struct BatchTree<'b, T: Record> {
     core: &'b mut Core,
     tree: u32,
     state: Arc<TreeState>,
+    /// Whether this is an optimistic tree of a synced database.
+    optimistic: bool,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -554,6 +580,15 @@ impl<T: Record> BatchTree<'_, T> {
         Ok(Some((key, h, value.to_vec())))
     }
 
+    /// Checks that `key` is a draft this replica may change the data of: it holds the
+    /// borrow, or (optimistic trees) nobody does.
+    fn check_editable(&self, key: RawKey, h: &Header) -> Result<()> {
+        if self.optimistic && h.holder == 0 && !h.released {
+            return Ok(());
+        }
+        self.check_draft(key, h)
+    }
+
     fn check_draft(&self, key: RawKey, h: &Header) -> Result<()> {
         if h.released {
             return Err(Error::Released {
@@ -583,51 +618,11 @@ impl<T: Record> BatchTree<'_, T> {
     }
 
     fn alloc_id(&mut self) -> Result<u64> {
-        if self.core.ids.is_none() {
-            self.core.ids = Some(IdAlloc {
-                next: self.core.next_id,
-                end: self.core.range_end,
-                dirty: false,
-            });
-        }
-        let Some(ids) = self.core.ids.as_mut() else {
-            return Err(Error::IdsExhausted);
-        };
-        if ids.next >= ids.end {
-            let ranges = self.txn.open_table(RANGES)?;
-            let containing = match ranges.range(..=ids.next)?.next_back() {
-                Some(row) => {
-                    let (s, e) = row?;
-                    Some((s.value(), e.value()))
-                }
-                None => None,
-            }
-            .filter(|&(_, e)| e > ids.next);
-            let found = match containing {
-                Some(r) => Some(r),
-                None => match ranges.range(ids.next..)?.next() {
-                    Some(row) => {
-                        let (s, e) = row?;
-                        Some((s.value(), e.value()))
-                    }
-                    None => None,
-                },
-            };
-            match found {
-                Some((s, e)) if e > s.max(ids.next) => {
-                    ids.next = s.max(ids.next);
-                    ids.end = e;
-                }
-                _ => return Err(Error::IdsExhausted),
-            }
-        }
-        let id = ids.next;
-        ids.next += 1;
-        ids.dirty = true;
-        Ok(id)
+        alloc_id(self.txn, self.core)
     }
 
-    /// Creates a record (revision 0), borrowed by this replica from birth.
+    /// Creates a record (revision 0), borrowed by this replica from birth (in an optimistic
+    /// tree of a synced database: by nobody).
     pub fn create(&mut self, record: &T) -> Result<Key<T>> {
         let id = self.alloc_id()?;
         let key = RawKey::new(id, 0);
@@ -637,14 +632,79 @@ impl<T: Record> BatchTree<'_, T> {
                 released: false,
                 version: T::VERSION,
                 state: 0,
-                holder: self.core.replica,
+                holder: if self.optimistic {
+                    0
+                } else {
+                    self.core.replica
+                },
             },
         )?;
         self.store(key, &value)?;
         self.push(key, EventKind::Created, false, None, Some(&value));
-        self.log(key, || Self::put(&value));
+        if self.optimistic {
+            self.log_edit(key, &value, None)?;
+        } else {
+            self.log(key, || Self::put(&value));
+        }
         self.core.scratch = value;
         Ok(Key::new(id, 0))
+    }
+
+    /// Queues an optimistic edit of `key` to `value` (optimistic trees): stamped with the
+    /// next clock value, based on the server version the record's pending edits are based
+    /// on, or else on the last applied server change.
+    fn log_edit(&mut self, key: RawKey, value: &[u8], old: Option<&[u8]>) -> Result<()> {
+        let (version, data) = match Header::parse(value) {
+            Some((h, data)) => (h.version, data.to_vec()),
+            None => (T::VERSION, Vec::new()),
+        };
+        self.core.hlc = crate::sync::merge::hlc_next(self.core.hlc, crate::sync::outbox::now_ms());
+        self.core.hlc_moved = true;
+        let hlc = self.core.hlc;
+        let mut pending = self.txn.open_table(PENDING)?;
+        let row = pending
+            .get((T::TREE, key.id))?
+            .map(|v| crate::sync::outbox::PendingRow::decode(v.value()));
+        let row = match row {
+            Some(mut row) if row.count > 0 => {
+                row.count += 1;
+                row.hlc = hlc;
+                row
+            }
+            row => {
+                // The first edit waiting: based on the newest server version the record
+                // here reflects: the last applied server change, or this replica's own
+                // newer accepted edit.
+                let cursor = self
+                    .txn
+                    .open_table(META)?
+                    .get(crate::sync::CURSOR)?
+                    .and_then(|v| crate::db::read_u64(v.value()))
+                    .unwrap_or(0);
+                let floor = row.map_or(0, |r| r.floor);
+                crate::sync::outbox::PendingRow {
+                    count: 1,
+                    base: cursor.max(floor),
+                    hlc,
+                    floor,
+                    base_value: old.map(<[u8]>::to_vec).unwrap_or_default(),
+                }
+            }
+        };
+        let base = row.base;
+        pending.insert((T::TREE, key.id), row.encode().as_slice())?;
+        self.core.outbox.push(Change {
+            tree: T::TREE.to_owned(),
+            id: key.id,
+            rev: key.rev,
+            kind: ChangeKind::Edit {
+                base,
+                hlc,
+                version,
+                data,
+            },
+        });
+        Ok(())
     }
 
     /// Refuses changes to a record written by a newer schema version (see
@@ -673,13 +733,14 @@ impl<T: Record> BatchTree<'_, T> {
         )
     }
 
-    /// Changes a draft this replica holds, through a closure on an owned copy. A record
+    /// Changes a draft this replica holds (in an optimistic tree of a synced database, also
+    /// one nobody holds), through a closure on an owned copy. A record
     /// stored with an older schema version is migrated and written in the current one; one
     /// written by a newer version is refused ([`Error::NewerVersion`]).
     pub fn update<R>(&mut self, key: Key<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
         let k = key.raw();
         let (h, old) = self.load(k)?;
-        self.check_draft(k, &h)?;
+        self.check_editable(k, &h)?;
         self.check_not_newer(k, &h)?;
         let mut record = self.decode(k, &h, &old)?;
         let r = f(&mut record);
@@ -687,11 +748,11 @@ impl<T: Record> BatchTree<'_, T> {
         Ok(r)
     }
 
-    /// Replaces a draft this replica holds.
+    /// Replaces a draft this replica holds (in an optimistic tree, also one nobody holds).
     pub fn replace(&mut self, key: Key<T>, record: &T) -> Result<()> {
         let k = key.raw();
         let (h, old) = self.load(k)?;
-        self.check_draft(k, &h)?;
+        self.check_editable(k, &h)?;
         self.check_not_newer(k, &h)?;
         self.write_draft(k, h, old, record)
     }
@@ -705,13 +766,17 @@ impl<T: Record> BatchTree<'_, T> {
             },
         )?;
         self.store(k, &value)?;
+        if self.optimistic {
+            self.log_edit(k, &value, Some(&old))?;
+        } else {
+            self.log(k, || Self::put(&value));
+        }
         let old = self
             .state
             .has_indexers
             .load(Ordering::Relaxed)
             .then_some(old);
         self.push(k, EventKind::Updated, true, old, Some(&value));
-        self.log(k, || Self::put(&value));
         self.core.scratch = value;
         Ok(())
     }
@@ -948,4 +1013,50 @@ impl<T: Record> BatchTree<'_, T> {
         let (h, _) = self.load(key.raw())?;
         Ok(RecordMeta::from(h))
     }
+}
+
+/// The next record id of this replica's ranges.
+pub(crate) fn alloc_id(txn: &WriteTransaction, core: &mut Core) -> Result<u64> {
+    if core.ids.is_none() {
+        core.ids = Some(IdAlloc {
+            next: core.next_id,
+            end: core.range_end,
+            dirty: false,
+        });
+    }
+    let Some(ids) = core.ids.as_mut() else {
+        return Err(Error::IdsExhausted);
+    };
+    if ids.next >= ids.end {
+        let ranges = txn.open_table(RANGES)?;
+        let containing = match ranges.range(..=ids.next)?.next_back() {
+            Some(row) => {
+                let (s, e) = row?;
+                Some((s.value(), e.value()))
+            }
+            None => None,
+        }
+        .filter(|&(_, e)| e > ids.next);
+        let found = match containing {
+            Some(r) => Some(r),
+            None => match ranges.range(ids.next..)?.next() {
+                Some(row) => {
+                    let (s, e) = row?;
+                    Some((s.value(), e.value()))
+                }
+                None => None,
+            },
+        };
+        match found {
+            Some((s, e)) if e > s.max(ids.next) => {
+                ids.next = s.max(ids.next);
+                ids.end = e;
+            }
+            _ => return Err(Error::IdsExhausted),
+        }
+    }
+    let id = ids.next;
+    ids.next += 1;
+    ids.dirty = true;
+    Ok(id)
 }

@@ -9,9 +9,9 @@ use super::evolve;
 use crate::event::EventKind;
 use crate::proto::{ChangeKind, Sequenced};
 use crate::schema::dynamic;
-use crate::storage::{HEADER_LEN, Header, SCHEMAS, id_range, pack, unpack};
+use crate::storage::{HEADER_LEN, Header, PENDING, SCHEMAS, id_range, pack, unpack};
 use crate::{Error, RawKey, Result};
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::atomic::Ordering;
 
 impl Batch<'_> {
@@ -20,7 +20,7 @@ impl Batch<'_> {
         self.core.cursor = Some(cursor);
     }
 
-    fn pend(
+    pub(crate) fn pend(
         &mut self,
         tree: u32,
         key: RawKey,
@@ -51,10 +51,54 @@ impl Batch<'_> {
     /// writes; borrow changes are facts of the server's log and always applied, so a grant
     /// lands after any older borrow change). Record bytes are checked against the stored
     /// schema of their version, which the caller made sure is stored.
+    ///
+    /// A data change of another replica to a record with optimistic edits still in this
+    /// replica's outbox is not applied either: those edits are based on an older version,
+    /// so the server refuses them with a conflict, and the merge then brings the other
+    /// replica's version in (see [`crate::sync::merge`]).
     pub(crate) fn apply_remote(&mut self, entries: &[Sequenced]) -> Result<()> {
         let me = self.core.replica;
+        // Changes held back for records with optimistic edits (by sequence number).
+        let held: std::collections::HashSet<u64> = {
+            let mut pending = self.txn.open_table(PENDING)?;
+            let mut held = std::collections::HashSet::new();
+            if !pending.is_empty()? {
+                for e in entries {
+                    let c = &e.change;
+                    if e.origin != me
+                        && pending.get((c.tree.as_str(), c.id))?.is_some_and(|v| {
+                            crate::sync::outbox::PendingRow::decode(v.value()).holds_back(e.seq)
+                        })
+                    {
+                        held.insert(e.seq);
+                    }
+                }
+                // Rows without waiting edits go once the cursor passed their floor.
+                if let Some(last) = entries.last().map(|e| e.seq) {
+                    pending.retain(|_, v| {
+                        let row = crate::sync::outbox::PendingRow::decode(v);
+                        row.count > 0 || row.floor > last
+                    })?;
+                }
+            }
+            held
+        };
         for entry in entries {
-            if entry.origin == me && !matches!(entry.change.kind, ChangeKind::Borrow { .. }) {
+            let change = &entry.change;
+            if let ChangeKind::Edit { hlc, .. } = change.kind
+                && hlc > self.core.hlc
+            {
+                self.core.hlc = hlc;
+                self.core.hlc_moved = true;
+            }
+            if entry.origin == me && !matches!(change.kind, ChangeKind::Borrow { .. }) {
+                continue;
+            }
+            let data = matches!(
+                change.kind,
+                ChangeKind::Put { .. } | ChangeKind::Edit { .. }
+            );
+            if data && held.contains(&entry.seq) {
                 continue;
             }
             self.apply_one(entry)?;
@@ -88,7 +132,7 @@ impl Batch<'_> {
         match &change.kind {
             // Handled above.
             ChangeKind::Borrow { .. } => {}
-            ChangeKind::Put { version, data } => {
+            ChangeKind::Put { version, data } | ChangeKind::Edit { version, data, .. } => {
                 let schema = evolve::writer_schema(&state, *version, || {
                     Ok(self.txn.open_table(SCHEMAS)?)
                 })?;
@@ -109,12 +153,14 @@ impl Batch<'_> {
                     ),
                     None => {
                         // A new record or revision: its creator holds the borrow (the
-                        // server only accepts a new revision from the borrow's holder).
+                        // server only accepts a new revision from the borrow's holder),
+                        // unless it was an optimistic create.
+                        let optimistic = matches!(change.kind, ChangeKind::Edit { .. });
                         let header = Header {
                             released: false,
                             version: *version,
                             state: 0,
-                            holder: entry.origin,
+                            holder: if optimistic { 0 } else { entry.origin },
                         };
                         let kind = if key.rev == 0 {
                             EventKind::Created

@@ -50,6 +50,8 @@ struct Shared {
     rng: Mutex<u64>,
     stats: Stats,
     stop: AtomicBool,
+    /// Drop everything (the client is offline) while set.
+    blocked: AtomicBool,
 }
 
 impl Shared {
@@ -84,6 +86,7 @@ impl Proxy {
             rng: Mutex::new(seed | 1),
             stats: Stats::default(),
             stop: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         });
         let sh = shared.clone();
         tokio::spawn(async move {
@@ -140,6 +143,11 @@ impl Proxy {
         *self.shared.faults.lock().unwrap() = faults;
     }
 
+    /// Drops every datagram (both ways) while `blocked`: the clients behind it are offline.
+    pub fn block(&self, blocked: bool) {
+        self.shared.blocked.store(blocked, Ordering::Relaxed);
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
     }
@@ -162,6 +170,10 @@ fn forward<F, Fut>(
     F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    if sh.blocked.load(Ordering::Relaxed) {
+        sh.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let f = sh.faults();
     let now = tokio::time::Instant::now();
     {
