@@ -1398,4 +1398,118 @@ mod tests {
         assert_eq!(store.borrower("t", 5).unwrap(), None);
         assert_eq!(store.grant_range(4, 1).unwrap().0, c.1);
     }
+
+    #[rekord::record(tree = "t", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Doc {
+        pub n: u32,
+    }
+
+    fn edit(id: u64, base: u64, n: u32) -> Change {
+        use rekord::Record as _;
+        Change {
+            tree: "t".into(),
+            id,
+            rev: 0,
+            kind: ChangeKind::Edit {
+                base,
+                hlc: u64::from(n),
+                version: 1,
+                data: Doc { n }.__encode(Vec::new()).unwrap(),
+            },
+        }
+    }
+
+    /// A store with the schema of `Doc`, and a grant to write everything.
+    fn doc_store(dir: &Path) -> (Store, Grant) {
+        let store = Store::open(dir).unwrap();
+        let ron = rekord::Schema::of::<Doc>().to_ron().unwrap();
+        store.put_schema("t", 1, &ron).unwrap().unwrap();
+        let grant = Grant {
+            read: Trees::All,
+            write: Trees::All,
+        };
+        (store, grant)
+    }
+
+    #[test]
+    fn optimistic_edits_conflict_only_with_other_clients_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, grant) = doc_store(dir.path());
+        let (a, b) = (2, 3);
+        let (id, _) = store.grant_range(a, 10).unwrap();
+        // An optimistic create (seq 1) gives nobody the borrow.
+        let (o, _) = store
+            .apply_entries(a, &grant, 1, &[vec![edit(id, 0, 1)]])
+            .unwrap();
+        assert_eq!(o, vec![EntryOutcome::Applied { seq: 1 }]);
+        assert_eq!(store.borrower("t", id).unwrap(), None);
+        // A chain of A's edits on its own version, all based on 0: fine.
+        let (o, _) = store
+            .apply_entries(a, &grant, 2, &[vec![edit(id, 0, 2)], vec![edit(id, 0, 3)]])
+            .unwrap();
+        assert_eq!(
+            o,
+            vec![
+                EntryOutcome::Applied { seq: 2 },
+                EntryOutcome::Applied { seq: 3 }
+            ]
+        );
+        // B saw seq 3 and edits on top of it: fine.
+        let (o, _) = store
+            .apply_entries(b, &grant, 1, &[vec![edit(id, 3, 4)]])
+            .unwrap();
+        assert_eq!(o, vec![EntryOutcome::Applied { seq: 4 }]);
+        // A edits again on its old base: a conflict naming B's version and the base.
+        let (o, _) = store
+            .apply_entries(a, &grant, 4, &[vec![edit(id, 3, 5)]])
+            .unwrap();
+        let [EntryOutcome::Rejected(RemoteError::Conflict(c))] = o.as_slice() else {
+            panic!("expected a conflict: {o:?}");
+        };
+        assert_eq!((c.seq, c.origin, c.hlc), (4, b, 4));
+        use rekord::Record as _;
+        assert_eq!(c.data, Doc { n: 4 }.__encode(Vec::new()).unwrap());
+        assert_eq!(
+            c.base.as_ref().map(|(_, d)| d.clone()),
+            Some(Doc { n: 3 }.__encode(Vec::new()).unwrap()),
+            "the base is the version logged at the edit's base"
+        );
+        // The retry of that entry (its answer lost) hears the same conflict, applies nothing.
+        let (again, changes) = store
+            .apply_entries(a, &grant, 4, &[vec![edit(id, 3, 5)]])
+            .unwrap();
+        assert_eq!(again, o);
+        assert!(changes.is_empty());
+        // Based on B's version: accepted; a retry of it gets the same sequence number.
+        let (o, _) = store
+            .apply_entries(a, &grant, 5, &[vec![edit(id, 4, 6)]])
+            .unwrap();
+        assert_eq!(o, vec![EntryOutcome::Applied { seq: 5 }]);
+        let (o, changes) = store
+            .apply_entries(a, &grant, 5, &[vec![edit(id, 4, 6)]])
+            .unwrap();
+        assert_eq!(o, vec![EntryOutcome::Applied { seq: 5 }]);
+        assert!(changes.is_empty(), "a retry applies nothing");
+        // Once the client moved on, the old answers are forgotten.
+        let (o, _) = store.apply_entries(a, &grant, 6, &[vec![]]).unwrap();
+        assert_eq!(o, vec![EntryOutcome::Applied { seq: 5 }]);
+        let (o, _) = store
+            .apply_entries(a, &grant, 5, &[vec![edit(id, 4, 6)]])
+            .unwrap();
+        assert_eq!(o, vec![EntryOutcome::Duplicate]);
+        // A borrow blocks everyone else's optimistic edits.
+        assert_eq!(store.borrow("t", id, b).unwrap(), BorrowOutcome::Granted);
+        let (o, _) = store
+            .apply_entries(a, &grant, 7, &[vec![edit(id, 5, 7)]])
+            .unwrap();
+        assert_eq!(
+            o,
+            vec![EntryOutcome::Rejected(RemoteError::AlreadyBorrowed {
+                holder: b
+            })]
+        );
+        let state = store.record("t", id, 0).unwrap().unwrap();
+        assert_eq!((state.seq, state.origin, state.before), (5, a, 4));
+    }
 }

@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rekord::{Db, Error, Event, Retry, SyncConfig, SyncEvent};
+use rekord::{Db, Error, Event, Merge, Retry, SyncConfig, SyncEvent};
 
 const APP: &str = "workshop";
 const CHILD_ENV: &str = "REKORD_SYNC_CHILD";
@@ -24,6 +24,13 @@ const LIMIT: Duration = Duration::from_secs(60);
 pub struct Part {
     pub name: String,
     pub qty: u32,
+}
+
+/// Records of an optimistic tree (edited without borrows, last-write-wins).
+#[rekord::record(tree = "notes", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub n: u32,
 }
 
 /// xorshift64*: seeded, reproducible.
@@ -78,10 +85,12 @@ fn client_process() {
         )
         // Notice a killed server quickly.
         .timeout(Duration::from_secs(3))
-        .idle_timeout(Duration::from_secs(1));
+        .idle_timeout(Duration::from_secs(1))
+        .optimistic("notes", Merge::last_write_wins());
     let db = Db::open_synced(path, cfg).unwrap();
     let events = db.subscribe();
     let parts = db.tree::<Part>().unwrap();
+    let notes = db.tree::<Note>().unwrap();
     say(format!("open cursor {}", db.sync_status().unwrap().cursor));
     let key = |s: &str| rekord::Key::<Part>::new(s.parse().unwrap(), 0);
     for line in std::io::stdin().lock().lines() {
@@ -179,7 +188,24 @@ fn client_process() {
                             .flatten()
                             .filter(|l| parts.meta(*l).is_ok_and(|m| m.holder == me))
                     };
-                    match rng.below(10) {
+                    match rng.below(13) {
+                        // Optimistic edits: no borrow, concurrent edits merged.
+                        10 => {
+                            let n = rng.below(1000) as u32;
+                            if let Ok(k) = notes.create(&Note { n }) {
+                                say(format!("ack note {} {n}", k.id()));
+                            }
+                        }
+                        11 | 12 => {
+                            let keys = notes.keys().unwrap();
+                            if !keys.is_empty() {
+                                let k = keys[rng.below(keys.len() as u64) as usize];
+                                let n = rng.below(1000) as u32;
+                                if notes.update(k, |x| x.n = n).is_ok() {
+                                    say(format!("ack edit {} {n}", k.id()));
+                                }
+                            }
+                        }
                         0..=2 => {
                             let qty = rng.below(1000) as u32;
                             if let Ok(k) = parts.create(&Part {
@@ -244,6 +270,10 @@ fn client_process() {
                         m.holder
                     ));
                 }
+                for item in notes.iter().unwrap() {
+                    let r = item.unwrap();
+                    rows.push(format!("n{}:{}:{}", r.key().id(), r.n, r.meta().holder));
+                }
                 say(format!("dump {}", rows.join(" ")));
             }
             ["ids"] => {
@@ -262,11 +292,12 @@ fn client_process() {
             ["status"] => {
                 let s = db.sync_status().unwrap();
                 say(format!(
-                    "status {} {} {} {}",
+                    "status {} {} {} {} {}",
                     s.online,
                     s.outbox,
                     s.cursor,
-                    s.replica.unwrap_or(0)
+                    s.replica.unwrap_or(0),
+                    s.conflicts
                 ));
             }
             ["replica"] => say(format!("replica {}", db.replica())),
@@ -592,6 +623,12 @@ struct Acks {
     created: std::collections::BTreeSet<u64>,
     /// Every quantity acknowledged for a record (by create or update).
     values: std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
+    /// Created notes (optimistic tree).
+    notes: std::collections::BTreeSet<u64>,
+    /// Every value acknowledged for a note (by create or optimistic edit).
+    note_values: std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
+    /// Optimistic edits acknowledged.
+    edits: usize,
 }
 
 impl Acks {
@@ -613,6 +650,21 @@ impl Acks {
                     .entry(id)
                     .or_default()
                     .insert(qty.parse().unwrap());
+            }
+            ["ack", "note", id, n] => {
+                let id: u64 = id.parse().unwrap();
+                self.notes.insert(id);
+                self.note_values
+                    .entry(id)
+                    .or_default()
+                    .insert(n.parse().unwrap());
+            }
+            ["ack", "edit", id, n] => {
+                self.edits += 1;
+                self.note_values
+                    .entry(id.parse().unwrap())
+                    .or_default()
+                    .insert(n.parse().unwrap());
             }
             ["done"] => return true,
             other => panic!("unexpected line {other:?}"),
@@ -793,8 +845,19 @@ fn fault_run(default_ops: u32, rounds: u64) {
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut ids = std::collections::BTreeSet::new();
+    let mut notes = std::collections::BTreeSet::new();
     for row in dumps[0].strip_prefix("dump").unwrap().split_whitespace() {
         let f: Vec<&str> = row.split(':').collect();
+        if let Some(id) = f[0].strip_prefix('n') {
+            let (id, n): (u64, u32) = (id.parse().unwrap(), f[1].parse().unwrap());
+            notes.insert(id);
+            assert_eq!(f[2], "0", "a note is borrowed by nobody (seed {seed})");
+            assert!(
+                acks.note_values.get(&id).is_none_or(|v| v.contains(&n)),
+                "note {id} holds {n}, which nobody acknowledged (seed {seed})"
+            );
+            continue;
+        }
         let id: u64 = f[0].split('.').next().unwrap().parse().unwrap();
         let qty: u32 = f[2].parse().unwrap();
         ids.insert(id);
@@ -810,9 +873,25 @@ fn fault_run(default_ops: u32, rounds: u64) {
             "acknowledged create {id} lost (seed {seed})"
         );
     }
+    for id in &acks.notes {
+        assert!(
+            notes.contains(id),
+            "acknowledged note {id} lost (seed {seed})"
+        );
+    }
+    let conflicts: u64 = clients
+        .iter_mut()
+        .map(|c| {
+            let s = c.ask("status");
+            s.split_whitespace().nth(5).unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
     eprintln!(
-        "fault test: {} records, {} acknowledged creates, identical on 3 replicas",
+        "fault test: {} records and {} notes ({} optimistic edits, {conflicts} conflicts merged), \
+         {} acknowledged creates, identical on 3 replicas",
         ids.len(),
+        notes.len(),
+        acks.edits,
         acks.created.len()
     );
     for c in clients {
@@ -859,6 +938,11 @@ fn check_borrows_in_log(data: &Path) -> usize {
             (ChangeKind::Put { .. }, None) if e.change.rev == 0 => {
                 holder.insert(key, e.origin);
             }
+            // Optimistic edits (and creates): by nobody's borrow, or the holder's.
+            (ChangeKind::Edit { .. }, now) => assert!(
+                matches!(now, None | Some(0)) || now == Some(e.origin),
+                "an optimistic edit of a record held by {now:?}: {e:?}"
+            ),
             (_, now) => assert_eq!(now, Some(e.origin), "changed without the borrow: {e:?}"),
         }
     }
