@@ -1,6 +1,8 @@
 //! Sync in one process: a rekord server and two synced databases, "alice" and "bob". Alice
 //! creates a task and bob sees it arrive in real time; bob cannot borrow it while alice holds
-//! it, alice returns it, bob borrows and edits it, and alice sees bob's edit.
+//! it, alice returns it, bob borrows and edits it, and alice sees bob's edit. Then an
+//! optimistic tree: both edit a note without borrowing it, bob while offline, and bob's
+//! replica merges the two edits field by field when it reconnects.
 //!
 //! Run it with `cargo run --example sync`. The same with real processes:
 //!
@@ -17,7 +19,10 @@
 //! ```
 
 use rekord::proto::handshake::Trees;
-use rekord::{Db, Error, Event, EventKind, Key, RecordEvent, Subscription, SyncConfig, Tree};
+use rekord::{
+    Db, Error, Event, EventKind, Key, Merge, Record, RecordEvent, Subscription, SyncConfig,
+    SyncEvent, Tree,
+};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -29,6 +34,16 @@ pub struct Task {
     pub title: String,
     /// Whether it is done.
     pub done: bool,
+}
+
+/// A note on a shared board: an optimistic tree (no borrows; concurrent edits merged).
+#[rekord::record(tree = "notes", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    /// The text.
+    pub text: String,
+    /// How many liked it.
+    pub likes: u32,
 }
 
 /// The application name the server and its clients agree on (the server's default).
@@ -65,10 +80,10 @@ fn main() -> Res<()> {
 
     // 2. Two synced databases, each a local file (all reads and writes stay local).
     let open = |name: &str| -> Res<Db> {
-        let db = Db::open_synced(
-            dir.path().join(format!("{name}.rekord")),
-            SyncConfig::new(addr, APP, token.as_str()),
-        )?;
+        let config = SyncConfig::new(addr, APP, token.as_str())
+            // Notes are edited without borrows; concurrent edits merge field by field.
+            .optimistic("notes", Merge::three_way());
+        let db = Db::open_synced(dir.path().join(format!("{name}.rekord")), config)?;
         db.wait_caught_up(LIMIT)?;
         println!("{name} is online as replica {}", db.replica());
         Ok(db)
@@ -160,11 +175,12 @@ fn main() -> Res<()> {
             return Err("a synced database has a sync status".into());
         };
         println!(
-            "{name}: online {}, outbox {} entries / {} bytes, cursor {}, sent {} B, received {} B, last sync {:?} ago",
+            "{name}: online {}, outbox {} entries / {} bytes, cursor {}, conflicts {}, sent {} B, received {} B, last sync {:?} ago",
             st.online,
             st.outbox,
             st.outbox_bytes,
             st.cursor,
+            st.conflicts,
             st.bytes_sent,
             st.bytes_received,
             st.last_sync
@@ -177,23 +193,72 @@ fn main() -> Res<()> {
         )?;
     }
 
-    // 7. Close the clients (their sync threads stop, bob's listener ends), then the server.
-    drop((tasks_a, tasks_b, alice_sub));
-    drop((alice, bob));
+    // 7. An optimistic tree: alice writes a note, bob sees it.
+    let (notes_a, notes_b) = (alice.tree::<Note>()?, bob.tree::<Note>()?);
+    let note = create(
+        &notes_a,
+        &Note {
+            text: "buy soil".into(),
+            likes: 0,
+        },
+    )?;
+    wait_until("bob sees the note", || notes_b.get(note).is_ok())?;
+    // Bob goes offline (his sync client stops) and edits the text; nobody borrows anything.
+    bob.stop_sync();
+    notes_b.update(note, |n| n.text = "buy soil and seeds".into())?;
+    println!("bob (offline) edited the note's text");
+    // Meanwhile alice likes it; the server accepts her edit first.
+    notes_a.update(note, |n| n.likes += 1)?;
+    alice.wait_pushed(LIMIT)?;
+    println!("alice (online) liked the note");
+    // Bob reconnects (reopens his file): the server refuses his edit as based on an older
+    // version, bob's replica merges the two field by field and sends the outcome.
+    drop((tasks_a, tasks_b, notes_b, alice_sub));
+    drop(bob);
     if listener.join().is_err() {
         return Err("bob's listener thread panicked".into());
     }
+    let bob = Db::open_synced(
+        dir.path().join("bob.rekord"),
+        SyncConfig::new(addr, APP, token.as_str()).optimistic("notes", Merge::three_way()),
+    )?;
+    // Subscribed before the sync client can report anything.
+    let bob_sub = bob.subscribe();
+    let conflict = wait_for(&bob_sub, |e| match e.as_sync() {
+        Some(SyncEvent::Conflict(c)) => Some(c.clone()),
+        _ => None,
+    })?;
+    println!(
+        "bob merged a conflict ({}; winner: {:?}):\n  mine   {}\n  theirs {}\n  merged {}",
+        conflict.strategy, conflict.winner, conflict.mine, conflict.theirs, conflict.outcome
+    );
+    bob.wait_pushed(LIMIT)?;
+    let merged = Note {
+        text: "buy soil and seeds".into(),
+        likes: 1,
+    };
+    wait_until("alice sees the merge", || {
+        notes_a.get(note).is_ok_and(|n| n == merged)
+    })?;
+    println!("alice sees {:?}", notes_a.get(note)?);
+    let conflicts = bob.sync_status().map_or(0, |s| s.conflicts);
+    println!("bob: {conflicts} conflict(s) merged");
+    check(conflicts == 1, "bob should report one merged conflict")?;
+
+    // 8. Close the clients (their sync threads stop), then the server.
+    drop((notes_a, bob_sub));
+    drop((alice, bob));
     let _ = stop.send(());
     rt.block_on(serving)??;
     println!("clients and server stopped after {:.1?}", t0.elapsed());
     Ok(())
 }
 
-/// Creates `task`, retrying briefly while the client waits for its first id range.
-fn create(tasks: &Tree<Task>, task: &Task) -> Res<Key<Task>> {
+/// Creates `record`, retrying briefly while the client waits for its first id range.
+fn create<T: Record>(tree: &Tree<T>, record: &T) -> Res<Key<T>> {
     let start = Instant::now();
     loop {
-        match tasks.create(task) {
+        match tree.create(record) {
             Err(Error::IdsExhausted) if start.elapsed() < LIMIT => {
                 std::thread::sleep(Duration::from_millis(5))
             }
@@ -231,6 +296,34 @@ fn alice_sees(sub: &Subscription, key: Key<Task>, kind: EventKind) -> Res<()> {
         }
     }
     Err("alice did not see bob's change".into())
+}
+
+/// Waits (bounded, polling) until `done` holds.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Res<()> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > LIMIT {
+            return Err(format!("timed out: {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Waits (bounded) for the first event `pick` accepts on `sub`.
+fn wait_for<R>(sub: &Subscription, mut pick: impl FnMut(&Event) -> Option<R>) -> Res<R> {
+    let start = Instant::now();
+    while start.elapsed() < LIMIT {
+        match sub.try_next() {
+            Some(e) => {
+                if let Some(r) = pick(&e) {
+                    return Ok(r);
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    Err("timed out waiting for an event".into())
 }
 
 /// Fails the example with `msg` unless `ok`.

@@ -264,6 +264,79 @@ fn reconnect(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
     secs
 }
 
+/// Conflict resolution: A edits `n` records of an optimistic tree (three-way merge) while
+/// offline, B edits the same records online (another field); A reconnects and merges every
+/// one. With `conflicting` false, B does not edit (the same reconnect without conflicts).
+/// Seconds from A's reconnection until A's outbox is empty and B has A's edits merged.
+fn conflicts(rt: &tokio::runtime::Runtime, n: usize, conflicting: bool) -> (f64, u64) {
+    let r = start(rt);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.rekord");
+    let cfg = SyncConfig::new(r.addr, "bench", r.token.clone())
+        .retry(
+            Retry::default()
+                .initial(Duration::from_millis(5))
+                .max(Duration::from_millis(20)),
+        )
+        .range_size(n as u64 * 2)
+        .timeout(Duration::from_secs(30))
+        .optimistic("items", rekord::Merge::three_way());
+    let a = Db::open_synced(&path, cfg.clone()).unwrap();
+    a.wait_caught_up(LIMIT).unwrap();
+    let b = Db::memory_synced(cfg.clone()).unwrap();
+    b.wait_caught_up(LIMIT).unwrap();
+    let (ta, tb) = (a.tree::<Item>().unwrap(), b.tree::<Item>().unwrap());
+    let keys: Vec<_> = (0..n).map(|i| create(&ta, i as u32)).collect();
+    a.wait_pushed(LIMIT).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while tb.len().unwrap() < n as u64 {
+        assert!(Instant::now() < deadline, "B did not get the records");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.stop_sync();
+    for k in &keys {
+        ta.update(*k, |it| it.name = "edited offline".into())
+            .unwrap();
+    }
+    if conflicting {
+        for k in &keys {
+            tb.update(*k, |it| it.qty += 1_000_000).unwrap();
+        }
+        b.wait_pushed(LIMIT).unwrap();
+    }
+    drop((ta, a));
+    let a = Db::open_synced(&path, cfg).unwrap();
+    let sub = a.subscribe();
+    let connected = std::thread::spawn(move || {
+        loop {
+            match sub.recv_blocking() {
+                Some(Event::Sync(rekord::SyncEvent::Connected { .. })) => return Instant::now(),
+                Some(_) => {}
+                None => panic!("A closed"),
+            }
+        }
+    });
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let merged = keys.iter().all(|k| {
+            tb.get(*k).is_ok_and(|it| {
+                it.name == "edited offline" && (!conflicting || it.qty >= 1_000_000)
+            })
+        });
+        if merged && a.sync_status().unwrap().outbox == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the conflicts were not resolved");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let done = Instant::now();
+    let t = connected.join().unwrap();
+    let merged = a.sync_status().unwrap().conflicts;
+    drop((tb, a, b));
+    stop(rt, r);
+    (done.duration_since(t).as_secs_f64(), merged)
+}
+
 /// Propagation A -> B while 50 other clients write (each a create and an update every
 /// ~100 ms: about 1,000 changes/s in all); `n` changes.
 fn under_load(rt: &tokio::runtime::Runtime, n: usize) -> Vec<Duration> {
@@ -311,6 +384,20 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let quick = std::env::var_os("REKORD_BENCH_QUICK").is_some();
+    if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_CONFLICTS") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let n: usize = n.parse().unwrap();
+        let (plain, _) = conflicts(&rt, n, false);
+        let (secs, merged) = conflicts(&rt, n, true);
+        println!(
+            "reconnect {n} optimistic edits: {plain:.3} s; with {merged} conflicts: {secs:.3} s"
+        );
+        return;
+    }
     if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_RECONNECT") {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -346,6 +433,10 @@ fn main() {
     // One run each of the issue #5 cases (they are long), after the interleaved rounds.
     let offline = if quick { 2_000 } else { 10_000 };
     let reconnect_secs = reconnect(&rt, offline);
+    let contested = if quick { 300 } else { 2_000 };
+    let (plain_secs, _) = conflicts(&rt, contested, false);
+    let (conflict_secs, merged) = conflicts(&rt, contested, true);
+    assert_eq!(merged, contested as u64, "every record conflicted once");
     let mut loaded = under_load(&rt, if quick { 200 } else { 1_000 });
     raw.extend(rt.block_on(raw_floor(1000)));
     for v in [&mut raw, &mut prop, &mut fan, &mut loaded] {
@@ -394,6 +485,16 @@ fn main() {
         reconnect_secs,
         reconnect_secs * 1e6 / offline as f64,
         reconnect_secs * 1e6 / offline as f64 / us(r50),
+    ));
+    out.push_str(&format!(
+        "\n| conflict resolution (three-way merge) | time | per record | conflicts/s | per record / raw round trip |\n|---|---|---|---|---|\n| {contested} offline optimistic edits, no conflict (baseline) | {:.2} s | {:.1} µs | - | {:.2}x |\n| the same {contested} edits, each conflicting with another client's edit | {:.2} s | {:.1} µs | **{:.0}** | {:.2}x |\n",
+        plain_secs,
+        plain_secs * 1e6 / contested as f64,
+        plain_secs * 1e6 / contested as f64 / us(r50),
+        conflict_secs,
+        conflict_secs * 1e6 / contested as f64,
+        contested as f64 / conflict_secs,
+        conflict_secs * 1e6 / contested as f64 / us(r50),
     ));
     println!("{out}");
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "../target".into());

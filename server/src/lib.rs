@@ -32,7 +32,9 @@
 //! - [`Request::Changes`]: applies a batch of changes (see "Changes" below).
 //! - [`Request::Entries`]: consecutive numbered outbox entries of a synced database, each
 //!   applied like a [`Request::Changes`] batch, with retries detected by entry number
-//!   ([`Store::apply_entries`]); answered with one [`rekord::proto::EntryOutcome`] each.
+//!   ([`Store::apply_entries`]); answered with one [`rekord::proto::EntryOutcome`] each. The
+//!   server keeps each entry's answer until the client sends only later entries, so a
+//!   retry after a lost answer hears the same answer (the sequence number, or the refusal).
 //!
 //! # Changes
 //!
@@ -55,6 +57,16 @@
 //! - [`RemoteError::Invalid`]: `Put` data that does not decode with the stored schema of its
 //!   version (or no such schema: "upload the schema first"), or a new revision whose
 //!   previous revision does not exist.
+//! - [`RemoteError::Conflict`]: an optimistic edit ([`ChangeKind::Edit`], trees a client
+//!   made optimistic) of a revision that another client changed after the edit's `base`
+//!   sequence number. The server tracks, per revision, the last data change (sequence
+//!   number, client, hybrid logical clock) and the last one by a different client, so a
+//!   client's chain of edits on its own version is accepted, and anything else is a
+//!   conflict. The answer carries the current version and, from the log, the version at
+//!   the edit's base; the client merges and sends the outcome based on the current one.
+//!   An `Edit` needs no borrow, but a record another client borrowed refuses it
+//!   ([`RemoteError::AlreadyBorrowed`]); an `Edit` of revision 0 of an unknown id in the
+//!   client's ranges creates the record without giving anyone its borrow.
 //!
 //! After the commit, the accepted changes are pushed as [`Push::Changes`] (at most
 //! [`PUSH_BATCH`] changes and about [`PUSH_BATCH_BYTES`] each) to every session whose

@@ -381,7 +381,8 @@ async fn forced_return_turns_the_holders_offline_edits_into_a_merge() {
     server.stop().await;
 }
 
-/// Three replicas edit the same records offline; they reconnect in every possible order.
+/// Three replicas edit the same records offline; they reconnect in every possible order
+/// (three-way merge), or with the latest editor first, second and last (last-write-wins).
 /// Whatever the order: every replica ends identical; with three-way merge each replica's
 /// field holds its last edit; with last-write-wins the record holds the edit made last
 /// (by hybrid logical clock), not the one delivered last.
@@ -405,11 +406,20 @@ async fn replicas_converge_whatever_the_order_of_delivery() {
             clients.push(Client::start(&server, &token, merge.clone()).await);
         }
         let clients = tokio::task::spawn_blocking(move || {
-            for order in orders {
+            // Last-write-wins: the latest edit's replica (2) reconnects first, second or last.
+            let lww_orders = [[2, 0, 1], [0, 2, 1], [0, 1, 2]];
+            let orders: &[[usize; 3]] = if three_way { &orders } else { &lww_orders };
+            for &order in orders {
                 let key = create(&clients[0].docs(), &doc("t", "b", 0));
                 clients[0].db.wait_pushed(LIMIT).unwrap();
                 for c in &clients {
                     eventually("every replica has the doc", || c.docs().get(key).is_ok());
+                }
+                // All three go offline together (each notices within its idle timeout).
+                for c in &clients {
+                    c.proxy.block(true);
+                }
+                for c in &clients {
                     c.offline();
                 }
                 // Each replica edits twice, in turn (so the clocks order the edits).

@@ -197,9 +197,11 @@ fn client_process() {
                             }
                         }
                         11 | 12 => {
+                            // The newest few notes are edited by every client: conflicts.
                             let keys = notes.keys().unwrap();
                             if !keys.is_empty() {
-                                let k = keys[rng.below(keys.len() as u64) as usize];
+                                let hot = rng.below(keys.len().min(4) as u64) as usize;
+                                let k = keys[keys.len() - 1 - hot];
                                 let n = rng.below(1000) as u32;
                                 if notes.update(k, |x| x.n = n).is_ok() {
                                     say(format!("ack edit {} {n}", k.id()));

@@ -379,6 +379,10 @@ struct Conflicted {
     current: Box<crate::proto::Current>,
 }
 
+/// What settling outbox entries left to do: records to resync (refused changes) and a
+/// conflict to merge.
+type Settled = (Vec<(String, u64)>, Option<Conflicted>);
+
 /// About how many bytes of outbox entries go into one request.
 const BATCH_BYTES: usize = 4 << 20;
 
@@ -835,7 +839,7 @@ impl Client {
         &mut self,
         first: u64,
         outcomes: &[EntryOutcome],
-    ) -> std::result::Result<(Vec<(String, u64)>, Option<Conflicted>), End> {
+    ) -> std::result::Result<Settled, End> {
         let mut refused: Vec<(String, u64)> = Vec::new();
         let mut conflict = None;
         let db = self.db()?;

@@ -404,6 +404,121 @@ fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
+
+    #[crate::record(tree = "m")]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct M {
+        pub a: u32,
+        pub b: u32,
+        pub c: String,
+    }
+
+    fn bytes(m: &M) -> Vec<u8> {
+        crate::Record::__encode(m, Vec::new()).unwrap()
+    }
+
+    /// Merges `mine` into `theirs` with `merge`; the resulting record.
+    fn run(merge: &Merge, base: &M, mine: (&M, u64, u32), theirs: (&M, u64, u32)) -> M {
+        let schema = |_| Ok(Arc::new(Schema::of::<M>()));
+        let (b, m, t) = (bytes(base), bytes(mine.0), bytes(theirs.0));
+        fn side(data: &[u8]) -> Side<'_> {
+            Side { version: 1, data }
+        }
+        let out = merge
+            .merge(
+                &schema,
+                Some(side(&b)),
+                &Stamped {
+                    side: side(&m),
+                    hlc: mine.1,
+                    replica: mine.2,
+                },
+                &Stamped {
+                    side: side(&t),
+                    hlc: theirs.1,
+                    replica: theirs.2,
+                },
+            )
+            .unwrap();
+        match out.winner {
+            Winner::Mine => mine.0.clone(),
+            Winner::Theirs => theirs.0.clone(),
+            Winner::Merged => {
+                let (_, data) = out.merged.unwrap();
+                let a = M::__access(&data).unwrap();
+                M::__deserialize(a).unwrap()
+            }
+        }
+    }
+
+    fn edit() -> impl Strategy<Value = (Option<u32>, Option<u32>, Option<String>)> {
+        (
+            proptest::option::of(0u32..4),
+            proptest::option::of(0u32..4),
+            proptest::option::of("[a-c]{0,3}"),
+        )
+    }
+
+    fn apply(base: &M, e: &(Option<u32>, Option<u32>, Option<String>)) -> M {
+        M {
+            a: e.0.unwrap_or(base.a),
+            b: e.1.unwrap_or(base.b),
+            c: e.2.clone().unwrap_or_else(|| base.c.clone()),
+        }
+    }
+
+    proptest! {
+        /// Three-way merge against a per-field model: a field changed on one side takes
+        /// that side's value, on both sides the later clock's; and it does not matter which
+        /// replica merges (the outcome is the same from either side).
+        #[test]
+        fn three_way_follows_the_field_model_from_either_side(
+            base in (0u32..4, 0u32..4, "[a-c]{0,3}"),
+            em in edit(),
+            et in edit(),
+            hm in 1u64..5,
+            ht in 1u64..5,
+        ) {
+            let base = M { a: base.0, b: base.1, c: base.2 };
+            let (mine, theirs) = (apply(&base, &em), apply(&base, &et));
+            let mine_later = (hm, 1) > (ht, 2);
+            let field = |b: &u32, m: &u32, t: &u32| -> u32 {
+                if m == t || t == b { *m } else if m == b || !mine_later { *t } else { *m }
+            };
+            let c = if mine.c == theirs.c || theirs.c == base.c {
+                mine.c.clone()
+            } else if mine.c == base.c || !mine_later {
+                theirs.c.clone()
+            } else {
+                mine.c.clone()
+            };
+            let model = M {
+                a: field(&base.a, &mine.a, &theirs.a),
+                b: field(&base.b, &mine.b, &theirs.b),
+                c,
+            };
+            let merge = Merge::three_way();
+            let here = run(&merge, &base, (&mine, hm, 1), (&theirs, ht, 2));
+            prop_assert_eq!(&here, &model);
+            let there = run(&merge, &base, (&theirs, ht, 2), (&mine, hm, 1));
+            prop_assert_eq!(&there, &model);
+        }
+
+        /// Last-write-wins keeps the side with the later clock (then the higher replica),
+        /// from either side.
+        #[test]
+        fn last_write_wins_keeps_the_later_side(
+            em in edit(), et in edit(), hm in 1u64..5, ht in 1u64..5,
+        ) {
+            let base = M { a: 0, b: 0, c: String::new() };
+            let (mine, theirs) = (apply(&base, &em), apply(&base, &et));
+            let later = if (hm, 1) > (ht, 2) { &mine } else { &theirs };
+            let merge = Merge::last_write_wins();
+            prop_assert_eq!(&run(&merge, &base, (&mine, hm, 1), (&theirs, ht, 2)), later);
+            prop_assert_eq!(&run(&merge, &base, (&theirs, ht, 2), (&mine, hm, 1)), later);
+        }
+    }
 
     #[test]
     fn hlc_is_monotonic_and_follows_the_wall_clock() {

@@ -75,6 +75,7 @@ pub(crate) struct PendingRow {
     pub(crate) base_value: Vec<u8>,
 }
 
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 impl PendingRow {
     /// The stored form: count, base, clock, floor (u64 LE each), then the base value.
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -93,6 +94,18 @@ impl PendingRow {
     /// what this replica has.
     pub(crate) fn holds_back(&self, seq: u64) -> bool {
         self.count > 0 || seq <= self.floor
+    }
+
+    /// Whether a stored row can go once the cursor is at `cursor`: no edits waiting, and
+    /// no pushed change older than its floor still to come (read without copying it).
+    pub(crate) fn done_at(bytes: &[u8], cursor: u64) -> bool {
+        let word = |i: usize| {
+            bytes
+                .get(i..i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        word(0) == 0 && word(24) <= cursor
     }
 
     /// Reads a stored row (a damaged one reads as no pending edits).

@@ -170,11 +170,16 @@ impl Batch<'_> {
         }
         // What goes to the server, in front of the next entry: the entry's other changes,
         // then the outcome.
+        let is_edit_of_record = |c: &Change| {
+            c.tree == tree && c.id == key.id && matches!(c.kind, ChangeKind::Edit { .. })
+        };
+        let in_entry = changes.iter().filter(|c| is_edit_of_record(c)).count() as u64;
+        // Whether later entries hold edits of the record too (else only the next entry is
+        // read, not the whole outbox).
+        let later_edits = pending.as_ref().is_some_and(|r| r.count > in_entry);
         let mut front: Vec<Change> = changes
             .into_iter()
-            .filter(|c| {
-                !(c.tree == tree && c.id == key.id && matches!(c.kind, ChangeKind::Edit { .. }))
-            })
+            .filter(|c| !is_edit_of_record(c))
             .collect();
         let resend = outcome.winner != Winner::Theirs;
         // The outcome keeps the time of what it is made of (so a later last-write-wins
@@ -204,6 +209,7 @@ impl Batch<'_> {
             // replica's latest version): drop them.
             let later: Vec<(u64, Vec<u8>)> = table
                 .range(entry + 1..)?
+                .take(if later_edits { usize::MAX } else { 1 })
                 .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
                 .collect::<std::result::Result<_, _>>()?;
             let mut next_entry: Option<(u64, u64, Vec<Change>)> = None;
@@ -218,11 +224,7 @@ impl Batch<'_> {
                 };
                 let kept: Vec<Change> = list
                     .iter()
-                    .filter(|c| {
-                        !(c.tree == tree
-                            && c.id == key.id
-                            && matches!(c.kind, ChangeKind::Edit { .. }))
-                    })
+                    .filter(|c| !is_edit_of_record(c))
                     .cloned()
                     .collect();
                 if next_entry.is_none() {

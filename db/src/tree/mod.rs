@@ -5,8 +5,8 @@ pub(crate) mod cache;
 pub(crate) mod evolve;
 // Used by the sync client, which is native-only.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod conflict;
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod remote;
 
 use crate::db::TreeState;

@@ -75,10 +75,7 @@ impl Batch<'_> {
                 }
                 // Rows without waiting edits go once the cursor passed their floor.
                 if let Some(last) = entries.last().map(|e| e.seq) {
-                    pending.retain(|_, v| {
-                        let row = crate::sync::outbox::PendingRow::decode(v);
-                        row.count > 0 || row.floor > last
-                    })?;
+                    pending.retain(|_, v| !crate::sync::outbox::PendingRow::done_at(v, last))?;
                 }
             }
             held
