@@ -841,7 +841,8 @@ impl Store {
     /// settled yet: a retry of an entry up to it applies nothing and gets the first answer
     /// again (or [`EntryOutcome::Duplicate`] once forgotten); a refused entry is answered
     /// [`EntryOutcome::Rejected`] and counts as processed (its number is never applied
-    /// later); entries after a refused one are not processed by this call (they are missing
+    /// later), except for a [`RemoteError::Conflict`], after which the client sends the
+    /// entry again, merged, under the same number; entries after a refused one are not processed by this call (they are missing
     /// from the answer; the client sends them again). Returns the outcomes, in entry order,
     /// and the accepted changes, in sequence order.
     pub fn apply_entries(
@@ -913,10 +914,24 @@ impl Store {
             if let Some(e) = refusal {
                 let n = first.saturating_add(limit as u64);
                 if n > last {
+                    // A conflict leaves the entry unprocessed: the client merges and sends
+                    // it again, under the same number.
+                    let conflict = matches!(e, RemoteError::Conflict(_));
                     let outcome = EntryOutcome::Rejected(e);
-                    answered.insert((holder, n), encode_outcome(&outcome)?.as_slice())?;
+                    if !conflict {
+                        answered.insert((holder, n), encode_outcome(&outcome)?.as_slice())?;
+                        processed = n;
+                    }
                     outcomes.push(outcome);
-                    processed = n;
+                    if conflict {
+                        // Look ahead: the later entries' conflicts (which no change of this
+                        // client can resolve) are reported now, so the client merges them
+                        // all before it sends again; the others are skipped.
+                        drop(answered);
+                        let rest = batch.get(limit + 1..).unwrap_or_default();
+                        outcomes.extend(look_ahead(&txn, holder, rest, &mut parsed)?);
+                        answered = txn.open_table(OUTCOMES)?;
+                    }
                 } else {
                     outcomes.push(match answered.get((holder, n))? {
                         Some(o) => decode_outcome(o.value())?,
@@ -966,6 +981,39 @@ fn log_borrow(
     let bytes = rekord::proto::encode_sequenced(&entry).map_err(wire_error)?;
     log.insert(seq, bytes.as_slice())?;
     Ok(entry)
+}
+
+/// Outcomes of the entries after a conflicting one: [`RemoteError::Conflict`] for those
+/// whose optimistic edits conflict in the current state, [`EntryOutcome::Skipped`] for the
+/// others (nothing is applied).
+fn look_ahead(
+    txn: &redb::WriteTransaction,
+    holder: u32,
+    batch: &[Vec<Change>],
+    parsed: &mut Parsed,
+) -> Result<Vec<EntryOutcome>, ServerError> {
+    let log = txn.open_table(LOG)?;
+    let mut records = txn.open_table(RECORDS)?;
+    let mut borrows = txn.open_table(BORROWS)?;
+    let schemas = txn.open_table(SCHEMAS)?;
+    let ranges = txn.open_table(RANGES)?;
+    let tables = Tables {
+        log: &log,
+        records: &mut records,
+        borrows: &mut borrows,
+        schemas: &schemas,
+        ranges: &ranges,
+        parsed,
+    };
+    batch
+        .iter()
+        .map(|changes| {
+            Ok(match tables.first_conflict(holder, changes)? {
+                Some(e) => EntryOutcome::Rejected(e),
+                None => EntryOutcome::Skipped,
+            })
+        })
+        .collect()
 }
 
 /// Schemas parsed during one request, by (tree, version) (parsing RON costs more than
@@ -1122,6 +1170,70 @@ impl Tables<'_, '_> {
         })
     }
 
+    /// The conflict an optimistic edit by `holder` meets, given the revision's `state`:
+    /// another client changed it after the edit's base (`None`: no conflict, or not an
+    /// edit of an existing draft).
+    fn conflict(
+        &self,
+        holder: u32,
+        change: &Change,
+        state: Option<&RecordState>,
+    ) -> Result<Option<RemoteError>, ServerError> {
+        let ChangeKind::Edit { base, .. } = change.kind else {
+            return Ok(None);
+        };
+        let Some(state) = state.filter(|s| s.exists && !s.released) else {
+            return Ok(None);
+        };
+        if state.edit_fits(holder, base) {
+            return Ok(None);
+        }
+        let (tree, id, rev) = (change.tree.as_str(), change.id, change.rev);
+        // Base data and current data must fit in one frame together.
+        let base = self
+            .logged_data(base, tree, id, rev)?
+            .filter(|(_, b)| b.len() + state.data.len() <= rekord::proto::MAX_RECORD);
+        Ok(Some(RemoteError::Conflict(Box::new(
+            rekord::proto::Current {
+                tree: tree.to_owned(),
+                id,
+                rev,
+                seq: state.seq,
+                origin: state.origin,
+                hlc: state.hlc,
+                version: state.version,
+                data: state.data.clone(),
+                base,
+            },
+        ))))
+    }
+
+    /// The first conflict any optimistic edit of `changes` meets in the current state (a
+    /// look ahead after an earlier entry conflicted: nothing is applied).
+    fn first_conflict(
+        &self,
+        holder: u32,
+        changes: &[Change],
+    ) -> Result<Option<RemoteError>, ServerError> {
+        for c in changes {
+            if !matches!(c.kind, ChangeKind::Edit { .. }) {
+                continue;
+            }
+            if self
+                .borrows
+                .get((c.tree.as_str(), c.id))?
+                .is_some_and(|g| g.value() != holder)
+            {
+                continue;
+            }
+            let state = self.state(&c.tree, c.id, c.rev)?;
+            if let Some(conflict) = self.conflict(holder, c, state.as_ref())? {
+                return Ok(Some(conflict));
+            }
+        }
+        Ok(None)
+    }
+
     /// Checks and applies one change, which gets sequence number `seq`; `Ok(Ok(true))` if
     /// it created a record whose borrow the client now holds.
     fn apply(
@@ -1189,31 +1301,15 @@ impl Tables<'_, '_> {
             }
             return Ok(Ok(born));
         }
-        if let ChangeKind::Edit { base, .. } = kind {
+        if let ChangeKind::Edit { .. } = kind {
             if let Some(other) = borrower.filter(|h| *h != holder) {
                 return Ok(Err(RemoteError::AlreadyBorrowed { holder: other }));
             }
-            let Some(state) = current.as_ref().filter(|s| s.exists) else {
+            if !current.as_ref().is_some_and(|s| s.exists) {
                 return Ok(Err(RemoteError::NotFound));
-            };
-            if !state.released && !state.edit_fits(holder, *base) {
-                // Base data and current data must fit in one frame together.
-                let base = self
-                    .logged_data(*base, tree, id, rev)?
-                    .filter(|(_, b)| b.len() + state.data.len() <= rekord::proto::MAX_RECORD);
-                return Ok(Err(RemoteError::Conflict(Box::new(
-                    rekord::proto::Current {
-                        tree: tree.to_owned(),
-                        id,
-                        rev,
-                        seq: state.seq,
-                        origin: state.origin,
-                        hlc: state.hlc,
-                        version: state.version,
-                        data: state.data.clone(),
-                        base,
-                    },
-                ))));
+            }
+            if let Some(conflict) = self.conflict(holder, change, current.as_ref())? {
+                return Ok(Err(conflict));
             }
         } else if borrower != Some(holder) {
             return Ok(Err(RemoteError::NotBorrowed));
@@ -1481,21 +1577,22 @@ mod tests {
             .unwrap();
         assert_eq!(again, o);
         assert!(changes.is_empty());
-        // Based on B's version: accepted; a retry of it gets the same sequence number.
+        // A conflict does not count the entry as processed: the client sends it again,
+        // merged, based on B's version: accepted; a retry of it gets the same answer.
         let (o, _) = store
-            .apply_entries(a, &grant, 5, &[vec![edit(id, 4, 6)]])
+            .apply_entries(a, &grant, 4, &[vec![edit(id, 4, 6)]])
             .unwrap();
         assert_eq!(o, vec![EntryOutcome::Applied { seq: 5 }]);
         let (o, changes) = store
-            .apply_entries(a, &grant, 5, &[vec![edit(id, 4, 6)]])
+            .apply_entries(a, &grant, 4, &[vec![edit(id, 4, 6)]])
             .unwrap();
         assert_eq!(o, vec![EntryOutcome::Applied { seq: 5 }]);
         assert!(changes.is_empty(), "a retry applies nothing");
         // Once the client moved on, the old answers are forgotten.
-        let (o, _) = store.apply_entries(a, &grant, 6, &[vec![]]).unwrap();
+        let (o, _) = store.apply_entries(a, &grant, 5, &[vec![]]).unwrap();
         assert_eq!(o, vec![EntryOutcome::Applied { seq: 5 }]);
         let (o, _) = store
-            .apply_entries(a, &grant, 5, &[vec![edit(id, 4, 6)]])
+            .apply_entries(a, &grant, 4, &[vec![edit(id, 4, 6)]])
             .unwrap();
         assert_eq!(o, vec![EntryOutcome::Duplicate]);
         // A borrow blocks everyone else's optimistic edits.
@@ -1511,5 +1608,47 @@ mod tests {
         );
         let state = store.record("t", id, 0).unwrap().unwrap();
         assert_eq!((state.seq, state.origin, state.before), (5, a, 4));
+    }
+
+    #[test]
+    fn after_a_conflict_later_conflicts_are_reported_and_the_rest_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, grant) = doc_store(dir.path());
+        let (a, b) = (2, 3);
+        let (id, _) = store.grant_range(a, 10).unwrap();
+        let created: Vec<Vec<Change>> = (0..3).map(|i| vec![edit(id + i, 0, 1)]).collect();
+        store.apply_entries(a, &grant, 1, &created).unwrap();
+        // B changes records 0 and 2 (based on the creates, seqs 1 to 3).
+        store
+            .apply_entries(
+                b,
+                &grant,
+                1,
+                &[vec![edit(id, 3, 2)], vec![edit(id + 2, 3, 2)]],
+            )
+            .unwrap();
+        // A's offline edits of all three, based on seq 3: 0 and 2 conflict, 1 does not.
+        let run: Vec<Vec<Change>> = (0..3).map(|i| vec![edit(id + i, 3, 3)]).collect();
+        let (o, changes) = store.apply_entries(a, &grant, 4, &run).unwrap();
+        assert!(changes.is_empty(), "nothing applied: {o:?}");
+        assert_eq!(o.len(), 3);
+        assert!(matches!(&o[0], EntryOutcome::Rejected(RemoteError::Conflict(c)) if c.id == id));
+        assert_eq!(o[1], EntryOutcome::Skipped);
+        assert!(
+            matches!(&o[2], EntryOutcome::Rejected(RemoteError::Conflict(c)) if c.id == id + 2)
+        );
+        // Merged (based on B's versions), all three go through.
+        let run = vec![
+            vec![edit(id, 4, 4)],
+            vec![edit(id + 1, 3, 4)],
+            vec![edit(id + 2, 5, 4)],
+        ];
+        let (o, _) = store.apply_entries(a, &grant, 4, &run).unwrap();
+        assert_eq!(
+            o,
+            (6..=8)
+                .map(|seq| EntryOutcome::Applied { seq })
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -225,7 +225,8 @@ pub enum Response {
         revisions: Vec<Revision>,
     },
     /// Answer to [`Request::Entries`]: one outcome per processed entry, in order (entries
-    /// after a rejected one are not processed and not answered).
+    /// after a rejected one are not processed and not answered; after a conflict, each
+    /// later entry is answered with its own conflict, or [`EntryOutcome::Skipped`]).
     Entries(Vec<EntryOutcome>),
 }
 
@@ -259,8 +260,13 @@ pub enum EntryOutcome {
     /// server answers a retry with the first answer while the client may not have seen it:
     /// until the client sends only later entries.)
     Duplicate,
-    /// Refused for good (nothing of it applied).
+    /// Refused for good (nothing of it applied); for a [`RemoteError::Conflict`], refused
+    /// until merged (see there).
     Rejected(RemoteError),
+    /// Not processed because an earlier entry of the request conflicted (the entries after
+    /// a conflict are answered, so the client can merge all their conflicts at once); the
+    /// client sends it again.
+    Skipped,
 }
 
 /// Why the server rejected a request.
@@ -291,8 +297,10 @@ pub enum RemoteError {
     /// The request is malformed or inconsistent.
     Invalid(String),
     /// An optimistic [`ChangeKind::Edit`] was based on a version another client changed
-    /// since: nothing of its entry was applied. The client merges per the tree's strategy
-    /// and sends the outcome as a new edit based on `current.seq`.
+    /// since: nothing of its entry was applied, and (unlike other refusals) the entry does
+    /// not count as processed. The client merges per the tree's strategy and sends the
+    /// entry again under the same number, with the outcome as an edit based on
+    /// `current.seq`.
     Conflict(Box<Current>),
 }
 

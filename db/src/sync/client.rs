@@ -370,18 +370,15 @@ struct Client {
     received_before: u64,
 }
 
-/// An outbox entry the server refused with a conflict: its changes and the server's version.
+/// An outbox entry the server refused with a conflict, and the server's version.
 struct Conflicted {
     entry: u64,
-    /// Its stored size (still counted in the outbox statistics until it is resolved).
-    bytes: u64,
-    changes: Vec<crate::proto::Change>,
     current: Box<crate::proto::Current>,
 }
 
 /// What settling outbox entries left to do: records to resync (refused changes) and a
 /// conflict to merge.
-type Settled = (Vec<(String, u64)>, Option<Conflicted>);
+type Settled = (Vec<(String, u64)>, Vec<Conflicted>);
 
 /// About how many bytes of outbox entries go into one request.
 const BATCH_BYTES: usize = 4 << 20;
@@ -814,14 +811,23 @@ impl Client {
                     )));
                 }
             };
-            let (refused, conflict) = self.settle(first, &outcomes)?;
+            let (refused, conflicts) = self.settle(first, &outcomes)?;
             self.resync(s, refused).await?;
-            if let Some(conflict) = conflict {
-                self.resolve(s, conflict).await?;
-            }
             // After the resync: a write-through writer told of a refusal finds its local
-            // change undone already.
-            self.processed(first + outcomes.len() as u64 - 1);
+            // change undone already. Conflicting and skipped entries are sent again.
+            let processed = outcomes
+                .iter()
+                .take_while(|o| {
+                    !matches!(
+                        o,
+                        EntryOutcome::Skipped | EntryOutcome::Rejected(RemoteError::Conflict(_))
+                    )
+                })
+                .count() as u64;
+            self.resolve(s, conflicts).await?;
+            if processed > 0 {
+                self.processed(first + processed - 1);
+            }
             self.publish_traffic(s);
             if let Some(rate) = self.config.replay_bytes_per_sec {
                 // Throttle: this batch's bytes at `rate` bytes per second.
@@ -841,7 +847,7 @@ impl Client {
         outcomes: &[EntryOutcome],
     ) -> std::result::Result<Settled, End> {
         let mut refused: Vec<(String, u64)> = Vec::new();
-        let mut conflict = None;
+        let mut conflicts = Vec::new();
         let db = self.db()?;
         let b = self.lazy_batch(&db)?;
         let mut freed = 0u64;
@@ -852,6 +858,20 @@ impl Client {
             let any_pending = !pending.is_empty().map_err(Error::from)?;
             for (k, outcome) in outcomes.iter().enumerate() {
                 let n = first + k as u64;
+                match outcome {
+                    EntryOutcome::Rejected(RemoteError::Conflict(current)) => {
+                        // The entry stays (the merge rewrites it) and its optimistic edits
+                        // stay counted as pending.
+                        conflicts.push(Conflicted {
+                            entry: n,
+                            current: current.clone(),
+                        });
+                        continue;
+                    }
+                    // Sent again later.
+                    EntryOutcome::Skipped => continue,
+                    _ => {}
+                }
                 let entry = table
                     .remove(n)
                     .map_err(Error::from)?
@@ -860,19 +880,6 @@ impl Client {
                     continue;
                 };
                 freed += entry.len() as u64;
-                if let EntryOutcome::Rejected(RemoteError::Conflict(current)) = outcome
-                    && let Entry::Changes(changes) = outbox::decode(&entry)?.1
-                {
-                    // Its optimistic edits stay counted as pending: the merge settles them.
-                    freed -= entry.len() as u64;
-                    conflict = Some(Conflicted {
-                        entry: n,
-                        bytes: entry.len() as u64,
-                        changes,
-                        current: current.clone(),
-                    });
-                    continue;
-                }
                 let rejected = matches!(outcome, EntryOutcome::Rejected(_));
                 if !rejected && !any_pending {
                     continue;
@@ -951,9 +958,16 @@ impl Client {
             })
             .count() as u64;
         // Counted down, not set to `left`: a local commit may have counted its entries in
-        // between this commit and this update.
-        // A conflicting entry stays counted until its merge is queued.
-        let settled = outcomes.len() as u64 - u64::from(conflict.is_some());
+        // between this commit and this update. Conflicting and skipped entries stay.
+        let settled = outcomes
+            .iter()
+            .filter(|o| {
+                !matches!(
+                    o,
+                    EntryOutcome::Skipped | EntryOutcome::Rejected(RemoteError::Conflict(_))
+                )
+            })
+            .count() as u64;
         self.link.update(|st| {
             st.outbox = st.outbox.saturating_sub(settled);
             st.outbox_bytes = st.outbox_bytes.saturating_sub(freed);
@@ -965,7 +979,9 @@ impl Client {
         for (k, outcome) in outcomes.iter().enumerate() {
             match outcome {
                 EntryOutcome::Applied { seq: s } => seq = seq.max(*s),
-                EntryOutcome::Duplicate | EntryOutcome::Rejected(RemoteError::Conflict(_)) => {}
+                EntryOutcome::Duplicate
+                | EntryOutcome::Skipped
+                | EntryOutcome::Rejected(RemoteError::Conflict(_)) => {}
                 EntryOutcome::Rejected(e) => {
                     let reason = NetError::Remote(e.clone()).to_string();
                     let entry = first + k as u64;
@@ -974,45 +990,63 @@ impl Client {
                 }
             }
         }
-        if rejected < outcomes.len() as u64 {
+        if settled > rejected {
             self.emit(SyncEvent::Pushed { seq, outbox: left });
         }
-        Ok((refused, conflict))
+        Ok((refused, conflicts))
     }
 
-    /// Merges an optimistic edit the server refused with a conflict (see
-    /// [`crate::sync::merge`]) and queues the outcome.
-    async fn resolve(&mut self, s: &mut Session, c: Conflicted) -> std::result::Result<(), End> {
-        let tree = c.current.tree.clone();
-        let mut versions = vec![(tree.clone(), c.current.version)];
-        if let Some((v, _)) = &c.current.base {
-            versions.push((tree.clone(), *v));
+    /// Merges the optimistic edits the server refused with conflicts (see
+    /// [`crate::sync::merge`]) and rewrites their entries, in one local transaction.
+    async fn resolve(
+        &mut self,
+        s: &mut Session,
+        conflicts: Vec<Conflicted>,
+    ) -> std::result::Result<(), End> {
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        let mut versions = Vec::new();
+        for c in &conflicts {
+            versions.push((c.current.tree.clone(), c.current.version));
+            if let Some((v, _)) = &c.current.base {
+                versions.push((c.current.tree.clone(), *v));
+            }
         }
         self.fetch_schemas(s, &versions).await?;
         let db = self.db()?;
-        let merge = db
-            .inner
-            .merge_of(&tree)
-            .cloned()
-            .unwrap_or_else(crate::sync::Merge::last_write_wins);
-        let mut b = db.batch()?;
-        let resolved = b.resolve_conflict(c.entry, c.changes, &c.current, &merge)?;
+        // Lazily durable: after a crash the entries are still the unmerged ones, which the
+        // server refuses again, and the merges are made again.
+        let mut b = self.lazy_batch(&db)?;
+        let mut events = Vec::with_capacity(conflicts.len());
+        let mut delta = 0i64;
+        for c in conflicts {
+            let merge = db
+                .inner
+                .merge_of(&c.current.tree)
+                .cloned()
+                .unwrap_or_else(crate::sync::Merge::last_write_wins);
+            if let Some(resolved) = b.resolve_conflict(c.entry, &c.current, &merge)? {
+                delta += resolved.bytes_delta;
+                events.push(resolved.event);
+            }
+        }
         b.commit_for_sync()?;
-        let delta = resolved.bytes_delta - c.bytes as i64;
+        let merged = events.len() as u64;
         self.link.update(|st| {
-            st.conflicts += 1;
-            st.outbox = st.outbox.saturating_sub(1);
+            st.conflicts += merged;
             st.outbox_bytes = st.outbox_bytes.saturating_add_signed(delta);
         });
-        let event = resolved.event;
-        tracing::info!(
-            tree = %event.tree,
-            key = %event.key,
-            winner = ?event.winner,
-            strategy = %event.strategy,
-            "rekord sync: merged a conflicting edit"
-        );
-        self.emit(SyncEvent::Conflict(Box::new(event)));
+        for event in events {
+            tracing::debug!(
+                tree = %event.tree,
+                key = %event.key,
+                winner = ?event.winner,
+                strategy = %event.strategy,
+                "rekord sync: merged a conflicting edit"
+            );
+            self.emit(SyncEvent::Conflict(Box::new(event)));
+        }
         Ok(())
     }
 

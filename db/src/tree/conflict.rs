@@ -23,19 +23,34 @@ impl Batch<'_> {
     /// Resolves the conflict the server reported for outbox entry `entry` (already removed
     /// from the outbox; `changes` are its changes): merges this replica's version of the
     /// record with the server's (`current`) per `merge`, writes the outcome here (with
-    /// events), and queues the entry's other changes and, unless the server's version won
-    /// as is, the outcome as a new edit based on `current.seq`, in front of the next entry.
-    /// Later edits of the record in the outbox are dropped: the outcome includes them. The
+    /// events), and rewrites the entry (which the server did not count as processed): its
+    /// other changes and, unless the server's version won as is, the outcome as an edit
+    /// based on `current.seq`. Later edits of the record in the outbox are dropped: the
+    /// outcome includes them. The
     /// schemas of `current` (and its base) must be stored.
     pub(crate) fn resolve_conflict(
         &mut self,
         entry: u64,
-        changes: Vec<Change>,
         current: &Current,
         merge: &Merge,
-    ) -> Result<Resolved> {
+    ) -> Result<Option<Resolved>> {
         let tree = current.tree.as_str();
         let key = RawKey::new(current.id, current.rev);
+        let is_edit_of_record = |c: &Change| {
+            c.tree == tree && c.id == key.id && matches!(c.kind, ChangeKind::Edit { .. })
+        };
+        // The entry as it is now (merging an earlier conflict of the same request may have
+        // taken the record's edits out of it already: nothing left to merge then).
+        let changes = match self.txn.open_table(OUTBOX)?.get(entry)? {
+            Some(v) => match outbox::decode(v.value())?.1 {
+                Entry::Changes(changes) => changes,
+                Entry::Return { .. } => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        if !changes.iter().any(is_edit_of_record) {
+            return Ok(None);
+        }
         let state = self.db.tree_state(tree);
         let ti = self.tree_index(&state);
         let corrupt = |reason: String| Error::Corrupt {
@@ -168,14 +183,9 @@ impl Batch<'_> {
             };
             self.pend(ti, key, kind, origin, old, Some(&value));
         }
-        // What goes to the server, in front of the next entry: the entry's other changes,
-        // then the outcome.
-        let is_edit_of_record = |c: &Change| {
-            c.tree == tree && c.id == key.id && matches!(c.kind, ChangeKind::Edit { .. })
-        };
+        // What goes to the server in the entry: its other changes, then the outcome.
         let in_entry = changes.iter().filter(|c| is_edit_of_record(c)).count() as u64;
-        // Whether later entries hold edits of the record too (else only the next entry is
-        // read, not the whole outbox).
+        // Whether later entries hold edits of the record too (else they are not read).
         let later_edits = pending.as_ref().is_some_and(|r| r.count > in_entry);
         let mut front: Vec<Change> = changes
             .into_iter()
@@ -209,17 +219,12 @@ impl Batch<'_> {
             // replica's latest version): drop them.
             let later: Vec<(u64, Vec<u8>)> = table
                 .range(entry + 1..)?
-                .take(if later_edits { usize::MAX } else { 1 })
+                .take(if later_edits { usize::MAX } else { 0 })
                 .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
                 .collect::<std::result::Result<_, _>>()?;
-            let mut next_entry: Option<(u64, u64, Vec<Change>)> = None;
             for (n, bytes) in later {
                 let (at, e) = outbox::decode(&bytes)?;
                 let Entry::Changes(list) = e else {
-                    if next_entry.is_none() {
-                        // A return comes next: the front goes in a new entry after it.
-                        next_entry = Some((0, 0, Vec::new()));
-                    }
                     continue;
                 };
                 let kept: Vec<Change> = list
@@ -227,29 +232,20 @@ impl Batch<'_> {
                     .filter(|c| !is_edit_of_record(c))
                     .cloned()
                     .collect();
-                if next_entry.is_none() {
-                    next_entry = Some((n, at, kept));
-                    continue;
-                }
                 if kept.len() != list.len() {
                     let value = outbox::encode(&Entry::Changes(kept), at)?;
                     bytes_delta += value.len() as i64 - bytes.len() as i64;
                     table.insert(n, value.as_slice())?;
                 }
             }
-            match next_entry {
-                Some((n, at, rest)) if n > 0 => {
-                    let old = table.get(n)?.map_or(0, |v| v.value().len());
-                    front.extend(rest);
-                    let value = outbox::encode(&Entry::Changes(front), at)?;
-                    bytes_delta += value.len() as i64 - old as i64;
-                    table.insert(n, value.as_slice())?;
-                }
-                _ => {
-                    // No later change entry: the front becomes a new entry at commit.
-                    self.core.outbox.extend(front);
-                }
-            }
+            // The entry itself, merged, goes again under its number.
+            let (at, old) = match table.get(entry)? {
+                Some(v) => (outbox::decode(v.value())?.0, v.value().len() as i64),
+                None => (outbox::now_ms(), 0),
+            };
+            let value = outbox::encode(&Entry::Changes(front), at)?;
+            bytes_delta += value.len() as i64 - old;
+            table.insert(entry, value.as_slice())?;
         }
         {
             let mut pending = self.txn.open_table(PENDING)?;
@@ -342,7 +338,7 @@ impl Batch<'_> {
         if let Some(note) = &outcome.note {
             strategy = format!("{strategy} ({note})");
         }
-        Ok(Resolved {
+        Ok(Some(Resolved {
             event: Conflict {
                 tree: tree.to_owned(),
                 key,
@@ -355,6 +351,6 @@ impl Batch<'_> {
                 kept,
             },
             bytes_delta,
-        })
+        }))
     }
 }
