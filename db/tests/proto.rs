@@ -7,8 +7,9 @@ use rekord::proto::handshake::{
     ClientConfig, Grant, HandshakeError, Trees, check_client, check_server, client_hello,
 };
 use rekord::proto::{
-    Change, ChangeKind, ClientHello, Frame, FrameReader, MAX_FRAME, PROTOCOL_VERSION, Push,
-    Refusal, RemoteError, Request, Response, Sequenced, ServerHello, WireError, decode, encode,
+    Change, ChangeKind, ClientHello, Current, EntryOutcome, Frame, FrameReader, MAX_FRAME,
+    PROTOCOL_VERSION, Push, Refusal, RemoteError, Request, Response, Sequenced, ServerHello,
+    WireError, decode, encode,
 };
 
 fn sample_frames() -> Vec<Frame> {
@@ -115,6 +116,41 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Response {
             id: 5,
             body: Response::Schema("(tree: \"parts\", version: 2)".into()),
+        },
+        Frame::Request {
+            id: 6,
+            body: Request::Entries {
+                first: 3,
+                entries: vec![vec![Change {
+                    tree: "notes".into(),
+                    id: 9,
+                    rev: 0,
+                    kind: ChangeKind::Edit {
+                        base: 17,
+                        hlc: 7 << 16,
+                        version: 1,
+                        data: vec![4, 5, 6],
+                    },
+                }]],
+            },
+        },
+        Frame::Response {
+            id: 6,
+            body: Response::Entries(vec![
+                EntryOutcome::Applied { seq: 18 },
+                EntryOutcome::Rejected(RemoteError::Conflict(Box::new(Current {
+                    tree: "notes".into(),
+                    id: 9,
+                    rev: 0,
+                    seq: 19,
+                    origin: 3,
+                    hlc: 8 << 16,
+                    version: 1,
+                    data: vec![1, 2],
+                    base: Some((1, vec![3])),
+                }))),
+                EntryOutcome::Skipped,
+            ]),
         },
     ]
 }
@@ -252,6 +288,39 @@ fn protocol_limits_are_enforced_on_decode() {
             id: 1,
             body: Response::Schema("x".repeat(rekord::proto::MAX_SCHEMA + 1)),
         },
+        Frame::Request {
+            id: 1,
+            body: Request::Entries {
+                first: 1,
+                entries: vec![vec![Change {
+                    tree: "notes".into(),
+                    id: 9,
+                    rev: 0,
+                    kind: ChangeKind::Edit {
+                        base: 0,
+                        hlc: 0,
+                        version: 0,
+                        data: vec![],
+                    },
+                }]],
+            },
+        },
+        Frame::Response {
+            id: 1,
+            body: Response::Entries(vec![EntryOutcome::Rejected(RemoteError::Conflict(
+                Box::new(Current {
+                    tree: "Bad Tree".into(),
+                    id: 9,
+                    rev: 0,
+                    seq: 1,
+                    origin: 3,
+                    hlc: 0,
+                    version: 1,
+                    data: vec![],
+                    base: None,
+                }),
+            ))]),
+        },
     ];
     for f in bad {
         let bytes = encode(&f).unwrap();
@@ -280,7 +349,7 @@ proptest! {
 
     /// Damaged valid frames are rejected or decode to a frame that passes validation.
     #[test]
-    fn damaged_frames_are_caught(idx in 0usize..13, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+    fn damaged_frames_are_caught(idx in 0usize..64, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
         let frames = sample_frames();
         let mut bytes = encode(&frames[idx % frames.len()]).unwrap();
         for (at, x) in flips {
