@@ -5,7 +5,10 @@
 //!   event on client B, p50 and p99 over at least 1,000 changes;
 //! - fan-out: the same, until all of 8 clients have the event;
 //! - bulk sync: a fresh client catching up with 100,000 records (records/s), beside raw
-//!   quinn moving the same number of equally sized messages over one stream.
+//!   quinn moving the same number of equally sized messages over one stream;
+//! - (issue #5) reconnect catch-up after 10,000 offline changes; conflict resolution: 2,000
+//!   offline optimistic edits each conflicting with another client's edit, merged three-way,
+//!   beside the same reconnect without conflicts; propagation p50/p99 while 50 clients write.
 //!
 //! `cargo bench -p rekord-bench --bench sync`; `REKORD_BENCH_QUICK=1` for a smaller run.
 
