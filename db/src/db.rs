@@ -78,8 +78,9 @@ pub(crate) struct DbInner {
     /// The sync thread of a synced database.
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) link: std::sync::OnceLock<Arc<crate::sync::client::Link>>,
-    /// The optimistic trees of a synced database and their merge strategies.
-    pub(crate) merges: std::sync::OnceLock<HashMap<String, crate::sync::Merge>>,
+    /// The optimistic trees of a synced database and their merge strategies: from the
+    /// configuration, then from record types' `merge = "..."` as they are used.
+    pub(crate) merges: RwLock<HashMap<String, crate::sync::Merge>>,
     /// The hybrid logical clock: the latest timestamp made or seen (written back by batches
     /// under the writer lock).
     pub(crate) hlc: std::sync::atomic::AtomicU64,
@@ -203,9 +204,11 @@ impl Db {
 
     #[cfg(not(target_arch = "wasm32"))]
     fn start_sync(db: Db, config: crate::sync::SyncConfig) -> Result<Db> {
-        let merges = config.merges.iter().cloned().collect();
-        // A fresh `DbInner` has no merges yet.
-        let _ = db.inner.merges.set(merges);
+        db.inner
+            .merges
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(config.merges.iter().cloned());
         let link = crate::sync::client::start(&db.inner, config)?;
         // A fresh `DbInner` has no link yet.
         let _ = db.inner.link.set(link);
@@ -380,7 +383,7 @@ impl Db {
                 client: mode == Mode::Client,
                 #[cfg(not(target_arch = "wasm32"))]
                 link: std::sync::OnceLock::new(),
-                merges: std::sync::OnceLock::new(),
+                merges: RwLock::new(HashMap::new()),
                 hlc: std::sync::atomic::AtomicU64::new(hlc),
                 options,
             }),
@@ -391,6 +394,7 @@ impl Db {
     /// one stored for the same version (storing it if it is new) and fails with
     /// [`Error::SchemaChanged`] if they differ.
     pub fn tree<T: Record>(&self) -> Result<Tree<T>> {
+        self.inner.learn_merge::<T>();
         let state = self.inner.tree_state(T::TREE);
         if !state.is_checked::<T>() {
             let mut b = self.batch()?;
@@ -506,8 +510,35 @@ impl DbInner {
     }
 
     /// The merge strategy of `tree` if it is an optimistic tree of a synced database.
-    pub(crate) fn merge_of(&self, tree: &str) -> Option<&crate::sync::Merge> {
-        self.merges.get()?.get(tree)
+    pub(crate) fn merge_of(&self, tree: &str) -> Option<crate::sync::Merge> {
+        self.merges
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(tree)
+            .cloned()
+    }
+
+    /// Makes `T`'s tree optimistic if its type says so (`merge = "..."`) and the
+    /// configuration did not already decide (synced databases).
+    pub(crate) fn learn_merge<T: Record>(&self) {
+        if !self.client {
+            return;
+        }
+        let Some(merge) = T::__merge() else {
+            return;
+        };
+        let known = self
+            .merges
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(T::TREE);
+        if !known {
+            self.merges
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(T::TREE.to_owned())
+                .or_insert(merge);
+        }
     }
 
     /// Tells the sync thread that the outbox has new entries.

@@ -42,6 +42,14 @@ pub trait Record:
         let _ = (version, data);
         None
     }
+
+    /// The merge strategy of `merge = "..."` (the tree is optimistic in synced databases;
+    /// a [`SyncConfig::optimistic`](crate::SyncConfig::optimistic) setting for the tree
+    /// takes precedence). Generated.
+    #[doc(hidden)]
+    fn __merge() -> Option<crate::Merge> {
+        None
+    }
 }
 
 /// Why a migration chain failed (used by generated code).

@@ -51,9 +51,14 @@ pub struct ItemArgs {
     pub version: Option<(u32, Span)>,
     pub krate: Option<Path>,
     pub migrate_from: Option<syn::Type>,
+    /// `merge = "..."`: the tree is optimistic in synced databases, with this strategy.
+    pub merge: Option<LitStr>,
 }
 
-const RECORD_KEYS: &str = "`tree`, `version`, `migrate_from`, `crate`";
+const RECORD_KEYS: &str = "`tree`, `version`, `migrate_from`, `merge`, `crate`";
+
+/// The strategies `merge = "..."` accepts (`larger-wins:<field>` besides).
+pub const MERGES: &str = "\"last-write-wins\", \"local-wins\", \"remote-wins\", \"three-way\" or \"larger-wins:<field>\"";
 const DATA_KEYS: &str = "`crate`";
 
 fn set_once<T>(cx: &mut Ctxt, slot: &mut Option<T>, value: T, name: &str, span: Span) {
@@ -71,6 +76,7 @@ pub fn parse_item_args(cx: &mut Ctxt, kind: Kind, args: TokenStream) -> ItemArgs
         version: None,
         krate: None,
         migrate_from: None,
+        merge: None,
     };
     if args.is_empty() {
         return out;
@@ -107,6 +113,11 @@ pub fn parse_item_args(cx: &mut Ctxt, kind: Kind, args: TokenStream) -> ItemArgs
                     other,
                     "`version` must be a plain integer from 1 to 4294967295 (no quotes, no suffix)",
                 ),
+            }
+        } else if meta.path.is_ident("merge") && kind == Kind::Record {
+            match meta.value()?.parse::<Lit>()? {
+                Lit::Str(lit) => set_once(cx, &mut out.merge, lit, "merge", span),
+                other => cx.error_spanned(other, format!("`merge` must be one of {MERGES}")),
             }
         } else if meta.path.is_ident("migrate_from") && kind == Kind::Record {
             let ty: syn::Type = meta.value()?.parse()?;

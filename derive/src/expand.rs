@@ -155,6 +155,59 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
 
+    // `merge = "..."`: the strategy, checked here (a larger-wins field must exist).
+    let merge_fn = match &args.merge {
+        None => quote! {},
+        Some(lit) => {
+            let value = lit.value();
+            let field_names: Vec<String> = match &input.data {
+                Data::Struct(s) => s
+                    .fields
+                    .iter()
+                    .filter_map(|f| f.ident.as_ref())
+                    .map(|i| syn::ext::IdentExt::unraw(i).to_string())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let expr = match value.as_str() {
+                "last-write-wins" => Some(quote! { #krate::Merge::last_write_wins() }),
+                "local-wins" => Some(quote! { #krate::Merge::local_wins() }),
+                "remote-wins" => Some(quote! { #krate::Merge::remote_wins() }),
+                "three-way" => Some(quote! { #krate::Merge::three_way() }),
+                other => match other.strip_prefix("larger-wins:") {
+                    Some(field) if field_names.iter().any(|f| f == field) => {
+                        Some(quote! { #krate::Merge::larger_wins(#field) })
+                    }
+                    Some(field) => {
+                        cx.error(
+                            lit.span(),
+                            format!("`larger-wins:{field}`: this type has no field `{field}`"),
+                        );
+                        None
+                    }
+                    None => {
+                        cx.error(
+                            lit.span(),
+                            format!(
+                                "unknown merge strategy `{other}`; expected {}",
+                                attr::MERGES
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            match expr {
+                Some(expr) => quote! {
+                    fn __merge() -> ::core::option::Option<#krate::Merge> {
+                        ::core::option::Option::Some(#expr)
+                    }
+                },
+                None => quote! {},
+            }
+        }
+    };
+
     if let Some(err) = cx.finish() {
         // Without the derives, serde/rkyv helper attributes would be secondary errors.
         strip_helper_attrs(&mut input);
@@ -228,6 +281,7 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
                 }
 
                 #from_older
+                #merge_fn
             }
 
             #chain_checks

@@ -26,6 +26,14 @@ pub struct Doc {
     pub votes: u32,
 }
 
+/// Optimistic by its type alone (no `SyncConfig::optimistic`).
+#[rekord::record(tree = "scores", version = 1, merge = "larger-wins:points")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    pub name: String,
+    pub points: u32,
+}
+
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A client behind its own proxy (so it can be taken offline alone).
@@ -457,5 +465,53 @@ async fn replicas_converge_whatever_the_order_of_delivery() {
         .unwrap();
         drop(clients);
     }
+    server.stop().await;
+}
+
+/// `merge = "..."` on the record type makes its tree optimistic without any configuration:
+/// edits need no borrow, and the type's strategy (here: larger `points` wins) merges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_record_types_merge_attribute_makes_its_tree_optimistic() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path());
+    let token = server.token("all");
+    // The configured strategy is for another tree.
+    let a = Client::start(&server, &token, Merge::remote_wins()).await;
+    let b = Client::start(&server, &token, Merge::remote_wins()).await;
+    tokio::task::spawn_blocking(move || {
+        let (sa, sb) = (a.db.tree::<Score>().unwrap(), b.db.tree::<Score>().unwrap());
+        let key = {
+            let start = Instant::now();
+            loop {
+                match sa.create(&Score {
+                    name: "x".into(),
+                    points: 1,
+                }) {
+                    Ok(k) => break k,
+                    Err(Error::IdsExhausted) if start.elapsed() < LIMIT => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        assert_eq!(sa.meta(key).unwrap().holder, 0, "nobody borrows it");
+        a.db.wait_pushed(LIMIT).unwrap();
+        eventually("B sees the score", || sb.get(key).is_ok());
+        a.offline();
+        sa.update(key, |s| s.points = 50).unwrap();
+        sb.update(key, |s| s.points = 20).unwrap();
+        b.db.wait_pushed(LIMIT).unwrap();
+        a.online();
+        eventually("both hold the larger score", || {
+            sb.get(key).is_ok_and(|s| s.points == 50) && sa.get(key).is_ok_and(|s| s.points == 50)
+        });
+        let c = a.conflicts();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].strategy, "larger-wins(points)");
+        assert_eq!(c[0].winner, Winner::Mine);
+    })
+    .await
+    .unwrap();
     server.stop().await;
 }

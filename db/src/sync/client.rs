@@ -1021,12 +1021,8 @@ impl Client {
         let mut events = Vec::with_capacity(conflicts.len());
         let mut delta = 0i64;
         for c in conflicts {
-            let merge = db
-                .inner
-                .merge_of(&c.current.tree)
-                .cloned()
-                .unwrap_or_else(crate::sync::Merge::last_write_wins);
-            if let Some(resolved) = b.resolve_conflict(c.entry, &c.current, &merge)? {
+            let merge = db.inner.merge_of(&c.current.tree);
+            if let Some(resolved) = b.resolve_conflict(c.entry, &c.current, merge)? {
                 delta += resolved.bytes_delta;
                 events.push(resolved.event);
             }

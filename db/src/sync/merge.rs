@@ -1,7 +1,13 @@
 //! Optimistic trees: edits without borrows, and how concurrent edits are merged.
 //!
 //! A tree of a synced database becomes *optimistic* with
-//! [`SyncConfig::optimistic`](super::SyncConfig::optimistic) and a [`Merge`] strategy.
+//! [`SyncConfig::optimistic`](super::SyncConfig::optimistic) and a [`Merge`] strategy, or
+//! through its record type: `#[rekord::record(tree = "docs", version = 1, merge =
+//! "three-way")]` (`"last-write-wins"`, `"local-wins"`, `"remote-wins"`, `"three-way"`,
+//! `"larger-wins:<field>"`; the configuration wins where both name a tree). A strategy given
+//! by the type is known once the tree was opened with it (`Db::tree`, a batch) in this run;
+//! a conflict met before that, right after a restart, is merged with the strategy the edits
+//! were made under (remembered with them).
 //! Records in it can be updated and replaced without borrowing them (unless another replica
 //! holds the borrow, which still blocks everyone else). Such an edit travels as
 //! [`ChangeKind::Edit`](crate::proto::ChangeKind::Edit), stamped with a hybrid logical clock
@@ -163,6 +169,22 @@ impl Merge {
     /// Whether [`Merge::keep_loser`] is set.
     pub fn keeps_loser(&self) -> bool {
         self.keep_loser
+    }
+
+    /// The strategy named `name` (as [`Merge::name`] gives it; not a custom one).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "last-write-wins" => Merge::last_write_wins(),
+            "local-wins" => Merge::local_wins(),
+            "remote-wins" => Merge::remote_wins(),
+            "three-way" => Merge::three_way(),
+            other => Merge::larger_wins(
+                other
+                    .strip_prefix("larger-wins(")?
+                    .strip_suffix(')')?
+                    .to_owned(),
+            ),
+        })
     }
 
     /// The strategy's name, as in events.
@@ -518,6 +540,24 @@ mod tests {
             prop_assert_eq!(&run(&merge, &base, (&mine, hm, 1), (&theirs, ht, 2)), later);
             prop_assert_eq!(&run(&merge, &base, (&theirs, ht, 2), (&mine, hm, 1)), later);
         }
+    }
+
+    #[test]
+    fn named_strategies_round_trip() {
+        for m in [
+            Merge::last_write_wins(),
+            Merge::local_wins(),
+            Merge::remote_wins(),
+            Merge::three_way(),
+            Merge::larger_wins("points"),
+        ] {
+            assert_eq!(
+                Merge::from_name(&m.name()).map(|m| m.name()),
+                Some(m.name())
+            );
+        }
+        assert!(Merge::from_name("custom").is_none());
+        assert!(Merge::from_name("larger-wins(x").is_none());
     }
 
     #[test]

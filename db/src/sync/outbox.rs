@@ -70,6 +70,10 @@ pub(crate) struct PendingRow {
     /// merge's base): pushed changes of other replicas up to it are older and skipped. A
     /// row with `count` 0 stays until the cursor reaches `floor`.
     pub(crate) floor: u64,
+    /// The name of the tree's merge strategy when the edits were made (see
+    /// [`crate::sync::Merge::name`]): a conflict met after a restart, before the record
+    /// type was used again, is merged with it.
+    pub(crate) strategy: String,
     /// The version they started from, as stored (header and record bytes; empty for a
     /// create): the common ancestor of a three-way merge.
     pub(crate) base_value: Vec<u8>,
@@ -77,13 +81,22 @@ pub(crate) struct PendingRow {
 
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 impl PendingRow {
-    /// The stored form: count, base, clock, floor (u64 LE each), then the base value.
+    /// The stored form: count, base, clock, floor (u64 LE each), the strategy's length
+    /// (u32 LE) and name, then the base value.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(32 + self.base_value.len());
+        let mut b = Vec::with_capacity(36 + self.strategy.len() + self.base_value.len());
         b.extend_from_slice(&self.count.to_le_bytes());
         b.extend_from_slice(&self.base.to_le_bytes());
         b.extend_from_slice(&self.hlc.to_le_bytes());
         b.extend_from_slice(&self.floor.to_le_bytes());
+        let len = u32::try_from(self.strategy.len()).unwrap_or(0);
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(
+            self.strategy
+                .as_bytes()
+                .get(..len as usize)
+                .unwrap_or_default(),
+        );
         b.extend_from_slice(&self.base_value);
         b
     }
@@ -116,12 +129,18 @@ impl PendingRow {
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u64::from_le_bytes)
         };
+        let len = bytes
+            .get(32..36)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes) as usize;
         PendingRow {
             count: word(0),
             base: word(8),
             hlc: word(16),
             floor: word(24),
-            base_value: bytes.get(32..).unwrap_or_default().to_vec(),
+            strategy: String::from_utf8_lossy(bytes.get(36..36 + len).unwrap_or_default())
+                .into_owned(),
+            base_value: bytes.get(36 + len..).unwrap_or_default().to_vec(),
         }
     }
 }
@@ -186,6 +205,27 @@ pub(crate) fn enqueue(
 mod tests {
     use super::*;
     use crate::proto::ChangeKind;
+
+    #[test]
+    fn pending_rows_round_trip_and_damage_reads_as_nothing_waiting() {
+        let row = PendingRow {
+            count: 3,
+            base: 17,
+            hlc: 5 << 16,
+            floor: 20,
+            strategy: "larger-wins(points)".into(),
+            base_value: vec![1, 2, 3],
+        };
+        let bytes = row.encode();
+        assert_eq!(PendingRow::decode(&bytes), row);
+        assert!(!PendingRow::done_at(&bytes, 100), "edits are waiting");
+        let done = PendingRow { count: 0, ..row }.encode();
+        assert!(!PendingRow::done_at(&done, 19) && PendingRow::done_at(&done, 20));
+        assert_eq!(PendingRow::decode(&[1, 2]), PendingRow::default());
+        let mut long = bytes.clone();
+        long[32] = 0xff; // a strategy length past the end
+        assert_eq!(PendingRow::decode(&long).strategy, "");
+    }
 
     #[test]
     fn entries_round_trip_and_damage_is_an_error() {

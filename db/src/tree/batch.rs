@@ -212,7 +212,10 @@ impl<'db> Batch<'db> {
         }
         let tree = self.tree_index(&state);
         let table = self.txn.open_table(state.def())?;
-        let optimistic = self.core.client && self.db.merge_of(T::TREE).is_some();
+        self.db.learn_merge::<T>();
+        let merge = self.db.merge_of(T::TREE).filter(|_| self.core.client);
+        let optimistic = merge.is_some();
+        let strategy = merge.map(|m| m.name()).unwrap_or_default();
         Ok(BatchTree {
             table,
             txn: &self.txn,
@@ -220,6 +223,7 @@ impl<'db> Batch<'db> {
             tree,
             state,
             optimistic,
+            strategy,
             _type: PhantomData,
         })
     }
@@ -481,6 +485,8 @@ pub struct BatchTree<'b, T: Record> {
     state: Arc<TreeState>,
     /// Whether this is an optimistic tree of a synced database.
     optimistic: bool,
+    /// The name of its merge strategy (optimistic trees).
+    strategy: String,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -669,6 +675,7 @@ impl<T: Record> BatchTree<'_, T> {
             Some(mut row) if row.count > 0 => {
                 row.count += 1;
                 row.hlc = hlc;
+                row.strategy.clone_from(&self.strategy);
                 row
             }
             row => {
@@ -687,6 +694,7 @@ impl<T: Record> BatchTree<'_, T> {
                     base: cursor.max(floor),
                     hlc,
                     floor,
+                    strategy: self.strategy.clone(),
                     base_value: old.map(<[u8]>::to_vec).unwrap_or_default(),
                 }
             }

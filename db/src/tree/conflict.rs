@@ -32,7 +32,7 @@ impl Batch<'_> {
         &mut self,
         entry: u64,
         current: &Current,
-        merge: &Merge,
+        merge: Option<Merge>,
     ) -> Result<Option<Resolved>> {
         let tree = current.tree.as_str();
         let key = RawKey::new(current.id, current.rev);
@@ -85,6 +85,12 @@ impl Batch<'_> {
             (local, row)
         };
         let mine_hlc = pending.as_ref().map_or(0, |r| r.hlc);
+        // The tree's strategy: configured or from the record type, else the one the edits
+        // were made under, else last-write-wins.
+        let merge = merge
+            .or_else(|| pending.as_ref().and_then(|r| Merge::from_name(&r.strategy)))
+            .unwrap_or_else(Merge::last_write_wins);
+        let merge = &merge;
         // The common ancestor: the version this replica's edits started from (or its last
         // accepted edit), else what the server's log had at their base.
         let local_base = pending
@@ -265,6 +271,7 @@ impl Batch<'_> {
                     base: current.seq,
                     hlc,
                     floor: current.seq,
+                    strategy: merge.name(),
                     base_value,
                 };
                 pending.insert((tree, key.id), row.encode().as_slice())?;
@@ -276,6 +283,7 @@ impl Batch<'_> {
                     base: current.seq,
                     hlc,
                     floor: current.seq,
+                    strategy: merge.name(),
                     base_value: Vec::new(),
                 };
                 pending.insert((tree, key.id), row.encode().as_slice())?;
