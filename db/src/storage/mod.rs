@@ -124,6 +124,27 @@ impl Header {
         h
     }
 
+    /// A stored value: this header, then the record bytes `data`.
+    pub(crate) fn value(self, data: &[u8]) -> Vec<u8> {
+        let mut value = Vec::with_capacity(HEADER_LEN + data.len());
+        value.extend_from_slice(&self.to_bytes());
+        value.extend_from_slice(data);
+        value
+    }
+
+    /// The value of a draft nobody holds, of schema `version` (a version as the server
+    /// has it, kept as the common ancestor of a merge).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn draft_value(version: u32, data: &[u8]) -> Vec<u8> {
+        Header {
+            released: false,
+            version,
+            state: 0,
+            holder: 0,
+        }
+        .value(data)
+    }
+
     /// Overwrites the header at the start of `value` (which must be a parsed value).
     pub(crate) fn write_into(self, value: &mut [u8]) {
         if let Some(h) = value.first_chunk_mut::<HEADER_LEN>() {

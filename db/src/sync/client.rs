@@ -380,6 +380,15 @@ struct Conflicted {
 /// conflict to merge.
 type Settled = (Vec<(String, u64)>, Vec<Conflicted>);
 
+/// Whether the entry of this outcome stays in the outbox and is sent again (a conflict,
+/// once merged, or an entry skipped after one).
+fn sent_again(outcome: &EntryOutcome) -> bool {
+    matches!(
+        outcome,
+        EntryOutcome::Skipped | EntryOutcome::Rejected(RemoteError::Conflict(_))
+    )
+}
+
 /// About how many bytes of outbox entries go into one request.
 const BATCH_BYTES: usize = 4 << 20;
 
@@ -815,15 +824,7 @@ impl Client {
             self.resync(s, refused).await?;
             // After the resync: a write-through writer told of a refusal finds its local
             // change undone already. Conflicting and skipped entries are sent again.
-            let processed = outcomes
-                .iter()
-                .take_while(|o| {
-                    !matches!(
-                        o,
-                        EntryOutcome::Skipped | EntryOutcome::Rejected(RemoteError::Conflict(_))
-                    )
-                })
-                .count() as u64;
+            let processed = outcomes.iter().take_while(|o| !sent_again(o)).count() as u64;
             self.resolve(s, conflicts).await?;
             if processed > 0 {
                 self.processed(first + processed - 1);
@@ -915,16 +916,7 @@ impl Client {
                     if !rejected {
                         // Accepted: the common ancestor of the edits still waiting, and
                         // newer than any pushed change before it.
-                        let mut value = crate::storage::Header {
-                            released: false,
-                            version: *version,
-                            state: 0,
-                            holder: 0,
-                        }
-                        .to_bytes()
-                        .to_vec();
-                        value.extend_from_slice(data);
-                        row.base_value = value;
+                        row.base_value = crate::storage::Header::draft_value(*version, data);
                         if let Some(last) = last_seq {
                             let seq = last.saturating_sub(count - 1 - i as u64);
                             row.floor = row.floor.max(seq);
@@ -959,15 +951,7 @@ impl Client {
             .count() as u64;
         // Counted down, not set to `left`: a local commit may have counted its entries in
         // between this commit and this update. Conflicting and skipped entries stay.
-        let settled = outcomes
-            .iter()
-            .filter(|o| {
-                !matches!(
-                    o,
-                    EntryOutcome::Skipped | EntryOutcome::Rejected(RemoteError::Conflict(_))
-                )
-            })
-            .count() as u64;
+        let settled = outcomes.iter().filter(|o| !sent_again(o)).count() as u64;
         self.link.update(|st| {
             st.outbox = st.outbox.saturating_sub(settled);
             st.outbox_bytes = st.outbox_bytes.saturating_sub(freed);

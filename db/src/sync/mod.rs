@@ -75,6 +75,16 @@ pub(crate) const REPLICA: &str = "sync.replica";
 pub(crate) const PIN: &str = "sync.pin";
 /// `rekord.meta` key of the cursor (u64 LE).
 pub(crate) const CURSOR: &str = "sync.cursor";
+/// The cursor as `txn` sees it (0 before the first applied change).
+pub(crate) fn cursor_in(txn: &redb::WriteTransaction) -> crate::Result<u64> {
+    use redb::ReadableTable as _;
+    Ok(txn
+        .open_table(crate::storage::META)?
+        .get(CURSOR)?
+        .and_then(|v| crate::db::read_u64(v.value()))
+        .unwrap_or(0))
+}
+
 /// `rekord.meta` key of the hybrid logical clock (u64 LE).
 pub(crate) const HLC: &str = "sync.hlc";
 

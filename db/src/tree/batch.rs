@@ -682,12 +682,7 @@ impl<T: Record> BatchTree<'_, T> {
                 // The first edit waiting: based on the newest server version the record
                 // here reflects: the last applied server change, or this replica's own
                 // newer accepted edit.
-                let cursor = self
-                    .txn
-                    .open_table(META)?
-                    .get(crate::sync::CURSOR)?
-                    .and_then(|v| crate::db::read_u64(v.value()))
-                    .unwrap_or(0);
+                let cursor = crate::sync::cursor_in(self.txn)?;
                 let floor = row.map_or(0, |r| r.floor);
                 crate::sync::outbox::PendingRow {
                     count: 1,

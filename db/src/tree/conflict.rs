@@ -5,7 +5,7 @@ use super::evolve;
 use crate::event::{Conflict, EventKind};
 use crate::proto::{Change, ChangeKind, Current};
 use crate::schema::dynamic;
-use crate::storage::{HEADER_LEN, Header, META, OUTBOX, PENDING, SCHEMAS, pack};
+use crate::storage::{HEADER_LEN, Header, OUTBOX, PENDING, SCHEMAS, pack};
 use crate::sync::merge::{Merge, Side, Stamped, Winner, hlc_next};
 use crate::sync::outbox::{self, Entry};
 use crate::{Error, RawKey, Result};
@@ -172,9 +172,7 @@ impl Batch<'_> {
                     holder: 0,
                 },
             };
-            let mut value = Vec::with_capacity(HEADER_LEN + final_data.len());
-            value.extend_from_slice(&header.to_bytes());
-            value.extend_from_slice(&final_data);
+            let value = header.value(&final_data);
             let mut table = self.txn.open_table(state.def())?;
             table.insert(pack(key), value.as_slice())?;
             drop(table);
@@ -257,15 +255,7 @@ impl Batch<'_> {
             let mut pending = self.txn.open_table(PENDING)?;
             if resend {
                 // The outcome is based on the server's version: the next common ancestor.
-                let mut base_value = Header {
-                    released: false,
-                    version: current.version,
-                    state: 0,
-                    holder: 0,
-                }
-                .to_bytes()
-                .to_vec();
-                base_value.extend_from_slice(&current.data);
+                let base_value = Header::draft_value(current.version, &current.data);
                 let row = outbox::PendingRow {
                     count: 1,
                     base: current.seq,
@@ -303,25 +293,12 @@ impl Batch<'_> {
                 match alloc_id(&self.txn, &mut self.core) {
                     Ok(id) => {
                         let k = RawKey::new(id, 0);
-                        let header = Header {
-                            released: false,
-                            version,
-                            state: 0,
-                            holder: 0,
-                        };
-                        let mut value = Vec::with_capacity(HEADER_LEN + data.len());
-                        value.extend_from_slice(&header.to_bytes());
-                        value.extend_from_slice(&data);
+                        let value = Header::draft_value(version, &data);
                         self.txn
                             .open_table(state.def())?
                             .insert(pack(k), value.as_slice())?;
                         self.pend(ti, k, EventKind::Created, me, None, Some(&value));
-                        let cursor = self
-                            .txn
-                            .open_table(META)?
-                            .get(crate::sync::CURSOR)?
-                            .and_then(|v| crate::db::read_u64(v.value()))
-                            .unwrap_or(0);
+                        let cursor = crate::sync::cursor_in(&self.txn)?;
                         self.core.hlc = hlc_next(self.core.hlc, outbox::now_ms());
                         self.core.outbox.push(Change {
                             tree: tree.to_owned(),

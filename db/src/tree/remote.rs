@@ -9,7 +9,7 @@ use super::evolve;
 use crate::event::EventKind;
 use crate::proto::{ChangeKind, Sequenced};
 use crate::schema::dynamic;
-use crate::storage::{HEADER_LEN, Header, PENDING, SCHEMAS, id_range, pack, unpack};
+use crate::storage::{Header, PENDING, SCHEMAS, id_range, pack, unpack};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::atomic::Ordering;
@@ -167,9 +167,7 @@ impl Batch<'_> {
                         (header, kind, None)
                     }
                 };
-                let mut value = Vec::with_capacity(HEADER_LEN + data.len());
-                value.extend_from_slice(&header.to_bytes());
-                value.extend_from_slice(data);
+                let value = header.value(data);
                 table.insert(pack(key), value.as_slice())?;
                 drop(table);
                 self.pend(tree, key, kind, entry.origin, old, Some(&value));
@@ -340,9 +338,7 @@ impl Batch<'_> {
                     old_holder
                 },
             };
-            let mut value = Vec::with_capacity(HEADER_LEN + r.data.len());
-            value.extend_from_slice(&header.to_bytes());
-            value.extend_from_slice(&r.data);
+            let value = header.value(&r.data);
             if old.is_some_and(|o| *o == value) {
                 continue;
             }
