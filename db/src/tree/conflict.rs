@@ -20,14 +20,14 @@ pub(crate) struct Resolved {
 }
 
 impl Batch<'_> {
-    /// Resolves the conflict the server reported for outbox entry `entry` (already removed
-    /// from the outbox; `changes` are its changes): merges this replica's version of the
-    /// record with the server's (`current`) per `merge`, writes the outcome here (with
-    /// events), and rewrites the entry (which the server did not count as processed): its
+    /// Resolves the conflict the server reported for outbox entry `entry` (still in the
+    /// outbox: the server did not count it as processed): merges this replica's version of
+    /// the record with the server's (`current`) per `merge` (`None`: the strategy the edits
+    /// were made under), writes the outcome here (with events), and rewrites the entry: its
     /// other changes and, unless the server's version won as is, the outcome as an edit
     /// based on `current.seq`. Later edits of the record in the outbox are dropped: the
-    /// outcome includes them. The
-    /// schemas of `current` (and its base) must be stored.
+    /// outcome includes them. `None` if the entry no longer edits the record (an earlier
+    /// merge took its edits out). The schemas of `current` (and its base) must be stored.
     pub(crate) fn resolve_conflict(
         &mut self,
         entry: u64,
