@@ -126,6 +126,30 @@ fn wait_created(sub: &rekord::Subscription, key: rekord::RawKey) {
     }
 }
 
+/// Creates `n` records on `ta` (after 20 for warm-up), each timed from the commit's
+/// return until `sub` (another client's subscription) delivers it.
+fn measure_propagation(ta: &Tree<Item>, sub: &rekord::Subscription, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let key = create(ta, i as u32);
+        let t = Instant::now();
+        wait_created(sub, key.raw());
+        if i >= 20 {
+            out.push(t.elapsed());
+        }
+    }
+    out
+}
+
+/// The benchmarks' runtime: two worker threads, like the machine.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Propagation A -> B and fan-out A -> 8 clients: `n` changes each.
 fn propagation(rt: &tokio::runtime::Runtime, n: usize) -> (Vec<Duration>, Vec<Duration>) {
     let r = start(rt);
@@ -133,15 +157,7 @@ fn propagation(rt: &tokio::runtime::Runtime, n: usize) -> (Vec<Duration>, Vec<Du
     let b = client(&r);
     let ta = a.tree::<Item>().unwrap();
     let sub = b.subscribe();
-    let mut prop = Vec::with_capacity(n);
-    for i in 0..n + 20 {
-        let key = create(&ta, i as u32);
-        let t = Instant::now();
-        wait_created(&sub, key.raw());
-        if i >= 20 {
-            prop.push(t.elapsed());
-        }
-    }
+    let prop = measure_propagation(&ta, &sub, n);
     drop((sub, b));
     let fans: Vec<Db> = (0..8).map(|_| client(&r)).collect();
     let subs: Vec<_> = fans.iter().map(Db::subscribe).collect();
@@ -366,15 +382,7 @@ fn under_load(rt: &tokio::runtime::Runtime, n: usize) -> Vec<Duration> {
     let b = client(&r);
     let ta = a.tree::<Item>().unwrap();
     let sub = b.subscribe();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n + 20 {
-        let key = create(&ta, i as u32);
-        let t = Instant::now();
-        wait_created(&sub, key.raw());
-        if i >= 20 {
-            out.push(t.elapsed());
-        }
-    }
+    let out = measure_propagation(&ta, &sub, n);
     stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     let dbs: Vec<Db> = load.into_iter().map(|h| h.join().unwrap()).collect();
     drop((sub, ta, a, b, dbs));
@@ -388,11 +396,7 @@ fn main() {
         .init();
     let quick = std::env::var_os("REKORD_BENCH_QUICK").is_some();
     if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_CONFLICTS") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let n: usize = n.parse().unwrap();
         let (plain, _) = conflicts(&rt, n, false);
         let (secs, merged) = conflicts(&rt, n, true);
@@ -402,11 +406,7 @@ fn main() {
         return;
     }
     if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_RECONNECT") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let secs = reconnect(&rt, n.parse().unwrap());
         println!("reconnect {n}: {secs:.3} s");
         return;
@@ -416,11 +416,7 @@ fn main() {
     } else {
         (1_200, 100_000)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (mut raw, mut prop, mut fan) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bulk_secs, mut raw_bulk_secs) = (Vec::new(), Vec::new());
     // Interleaved rounds, so drift hits every case alike.
