@@ -55,6 +55,26 @@ impl DbOptions {
 #[derive(Clone)]
 pub struct Db {
     pub(crate) inner: Arc<DbInner>,
+    /// Held by the application's handles only, not by the sync thread's temporary ones:
+    /// dropping the last one stops the sync thread and waits for it, so the database is
+    /// closed (and can be opened again) by the time that drop returns. Declared after
+    /// `inner`, so it is dropped after it.
+    #[allow(dead_code)] // held for its `Drop`
+    closer: Option<Arc<Closer>>,
+}
+
+/// Stops the sync thread when the application's last handle goes (see [`Db`]'s `closer`).
+struct Closer(Arc<DbInner>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        // Joins the sync thread, which makes its last commits durable before it ends and
+        // then holds no handle; this `Arc` is then the last one, and the file closes here.
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.0.link.get() {
+            link.stop();
+        }
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -112,6 +132,9 @@ pub(crate) struct WriterState {
     pub(crate) next_id: u64,
     /// End (exclusive) of the id range `next_id` is in; 0 when not looked up yet.
     pub(crate) range_end: u64,
+    /// Whether the last commit was lazy ([`Batch::lazy`]): commits since the last durable
+    /// one would be lost in a crash.
+    pub(crate) lazy: bool,
 }
 
 /// The `rekord.meta` "state" value: next id and last commit, 16 bytes LE.
@@ -369,25 +392,41 @@ impl Db {
             0
         };
         txn.commit()?;
-        Ok(Db {
-            inner: Arc::new(DbInner {
-                redb,
-                writer: Mutex::new(WriterState {
-                    commit,
-                    next_id,
-                    range_end: 0,
-                }),
-                trees: RwLock::new(HashMap::new()),
-                subscribers: Subscribers::default(),
-                replica: AtomicU32::new(replica),
-                client: mode == Mode::Client,
-                #[cfg(not(target_arch = "wasm32"))]
-                link: std::sync::OnceLock::new(),
-                merges: RwLock::new(HashMap::new()),
-                hlc: std::sync::atomic::AtomicU64::new(hlc),
-                options,
+        Ok(Db::handle(Arc::new(DbInner {
+            redb,
+            writer: Mutex::new(WriterState {
+                commit,
+                next_id,
+                range_end: 0,
+                lazy: false,
             }),
-        })
+            trees: RwLock::new(HashMap::new()),
+            subscribers: Subscribers::default(),
+            replica: AtomicU32::new(replica),
+            client: mode == Mode::Client,
+            #[cfg(not(target_arch = "wasm32"))]
+            link: std::sync::OnceLock::new(),
+            merges: RwLock::new(HashMap::new()),
+            hlc: std::sync::atomic::AtomicU64::new(hlc),
+            options,
+        })))
+    }
+
+    /// The application's handle of `inner` (see [`Closer`]).
+    fn handle(inner: Arc<DbInner>) -> Db {
+        Db {
+            closer: Some(Arc::new(Closer(inner.clone()))),
+            inner,
+        }
+    }
+
+    /// A handle for the database's own threads: it does not keep the sync thread running.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn internal(inner: Arc<DbInner>) -> Db {
+        Db {
+            inner,
+            closer: None,
+        }
     }
 
     /// The typed handle of `T`'s tree. The first call per type compares `T`'s schema with the

@@ -289,6 +289,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
             reason: e.to_string(),
         })?;
     let thread_link = link.clone();
+    let weak = Arc::downgrade(db);
     let handle = std::thread::Builder::new()
         .name("rekord-sync".into())
         .spawn(move || {
@@ -300,6 +301,13 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
                     _ = shutdown_rx.wait_for(|stop| *stop) => {}
                 }
             });
+            // Closing: what the server acknowledged (settled entries, merges, applied
+            // changes) becomes durable now, not at some later commit.
+            if let Some(db) = weak.upgrade()
+                && let Err(e) = crate::tree::batch::Batch::make_durable(&db)
+            {
+                tracing::warn!(error = %e, "rekord sync: cannot make the last commits durable");
+            }
             thread_link.update(|s| s.online = false);
         })
         .map_err(|e| Error::Offline {
@@ -405,7 +413,7 @@ impl Client {
     fn db(&self) -> std::result::Result<crate::Db, End> {
         self.db
             .upgrade()
-            .map(|inner| crate::Db { inner })
+            .map(crate::Db::internal)
             .ok_or(End::Closed)
     }
 
@@ -422,6 +430,26 @@ impl Client {
             self.last_durable = Instant::now();
         }
         Ok(b)
+    }
+
+    /// Makes the sync client's lazy commits durable, if any is not yet. Called before
+    /// anything is sent that the server acts on for good (write-ahead): the server forgets
+    /// the outcomes of entries below a request's first one, and keeps a merged entry it
+    /// accepted. Were the settling of those entries, or the merge itself, lost in a crash
+    /// after the server heard of them, the replica would send again an entry the server
+    /// answers as a duplicate, with nothing left to merge: its copy would stay the unmerged
+    /// one for good.
+    fn make_durable(&mut self) -> std::result::Result<(), End> {
+        let db = self.db()?;
+        if crate::tree::batch::Batch::make_durable(&db.inner)? {
+            self.last_durable = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Whether a lazy commit is not durable yet.
+    fn lazy_pending(&self) -> bool {
+        self.db.upgrade().is_some_and(|db| lock(&db.writer).lazy)
     }
 
     /// Publishes the byte counters, this session's included.
@@ -629,11 +657,19 @@ impl Client {
         // server that vanished without closing is noticed within about `idle_timeout`).
         let quiet = (self.config.idle_timeout / 2).max(Duration::from_millis(50));
         loop {
+            // Lazy commits become durable after at most `LAZY_DURABILITY` of quiet too, so
+            // a replica killed while idle reopens with what it had.
+            let lazy = self.lazy_pending();
+            let wait = if lazy {
+                LAZY_DURABILITY.min(quiet)
+            } else {
+                quiet
+            };
             let wakeup = tokio::select! {
                 biased;
                 command = self.commands.recv() => Wakeup::Command(command.ok()),
                 () = self.link.wake.notified() => Wakeup::Outbox,
-                push = s.next_push(quiet) => Wakeup::Push(push),
+                push = s.next_push(wait) => Wakeup::Push(push),
             };
             self.publish_traffic(s);
             match wakeup {
@@ -662,6 +698,7 @@ impl Client {
                     self.ensure_ranges(s).await?;
                 }
                 Wakeup::Push(Ok(Some(push))) => self.apply_ready(s, push).await?,
+                Wakeup::Push(Ok(None)) if lazy => self.make_durable()?,
                 Wakeup::Push(Ok(None)) => {
                     self.check_stale();
                     match tokio::time::timeout(self.config.idle_timeout.max(quiet), s.ping()).await
@@ -780,6 +817,7 @@ impl Client {
                 (first, run, returned)
             };
             if let Some((tree, id)) = returned {
+                self.make_durable()?;
                 match s.return_borrow(&tree, id).await {
                     // A retried return whose first answer was lost.
                     Ok(()) | Err(NetError::Remote(RemoteError::NotBorrowed)) => {
@@ -804,6 +842,7 @@ impl Client {
                     self.upload_schema(s, &c.tree, *version).await?;
                 }
             }
+            self.make_durable()?;
             let before = s.bytes_sent();
             let answer = s
                 .request(Request::Entries {
@@ -859,6 +898,17 @@ impl Client {
             let any_pending = !pending.is_empty().map_err(Error::from)?;
             for (k, outcome) in outcomes.iter().enumerate() {
                 let n = first + k as u64;
+                tracing::trace!(
+                    entry = n,
+                    outcome = match outcome {
+                        EntryOutcome::Applied { .. } => "applied",
+                        EntryOutcome::Duplicate => "duplicate",
+                        EntryOutcome::Skipped => "skipped",
+                        EntryOutcome::Rejected(RemoteError::Conflict(_)) => "conflict",
+                        EntryOutcome::Rejected(_) => "rejected",
+                    },
+                    "rekord sync: entry outcome"
+                );
                 match outcome {
                     EntryOutcome::Rejected(RemoteError::Conflict(current)) => {
                         // The entry stays (the merge rewrites it) and its optimistic edits

@@ -99,6 +99,8 @@ pub(crate) struct Core {
     pub(crate) cursor: Option<u64>,
     /// Whether the outbox byte limit does not apply (the sync client's own batches).
     pub(crate) unlimited: bool,
+    /// Whether this batch commits without waiting for the disk ([`Batch::lazy`]).
+    lazy: bool,
     /// The hybrid logical clock as this batch moved it, and whether it did.
     pub(crate) hlc: u64,
     pub(crate) hlc_moved: bool,
@@ -129,6 +131,7 @@ impl<'db> Batch<'db> {
                 returns: Vec::new(),
                 cursor: None,
                 unlimited: false,
+                lazy: false,
                 hlc: db.hlc.load(Ordering::Acquire),
                 hlc_moved: false,
                 next_id,
@@ -357,6 +360,8 @@ impl<'db> Batch<'db> {
             db.outbox_room(bytes)?;
         }
         txn.commit()?;
+        // A durable commit makes every earlier lazy one durable too.
+        writer.lazy = core.lazy;
         if core.hlc_moved {
             db.hlc.fetch_max(core.hlc, Ordering::AcqRel);
         }
@@ -438,7 +443,24 @@ impl<'db> Batch<'db> {
     pub(crate) fn lazy(&mut self) {
         // Refused only with persistent savepoints, which rekord never creates; then the
         // commit simply stays durable.
-        let _ = self.txn.set_durability(redb::Durability::None);
+        if self.txn.set_durability(redb::Durability::None).is_ok() {
+            self.core.lazy = true;
+        }
+    }
+
+    /// Makes every lazy commit so far durable (one empty durable commit), if there is one
+    /// that is not yet; whether a commit was needed.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn make_durable(db: &DbInner) -> Result<bool> {
+        if !lock(&db.writer).lazy {
+            return Ok(false);
+        }
+        let b = Batch::begin(db)?;
+        if !b.writer.lazy {
+            return Ok(false);
+        }
+        b.commit_for_sync()?;
+        Ok(true)
     }
 
     /// Discards every change of the batch (no events). Dropping the batch does the same.
