@@ -200,6 +200,37 @@ impl Db {
         Db::open_synced_with(path, config, DbOptions::default())
     }
 
+    /// [`Db::open_synced`], and a subscription made before the sync thread starts: it sees
+    /// every event from the first instant (the first [`crate::SyncEvent::Connected`] or
+    /// [`crate::SyncEvent::Refused`], every change of the first catch-up), which a
+    /// [`Db::subscribe`] after opening may miss.
+    ///
+    /// ```no_run
+    /// # #[rekord::record(tree = "parts", version = 1)]
+    /// # pub struct Part { pub name: String }
+    /// # fn main() -> rekord::Result<()> {
+    /// let config = rekord::SyncConfig::new("127.0.0.1:7878".parse().unwrap(), "workshop", "rk1_token");
+    /// let (db, events) = rekord::Db::open_synced_subscribed("parts.rekord", config)?;
+    /// while let Some(event) = events.recv_timeout(std::time::Duration::from_secs(1)) {
+    ///     println!("{event:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_synced_subscribed(
+        path: impl AsRef<std::path::Path>,
+        config: crate::sync::SyncConfig,
+    ) -> Result<(Db, Subscription)> {
+        let path = path.as_ref();
+        let redb = storage::open_file(path).map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let db = Db::init(redb, DbOptions::default(), Mode::Client)?;
+        let events = db.subscribe();
+        Ok((Db::start_sync(db, config)?, events))
+    }
+
     /// [`Db::open_synced`] with options.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open_synced_with(
@@ -246,15 +277,24 @@ impl Db {
 
     /// Waits until every local write committed so far has been accepted by the server (the
     /// outbox is empty), at most `timeout`. Fails with [`Error::Offline`] if that did not
-    /// happen in time (the writes stay queued and are sent later), or [`Error::NotSynced`].
+    /// happen in time (the writes stay queued and are sent later), at once with
+    /// [`Error::Refused`] while the server refuses this client
+    /// ([`SyncStatus::refused`](crate::sync::SyncStatus::refused)), or with
+    /// [`Error::NotSynced`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait_pushed(&self, timeout: std::time::Duration) -> Result<()> {
         let link = self.inner.link.get().ok_or(Error::NotSynced {
             what: "waiting for the outbox",
         })?;
-        let (done, status) = link.wait(timeout, |s| s.outbox == 0);
-        if done {
+        let (done, status) = link.wait(timeout, |s| s.outbox == 0 || s.refused.is_some());
+        if status.outbox == 0 {
             return Ok(());
+        }
+        if let Some(reason) = status.refused.clone().filter(|_| done) {
+            return Err(Error::Refused {
+                what: "pushing the outbox (the writes stay queued)",
+                reason,
+            });
         }
         Err(Error::Offline {
             what: "pushing the outbox",
@@ -265,15 +305,24 @@ impl Db {
     }
 
     /// Waits until the sync client is connected and has applied every server change known
-    /// when it connected, at most `timeout` ([`Error::Offline`] otherwise).
+    /// when it connected, at most `timeout` ([`Error::Offline`] otherwise; at once
+    /// [`Error::Refused`] while the server refuses this client).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait_caught_up(&self, timeout: std::time::Duration) -> Result<()> {
         let link = self.inner.link.get().ok_or(Error::NotSynced {
             what: "waiting for catch-up",
         })?;
-        let (done, status) = link.wait(timeout, |s| s.online && s.caught_up);
-        if done {
+        let (done, status) = link.wait(timeout, |s| {
+            (s.online && s.caught_up) || s.refused.is_some()
+        });
+        if status.online && status.caught_up {
             return Ok(());
+        }
+        if let Some(reason) = status.refused.clone().filter(|_| done) {
+            return Err(Error::Refused {
+                what: "the connection",
+                reason,
+            });
         }
         Err(Error::Offline {
             what: "catching up with the server",

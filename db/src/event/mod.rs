@@ -4,7 +4,7 @@
 //! Each [`Subscription`] has its own unbounded queue: an event is never dropped because a
 //! subscriber is slow (memory grows instead; drop the subscription to stop receiving). Poll it
 //! without blocking from a GUI frame loop ([`Subscription::try_iter`]), block on it
-//! ([`Subscription::recv_blocking`]), or await it ([`Subscription::recv`], or as a
+//! ([`Subscription::recv_blocking`], [`Subscription::recv_timeout`]), or await it ([`Subscription::recv`], or as a
 //! `futures_core::Stream`).
 
 use crate::{Key, RawKey, Record};
@@ -248,6 +248,29 @@ impl Subscription {
         self.rx.recv_blocking().ok()
     }
 
+    /// Waits for the next event at most `timeout` (blocking the thread); `None` if none came
+    /// in time, or once the database is closed and all events were taken. Do not call from
+    /// async code. (Not on wasm32, where blocking is not allowed.)
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Option<Event> {
+        let deadline = std::time::Instant::now() + timeout;
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let recv = self.rx.recv();
+        let mut recv = std::pin::pin!(recv);
+        loop {
+            if let Poll::Ready(r) = recv.as_mut().poll(&mut cx) {
+                return r.ok();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // A wake-up unparks this thread; a spurious one just polls again.
+            std::thread::park_timeout(left);
+        }
+    }
+
     /// Waits for the next event; `None` once the database is closed and all events were taken.
     pub async fn recv(&self) -> Option<Event> {
         self.rx.recv().await.ok()
@@ -268,6 +291,17 @@ impl futures_core::Stream for Subscription {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.rx.as_mut().poll_next(cx)
+    }
+}
+
+/// Wakes a thread parked in [`Subscription::recv_timeout`].
+#[cfg(not(target_arch = "wasm32"))]
+struct Unpark(std::thread::Thread);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
     }
 }
 

@@ -39,9 +39,32 @@ pub(crate) struct Link {
     write_mode: super::WriteMode,
     tree_write_modes: Vec<(String, super::WriteMode)>,
     timeout: Duration,
+    /// The server's reasons for the latest refused outbox entries (by entry number), for
+    /// write-through writers to report; bounded to [`REASONS_KEPT`].
+    reasons: Mutex<std::collections::BTreeMap<u64, String>>,
 }
 
+/// How many refusal reasons [`Link`] keeps for write-through writers.
+const REASONS_KEPT: usize = 1024;
+
 impl Link {
+    /// Keeps the server's reason for refusing outbox entry `entry`.
+    fn note_refusal(&self, entry: u64, reason: &str) {
+        let mut reasons = lock(&self.reasons);
+        reasons.insert(entry, reason.to_owned());
+        while reasons.len() > REASONS_KEPT {
+            reasons.pop_first();
+        }
+    }
+
+    /// The refusal to report while the server refuses this client, if it does.
+    fn refusal(status: &SyncStatus, what: &'static str) -> Option<Error> {
+        status.refused.as_ref().map(|reason| Error::Refused {
+            what,
+            reason: reason.clone(),
+        })
+    }
+
     /// Counts `entries` new outbox entries of `bytes` and wakes the sync thread.
     pub(crate) fn enqueued(&self, entries: u64, bytes: u64) {
         self.update(|s| {
@@ -79,6 +102,9 @@ impl Link {
         if st.online {
             return Ok(());
         }
+        if let Some(e) = Link::refusal(&st, "a write-through write") {
+            return Err(e);
+        }
         Err(Error::Offline {
             what: "a write-through write",
             reason: st
@@ -91,7 +117,14 @@ impl Link {
     /// Waits until the server processed outbox entries `first..=last`, at most the request
     /// timeout; a refusal of any of them is [`Error::Refused`].
     pub(crate) fn await_entries(&self, db: &DbInner, first: u64, last: u64) -> Result<()> {
-        let (done, status) = self.wait(self.timeout, |s| s.processed_entry >= last);
+        let (done, status) = self.wait(self.timeout, |s| {
+            s.processed_entry >= last || s.refused.is_some()
+        });
+        if status.processed_entry < last
+            && let Some(e) = Link::refusal(&status, "confirming a write-through write")
+        {
+            return Err(e);
+        }
         if !done {
             return Err(Error::Offline {
                 what: "confirming a write-through write",
@@ -109,11 +142,20 @@ impl Link {
             .next()
             .is_some();
         if rejected {
+            let reasons = lock(&self.reasons);
+            let mut why: Vec<&str> = reasons
+                .range(first..=last)
+                .map(|(_, r)| r.as_str())
+                .collect();
+            why.dedup();
+            let why = if why.is_empty() {
+                "the server refused it".to_owned()
+            } else {
+                why.join("; ")
+            };
             return Err(Error::Refused {
                 what: "the write",
-                reason:
-                    "the server refused it; the local change was undone (see SyncEvent::Rejected)"
-                        .into(),
+                reason: format!("{why} (the local change was undone)"),
             });
         }
         Ok(())
@@ -242,6 +284,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         write_mode: config.write_mode,
         tree_write_modes: config.tree_write_modes.clone(),
         timeout: config.timeout,
+        reasons: Mutex::new(std::collections::BTreeMap::new()),
     });
     let (client_id, cursor, replica) = {
         let txn = db.redb.begin_read()?;
@@ -524,6 +567,9 @@ impl Client {
                 s.online = false;
                 s.caught_up = false;
                 s.last_error = Some(reason.clone());
+                if refused {
+                    s.refused = Some(reason.clone());
+                }
             });
             // A refusal is reported once, not on every retry.
             if refused && last_refusal.as_ref() != Some(&reason) {
@@ -543,7 +589,7 @@ impl Client {
                 tokio::select! {
                     () = &mut sleep => break,
                     command = self.commands.recv() => match command {
-                        Ok(command) => fail(command, &reason),
+                        Ok(command) => fail(command, &reason, refused),
                         Err(_) => return,
                     },
                 }
@@ -644,6 +690,7 @@ impl Client {
         self.link.update(|st| {
             st.online = true;
             st.last_error = None;
+            st.refused = None;
         });
         self.emit(SyncEvent::Connected { head: hello.head });
         tracing::debug!(
@@ -1019,6 +1066,7 @@ impl Client {
                 EntryOutcome::Rejected(e) => {
                     let reason = NetError::Remote(e.clone()).to_string();
                     let entry = first + k as u64;
+                    self.link.note_refusal(entry, &reason);
                     tracing::warn!(entry, %reason, "rekord sync: the server rejected a local write");
                     self.emit(SyncEvent::Rejected { entry, reason });
                 }
@@ -1393,13 +1441,17 @@ impl Client {
     }
 }
 
-fn fail(command: Command, reason: &str) {
+/// Answers a command while the server is unreachable (or refuses this client).
+fn fail(command: Command, reason: &str, refused: bool) {
+    let (what, reason) = ("borrowing", reason.to_owned());
+    let error = if refused {
+        Error::Refused { what, reason }
+    } else {
+        Error::Offline { what, reason }
+    };
     match command {
         Command::Borrow { reply, .. } => {
-            let _ = reply.try_send(Err(Error::Offline {
-                what: "borrowing",
-                reason: reason.to_owned(),
-            }));
+            let _ = reply.try_send(Err(error));
         }
     }
 }

@@ -373,6 +373,12 @@ pub struct SyncStatus {
     pub replica: Option<u32>,
     /// Why the last connection ended or failed, if it did.
     pub last_error: Option<String>,
+    /// Why the server (or this client, checking the server) refused the connection, while
+    /// it does: an unknown or revoked token, another application, an unsupported protocol
+    /// version, a server other than the pinned one. Cleared by the next accepted
+    /// connection. While set, [`crate::Db::wait_caught_up`], [`crate::Db::wait_pushed`],
+    /// borrows and write-through writes fail at once with [`crate::Error::Refused`].
+    pub refused: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,0 +1,308 @@
+//! Seams of synced databases against a real `rekord-server` process: dropping the last
+//! handle closes the file at once (an immediate reopen works, nothing acknowledged is
+//! queued again), a refusal is reported at once and as a refusal (not as an outage after
+//! the whole timeout), write-through refusals carry the server's reason, and a subscription
+//! made at open sees the very first event.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rekord::{Db, Error, Event, Retry, SyncConfig, SyncEvent, WriteMode};
+
+#[path = "common/process.rs"]
+mod process;
+use process::{APP, BIN, ServerProcess, token};
+
+#[rekord::record(tree = "parts", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub name: String,
+    pub qty: u32,
+}
+
+#[rekord::record(tree = "notes", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub text: String,
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
+    SyncConfig::new(addr, APP, token).retry(
+        Retry::default()
+            .initial(Duration::from_millis(20))
+            .max(Duration::from_millis(200)),
+    )
+}
+
+/// Runs the server's CLI on `data`; its standard output.
+fn cli(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn dropping_the_last_handle_closes_the_file_before_the_drop_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let path = tmp.path().join("replica.rekord");
+    let mut key = None;
+    for round in 0..20u32 {
+        // Opens right after the previous round dropped its handles: no "already open".
+        let db = Db::open_synced(&path, config(server.addr, &token))
+            .unwrap_or_else(|e| panic!("round {round}: reopening at once failed: {e}"));
+        assert_eq!(
+            db.sync_status().unwrap().outbox,
+            0,
+            "round {round}: entries the server acknowledged are queued again"
+        );
+        let parts = db.tree::<Part>().unwrap();
+        let k = match key {
+            None => {
+                db.wait_caught_up(LIMIT).unwrap();
+                parts
+                    .create(&Part {
+                        name: "bolt".into(),
+                        qty: 0,
+                    })
+                    .unwrap()
+            }
+            Some(k) => k,
+        };
+        key = Some(k);
+        parts.update(k, |p| p.qty = round).unwrap();
+        db.wait_pushed(LIMIT).unwrap();
+        if round % 2 == 1 {
+            // A tree handle outliving the `Db` keeps the database open and working.
+            drop(db);
+            assert_eq!(parts.get(k).unwrap().qty, round);
+            assert!(Db::open_synced(&path, config(server.addr, &token)).is_err());
+        } else {
+            drop(db);
+        }
+        drop(parts);
+    }
+    // What the server acknowledged reached it and stays here.
+    let db = Db::open_synced(&path, config(server.addr, &token)).unwrap();
+    assert_eq!(
+        db.tree::<Part>().unwrap().get(key.unwrap()).unwrap().qty,
+        19
+    );
+    drop(db);
+    server.kill();
+}
+
+/// Fails if `f` takes more than a few seconds (the waits below are given 30).
+fn at_once<R>(what: &str, f: impl FnOnce() -> R) -> R {
+    let start = Instant::now();
+    let r = f();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{what} took {:?}: a refusal must be reported at once",
+        start.elapsed()
+    );
+    r
+}
+
+fn assert_refused<T: std::fmt::Debug>(what: &str, r: rekord::Result<T>, needle: &str) {
+    match r {
+        Err(Error::Refused { reason, .. }) => {
+            assert!(
+                reason.contains(needle),
+                "{what}: {reason:?} lacks {needle:?}"
+            )
+        }
+        other => panic!("{what}: expected Error::Refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_client_hears_it_at_once_from_every_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let _all = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let bob = cli(
+        &data,
+        &[
+            "token",
+            "issue",
+            "--name",
+            "bob",
+            "--read-all",
+            "--write-all",
+        ],
+    );
+
+    // An unknown token: refused, at once, from `wait_caught_up`.
+    let stranger = Db::memory_synced(config(server.addr, "rk1_not_a_token")).unwrap();
+    let r = at_once("wait_caught_up", || stranger.wait_caught_up(LIMIT));
+    assert_refused("unknown token", r, "token");
+    assert!(stranger.sync_status().unwrap().refused.is_some());
+
+    // Another application: refused too.
+    let mut other = config(server.addr, &bob);
+    other.app = "another-app".into();
+    let other = Db::memory_synced(other).unwrap();
+    let r = at_once("wait_caught_up", || other.wait_caught_up(LIMIT));
+    assert_refused("another application", r, "another-app");
+
+    // A client that worked, whose token is then revoked: every wait and every call that
+    // needs the server says it is refused.
+    let path = tmp.path().join("bob.rekord");
+    let db = Db::open_synced(&path, config(server.addr, &bob)).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    let k = parts
+        .create(&Part {
+            name: "bolt".into(),
+            qty: 1,
+        })
+        .unwrap();
+    // A second record, returned: borrowing it again needs the server.
+    let k2 = parts
+        .create(&Part {
+            name: "nut".into(),
+            qty: 1,
+        })
+        .unwrap();
+    parts.return_borrow(k2).unwrap();
+    db.wait_pushed(LIMIT).unwrap();
+    drop(parts);
+    drop(db);
+    cli(&data, &["token", "revoke", "bob"]);
+    let cfg = config(server.addr, &bob).tree_write_mode("notes", WriteMode::Through);
+    let db = Db::open_synced(&path, cfg).unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    assert_refused(
+        "wait_caught_up",
+        at_once("wait_caught_up", || db.wait_caught_up(LIMIT)),
+        "token",
+    );
+    parts.update(k, |p| p.qty = 2).unwrap(); // local, queued
+    assert_refused(
+        "wait_pushed",
+        at_once("wait_pushed", || db.wait_pushed(LIMIT)),
+        "token",
+    );
+    assert_refused("borrow", at_once("borrow", || parts.borrow(k2)), "token");
+    let notes = db.tree::<Note>().unwrap();
+    assert_refused(
+        "write-through create",
+        at_once("write-through", || {
+            notes.create(&Note {
+                text: "hello".into(),
+            })
+        }),
+        "token",
+    );
+    assert!(notes.keys().unwrap().is_empty(), "nothing changed");
+    drop((parts, notes, db));
+    server.kill();
+}
+
+#[test]
+fn a_refused_write_through_write_carries_the_servers_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let _all = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    // May read everything but write only `parts`.
+    let carol = cli(
+        &data,
+        &[
+            "token",
+            "issue",
+            "--name",
+            "carol",
+            "--read-all",
+            "--write",
+            "parts",
+        ],
+    );
+    let cfg = config(server.addr, &carol).write_mode(WriteMode::Through);
+    let db = Db::memory_synced(cfg).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    let notes = db.tree::<Note>().unwrap();
+    let r = notes.create(&Note { text: "x".into() });
+    match r {
+        Err(Error::Refused { reason, .. }) => {
+            assert!(
+                reason.contains("notes") && reason.contains("undone"),
+                "the reason names the tree and what happened here: {reason}"
+            );
+            assert!(
+                !reason.contains("see SyncEvent::Rejected"),
+                "the reason is the server's, not a pointer elsewhere: {reason}"
+            );
+        }
+        other => panic!("expected Error::Refused, got {other:?}"),
+    }
+    assert!(
+        notes.keys().unwrap().is_empty(),
+        "the local change was undone"
+    );
+    drop((notes, db));
+    server.kill();
+}
+
+#[test]
+fn a_subscription_made_at_open_sees_the_first_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let path = tmp.path().join("r.rekord");
+    // A record to catch up on.
+    {
+        let db = Db::open_synced(tmp.path().join("w.rekord"), config(server.addr, &token)).unwrap();
+        db.wait_caught_up(LIMIT).unwrap();
+        db.tree::<Part>()
+            .unwrap()
+            .create(&Part {
+                name: "nut".into(),
+                qty: 3,
+            })
+            .unwrap();
+        db.wait_pushed(LIMIT).unwrap();
+    }
+    let (db, events) = Db::open_synced_subscribed(&path, config(server.addr, &token)).unwrap();
+    let first = events
+        .recv_timeout(LIMIT)
+        .expect("an event within the limit");
+    assert!(
+        matches!(first, Event::Sync(SyncEvent::Connected { .. })),
+        "the first event is the connection: {first:?}"
+    );
+    // Then the catch-up's record, then CaughtUp.
+    let mut created = false;
+    loop {
+        match events.recv_timeout(LIMIT).expect("catch-up events") {
+            Event::Record(r) if &*r.tree == "parts" => created = true,
+            Event::Sync(SyncEvent::CaughtUp { .. }) => break,
+            _ => {}
+        }
+    }
+    assert!(created, "the catch-up's change was seen");
+    // `recv_timeout` returns when nothing comes.
+    let start = Instant::now();
+    assert!(events.recv_timeout(Duration::from_millis(200)).is_none());
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    drop(db);
+    server.kill();
+}
