@@ -133,12 +133,16 @@ fn show(trees: &Trees) -> String {
 }
 
 fn main() -> ExitCode {
+    // Logs go to stderr; colour codes only when a terminal shows them (never in a file,
+    // a pipe or a journal).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     match main_inner(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
