@@ -94,7 +94,8 @@ enum TokenCommand {
         /// The token's name, or the token.
         token_or_name: String,
     },
-    /// Lists the tokens' names and permissions.
+    /// Lists the tokens' names and permissions, and the holder numbers of the clients that
+    /// connected with each.
     List,
 }
 
@@ -207,8 +208,14 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
                 return Err(unexpected());
             };
             for t in tokens {
+                let holders = if t.holders.is_empty() {
+                    "none".to_owned()
+                } else {
+                    let numbers: Vec<String> = t.holders.iter().map(u32::to_string).collect();
+                    numbers.join(",")
+                };
                 println!(
-                    "{}\tread: {}\twrite: {}",
+                    "{}\tread: {}\twrite: {}\tholders: {holders}",
                     t.name,
                     show(&t.read),
                     show(&t.write)

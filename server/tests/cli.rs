@@ -124,6 +124,17 @@ fn cli_tokens_identity_and_backup() {
         task.await.unwrap().unwrap();
     });
 
+    // `token list` shows the holder numbers that connected with each token.
+    let list = cli(&data, &["token", "list"]);
+    assert!(
+        list.contains("alice\tread: all\twrite: all\tholders: 2\n"),
+        "{list}"
+    );
+    assert!(
+        list.contains("bob\tread: parts,tools\twrite: parts\tholders: none\n"),
+        "{list}"
+    );
+
     let backup = dir.path().join("backup.redb");
     cli(&data, &["backup", "--out", backup.to_str().unwrap()]);
     {
@@ -286,7 +297,11 @@ fn server_logs_to_a_pipe_have_no_colour_codes() {
     });
     assert!(signal_and_wait(server, "TERM").success());
     let logs = logs.join().unwrap();
-    assert!(logs.contains("client connected"), "{logs}");
+    // The connection's log line names the holder number and the token's name together.
+    assert!(
+        logs.contains("client connected as holder 2 with token `alice`"),
+        "{logs}"
+    );
     assert!(
         !logs.contains("\x1b["),
         "colour codes in logs written to a pipe: {logs:?}"
