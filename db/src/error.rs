@@ -57,15 +57,20 @@ pub enum Error {
     },
     /// The record is borrowed by another replica.
     #[error(
-        "record {key} in tree `{tree}` is borrowed by replica {holder}; wait until it is returned"
+        "record {key} in tree `{tree}` is borrowed: held by holder {holder}{}; wait until it is \
+         returned (or ask the server's administrator: rekord-server borrow force-return)",
+        holder_name_text(.holder_name.as_deref())
     )]
     AlreadyBorrowed {
         /// Tree name.
         tree: String,
         /// The record.
         key: RawKey,
-        /// The replica holding the borrow.
+        /// The holder number of the replica holding the borrow.
         holder: u32,
+        /// The name of the token that replica connected to the server with (`None` when
+        /// not known: a standalone database, or a holder the server has no token name for).
+        holder_name: Option<String>,
     },
     /// The revision is released: its data is frozen for good.
     #[error(
@@ -284,6 +289,10 @@ pub enum Error {
         /// The function that opens it.
         open_with: &'static str,
     },
+}
+
+fn holder_name_text(name: Option<&str>) -> String {
+    name.map(|n| format!(" ({n})")).unwrap_or_default()
 }
 
 fn holder_text(holder: u32) -> String {

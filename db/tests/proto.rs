@@ -8,8 +8,8 @@ use rekord::proto::handshake::{
 };
 use rekord::proto::{
     Change, ChangeKind, ClientHello, Current, EntryOutcome, Frame, FrameReader, MAX_FRAME,
-    PROTOCOL_VERSION, Push, Refusal, RemoteError, Request, Response, Sequenced, ServerHello,
-    WireError, decode, encode,
+    MAX_NAME, PROTOCOL_VERSION, Push, Refusal, RemoteError, Request, Response, Sequenced,
+    ServerHello, WireError, decode, decode_outcome, decode_outcome_v1, encode, encode_outcome,
 };
 
 fn sample_frames() -> Vec<Frame> {
@@ -67,7 +67,17 @@ fn sample_frames() -> Vec<Frame> {
         },
         Frame::Response {
             id: 3,
-            body: Response::Error(RemoteError::AlreadyBorrowed { holder: 4 }),
+            body: Response::Error(RemoteError::AlreadyBorrowed {
+                holder: 4,
+                name: Some("alice".into()),
+            }),
+        },
+        Frame::Response {
+            id: 3,
+            body: Response::Entries(vec![EntryOutcome::Rejected(RemoteError::AlreadyBorrowed {
+                holder: 4,
+                name: None,
+            })]),
         },
         Frame::Response {
             id: 4,
@@ -321,6 +331,21 @@ fn protocol_limits_are_enforced_on_decode() {
                 }),
             ))]),
         },
+        // A holder's token name must be a valid name: not empty, not too long.
+        Frame::Response {
+            id: 1,
+            body: Response::Error(RemoteError::AlreadyBorrowed {
+                holder: 3,
+                name: Some(String::new()),
+            }),
+        },
+        Frame::Response {
+            id: 1,
+            body: Response::Entries(vec![EntryOutcome::Rejected(RemoteError::AlreadyBorrowed {
+                holder: 3,
+                name: Some("x".repeat(MAX_NAME + 1)),
+            })]),
+        },
     ];
     for f in bad {
         let bytes = encode(&f).unwrap();
@@ -491,4 +516,45 @@ fn a_handshake_over_an_in_memory_stream() {
     let answer = to_client.next_frame().unwrap().unwrap();
     let welcome = check_server(&cfg, answer).unwrap();
     assert_eq!((welcome.server, welcome.replica), ([5; 16], 7));
+}
+
+/// A server keeps entry outcomes in protocol version 1's layout from before the upgrade:
+/// they decode (the holder's name unknown), and malformed bytes are an error.
+#[test]
+fn outcomes_stored_by_protocol_version_1_still_decode() {
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    // Written by `encode_outcome` of protocol version 1.
+    let golden = [
+        (
+            "02000700000000000000",
+            EntryOutcome::Rejected(RemoteError::AlreadyBorrowed {
+                holder: 7,
+                name: None,
+            }),
+        ),
+        ("00050000000000000000", EntryOutcome::Applied { seq: 5 }),
+        (
+            "0206626164ffffffffff",
+            EntryOutcome::Rejected(RemoteError::Invalid("bad".into())),
+        ),
+    ];
+    for (bytes, outcome) in golden {
+        assert_eq!(decode_outcome_v1(&hex(bytes)).unwrap(), outcome);
+    }
+    assert!(decode_outcome_v1(&[]).is_err());
+    assert!(decode_outcome_v1(&[9; 10]).is_err());
+    // The current layout round-trips with the name.
+    let named = EntryOutcome::Rejected(RemoteError::AlreadyBorrowed {
+        holder: 7,
+        name: Some("alice".into()),
+    });
+    assert_eq!(
+        decode_outcome(&encode_outcome(&named).unwrap()).unwrap(),
+        named
+    );
 }

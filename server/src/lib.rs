@@ -15,7 +15,7 @@
 //!   held it already, nothing changes; both are answered with [`Response::Granted`] (with
 //!   the grant's sequence number, 0 if it was held already). If
 //!   another client holds it: [`RemoteError::AlreadyBorrowed`] with that client's holder
-//!   number. Borrows are persisted ([`Store::borrow`]) and survive restarts.
+//!   number and the name of the token it connected with. Borrows are persisted ([`Store::borrow`]) and survive restarts.
 //! - [`Request::Return`]: frees the record if this client holds it
 //!   ([`Response::Returned`]), else [`RemoteError::NotBorrowed`].
 //!
@@ -670,8 +670,15 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     let cursor = hello.cursor;
     let checked = tokio::task::spawn_blocking(move || {
         let mut db_error = None;
-        let verdict = check_client(&hello, &app, |token| match store.grant(token) {
-            Ok(grant) => grant,
+        let mut name = String::new();
+        let verdict = check_client(&hello, &app, |token| match store.token(token) {
+            Ok(info) => info.map(|info| {
+                name = info.name;
+                Grant {
+                    read: info.read,
+                    write: info.write,
+                }
+            }),
             Err(e) => {
                 db_error = Some(e);
                 None
@@ -681,7 +688,9 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             return Err(e);
         }
         match verdict {
-            Ok(grant) => store.holder(client).map(|holder| Ok((grant, holder))),
+            Ok(grant) => store
+                .connect(client, &name)
+                .map(|holder| Ok((grant, holder, name))),
             Err(refusal) => Ok(Err(refusal)),
         }
     })
@@ -690,7 +699,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     .map_err(|e| End::Internal(e.to_string()))?;
 
     let client_text = uuid::Uuid::from_bytes(client);
-    let (grant, holder) = match checked {
+    let (grant, holder, token) = match checked {
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::info!(%remote, client = %client_text, %refusal, "refused a client");
@@ -719,7 +728,15 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
         }),
     )
     .await?;
-    tracing::info!(%remote, client = %client_text, holder, cursor, head, "client connected");
+    tracing::info!(
+        %remote,
+        client = %client_text,
+        holder,
+        token = %token,
+        cursor,
+        head,
+        "client connected as holder {holder} with token `{token}`"
+    );
     let reads = |tree: &str| {
         grant.read.allows(tree) && (subscribed.is_empty() || subscribed.iter().any(|t| t == tree))
     };
@@ -885,15 +902,20 @@ async fn answer(
                 let (outcome, entry) = shared.store.borrow_logged(&tree, id, holder)?;
                 let seq = entry.as_ref().map_or(0, |e| e.seq);
                 let pushes = entry.map(|e| Push::Changes(vec![e])).into_iter().collect();
-                Ok((outcome, seq, shared.enqueue(pushes)))
+                let refusal = match outcome {
+                    BorrowOutcome::HeldBy(other) => Some(RemoteError::AlreadyBorrowed {
+                        holder: other,
+                        name: shared.store.holder_token(other)?,
+                    }),
+                    BorrowOutcome::Granted | BorrowOutcome::AlreadyHeld => None,
+                };
+                Ok((refusal, seq, shared.enqueue(pushes)))
             })
             .await?;
             durable(done).await?;
             match outcome {
-                BorrowOutcome::Granted | BorrowOutcome::AlreadyHeld => Response::Granted { seq },
-                BorrowOutcome::HeldBy(other) => {
-                    Response::Error(RemoteError::AlreadyBorrowed { holder: other })
-                }
+                None => Response::Granted { seq },
+                Some(refusal) => Response::Error(refusal),
             }
         }
         Request::Return { tree, id } => {

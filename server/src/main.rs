@@ -94,7 +94,8 @@ enum TokenCommand {
         /// The token's name, or the token.
         token_or_name: String,
     },
-    /// Lists the tokens' names and permissions.
+    /// Lists the tokens' names and permissions, and the holder numbers of the clients that
+    /// connected with each.
     List,
 }
 
@@ -133,12 +134,16 @@ fn show(trees: &Trees) -> String {
 }
 
 fn main() -> ExitCode {
+    // Logs go to stderr; colour codes only when a terminal shows them (never in a file,
+    // a pipe or a journal).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     match main_inner(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,8 +208,14 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
                 return Err(unexpected());
             };
             for t in tokens {
+                let holders = if t.holders.is_empty() {
+                    "none".to_owned()
+                } else {
+                    let numbers: Vec<String> = t.holders.iter().map(u32::to_string).collect();
+                    numbers.join(",")
+                };
                 println!(
-                    "{}\tread: {}\twrite: {}",
+                    "{}\tread: {}\twrite: {}\tholders: {holders}",
                     t.name,
                     show(&t.read),
                     show(&t.write)

@@ -1,4 +1,5 @@
-//! The server's own database, `server.redb`: access tokens, client holder numbers, granted
+//! The server's own database, `server.redb`: access tokens, client holder numbers (with the
+//! name of the token each client first connected with, table `holder_tokens`), granted
 //! id ranges, borrows, record schemas, the change log, the records' state and the accepted
 //! operations (tables `schemas`, `log`, `records`, `ops`; see [`Store::apply_changes`]).
 //!
@@ -40,7 +41,11 @@ const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 const TOKEN_NAMES: TableDefinition<&str, &str> = TableDefinition::new("token_names");
 /// Client UUID -> holder number.
 const HOLDERS: TableDefinition<u128, u32> = TableDefinition::new("holders");
-/// Counters: `next_holder`, `next_id`.
+/// Holder number -> name of the token that client first connected with (holders that
+/// connected before the server recorded names get theirs at their next connection).
+const HOLDER_TOKENS: TableDefinition<u32, &str> = TableDefinition::new("holder_tokens");
+/// Counters: `next_holder`, `next_id`; `outcomes_format`: the layout of the `outcomes`
+/// table's values (2: protocol version 2; absent: version 1, migrated by [`Store::open`]).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (holder number, range start) -> range end (exclusive).
 const RANGES: TableDefinition<(u32, u64), u64> = TableDefinition::new("ranges");
@@ -64,10 +69,11 @@ const ENTRIES: TableDefinition<u32, u64> = TableDefinition::new("entries");
 const OUTCOMES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("outcomes");
 
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     "tokens",
     "token_names",
     "holders",
+    "holder_tokens",
     "meta",
     "ranges",
     "borrows",
@@ -112,7 +118,14 @@ pub struct TokenInfo {
     pub read: Trees,
     /// Trees the token may write.
     pub write: Trees,
+    /// The holder numbers of the clients that connected with a token of this name, in
+    /// increasing order. Filled by [`Store::list`]; not part of the stored token record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<u32>,
 }
+
+/// The value of the `outcomes_format` counter written by this version.
+const OUTCOMES_FORMAT: u64 = 2;
 
 /// The server database.
 #[derive(Debug)]
@@ -173,6 +186,7 @@ impl Store {
         txn.open_table(TOKENS)?;
         txn.open_table(TOKEN_NAMES)?;
         txn.open_table(HOLDERS)?;
+        txn.open_table(HOLDER_TOKENS)?;
         txn.open_table(META)?;
         txn.open_table(RANGES)?;
         txn.open_table(BORROWS)?;
@@ -181,6 +195,7 @@ impl Store {
         txn.open_table(RECORDS)?;
         txn.open_table(OPS)?;
         txn.open_table(ENTRIES)?;
+        migrate_outcomes(&txn)?;
         txn.commit()?;
         Ok(Self {
             db,
@@ -241,6 +256,7 @@ impl Store {
             name: name.to_owned(),
             read,
             write,
+            holders: Vec::new(),
         })?;
         let txn = self.db.begin_write()?;
         {
@@ -282,7 +298,8 @@ impl Store {
         Ok(name)
     }
 
-    /// Every token's name and permissions, sorted by name.
+    /// Every token's name and permissions, with the holder numbers that connected with it
+    /// ([`TokenInfo::holders`]), sorted by name.
     pub fn list(&self) -> Result<Vec<TokenInfo>, ServerError> {
         let txn = self.db.begin_read()?;
         let tokens = txn.open_table(TOKENS)?;
@@ -292,18 +309,29 @@ impl Store {
             out.push(decode(record.value())?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        for entry in txn.open_table(HOLDER_TOKENS)?.iter()? {
+            let (holder, name) = entry?;
+            if let Ok(i) = out.binary_search_by(|t| t.name.as_str().cmp(name.value())) {
+                // Holder numbers come in increasing order.
+                out[i].holders.push(holder.value());
+            }
+        }
         Ok(out)
     }
 
-    /// What `token` grants; `None` if it is unknown or revoked.
-    pub fn grant(&self, token: &str) -> Result<Option<Grant>, ServerError> {
+    /// The name and permissions of `token`; `None` if it is unknown or revoked.
+    pub fn token(&self, token: &str) -> Result<Option<TokenInfo>, ServerError> {
         let txn = self.db.begin_read()?;
         let tokens = txn.open_table(TOKENS)?;
         let Some(record) = tokens.get(hash(token).as_str())? else {
             return Ok(None);
         };
-        let info = decode(record.value())?;
-        Ok(Some(Grant {
+        decode(record.value()).map(Some)
+    }
+
+    /// What `token` grants; `None` if it is unknown or revoked.
+    pub fn grant(&self, token: &str) -> Result<Option<Grant>, ServerError> {
+        Ok(self.token(token)?.map(|info| Grant {
             read: info.read,
             write: info.write,
         }))
@@ -311,11 +339,33 @@ impl Store {
 
     /// The holder number of client `client`, assigned (persistently) on first call.
     pub fn holder(&self, client: [u8; 16]) -> Result<u32, ServerError> {
+        self.assign_holder(client, None)
+    }
+
+    /// The holder number of client `client`, connecting with the token named `token`:
+    /// assigned (persistently) on its first connection, together with the token's name
+    /// ([`Store::holder_token`]). A holder keeps the name it first connected with; one
+    /// without a name (assigned before the server recorded names) gets `token`'s now.
+    pub fn connect(&self, client: [u8; 16], token: &str) -> Result<u32, ServerError> {
+        self.assign_holder(client, Some(token))
+    }
+
+    /// The name of the token client `holder` first connected with (`None`: unknown).
+    pub fn holder_token(&self, holder: u32) -> Result<Option<String>, ServerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HOLDER_TOKENS)?;
+        Ok(table.get(holder)?.map(|g| g.value().to_owned()))
+    }
+
+    fn assign_holder(&self, client: [u8; 16], token: Option<&str>) -> Result<u32, ServerError> {
         let key = u128::from_be_bytes(client);
         {
             let txn = self.db.begin_read()?;
             if let Some(n) = txn.open_table(HOLDERS)?.get(key)? {
-                return Ok(n.value());
+                let n = n.value();
+                if token.is_none() || txn.open_table(HOLDER_TOKENS)?.get(n)?.is_some() {
+                    return Ok(n);
+                }
             }
         }
         let txn = self.db.begin_write()?;
@@ -335,6 +385,12 @@ impl Store {
                 n
             }
         };
+        if let Some(token) = token {
+            let mut names = txn.open_table(HOLDER_TOKENS)?;
+            if names.get(n)?.is_none() {
+                names.insert(n, token)?;
+            }
+        }
         txn.commit()?;
         Ok(n)
     }
@@ -997,12 +1053,14 @@ fn look_ahead(
     let mut borrows = txn.open_table(BORROWS)?;
     let schemas = txn.open_table(SCHEMAS)?;
     let ranges = txn.open_table(RANGES)?;
+    let holder_tokens = txn.open_table(HOLDER_TOKENS)?;
     let tables = Tables {
         log: &log,
         records: &mut records,
         borrows: &mut borrows,
         schemas: &schemas,
         ranges: &ranges,
+        holder_tokens: &holder_tokens,
         parsed,
     };
     batch
@@ -1040,6 +1098,7 @@ fn apply_in(
     let mut borrows = txn.open_table(BORROWS)?;
     let schemas = txn.open_table(SCHEMAS)?;
     let ranges = txn.open_table(RANGES)?;
+    let holder_tokens = txn.open_table(HOLDER_TOKENS)?;
     for change in changes {
         let mut tables = Tables {
             log: &log,
@@ -1047,6 +1106,7 @@ fn apply_in(
             borrows: &mut borrows,
             schemas: &schemas,
             ranges: &ranges,
+            holder_tokens: &holder_tokens,
             parsed,
         };
         match tables.apply(holder, grant, &change, *seq + 1)? {
@@ -1077,10 +1137,20 @@ struct Tables<'a, 't> {
     borrows: &'a mut redb::Table<'t, (&'static str, u64), u32>,
     schemas: &'a redb::Table<'t, (&'static str, u32), &'static str>,
     ranges: &'a redb::Table<'t, (u32, u64), u64>,
+    holder_tokens: &'a redb::Table<'t, u32, &'static str>,
     parsed: &'a mut std::collections::HashMap<(String, u32), rekord::Schema>,
 }
 
 impl Tables<'_, '_> {
+    /// The refusal of a change to a record client `holder` has borrowed, naming its token.
+    fn held_by(&self, holder: u32) -> Result<RemoteError, ServerError> {
+        let name = self
+            .holder_tokens
+            .get(holder)?
+            .map(|g| g.value().to_owned());
+        Ok(RemoteError::AlreadyBorrowed { holder, name })
+    }
+
     fn state(&self, tree: &str, id: u64, rev: u32) -> Result<Option<RecordState>, ServerError> {
         self.records
             .get((tree, id, rev))?
@@ -1275,7 +1345,7 @@ impl Tables<'_, '_> {
                 return Ok(Err(RemoteError::OutsideRange { id }));
             }
             if let Some(other) = borrower.filter(|h| *h != holder) {
-                return Ok(Err(RemoteError::AlreadyBorrowed { holder: other }));
+                return Ok(Err(self.held_by(other)?));
             }
             if let Err(e) = self.check_data(tree, version, data)? {
                 return Ok(Err(e));
@@ -1303,7 +1373,7 @@ impl Tables<'_, '_> {
         }
         if let ChangeKind::Edit { .. } = kind {
             if let Some(other) = borrower.filter(|h| *h != holder) {
-                return Ok(Err(RemoteError::AlreadyBorrowed { holder: other }));
+                return Ok(Err(self.held_by(other)?));
             }
             if !current.as_ref().is_some_and(|s| s.exists) {
                 return Ok(Err(RemoteError::NotFound));
@@ -1393,6 +1463,32 @@ impl Tables<'_, '_> {
     }
 }
 
+/// Rewrites the values of the `outcomes` table in the current layout if they are in the
+/// layout of protocol version 1 (a server database written before version 2), and records
+/// the layout in `meta`.
+fn migrate_outcomes(txn: &redb::WriteTransaction) -> Result<(), ServerError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get("outcomes_format")?.map(|g| g.value()) == Some(OUTCOMES_FORMAT) {
+        return Ok(());
+    }
+    let mut outcomes = txn.open_table(OUTCOMES)?;
+    let mut rows = Vec::new();
+    for row in outcomes.iter()? {
+        let (k, v) = row?;
+        let old = rekord::proto::decode_outcome_v1(v.value()).map_err(|e| {
+            ServerError::Database(format!(
+                "a stored entry outcome (protocol version 1) is corrupt: {e}"
+            ))
+        })?;
+        rows.push((k.value(), encode_outcome(&old)?));
+    }
+    for (k, v) in rows {
+        outcomes.insert(k, v.as_slice())?;
+    }
+    meta.insert("outcomes_format", OUTCOMES_FORMAT)?;
+    Ok(())
+}
+
 /// Copies every table read by `read` into `copy`, in one write transaction.
 fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<(), ServerError> {
     fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -1417,6 +1513,7 @@ fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<()
     table(read, &write, TOKENS)?;
     table(read, &write, TOKEN_NAMES)?;
     table(read, &write, HOLDERS)?;
+    table(read, &write, HOLDER_TOKENS)?;
     table(read, &write, META)?;
     table(read, &write, RANGES)?;
     table(read, &write, BORROWS)?;
@@ -1462,6 +1559,67 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.holder([2; 16]).unwrap(), FIRST_HOLDER + 1);
         assert_eq!(store.holder([3; 16]).unwrap(), FIRST_HOLDER + 2);
+
+        // A holder keeps the name of the token it first connected with; one assigned
+        // before names were recorded gets one at its next connection.
+        store.issue("carol", Trees::All, Trees::All).unwrap();
+        assert_eq!(store.holder_token(FIRST_HOLDER).unwrap(), None);
+        assert_eq!(store.connect([1; 16], "carol").unwrap(), FIRST_HOLDER);
+        assert_eq!(store.connect([4; 16], "carol").unwrap(), FIRST_HOLDER + 3);
+        assert_eq!(store.connect([1; 16], "dave").unwrap(), FIRST_HOLDER);
+        assert_eq!(
+            store.holder_token(FIRST_HOLDER).unwrap().as_deref(),
+            Some("carol")
+        );
+        let carol = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.name == "carol");
+        assert_eq!(carol.unwrap().holders, vec![FIRST_HOLDER, FIRST_HOLDER + 3]);
+    }
+
+    /// Entry outcomes a server stored before protocol version 2 are rewritten when the
+    /// database opens, so a retry still hears its first answer.
+    #[test]
+    fn outcomes_of_protocol_version_1_are_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        {
+            let db = redb::Database::open(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .remove("outcomes_format")
+                .unwrap();
+            txn.open_table(ENTRIES).unwrap().insert(2, 5).unwrap();
+            // Entry 5 of holder 2 refused with `AlreadyBorrowed { holder: 7 }`, as
+            // protocol version 1's `encode_outcome` wrote it.
+            let old: &[u8] = &[2, 0, 7, 0, 0, 0, 0, 0, 0, 0];
+            txn.open_table(OUTCOMES)
+                .unwrap()
+                .insert((2, 5), old)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let grant = Grant {
+            read: Trees::All,
+            write: Trees::All,
+        };
+        let (outcomes, _) = store.apply_entries(2, &grant, 5, &[vec![]]).unwrap();
+        assert_eq!(
+            outcomes,
+            vec![EntryOutcome::Rejected(RemoteError::AlreadyBorrowed {
+                holder: 7,
+                name: None
+            })]
+        );
+        // Opening again does not migrate twice.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let (again, _) = store.apply_entries(2, &grant, 5, &[vec![]]).unwrap();
+        assert_eq!(again, outcomes);
     }
 
     #[test]
@@ -1603,7 +1761,8 @@ mod tests {
         assert_eq!(
             o,
             vec![EntryOutcome::Rejected(RemoteError::AlreadyBorrowed {
-                holder: b
+                holder: b,
+                name: None,
             })]
         );
         let state = store.record("t", id, 0).unwrap().unwrap();

@@ -124,6 +124,17 @@ fn cli_tokens_identity_and_backup() {
         task.await.unwrap().unwrap();
     });
 
+    // `token list` shows the holder numbers that connected with each token.
+    let list = cli(&data, &["token", "list"]);
+    assert!(
+        list.contains("alice\tread: all\twrite: all\tholders: 2\n"),
+        "{list}"
+    );
+    assert!(
+        list.contains("bob\tread: parts,tools\twrite: parts\tholders: none\n"),
+        "{list}"
+    );
+
     let backup = dir.path().join("backup.redb");
     cli(&data, &["backup", "--out", backup.to_str().unwrap()]);
     {
@@ -170,12 +181,17 @@ struct Process {
 }
 
 fn spawn_server(data: &Path) -> Process {
+    spawn_server_logging(data, Stdio::null())
+}
+
+/// Starts `rekord-server run` on `data`, its logs (stderr) going to `stderr`.
+fn spawn_server_logging(data: &Path, stderr: Stdio) -> Process {
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
         .args(["run", "--listen", "127.0.0.1:0", "--app", "workshop"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -249,4 +265,45 @@ fn a_server_process_stops_cleanly_on_sigterm_and_sigint() {
     // Nothing was lost: the database opens and still holds the token.
     let list = cli(&data, &["token", "list"]);
     assert!(list.contains("alice"), "{list}");
+}
+
+/// Logs written to a pipe (not a terminal) carry no ANSI colour codes.
+#[cfg(unix)]
+#[test]
+fn server_logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = cli(&data, &["token", "issue", "--name", "alice", "--read-all"]);
+    let cfg = client("workshop", token.trim());
+    let mut server = spawn_server_logging(&data, Stdio::piped());
+    let mut stderr = server.child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        text
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut session = tokio::time::timeout(
+            Duration::from_secs(30),
+            net::connect(server.addr, &cfg, None),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        session.ping().await.unwrap();
+        session.close().await;
+    });
+    assert!(signal_and_wait(server, "TERM").success());
+    let logs = logs.join().unwrap();
+    // The connection's log line names the holder number and the token's name together.
+    assert!(
+        logs.contains("client connected as holder 2 with token `alice`"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("\x1b["),
+        "colour codes in logs written to a pipe: {logs:?}"
+    );
 }

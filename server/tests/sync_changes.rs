@@ -203,7 +203,10 @@ async fn the_rules_on_changes() {
         assert_eq!(server.store.borrower("parts", id).unwrap(), Some(holder_a));
         assert_eq!(
             remote(b.borrow("parts", id).await),
-            RemoteError::AlreadyBorrowed { holder: holder_a }
+            RemoteError::AlreadyBorrowed {
+                holder: holder_a,
+                name: Some("a".into()),
+            }
         );
         // Updates: without the borrow refused, with it accepted.
         assert_eq!(

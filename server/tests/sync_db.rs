@@ -102,8 +102,8 @@ fn create(parts: &rekord::Tree<Part>, part: &Part) -> Key<Part> {
 async fn changes_borrows_returns_and_releases_reach_the_other_client() {
     let dir = tempfile::tempdir().unwrap();
     let server = Running::start(dir.path());
-    let token = server.token("all");
-    let t = token.clone();
+    let token = server.token("alice");
+    let (t, t_bob) = (token.clone(), server.token("bob"));
     let srv_addr = server.addr;
     tokio::task::spawn_blocking(move || {
         let server_cfg = |t: &str| {
@@ -111,7 +111,7 @@ async fn changes_borrows_returns_and_releases_reach_the_other_client() {
                 .retry(Retry::default().initial(Duration::from_millis(20)))
         };
         let a = Db::memory_synced(server_cfg(&t)).unwrap();
-        let b = Db::memory_synced(server_cfg(&t)).unwrap();
+        let b = Db::memory_synced(server_cfg(&t_bob)).unwrap();
         a.wait_caught_up(LIMIT).unwrap();
         b.wait_caught_up(LIMIT).unwrap();
         assert_ne!(a.replica(), b.replica());
@@ -159,9 +159,25 @@ async fn changes_borrows_returns_and_releases_reach_the_other_client() {
                 .contains(&(key.id(), Some("bolt".into())))
         );
 
-        // B cannot borrow it (A holds it): a typed error naming the holder.
+        // B cannot borrow it (A holds it): a typed error naming the holder, by number and
+        // by the name of the token it connected with.
         match pb.borrow(key) {
-            Err(Error::AlreadyBorrowed { holder, .. }) => assert_eq!(holder, ra),
+            Err(e @ Error::AlreadyBorrowed { .. }) => {
+                let text = e.to_string();
+                let Error::AlreadyBorrowed {
+                    holder,
+                    holder_name,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!((holder, holder_name.as_deref()), (ra, Some("alice")));
+                assert!(
+                    text.contains(&format!("held by holder {ra} (alice)")),
+                    "{text}"
+                );
+            }
             other => panic!("expected AlreadyBorrowed, got {other:?}"),
         }
         // B cannot change it locally either.
@@ -194,7 +210,11 @@ async fn changes_borrows_returns_and_releases_reach_the_other_client() {
         assert_eq!(pa.get(key).unwrap().qty, 3);
         assert!(pa.meta(key).unwrap().released);
         match pa.borrow(key) {
-            Err(Error::AlreadyBorrowed { holder, .. }) => assert_eq!(holder, rb),
+            Err(Error::AlreadyBorrowed {
+                holder,
+                holder_name,
+                ..
+            }) => assert_eq!((holder, holder_name.as_deref()), (rb, Some("bob"))),
             other => panic!("expected AlreadyBorrowed, got {other:?}"),
         }
         // A released revision is frozen; a new revision carries on (B holds the borrow).

@@ -161,9 +161,17 @@ async fn borrow_contention_has_one_winner_and_is_pushed_to_everyone() {
         assert_eq!(winners.len(), 1, "{results:?}");
         let w = winners[0];
         let winner = holder(&sessions[w]);
+        // The refusal names the winner by holder number and by its token's name.
+        let winner_name = Some(format!("c{w}"));
         for (i, r) in results.into_iter().enumerate() {
             if i != w {
-                assert_eq!(remote(r), RemoteError::AlreadyBorrowed { holder: winner });
+                assert_eq!(
+                    remote(r),
+                    RemoteError::AlreadyBorrowed {
+                        holder: winner,
+                        name: winner_name.clone(),
+                    }
+                );
             }
         }
         assert_eq!(server.store.borrower("parts", 42).unwrap(), Some(winner));
@@ -190,7 +198,10 @@ async fn borrow_contention_has_one_winner_and_is_pushed_to_everyone() {
         }
         assert_eq!(
             remote(sessions[w].borrow("parts", 42).await),
-            RemoteError::AlreadyBorrowed { holder: new_holder }
+            RemoteError::AlreadyBorrowed {
+                holder: new_holder,
+                name: Some(format!("c{other}")),
+            }
         );
         for s in sessions {
             s.close().await;
@@ -252,7 +263,10 @@ async fn borrows_survive_a_server_restart() {
         expect_push(&mut b, "parts", 7, holder_a).await;
         assert_eq!(
             remote(b.borrow("parts", 7).await),
-            RemoteError::AlreadyBorrowed { holder: holder_a }
+            RemoteError::AlreadyBorrowed {
+                holder: holder_a,
+                name: Some("a".into()),
+            }
         );
         assert_eq!(
             remote(b.return_borrow("parts", 7).await),

@@ -161,9 +161,12 @@ pub enum NetError {
 
 fn describe(e: &RemoteError) -> String {
     match e {
-        RemoteError::AlreadyBorrowed { holder } => {
-            format!("the record is borrowed by another client (holder {holder})")
-        }
+        RemoteError::AlreadyBorrowed { holder, name } => format!(
+            "the record is borrowed by another client (holder {holder}{})",
+            name.as_ref()
+                .map(|n| format!(", token `{n}`"))
+                .unwrap_or_default()
+        ),
         RemoteError::NotBorrowed => "this client does not hold the record's borrow".into(),
         RemoteError::Released => "the revision is released; only its state may change".into(),
         RemoteError::OutsideRange { id } => {

@@ -277,6 +277,11 @@ pub enum RemoteError {
     AlreadyBorrowed {
         /// Holder number of the client holding it.
         holder: u32,
+        /// The name of the token that client connected with, when the server knows it
+        /// (1 to [`MAX_NAME`](super::MAX_NAME) bytes; `None` for a holder whose token the
+        /// server never recorded, such as one last seen by a server before version 2 of
+        /// the protocol).
+        name: Option<String>,
     },
     /// The change needs the record's borrow, which this client does not hold.
     NotBorrowed,
@@ -456,6 +461,9 @@ fn change_ok(c: &Change) -> Result<(), WireError> {
 
 fn remote_ok(e: &RemoteError) -> Result<(), WireError> {
     match e {
+        RemoteError::AlreadyBorrowed {
+            name: Some(name), ..
+        } => name_ok("a token name", name),
         RemoteError::NotAllowed { tree } => tree_ok(tree),
         RemoteError::Conflict(c) => {
             tree_ok(&c.tree)?;

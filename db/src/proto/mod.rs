@@ -21,7 +21,10 @@ mod message;
 pub use message::*;
 
 /// The protocol version this build speaks. Bumped on any incompatible change of [`Frame`].
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: [`RemoteError::AlreadyBorrowed`] also names the token the holder connected
+/// with.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted (16 MiB); larger lengths are refused before any allocation.
 pub const MAX_FRAME: u32 = 16 << 20;
@@ -118,6 +121,75 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<EntryOutcome, WireError> {
         .map_err(|e| WireError::Malformed(e.to_string()))?;
     rkyv::deserialize::<EntryOutcome, rkyv::rancor::Error>(archived)
         .map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Decodes an [`EntryOutcome`] stored by a server of protocol version 1 (whose
+/// [`RemoteError::AlreadyBorrowed`] carried no token name; it decodes with `name: None`).
+/// Servers migrate the outcomes they keep with it when they start (checked rkyv access:
+/// malformed bytes are an error).
+pub fn decode_outcome_v1(bytes: &[u8]) -> Result<EntryOutcome, WireError> {
+    let archived = rkyv::access::<v1::ArchivedEntryOutcome, rkyv::rancor::Error>(bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let old = rkyv::deserialize::<v1::EntryOutcome, rkyv::rancor::Error>(archived)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    Ok(old.into())
+}
+
+/// The stored layouts of protocol version 1 that changed in version 2, for
+/// [`decode_outcome_v1`].
+#[allow(missing_docs)]
+mod v1 {
+    use super::Current;
+
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    #[rkyv(crate = rkyv)]
+    pub enum EntryOutcome {
+        Applied { seq: u64 },
+        Duplicate,
+        Rejected(RemoteError),
+        Skipped,
+    }
+
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    #[rkyv(crate = rkyv)]
+    pub enum RemoteError {
+        AlreadyBorrowed { holder: u32 },
+        NotBorrowed,
+        Released,
+        OutsideRange { id: u64 },
+        NotAllowed { tree: String },
+        NotFound,
+        Invalid(String),
+        Conflict(Box<Current>),
+    }
+
+    impl From<EntryOutcome> for super::EntryOutcome {
+        fn from(o: EntryOutcome) -> Self {
+            match o {
+                EntryOutcome::Applied { seq } => Self::Applied { seq },
+                EntryOutcome::Duplicate => Self::Duplicate,
+                EntryOutcome::Rejected(e) => Self::Rejected(e.into()),
+                EntryOutcome::Skipped => Self::Skipped,
+            }
+        }
+    }
+
+    impl From<RemoteError> for super::RemoteError {
+        fn from(e: RemoteError) -> Self {
+            match e {
+                RemoteError::AlreadyBorrowed { holder } => {
+                    Self::AlreadyBorrowed { holder, name: None }
+                }
+                RemoteError::NotBorrowed => Self::NotBorrowed,
+                RemoteError::Released => Self::Released,
+                RemoteError::OutsideRange { id } => Self::OutsideRange { id },
+                RemoteError::NotAllowed { tree } => Self::NotAllowed { tree },
+                RemoteError::NotFound => Self::NotFound,
+                RemoteError::Invalid(text) => Self::Invalid(text),
+                RemoteError::Conflict(c) => Self::Conflict(c),
+            }
+        }
+    }
 }
 
 /// Reassembles frames from a byte stream delivered in arbitrary chunks.

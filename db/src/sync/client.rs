@@ -1425,11 +1425,12 @@ impl Client {
                 }
                 Ok(Ok(()))
             }
-            Err(NetError::Remote(RemoteError::AlreadyBorrowed { holder })) => {
+            Err(NetError::Remote(RemoteError::AlreadyBorrowed { holder, name })) => {
                 Ok(Err(Error::AlreadyBorrowed {
                     tree: tree.to_owned(),
                     key,
                     holder,
+                    holder_name: name,
                 }))
             }
             Err(NetError::Remote(e)) => Ok(Err(Error::Refused {

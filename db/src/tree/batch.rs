@@ -943,6 +943,7 @@ impl<T: Record> BatchTree<'_, T> {
                 tree: T::TREE.to_owned(),
                 key: lk,
                 holder: lh.holder,
+                holder_name: None,
             });
         }
         let holder = self.core.replica;
