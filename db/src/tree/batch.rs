@@ -9,7 +9,7 @@ use crate::proto::{Change, ChangeKind};
 use crate::schema::{Schema, describe_changes};
 use crate::storage::{HEADER_LEN, Header, META, PENDING, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use std::any::TypeId;
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -397,12 +397,18 @@ impl<'db> Batch<'db> {
                 Some(b) => (b.0.as_deref(), b.1.as_deref()),
                 None => (None, None),
             };
+            let schemas = |version| {
+                evolve::writer_schema(state, version, || {
+                    evolve::read_schemas(&db.redb.begin_read()?)
+                })
+            };
             let change = RawChange {
                 key: p.key,
                 kind: p.kind,
                 replay: false,
                 old,
                 new,
+                schemas: &schemas,
             };
             let mut slots = lock(&state.indexers);
             slots.retain_mut(|s| s.call(&state.name, &change));
@@ -451,6 +457,9 @@ impl<'db> Batch<'db> {
     ) -> Result<IndexerStatus> {
         let mut slot = IndexerSlot::new::<T, I>(indexer);
         {
+            let txn = &self.txn;
+            let schemas =
+                |version| evolve::writer_schema(state, version, || Ok(txn.open_table(SCHEMAS)?));
             let table = self.txn.open_table(state.def())?;
             for row in table.iter()? {
                 let (k, v) = row?;
@@ -460,6 +469,7 @@ impl<'db> Batch<'db> {
                     replay: true,
                     old: None,
                     new: Some(v.value()),
+                    schemas: &schemas,
                 };
                 if !slot.call(&state.name, &change) {
                     return Err(Error::IndexerPanicked {
