@@ -134,7 +134,8 @@ fn a_failing_user_migration_is_a_typed_error() -> rekord::Result<()> {
         }
         other => panic!("expected Migration, got {other:?}"),
     }
-    // migrate stops at the failing record with the same error, leaving the rest readable.
+    // migrate stops at the failing record with the same error, leaving the rest readable
+    // (migrate_skipping goes on: see below).
     assert!(matches!(g3.migrate(|_| {}), Err(Error::Migration { .. })));
     assert!(db.tree::<v1::Gadget>()?.get(k1).is_ok());
     Ok(())
@@ -472,5 +473,49 @@ fn indexers_are_told_when_a_record_cannot_be_converted() -> rekord::Result<()> {
             ),
         ]
     );
+    Ok(())
+}
+
+#[test]
+fn migrate_skipping_goes_past_records_it_cannot_convert_and_retries_them() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let g1 = db.tree::<v1::Gadget>()?;
+    let keys: Vec<Key<v1::Gadget>> = ["10", "20", "twelve", "40", "50"]
+        .iter()
+        .map(|p| g1.create(&old("g", p)))
+        .collect::<Result<_, _>>()?;
+    let bad = keys[2];
+    let g3 = db.tree::<v3::Gadget>()?;
+    let mut seen = Vec::new();
+    let run = g3.migrate_skipping_with(2, |p| seen.push((p.done, p.total)))?;
+    assert_eq!(seen, vec![(0, 5), (2, 5), (4, 5), (5, 5)]);
+    assert_eq!(
+        run.report,
+        rekord::MigrateReport {
+            migrated: 4,
+            current: 0,
+            newer: 0
+        }
+    );
+    assert_eq!(run.skipped.len(), 1);
+    let (key, err) = &run.skipped[0];
+    assert_eq!(*key, same(bad));
+    assert!(
+        matches!(err, Error::Migration { from: 1, to: 3, reason, .. } if reason.contains("twelve")),
+        "{err:?}"
+    );
+    // The others are migrated, the skipped one is untouched and still readable as v1.
+    for k in keys.iter().filter(|k| **k != bad) {
+        assert_eq!(g3.meta(same(*k))?.version, 3);
+    }
+    assert_eq!(g3.meta(same(bad))?.version, 1);
+    assert_eq!(g1.get(bad)?, old("g", "twelve"));
+    // Fixed, a second run migrates it.
+    g1.update(bad, |g| g.price = "30".into())?;
+    let again = g3.migrate_skipping(|_| {})?;
+    assert!(again.skipped.is_empty());
+    assert_eq!(again.report.migrated, 1);
+    assert_eq!(again.report.current, 4);
+    assert_eq!(g3.get(same(bad))?.price_cents, 30);
     Ok(())
 }

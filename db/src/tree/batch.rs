@@ -486,6 +486,16 @@ impl<'db> Batch<'db> {
     }
 }
 
+/// What [`BatchTree::migrate_one`] did with one record.
+pub(crate) enum MigrateOne {
+    /// Rewritten in the current version.
+    Done,
+    /// Nothing to do (gone, or not older).
+    Nothing,
+    /// Left as it is: it cannot be converted, for this reason.
+    Skipped(Error),
+}
+
 /// One tree inside a [`Batch`], with its table kept open; see [`Batch::tree`].
 pub struct BatchTree<'b, T: Record> {
     table: redb::Table<'b, u128, &'static [u8]>,
@@ -969,18 +979,26 @@ impl<T: Record> BatchTree<'_, T> {
         Ok(())
     }
 
-    /// Rewrites one record stored with an older schema version in the current one; `false`
-    /// if there was nothing to do (gone, or not older).
-    pub(crate) fn migrate_one(&mut self, k: RawKey) -> Result<bool> {
+    /// Rewrites one record stored with an older schema version in the current one. With
+    /// `skip`, a record that cannot be converted (its conversion fails, it does not fit,
+    /// its bytes are corrupt) is left as it is and its error returned as
+    /// [`MigrateOne::Skipped`] instead of failing.
+    pub(crate) fn migrate_one(&mut self, k: RawKey, skip: bool) -> Result<MigrateOne> {
         let (h, old) = match self.load(k) {
             Ok(v) => v,
-            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(Error::NotFound { .. }) => return Ok(MigrateOne::Nothing),
             Err(e) => return Err(e),
         };
         if h.version >= T::VERSION {
-            return Ok(false);
+            return Ok(MigrateOne::Nothing);
         }
-        let record = self.decode(k, &h, &old)?;
+        let record = match self.decode(k, &h, &old) {
+            Ok(r) => r,
+            Err(
+                e @ (Error::Migration { .. } | Error::Incompatible { .. } | Error::Corrupt { .. }),
+            ) if skip => return Ok(MigrateOne::Skipped(e)),
+            Err(e) => return Err(e),
+        };
         let value = evolve::reencode(&record, &h)?;
         self.store(k, &value)?;
         let keep = self.state.has_indexers.load(Ordering::Relaxed);
@@ -994,7 +1012,7 @@ impl<T: Record> BatchTree<'_, T> {
             keep.then_some(old),
             keep.then_some(&value[..]),
         );
-        Ok(true)
+        Ok(MigrateOne::Done)
     }
 
     /// Reads a record as the batch sees it.
