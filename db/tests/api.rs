@@ -626,3 +626,125 @@ fn for_each_visits_the_same_records_as_iter() -> rekord::Result<()> {
     assert_eq!(some, keys[1..=3].to_vec());
     Ok(())
 }
+
+mod named_a {
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Dims {
+        pub w: f32,
+        pub h: f32,
+    }
+
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Kind {
+        Plain,
+        Sized(Dims),
+    }
+
+    #[rekord::record(tree = "renamed", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Widget {
+        pub name: String,
+        pub dims: Option<Dims>,
+        pub kind: Kind,
+    }
+}
+
+mod named_b {
+    // `named_a` with every type renamed: the same schema.
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Size {
+        pub w: f32,
+        pub h: f32,
+    }
+
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Sort {
+        Plain,
+        Sized(Size),
+    }
+
+    #[rekord::record(tree = "renamed", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct WidgetV1 {
+        pub name: String,
+        pub dims: Option<Size>,
+        pub kind: Sort,
+    }
+}
+
+mod named_c {
+    // Renamed, and a nested field retyped: a real change.
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Size {
+        pub w: f64,
+        pub h: f32,
+    }
+
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Sort {
+        Plain,
+        Sized(Size),
+    }
+
+    #[rekord::record(tree = "renamed", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct WidgetV1 {
+        pub name: String,
+        pub dims: Option<Size>,
+        pub kind: Sort,
+    }
+}
+
+#[test]
+fn renaming_record_and_data_types_changes_nothing() -> rekord::Result<()> {
+    use named_a::{Dims, Kind, Widget};
+    use named_b::{Size, Sort, WidgetV1};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.rekord");
+    let k = {
+        let db = Db::open(&path)?;
+        db.tree::<Widget>()?.create(&Widget {
+            name: "w".into(),
+            dims: Some(Dims { w: 1.0, h: 2.0 }),
+            kind: Kind::Sized(Dims { w: 3.0, h: 4.0 }),
+        })?
+    };
+    let db = Db::open(&path)?;
+    let renamed = db.tree::<WidgetV1>()?;
+    let k1 = Key::<WidgetV1>::new(k.id(), k.rev());
+    assert_eq!(
+        renamed.get(k1)?,
+        WidgetV1 {
+            name: "w".into(),
+            dims: Some(Size { w: 1.0, h: 2.0 }),
+            kind: Sort::Sized(Size { w: 3.0, h: 4.0 }),
+        }
+    );
+    assert_eq!(renamed.with(k1, |w| w.name.len())?, 1);
+    renamed.update(k1, |w| w.kind = Sort::Plain)?;
+    // Both names work side by side; the stored schema keeps the first names.
+    assert_eq!(db.tree::<Widget>()?.get(k)?.kind, Kind::Plain);
+    let schemas = db.schemas("renamed")?;
+    assert_eq!(schemas.len(), 1);
+    assert_eq!(
+        schemas[0].root,
+        rekord::schema::Type::Named("Widget".into())
+    );
+    // A real change under new names is still refused, named in the stored names.
+    match db.tree::<named_c::WidgetV1>() {
+        Err(Error::SchemaChanged { changes, .. }) => {
+            assert_eq!(
+                changes,
+                vec!["field `Dims.w` changed type from f32 to f64".to_string()]
+            );
+        }
+        other => panic!("expected SchemaChanged, got {other:?}"),
+    }
+    Ok(())
+}

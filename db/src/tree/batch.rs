@@ -165,7 +165,9 @@ impl<'db> Batch<'db> {
                     version: T::VERSION,
                     reason: e.to_string(),
                 })?;
-                if stored != schema {
+                // Type names are not part of the layout: a renamed type is the same schema
+                // (the stored one keeps the names it was first stored with).
+                if !stored.same_shape(&schema) {
                     return Err(Error::SchemaChanged {
                         tree: T::TREE.to_owned(),
                         version: T::VERSION,
