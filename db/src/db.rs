@@ -7,7 +7,7 @@ use crate::storage::{self, META, RANGES, SCHEMAS};
 use crate::tree::batch::Batch;
 use crate::tree::cache::Cache;
 use crate::{Error, Indexer, Record, Result, Tree};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{MultimapTableHandle, ReadableDatabase, ReadableTable, TableHandle};
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -179,11 +179,9 @@ impl Db {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open_with(path: impl AsRef<std::path::Path>, options: DbOptions) -> Result<Db> {
         let path = path.as_ref();
-        let redb = storage::open_file(path).map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Db::init(redb, options, Mode::Standalone)
+        let shown = path.display().to_string();
+        let redb = Db::open_redb(path, &shown)?;
+        Db::init(redb, options, Mode::Standalone, &shown)
     }
 
     /// Opens (or creates) the synced database file at `path`: a local replica of a rekord
@@ -222,11 +220,9 @@ impl Db {
         config: crate::sync::SyncConfig,
     ) -> Result<(Db, Subscription)> {
         let path = path.as_ref();
-        let redb = storage::open_file(path).map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let db = Db::init(redb, DbOptions::default(), Mode::Client)?;
+        let shown = path.display().to_string();
+        let redb = Db::open_redb(path, &shown)?;
+        let db = Db::init(redb, DbOptions::default(), Mode::Client, &shown)?;
         let events = db.subscribe();
         Ok((Db::start_sync(db, config)?, events))
     }
@@ -239,11 +235,9 @@ impl Db {
         options: DbOptions,
     ) -> Result<Db> {
         let path = path.as_ref();
-        let redb = storage::open_file(path).map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Db::start_sync(Db::init(redb, options, Mode::Client)?, config)
+        let shown = path.display().to_string();
+        let redb = Db::open_redb(path, &shown)?;
+        Db::start_sync(Db::init(redb, options, Mode::Client, &shown)?, config)
     }
 
     /// A fresh synced database in memory (a new client each time; for tests and tools).
@@ -253,7 +247,10 @@ impl Db {
             path: "<memory>".into(),
             source,
         })?;
-        Db::start_sync(Db::init(redb, DbOptions::default(), Mode::Client)?, config)
+        Db::start_sync(
+            Db::init(redb, DbOptions::default(), Mode::Client, "<memory>")?,
+            config,
+        )
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -353,10 +350,71 @@ impl Db {
             path: "<memory>".into(),
             source,
         })?;
-        Db::init(redb, options, Mode::Standalone)
+        Db::init(redb, options, Mode::Standalone, "<memory>")
     }
 
-    fn init(redb: redb::Database, options: DbOptions, mode: Mode) -> Result<Db> {
+    /// Opens (or creates) the redb file at `path` (`shown` in messages). An existing file is
+    /// first checked read-only, so a file that is not rekord's is refused without being
+    /// written to (opening a redb file for writing changes its header).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn open_redb(path: &std::path::Path, shown: &str) -> Result<redb::Database> {
+        let existing = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        if existing {
+            match redb::ReadOnlyDatabase::open(path) {
+                Ok(probe) => Db::check_ours(&probe.begin_read()?, shown)?,
+                // Needs recovery (not closed cleanly): the writable open below repairs it,
+                // and `init` checks the result before writing anything of rekord's.
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(e) => return Err(Error::opening(shown, e)),
+            }
+        }
+        storage::open_file(path).map_err(|e| Error::opening(shown, e))
+    }
+
+    /// Refuses a file that is not rekord's, before anything is written to it: a file with
+    /// tables but without `rekord.meta`, or whose `rekord.meta` has no format entry. A
+    /// file without any table (just created) is fine.
+    fn check_ours(txn: &redb::ReadTransaction, path: &str) -> Result<()> {
+        let not_ours = |reason: String| Error::NotRekord {
+            path: path.to_owned(),
+            reason,
+            source: None,
+        };
+        match txn.open_table(META) {
+            Ok(meta) => {
+                if meta.get("format")?.is_none() {
+                    return Err(not_ours(
+                        "its `rekord.meta` table has no format entry".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                let mut tables: Vec<String> = txn
+                    .list_tables()?
+                    .map(|t| t.name().to_owned())
+                    .chain(txn.list_multimap_tables()?.map(|t| t.name().to_owned()))
+                    .collect();
+                if tables.is_empty() {
+                    return Ok(());
+                }
+                tables.sort();
+                let shown = tables.len().min(5);
+                Err(not_ours(format!(
+                    "it is a redb database of another application (tables {}{}), without rekord's `rekord.meta` table",
+                    tables[..shown].join(", "),
+                    if tables.len() > shown { ", ..." } else { "" }
+                )))
+            }
+            Err(e @ redb::TableError::TableTypeMismatch { .. }) => Err(not_ours(format!(
+                "its `rekord.meta` table is not rekord's ({e})"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn init(redb: redb::Database, options: DbOptions, mode: Mode, path: &str) -> Result<Db> {
+        Db::check_ours(&redb.begin_read()?, path)?;
         let txn = redb.begin_write()?;
         let (commit, next_id);
         #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]

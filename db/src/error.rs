@@ -18,6 +18,42 @@ pub enum Error {
         #[source]
         source: redb::DatabaseError,
     },
+    /// The file is not a rekord database: another application's redb file, or not a redb
+    /// file at all. Rekord left it as it was.
+    #[error(
+        "not a rekord database: {path}: {reason}; check the path (rekord does not change a file it does not recognise)"
+    )]
+    NotRekord {
+        /// The path given to `Db::open`.
+        path: String,
+        /// What was found instead.
+        reason: String,
+        /// What redb reported, if it could not read the file at all.
+        #[source]
+        source: Option<redb::DatabaseError>,
+    },
+    /// The database file is truncated or damaged (redb cannot read its structure).
+    #[error(
+        "cannot open the database at {path}: the file is truncated or damaged: {source}; restore it from a backup"
+    )]
+    Damaged {
+        /// The path given to `Db::open`.
+        path: String,
+        /// What redb reported.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The database file is open in another process, or through another `Db` of this one.
+    #[error(
+        "cannot open the database at {path}: the file is locked by another process or handle ({source}); close the other one first, or share one Db (clones are cheap)"
+    )]
+    Locked {
+        /// The path given to `Db::open`.
+        path: String,
+        /// What redb reported.
+        #[source]
+        source: redb::DatabaseError,
+    },
     /// The storage engine failed (I/O error, corruption detected by redb, ...).
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
@@ -293,6 +329,37 @@ pub enum Error {
 
 fn holder_name_text(name: Option<&str>) -> String {
     name.map(|n| format!(" ({n})")).unwrap_or_default()
+}
+
+impl Error {
+    /// A storage error met while opening the file at `path`, in rekord's words.
+    pub(crate) fn opening(path: &str, source: redb::DatabaseError) -> Error {
+        use redb::{DatabaseError as D, StorageError as S};
+        let path = path.to_owned();
+        match &source {
+            D::DatabaseAlreadyOpen | D::LockProtocolMismatch => Error::Locked { path, source },
+            D::Storage(S::Corrupted(m)) if m.contains("magic number") => Error::NotRekord {
+                path,
+                reason: "it is not a redb file (its header is not redb's)".into(),
+                source: Some(source),
+            },
+            D::Storage(S::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData
+                    && e.to_string().contains("magic number") =>
+            {
+                Error::NotRekord {
+                    path,
+                    reason: "it is not a redb file (its header is not redb's)".into(),
+                    source: Some(source),
+                }
+            }
+            D::Storage(S::Corrupted(_)) => Error::Damaged { path, source },
+            D::Storage(S::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Error::Damaged { path, source }
+            }
+            _ => Error::Open { path, source },
+        }
+    }
 }
 
 fn holder_text(holder: u32) -> String {

@@ -28,7 +28,9 @@ pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
 pub use sync::{Merge, Retry, SyncConfig, SyncStatus, WriteMode};
 pub use tree::batch::{Batch, BatchTree};
-pub use tree::{Iter, MigrateProgress, MigrateReport, RecordMeta, RecordRef, Snapshot, Tree};
+pub use tree::{
+    Iter, MigrateProgress, MigrateReport, MigrateSkipReport, RecordMeta, RecordRef, Snapshot, Tree,
+};
 
 /// Re-exports used by the code `#[rekord::record]` generates. Not a public API.
 #[doc(hidden)]

@@ -626,3 +626,239 @@ fn for_each_visits_the_same_records_as_iter() -> rekord::Result<()> {
     assert_eq!(some, keys[1..=3].to_vec());
     Ok(())
 }
+
+mod named_a {
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Dims {
+        pub w: f32,
+        pub h: f32,
+    }
+
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Kind {
+        Plain,
+        Sized(Dims),
+    }
+
+    #[rekord::record(tree = "renamed", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Widget {
+        pub name: String,
+        pub dims: Option<Dims>,
+        pub kind: Kind,
+    }
+}
+
+mod named_b {
+    // `named_a` with every type renamed: the same schema.
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Size {
+        pub w: f32,
+        pub h: f32,
+    }
+
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Sort {
+        Plain,
+        Sized(Size),
+    }
+
+    #[rekord::record(tree = "renamed", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct WidgetV1 {
+        pub name: String,
+        pub dims: Option<Size>,
+        pub kind: Sort,
+    }
+}
+
+mod named_c {
+    // Renamed, and a nested field retyped: a real change.
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Size {
+        pub w: f64,
+        pub h: f32,
+    }
+
+    #[rekord::data]
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Sort {
+        Plain,
+        Sized(Size),
+    }
+
+    #[rekord::record(tree = "renamed", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct WidgetV1 {
+        pub name: String,
+        pub dims: Option<Size>,
+        pub kind: Sort,
+    }
+}
+
+#[test]
+fn renaming_record_and_data_types_changes_nothing() -> rekord::Result<()> {
+    use named_a::{Dims, Kind, Widget};
+    use named_b::{Size, Sort, WidgetV1};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.rekord");
+    let k = {
+        let db = Db::open(&path)?;
+        db.tree::<Widget>()?.create(&Widget {
+            name: "w".into(),
+            dims: Some(Dims { w: 1.0, h: 2.0 }),
+            kind: Kind::Sized(Dims { w: 3.0, h: 4.0 }),
+        })?
+    };
+    let db = Db::open(&path)?;
+    let renamed = db.tree::<WidgetV1>()?;
+    let k1 = Key::<WidgetV1>::new(k.id(), k.rev());
+    assert_eq!(
+        renamed.get(k1)?,
+        WidgetV1 {
+            name: "w".into(),
+            dims: Some(Size { w: 1.0, h: 2.0 }),
+            kind: Sort::Sized(Size { w: 3.0, h: 4.0 }),
+        }
+    );
+    assert_eq!(renamed.with(k1, |w| w.name.len())?, 1);
+    renamed.update(k1, |w| w.kind = Sort::Plain)?;
+    // Both names work side by side; the stored schema keeps the first names.
+    assert_eq!(db.tree::<Widget>()?.get(k)?.kind, Kind::Plain);
+    let schemas = db.schemas("renamed")?;
+    assert_eq!(schemas.len(), 1);
+    assert_eq!(
+        schemas[0].root,
+        rekord::schema::Type::Named("Widget".into())
+    );
+    // A real change under new names is still refused, named in the stored names.
+    match db.tree::<named_c::WidgetV1>() {
+        Err(Error::SchemaChanged { changes, .. }) => {
+            assert_eq!(
+                changes,
+                vec!["field `Dims.w` changed type from f32 to f64".to_string()]
+            );
+        }
+        other => panic!("expected SchemaChanged, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_redb_file_of_another_application_is_refused_and_left_untouched() -> rekord::Result<()> {
+    use redb::{ReadableDatabase, TableHandle};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.redb");
+    {
+        let other = redb::Database::create(&path).unwrap();
+        let txn = other.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("app.users"))
+            .unwrap()
+            .insert("ann", 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = Db::open(&path).unwrap_err();
+    match &err {
+        Error::NotRekord { reason, .. } => assert!(reason.contains("app.users"), "{reason}"),
+        other => panic!("expected NotRekord, got {other:?}"),
+    }
+    assert!(
+        err.to_string().starts_with("not a rekord database: "),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is untouched"
+    );
+    let other = redb::Database::create(&path).unwrap();
+    let tables: Vec<String> = other
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert_eq!(tables, ["app.users"]);
+    drop(other);
+    // A redb file without any table (just created) is initialised.
+    let empty = dir.path().join("empty.redb");
+    drop(redb::Database::create(&empty).unwrap());
+    let db = Db::open(&empty)?;
+    db.tree::<Supplier>()?
+        .create(&Supplier { name: "a".into() })?;
+    Ok(())
+}
+
+#[test]
+fn open_errors_are_worded_with_the_storage_error_as_source() -> rekord::Result<()> {
+    use std::error::Error as _;
+    let dir = tempfile::tempdir().unwrap();
+    // Not a redb file at all.
+    let noise = dir.path().join("noise.bin");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&noise, &bytes).unwrap();
+    let err = Db::open(&noise).unwrap_err();
+    assert!(matches!(err, Error::NotRekord { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with("not a rekord database: "),
+        "{err}"
+    );
+    assert!(err.source().is_some(), "redb's error is attached");
+    assert_eq!(
+        std::fs::read(&noise).unwrap(),
+        bytes,
+        "the file is untouched"
+    );
+    // A rekord file cut in half.
+    let cut = dir.path().join("cut.rekord");
+    {
+        let db = Db::open(&cut)?;
+        let parts = db.tree::<Part>()?;
+        for i in 0..200 {
+            parts.create(&part(&format!("p{i}"), i))?;
+        }
+    }
+    let len = std::fs::metadata(&cut).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = Db::open(&cut).unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the file is truncated or damaged: "),
+        "{err}"
+    );
+    assert!(err.source().is_some(), "redb's error is attached");
+    // A file another handle has open.
+    let locked = dir.path().join("locked.rekord");
+    let _first = Db::open(&locked)?;
+    let err = Db::open(&locked).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the file is locked by another process or handle"),
+        "{err}"
+    );
+    assert!(err.source().is_some(), "redb's error is attached");
+    Ok(())
+}

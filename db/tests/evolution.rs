@@ -134,7 +134,8 @@ fn a_failing_user_migration_is_a_typed_error() -> rekord::Result<()> {
         }
         other => panic!("expected Migration, got {other:?}"),
     }
-    // migrate stops at the failing record with the same error, leaving the rest readable.
+    // migrate stops at the failing record with the same error, leaving the rest readable
+    // (migrate_skipping goes on: see below).
     assert!(matches!(g3.migrate(|_| {}), Err(Error::Migration { .. })));
     assert!(db.tree::<v1::Gadget>()?.get(k1).is_ok());
     Ok(())
@@ -311,5 +312,210 @@ fn enum_variants_evolve_by_name() -> rekord::Result<()> {
         }
         other => panic!("expected Incompatible, got {other:?}"),
     }
+    Ok(())
+}
+
+/// What an indexer of `T` saw: (kind, replay, old, new, old unreadable, new unreadable).
+type Seen<V> = Vec<(EventKind, bool, Option<V>, Option<V>, bool, bool)>;
+
+fn watch<T: rekord::Record, V: Send + 'static>(
+    db: &Db,
+    read: fn(&rekord::Archived<T>) -> V,
+) -> rekord::Result<std::sync::Arc<std::sync::Mutex<Seen<V>>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    db.register_indexer::<T, _>(move |c: &rekord::Change<'_, T>| {
+        s.lock().unwrap().push((
+            c.kind,
+            c.replay,
+            c.old.map(read),
+            c.new.map(read),
+            c.old_error.is_some(),
+            c.new_error.is_some(),
+        ));
+    })?;
+    Ok(seen)
+}
+
+fn cents(g: &rekord::Archived<v3::Gadget>) -> (String, u64) {
+    (g.name.to_string(), g.price_cents.to_native())
+}
+
+#[test]
+fn indexers_of_newer_code_see_older_records_migrated() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let g1 = db.tree::<v1::Gadget>()?;
+    let a = g1.create(&old("lamp", "1250"))?;
+    let b = g1.create(&old("desk", "9900"))?;
+    let seen = watch::<v3::Gadget, _>(&db, cents)?;
+    let lamp = Some(("lamp".to_string(), 1250));
+    let desk = Some(("desk".to_string(), 9900));
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        vec![
+            (EventKind::Created, true, None, lamp.clone(), false, false),
+            (EventKind::Created, true, None, desk.clone(), false, false),
+        ],
+        "replay passes v1 records as migrated copies"
+    );
+    // A v3 update of a v1 record: `old` is the migrated v1 record.
+    let g3 = db.tree::<v3::Gadget>()?;
+    g3.update(same(a), |g| g.price_cents = 1300)?;
+    // A release of a v1 record (header only, still stored as v1): `new` is a migrated copy.
+    g1.release(b)?;
+    assert_eq!(g3.meta(same(b))?.version, 1);
+    // Migration itself: old v1, new v3, both seen as v3.
+    g1.create(&old("chair", "500"))?;
+    g3.migrate(|_| {})?;
+    let chair = Some(("chair".to_string(), 500));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0],
+        (
+            EventKind::Updated,
+            false,
+            lamp,
+            Some(("lamp".to_string(), 1300)),
+            false,
+            false
+        )
+    );
+    assert_eq!(
+        seen[1],
+        (EventKind::Released, false, None, desk, false, false)
+    );
+    assert_eq!(
+        seen[2],
+        (EventKind::Created, false, None, chair.clone(), false, false)
+    );
+    assert_eq!(
+        seen[3..],
+        [
+            (
+                EventKind::Migrated { from: 1, to: 3 },
+                false,
+                Some(("desk".to_string(), 9900)),
+                Some(("desk".to_string(), 9900)),
+                false,
+                false
+            ),
+            (
+                EventKind::Migrated { from: 1, to: 3 },
+                false,
+                chair.clone(),
+                chair,
+                false,
+                false
+            ),
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn indexers_of_older_code_see_newer_records_projected() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let g3 = db.tree::<v3::Gadget>()?;
+    let k = g3.create(&v3::Gadget {
+        name: "desk".into(),
+        price_cents: 9900,
+        color: Some("oak".into()),
+        stock: 2,
+    })?;
+    let color = |g: &rekord::Archived<v2::Gadget>| g.color.as_ref().map(|c| c.to_string());
+    let seen = watch::<v2::Gadget, _>(&db, color)?;
+    g3.update(k, |g| g.color = Some("ash".into()))?;
+    g3.remove(k)?;
+    let oak = Some(Some("oak".to_string()));
+    let ash = Some(Some("ash".to_string()));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (EventKind::Created, true, None, oak.clone(), false, false),
+            (EventKind::Updated, false, oak, ash.clone(), false, false),
+            (EventKind::Removed, false, ash, None, false, false),
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn indexers_are_told_when_a_record_cannot_be_converted() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let g1 = db.tree::<v1::Gadget>()?;
+    let k = g1.create(&old("bad", "twelve"))?;
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let e = errors.clone();
+    db.register_indexer::<v3::Gadget, _>(move |c: &rekord::Change<'_, v3::Gadget>| {
+        assert!(c.unreadable());
+        let show = |x: Option<&Error>| x.map(|x| matches!(x, Error::Migration { .. }));
+        e.lock().unwrap().push((
+            c.kind,
+            c.old.is_some(),
+            c.new.is_some(),
+            show(c.old_error),
+            show(c.new_error),
+            c.meta.map(|m| m.version),
+        ));
+    })?;
+    g1.update(k, |g| g.name = "worse".into())?;
+    assert_eq!(
+        *errors.lock().unwrap(),
+        vec![
+            (EventKind::Created, false, false, None, Some(true), Some(1)),
+            (
+                EventKind::Updated,
+                false,
+                false,
+                Some(true),
+                Some(true),
+                Some(1)
+            ),
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn migrate_skipping_goes_past_records_it_cannot_convert_and_retries_them() -> rekord::Result<()> {
+    let db = Db::memory()?;
+    let g1 = db.tree::<v1::Gadget>()?;
+    let keys: Vec<Key<v1::Gadget>> = ["10", "20", "twelve", "40", "50"]
+        .iter()
+        .map(|p| g1.create(&old("g", p)))
+        .collect::<Result<_, _>>()?;
+    let bad = keys[2];
+    let g3 = db.tree::<v3::Gadget>()?;
+    let mut seen = Vec::new();
+    let run = g3.migrate_skipping_with(2, |p| seen.push((p.done, p.total)))?;
+    assert_eq!(seen, vec![(0, 5), (2, 5), (4, 5), (5, 5)]);
+    assert_eq!(
+        run.report,
+        rekord::MigrateReport {
+            migrated: 4,
+            current: 0,
+            newer: 0
+        }
+    );
+    assert_eq!(run.skipped.len(), 1);
+    let (key, err) = &run.skipped[0];
+    assert_eq!(*key, same(bad));
+    assert!(
+        matches!(err, Error::Migration { from: 1, to: 3, reason, .. } if reason.contains("twelve")),
+        "{err:?}"
+    );
+    // The others are migrated, the skipped one is untouched and still readable as v1.
+    for k in keys.iter().filter(|k| **k != bad) {
+        assert_eq!(g3.meta(same(*k))?.version, 3);
+    }
+    assert_eq!(g3.meta(same(bad))?.version, 1);
+    assert_eq!(g1.get(bad)?, old("g", "twelve"));
+    // Fixed, a second run migrates it.
+    g1.update(bad, |g| g.price = "30".into())?;
+    let again = g3.migrate_skipping(|_| {})?;
+    assert!(again.skipped.is_empty());
+    assert_eq!(again.report.migrated, 1);
+    assert_eq!(again.report.current, 4);
+    assert_eq!(g3.get(same(bad))?.price_cents, 30);
     Ok(())
 }

@@ -771,7 +771,8 @@ impl Store {
             let mut schemas = txn.open_table(SCHEMAS)?;
             let existing = schemas.get((tree, version))?.map(|g| g.value().to_owned());
             if let Some(existing) = existing {
-                let same = rekord::Schema::from_ron(&existing).is_ok_and(|old| old == schema);
+                let same =
+                    rekord::Schema::from_ron(&existing).is_ok_and(|old| old.same_shape(&schema));
                 return Ok(if same {
                     Ok(())
                 } else {

@@ -2,8 +2,14 @@
 
 use super::{Field, Schema, Type, TypeDef, VariantKind};
 
-/// Lists what changed from `old` to `new`, one short sentence each (at most 8).
+/// Lists what changed from `old` to `new`, one short sentence each (at most 8). Renamed
+/// types are not changes (see [`Schema::same_shape`]): `new`'s types are compared with
+/// `old`'s types at the same places, whatever their names.
 pub fn describe_changes(old: &Schema, new: &Schema) -> Vec<String> {
+    if old.same_shape(new) {
+        return Vec::new();
+    }
+    let new = &super::shape::aligned(old, new);
     let mut out = Vec::new();
     if old.root != new.root {
         out.push(format!(
@@ -24,7 +30,7 @@ pub fn describe_changes(old: &Schema, new: &Schema) -> Vec<String> {
             out.push(format!("type `{name}` was removed"));
         }
     }
-    if out.is_empty() && old != new {
+    if out.is_empty() {
         out.push("the schema changed".into());
     }
     out.truncate(8);

@@ -9,6 +9,7 @@
 mod describe;
 mod diff;
 pub mod dynamic;
+mod shape;
 
 pub use diff::describe_changes;
 

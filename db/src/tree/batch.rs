@@ -9,7 +9,7 @@ use crate::proto::{Change, ChangeKind};
 use crate::schema::{Schema, describe_changes};
 use crate::storage::{HEADER_LEN, Header, META, PENDING, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use std::any::TypeId;
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -168,7 +168,9 @@ impl<'db> Batch<'db> {
                     version: T::VERSION,
                     reason: e.to_string(),
                 })?;
-                if stored != schema {
+                // Type names are not part of the layout: a renamed type is the same schema
+                // (the stored one keeps the names it was first stored with).
+                if !stored.same_shape(&schema) {
                     return Err(Error::SchemaChanged {
                         tree: T::TREE.to_owned(),
                         version: T::VERSION,
@@ -402,12 +404,18 @@ impl<'db> Batch<'db> {
                 Some(b) => (b.0.as_deref(), b.1.as_deref()),
                 None => (None, None),
             };
+            let schemas = |version| {
+                evolve::writer_schema(state, version, || {
+                    evolve::read_schemas(&db.redb.begin_read()?)
+                })
+            };
             let change = RawChange {
                 key: p.key,
                 kind: p.kind,
                 replay: false,
                 old,
                 new,
+                schemas: &schemas,
             };
             let mut slots = lock(&state.indexers);
             slots.retain_mut(|s| s.call(&state.name, &change));
@@ -473,6 +481,9 @@ impl<'db> Batch<'db> {
     ) -> Result<IndexerStatus> {
         let mut slot = IndexerSlot::new::<T, I>(indexer);
         {
+            let txn = &self.txn;
+            let schemas =
+                |version| evolve::writer_schema(state, version, || Ok(txn.open_table(SCHEMAS)?));
             let table = self.txn.open_table(state.def())?;
             for row in table.iter()? {
                 let (k, v) = row?;
@@ -482,6 +493,7 @@ impl<'db> Batch<'db> {
                     replay: true,
                     old: None,
                     new: Some(v.value()),
+                    schemas: &schemas,
                 };
                 if !slot.call(&state.name, &change) {
                     return Err(Error::IndexerPanicked {
@@ -496,6 +508,16 @@ impl<'db> Batch<'db> {
         state.has_indexers.store(true, Ordering::Release);
         Ok(status)
     }
+}
+
+/// What [`BatchTree::migrate_one`] did with one record.
+pub(crate) enum MigrateOne {
+    /// Rewritten in the current version.
+    Done,
+    /// Nothing to do (gone, or not older).
+    Nothing,
+    /// Left as it is: it cannot be converted, for this reason.
+    Skipped(Error),
 }
 
 /// One tree inside a [`Batch`], with its table kept open; see [`Batch::tree`].
@@ -982,18 +1004,26 @@ impl<T: Record> BatchTree<'_, T> {
         Ok(())
     }
 
-    /// Rewrites one record stored with an older schema version in the current one; `false`
-    /// if there was nothing to do (gone, or not older).
-    pub(crate) fn migrate_one(&mut self, k: RawKey) -> Result<bool> {
+    /// Rewrites one record stored with an older schema version in the current one. With
+    /// `skip`, a record that cannot be converted (its conversion fails, it does not fit,
+    /// its bytes are corrupt) is left as it is and its error returned as
+    /// [`MigrateOne::Skipped`] instead of failing.
+    pub(crate) fn migrate_one(&mut self, k: RawKey, skip: bool) -> Result<MigrateOne> {
         let (h, old) = match self.load(k) {
             Ok(v) => v,
-            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(Error::NotFound { .. }) => return Ok(MigrateOne::Nothing),
             Err(e) => return Err(e),
         };
         if h.version >= T::VERSION {
-            return Ok(false);
+            return Ok(MigrateOne::Nothing);
         }
-        let record = self.decode(k, &h, &old)?;
+        let record = match self.decode(k, &h, &old) {
+            Ok(r) => r,
+            Err(
+                e @ (Error::Migration { .. } | Error::Incompatible { .. } | Error::Corrupt { .. }),
+            ) if skip => return Ok(MigrateOne::Skipped(e)),
+            Err(e) => return Err(e),
+        };
         let value = evolve::reencode(&record, &h)?;
         self.store(k, &value)?;
         let keep = self.state.has_indexers.load(Ordering::Relaxed);
@@ -1007,7 +1037,7 @@ impl<T: Record> BatchTree<'_, T> {
             keep.then_some(old),
             keep.then_some(&value[..]),
         );
-        Ok(true)
+        Ok(MigrateOne::Done)
     }
 
     /// Reads a record as the batch sees it.

@@ -71,6 +71,17 @@ pub(crate) fn decode_record<T: Record, S: SchemaTable>(
     h: &Header,
     data: &[u8],
 ) -> Result<T> {
+    decode_with::<T>(|v| writer_schema(state, v, schemas), key, h, data)
+}
+
+/// [`decode_record`] with the stored schema of a version given by `schema` (only called
+/// when the dynamic path is needed).
+pub(crate) fn decode_with<T: Record>(
+    schema: impl FnOnce(u32) -> Result<Arc<Schema>>,
+    key: RawKey,
+    h: &Header,
+    data: &[u8],
+) -> Result<T> {
     if h.version == T::VERSION {
         let a = T::__access(data).map_err(|e| corrupt::<T>(key, e))?;
         return T::__deserialize(a).map_err(|e| corrupt::<T>(key, e));
@@ -89,7 +100,7 @@ pub(crate) fn decode_record<T: Record, S: SchemaTable>(
             },
         });
     }
-    let schema = writer_schema(state, h.version, schemas)?;
+    let schema = schema(h.version)?;
     let value = dynamic::decode(&schema, data).map_err(|e| corrupt::<T>(key, e))?;
     dynamic::from_value::<T>(value).map_err(|e| Error::Incompatible {
         tree: T::TREE.to_owned(),

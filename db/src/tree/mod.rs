@@ -48,7 +48,7 @@ impl From<Header> for RecordMeta {
 /// Progress of [`Tree::migrate`]: records migrated so far, out of `total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MigrateProgress {
-    /// Records migrated so far.
+    /// Records migrated so far (with [`Tree::migrate_skipping`], also the records skipped).
     pub done: u64,
     /// Records that needed migration when it started.
     pub total: u64,
@@ -63,6 +63,20 @@ pub struct MigrateReport {
     pub current: u64,
     /// Records written by a newer version, left alone.
     pub newer: u64,
+}
+
+/// What [`Tree::migrate_skipping`] did: the counts, and the records it could not convert.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct MigrateSkipReport<T: Record> {
+    /// Records migrated, already current, and newer (as [`Tree::migrate`] counts them; the
+    /// skipped records are not in `migrated`).
+    pub report: MigrateReport,
+    /// The records whose conversion failed ([`Error::Migration`], [`Error::Incompatible`]
+    /// or [`Error::Corrupt`]), in key order, with the error. They are left as they were,
+    /// in their old version (readable by projection where that fits); fix the conversion
+    /// or the records, and run the migration again to retry them.
+    pub skipped: Vec<(Key<T>, Error)>,
 }
 
 /// The typed handle of one tree. Cheap to clone.
@@ -377,12 +391,46 @@ impl<T: Record> Tree<T> {
     /// again continues with what is left. Migration changes the stored layout, not the
     /// record's value, so it also rewrites released revisions and needs no borrows. Records
     /// written by a *newer* version are left alone and counted in [`MigrateReport::newer`].
+    ///
+    /// The first record that cannot be converted stops the migration with its error
+    /// (batches committed before stay committed); [`Tree::migrate_skipping`] goes on instead.
     pub fn migrate_with(
         &self,
         batch_size: usize,
-        mut progress: impl FnMut(MigrateProgress),
+        progress: impl FnMut(MigrateProgress),
     ) -> Result<MigrateReport> {
+        Ok(self.run_migration(batch_size, false, progress)?.report)
+    }
+
+    /// [`Tree::migrate`] that does not stop at records it cannot convert (a failing
+    /// `TryFrom`, a record that does not fit by projection, corrupt bytes): it leaves them
+    /// as they were and lists them, with their errors, in [`MigrateSkipReport::skipped`].
+    /// Running it (or `migrate`) again retries them. Storage errors still stop it.
+    pub fn migrate_skipping(
+        &self,
+        progress: impl FnMut(MigrateProgress),
+    ) -> Result<MigrateSkipReport<T>> {
+        self.migrate_skipping_with(1000, progress)
+    }
+
+    /// [`Tree::migrate_skipping`] in batches of `batch_size` records (see
+    /// [`Tree::migrate_with`]).
+    pub fn migrate_skipping_with(
+        &self,
+        batch_size: usize,
+        progress: impl FnMut(MigrateProgress),
+    ) -> Result<MigrateSkipReport<T>> {
+        self.run_migration(batch_size, true, progress)
+    }
+
+    fn run_migration(
+        &self,
+        batch_size: usize,
+        skip: bool,
+        mut progress: impl FnMut(MigrateProgress),
+    ) -> Result<MigrateSkipReport<T>> {
         let mut report = MigrateReport::default();
+        let mut skipped = Vec::new();
         let mut todo = Vec::new();
         {
             let snap = self.snapshot()?;
@@ -407,18 +455,20 @@ impl<T: Record> Tree<T> {
             {
                 let mut t = b.tree::<T>()?;
                 for &k in chunk {
-                    if t.migrate_one(k)? {
-                        report.migrated += 1;
+                    match t.migrate_one(k, skip)? {
+                        batch::MigrateOne::Done => report.migrated += 1,
+                        batch::MigrateOne::Nothing => {}
+                        batch::MigrateOne::Skipped(e) => skipped.push((Key::new(k.id, k.rev), e)),
                     }
                 }
             }
             b.commit()?;
             progress(MigrateProgress {
-                done: report.migrated,
+                done: report.migrated + skipped.len() as u64,
                 total,
             });
         }
-        Ok(report)
+        Ok(MigrateSkipReport { report, skipped })
     }
 
     /// Registers an indexer for this tree; see [`Db::register_indexer`].
