@@ -355,7 +355,7 @@ async fn a_client_may_subscribe_to_a_subset_of_trees() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_bad_token_is_refused_with_an_event_and_borrow_says_offline() {
+async fn a_bad_token_is_refused_with_an_event_and_waits_say_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = Running::start(dir.path());
     let cfg = config(&server, "not-a-token");
@@ -367,9 +367,10 @@ async fn a_bad_token_is_refused_with_an_event_and_borrow_says_offline() {
             _ => None,
         });
         assert!(reason.contains("token"), "{reason}");
+        // A refusal, not an outage.
         assert!(matches!(
             db.wait_caught_up(Duration::from_millis(50)),
-            Err(Error::Offline { .. })
+            Err(Error::Refused { .. })
         ));
         // No ids without a server: a clear error, not a panic.
         assert!(matches!(

@@ -323,6 +323,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         stale_reported: false,
         sent_before: 0,
         received_before: 0,
+        interrupted: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -419,6 +420,19 @@ struct Client {
     /// Bytes sent and received by earlier sessions.
     sent_before: u64,
     received_before: u64,
+    /// A borrow to ask again on the next connection.
+    interrupted: Option<Interrupted>,
+}
+
+/// A borrow the loss of the connection interrupted, asked again after reconnecting.
+struct Interrupted {
+    tree: String,
+    key: RawKey,
+    reply: async_channel::Sender<Result<()>>,
+    /// When the application stops waiting for a new connection.
+    deadline: Instant,
+    /// Why the connection was lost.
+    reason: String,
 }
 
 /// An outbox entry the server refused with a conflict, and the server's version.
@@ -553,7 +567,21 @@ impl Client {
                     last_refusal = None;
                     self.session(session).await
                 }
-                Err(end) => end,
+                Err(end) => {
+                    // Reconnecting failed: an interrupted borrow is answered now.
+                    if let Some(i) = self.interrupted.take() {
+                        let (what, reason) = ("borrowing", i.reason);
+                        let error = match &end {
+                            End::Refused(r) => Error::Refused {
+                                what,
+                                reason: r.clone(),
+                            },
+                            _ => Error::Offline { what, reason },
+                        };
+                        let _ = i.reply.try_send(Err(error));
+                    }
+                    end
+                }
             };
             let (reason, refused) = match end {
                 End::Closed => return,
@@ -700,6 +728,10 @@ impl Client {
         );
         self.ensure_ranges(s).await?;
         self.flush(s).await?;
+        if let Some(i) = self.interrupted.take() {
+            self.answer_borrow(s, i.tree, i.key, i.reply, i.deadline)
+                .await?;
+        }
         // After this long without a push, a ping checks that the server is still there (a
         // server that vanished without closing is noticed within about `idle_timeout`).
         let quiet = (self.config.idle_timeout / 2).max(Duration::from_millis(50));
@@ -722,23 +754,8 @@ impl Client {
             match wakeup {
                 Wakeup::Command(None) => return Err(End::Closed),
                 Wakeup::Command(Some(Command::Borrow { tree, key, reply })) => {
-                    let result = self.borrow(s, &tree, key).await;
-                    match result {
-                        Ok(answer) => {
-                            let _ = reply.try_send(answer);
-                        }
-                        Err(end) => {
-                            let reason = match &end {
-                                End::Lost(r) | End::Refused(r) => r.clone(),
-                                End::Closed => "the database is closing".into(),
-                            };
-                            let _ = reply.try_send(Err(Error::Offline {
-                                what: "borrowing",
-                                reason,
-                            }));
-                            return Err(end);
-                        }
-                    }
+                    let deadline = Instant::now() + self.config.timeout;
+                    self.answer_borrow(s, tree, key, reply, deadline).await?;
                 }
                 Wakeup::Outbox => {
                     self.flush(s).await?;
@@ -761,6 +778,55 @@ impl Client {
                     }
                 }
                 Wakeup::Push(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Asks the server for a borrow and answers the application. A borrow the loss of the
+    /// connection interrupted is kept and asked again on the next connection, until
+    /// `deadline` (the application hears of an outage only when reconnecting fails or takes
+    /// too long, not because one connection broke).
+    async fn answer_borrow(
+        &mut self,
+        s: &mut Session,
+        tree: String,
+        key: RawKey,
+        reply: async_channel::Sender<Result<()>>,
+        deadline: Instant,
+    ) -> std::result::Result<(), End> {
+        match self.borrow(s, &tree, key).await {
+            Ok(answer) => {
+                let _ = reply.try_send(answer);
+                Ok(())
+            }
+            Err(End::Lost(reason)) if Instant::now() < deadline && !reply.is_closed() => {
+                tracing::debug!(%reason, %tree, %key, "rekord sync: a borrow was interrupted; asking again after reconnecting");
+                self.interrupted = Some(Interrupted {
+                    tree,
+                    key,
+                    reply,
+                    deadline,
+                    reason: reason.clone(),
+                });
+                Err(End::Lost(reason))
+            }
+            Err(end) => {
+                let error = match &end {
+                    End::Refused(r) => Error::Refused {
+                        what: "borrowing",
+                        reason: r.clone(),
+                    },
+                    End::Lost(r) => Error::Offline {
+                        what: "borrowing",
+                        reason: r.clone(),
+                    },
+                    End::Closed => Error::Offline {
+                        what: "borrowing",
+                        reason: "the database is closing".into(),
+                    },
+                };
+                let _ = reply.try_send(Err(error));
+                Err(end)
             }
         }
     }

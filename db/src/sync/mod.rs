@@ -32,8 +32,30 @@
 //!   changes (with [`crate::RecordEvent::origin`] the other replica), reach indexers and
 //!   invalidate the hot cache. Record bytes from the server are checked against their
 //!   schema before they are stored; schemas of versions other clients wrote are fetched.
+//! - **Durability of the sync client's own bookkeeping.** Applied server changes, settled
+//!   outbox entries and merges commit without waiting for the disk, and become durable
+//!   with the next application write, after at most 250 ms of quiet, when the database is
+//!   closed, and always *before* the client sends the server anything it acts on for good
+//!   (the next outbox request: the server then forgets the answers to earlier entries, and
+//!   keeps a merged entry it accepted). A crash at any instant therefore loses at most
+//!   commits the server has not heard of: the replica reopens, asks again, and converges
+//!   to exactly the server's state (`server/tests/merge_seams.rs` kills replicas at random
+//!   instants around merges to check it).
+//! - **Closing.** Dropping the application's last handle ([`crate::Db`] or a
+//!   [`crate::Tree`]) stops the sync thread, makes its commits durable and closes the file
+//!   before the drop returns: the same file can be opened again at once, and
+//!   [`SyncStatus::outbox`] at the next open counts only entries the server has not
+//!   acknowledged.
+//! - **Refusals** (an unknown or revoked token, another application, an unsupported
+//!   protocol version, a server other than the pinned one) are not outages:
+//!   [`SyncStatus::refused`] says why, and waits, borrows and write-through writes fail at
+//!   once with [`crate::Error::Refused`] instead of [`crate::Error::Offline`] after their
+//!   timeout. A borrow interrupted by the loss of the connection is asked again after
+//!   reconnecting, within [`SyncConfig::timeout`].
 //! - **Events** [`crate::SyncEvent`]: connected, disconnected (with the retry delay),
 //!   refused, catch-up progress, caught up, outbox entry pushed or rejected.
+//!   [`crate::Db::open_synced_subscribed`] subscribes before the sync thread starts, so
+//!   not even the first event is missed.
 //!
 //! - **Optimistic trees** ([`SyncConfig::optimistic`], [`merge`]): edits without borrows,
 //!   concurrent edits merged per the tree's [`Merge`] strategy, every conflict reported
