@@ -181,8 +181,14 @@ pub const PUSH_QUEUE: usize = 4096;
 /// client reads nothing); a session that takes longer is closed with [`CLOSE_LAGGED`].
 pub const PUSH_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bound on a client's QUIC handshake plus its hello.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a client's QUIC handshake plus its hello (generous: a client on a machine
+/// whose cores are busy may take seconds).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server's idle timeout of a session: the longest a client may go quiet before the
+/// server forgets it (the client's own `idle_timeout`, 15 s by default, is what counts when
+/// it is shorter).
+pub const MAX_IDLE: Duration = Duration::from_secs(120);
 
 /// Bound on waiting for connections to close at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -566,7 +572,14 @@ fn tls_config(identity: &Identity) -> Result<quinn::ServerConfig, ServerError> {
         .map_err(|e| tls_error(&e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_error(&e))?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    // The server never drops a session for quiet before the client would (each side's
+    // limit is the smaller of the two): a client starved of CPU for a while stays
+    // connected for as long as its own idle timeout allows, and its bounded push queue.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(MAX_IDLE).ok());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
 
 /// Why a connection ended early.
@@ -595,6 +608,7 @@ async fn read_frame(
             Ok(Some(chunk)) => reader.push(&chunk.bytes),
             Ok(None) if reader.pending() == 0 => return Ok(None),
             Ok(None) => return Err(End::Protocol("the stream ended inside a frame".into())),
+            Err(quinn::ReadError::ConnectionLost(c)) => return Err(End::Gone(c.to_string())),
             Err(e) => return Err(End::Gone(e.to_string())),
         }
     }
@@ -602,9 +616,10 @@ async fn read_frame(
 
 async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), End> {
     let bytes = proto::encode(frame).map_err(|e| End::Internal(e.to_string()))?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| End::Gone(e.to_string()))
+    send.write_all(&bytes).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(c) => End::Gone(c.to_string()),
+        e => End::Gone(e.to_string()),
+    })
 }
 
 async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {

@@ -25,7 +25,7 @@ pub struct Part {
 
 const CLIENTS: usize = 50;
 const OPS: u32 = 20;
-const LIMIT: Duration = Duration::from_secs(120);
+const LIMIT: Duration = Duration::from_secs(240);
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -43,9 +43,13 @@ fn fifty_clients_keep_the_server_responsive_bounded_and_lossless() {
     let token = token(&data);
     let server = ServerProcess::start(&data, "127.0.0.1:0");
     let addr = server.addr;
+    // Slow clients are allowed (the test must hold on a machine whose cores are busy): a
+    // client starved of CPU keeps its session for a minute of silence, and a borrow that a
+    // lost connection interrupts is asked again for up to a minute.
     let cfg = SyncConfig::new(addr, APP, token)
         .retry(Retry::default().initial(Duration::from_millis(20)))
-        .timeout(Duration::from_secs(30));
+        .timeout(Duration::from_secs(60))
+        .idle_timeout(Duration::from_secs(60));
     // Every record created, and the last value its holder wrote (acknowledged writes).
     let keys: Arc<Mutex<Vec<Key<Part>>>> = Arc::default();
     let last: Arc<Mutex<BTreeMap<u64, u32>>> = Arc::default();

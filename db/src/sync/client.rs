@@ -568,8 +568,13 @@ impl Client {
                     self.session(session).await
                 }
                 Err(end) => {
-                    // Reconnecting failed: an interrupted borrow is answered now.
-                    if let Some(i) = self.interrupted.take() {
+                    // Reconnecting failed: an interrupted borrow is answered once the
+                    // server refuses this client or its deadline passed; until then the
+                    // client keeps reconnecting for it.
+                    let give_up = self.interrupted.as_ref().is_some_and(|i| {
+                        matches!(end, End::Refused(_)) || Instant::now() >= i.deadline
+                    });
+                    if give_up && let Some(i) = self.interrupted.take() {
                         let (what, reason) = ("borrowing", i.reason);
                         let error = match &end {
                             End::Refused(r) => Error::Refused {
@@ -588,7 +593,11 @@ impl Client {
                 End::Lost(r) => (r, false),
                 End::Refused(r) => (r, true),
             };
-            let delay = self.config.retry.delay(attempt, unit_random());
+            let mut delay = self.config.retry.delay(attempt, unit_random());
+            if let Some(i) = &self.interrupted {
+                // Try once more right at the deadline of an interrupted borrow, at the latest.
+                delay = delay.min(i.deadline.saturating_duration_since(Instant::now()));
+            }
             attempt = attempt.saturating_add(1);
             tracing::debug!(%reason, ?delay, "rekord sync: offline");
             self.link.update(|s| {

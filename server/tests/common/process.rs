@@ -19,12 +19,23 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `rekord-server run` on `listen` (port 0: any).
     pub fn start(data: &Path, listen: &str) -> ServerProcess {
+        // REKORD_TEST_SERVER_LOG=<file>: the server's log goes there (append).
+        let stderr = match std::env::var_os("REKORD_TEST_SERVER_LOG") {
+            Some(file) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .unwrap(),
+            ),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(BIN)
             .arg("--data")
             .arg(data)
             .args(["run", "--listen", listen, "--app", APP])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
