@@ -13,6 +13,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// The largest unclean file whose ownership is checked on a repaired copy in memory before
+/// it is opened for writing (see `Db::open_redb`).
+#[cfg(not(target_arch = "wasm32"))]
+const PROBE_COPY_LIMIT: u64 = 256 << 20;
+
 /// The holder number of this replica in a standalone database.
 pub const LOCAL_REPLICA: u32 = 1;
 
@@ -362,13 +367,41 @@ impl Db {
         if existing {
             match redb::ReadOnlyDatabase::open(path) {
                 Ok(probe) => Db::check_ours(&probe.begin_read()?, shown)?,
-                // Needs recovery (not closed cleanly): the writable open below repairs it,
-                // and `init` checks the result before writing anything of rekord's.
-                Err(redb::DatabaseError::RepairAborted) => {}
+                // Needs recovery (not closed cleanly): repair a copy in memory and check
+                // that, so a crashed file of another application is refused untouched too.
+                // (A file too large to copy is repaired in place by the writable open below,
+                // and `init` checks the result before writing anything of rekord's.)
+                Err(redb::DatabaseError::RepairAborted) => Db::probe_copy(path, shown)?,
                 Err(e) => return Err(Error::opening(shown, e)),
             }
         }
         storage::open_file(path).map_err(|e| Error::opening(shown, e))
+    }
+
+    /// Checks an unclean file (one that needs recovery) by recovering a copy of it in
+    /// memory, when it is at most [`PROBE_COPY_LIMIT`] bytes.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn probe_copy(path: &std::path::Path, shown: &str) -> Result<()> {
+        use redb::StorageBackend as _;
+        let too_large = std::fs::metadata(path).map_or(true, |m| m.len() > PROBE_COPY_LIMIT);
+        if too_large {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| {
+            Error::opening(
+                shown,
+                redb::DatabaseError::Storage(redb::StorageError::Io(e)),
+            )
+        };
+        let bytes = std::fs::read(path).map_err(io)?;
+        let copy = redb::backends::InMemoryBackend::new();
+        copy.set_len(bytes.len() as u64).map_err(io)?;
+        copy.write(0, &bytes).map_err(io)?;
+        drop(bytes);
+        let probe = redb::Builder::new()
+            .create_with_backend(copy)
+            .map_err(|e| Error::opening(shown, e))?;
+        Db::check_ours(&probe.begin_read()?, shown)
     }
 
     /// Refuses a file that is not rekord's, before anything is written to it: a file with

@@ -306,3 +306,62 @@ fn a_subscription_made_at_open_sees_the_first_event() {
     drop(db);
     server.kill();
 }
+
+const FOREIGN_CHILD: &str = "REKORD_FOREIGN_CHILD";
+
+/// Entry point of a child process (a no-op in a normal test run): another application
+/// writes a redb file and dies without closing it (the file then needs recovery).
+#[test]
+fn foreign_writer_child() {
+    let Ok(path) = std::env::var(FOREIGN_CHILD) else {
+        return;
+    };
+    const T: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("accounts");
+    let db = redb::Database::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(T).unwrap();
+        for i in 0..100u64 {
+            t.insert(format!("acct{i}").as_str(), i).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    let mut txn = db.begin_write().unwrap();
+    txn.set_durability(redb::Durability::None).unwrap();
+    txn.open_table(T).unwrap().insert("late", 7).unwrap();
+    txn.commit().unwrap();
+    std::process::abort();
+}
+
+/// Found by the red team: a foreign file that needs recovery was repaired in place before
+/// it was refused. It must be refused byte for byte untouched, by both opens.
+#[test]
+fn an_unclean_file_of_another_application_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("other-app.redb");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "foreign_writer_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FOREIGN_CHILD, &path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child dies without closing the file");
+    let before = std::fs::read(&path).unwrap();
+    let r = Db::open(&path);
+    assert!(matches!(r, Err(Error::NotRekord { .. })), "{r:?}");
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "Db::open changed the file"
+    );
+    let r = Db::open_synced(&path, config("127.0.0.1:9".parse().unwrap(), "rk1_x"));
+    assert!(matches!(r, Err(Error::NotRekord { .. })), "{r:?}");
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "Db::open_synced changed the file"
+    );
+}

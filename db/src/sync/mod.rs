@@ -40,7 +40,11 @@
 //!   keeps a merged entry it accepted). A crash at any instant therefore loses at most
 //!   commits the server has not heard of: the replica reopens, asks again, and converges
 //!   to exactly the server's state (`server/tests/merge_seams.rs` kills replicas at random
-//!   instants around merges to check it).
+//!   instants around merges to check it). Events and indexer calls are sent after each
+//!   commit, lazy ones included: a replica killed before such a commit became durable
+//!   applies the same server changes again after reopening, so subscribers and indexers of
+//!   a synced database may see a remote change twice across a crash (never out of order,
+//!   never missing).
 //! - **Closing.** Dropping the application's last handle ([`crate::Db`] or a
 //!   [`crate::Tree`]) stops the sync thread, makes its commits durable and closes the file
 //!   before the drop returns: the same file can be opened again at once, and

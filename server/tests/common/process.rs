@@ -57,6 +57,14 @@ impl ServerProcess {
     }
 }
 
+/// A test that panics does not leave its server running.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn token(data: &Path) -> String {
     let out = Command::new(BIN)
         .arg("--data")
