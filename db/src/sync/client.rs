@@ -1471,11 +1471,17 @@ impl Client {
         tree: &str,
         key: RawKey,
     ) -> std::result::Result<Result<()>, End> {
-        // Returns queued before this borrow must reach the server first.
+        // Returns queued before this borrow must reach the server first, and their settling
+        // be durable: were it lost in a crash, the return would be sent again after the
+        // grant, and free the borrow granted now.
         self.flush(s).await?;
+        self.make_durable()?;
+        let subscribed =
+            self.config.trees.is_empty() || self.config.trees.iter().any(|t| t == tree);
         match s.borrow(tree, key.id).await {
-            Ok(0) => {
-                // Held already (by the server's word): make sure it shows here.
+            // Held already (by the server's word), or granted in a tree whose changes this
+            // replica does not receive (no push will bring the grant): make sure it shows here.
+            Ok(seq) if seq == 0 || !subscribed => {
                 let db = self.db()?;
                 let me = db.inner.replica.load(Ordering::Acquire);
                 let mut b = db.batch()?;
@@ -1498,6 +1504,8 @@ impl Client {
                         }
                     }
                 }
+                // The application is told it holds the record: that must survive a crash.
+                self.make_durable()?;
                 Ok(Ok(()))
             }
             Err(NetError::Remote(RemoteError::AlreadyBorrowed { holder, name })) => {
