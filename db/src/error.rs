@@ -311,6 +311,21 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// A write of a synced database too large to ever reach the server: a record over
+    /// [`crate::proto::MAX_RECORD`] bytes, or a batch whose changes together exceed what one
+    /// request carries ([`crate::proto::MAX_FRAME`] less room for framing). Nothing was
+    /// written.
+    #[error(
+        "this write was refused (nothing changed): {what} is {size} bytes, over the {limit} bytes a synced database can send to its server; split it into smaller records or batches"
+    )]
+    TooLarge {
+        /// What is too large (a record, named by tree and key, or a batch).
+        what: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A sync operation on a database that is not synced.
     #[error("{what} needs a synced database; open it with Db::open_synced")]
     NotSynced {

@@ -94,7 +94,11 @@ fn a_granted_borrow_survives_an_abort_right_after_borrow_returns() {
         }
         assert!(!child.wait().unwrap().success(), "the child aborts");
         let mut words = said.split_whitespace();
-        let id: u64 = words.next().expect("the child printed its key").parse().unwrap();
+        let id: u64 = words
+            .next()
+            .expect("the child printed its key")
+            .parse()
+            .unwrap();
         let me: u32 = words.next().unwrap().parse().unwrap();
         let k = Key::<A>::new(id, 0);
 
@@ -102,7 +106,10 @@ fn a_granted_borrow_survives_an_abort_right_after_borrow_returns() {
         let offline = config("127.0.0.1:9".parse().unwrap(), &token);
         let db = Db::open_synced(&path, offline).unwrap();
         let held = db.tree::<A>().unwrap().meta(k).unwrap().holder;
-        assert_eq!(held, me, "round {round}: the granted borrow was lost in the abort");
+        assert_eq!(
+            held, me,
+            "round {round}: the granted borrow was lost in the abort"
+        );
         drop(db);
 
         // Reopened against the server: nothing replayed frees it; nobody else gets it.

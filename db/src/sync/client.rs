@@ -904,13 +904,14 @@ impl Client {
         loop {
             // The next run of entries: one return, or up to `max_entries` consecutive
             // change entries of at most about `BATCH_BYTES`.
-            let (first, run, returned) = {
+            let (first, run, returned, oversized) = {
                 let db = self.db()?;
                 let txn = db.inner.redb.begin_read().map_err(Error::from)?;
                 let table = txn.open_table(OUTBOX).map_err(Error::from)?;
                 let mut first = 0;
                 let mut run: Vec<Vec<crate::proto::Change>> = Vec::new();
                 let mut returned = None;
+                let mut oversized = None;
                 let mut bytes = 0usize;
                 for row in table.iter().map_err(Error::from)? {
                     let (k, v) = row.map_err(Error::from)?;
@@ -924,6 +925,17 @@ impl Client {
                         break;
                     }
                     match outbox::decode(v.value())?.1 {
+                        // An entry no request can carry (written by a version that did not
+                        // check sizes at commit): set aside below, alone.
+                        Entry::Changes(changes)
+                            if let Some(e) =
+                                outbox::too_large(&changes, v.value().len() as u64) =>
+                        {
+                            if run.is_empty() {
+                                oversized = Some(e.to_string());
+                            }
+                            break;
+                        }
                         Entry::Changes(changes) => {
                             bytes += v.value().len();
                             run.push(changes);
@@ -936,8 +948,17 @@ impl Client {
                         }
                     }
                 }
-                (first, run, returned)
+                (first, run, returned, oversized)
             };
+            if let Some(reason) = oversized {
+                // Reported and kept aside like a write the server refused, so that later
+                // entries and incoming changes keep flowing.
+                let refusal = RemoteError::Invalid(format!("never sent: {reason}"));
+                let (refused, _) = self.settle(first, &[EntryOutcome::Rejected(refusal)])?;
+                self.resync(s, refused).await?;
+                self.processed(first);
+                continue;
+            }
             if let Some((tree, id)) = returned {
                 self.make_durable()?;
                 match s.return_borrow(&tree, id).await {

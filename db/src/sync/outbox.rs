@@ -7,7 +7,7 @@
 //! client, so a retry is idempotent. An entry leaves the outbox once the server processed
 //! it (accepted, or refused and kept aside).
 
-use crate::proto::Change;
+use crate::proto::{Change, ChangeKind};
 use crate::storage::{META, OUTBOX};
 
 /// `rekord.meta` key of the next outbox entry number (u64 LE).
@@ -161,6 +161,32 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Appends the entries of one committed batch inside its transaction; returns the first
 /// entry's number, how many, and their bytes.
+/// The largest stored outbox entry one request can carry: a frame, less room for the
+/// request's own framing.
+pub(crate) const MAX_ENTRY: u64 = crate::proto::MAX_FRAME as u64 - (64 << 10);
+
+/// Why `changes` (stored as `stored` bytes) can never be sent, if so.
+pub(crate) fn too_large(changes: &[Change], stored: u64) -> Option<crate::Error> {
+    for c in changes {
+        let size = match &c.kind {
+            ChangeKind::Put { data, .. } | ChangeKind::Edit { data, .. } => data.len(),
+            _ => 0,
+        };
+        if size > crate::proto::MAX_RECORD {
+            return Some(crate::Error::TooLarge {
+                what: format!("record {}@{} of tree `{}`", c.id, c.rev, c.tree),
+                size: size as u64,
+                limit: crate::proto::MAX_RECORD as u64,
+            });
+        }
+    }
+    (stored > MAX_ENTRY).then(|| crate::Error::TooLarge {
+        what: format!("a batch of {} changes", changes.len()),
+        size: stored,
+        limit: MAX_ENTRY,
+    })
+}
+
 pub(crate) fn enqueue(
     txn: &WriteTransaction,
     changes: &[Change],
@@ -204,7 +230,6 @@ pub(crate) fn enqueue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::ChangeKind;
 
     #[test]
     fn pending_rows_round_trip_and_damage_reads_as_nothing_waiting() {
@@ -247,5 +272,29 @@ mod tests {
         assert_eq!(decode(&encode(&r, 5).unwrap()).unwrap(), (5, r));
         assert!(decode(&bytes[..4]).is_err());
         assert!(decode(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn entries_no_request_can_carry_are_recognised() {
+        let put = |len: usize| Change {
+            tree: "t".into(),
+            id: 7,
+            rev: 0,
+            kind: ChangeKind::Put {
+                version: 1,
+                data: vec![0; len],
+            },
+        };
+        let max = crate::proto::MAX_RECORD;
+        assert!(too_large(&[put(max)], max as u64 + 100).is_none());
+        assert!(matches!(
+            too_large(&[put(max + 1)], max as u64 + 100),
+            Some(Error::TooLarge { size, .. }) if size == max as u64 + 1
+        ));
+        assert!(too_large(&[put(10), put(10)], MAX_ENTRY).is_none());
+        assert!(matches!(
+            too_large(&[put(10), put(10)], MAX_ENTRY + 1),
+            Some(Error::TooLarge { .. })
+        ));
     }
 }

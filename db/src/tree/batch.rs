@@ -357,6 +357,13 @@ impl<'db> Batch<'db> {
             (0, 0, 0)
         };
         let entries = (queued > 0).then(|| (first, first + queued - 1));
+        if queued > 0 {
+            // Refused at the door: an entry no request could carry would block the outbox.
+            // (Refusing here aborts the transaction: nothing of the batch happens.)
+            if let Some(e) = crate::sync::outbox::too_large(&core.outbox, bytes) {
+                return Err(e);
+            }
+        }
         if queued > 0 && !core.unlimited {
             // Refusing here aborts the transaction: nothing of the batch happens.
             db.outbox_room(bytes)?;
