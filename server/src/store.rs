@@ -1387,9 +1387,11 @@ impl Tables<'_, '_> {
         }
         let mut state = match current {
             Some(state) if state.exists => state,
-            Some(_) => return Ok(Err(RemoteError::NotFound)),
-            None => {
-                // Only a new revision (of an existing record) may be created here.
+            // Never there, or a removed draft revision (its row stays): only a new revision
+            // after the latest existing one may be created here. Making a removed draft's
+            // number again is what a standalone database does too (drafts are not frozen;
+            // released revisions can never be removed).
+            _ => {
                 let ChangeKind::Put { .. } = kind else {
                     return Ok(Err(RemoteError::NotFound));
                 };

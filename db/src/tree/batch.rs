@@ -368,6 +368,17 @@ impl<'db> Batch<'db> {
             // Refusing here aborts the transaction: nothing of the batch happens.
             db.outbox_room(bytes)?;
         }
+        // Values read before this commit must not enter the cache from now on (see
+        // `cache::Cache::bump`).
+        for (i, state) in core.trees.iter().enumerate() {
+            if core
+                .pending
+                .iter()
+                .any(|p| p.invalidate && p.tree as usize == i)
+            {
+                state.cache.bump();
+            }
+        }
         txn.commit()?;
         // A durable commit makes every earlier lazy one durable too.
         writer.lazy = core.lazy;

@@ -2,10 +2,11 @@
 //! (an immediate-mode GUI redrawing the same rows every frame) cost a hash lookup instead of a
 //! redb B-tree walk.
 //!
-//! Consistency: every committed change removes the keys it touched *after* the redb commit,
-//! and bumps a generation number under the same lock. A reader remembers the generation before
-//! it opens its redb read transaction and only inserts what it read if the generation is still
-//! the same, so a value read before a commit can never be inserted after that commit's removal.
+//! Consistency: every commit bumps a generation number of each tree it changes *before* the
+//! redb commit, and removes the keys it touched (bumping again) *after* it. A reader
+//! remembers the generation before it opens its redb read transaction and only inserts what
+//! it read if the generation is still the same, so a value read before a commit can never
+//! be inserted once that commit started: reads of one key never go back in time.
 //!
 //! Admission: a record enters the cache on its second read within a window (a "doorkeeper":
 //! a 512 Ki-bit Bloom filter of recently missed keys, cleared after every 64 Ki misses), so a
@@ -140,6 +141,14 @@ impl Cache {
             });
             inner.bytes = bytes;
         }
+    }
+
+    /// Called before a commit that changes this tree: values read before it can no longer
+    /// be admitted. (Without it, a reader that read the old value before the commit could
+    /// admit it between the commit and [`Cache::invalidate`], and another reader that had
+    /// already read the new value from storage would then read the old one from the cache.)
+    pub(crate) fn bump(&self) {
+        self.write().generation += 1;
     }
 
     /// Forgets `keys` after a commit changed them.
