@@ -311,6 +311,18 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// A write-through write was committed here and queued, but the server did not confirm
+    /// it (no answer in time, or the server refuses this client for now). Unlike
+    /// [`Error::Offline`] from a write-through write (nothing was written), the write stands
+    /// locally and is sent when the server is reachable again (or reported as
+    /// [`crate::SyncEvent::Rejected`] and undone if the server refuses it).
+    #[error(
+        "the write is committed here and queued, but the server has not confirmed it: {reason}"
+    )]
+    Unconfirmed {
+        /// Why it is not confirmed.
+        reason: String,
+    },
     /// A write of a synced database too large to ever reach the server: a record over
     /// [`crate::proto::MAX_RECORD`] bytes, or a batch whose changes together exceed what one
     /// request carries ([`crate::proto::MAX_FRAME`] less room for framing). Nothing was

@@ -365,3 +365,49 @@ fn an_unclean_file_of_another_application_is_refused_untouched() {
         "Db::open_synced changed the file"
     );
 }
+
+/// Issue 11: `Error::Offline` from a write-through write meant both "not written" and
+/// "written here and queued". A write the server does not confirm in time (here: the server
+/// process is stopped with SIGSTOP while the client still thinks it is connected) is
+/// `Error::Unconfirmed`, stands locally, and reaches the server once it runs again.
+#[test]
+fn an_unconfirmed_write_through_write_is_not_called_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let cfg = config(server.addr, &token)
+        .write_mode(WriteMode::Through)
+        .timeout(Duration::from_secs(1))
+        .idle_timeout(Duration::from_secs(30));
+    let db = Db::memory_synced(cfg).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let r = parts.create(&Part {
+        name: "queued".into(),
+        qty: 1,
+    });
+    signal("-CONT");
+    assert!(matches!(r, Err(Error::Unconfirmed { .. })), "{r:?}");
+    // Written here, and sent once the server answers again.
+    let keys = parts.keys().unwrap();
+    assert_eq!(keys.len(), 1, "the unconfirmed write stands locally");
+    db.wait_pushed(LIMIT).unwrap();
+    let fresh = Db::memory_synced(config(server.addr, &token)).unwrap();
+    fresh.wait_caught_up(LIMIT).unwrap();
+    assert_eq!(
+        fresh.tree::<Part>().unwrap().get(keys[0]).unwrap().name,
+        "queued"
+    );
+    drop((parts, db, fresh));
+    server.kill();
+}

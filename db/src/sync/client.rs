@@ -120,16 +120,18 @@ impl Link {
         let (done, status) = self.wait(self.timeout, |s| {
             s.processed_entry >= last || s.refused.is_some()
         });
+        // Committed here but not confirmed: distinct from `Offline` (nothing written).
         if status.processed_entry < last
-            && let Some(e) = Link::refusal(&status, "confirming a write-through write")
+            && let Some(reason) = &status.refused
         {
-            return Err(e);
+            return Err(Error::Unconfirmed {
+                reason: format!("the server refuses this client: {reason}"),
+            });
         }
         if !done {
-            return Err(Error::Offline {
-                what: "confirming a write-through write",
+            return Err(Error::Unconfirmed {
                 reason: format!(
-                    "no answer from the server within {:?} ({}); the write is committed here and stays queued",
+                    "no answer from the server within {:?} ({})",
                     self.timeout,
                     status.last_error.as_deref().unwrap_or("connected")
                 ),

@@ -287,10 +287,15 @@ impl<'db> Batch<'db> {
     ///
     /// In a synced database, a batch that changes a write-through tree (see
     /// [`WriteMode`](crate::sync::WriteMode)) returns only once the server accepted it: it
-    /// fails with [`Error::Offline`] before changing anything when the server is not
-    /// connected, with [`Error::Refused`] when the server refused it (the local change is
-    /// then undone, with events), and with [`Error::Offline`] when no answer came in time
+    /// fails with [`Error::Offline`] (or [`Error::Refused`] while the server refuses this
+    /// client) before changing anything when the server is not connected, with
+    /// [`Error::Refused`] when the server refused the write (the local change is then
+    /// undone, with events), and with [`Error::Unconfirmed`] when no answer came in time
     /// (the change stays committed locally and queued).
+    ///
+    /// A batch of a synced database that could never reach the server (a record over
+    /// [`crate::proto::MAX_RECORD`] bytes, or more than one request carries) fails with
+    /// [`Error::TooLarge`] and changes nothing.
     pub fn commit(self) -> Result<()> {
         let through = self.core.client
             && (self
