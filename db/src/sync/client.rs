@@ -1,7 +1,9 @@
 //! The sync client thread of a synced database (native targets).
 
 use super::outbox::{self, Entry};
-use super::{CLIENT, CURSOR, MODE, PIN, REPLICA, SyncConfig, SyncStatus, UNKNOWN_REPLICA};
+use super::{
+    CLIENT, COVERAGE, CURSOR, Coverage, MODE, PIN, REPLICA, SyncConfig, SyncStatus, UNKNOWN_REPLICA,
+};
 use crate::db::{DbInner, read_u64};
 use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
@@ -666,6 +668,7 @@ impl Client {
             cursor,
             trees: self.config.trees.clone(),
         };
+        self.backfill(&hello, pin.as_ref()).await?;
         let session = net::connect_timeout(
             self.config.server,
             &hello,
@@ -674,6 +677,114 @@ impl Client {
         )
         .await?;
         Ok(session)
+    }
+
+    /// Brings in the changes of trees the subscription gained (see
+    /// [`super::Coverage`]), before the session that goes on from the cursor: a session of
+    /// its own, from the oldest coverage among them, keeps what those trees missed up to the
+    /// cursor, then the new coverage is stored.
+    async fn backfill(
+        &mut self,
+        main: &ClientConfig,
+        pin: Option<&Pin>,
+    ) -> std::result::Result<(), End> {
+        let (old, next, from, unstored) = {
+            let db = self.db()?;
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let meta = txn.open_table(META).map_err(Error::from)?;
+            let stored = meta
+                .get(COVERAGE)
+                .map_err(Error::from)?
+                .and_then(|v| std::str::from_utf8(v.value()).ok().map(str::to_owned))
+                .and_then(|text| ron::from_str::<Coverage>(&text).ok());
+            let unstored = stored.is_none();
+            // A new database, or one from before coverage was kept: its cursor covers this
+            // subscription.
+            let old = stored.unwrap_or_else(|| Coverage {
+                live: self.config.trees.clone(),
+                ..Coverage::default()
+            });
+            let (next, from) = old.resubscribe(&self.config.trees, main.cursor);
+            (old, next, from, unstored)
+        };
+        let upto = main.cursor;
+        if let Some(from) = from {
+            tracing::debug!(
+                from,
+                upto,
+                "rekord sync: the subscription grew; fetching what it missed"
+            );
+            let joining: Vec<String> = if next.live.is_empty() {
+                Vec::new()
+            } else {
+                next.live
+                    .iter()
+                    .filter(|t| !old.is_live(t))
+                    .cloned()
+                    .collect()
+            };
+            let hello = ClientConfig {
+                cursor: from,
+                trees: joining,
+                ..main.clone()
+            };
+            let mut s =
+                net::connect_timeout(self.config.server, &hello, pin, self.config.timeout).await?;
+            self.first_contact(s.pin(), s.server_hello().replica)?;
+            loop {
+                match s.next_push(self.config.timeout).await? {
+                    Some(Push::Changes(entries)) => {
+                        let missed: Vec<Sequenced> = entries
+                            .into_iter()
+                            .filter(|e| {
+                                let tree = &e.change.tree;
+                                e.seq <= upto
+                                    && !old.is_live(tree)
+                                    && e.seq > old.covered(tree, upto)
+                            })
+                            .collect();
+                        if missed.is_empty() {
+                            continue;
+                        }
+                        let versions: Vec<(String, u32)> = missed
+                            .iter()
+                            .filter_map(|e| match &e.change.kind {
+                                ChangeKind::Put { version, .. }
+                                | ChangeKind::Edit { version, .. } => {
+                                    Some((e.change.tree.clone(), *version))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        self.fetch_schemas(&mut s, &versions).await?;
+                        let db = self.db()?;
+                        let mut b = db.batch()?;
+                        b.apply_remote(&missed)?;
+                        b.commit_for_sync()?;
+                    }
+                    Some(Push::CaughtUp { .. }) => break,
+                    None => {
+                        return Err(End::Lost(
+                            "no answer while fetching the changes of newly subscribed trees".into(),
+                        ));
+                    }
+                }
+            }
+            s.close().await;
+        }
+        if unstored || from.is_some() || next != old {
+            let text = ron::to_string(&next)
+                .map_err(|e| End::Lost(format!("cannot encode the subscription: {e}")))?;
+            let db = self.db()?;
+            let b = db.batch()?;
+            b.txn
+                .open_table(META)
+                .map_err(Error::from)?
+                .insert(COVERAGE, text.as_bytes())
+                .map_err(Error::from)?;
+            b.commit_for_sync()?;
+        }
+        Ok(())
     }
 
     async fn session(&mut self, mut s: Session) -> End {

@@ -56,6 +56,10 @@
 //!   once with [`crate::Error::Refused`] instead of [`crate::Error::Offline`] after their
 //!   timeout. A borrow interrupted by the loss of the connection is asked again after
 //!   reconnecting, within [`SyncConfig::timeout`].
+//! - **Subscriptions** ([`SyncConfig::trees`]) may change between openings. The replica
+//!   stores which trees its cursor covers (`sync.coverage` in `rekord.meta`); trees a
+//!   subscription gains are first brought up to the cursor by a catch-up of their own, so
+//!   a replica that widens its subscription holds what a fresh one would.
 //! - **Events** [`crate::SyncEvent`]: connected, disconnected (with the retry delay),
 //!   refused, catch-up progress, caught up, outbox entry pushed or rejected.
 //!   [`crate::Db::open_synced_subscribed`] subscribes before the sync thread starts, so
@@ -113,6 +117,85 @@ pub(crate) fn cursor_in(txn: &redb::WriteTransaction) -> crate::Result<u64> {
 
 /// `rekord.meta` key of the hybrid logical clock (u64 LE).
 pub(crate) const HLC: &str = "sync.hlc";
+
+/// `rekord.meta` key of the subscription the cursor covers ([`Coverage`], RON).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const COVERAGE: &str = "sync.coverage";
+
+/// Which trees' changes this replica has received, and up to where: the trees of the
+/// subscription up to the cursor; every other tree up to where it left the subscription
+/// (`left`, else `rest`, 0 if it never was in it). When a subscription grows, the changes of
+/// the trees it adds between their coverage and the cursor are fetched before anything else.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) struct Coverage {
+    /// The subscribed trees (empty: all).
+    pub(crate) live: Vec<String>,
+    /// Cursor up to which the trees not subscribed (and not in `left`) are covered.
+    pub(crate) rest: u64,
+    /// Trees not subscribed, covered up to a cursor of their own.
+    pub(crate) left: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+impl Coverage {
+    /// Whether `tree` is subscribed.
+    pub(crate) fn is_live(&self, tree: &str) -> bool {
+        self.live.is_empty() || self.live.iter().any(|t| t == tree)
+    }
+
+    /// Up to which sequence number `tree`'s changes were received, at cursor `cursor`.
+    pub(crate) fn covered(&self, tree: &str, cursor: u64) -> u64 {
+        if self.is_live(tree) {
+            cursor
+        } else {
+            self.left.get(tree).copied().unwrap_or(self.rest)
+        }
+    }
+
+    /// The coverage after the subscription becomes `live` at cursor `cursor` (trees that
+    /// leave it keep what they had), and the oldest coverage among trees it adds, if any
+    /// is older than the cursor (a backfill is needed from there).
+    pub(crate) fn resubscribe(&self, live: &[String], cursor: u64) -> (Coverage, Option<u64>) {
+        let mut next = Coverage {
+            live: live.to_vec(),
+            rest: self.rest,
+            left: self.left.clone(),
+        };
+        if self.live.is_empty() && !live.is_empty() {
+            // From all trees to some: every other tree is covered up to now.
+            next.rest = cursor;
+            next.left.clear();
+        } else if !self.live.is_empty() {
+            for t in &self.live {
+                if !next.is_live(t) {
+                    next.left.insert(t.clone(), cursor);
+                }
+            }
+        }
+        // The trees that join: the oldest coverage among them.
+        let oldest = if live.is_empty() {
+            if self.live.is_empty() {
+                None
+            } else {
+                self.left.values().copied().chain([self.rest]).min()
+            }
+        } else {
+            live.iter()
+                .filter(|t| !self.is_live(t))
+                .map(|t| self.covered(t, cursor))
+                .min()
+        };
+        for t in live {
+            next.left.remove(t);
+        }
+        if live.is_empty() {
+            next.left.clear();
+            next.rest = 0;
+        }
+        (next, oldest.filter(|&o| o < cursor))
+    }
+}
 
 /// The holder number of a synced database before its first connection (it owns no ids and
 /// holds no borrows yet, so the number is never stored in a record).
@@ -216,7 +299,9 @@ pub struct SyncConfig {
     pub app: String,
     /// The access token issued by the server's CLI.
     pub token: String,
-    /// Trees to receive changes of (empty, the default: every tree the token may read).
+    /// Trees to receive changes of (empty, the default: every tree the token may read). It
+    /// may change from one opening to the next: trees it gains get what they missed first
+    /// (the replica remembers up to where each tree was received).
     pub trees: Vec<String>,
     /// The server to expect on first contact (UUID and certificate fingerprint, as printed
     /// by `rekord-server identity`); `None` (default): trust the first server met, then
@@ -410,6 +495,36 @@ pub struct SyncStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coverage_follows_a_subscription_that_shrinks_and_grows() {
+        let s = |v: &[&str]| v.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        // From `a` to `a, b` at cursor 5: b needs everything from 0.
+        let c0 = Coverage {
+            live: s(&["a"]),
+            ..Coverage::default()
+        };
+        let (c1, from) = c0.resubscribe(&s(&["a", "b"]), 5);
+        assert_eq!(from, Some(0));
+        assert!(c1.is_live("b") && !c1.is_live("x"));
+        // Back to `a` at 9: b is covered up to 9; then to all at 12: from 9 for b, 0 for others.
+        let (c2, from) = c1.resubscribe(&s(&["a"]), 9);
+        assert_eq!(from, None);
+        assert_eq!(c2.covered("b", 9), 9);
+        assert_eq!(c2.covered("x", 9), 0);
+        let (c3, from) = c2.resubscribe(&[], 12);
+        assert_eq!(from, Some(0));
+        assert!(c3.is_live("x") && c3.left.is_empty());
+        // From all to `b` at 20: everything else covered up to 20; back to all: from 20.
+        let (c4, from) = c3.resubscribe(&s(&["b"]), 20);
+        assert_eq!(from, None);
+        assert_eq!(c4.covered("a", 30), 20);
+        assert_eq!(c4.covered("b", 30), 30);
+        let (_, from) = c4.resubscribe(&[], 30);
+        assert_eq!(from, Some(20));
+        // The same subscription again: nothing to fetch.
+        assert_eq!(c4.resubscribe(&s(&["b"]), 30).1, None);
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters_downwards() {
