@@ -1063,7 +1063,9 @@ proptest! {
         let _ = decode(&Schema::of::<Rich>(), &bytes);
     }
 
-    /// Corrupted real records: the decoder accepts exactly what rkyv's checked access accepts.
+    /// Corrupted real records: the decoder accepts exactly what rkyv's checked access
+    /// accepts, except that it also refuses bytes that belong to no object of the record
+    /// (rkyv's access ignores them; a record of another type read under this schema).
     #[test]
     fn decode_agrees_with_rkyv_on_corruption(
         r in rich(),
@@ -1078,7 +1080,8 @@ proptest! {
         }
         let ours = decode(&schema, &bytes);
         let theirs = Plain::__access(&bytes);
-        prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?}", ours.err());
+        let stricter = matches!(&ours, Err(e) if e.message.contains("belong to no part of it"));
+        prop_assert_eq!(ours.is_ok() || stricter, theirs.is_ok(), "{:?}", ours.err());
         if let (Ok(v), Ok(a)) = (ours, theirs) {
             let mut typed = Plain::__deserialize(a).unwrap();
             let mut ours = from_value::<Plain>(v).unwrap();

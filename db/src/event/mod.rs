@@ -124,6 +124,20 @@ pub enum SyncEvent {
         /// The server's reason.
         reason: String,
     },
+    /// A change from the server could not be applied here and was skipped: its record data
+    /// does not decode with this replica's schema of its version (two builds of the
+    /// application that disagree about a tree). The rest keeps syncing; the record stays as
+    /// it was here until a change this replica can read arrives.
+    Skipped {
+        /// The tree.
+        tree: String,
+        /// The record revision.
+        key: crate::RawKey,
+        /// The change's server sequence number.
+        seq: u64,
+        /// Why it could not be applied.
+        reason: String,
+    },
 }
 
 /// A merged conflict ([`SyncEvent::Conflict`]).

@@ -759,8 +759,11 @@ impl Client {
                         self.fetch_schemas(&mut s, &versions).await?;
                         let db = self.db()?;
                         let mut b = db.batch()?;
-                        b.apply_remote(&missed)?;
+                        let skipped = b.apply_remote(&missed)?;
                         b.commit_for_sync()?;
+                        for event in skipped {
+                            self.emit(event);
+                        }
                     }
                     Some(Push::CaughtUp { .. }) => break,
                     None => {
@@ -1508,9 +1511,12 @@ impl Client {
                     .filter(|e| e.seq > self.cursor)
                     .collect();
                 let mut b = self.lazy_batch(&db)?;
-                b.apply_remote(&fresh)?;
+                let skipped = b.apply_remote(&fresh)?;
                 b.set_cursor(last);
                 b.commit()?;
+                for event in skipped {
+                    self.emit(event);
+                }
                 self.cursor = last;
                 self.link.update(|st| {
                     st.cursor = last;

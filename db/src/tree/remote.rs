@@ -6,7 +6,7 @@
 
 use super::batch::{Batch, Pending};
 use super::evolve;
-use crate::event::EventKind;
+use crate::event::{EventKind, SyncEvent};
 use crate::proto::{ChangeKind, Sequenced};
 use crate::schema::dynamic;
 use crate::storage::{Header, PENDING, SCHEMAS, id_range, pack, unpack};
@@ -56,7 +56,8 @@ impl Batch<'_> {
     /// replica's outbox is not applied either: those edits are based on an older version,
     /// so the server refuses them with a conflict, and the merge then brings the other
     /// replica's version in (see [`crate::sync::merge`]).
-    pub(crate) fn apply_remote(&mut self, entries: &[Sequenced]) -> Result<()> {
+    pub(crate) fn apply_remote(&mut self, entries: &[Sequenced]) -> Result<Vec<SyncEvent>> {
+        let mut skipped = Vec::new();
         let me = self.core.replica;
         // Changes held back for records with optimistic edits (by sequence number).
         let held: std::collections::HashSet<u64> = {
@@ -98,15 +99,21 @@ impl Batch<'_> {
             if data && held.contains(&entry.seq) {
                 continue;
             }
-            self.apply_one(entry)?;
+            if let Some(event) = self.apply_one(entry)? {
+                skipped.push(event);
+            }
         }
-        Ok(())
+        Ok(skipped)
     }
 
-    fn apply_one(&mut self, entry: &Sequenced) -> Result<()> {
+    /// Applies one change; a data change whose bytes do not decode with this replica's
+    /// schema of their version is skipped and reported (`Some`), so one unreadable record
+    /// never stops a replica from syncing.
+    fn apply_one(&mut self, entry: &Sequenced) -> Result<Option<SyncEvent>> {
         let change = &entry.change;
         if let ChangeKind::Borrow { holder } = change.kind {
-            return self.apply_borrow(&change.tree, change.id, holder);
+            self.apply_borrow(&change.tree, change.id, holder)?;
+            return Ok(None);
         }
         let state = self.db.tree_state(&change.tree);
         let tree = self.tree_index(&state);
@@ -133,12 +140,21 @@ impl Batch<'_> {
                 let schema = evolve::writer_schema(&state, *version, || {
                     Ok(self.txn.open_table(SCHEMAS)?)
                 })?;
-                dynamic::decode(&schema, data).map_err(|e| {
-                    corrupt(format!(
-                        "the server sent record data that does not match schema version \
-                         {version}: {e}"
-                    ))
-                })?;
+                if let Err(e) = dynamic::decode(&schema, data) {
+                    let reason = format!(
+                        "the server sent record data that does not match this replica's \
+                         schema version {version} (another build of the application declares \
+                         tree `{}` differently?): {e}",
+                        change.tree
+                    );
+                    tracing::warn!(tree = %change.tree, %key, seq = entry.seq, %reason, "rekord sync: skipped a change");
+                    return Ok(Some(SyncEvent::Skipped {
+                        tree: change.tree.clone(),
+                        key,
+                        seq: entry.seq,
+                        reason,
+                    }));
+                }
                 let (header, kind, old) = match current {
                     Some((h, old)) => (
                         Header {
@@ -174,7 +190,7 @@ impl Batch<'_> {
             }
             ChangeKind::Remove => {
                 let Some((h, old)) = current else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 table.remove(pack(key))?;
                 if key.rev > 0 {
@@ -210,10 +226,10 @@ impl Batch<'_> {
             }
             ChangeKind::Release => {
                 let Some((h, mut v)) = current else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 if h.released {
-                    return Ok(());
+                    return Ok(None);
                 }
                 Header {
                     released: true,
@@ -226,10 +242,10 @@ impl Batch<'_> {
             }
             ChangeKind::SetState(s) => {
                 let Some((h, mut v)) = current else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 if h.state == *s {
-                    return Ok(());
+                    return Ok(None);
                 }
                 Header { state: *s, ..h }.write_into(&mut v);
                 table.insert(pack(key), v.as_slice())?;
@@ -241,7 +257,7 @@ impl Batch<'_> {
                 self.pend(tree, key, kind, entry.origin, None, Some(&v));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Records that the borrow of record `id` of `tree` is now held by `holder` (0:

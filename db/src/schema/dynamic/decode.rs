@@ -28,6 +28,7 @@ pub(crate) fn decode(schema: &Schema, bytes: &[u8]) -> Result<Value, DynError> {
         // Every value costs one unit; zero-sized values (`()`, empty structs) cost no bytes,
         // so this is what stops a `Vec<()>` claiming four billion elements.
         budget: bytes.len().saturating_mul(8).saturating_add(4096),
+        covered: 0,
     };
     let root = &schema.root;
     let size = d.size(root)?;
@@ -38,7 +39,18 @@ pub(crate) fn decode(schema: &Schema, bytes: &[u8]) -> Result<Value, DynError> {
         )));
     }
     let pos = bytes.len() - size;
-    d.in_subtree(pos, size, |d| d.value(root, pos))
+    let value = d.in_subtree(pos, size, |d| d.value(root, pos))?;
+    // Exact: the record's objects (which never overlap) cover every byte, as rkyv's
+    // unaligned format lays them out without padding. Bytes that belong to no object are
+    // another type's data read under this schema (say, a record with an extra field).
+    if d.covered != bytes.len() {
+        return Err(Path::default().error(format!(
+            "{} of the record's {} bytes belong to no part of it: the bytes do not match this schema (were they written by a different type?)",
+            bytes.len() - d.covered.min(bytes.len()),
+            bytes.len()
+        )));
+    }
+    Ok(value)
 }
 
 struct Decoder<'a> {
@@ -50,6 +62,8 @@ struct Decoder<'a> {
     path: Path<'a>,
     depth: usize,
     budget: usize,
+    /// Bytes of the objects entered so far (they never overlap).
+    covered: usize,
 }
 
 impl<'a> Decoder<'a> {
@@ -121,6 +135,7 @@ impl<'a> Decoder<'a> {
         f: impl FnOnce(&mut Self) -> Result<R, DynError>,
     ) -> Result<R, DynError> {
         self.check_subtree(pos, len)?;
+        self.covered = self.covered.saturating_add(len);
         let saved_end = self.end;
         self.end = pos;
         let r = f(self)?;
