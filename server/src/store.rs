@@ -987,6 +987,7 @@ impl Store {
                         drop(answered);
                         let rest = batch.get(limit + 1..).unwrap_or_default();
                         outcomes.extend(look_ahead(&txn, holder, rest, &mut parsed)?);
+                        fit_answer(&mut outcomes);
                         answered = txn.open_table(OUTCOMES)?;
                     }
                 } else {
@@ -1038,6 +1039,29 @@ fn log_borrow(
     let bytes = rekord::proto::encode_sequenced(&entry).map_err(wire_error)?;
     log.insert(seq, bytes.as_slice())?;
     Ok(entry)
+}
+
+/// Keeps an answer within one frame: each conflict carries the record's current data (and
+/// its base), at most [`rekord::proto::MAX_RECORD`] bytes each; after the first one, a
+/// conflict that would take the answer's conflict data past that much again is answered
+/// [`EntryOutcome::Skipped`] instead (the client sends it again after merging the others,
+/// and hears of its conflict then). Without this, a run of small entries could provoke an
+/// answer too large to send, and the client would retry it for ever.
+fn fit_answer(outcomes: &mut [EntryOutcome]) {
+    let mut bytes = 0usize;
+    let mut first = true;
+    for o in outcomes.iter_mut() {
+        let EntryOutcome::Rejected(RemoteError::Conflict(c)) = o else {
+            continue;
+        };
+        let size = c.data.len() + c.base.as_ref().map_or(0, |(_, d)| d.len());
+        if !first && bytes + size > rekord::proto::MAX_RECORD {
+            *o = EntryOutcome::Skipped;
+            continue;
+        }
+        first = false;
+        bytes += size;
+    }
 }
 
 /// Outcomes of the entries after a conflicting one: [`RemoteError::Conflict`] for those

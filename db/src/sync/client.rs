@@ -829,6 +829,25 @@ impl Client {
             let db = self.db()?;
             let mut b = db.batch()?;
             b.set_cursor(hello.head);
+            // Trees outside the subscription: where this history and the restored one part
+            // is unknown (the head may already include changes made after the restore), so
+            // they count as never received and are fetched whole when they join.
+            {
+                let mut meta = b.txn.open_table(META).map_err(Error::from)?;
+                let stored = meta
+                    .get(COVERAGE)
+                    .map_err(Error::from)?
+                    .and_then(|v| std::str::from_utf8(v.value()).ok().map(str::to_owned))
+                    .and_then(|text| ron::from_str::<Coverage>(&text).ok());
+                if let Some(mut c) = stored {
+                    c.rest = 0;
+                    c.left.values_mut().for_each(|at| *at = 0);
+                    if let Ok(text) = ron::to_string(&c) {
+                        meta.insert(COVERAGE, text.as_bytes())
+                            .map_err(Error::from)?;
+                    }
+                }
+            }
             b.commit()?;
             self.cursor = hello.head;
             self.link.update(|st| st.cursor = hello.head);
@@ -1619,9 +1638,16 @@ impl Client {
         let subscribed =
             self.config.trees.is_empty() || self.config.trees.iter().any(|t| t == tree);
         match s.borrow(tree, key.id).await {
-            // Held already (by the server's word), or granted in a tree whose changes this
-            // replica does not receive (no push will bring the grant): make sure it shows here.
-            Ok(seq) if seq == 0 || !subscribed => {
+            // Granted in a tree whose changes this replica does not receive: no push brings
+            // the grant, and the copy here may be stale; take the server's version (with
+            // the grant) now, so the holder edits what everyone else has.
+            Ok(seq) if seq != 0 && !subscribed => {
+                self.resync(s, vec![(tree.to_owned(), key.id)]).await?;
+                self.make_durable()?;
+                Ok(Ok(()))
+            }
+            // Held already (by the server's word): make sure it shows here.
+            Ok(0) => {
                 let db = self.db()?;
                 let me = db.inner.replica.load(Ordering::Acquire);
                 let mut b = db.batch()?;
