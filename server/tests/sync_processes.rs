@@ -75,9 +75,15 @@ fn client_process() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let mut it = spec.splitn(3, '|');
+    let mut it = spec.splitn(4, '|');
     let (path, addr, token) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    // An optional subscription: tree names separated by commas (none: all trees).
+    let trees: Vec<&str> = it
+        .next()
+        .map(|t| t.split(',').filter(|t| !t.is_empty()).collect())
+        .unwrap_or_default();
     let cfg = SyncConfig::new(addr.parse().unwrap(), APP, token)
+        .trees(trees)
         .retry(
             Retry::default()
                 .initial(Duration::from_millis(20))
@@ -188,7 +194,18 @@ fn client_process() {
                             .flatten()
                             .filter(|l| parts.meta(*l).is_ok_and(|m| m.holder == me))
                     };
-                    match rng.below(13) {
+                    match rng.below(14) {
+                        // Remove a draft revision (rev > 0) this replica holds; the next
+                        // `new_revision` makes its number again.
+                        13 => {
+                            if let Some(k) = pick(&mut rng).and_then(held)
+                                && k.rev() > 0
+                                && parts.meta(k).is_ok_and(|m| !m.released)
+                                && parts.remove(k).is_ok()
+                            {
+                                say(format!("ack remove {} {}", k.id(), k.rev()));
+                            }
+                        }
                         // Optimistic edits: no borrow, concurrent edits merged.
                         10 => {
                             let n = rng.below(1000) as u32;
@@ -218,8 +235,11 @@ fn client_process() {
                             }
                         }
                         3 | 4 => {
-                            if let Some(k) = pick(&mut rng) {
-                                let _ = parts.borrow(k);
+                            // Reported, so that kills also land right after grants.
+                            if let Some(k) = pick(&mut rng)
+                                && parts.borrow(k).is_ok()
+                            {
+                                say(format!("ack borrow {}", k.id()));
                             }
                         }
                         5 | 6 => {
@@ -342,6 +362,17 @@ struct Client {
 
 impl Client {
     fn start(name: &'static str, path: &Path, addr: SocketAddr, token: &str) -> Client {
+        Client::start_with(name, path, addr, token, "")
+    }
+
+    /// Starts a client subscribed to `trees` (comma-separated; empty: all trees).
+    fn start_with(
+        name: &'static str,
+        path: &Path,
+        addr: SocketAddr,
+        token: &str,
+        trees: &str,
+    ) -> Client {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
             .args([
@@ -350,7 +381,10 @@ impl Client {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, format!("{}|{addr}|{token}", path.display()))
+            .env(
+                CHILD_ENV,
+                format!("{}|{addr}|{token}|{trees}", path.display()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -668,6 +702,7 @@ impl Acks {
                     .or_default()
                     .insert(n.parse().unwrap());
             }
+            ["ack", "borrow" | "remove", ..] => {}
             ["done"] => return true,
             other => panic!("unexpected line {other:?}"),
         }
@@ -773,9 +808,12 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 let killed = clients.remove(victim);
                 let name = killed.name;
                 killed.kill();
+                // It comes back with a random subscription (all trees, or one of them):
+                // trees it gains later must get what they missed meanwhile.
+                let trees = ["", "", "parts", "notes"][rng.below(4) as usize];
                 clients.insert(
                     victim,
-                    Client::start(name, &paths[victim], proxy.addr, &token),
+                    Client::start_with(name, &paths[victim], proxy.addr, &token, trees),
                 );
                 // The lines it printed before dying were read above; a commit it made but
                 // could not report is not acknowledged.
@@ -820,10 +858,18 @@ fn fault_run(default_ops: u32, rounds: u64) {
         s.delayed.load(std::sync::atomic::Ordering::Relaxed),
         s.cuts.load(std::sync::atomic::Ordering::Relaxed),
     );
-    // Heal the network; everyone pushes, then the replicas must agree.
+    // Heal the network; everyone pushes and comes back subscribed to all trees (widening
+    // what a restart narrowed), then the replicas must agree.
     proxy.set(proxy::Faults::NONE);
     for c in &mut clients {
         c.ok("pushed");
+    }
+    for i in 0..clients.len() {
+        let old = clients.remove(i);
+        let name = old.name;
+        old.quit();
+        clients.insert(i, Client::start(name, &paths[i], proxy.addr, &token));
+        clients[i].ok("caught_up");
     }
     let start = Instant::now();
     let dumps = loop {
