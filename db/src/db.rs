@@ -593,9 +593,25 @@ impl Db {
     }
 
     /// Runs `f` in a write batch and commits it if `f` returns `Ok`; aborts it otherwise.
+    ///
+    /// In a synced database, a batch that runs out of ids ([`Error::IdsExhausted`]) while
+    /// the server is reachable makes the replica fetch more before this returns (four times
+    /// what the batch used, bounded by [`SyncConfig::timeout`](crate::SyncConfig::timeout)):
+    /// run it again (a batch many times larger than the id ranges may take a few runs;
+    /// [`SyncConfig::range_size`](crate::SyncConfig::range_size) sets their size).
     pub fn write<R>(&self, f: impl FnOnce(&mut Batch<'_>) -> Result<R>) -> Result<R> {
         let mut b = self.batch()?;
-        let r = f(&mut b)?;
+        let r = match f(&mut b) {
+            Ok(r) => r,
+            Err(e) => {
+                let short = b.ids_short();
+                drop(b);
+                if let Some(ids) = short {
+                    self.inner.refill_ids(ids);
+                }
+                return Err(e);
+            }
+        };
         b.commit()?;
         Ok(r)
     }
@@ -728,6 +744,17 @@ impl DbInner {
         }
         #[cfg(target_arch = "wasm32")]
         let _ = (entries, bytes);
+    }
+
+    /// Asks the sync client for `ids` free ids and waits for them (bounded); whether they
+    /// came. Must not be called inside a batch (the sync thread commits the ranges).
+    pub(crate) fn refill_ids(&self, ids: u64) -> bool {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            return link.refill_ids(ids);
+        }
+        let _ = ids;
+        false
     }
 
     /// Whether writes to `tree` wait for the server (write-through).

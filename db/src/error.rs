@@ -148,7 +148,7 @@ pub enum Error {
     },
     /// This replica has no ids left to create records with.
     #[error(
-        "no record ids left in this replica's id ranges; connect to the server to get a new range"
+        "no record ids left in this replica's id ranges; a synced replica gets new ranges from its server while connected (after a batch ran out online, enough for it were fetched: run it again); offline it can create records again once it reconnects"
     )]
     IdsExhausted,
     /// The compiled record type differs from the schema stored for the same version.

@@ -411,3 +411,52 @@ fn an_unconfirmed_write_through_write_is_not_called_offline() {
     drop((parts, db, fresh));
     server.kill();
 }
+
+/// Issue 11: ids do not run out while online. With tiny ranges, single creates fetch what
+/// they need, and a batch of many creates that ran out succeeds when run again (the replica
+/// fetched enough for it before the failure returned); offline, running out is immediate.
+#[test]
+fn ids_do_not_run_out_while_online() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let db = Db::memory_synced(config(server.addr, &token).range_size(4)).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    for i in 0..200 {
+        parts
+            .create(&Part {
+                name: format!("p{i}"),
+                qty: i,
+            })
+            .unwrap_or_else(|e| panic!("create {i} while online: {e}"));
+    }
+    let batch = |db: &Db| {
+        db.write(|b| {
+            for i in 0..500 {
+                b.create(&Part {
+                    name: format!("b{i}"),
+                    qty: i,
+                })?;
+            }
+            Ok(())
+        })
+    };
+    // Ranges of 4 ids, a batch of 500: each failed run fetches four times what it used.
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        match batch(&db) {
+            Ok(()) => break,
+            Err(Error::IdsExhausted) if runs < 8 => {}
+            Err(e) => panic!("run {runs} of the batch: {e}"),
+        }
+    }
+    eprintln!("a batch of 500 creates with ranges of 4 ids: {runs} runs");
+    assert_eq!(parts.len().unwrap(), 700);
+    assert!(db.sync_status().unwrap().refills > 0);
+    db.wait_pushed(LIMIT).unwrap();
+    drop((parts, db));
+    server.kill();
+}

@@ -44,12 +44,35 @@ pub(crate) struct Link {
     /// The server's reasons for the latest refused outbox entries (by entry number), for
     /// write-through writers to report; bounded to [`REASONS_KEPT`].
     reasons: Mutex<std::collections::BTreeMap<u64, String>>,
+    /// Ids a write that ran out of them asked for (0: none); the sync thread fetches ranges
+    /// until this many are free, then counts `refills` up.
+    ids_wanted: std::sync::atomic::AtomicU64,
 }
 
 /// How many refusal reasons [`Link`] keeps for write-through writers.
 const REASONS_KEPT: usize = 1024;
 
 impl Link {
+    /// Asks the sync thread for at least `ids` free ids, and waits (at most the request
+    /// timeout) until it has fetched them; whether it did. `false` at once while offline or
+    /// when called on the sync thread itself.
+    pub(crate) fn refill_ids(&self, ids: u64) -> bool {
+        if *lock(&self.thread_id) == Some(std::thread::current().id()) {
+            return false;
+        }
+        let before = {
+            let st = lock(&self.status);
+            if !st.online {
+                return false;
+            }
+            st.refills
+        };
+        self.ids_wanted.fetch_max(ids, Ordering::AcqRel);
+        self.wake.notify_one();
+        let (done, _) = self.wait(self.timeout, |s| s.refills > before || !s.online);
+        done && lock(&self.status).refills > before
+    }
+
     /// Keeps the server's reason for refusing outbox entry `entry`.
     fn note_refusal(&self, entry: u64, reason: &str) {
         let mut reasons = lock(&self.reasons);
@@ -289,6 +312,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         tree_write_modes: config.tree_write_modes.clone(),
         timeout: config.timeout,
         reasons: Mutex::new(std::collections::BTreeMap::new()),
+        ids_wanted: std::sync::atomic::AtomicU64::new(0),
     });
     let (client_id, cursor, replica) = {
         let txn = db.redb.begin_read()?;
@@ -1004,22 +1028,42 @@ impl Client {
 
     /// Asks for a new id range when fewer than half a range of ids are left.
     async fn ensure_ranges(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        let asked = self.link.ids_wanted.swap(0, Ordering::AcqRel);
         let want = self.config.range_size.max(1);
-        let left = {
-            let db = self.db()?;
-            let next = lock(&db.inner.writer).next_id;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let ranges = txn.open_table(RANGES).map_err(Error::from)?;
-            let mut left = 0u64;
-            for row in ranges.iter().map_err(Error::from)? {
-                let (start, end) = row.map_err(Error::from)?;
-                left = left.saturating_add(end.value().saturating_sub(start.value().max(next)));
+        loop {
+            let left = self.free_ids()?;
+            // A write that ran out asked for `asked` ids: fetch until that many are free.
+            if asked > 0 && left < asked {
+                let more = (asked - left).max(want);
+                self.grant(s, more).await?;
+                continue;
             }
-            left
-        };
-        if left >= want.div_ceil(2) {
-            return Ok(());
+            if asked > 0 {
+                self.link.update(|st| st.refills += 1);
+            }
+            if left >= want.div_ceil(2) {
+                return Ok(());
+            }
+            return self.grant(s, want).await;
         }
+    }
+
+    /// Ids left in this replica's ranges.
+    fn free_ids(&self) -> std::result::Result<u64, End> {
+        let db = self.db()?;
+        let next = lock(&db.inner.writer).next_id;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        let ranges = txn.open_table(RANGES).map_err(Error::from)?;
+        let mut left = 0u64;
+        for row in ranges.iter().map_err(Error::from)? {
+            let (start, end) = row.map_err(Error::from)?;
+            left = left.saturating_add(end.value().saturating_sub(start.value().max(next)));
+        }
+        Ok(left)
+    }
+
+    /// Asks the server for a range of `want` ids and stores it.
+    async fn grant(&mut self, s: &mut Session, want: u64) -> std::result::Result<(), End> {
         let granted = s.ranges(want).await?;
         let db = self.db()?;
         let b = db.batch()?;

@@ -490,6 +490,9 @@ pub struct SyncStatus {
     /// connection. While set, [`crate::Db::wait_caught_up`], [`crate::Db::wait_pushed`],
     /// borrows and write-through writes fail at once with [`crate::Error::Refused`].
     pub refused: Option<String>,
+    /// How many times the sync client fetched id ranges a write that ran out of ids asked
+    /// for (see [`crate::Error::IdsExhausted`]).
+    pub refills: u64,
 }
 
 #[cfg(test)]

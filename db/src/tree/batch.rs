@@ -101,6 +101,9 @@ pub(crate) struct Core {
     pub(crate) unlimited: bool,
     /// Whether this batch commits without waiting for the disk ([`Batch::lazy`]).
     lazy: bool,
+    /// Ids this batch allocated, and whether it ran out of them.
+    allocated: u64,
+    short_of_ids: bool,
     /// The hybrid logical clock as this batch moved it, and whether it did.
     pub(crate) hlc: u64,
     pub(crate) hlc_moved: bool,
@@ -132,6 +135,8 @@ impl<'db> Batch<'db> {
                 cursor: None,
                 unlimited: false,
                 lazy: false,
+                allocated: 0,
+                short_of_ids: false,
                 hlc: db.hlc.load(Ordering::Acquire),
                 hlc_moved: false,
                 next_id,
@@ -496,6 +501,15 @@ impl<'db> Batch<'db> {
 
     /// Discards every change of the batch (no events). Dropping the batch does the same.
     pub fn abort(self) {}
+
+    /// How many free ids to ask the server for after this batch ran out of them (`None` if
+    /// it did not): four times what it used, so a batch larger than the ranges gets through
+    /// in a few runs at most, without asking for ids nobody will use.
+    pub(crate) fn ids_short(&self) -> Option<u64> {
+        self.core
+            .short_of_ids
+            .then(|| self.core.allocated.saturating_mul(4).saturating_add(1))
+    }
 
     pub(crate) fn replay_into<T: Record, I: Indexer<T>>(
         &mut self,
@@ -1131,11 +1145,15 @@ pub(crate) fn alloc_id(txn: &WriteTransaction, core: &mut Core) -> Result<u64> {
                 ids.next = s.max(ids.next);
                 ids.end = e;
             }
-            _ => return Err(Error::IdsExhausted),
+            _ => {
+                core.short_of_ids = true;
+                return Err(Error::IdsExhausted);
+            }
         }
     }
     let id = ids.next;
     ids.next += 1;
     ids.dirty = true;
+    core.allocated += 1;
     Ok(id)
 }

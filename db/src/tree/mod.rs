@@ -128,8 +128,31 @@ impl<T: Record> Tree<T> {
 
     /// Creates a record: allocates a new id (revision 0); the record is a draft, borrowed by
     /// this replica from birth.
+    ///
+    /// In a synced database whose id ranges ran out, this fetches a new range from the
+    /// server when it is reachable (bounded by
+    /// [`SyncConfig::timeout`](crate::SyncConfig::timeout)) and then creates;
+    /// [`Error::IdsExhausted`] only when it is not.
     pub fn create(&self, record: &T) -> Result<Key<T>> {
-        self.write(|t| t.create(record))
+        for _ in 0..3 {
+            let mut b = self.db.batch()?;
+            let r = b.tree::<T>()?.create(record);
+            match r {
+                Ok(k) => {
+                    b.commit()?;
+                    return Ok(k);
+                }
+                Err(Error::IdsExhausted) => {
+                    let short = b.ids_short();
+                    drop(b);
+                    if !short.is_some_and(|ids| self.db.inner.refill_ids(ids)) {
+                        return Err(Error::IdsExhausted);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::IdsExhausted)
     }
 
     /// Changes a draft this replica holds through a closure on an owned copy; returns what the
