@@ -16,8 +16,10 @@
 //! - **Ids.** Records are created with ids from ranges the server granted this client (kept
 //!   in the local database); the client asks for more in the background while online
 //!   ([`SyncConfig::range_size`]). Offline, creating works until the ranges are used up
-//!   ([`crate::Error::IdsExhausted`]). A fresh database can create records only after its
-//!   first connection.
+//!   ([`crate::Error::IdsExhausted`]). Online, a create that runs out fetches a range and
+//!   goes on, and a batch that runs out makes the replica fetch more before the error
+//!   returns (run it again). A fresh database can create records only after its first
+//!   connection.
 //! - **Borrows.** [`Tree::borrow`](crate::Tree::borrow) asks the server (it fails with
 //!   [`crate::Error::Offline`] when the server is unreachable, or
 //!   [`crate::Error::AlreadyBorrowed`] naming the holder); records a client creates are
