@@ -746,6 +746,15 @@ impl DbInner {
         let _ = (entries, bytes);
     }
 
+    /// The sync client's request timeout (`None` for a database that is not synced).
+    pub(crate) fn sync_timeout(&self) -> Option<std::time::Duration> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.link.get() {
+            return Some(link.timeout());
+        }
+        None
+    }
+
     /// Asks the sync client for `ids` free ids and waits for them (bounded); whether they
     /// came. Must not be called inside a batch (the sync thread commits the ranges).
     pub(crate) fn refill_ids(&self, ids: u64) -> bool {

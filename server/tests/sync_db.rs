@@ -548,7 +548,7 @@ async fn offline_creates_work_until_the_granted_ids_run_out_and_refill_online() 
         // One range of 4 ids, one used online: 3 offline creates, then a clear error.
         assert_eq!(made, 3);
         assert!(matches!(err, Error::IdsExhausted), "{err}");
-        assert!(err.to_string().contains("connect to the server"), "{err}");
+        assert!(err.to_string().contains("once it reconnects"), "{err}");
     })
     .await
     .unwrap();

@@ -53,7 +53,12 @@ pub(crate) struct Link {
 const REASONS_KEPT: usize = 1024;
 
 impl Link {
-    /// Asks the sync thread for at least `ids` free ids, and waits (at most the request
+    /// The bound on each request to the server ([`SyncConfig::timeout`]).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Asks the sync thread for at least `ids` more free ids, and waits (at most the request
     /// timeout) until it has fetched them; whether it did. `false` at once while offline or
     /// when called on the sync thread itself.
     pub(crate) fn refill_ids(&self, ids: u64) -> bool {
@@ -67,7 +72,8 @@ impl Link {
             }
             st.refills
         };
-        self.ids_wanted.fetch_max(ids, Ordering::AcqRel);
+        // Summed: several writers short at once each need their own ids.
+        self.ids_wanted.fetch_add(ids, Ordering::AcqRel);
         self.wake.notify_one();
         let (done, _) = self.wait(self.timeout, |s| s.refills > before || !s.online);
         done && lock(&self.status).refills > before

@@ -134,7 +134,13 @@ impl<T: Record> Tree<T> {
     /// [`SyncConfig::timeout`](crate::SyncConfig::timeout)) and then creates;
     /// [`Error::IdsExhausted`] only when it is not.
     pub fn create(&self, record: &T) -> Result<Key<T>> {
-        for _ in 0..3 {
+        // Other writers may take the ids fetched for this one: ask again until the timeout.
+        let deadline = self
+            .db
+            .inner
+            .sync_timeout()
+            .map(|t| std::time::Instant::now() + t);
+        loop {
             let mut b = self.db.batch()?;
             let r = b.tree::<T>()?.create(record);
             match r {
@@ -145,14 +151,14 @@ impl<T: Record> Tree<T> {
                 Err(Error::IdsExhausted) => {
                     let short = b.ids_short();
                     drop(b);
-                    if !short.is_some_and(|ids| self.db.inner.refill_ids(ids)) {
+                    let in_time = deadline.is_some_and(|d| std::time::Instant::now() < d);
+                    if !in_time || !short.is_some_and(|ids| self.db.inner.refill_ids(ids)) {
                         return Err(Error::IdsExhausted);
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::IdsExhausted)
     }
 
     /// Changes a draft this replica holds through a closure on an owned copy; returns what the
