@@ -107,3 +107,47 @@ fn a_subscription_that_grows_receives_what_it_did_not_see() {
     drop((wa, wb, w));
     server.kill();
 }
+
+/// Found by the fault test: while a tree was outside the subscription, this replica changed
+/// a record of it after another replica had; widening fetched the other replica's older
+/// change and applied it over this replica's newer one (its own changes are not applied
+/// again), so the replica held a value the server did not.
+#[test]
+fn widening_never_applies_an_older_change_over_this_replicas_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let w = Db::memory_synced(config(server.addr, &token)).unwrap();
+    w.wait_caught_up(LIMIT).unwrap();
+    let wb = w.tree::<B>().unwrap();
+    let k = wb.create(&B { n: 1 }).unwrap();
+    w.wait_pushed(LIMIT).unwrap();
+
+    let path = tmp.path().join("reader.rekord");
+    // The reader sees the record, then narrows to `a`.
+    assert_eq!(read(&path, config(server.addr, &token)), (vec![], vec![1]));
+    assert_eq!(
+        read(&path, config(server.addr, &token).trees(["a"])),
+        (vec![], vec![1])
+    );
+    // The writer changes it and lets go of it.
+    wb.update(k, |b| b.n = 2).unwrap();
+    wb.return_borrow(k).unwrap();
+    w.wait_pushed(LIMIT).unwrap();
+    // The reader, still on `a`, borrows it and changes it after the writer.
+    {
+        let r = Db::open_synced(&path, config(server.addr, &token).trees(["a"])).unwrap();
+        r.wait_caught_up(LIMIT).unwrap();
+        let rb = r.tree::<B>().unwrap();
+        rb.borrow(k).unwrap();
+        rb.update(k, |b| b.n = 3).unwrap();
+        r.wait_pushed(LIMIT).unwrap();
+    }
+    // Widened: the reader holds what the server holds (its own 3), not the writer's 2.
+    assert_eq!(read(&path, config(server.addr, &token)), (vec![], vec![3]));
+    let fresh = tmp.path().join("fresh.rekord");
+    assert_eq!(read(&fresh, config(server.addr, &token)), (vec![], vec![3]));
+    drop((wb, w));
+    server.kill();
+}

@@ -761,39 +761,17 @@ impl Client {
             let mut s =
                 net::connect_timeout(self.config.server, &hello, pin, self.config.timeout).await?;
             self.first_contact(s.pin(), s.server_hello().replica)?;
+            // Everything first: a change this replica made itself later in the range
+            // supersedes the older changes of others to the same record (its own changes
+            // are not applied again: the record here already reflects them).
+            let mut missed: Vec<Sequenced> = Vec::new();
             loop {
                 match s.next_push(self.config.timeout).await? {
                     Some(Push::Changes(entries)) => {
-                        let missed: Vec<Sequenced> = entries
-                            .into_iter()
-                            .filter(|e| {
-                                let tree = &e.change.tree;
-                                e.seq <= upto
-                                    && !old.is_live(tree)
-                                    && e.seq > old.covered(tree, upto)
-                            })
-                            .collect();
-                        if missed.is_empty() {
-                            continue;
-                        }
-                        let versions: Vec<(String, u32)> = missed
-                            .iter()
-                            .filter_map(|e| match &e.change.kind {
-                                ChangeKind::Put { version, .. }
-                                | ChangeKind::Edit { version, .. } => {
-                                    Some((e.change.tree.clone(), *version))
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                        self.fetch_schemas(&mut s, &versions).await?;
-                        let db = self.db()?;
-                        let mut b = db.batch()?;
-                        let skipped = b.apply_remote(&missed)?;
-                        b.commit_for_sync()?;
-                        for event in skipped {
-                            self.emit(event);
-                        }
+                        missed.extend(entries.into_iter().filter(|e| {
+                            let tree = &e.change.tree;
+                            e.seq <= upto && !old.is_live(tree) && e.seq > old.covered(tree, upto)
+                        }));
                     }
                     Some(Push::CaughtUp { .. }) => break,
                     None => {
@@ -801,6 +779,43 @@ impl Client {
                             "no answer while fetching the changes of newly subscribed trees".into(),
                         ));
                     }
+                }
+            }
+            let me = self.db()?.inner.replica.load(Ordering::Acquire);
+            let is_data = |e: &Sequenced| !matches!(e.change.kind, ChangeKind::Borrow { .. });
+            let mut last_own: std::collections::HashMap<(&str, u64, u32), u64> =
+                std::collections::HashMap::new();
+            for e in missed.iter().filter(|e| e.origin == me && is_data(e)) {
+                last_own.insert((e.change.tree.as_str(), e.change.id, e.change.rev), e.seq);
+            }
+            let superseded: HashSet<u64> = missed
+                .iter()
+                .filter(|e| {
+                    is_data(e)
+                        && last_own
+                            .get(&(e.change.tree.as_str(), e.change.id, e.change.rev))
+                            .is_some_and(|&own| e.seq <= own)
+                })
+                .map(|e| e.seq)
+                .collect();
+            missed.retain(|e| !superseded.contains(&e.seq));
+            for chunk in missed.chunks(4096) {
+                let versions: Vec<(String, u32)> = chunk
+                    .iter()
+                    .filter_map(|e| match &e.change.kind {
+                        ChangeKind::Put { version, .. } | ChangeKind::Edit { version, .. } => {
+                            Some((e.change.tree.clone(), *version))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                self.fetch_schemas(&mut s, &versions).await?;
+                let db = self.db()?;
+                let mut b = db.batch()?;
+                let skipped = b.apply_remote(chunk)?;
+                b.commit_for_sync()?;
+                for event in skipped {
+                    self.emit(event);
                 }
             }
             s.close().await;
@@ -1693,7 +1708,35 @@ impl Client {
             // the grant) now, so the holder edits what everyone else has.
             Ok(seq) if seq != 0 && !subscribed => {
                 self.resync(s, vec![(tree.to_owned(), key.id)]).await?;
-                self.make_durable()?;
+                // The copy here is the server's as of the grant: changes of others up to it,
+                // met later (when the tree joins the subscription), are older and skipped.
+                let db = self.db()?;
+                let b = db.batch()?;
+                {
+                    let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
+                    let row = pending
+                        .get((tree, key.id))
+                        .map_err(Error::from)?
+                        .map(|v| outbox::PendingRow::decode(v.value()));
+                    let row = match row {
+                        Some(mut r) => {
+                            r.floor = r.floor.max(seq);
+                            r
+                        }
+                        None => outbox::PendingRow {
+                            count: 0,
+                            base: seq,
+                            hlc: 0,
+                            floor: seq,
+                            strategy: String::new(),
+                            base_value: Vec::new(),
+                        },
+                    };
+                    pending
+                        .insert((tree, key.id), row.encode().as_slice())
+                        .map_err(Error::from)?;
+                }
+                b.commit()?;
                 Ok(Ok(()))
             }
             // Held already (by the server's word): make sure it shows here.
