@@ -864,7 +864,11 @@ fn fault_run(default_ops: u32, rounds: u64) {
     for c in &mut clients {
         c.ok("pushed");
     }
+    // Conflicts merged since each client's last start (counted before it restarts).
+    let mut conflicts = 0u64;
     for i in 0..clients.len() {
+        let s = clients[i].ask("status");
+        conflicts += s.split_whitespace().nth(5).unwrap().parse::<u64>().unwrap();
         let old = clients.remove(i);
         let name = old.name;
         old.quit();
@@ -927,15 +931,8 @@ fn fault_run(default_ops: u32, rounds: u64) {
             "acknowledged note {id} lost (seed {seed})"
         );
     }
-    let conflicts: u64 = clients
-        .iter_mut()
-        .map(|c| {
-            let s = c.ask("status");
-            s.split_whitespace().nth(5).unwrap().parse::<u64>().unwrap()
-        })
-        .sum();
     eprintln!(
-        "fault test: {} records and {} notes ({} optimistic edits, {conflicts} conflicts merged), \
+        "fault test: {} records and {} notes ({} optimistic edits, {conflicts} conflicts merged since the last restarts), \
          {} acknowledged creates, identical on 3 replicas",
         ids.len(),
         notes.len(),
