@@ -8,11 +8,11 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rekord::{Db, Error, Key, Retry, SyncConfig};
+use rekord::{Db, Error, Key, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{APP, ServerProcess, token};
+use process::{ServerProcess, token};
 
 #[rekord::record(tree = "a", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -30,13 +30,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "REKORD_BORROW_CHILD";
 
 fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
-    SyncConfig::new(addr, APP, token)
-        .retry(
-            Retry::default()
-                .initial(Duration::from_millis(20))
-                .max(Duration::from_millis(200)),
-        )
-        .timeout(Duration::from_secs(10))
+    process::config(addr, token).timeout(Duration::from_secs(10))
 }
 
 /// Entry point of a child process (a no-op in a normal test run): creates a record, pushes,

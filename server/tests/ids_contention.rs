@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rekord::{Db, Error, Retry, SyncConfig};
+use rekord::{Db, Error};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{APP, ServerProcess, token};
+use process::{ServerProcess, config, token};
 
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -19,14 +19,6 @@ pub struct Part {
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
-    SyncConfig::new(addr, APP, token).retry(
-        Retry::default()
-            .initial(Duration::from_millis(20))
-            .max(Duration::from_millis(200)),
-    )
-}
 
 /// Online, `Tree::create` is documented to fail with `IdsExhausted` only when the server is
 /// not reachable. Eight threads creating at once with ranges of one id.

@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rekord::{Db, Retry, SyncConfig};
+use rekord::{Db, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{APP, ServerProcess, token};
+use process::{ServerProcess, token};
 
 #[rekord::record(tree = "a", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -29,13 +29,7 @@ pub struct B {
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
-    SyncConfig::new(addr, APP, token)
-        .retry(
-            Retry::default()
-                .initial(Duration::from_millis(20))
-                .max(Duration::from_millis(200)),
-        )
-        .timeout(Duration::from_secs(10))
+    process::config(addr, token).timeout(Duration::from_secs(10))
 }
 
 fn bs(db: &Db) -> Vec<u32> {

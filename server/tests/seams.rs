@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rekord::{Db, Error, Event, Retry, SyncConfig, SyncEvent, WriteMode};
+use rekord::{Db, Error, Event, SyncEvent, WriteMode};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{APP, BIN, ServerProcess, token};
+use process::{BIN, ServerProcess, config, token};
 
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -29,14 +29,6 @@ pub struct Note {
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
-    SyncConfig::new(addr, APP, token).retry(
-        Retry::default()
-            .initial(Duration::from_millis(20))
-            .max(Duration::from_millis(200)),
-    )
-}
 
 /// Runs the server's CLI on `data`; its standard output.
 fn cli(data: &Path, args: &[&str]) -> String {

@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rekord::{Db, Retry, SyncConfig};
+use rekord::{Db, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{APP, ServerProcess, token};
+use process::{ServerProcess, config, token};
 
 #[rekord::record(tree = "a", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -25,14 +25,6 @@ pub struct B {
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
-    SyncConfig::new(addr, APP, token).retry(
-        Retry::default()
-            .initial(Duration::from_millis(20))
-            .max(Duration::from_millis(200)),
-    )
-}
 
 /// Opens the reader with `trees` (empty: all), catches up, and returns the `n`s of its
 /// records of `a` and of `b`, sorted.

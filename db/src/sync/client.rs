@@ -609,13 +609,9 @@ impl Client {
                         matches!(end, End::Refused(_)) || Instant::now() >= i.deadline
                     });
                     if give_up && let Some(i) = self.interrupted.take() {
-                        let (what, reason) = ("borrowing", i.reason);
                         let error = match &end {
-                            End::Refused(r) => Error::Refused {
-                                what,
-                                reason: r.clone(),
-                            },
-                            _ => Error::Offline { what, reason },
+                            End::Refused(r) => borrow_failed(r.clone(), true),
+                            _ => borrow_failed(i.reason, false),
                         };
                         let _ = i.reply.try_send(Err(error));
                     }
@@ -722,11 +718,7 @@ impl Client {
             let db = self.db()?;
             let txn = db.inner.redb.begin_read().map_err(Error::from)?;
             let meta = txn.open_table(META).map_err(Error::from)?;
-            let stored = meta
-                .get(COVERAGE)
-                .map_err(Error::from)?
-                .and_then(|v| std::str::from_utf8(v.value()).ok().map(str::to_owned))
-                .and_then(|text| ron::from_str::<Coverage>(&text).ok());
+            let stored = stored_coverage(&meta)?;
             let unstored = stored.is_none();
             // A new database, or one from before coverage was kept: its cursor covers this
             // subscription.
@@ -821,15 +813,9 @@ impl Client {
             s.close().await;
         }
         if unstored || from.is_some() || next != old {
-            let text = ron::to_string(&next)
-                .map_err(|e| End::Lost(format!("cannot encode the subscription: {e}")))?;
             let db = self.db()?;
             let b = db.batch()?;
-            b.txn
-                .open_table(META)
-                .map_err(Error::from)?
-                .insert(COVERAGE, text.as_bytes())
-                .map_err(Error::from)?;
+            store_coverage(&mut b.txn.open_table(META).map_err(Error::from)?, &next)?;
             b.commit_for_sync()?;
         }
         Ok(())
@@ -879,18 +865,10 @@ impl Client {
             // they count as never received and are fetched whole when they join.
             {
                 let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-                let stored = meta
-                    .get(COVERAGE)
-                    .map_err(Error::from)?
-                    .and_then(|v| std::str::from_utf8(v.value()).ok().map(str::to_owned))
-                    .and_then(|text| ron::from_str::<Coverage>(&text).ok());
-                if let Some(mut c) = stored {
+                if let Some(mut c) = stored_coverage(&meta)? {
                     c.rest = 0;
                     c.left.values_mut().for_each(|at| *at = 0);
-                    if let Ok(text) = ron::to_string(&c) {
-                        meta.insert(COVERAGE, text.as_bytes())
-                            .map_err(Error::from)?;
-                    }
+                    store_coverage(&mut meta, &c)?;
                 }
             }
             b.commit()?;
@@ -1001,18 +979,9 @@ impl Client {
             }
             Err(end) => {
                 let error = match &end {
-                    End::Refused(r) => Error::Refused {
-                        what: "borrowing",
-                        reason: r.clone(),
-                    },
-                    End::Lost(r) => Error::Offline {
-                        what: "borrowing",
-                        reason: r.clone(),
-                    },
-                    End::Closed => Error::Offline {
-                        what: "borrowing",
-                        reason: "the database is closing".into(),
-                    },
+                    End::Refused(r) => borrow_failed(r.clone(), true),
+                    End::Lost(r) => borrow_failed(r.clone(), false),
+                    End::Closed => borrow_failed("the database is closing".into(), false),
                 };
                 let _ = reply.try_send(Err(error));
                 Err(end)
@@ -1784,17 +1753,40 @@ impl Client {
     }
 }
 
-/// Answers a command while the server is unreachable (or refuses this client).
-fn fail(command: Command, reason: &str, refused: bool) {
-    let (what, reason) = ("borrowing", reason.to_owned());
-    let error = if refused {
+/// The subscription coverage stored in `rekord.meta` (`None` if none, or unreadable).
+fn stored_coverage(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<Coverage>> {
+    Ok(meta
+        .get(COVERAGE)?
+        .and_then(|v| std::str::from_utf8(v.value()).ok().map(str::to_owned))
+        .and_then(|text| ron::from_str::<Coverage>(&text).ok()))
+}
+
+/// Stores the subscription coverage in `rekord.meta`.
+fn store_coverage(meta: &mut redb::Table<'_, &str, &[u8]>, c: &Coverage) -> Result<()> {
+    let text = ron::to_string(c).map_err(|e| Error::CorruptMeta {
+        reason: format!("cannot encode the subscription coverage: {e}"),
+    })?;
+    meta.insert(COVERAGE, text.as_bytes())?;
+    Ok(())
+}
+
+/// The error a borrow fails with when the server refuses this client or cannot be reached.
+fn borrow_failed(reason: String, refused: bool) -> Error {
+    let what = "borrowing";
+    if refused {
         Error::Refused { what, reason }
     } else {
         Error::Offline { what, reason }
-    };
+    }
+}
+
+/// Answers a command while the server is unreachable (or refuses this client).
+fn fail(command: Command, reason: &str, refused: bool) {
     match command {
         Command::Borrow { reply, .. } => {
-            let _ = reply.try_send(Err(error));
+            let _ = reply.try_send(Err(borrow_failed(reason.to_owned(), refused)));
         }
     }
 }

@@ -82,3 +82,12 @@ pub fn token(data: &Path) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A synced database's configuration for `addr` with quick retries (tests).
+pub fn config(addr: SocketAddr, token: &str) -> rekord::SyncConfig {
+    rekord::SyncConfig::new(addr, APP, token).retry(
+        rekord::Retry::default()
+            .initial(std::time::Duration::from_millis(20))
+            .max(std::time::Duration::from_millis(200)),
+    )
+}
