@@ -55,6 +55,7 @@ async fn rekord_cases(n: usize) -> Samples {
         pinned: None,
         cursor: 0,
         trees: vec![],
+        replica: 0,
     };
     let mut a = rekord::net::connect(addr, &cfg(1), None).await.unwrap();
     let schema = rekord::Schema::of::<Item>().to_ron().unwrap();

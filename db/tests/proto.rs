@@ -22,6 +22,7 @@ fn sample_frames() -> Vec<Frame> {
             server: Some([9; 16]),
             cursor: 42,
             trees: vec!["parts".into()],
+            replica: 5,
         }),
         Frame::ServerHello(ServerHello {
             protocol: PROTOCOL_VERSION,
@@ -29,6 +30,8 @@ fn sample_frames() -> Vec<Frame> {
             server: [9; 16],
             replica: 3,
             head: 100,
+            history: vec![(11, 0), (12, 90)],
+            read: Some(vec!["parts".into()]),
         }),
         Frame::Refused(Refusal::BadToken),
         Frame::Request {
@@ -222,6 +225,7 @@ fn protocol_limits_are_enforced_on_decode() {
             server: None,
             cursor: 0,
             trees: vec![],
+            replica: 0,
         }),
         Frame::Response {
             id: 1,
@@ -395,6 +399,7 @@ fn client(pinned: Option<[u8; 16]>) -> ClientConfig {
         pinned,
         cursor: 0,
         trees: vec!["parts".into()],
+        replica: 0,
     }
 }
 
@@ -459,6 +464,8 @@ fn client_pins_the_server_and_refuses_strangers() {
             server,
             replica: 2,
             head: 0,
+            history: vec![],
+            read: None,
         })
     };
     // First contact: anything that speaks our protocol and application is accepted (and pinned).
@@ -510,6 +517,8 @@ fn a_handshake_over_an_in_memory_stream() {
         server: [5; 16],
         replica: 7,
         head: 0,
+        history: vec![(1, 0)],
+        read: None,
     });
     let mut to_client = FrameReader::new();
     to_client.push(&encode(&reply).unwrap());

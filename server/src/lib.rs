@@ -16,8 +16,11 @@
 //!   the grant's sequence number, 0 if it was held already). If
 //!   another client holds it: [`RemoteError::AlreadyBorrowed`] with that client's holder
 //!   number and the name of the token it connected with. Borrows are persisted ([`Store::borrow`]) and survive restarts.
-//! - [`Request::Return`]: frees the record if this client holds it
-//!   ([`Response::Returned`]), else [`RemoteError::NotBorrowed`].
+//! - [`Request::Return`]: the tree must be writable; frees the record if this client holds
+//!   it ([`Response::Returned`]), else [`RemoteError::NotBorrowed`]. Synced databases send
+//!   returns as numbered outbox entries instead ([`Request::Entries`], a change of kind
+//!   `Borrow { holder: 0 }`), so a resent return is answered with its first outcome and never
+//!   frees a borrow granted after it.
 //!
 //! - [`Request::PutSchema`]: stores a record schema (RON of a [`rekord::Schema`], whose tree
 //!   and version must match the request's; the tree must be writable); answered with
@@ -124,11 +127,28 @@
 //!
 //! **Restore** needs the server stopped: stop it (SIGTERM or SIGINT; it removes its admin
 //! socket), replace `server.redb` in the data directory by the backup file, start it again.
-//! Tokens are as they were at the backup (later issues and revocations are undone), and
-//! holder numbers assigned after it are forgotten: the restored server may give such a
-//! number to another client, so back up often. (A server that was killed leaves
-//! `admin.sock` behind; the next start replaces it.)
+//! (A server that was killed leaves `admin.sock` behind; the next start replaces it.)
 //!
+//! What a restore keeps and what it loses:
+//!
+//! - **The server loses** every change, token issue or revocation, id range and holder
+//!   number made after the backup. Tokens are as they were at the backup.
+//! - **Nothing is reused.** Each start of the server begins a new *history* (table
+//!   `history`: the lineage of history ids, each with the sequence number up to which it
+//!   shares its predecessor's changes), and moves the id allocator and the holder numbers
+//!   past anything the previous run can have handed out (by 2^44 ids and 2^20 holder
+//!   numbers on the first start of a file written by `backup`, by 2^40 and 2^10 on every
+//!   other start). So sequence numbers of the lost history are never mistaken for the new
+//!   history's, and no id range or holder number is granted twice.
+//! - **Replicas reconcile.** Every hello carries the lineage; a replica that synced with a
+//!   history the server no longer descends from ([`rekord::SyncEvent::Restored`]) sends
+//!   again what it changed after the last shared change (its records as they are, with the
+//!   borrows it held taken back and its id ranges registered again), makes the records
+//!   other replicas changed what the server has (reported; their authors send them again
+//!   when they reconnect), and receives the restored server's changes from the shared
+//!   point on. Unacknowledged writes were in its outbox anyway. A replica that never
+//!   reconnects takes its later changes with it; a replica's journal of changed records
+//!   reaches back `SyncConfig::journal_retention` (30 days by default).
 //! ```no_run
 //! # async fn demo() -> Result<(), rekord_server::ServerError> {
 //! let config = rekord_server::Config::default();
@@ -683,6 +703,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     let client = hello.client;
     let subscribed = hello.trees.clone();
     let cursor = hello.cursor;
+    let claimed = hello.replica;
     let checked = tokio::task::spawn_blocking(move || {
         let mut db_error = None;
         let mut name = String::new();
@@ -703,9 +724,11 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             return Err(e);
         }
         match verdict {
-            Ok(grant) => store
-                .connect(client, &name)
-                .map(|holder| Ok((grant, holder, name))),
+            Ok(grant) => {
+                let holder = store.connect_claiming(client, &name, claimed)?;
+                let history = store.history()?;
+                Ok(Ok((grant, holder, name, history)))
+            }
             Err(refusal) => Ok(Err(refusal)),
         }
     })
@@ -714,7 +737,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     .map_err(|e| End::Internal(e.to_string()))?;
 
     let client_text = uuid::Uuid::from_bytes(client);
-    let (grant, holder, token) = match checked {
+    let (grant, holder, token, history) = match checked {
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::info!(%remote, client = %client_text, %refusal, "refused a client");
@@ -740,6 +763,11 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             server: shared.server,
             replica: holder,
             head,
+            history,
+            read: match &grant.read {
+                rekord::proto::handshake::Trees::All => None,
+                rekord::proto::handshake::Trees::Only(trees) => Some(trees.clone()),
+            },
         }),
     )
     .await?;
@@ -907,6 +935,11 @@ async fn answer(
             let range = blocking(move || store.grant_range(holder, want)).await?;
             Response::Ranges(vec![range])
         }
+        Request::Reclaim { ranges } => {
+            let store = shared.store.clone();
+            let refused = blocking(move || store.reclaim(holder, &ranges)).await?;
+            Response::Reclaimed { refused }
+        }
         Request::Borrow { tree, id } => {
             if !grant.write.allows(&tree) {
                 return Ok(Response::Error(RemoteError::NotAllowed { tree }));
@@ -934,6 +967,9 @@ async fn answer(
             }
         }
         Request::Return { tree, id } => {
+            if !grant.write.allows(&tree) {
+                return Ok(Response::Error(RemoteError::NotAllowed { tree }));
+            }
             let shared = shared.clone();
             let (freed, done) = blocking(move || {
                 let _order = shared.pushes();

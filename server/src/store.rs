@@ -68,8 +68,14 @@ const ENTRIES: TableDefinition<u32, u64> = TableDefinition::new("entries");
 /// sequence number, or the refusal); dropped once the client sends later entries only.
 const OUTCOMES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("outcomes");
 
+/// Position -> (history id, base): the lineage of this server's history, oldest first. A
+/// history is the sequence of changes one line of this database has logged; restoring a
+/// backup starts a new one, which shares its parent's changes up to `base` only. The first
+/// entry has base 0. See [`Store::history`].
+const HISTORY: TableDefinition<u64, (u64, u64)> = TableDefinition::new("history");
+
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 13] = [
+pub const TABLES: [&str; 14] = [
     "tokens",
     "token_names",
     "holders",
@@ -83,6 +89,7 @@ pub const TABLES: [&str; 13] = [
     "ops",
     "entries",
     "outcomes",
+    "history",
 ];
 
 /// The first record id the server grants (ids below 2^32 are never granted).
@@ -102,6 +109,30 @@ pub enum BorrowOutcome {
     /// Another client holds it (its holder number); nothing changed.
     HeldBy(u32),
 }
+
+/// How far a restore moves the id allocator past the backup's: beyond every id the server
+/// can have granted between the backup and the restore (17 million ranges of the largest
+/// size), so no id range is ever granted twice. Clients of the lost history reclaim the
+/// ranges they hold ([`Store::reclaim`]).
+pub const RESTORE_ID_GAP: u64 = 1 << 44;
+
+/// How far a restore moves the holder numbers past the backup's, for the same reason:
+/// numbers assigned between the backup and the restore are never given to other clients.
+pub const RESTORE_HOLDER_GAP: u64 = 1 << 20;
+
+/// How far every opening of the database moves the id allocator (see `open_history`).
+pub const START_ID_GAP: u64 = 1 << 40;
+
+/// How far every opening of the database moves the holder numbers.
+pub const START_HOLDER_GAP: u64 = 1 << 10;
+
+/// `meta` key set in a backup copy: its first opening moves the allocators further.
+const RESTORE_PENDING: &str = "restore_pending";
+
+/// How many lineage entries a [`rekord::proto::ServerHello`] carries (the newest): a
+/// client that last synced more than this many server starts ago reconciles every record
+/// its journal names.
+pub const HISTORY_SENT: usize = rekord::proto::MAX_HISTORY;
 
 /// The first holder number given to a client (1 is reserved for standalone replicas).
 pub const FIRST_HOLDER: u32 = 2;
@@ -196,6 +227,7 @@ impl Store {
         txn.open_table(OPS)?;
         txn.open_table(ENTRIES)?;
         migrate_outcomes(&txn)?;
+        open_history(&txn, &path)?;
         txn.commit()?;
         Ok(Self {
             db,
@@ -339,7 +371,7 @@ impl Store {
 
     /// The holder number of client `client`, assigned (persistently) on first call.
     pub fn holder(&self, client: [u8; 16]) -> Result<u32, ServerError> {
-        self.assign_holder(client, None)
+        self.assign_holder(client, None, 0)
     }
 
     /// The holder number of client `client`, connecting with the token named `token`:
@@ -347,7 +379,87 @@ impl Store {
     /// ([`Store::holder_token`]). A holder keeps the name it first connected with; one
     /// without a name (assigned before the server recorded names) gets `token`'s now.
     pub fn connect(&self, client: [u8; 16], token: &str) -> Result<u32, ServerError> {
-        self.assign_holder(client, Some(token))
+        self.assign_holder(client, Some(token), 0)
+    }
+
+    /// [`Store::connect`] for a client that says it had holder number `claimed` (0: none)
+    /// in an earlier history of this server: a client the restored server does not know
+    /// gets its number back when no other client has it (numbers assigned after a backup
+    /// are never given to others after a restore, see [`RESTORE_HOLDER_GAP`]), so the
+    /// borrows recorded on its replica stay its own.
+    pub fn connect_claiming(
+        &self,
+        client: [u8; 16],
+        token: &str,
+        claimed: u32,
+    ) -> Result<u32, ServerError> {
+        self.assign_holder(client, Some(token), claimed)
+    }
+
+    /// The lineage of this server's history, oldest first, at most the newest
+    /// [`HISTORY_SENT`] entries: `(history id, base)`, where each history shares the
+    /// changes of the one before it up to sequence number `base`. A restore of a backup
+    /// appends an entry (based at the backup's head), so a client that synced with a
+    /// history this one does not descend from knows exactly which of its changes the
+    /// server lost.
+    pub fn history(&self) -> Result<Vec<(u64, u64)>, ServerError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HISTORY)?;
+        let mut out: Vec<(u64, u64)> = table
+            .iter()?
+            .rev()
+            .take(HISTORY_SENT)
+            .map(|e| e.map(|(_, v)| v.value()))
+            .collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Registers id ranges a client of a lost history held (granted after the backup this
+    /// server was restored from) as client `holder`'s again, so its records created with
+    /// them are accepted. A range is refused (returned) if it is not one this server can
+    /// have granted before (ids from [`FIRST_ID`] below the allocator) or overlaps a range
+    /// another client holds; the client then stops using it.
+    pub fn reclaim(
+        &self,
+        holder: u32,
+        wanted: &[(u64, u64)],
+    ) -> Result<Vec<(u64, u64)>, ServerError> {
+        let txn = self.db.begin_write()?;
+        let mut refused = Vec::new();
+        {
+            let next_id = txn
+                .open_table(META)?
+                .get("next_id")?
+                .map_or(FIRST_ID, |g| g.value());
+            let mut ranges = txn.open_table(RANGES)?;
+            for &(start, end) in wanted {
+                if start < FIRST_ID || end <= start || end > next_id {
+                    refused.push((start, end));
+                    continue;
+                }
+                let mut overlaps = false;
+                let mut own = false;
+                for row in ranges.iter()? {
+                    let (k, e) = row?;
+                    let ((h, s), e) = (k.value(), e.value());
+                    if s < end && start < e {
+                        if h == holder && s <= start && end <= e {
+                            own = true;
+                        } else if h != holder {
+                            overlaps = true;
+                        }
+                    }
+                }
+                if overlaps {
+                    refused.push((start, end));
+                } else if !own {
+                    ranges.insert((holder, start), end)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(refused)
     }
 
     /// The name of the token client `holder` first connected with (`None`: unknown).
@@ -357,7 +469,12 @@ impl Store {
         Ok(table.get(holder)?.map(|g| g.value().to_owned()))
     }
 
-    fn assign_holder(&self, client: [u8; 16], token: Option<&str>) -> Result<u32, ServerError> {
+    fn assign_holder(
+        &self,
+        client: [u8; 16],
+        token: Option<&str>,
+        claimed: u32,
+    ) -> Result<u32, ServerError> {
         let key = u128::from_be_bytes(client);
         {
             let txn = self.db.begin_read()?;
@@ -378,11 +495,31 @@ impl Store {
                 let next = meta
                     .get("next_holder")?
                     .map_or(u64::from(FIRST_HOLDER), |g| g.value());
-                let n = u32::try_from(next)
-                    .map_err(|_| ServerError::Database("every holder number is taken".into()))?;
-                meta.insert("next_holder", next + 1)?;
-                holders.insert(key, n)?;
-                n
+                let free = |n: u32| -> Result<bool, ServerError> {
+                    if n < FIRST_HOLDER || u64::from(n) >= next {
+                        return Ok(false);
+                    }
+                    if txn.open_table(HOLDER_TOKENS)?.get(n)?.is_some() {
+                        return Ok(false);
+                    }
+                    for row in holders.iter()? {
+                        if row?.1.value() == n {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                };
+                if claimed != 0 && free(claimed)? {
+                    holders.insert(key, claimed)?;
+                    claimed
+                } else {
+                    let n = u32::try_from(next).map_err(|_| {
+                        ServerError::Database("every holder number is taken".into())
+                    })?;
+                    meta.insert("next_holder", next + 1)?;
+                    holders.insert(key, n)?;
+                    n
+                }
             }
         };
         if let Some(token) = token {
@@ -1135,10 +1272,19 @@ fn apply_in(
             parsed,
         };
         match tables.apply(holder, grant, &change, *seq + 1)? {
-            Ok(born) => {
-                if born {
-                    created.push((change.tree.clone(), change.id));
-                }
+            Ok(effect) => {
+                let change = match effect {
+                    Effect::Nothing => continue,
+                    Effect::Born => {
+                        created.push((change.tree.clone(), change.id));
+                        change
+                    }
+                    // A return is logged like the server's own borrow changes (revision 0).
+                    Effect::Logged if matches!(change.kind, ChangeKind::Borrow { .. }) => {
+                        Change { rev: 0, ..change }
+                    }
+                    Effect::Logged => change,
+                };
                 *seq += 1;
                 let entry = Sequenced {
                     seq: *seq,
@@ -1153,6 +1299,16 @@ fn apply_in(
         }
     }
     Ok(Ok(()))
+}
+
+/// What applying one accepted change did.
+enum Effect {
+    /// Changed and logged.
+    Logged,
+    /// Created a record whose borrow the client now holds (logged).
+    Born,
+    /// Nothing to change (a return of a record the client no longer holds): not logged.
+    Nothing,
 }
 
 /// The tables one change is checked against and applied to.
@@ -1329,15 +1485,14 @@ impl Tables<'_, '_> {
         Ok(None)
     }
 
-    /// Checks and applies one change, which gets sequence number `seq`; `Ok(Ok(true))` if
-    /// it created a record whose borrow the client now holds.
+    /// Checks and applies one change, which gets sequence number `seq` if it is logged.
     fn apply(
         &mut self,
         holder: u32,
         grant: &Grant,
         change: &Change,
         seq: u64,
-    ) -> Result<Result<bool, RemoteError>, ServerError> {
+    ) -> Result<Result<Effect, RemoteError>, ServerError> {
         let Change {
             tree,
             id,
@@ -1345,9 +1500,11 @@ impl Tables<'_, '_> {
             kind,
         } = change;
         let (tree, id, rev) = (tree.as_str(), *id, *rev);
-        if let ChangeKind::Borrow { .. } = kind {
+        if let ChangeKind::Borrow { holder: to } = kind
+            && *to != 0
+        {
             return Ok(Err(RemoteError::Invalid(
-                "borrow changes are made by the server; ask with Request::Borrow / Return".into(),
+                "borrows are granted by the server; ask with Request::Borrow".into(),
             )));
         }
         if !grant.write.allows(tree) {
@@ -1356,6 +1513,17 @@ impl Tables<'_, '_> {
             }));
         }
         let borrower = self.borrows.get((tree, id))?.map(|g| g.value());
+        if let ChangeKind::Borrow { .. } = kind {
+            // A return (an outbox entry of its own, numbered like changes: a resent one is
+            // answered with its first outcome and never frees a later borrow). Returning
+            // what this client does not hold (taken back by an administrator) changes
+            // nothing.
+            if borrower != Some(holder) {
+                return Ok(Ok(Effect::Nothing));
+            }
+            self.borrows.remove((tree, id))?;
+            return Ok(Ok(Effect::Logged));
+        }
         let current = self.state(tree, id, rev)?;
         let creates = current.is_none() && rev == 0 && !self.known_id(tree, id)?;
         if creates {
@@ -1393,8 +1561,9 @@ impl Tables<'_, '_> {
             let born = borrower.is_none() && !optimistic;
             if born {
                 self.borrows.insert((tree, id), holder)?;
+                return Ok(Ok(Effect::Born));
             }
-            return Ok(Ok(born));
+            return Ok(Ok(Effect::Logged));
         }
         if let ChangeKind::Edit { .. } = kind {
             if let Some(other) = borrower.filter(|h| *h != holder) {
@@ -1486,8 +1655,56 @@ impl Tables<'_, '_> {
         }
         self.records
             .insert((tree, id, rev), state.encode().as_slice())?;
-        Ok(Ok(false))
+        Ok(Ok(Effect::Logged))
     }
+}
+
+/// Starts a new history (see [`HISTORY`]) each time the database is opened: its base is
+/// the head now, and the id allocator and holder numbers move past anything an earlier
+/// history can have handed out after this state. A database file put back from a copy
+/// (restored) therefore never continues the history its copy was taken from: clients
+/// that synced with that history after the copy see a history that parted from theirs at
+/// the copy's head. Opened for the first time after [`Store::backup`] wrote it, the gaps
+/// are wider ([`RESTORE_ID_GAP`], [`RESTORE_HOLDER_GAP`]); other openings use
+/// [`START_ID_GAP`] and [`START_HOLDER_GAP`] (a file copied by other means and restored is
+/// safe while fewer ids and clients were handed out between copy and restore).
+fn open_history(txn: &redb::WriteTransaction, path: &Path) -> Result<(), ServerError> {
+    let mut history = txn.open_table(HISTORY)?;
+    let mut meta = txn.open_table(META)?;
+    let restored = meta.remove(RESTORE_PENDING)?.is_some();
+    let last = history.last()?.map(|(k, _)| k.value());
+    let head = head_of(&txn.open_table(LOG)?)?;
+    // Never 0 (0 means "none" to clients).
+    let id = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+    let position = last.map_or(0, |l| l + 1);
+    history.insert(position, (id, if last.is_some() { head } else { 0 }))?;
+    let (id_gap, holder_gap) = if restored {
+        (RESTORE_ID_GAP, RESTORE_HOLDER_GAP)
+    } else {
+        (START_ID_GAP, START_HOLDER_GAP)
+    };
+    let next_id = meta.get("next_id")?.map(|g| g.value());
+    if let Some(next_id) = next_id {
+        meta.insert("next_id", next_id.saturating_add(id_gap))?;
+    }
+    let next_holder = meta.get("next_holder")?.map(|g| g.value());
+    if let Some(next_holder) = next_holder {
+        meta.insert(
+            "next_holder",
+            next_holder
+                .saturating_add(holder_gap)
+                .min(u64::from(u32::MAX)),
+        )?;
+    }
+    if restored {
+        tracing::warn!(
+            file = %path.display(),
+            head,
+            "opened a restored backup: a new history starts after sequence number {head}; \
+             clients of the lost history reconcile when they connect"
+        );
+    }
+    Ok(())
 }
 
 /// Rewrites the values of the `outcomes` table in the current layout if they are in the
@@ -1549,6 +1766,12 @@ fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<()
     table(read, &write, RECORDS)?;
     table(read, &write, OPS)?;
     table(read, &write, ENTRIES)?;
+    table(read, &write, OUTCOMES)?;
+    table(read, &write, HISTORY)?;
+    // The copy's first open starts a new history: restoring it (once or many times) never
+    // reuses the sequence numbers, id ranges or holder numbers of the history it was taken
+    // from.
+    write.open_table(META)?.insert(RESTORE_PENDING, 1)?;
     write.commit()?;
     Ok(())
 }
@@ -1585,14 +1808,22 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.holder([2; 16]).unwrap(), FIRST_HOLDER + 1);
-        assert_eq!(store.holder([3; 16]).unwrap(), FIRST_HOLDER + 2);
+        // Every opening starts a new history: numbers move past the earlier run's.
+        assert_eq!(
+            u64::from(store.holder([3; 16]).unwrap()),
+            u64::from(FIRST_HOLDER) + 2 + START_HOLDER_GAP
+        );
 
         // A holder keeps the name of the token it first connected with; one assigned
         // before names were recorded gets one at its next connection.
         store.issue("carol", Trees::All, Trees::All).unwrap();
         assert_eq!(store.holder_token(FIRST_HOLDER).unwrap(), None);
         assert_eq!(store.connect([1; 16], "carol").unwrap(), FIRST_HOLDER);
-        assert_eq!(store.connect([4; 16], "carol").unwrap(), FIRST_HOLDER + 3);
+        let fourth = store.connect([4; 16], "carol").unwrap();
+        assert_eq!(
+            u64::from(fourth),
+            u64::from(FIRST_HOLDER) + 3 + START_HOLDER_GAP
+        );
         assert_eq!(store.connect([1; 16], "dave").unwrap(), FIRST_HOLDER);
         assert_eq!(
             store.holder_token(FIRST_HOLDER).unwrap().as_deref(),
@@ -1603,7 +1834,7 @@ mod tests {
             .unwrap()
             .into_iter()
             .find(|t| t.name == "carol");
-        assert_eq!(carol.unwrap().holders, vec![FIRST_HOLDER, FIRST_HOLDER + 3]);
+        assert_eq!(carol.unwrap().holders, vec![FIRST_HOLDER, fourth]);
     }
 
     /// Entry outcomes a server stored before protocol version 2 are rewritten when the
@@ -1677,7 +1908,52 @@ mod tests {
         assert_eq!(store.borrower("t", 5).unwrap(), Some(2));
         assert!(store.return_borrow("t", 5, 2).unwrap());
         assert_eq!(store.borrower("t", 5).unwrap(), None);
-        assert_eq!(store.grant_range(4, 1).unwrap().0, c.1);
+        assert_eq!(store.grant_range(4, 1).unwrap().0, c.1 + START_ID_GAP);
+        assert_eq!(store.history().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_restored_backup_starts_a_history_and_reuses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let before = store.grant_range(2, 10).unwrap();
+        let lineage = store.history().unwrap();
+        assert_eq!(lineage.len(), 1);
+        assert_eq!(lineage[0].1, 0);
+        let copy = dir.path().join("backup.redb");
+        store.backup(&copy).unwrap();
+        // The lost history grants more after the backup.
+        let lost = store.grant_range(3, 10).unwrap();
+        drop(store);
+        let restored_dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&copy, restored_dir.path().join(DB_FILE)).unwrap();
+        let restored = Store::open(restored_dir.path()).unwrap();
+        let lineage2 = restored.history().unwrap();
+        assert_eq!(lineage2.len(), 2);
+        assert_eq!(lineage2[0], lineage[0]);
+        assert_ne!(lineage2[1].0, lineage[0].0);
+        // Nothing granted after the backup is granted again.
+        let fresh = restored.grant_range(4, 10).unwrap();
+        assert!(fresh.0 >= before.1 + RESTORE_ID_GAP && fresh.0 >= lost.1);
+        // The client that held the lost range gets it back; another may not take it.
+        assert_eq!(restored.reclaim(3, &[lost]).unwrap(), vec![]);
+        assert!(restored.owns(3, lost.0).unwrap());
+        assert_eq!(restored.reclaim(5, &[lost]).unwrap(), vec![lost]);
+        // Ranges the server cannot have granted are refused.
+        assert_eq!(
+            restored
+                .reclaim(3, &[(1, 5), (u64::MAX - 5, u64::MAX)])
+                .unwrap()
+                .len(),
+            2
+        );
+        // Restoring the same file again starts yet another history.
+        drop(restored);
+        let again = tempfile::tempdir().unwrap();
+        std::fs::copy(&copy, again.path().join(DB_FILE)).unwrap();
+        let third = Store::open(again.path()).unwrap().history().unwrap();
+        assert_eq!(third.len(), 2);
+        assert_ne!(third[1].0, lineage2[1].0);
     }
 
     #[rekord::record(tree = "t", version = 1)]

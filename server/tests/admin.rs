@@ -56,6 +56,7 @@ fn client(token: &str) -> ClientConfig {
         pinned: None,
         cursor: 0,
         trees: vec![],
+        replica: 0,
     }
 }
 

@@ -38,6 +38,7 @@ fn client(app: &str, token: &str) -> ClientConfig {
         pinned: None,
         cursor: 0,
         trees: vec![],
+        replica: 0,
     }
 }
 

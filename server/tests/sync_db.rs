@@ -427,7 +427,7 @@ async fn borrowing_from_async_code_neither_blocks_the_runtime_nor_panics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_server_restored_from_an_older_backup_is_followed_from_its_head() {
+async fn a_server_restored_from_an_older_backup_is_reconciled_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
     let server = Running::start(dir.path());
     let addr = server.addr;
@@ -477,14 +477,21 @@ async fn a_server_restored_from_an_older_backup_is_followed_from_its_head() {
     server.stop().await;
     std::fs::copy(&backup, dir.path().join(rekord_server::store::DB_FILE)).unwrap();
     let server = Running::start_on(dir.path(), addr);
+    let cfg3 = config(&server, &token);
     tokio::task::spawn_blocking(move || {
         let sub = b.subscribe();
-        // B notices the server is behind, goes on from its head and gets what is new.
-        let behind = wait_sync(&sub, "ServerBehind", |e| match e {
-            SyncEvent::ServerBehind { cursor, head } => Some((*cursor, *head)),
+        // B notices the restore: the histories share changes up to 3; B changed nothing.
+        let restored = wait_sync(&sub, "Restored", |e| match e {
+            SyncEvent::Restored {
+                common,
+                cursor,
+                resent,
+                ..
+            } => Some((*common, *cursor, *resent)),
             _ => None,
         });
-        assert_eq!(behind, (5, 3));
+        assert_eq!(restored, (3, 5, 0));
+        // A made the two lost records: it sends them again, and creates one more.
         a.wait_caught_up(LIMIT).unwrap();
         let pa = a.tree::<Part>().unwrap();
         let k = create(
@@ -496,11 +503,33 @@ async fn a_server_restored_from_an_older_backup_is_followed_from_its_head() {
         );
         a.wait_pushed(LIMIT).unwrap();
         wait_event(&sub, |e| e.key == k.raw() && e.kind == EventKind::Created);
+        let names = |db: &Db| {
+            let mut v: Vec<String> = db
+                .tree::<Part>()
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|r| r.unwrap().name.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let fresh = Db::memory_synced(cfg3).unwrap();
+        eventually("A, B and a fresh replica to agree", || {
+            let _ = fresh.wait_caught_up(LIMIT);
+            names(&fresh).len() == 6 && names(&a) == names(&fresh) && names(&b) == names(&fresh)
+        });
         assert_eq!(
-            b.tree::<Part>().unwrap().get(k).unwrap().name,
-            "after restore"
+            names(&b),
+            [
+                "after restore",
+                "kept 0",
+                "kept 1",
+                "kept 2",
+                "lost 0",
+                "lost 1"
+            ]
         );
-        assert_eq!(b.sync_status().unwrap().cursor, 4);
         drop(b_dir);
     })
     .await

@@ -777,6 +777,7 @@ fn fault_run(default_ops: u32, rounds: u64) {
     }
     let mut acks = Acks::default();
     let mut forced = 0;
+    let mut restored = false;
     // Two rounds of work per client; in each round one client is killed midway and the
     // server may be killed too.
     for round in 0..rounds {
@@ -839,7 +840,32 @@ fn fault_run(default_ops: u32, rounds: u64) {
                     );
                     forced += 1;
                 }
-                if kill_server {
+                let backup = d.root.join("backup.redb");
+                if round == 0 {
+                    // A backup while everyone works, restored in the last round: every
+                    // replica must notice, resend what the server lost, and converge.
+                    let out = Command::new(process::BIN)
+                        .arg("--data")
+                        .arg(&d.data)
+                        .args(["backup", "--out"])
+                        .arg(&backup)
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                if round + 1 == rounds
+                    && round > 0
+                    && std::env::var_os("REKORD_FAULT_RESTORE").is_some()
+                {
+                    server.kill();
+                    std::fs::copy(&backup, d.data.join("server.redb")).unwrap();
+                    server = ServerProcess::start(&d.data, &server_addr.to_string());
+                    restored = true;
+                } else if kill_server {
                     server.kill();
                     std::thread::sleep(Duration::from_millis(rng.below(300)));
                     server = ServerProcess::start(&d.data, &server_addr.to_string());
@@ -896,6 +922,29 @@ fn fault_run(default_ops: u32, rounds: u64) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // A fresh replica holds the same.
+    let mut fresh = Client::start("F", &d.root.join("fresh.rekord"), proxy.addr, &token);
+    fresh.ok("caught_up");
+    let start = Instant::now();
+    loop {
+        let f = fresh.ask("dump");
+        if f == dumps[0] {
+            break;
+        }
+        if start.elapsed() > LIMIT {
+            let rows = |d: &String| -> std::collections::BTreeSet<String> {
+                d.split_whitespace().skip(1).map(str::to_owned).collect()
+            };
+            let (a, f) = (rows(&dumps[0]), rows(&f));
+            panic!(
+                "a fresh replica differs (seed {seed}):\nreplicas only {:?}\nfresh only {:?}",
+                a.difference(&f).collect::<Vec<_>>(),
+                f.difference(&a).collect::<Vec<_>>(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fresh.quit();
     let mut ids = std::collections::BTreeSet::new();
     let mut notes = std::collections::BTreeSet::new();
     for row in dumps[0].strip_prefix("dump").unwrap().split_whitespace() {
@@ -933,11 +982,16 @@ fn fault_run(default_ops: u32, rounds: u64) {
     }
     eprintln!(
         "fault test: {} records and {} notes ({} optimistic edits, {conflicts} conflicts merged since the last restarts), \
-         {} acknowledged creates, identical on 3 replicas",
+         {} acknowledged creates, identical on 3 replicas{}",
         ids.len(),
         notes.len(),
         acks.edits,
-        acks.created.len()
+        acks.created.len(),
+        if restored {
+            " (the server was restored from a backup midway)"
+        } else {
+            ""
+        }
     );
     for c in clients {
         c.quit();

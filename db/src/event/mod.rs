@@ -75,15 +75,36 @@ pub enum SyncEvent {
         /// The last applied server sequence number.
         cursor: u64,
     },
-    /// The server's latest sequence number is below this client's cursor: the server was
-    /// restored from an older backup and lost the changes after `head`. The client goes on
-    /// from `head` (so it receives the server's new changes, which reuse those numbers);
-    /// what it applied beyond `head` stays in the local database but is gone on the server.
-    ServerBehind {
-        /// This client's cursor before.
+    /// The server was restored from a backup: its history parted from the one this replica
+    /// synced with after sequence number `common`, so the server lost every change after
+    /// it. The replica reconciled before going on (nothing of its own is lost):
+    ///
+    /// - its own changes after `common` (accepted by the lost history, or still in the
+    ///   outbox) are sent again: the current local state of each record it changed, with
+    ///   the borrows it held taken again (`resent` records);
+    /// - records other replicas changed after `common` are made what the restored server
+    ///   has (`lost` lists those whose local copy differed; their authors send their
+    ///   changes again when they reconnect, and every replica receives them then);
+    /// - the id ranges it holds are registered with the restored server again;
+    /// - it then receives the restored server's changes from `common` on.
+    ///
+    /// `incomplete` is true when the replica's journal of changed records
+    /// ([`crate::sync::SyncConfig::journal_retention`]) no longer reaches back to `common`:
+    /// records changed before the oldest journal entry were not reconciled.
+    Restored {
+        /// The last sequence number both histories share.
+        common: u64,
+        /// This replica's cursor before.
         cursor: u64,
-        /// The server's head.
-        head: u64,
+        /// Records whose local state was sent again as this replica's.
+        resent: u64,
+        /// Records changed by other replicas whose local copy was replaced by the
+        /// server's (at most the first 1,000; `lost_count` counts them all).
+        lost: Vec<(String, u64)>,
+        /// How many records `lost` would list without its bound.
+        lost_count: u64,
+        /// Whether the journal did not reach back to `common`.
+        incomplete: bool,
     },
     /// The oldest local write waiting in the outbox is older than
     /// `SyncConfig::max_outbox_age` (reported once until the outbox moves again). Nothing

@@ -462,6 +462,8 @@ async fn establish(
             server: [0; 16],
             replica: 0,
             head: 0,
+            history: Vec::new(),
+            read: None,
         },
         pin: Pin {
             server: [0; 16],

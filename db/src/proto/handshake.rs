@@ -117,6 +117,8 @@ pub struct ClientConfig {
     pub cursor: u64,
     /// Trees to subscribe to (empty: all readable).
     pub trees: Vec<String>,
+    /// The holder number this client had (0: none yet; see [`ClientHello::replica`]).
+    pub replica: u32,
 }
 
 /// The client's hello frame.
@@ -129,6 +131,7 @@ pub fn client_hello(cfg: &ClientConfig) -> Frame {
         server: cfg.pinned,
         cursor: cfg.cursor,
         trees: cfg.trees.clone(),
+        replica: cfg.replica,
     })
 }
 

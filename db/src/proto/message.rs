@@ -1,6 +1,8 @@
 //! The messages of protocol version [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
 
-use super::{MAX_ENTRIES, MAX_NAME, MAX_RECORD, MAX_SCHEMA, MAX_TOKEN, MAX_TREES, WireError};
+use super::{
+    MAX_ENTRIES, MAX_NAME, MAX_RECLAIM, MAX_RECORD, MAX_SCHEMA, MAX_TOKEN, MAX_TREES, WireError,
+};
 
 /// A 16-byte identity (a UUID's bytes): of a server, a client, or an operation.
 pub type Id = [u8; 16];
@@ -51,6 +53,9 @@ pub struct ClientHello {
     pub cursor: u64,
     /// Trees to receive changes of (empty: all the token may read).
     pub trees: Vec<String>,
+    /// The holder number this client had (0: none yet). A server restored from a backup
+    /// that does not know the client gives it this number again when it is free.
+    pub replica: u32,
 }
 
 /// The server's welcome.
@@ -67,6 +72,15 @@ pub struct ServerHello {
     pub replica: u32,
     /// The server's latest sequence number.
     pub head: u64,
+    /// The lineage of the server's history, oldest first (at most
+    /// [`MAX_HISTORY`](super::MAX_HISTORY) entries, the newest): `(history id, base)`, each
+    /// history sharing the changes of the one before it up to sequence number `base`. A
+    /// restore from a backup starts a new history; a client that synced with a history the
+    /// server no longer descends from reconciles from the last sequence number both share.
+    pub history: Vec<(u64, u64)>,
+    /// The trees the client's token may read (`None`: all). A client whose read rights grew
+    /// fetches what the trees it may now read missed.
+    pub read: Option<Vec<String>>,
 }
 
 /// Why the server refuses a client.
@@ -181,6 +195,13 @@ pub enum Request {
         /// Record id.
         id: u64,
     },
+    /// Registers id ranges this client held in a history the server lost (it was restored
+    /// from a backup taken before they were granted) as this client's again, so the records
+    /// it created with them are accepted; answered with [`Response::Reclaimed`].
+    Reclaim {
+        /// The ranges, `(start, end)` with `end` exclusive.
+        ranges: Vec<(u64, u64)>,
+    },
     /// Asks for the stored schema of `tree` at `version` (a client needs it before it
     /// stores data of that version written by another client); answered with
     /// [`Response::Schema`], or [`RemoteError::NotFound`].
@@ -223,6 +244,12 @@ pub enum Response {
         holder: u32,
         /// The existing revisions, oldest first (empty: no such record).
         revisions: Vec<Revision>,
+    },
+    /// Answer to [`Request::Reclaim`]: the ranges refused (held by another client, or never
+    /// granted by this server); the client stops using them.
+    Reclaimed {
+        /// The refused ranges.
+        refused: Vec<(u64, u64)>,
     },
     /// Answer to [`Request::Entries`]: one outcome per processed entry, in order (entries
     /// after a rejected one are not processed and not answered; after a conflict, each
@@ -383,9 +410,12 @@ pub enum ChangeKind {
     Release,
     /// The released revision's state.
     SetState(u32),
-    /// The record's borrow changed hands (`holder` 0: returned). Only the server writes
-    /// these, into its log, when it grants or frees a borrow ([`Request::Borrow`],
-    /// [`Request::Return`]); a client sending one is refused.
+    /// The record's borrow changed hands (`holder` 0: returned). The server writes these
+    /// into its log when it grants or frees a borrow ([`Request::Borrow`],
+    /// [`Request::Return`]). A client may send one only with `holder` 0, as an outbox entry
+    /// of its own: the return of its borrow, numbered like changes (so a resent return is
+    /// answered with its first outcome); returning a record it does not hold changes
+    /// nothing.
     Borrow {
         /// The new holder.
         holder: u32,
@@ -498,7 +528,25 @@ impl Frame {
                 }
                 h.trees.iter().try_for_each(|t| tree_ok(t))
             }
-            Frame::ServerHello(h) => name_ok("the application name", &h.app),
+            Frame::ServerHello(h) => {
+                name_ok("the application name", &h.app)?;
+                if h.history.len() > super::MAX_HISTORY {
+                    return Err(WireError::Invalid(format!(
+                        "at most {} history entries, got {}",
+                        super::MAX_HISTORY,
+                        h.history.len()
+                    )));
+                }
+                if let Some(read) = &h.read {
+                    if read.len() > MAX_TREES {
+                        return Err(WireError::Invalid(format!(
+                            "at most {MAX_TREES} readable trees by name"
+                        )));
+                    }
+                    read.iter().try_for_each(|t| tree_ok(t))?;
+                }
+                Ok(())
+            }
             Frame::Refused(Refusal::WrongApp { server, client }) => {
                 name_ok("the application name", server)?;
                 name_ok("the application name", client)
@@ -554,6 +602,15 @@ impl Frame {
                     tree_ok(tree)?;
                     if *version == 0 {
                         return Err(WireError::Invalid("schema versions start at 1".into()));
+                    }
+                    Ok(())
+                }
+                Request::Reclaim { ranges } => {
+                    if ranges.len() > MAX_RECLAIM {
+                        return Err(WireError::Invalid(format!(
+                            "at most {MAX_RECLAIM} ranges per reclaim, got {}",
+                            ranges.len()
+                        )));
                     }
                     Ok(())
                 }

@@ -23,8 +23,10 @@ pub use message::*;
 /// The protocol version this build speaks. Bumped on any incompatible change of [`Frame`].
 ///
 /// Version 2: [`RemoteError::AlreadyBorrowed`] also names the token the holder connected
-/// with.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// with. Version 3: server histories (restores are noticed: [`ServerHello::history`],
+/// [`Request::Reclaim`], [`ClientHello::replica`]), the token's read rights in the hello,
+/// and returns as numbered outbox entries.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame accepted (16 MiB); larger lengths are refused before any allocation.
 pub const MAX_FRAME: u32 = 16 << 20;
@@ -37,6 +39,12 @@ pub const MAX_TOKEN: usize = 512;
 
 /// Most trees a client may subscribe to by name.
 pub const MAX_TREES: usize = 1024;
+
+/// Most history entries a [`ServerHello`] carries.
+pub const MAX_HISTORY: usize = 64;
+
+/// Most id ranges one [`Request::Reclaim`] carries.
+pub const MAX_RECLAIM: usize = 4096;
 
 /// Longest schema text (RON) accepted by [`Request::PutSchema`] (1 MiB).
 pub const MAX_SCHEMA: usize = 1 << 20;

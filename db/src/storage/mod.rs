@@ -8,7 +8,9 @@
 //! - in a synced database (`Db::open_synced`) also `rekord.outbox` (`entry -> rkyv bytes`):
 //!   local writes not yet accepted by the server, written in the same transaction as the
 //!   write; `rekord.outbox_rejected`: entries the server refused for good; and
-//!   `rekord.pending`: records of optimistic trees with edits in the outbox. `rekord.meta`
+//!   `rekord.pending`: records of optimistic trees with edits in the outbox;
+//!   `rekord.journal`: which records recent server changes touched (for reconciling with a
+//!   server restored from a backup). `rekord.meta`
 //!   then holds `mode` (`client`), `sync.client` (16-byte identity), `sync.replica` (holder
 //!   number), `sync.pin` (server UUID + certificate fingerprint) and `sync.cursor` (last
 //!   applied server sequence number, written with the data it covers) and `sync.hlc` (the
@@ -49,6 +51,24 @@ pub(crate) const REJECTED: TableDefinition<u64, &[u8]> =
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const PENDING: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("rekord.pending");
+
+/// `(seq, tree, id) -> at << 1 | own` (synced databases): the records each server change
+/// after some point touched, as this replica learned of them (`own`: a change of this
+/// replica; `at`: milliseconds since the Unix epoch when it was noted). When the server is
+/// restored from a backup, the rows after the last sequence number both histories share
+/// name exactly the records to reconcile. Rows older than
+/// `SyncConfig::journal_retention` are pruned.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const JOURNAL: TableDefinition<(u64, &str, u64), u64> =
+    TableDefinition::new("rekord.journal");
+
+/// `(tree, id) -> milliseconds since the Unix epoch` (synced databases): records this
+/// replica held when the server was restored from a backup whose borrow the restored
+/// server gives to another replica (which returned it after the backup, and will return
+/// it again when it reconciles). Their local state is sent again once the borrow is back.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const RECLAIM: TableDefinition<(&str, u64), u64> =
+    TableDefinition::new("rekord.reclaim");
 
 /// A table of records.
 pub(crate) type DataTable<'a> = TableDefinition<'a, u128, &'static [u8]>;

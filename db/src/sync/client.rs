@@ -1,5 +1,7 @@
 //! The sync client thread of a synced database (native targets).
 
+mod restore;
+
 use super::outbox::{self, Entry};
 use super::{
     CLIENT, COVERAGE, CURSOR, Coverage, MODE, PIN, REPLICA, SyncConfig, SyncStatus, UNKNOWN_REPLICA,
@@ -9,7 +11,7 @@ use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
-use crate::storage::{META, OUTBOX, PENDING, RANGES, REJECTED, SCHEMAS};
+use crate::storage::{JOURNAL, META, OUTBOX, PENDING, RANGES, REJECTED, SCHEMAS};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
@@ -358,6 +360,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         sent_before: 0,
         received_before: 0,
         interrupted: None,
+        reclaiming: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -456,6 +459,8 @@ struct Client {
     received_before: u64,
     /// A borrow to ask again on the next connection.
     interrupted: Option<Interrupted>,
+    /// Whether records wait to be taken back after a restore (`rekord.reclaim`).
+    reclaiming: bool,
 }
 
 /// A borrow the loss of the connection interrupted, asked again after reconnecting.
@@ -693,6 +698,10 @@ impl Client {
             pinned: pin.as_ref().map(|p| p.server),
             cursor,
             trees: self.config.trees.clone(),
+            replica: {
+                let r = self.db()?.inner.replica.load(Ordering::Acquire);
+                if r == UNKNOWN_REPLICA { 0 } else { r }
+            },
         };
         self.backfill(&hello, pin.as_ref()).await?;
         let session = net::connect_timeout(
@@ -726,7 +735,8 @@ impl Client {
                 live: self.config.trees.clone(),
                 ..Coverage::default()
             });
-            let (next, from) = old.resubscribe(&self.config.trees, main.cursor);
+            let target = Coverage::effective(&self.config.trees, &old.read);
+            let (next, from) = old.resubscribe(&target, main.cursor);
             (old, next, from, unstored)
         };
         let upto = main.cursor;
@@ -848,36 +858,45 @@ impl Client {
     ) -> std::result::Result<std::convert::Infallible, End> {
         let hello = s.server_hello().clone();
         self.first_contact(s.pin(), hello.replica)?;
-        if hello.head < self.cursor {
-            // Restored from an older backup: go on from its head, or its new changes (which
-            // reuse the lost numbers) would be skipped as already applied.
-            let before = self.cursor;
-            tracing::warn!(
-                cursor = before,
-                head = hello.head,
-                "rekord sync: the server is behind this client"
-            );
+        // A server restored from a backup (or any older copy of its file): reconcile from
+        // the last change both histories share.
+        let mine = {
             let db = self.db()?;
-            let mut b = db.batch()?;
-            b.set_cursor(hello.head);
-            // Trees outside the subscription: where this history and the restored one part
-            // is unknown (the head may already include changes made after the restore), so
-            // they count as never received and are fetched whole when they join.
-            {
-                let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-                if let Some(mut c) = stored_coverage(&meta)? {
-                    c.rest = 0;
-                    c.left.values_mut().for_each(|at| *at = 0);
-                    store_coverage(&mut meta, &c)?;
-                }
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let meta = txn.open_table(META).map_err(Error::from)?;
+            restore::stored_history(&meta)?
+        };
+        let common = match super::diverged(&mine, &hello.history) {
+            Some(common) => Some(common),
+            // Same history, yet behind: nothing is known of where they part.
+            None if hello.head < self.cursor => Some(0),
+            None => None,
+        };
+        if let Some(common) = common {
+            if self.reconcile(s, common, &hello.history).await? {
+                return Err(End::Lost(
+                    "reconciled with the server's restored history; reconnecting to receive \
+                     its changes"
+                        .into(),
+                ));
             }
-            b.commit()?;
-            self.cursor = hello.head;
-            self.link.update(|st| st.cursor = hello.head);
-            self.emit(SyncEvent::ServerBehind {
-                cursor: before,
-                head: hello.head,
-            });
+        } else if mine != hello.history {
+            let db = self.db()?;
+            let b = db.batch()?;
+            restore::store_history(
+                &mut b.txn.open_table(META).map_err(Error::from)?,
+                &hello.history,
+            )?;
+            b.commit_for_sync()?;
+        }
+        self.prune_journal()?;
+        self.retry_reclaims(s).await?;
+        if self.read_rights_grew(&hello.read)? {
+            return Err(End::Lost(
+                "the token's read rights changed; reconnecting to fetch what the trees it may \
+                 now read missed"
+                    .into(),
+            ));
         }
         self.head = hello.head;
         self.caught_up = false;
@@ -928,7 +947,21 @@ impl Client {
                     self.flush(s).await?;
                     self.ensure_ranges(s).await?;
                 }
-                Wakeup::Push(Ok(Some(push))) => self.apply_ready(s, push).await?,
+                Wakeup::Push(Ok(Some(push))) => {
+                    let frees = self.reclaiming
+                        && matches!(&push, Push::Changes(es) if es.iter().any(|e| {
+                            matches!(e.change.kind, ChangeKind::Borrow { holder: 0 })
+                        }));
+                    if self.reclaiming
+                        && let Push::Changes(es) = &push
+                    {
+                        self.reclaim_taken(es)?;
+                    }
+                    self.apply_ready(s, push).await?;
+                    if frees {
+                        self.retry_reclaims(s).await?;
+                    }
+                }
                 Wakeup::Push(Ok(None)) if lazy => self.make_durable()?,
                 Wakeup::Push(Ok(None)) => {
                     self.check_stale();
@@ -947,6 +980,38 @@ impl Client {
                 Wakeup::Push(Err(e)) => return Err(e.into()),
             }
         }
+    }
+
+    /// Notes the token's read rights with the subscription coverage; returns whether the
+    /// trees received changed (the next connection's backfill fetches what trees that
+    /// became readable missed, like trees a subscription gains).
+    fn read_rights_grew(&mut self, read: &Option<Vec<String>>) -> std::result::Result<bool, End> {
+        let read = super::Readable::from_hello(read);
+        let db = self.db()?;
+        let b = db.batch()?;
+        let changed = {
+            let mut meta = b.txn.open_table(META).map_err(Error::from)?;
+            let Some(mut c) = stored_coverage(&meta)? else {
+                return Ok(false);
+            };
+            if c.read == read {
+                return Ok(false);
+            }
+            let known = c.read != super::Readable::Unknown;
+            c.read = read;
+            let target = Coverage::effective(&self.config.trees, &c.read);
+            if !known {
+                // What this replica received so far was limited by these rights already.
+                c.live = target;
+                store_coverage(&mut meta, &c)?;
+                false
+            } else {
+                store_coverage(&mut meta, &c)?;
+                target != c.live
+            }
+        };
+        b.commit()?;
+        Ok(changed)
     }
 
     /// Asks the server for a borrow and answers the application. A borrow the loss of the
@@ -1071,15 +1136,15 @@ impl Client {
     async fn flush(&mut self, s: &mut Session) -> std::result::Result<(), End> {
         let max_entries = self.config.batch_size.clamp(1, crate::proto::MAX_ENTRIES);
         loop {
-            // The next run of entries: one return, or up to `max_entries` consecutive
-            // change entries of at most about `BATCH_BYTES`.
-            let (first, run, returned, oversized) = {
+            // The next run of up to `max_entries` consecutive entries (changes and
+            // returns, all numbered: a resent one is answered with its first outcome) of at
+            // most about `BATCH_BYTES`.
+            let (first, run, oversized) = {
                 let db = self.db()?;
                 let txn = db.inner.redb.begin_read().map_err(Error::from)?;
                 let table = txn.open_table(OUTBOX).map_err(Error::from)?;
                 let mut first = 0;
                 let mut run: Vec<Vec<crate::proto::Change>> = Vec::new();
-                let mut returned = None;
                 let mut oversized = None;
                 let mut bytes = 0usize;
                 for row in table.iter().map_err(Error::from)? {
@@ -1110,14 +1175,17 @@ impl Client {
                             run.push(changes);
                         }
                         Entry::Return { tree, id } => {
-                            if run.is_empty() {
-                                returned = Some((tree, id));
-                            }
-                            break;
+                            bytes += v.value().len();
+                            run.push(vec![crate::proto::Change {
+                                tree,
+                                id,
+                                rev: 0,
+                                kind: ChangeKind::Borrow { holder: 0 },
+                            }]);
                         }
                     }
                 }
-                (first, run, returned, oversized)
+                (first, run, oversized)
             };
             if let Some(reason) = oversized {
                 // Reported and kept aside like a write the server refused, so that later
@@ -1126,23 +1194,6 @@ impl Client {
                 let (refused, _) = self.settle(first, &[EntryOutcome::Rejected(refusal)])?;
                 self.resync(s, refused).await?;
                 self.processed(first);
-                continue;
-            }
-            if let Some((tree, id)) = returned {
-                self.make_durable()?;
-                match s.return_borrow(&tree, id).await {
-                    // A retried return whose first answer was lost.
-                    Ok(()) | Err(NetError::Remote(RemoteError::NotBorrowed)) => {
-                        self.settle(first, &[EntryOutcome::Applied { seq: 0 }])?;
-                        self.processed(first);
-                    }
-                    Err(NetError::Remote(e)) => {
-                        let (refused, _) = self.settle(first, &[EntryOutcome::Rejected(e)])?;
-                        self.resync(s, refused).await?;
-                        self.processed(first);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
                 continue;
             }
             if run.is_empty() {
@@ -1207,6 +1258,7 @@ impl Client {
             let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
             let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
             let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
+            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
             let any_pending = !pending.is_empty().map_err(Error::from)?;
             for (k, outcome) in outcomes.iter().enumerate() {
                 let n = first + k as u64;
@@ -1243,6 +1295,19 @@ impl Client {
                     continue;
                 };
                 freed += entry.len() as u64;
+                if let EntryOutcome::Applied { seq } = outcome {
+                    // Noted now, not only when the change comes back as a push: a restore
+                    // of the server in between must not lose it.
+                    let keys = outbox::keys(&entry)?;
+                    let count = keys.len() as u64;
+                    let at = outbox::now_ms() << 1;
+                    for (i, (tree, id)) in keys.iter().enumerate() {
+                        let seq = seq.saturating_sub(count - 1 - i as u64);
+                        journal
+                            .insert((seq, tree.as_str(), *id), at | 1)
+                            .map_err(Error::from)?;
+                    }
+                }
                 let rejected = matches!(outcome, EntryOutcome::Rejected(_));
                 if !rejected && !any_pending {
                     continue;

@@ -62,6 +62,13 @@
 //!   stores which trees its cursor covers (`sync.coverage` in `rekord.meta`); trees a
 //!   subscription gains are first brought up to the cursor by a catch-up of their own, so
 //!   a replica that widens its subscription holds what a fresh one would.
+//! - **Restores.** A server restored from a backup starts a new history, which every
+//!   hello names; a replica that synced with the lost one reconciles
+//!   ([`crate::SyncEvent::Restored`]): what it changed after the last change both share
+//!   is sent again, what others changed becomes what the server has (their authors send
+//!   it again), its borrows and id ranges are taken back. The records to look at come
+//!   from a journal of which records recent server changes touched (`rekord.journal`,
+//!   kept for [`SyncConfig::journal_retention`]).
 //! - **Events** [`crate::SyncEvent`]: connected, disconnected (with the retry delay),
 //!   refused, catch-up progress, caught up, outbox entry pushed or rejected.
 //!   [`crate::Db::open_synced_subscribed`] subscribes before the sync thread starts, so
@@ -117,6 +124,42 @@ pub(crate) fn cursor_in(txn: &redb::WriteTransaction) -> crate::Result<u64> {
         .unwrap_or(0))
 }
 
+/// `rekord.meta` key of the lineage of the server history this replica synced with (pairs
+/// of u64 LE: history id, base), as the server last told it.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const HISTORY: &str = "sync.history";
+
+/// `rekord.meta` key of the highest sequence number whose journal rows were pruned (u64 LE).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
+
+/// Where the server history this replica synced with (`mine`) and the server's (`theirs`)
+/// part: `None` if they are the same (or either is unknown), else the last sequence number
+/// both share. Each lineage lists `(history id, base)` oldest first, every history sharing
+/// the one before it up to `base`.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn diverged(mine: &[(u64, u64)], theirs: &[(u64, u64)]) -> Option<u64> {
+    let (Some(a), Some(b)) = (mine.last(), theirs.last()) else {
+        return None;
+    };
+    if a.0 == b.0 {
+        return None;
+    }
+    // The newest history both know; past it, each side's later branch points bound what
+    // they share.
+    for (j, m) in mine.iter().enumerate().rev() {
+        if let Some(k) = theirs.iter().position(|t| t.0 == m.0) {
+            let after = |l: &[(u64, u64)]| l.iter().map(|e| e.1).min();
+            let bound = [
+                after(mine.get(j + 1..).unwrap_or_default()),
+                after(theirs.get(k + 1..).unwrap_or_default()),
+            ];
+            return Some(bound.into_iter().flatten().min().unwrap_or(0));
+        }
+    }
+    Some(0)
+}
+
 /// `rekord.meta` key of the hybrid logical clock (u64 LE).
 pub(crate) const HLC: &str = "sync.hlc";
 
@@ -137,10 +180,63 @@ pub(crate) struct Coverage {
     pub(crate) rest: u64,
     /// Trees not subscribed, covered up to a cursor of their own.
     pub(crate) left: std::collections::BTreeMap<String, u64>,
+    /// The read rights of the token when `live` was computed: `live` is the subscription
+    /// limited to them ([`Coverage::effective`]), so trees a token may newly read are
+    /// fetched like trees a subscription gains.
+    #[serde(default)]
+    pub(crate) read: Readable,
+}
+
+/// What a token may read, as the server last said ([`Coverage::read`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) enum Readable {
+    /// Not known yet (a new replica, or one from before the rights were kept).
+    #[default]
+    Unknown,
+    /// Every tree.
+    All,
+    /// These trees.
+    Only(Vec<String>),
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+impl Readable {
+    /// From a server hello's `read`.
+    pub(crate) fn from_hello(read: &Option<Vec<String>>) -> Self {
+        match read {
+            None => Readable::All,
+            Some(trees) => Readable::Only(trees.clone()),
+        }
+    }
 }
 
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 impl Coverage {
+    /// The trees a subscription to `trees` (empty: all) receives under `read`, in the form
+    /// of [`Coverage::live`] (empty: all; a name no tree has when nothing is readable).
+    pub(crate) fn effective(trees: &[String], read: &Readable) -> Vec<String> {
+        match read {
+            Readable::Unknown | Readable::All => trees.to_vec(),
+            Readable::Only(readable) => {
+                let mut live: Vec<String> = if trees.is_empty() {
+                    readable.clone()
+                } else {
+                    trees
+                        .iter()
+                        .filter(|t| readable.contains(t))
+                        .cloned()
+                        .collect()
+                };
+                if live.is_empty() {
+                    // Tree names are never empty: this matches no tree.
+                    live.push(String::new());
+                }
+                live
+            }
+        }
+    }
+
     /// Whether `tree` is subscribed.
     pub(crate) fn is_live(&self, tree: &str) -> bool {
         self.live.is_empty() || self.live.iter().any(|t| t == tree)
@@ -163,6 +259,7 @@ impl Coverage {
             live: live.to_vec(),
             rest: self.rest,
             left: self.left.clone(),
+            read: self.read.clone(),
         };
         if self.live.is_empty() && !live.is_empty() {
             // From all trees to some: every other tree is covered up to now.
@@ -339,6 +436,11 @@ pub struct SyncConfig {
     pub idle_timeout: Duration,
     /// Optimistic trees and their merge strategies ([`SyncConfig::optimistic`]).
     pub merges: Vec<(String, Merge)>,
+    /// How long the replica remembers which records server changes touched (default 30
+    /// days; about 50 bytes per change). If the server is restored from a backup older
+    /// than this, the records changed before the journal's start are not reconciled
+    /// ([`crate::SyncEvent::Restored`] says `incomplete`).
+    pub journal_retention: Duration,
 }
 
 impl SyncConfig {
@@ -366,6 +468,7 @@ impl SyncConfig {
             max_outbox_age: None,
             replay_bytes_per_sec: None,
             merges: Vec::new(),
+            journal_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 
@@ -437,6 +540,12 @@ impl SyncConfig {
     /// Sets [`SyncConfig::batch_size`] (at least 1).
     pub fn batch_size(mut self, entries: usize) -> Self {
         self.batch_size = entries.max(1);
+        self
+    }
+
+    /// Sets [`SyncConfig::journal_retention`].
+    pub fn journal_retention(mut self, retention: Duration) -> Self {
+        self.journal_retention = retention;
         self
     }
 
@@ -529,6 +638,27 @@ mod tests {
         assert_eq!(from, Some(20));
         // The same subscription again: nothing to fetch.
         assert_eq!(c4.resubscribe(&s(&["b"]), 30).1, None);
+    }
+
+    #[test]
+    fn histories_part_where_their_lineages_do() {
+        // Same history, or nothing known yet: nothing to reconcile.
+        assert_eq!(diverged(&[(1, 0)], &[(1, 0)]), None);
+        assert_eq!(diverged(&[], &[(1, 0)]), None);
+        // Restored from a backup at 40: shared up to 40.
+        assert_eq!(diverged(&[(1, 0)], &[(1, 0), (2, 40)]), Some(40));
+        // This replica saw a restore at 70 (history 2); the server was then restored from
+        // a backup of history 1 taken at 55: shared up to 55.
+        assert_eq!(diverged(&[(1, 0), (2, 70)], &[(1, 0), (3, 55)]), Some(55));
+        // A client of history 2 meets history 4, restored from a backup of 2 at 90.
+        assert_eq!(
+            diverged(&[(1, 0), (2, 70)], &[(1, 0), (2, 70), (4, 90)]),
+            Some(90)
+        );
+        // Two restores while the client was away: the earlier branch point counts.
+        assert_eq!(diverged(&[(1, 0)], &[(1, 0), (2, 70), (3, 30)]), Some(30));
+        // Nothing in common (the lineage sent was cut): from scratch.
+        assert_eq!(diverged(&[(9, 0)], &[(1, 0), (2, 5)]), Some(0));
     }
 
     #[test]

@@ -56,6 +56,27 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(u64, Entry)> {
     Ok((u64::from_le_bytes(*at), entry))
 }
 
+/// The records an entry's changes touch, in order (read in place: the record bytes are
+/// not copied).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn keys(bytes: &[u8]) -> Result<Vec<(String, u64)>> {
+    let rest = bytes.get(8..).ok_or_else(|| Error::CorruptMeta {
+        reason: "an outbox entry is unreadable: too short".into(),
+    })?;
+    let archived = rkyv::access::<ArchivedEntry, rkyv::rancor::Error>(rest).map_err(|e| {
+        Error::CorruptMeta {
+            reason: format!("an outbox entry is unreadable: {e}"),
+        }
+    })?;
+    Ok(match archived {
+        ArchivedEntry::Changes(changes) => changes
+            .iter()
+            .map(|c| (c.tree.as_str().to_owned(), c.id.to_native()))
+            .collect(),
+        ArchivedEntry::Return { tree, id } => vec![(tree.as_str().to_owned(), id.to_native())],
+    })
+}
+
 /// A `rekord.pending` row: the optimistic edits of one record waiting in the outbox.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PendingRow {

@@ -9,7 +9,7 @@ use super::evolve;
 use crate::event::{EventKind, SyncEvent};
 use crate::proto::{ChangeKind, Sequenced};
 use crate::schema::dynamic;
-use crate::storage::{Header, PENDING, SCHEMAS, id_range, pack, unpack};
+use crate::storage::{Header, JOURNAL, PENDING, SCHEMAS, id_range, pack, unpack};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::atomic::Ordering;
@@ -81,6 +81,14 @@ impl Batch<'_> {
             }
             held
         };
+        {
+            let at = crate::sync::outbox::now_ms() << 1;
+            let mut journal = self.txn.open_table(JOURNAL)?;
+            for e in entries {
+                let own = u64::from(e.origin == me);
+                journal.insert((e.seq, e.change.tree.as_str(), e.change.id), at | own)?;
+            }
+        }
         for entry in entries {
             let change = &entry.change;
             if let ChangeKind::Edit { hlc, .. } = change.kind

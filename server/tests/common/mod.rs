@@ -78,6 +78,7 @@ pub fn client(token: &str) -> ClientConfig {
         pinned: None,
         cursor: 0,
         trees: vec![],
+        replica: 0,
     }
 }
 

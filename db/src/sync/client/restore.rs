@@ -1,0 +1,688 @@
+//! Reconciling with a server restored from a backup (native targets).
+//!
+//! The server tells every client the lineage of its history ([`crate::proto::ServerHello::history`]);
+//! a replica that synced with a history the server no longer descends from computes the
+//! last sequence number both share ([`crate::sync::diverged`]) and reconciles before it goes on:
+//!
+//! 1. the id ranges it holds are registered again ([`Request::Reclaim`]);
+//! 2. every record its journal (`rekord.journal`) says a change after that point touched
+//!    is fetched from the server and compared with the local copy: records this replica
+//!    holds (or changed last, with nobody holding them) are sent again as they are here,
+//!    their borrows taken again first; the others become what the server has;
+//! 3. in one local transaction: those records' entries join the outbox, the cursor goes
+//!    back to the shared point (and with it the subscription coverage, optimistic edits'
+//!    bases and floors), journal rows past it go, and the new lineage is stored. A crash
+//!    before this commit reconciles again at the next connection; after it, the outbox
+//!    holds the work.
+//!
+//! The client then reconnects, to receive the restored server's changes from the shared
+//! point on.
+
+use super::{Client, End};
+use crate::db::read_u64;
+use crate::event::SyncEvent;
+use crate::net::Session;
+use crate::proto::{Change, ChangeKind, RemoteError, Request, Response, Revision};
+use crate::storage::{Header, JOURNAL, META, OUTBOX, PENDING, RANGES, RECLAIM, table_name};
+use crate::sync::outbox::{self, Entry, PendingRow};
+use crate::sync::{HISTORY, JOURNAL_FLOOR};
+use crate::{Error, Result};
+use redb::{ReadableDatabase as _, ReadableTable as _};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::Ordering;
+
+/// The most records a [`SyncEvent::Restored`] lists by name.
+const LOST_LISTED: usize = 1000;
+
+/// Reads the stored lineage (`sync.history`).
+pub(crate) fn stored_history(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(u64, u64)>> {
+    let Some(v) = meta.get(HISTORY)? else {
+        return Ok(Vec::new());
+    };
+    Ok(v.value()
+        .chunks_exact(16)
+        .filter_map(|c| {
+            let (a, b) = c.split_first_chunk::<8>()?;
+            Some((u64::from_le_bytes(*a), read_u64(b)?))
+        })
+        .collect())
+}
+
+/// Stores the lineage.
+pub(crate) fn store_history(
+    meta: &mut redb::Table<'_, &str, &[u8]>,
+    lineage: &[(u64, u64)],
+) -> Result<()> {
+    let mut bytes = Vec::with_capacity(lineage.len() * 16);
+    for (id, base) in lineage {
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.extend_from_slice(&base.to_le_bytes());
+    }
+    meta.insert(HISTORY, bytes.as_slice())?;
+    Ok(())
+}
+
+/// One record's revision as stored here.
+struct Local {
+    rev: u32,
+    header: Header,
+    data: Vec<u8>,
+}
+
+impl Local {
+    fn same_as(&self, r: &Revision) -> bool {
+        self.rev == r.rev
+            && self.header.released == r.released
+            && self.header.state == r.state
+            && self.header.version == r.version
+            && self.data == r.data
+    }
+}
+
+/// What to do with one record.
+enum Step {
+    /// Send these changes (and return the borrow after them if `ret`).
+    Resend {
+        tree: String,
+        id: u64,
+        changes: Vec<Change>,
+        ret: bool,
+    },
+    /// Make it what the server has.
+    Adopt {
+        tree: String,
+        id: u64,
+        holder: u32,
+        revisions: Vec<Revision>,
+        differed: bool,
+    },
+    /// Return the borrow the server (from before the backup) says this replica holds.
+    Return { tree: String, id: u64 },
+    /// Held here, but the restored server gives the borrow to a replica that returned it
+    /// after the backup: sent again once that replica returns it (`rekord.reclaim`).
+    Wait { tree: String, id: u64 },
+}
+
+impl Client {
+    /// Reconciles with a server whose history shares this replica's up to `common`, then
+    /// stores `lineage`. Returns whether the session must be started again (the cursor
+    /// went back).
+    pub(crate) async fn reconcile(
+        &mut self,
+        s: &mut Session,
+        common: u64,
+        lineage: &[(u64, u64)],
+    ) -> std::result::Result<bool, End> {
+        let db = self.db()?;
+        let me = db.inner.replica.load(Ordering::Acquire);
+        let cursor = self.cursor;
+        let (touched, own, floor, ranges) = {
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let mut touched = BTreeSet::new();
+            let mut own = HashSet::new();
+            match txn.open_table(JOURNAL) {
+                Ok(journal) => {
+                    for row in journal.range((common + 1, "", 0)..).map_err(Error::from)? {
+                        let (k, v) = row.map_err(Error::from)?;
+                        let (_, tree, id) = k.value();
+                        let key = (tree.to_owned(), id);
+                        if v.value() & 1 == 1 {
+                            own.insert(key.clone());
+                        }
+                        touched.insert(key);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(Error::from(e).into()),
+            }
+            let meta = txn.open_table(META).map_err(Error::from)?;
+            let floor = meta
+                .get(JOURNAL_FLOOR)
+                .map_err(Error::from)?
+                .and_then(|v| read_u64(v.value()))
+                .unwrap_or(0);
+            let ranges: Vec<(u64, u64)> = match txn.open_table(RANGES) {
+                Ok(t) => t
+                    .iter()
+                    .map_err(Error::from)?
+                    .map(|r| r.map(|(a, b)| (a.value(), b.value())))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(Error::from)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                Err(e) => return Err(Error::from(e).into()),
+            };
+            (touched, own, floor, ranges)
+        };
+        if touched.is_empty() && cursor <= common {
+            // A new history that lost nothing this replica knows of (the server restarted,
+            // or was restored from a backup newer than anything this replica saw).
+            let b = db.batch()?;
+            store_history(&mut b.txn.open_table(META).map_err(Error::from)?, lineage)?;
+            b.commit_for_sync()?;
+            return Ok(false);
+        }
+        tracing::warn!(
+            common,
+            cursor,
+            records = touched.len(),
+            "rekord sync: the server was restored from a backup; reconciling"
+        );
+        for chunk in ranges.chunks(crate::proto::MAX_RECLAIM) {
+            match s
+                .request(Request::Reclaim {
+                    ranges: chunk.to_vec(),
+                })
+                .await?
+            {
+                Response::Reclaimed { refused } => {
+                    for (start, end) in refused {
+                        tracing::warn!(
+                            start,
+                            end,
+                            "rekord sync: the restored server refused an id range this replica \
+                             holds (another client holds it)"
+                        );
+                    }
+                }
+                Response::Error(e) => {
+                    tracing::warn!(error = ?e, "rekord sync: cannot reclaim id ranges");
+                }
+                other => {
+                    return Err(End::Lost(format!(
+                        "the server answered a reclaim with {other:?}"
+                    )));
+                }
+            }
+        }
+
+        let mut steps = Vec::new();
+        for (tree, id) in touched {
+            let changed_here = own.contains(&(tree.clone(), id));
+            steps.extend(self.decide(s, tree, id, changed_here, false, me).await?);
+        }
+
+        let versions: Vec<(String, u32)> = steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Adopt {
+                    tree, revisions, ..
+                } => Some(revisions.iter().map(|r| (tree.clone(), r.version))),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.fetch_schemas(s, &versions).await?;
+
+        let back = cursor.min(common);
+        let mut resent = 0u64;
+        let mut lost = Vec::new();
+        let mut lost_count = 0u64;
+        let mut waiting = 0u64;
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        let db = self.db()?;
+        let mut b = db.batch()?;
+        for step in steps {
+            match step {
+                Step::Resend {
+                    tree,
+                    id,
+                    changes,
+                    ret,
+                } => {
+                    let returns = if ret { vec![(tree, id)] } else { Vec::new() };
+                    let (_, n, by) = outbox::enqueue(&b.txn, &changes, &returns)?;
+                    (entries, bytes) = (entries + n, bytes + by);
+                    resent += 1;
+                }
+                Step::Return { tree, id } => {
+                    let (_, n, by) = outbox::enqueue(&b.txn, &[], &[(tree, id)])?;
+                    (entries, bytes) = (entries + n, bytes + by);
+                }
+                Step::Wait { tree, id } => {
+                    b.txn
+                        .open_table(RECLAIM)
+                        .map_err(Error::from)?
+                        .insert((tree.as_str(), id), outbox::now_ms())
+                        .map_err(Error::from)?;
+                    waiting += 1;
+                }
+                Step::Adopt {
+                    tree,
+                    id,
+                    holder,
+                    revisions,
+                    differed,
+                } => {
+                    b.replace_record(&tree, id, holder, &revisions)?;
+                    if differed {
+                        lost_count += 1;
+                        if lost.len() < LOST_LISTED {
+                            lost.push((tree, id));
+                        }
+                    }
+                }
+            }
+        }
+        b.set_cursor(back);
+        {
+            let mut meta = b.txn.open_table(META).map_err(Error::from)?;
+            if let Some(mut c) = super::stored_coverage(&meta)? {
+                c.rest = c.rest.min(back);
+                c.left.values_mut().for_each(|at| *at = (*at).min(back));
+                super::store_coverage(&mut meta, &c)?;
+            }
+            store_history(&mut meta, lineage)?;
+        }
+        {
+            // Optimistic edits based on changes the server lost are based on the shared
+            // point instead (a change made since by another replica is then a conflict,
+            // merged as usual).
+            let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
+            let mut rows = Vec::new();
+            for row in pending.iter().map_err(Error::from)? {
+                let (k, v) = row.map_err(Error::from)?;
+                let (tree, id) = k.value();
+                rows.push(((tree.to_owned(), id), PendingRow::decode(v.value())));
+            }
+            for ((tree, id), mut row) in rows {
+                if row.base > back || row.floor > back {
+                    row.base = row.base.min(back);
+                    row.floor = row.floor.min(back);
+                    pending
+                        .insert((tree.as_str(), id), row.encode().as_slice())
+                        .map_err(Error::from)?;
+                }
+            }
+            let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
+            let mut rewrite = Vec::new();
+            for row in table.iter().map_err(Error::from)? {
+                let (k, v) = row.map_err(Error::from)?;
+                let (at, entry) = outbox::decode(v.value())?;
+                if let Entry::Changes(mut changes) = entry {
+                    let mut moved = false;
+                    for c in &mut changes {
+                        if let ChangeKind::Edit { base, .. } = &mut c.kind
+                            && *base > back
+                        {
+                            *base = back;
+                            moved = true;
+                        }
+                    }
+                    if moved {
+                        rewrite.push((k.value(), outbox::encode(&Entry::Changes(changes), at)?));
+                    }
+                }
+            }
+            for (n, bytes) in rewrite {
+                table.insert(n, bytes.as_slice()).map_err(Error::from)?;
+            }
+            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
+            journal
+                .retain_in((common + 1, "", 0).., |_, _| false)
+                .map_err(Error::from)?;
+        }
+        b.commit_for_sync()?;
+        self.link.enqueued(entries, bytes);
+        self.reclaiming |= waiting > 0;
+        self.cursor = back;
+        self.link.update(|st| st.cursor = back);
+        let incomplete = floor > common;
+        tracing::warn!(
+            common,
+            cursor,
+            resent,
+            waiting,
+            lost = lost_count,
+            incomplete,
+            "rekord sync: reconciled with the restored server"
+        );
+        self.emit(SyncEvent::Restored {
+            common,
+            cursor,
+            resent,
+            lost,
+            lost_count,
+            incomplete,
+        });
+        Ok(cursor > back)
+    }
+
+    /// What to do with record `id` of `tree`, which a change after the shared point
+    /// touched (`changed_here`: one of this replica's): fetched from the server, compared
+    /// with the local copy, its borrow taken back where this replica holds it (`waited`:
+    /// a record this replica waited to take back, see [`Step::Wait`]).
+    async fn decide(
+        &mut self,
+        s: &mut Session,
+        tree: String,
+        id: u64,
+        changed_here: bool,
+        waited: bool,
+        me: u32,
+    ) -> std::result::Result<Vec<Step>, End> {
+        let (mut holder, revisions) = match s
+            .request(Request::Fetch {
+                tree: tree.clone(),
+                id,
+            })
+            .await?
+        {
+            Response::Record { holder, revisions } => (holder, revisions),
+            Response::Error(e) => {
+                tracing::warn!(%tree, id, error = ?e, "rekord sync: cannot fetch a record to reconcile");
+                return Ok(Vec::new());
+            }
+            other => {
+                return Err(End::Lost(format!(
+                    "the server answered a fetch with {other:?}"
+                )));
+            }
+        };
+        let local = self.local_revisions(&tree, id)?;
+        let mut local_holder = local.last().map_or(0, |l| l.header.holder);
+        if waited {
+            // The stale holder's return reached this replica as a push (holder 0).
+            local_holder = me;
+        }
+        // This replica's version is the one to keep: it holds the record, or changed it
+        // last with nobody holding it (a removal, an optimistic edit, a returned borrow).
+        let mine = local_holder == me || (changed_here && local_holder == 0);
+        let same = local.len() == revisions.len()
+            && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
+        let needs_borrow =
+            holder != me && (local_holder == me || (mine && !same && !revisions.is_empty()));
+        if needs_borrow {
+            match s
+                .request(Request::Borrow {
+                    tree: tree.clone(),
+                    id,
+                })
+                .await?
+            {
+                Response::Granted { .. } => holder = me,
+                Response::Error(RemoteError::AlreadyBorrowed { .. }) if local_holder == me => {
+                    return Ok(vec![Step::Wait { tree, id }]);
+                }
+                Response::Error(e) => {
+                    tracing::warn!(%tree, id, error = ?e, "rekord sync: cannot take back a borrow after the restore");
+                    return Ok(vec![Step::Adopt {
+                        tree,
+                        id,
+                        holder,
+                        revisions,
+                        differed: !same,
+                    }]);
+                }
+                other => {
+                    return Err(End::Lost(format!(
+                        "the server answered a borrow with {other:?}"
+                    )));
+                }
+            }
+        }
+        if mine && !same {
+            let changes = resend_changes(&tree, id, &local, &revisions);
+            return Ok(vec![Step::Resend {
+                tree,
+                id,
+                changes,
+                ret: local_holder != me,
+            }]);
+        }
+        let mut steps = Vec::new();
+        // The server (as of the backup) says this replica holds a record it returned
+        // since: return it again, so the replica that took it next can take it back.
+        let give_back = holder == me && local_holder != me;
+        if !same || holder != local_holder {
+            steps.push(Step::Adopt {
+                tree: tree.clone(),
+                id,
+                holder,
+                revisions,
+                differed: !same,
+            });
+        }
+        if give_back {
+            steps.push(Step::Return { tree, id });
+        }
+        Ok(steps)
+    }
+
+    /// Sends again the records this replica waits to take back (`rekord.reclaim`) whose
+    /// borrow it now gets (a record another replica borrowed meanwhile is forgotten when
+    /// that borrow arrives, see [`Client::reclaim_taken`]).
+    pub(crate) async fn retry_reclaims(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        let keys: Vec<(String, u64)> = {
+            let db = self.db()?;
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            match txn.open_table(RECLAIM) {
+                Ok(t) => t
+                    .iter()
+                    .map_err(Error::from)?
+                    .map(|r| r.map(|(k, _)| (k.value().0.to_owned(), k.value().1)))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(Error::from)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                Err(e) => return Err(Error::from(e).into()),
+            }
+        };
+        self.reclaiming = !keys.is_empty();
+        let me = self.db()?.inner.replica.load(Ordering::Acquire);
+        for (tree, id) in keys {
+            let steps = self.decide(s, tree.clone(), id, true, true, me).await?;
+            if steps.iter().any(|st| matches!(st, Step::Wait { .. })) {
+                continue;
+            }
+            let db = self.db()?;
+            let mut b = db.batch()?;
+            let (mut entries, mut bytes) = (0u64, 0u64);
+            for step in steps {
+                match step {
+                    Step::Resend {
+                        tree,
+                        id,
+                        changes,
+                        ret,
+                    } => {
+                        let returns = if ret { vec![(tree, id)] } else { Vec::new() };
+                        let (_, n, by) = outbox::enqueue(&b.txn, &changes, &returns)?;
+                        (entries, bytes) = (entries + n, bytes + by);
+                    }
+                    Step::Return { tree, id } => {
+                        let (_, n, by) = outbox::enqueue(&b.txn, &[], &[(tree, id)])?;
+                        (entries, bytes) = (entries + n, bytes + by);
+                    }
+                    Step::Adopt {
+                        tree,
+                        id,
+                        holder,
+                        revisions,
+                        ..
+                    } => {
+                        let versions: Vec<(String, u32)> = revisions
+                            .iter()
+                            .map(|r| (tree.clone(), r.version))
+                            .collect();
+                        drop(b);
+                        self.fetch_schemas(s, &versions).await?;
+                        b = db.batch()?;
+                        b.replace_record(&tree, id, holder, &revisions)?;
+                    }
+                    Step::Wait { .. } => {}
+                }
+            }
+            b.txn
+                .open_table(RECLAIM)
+                .map_err(Error::from)?
+                .remove((tree.as_str(), id))
+                .map_err(Error::from)?;
+            b.commit_for_sync()?;
+            self.link.enqueued(entries, bytes);
+            tracing::info!(%tree, id, "rekord sync: took back a borrow after the restore");
+        }
+        Ok(())
+    }
+
+    /// Forgets the records of `rekord.reclaim` that another replica borrowed (pushed
+    /// `entries`): its version stands.
+    pub(crate) fn reclaim_taken(
+        &mut self,
+        entries: &[crate::proto::Sequenced],
+    ) -> std::result::Result<(), End> {
+        let me = self.db()?.inner.replica.load(Ordering::Acquire);
+        let taken: Vec<(&str, u64)> = entries
+            .iter()
+            .filter(|e| {
+                matches!(e.change.kind, ChangeKind::Borrow { holder } if holder != 0 && holder != me)
+            })
+            .map(|e| (e.change.tree.as_str(), e.change.id))
+            .collect();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let db = self.db()?;
+        let b = db.batch()?;
+        {
+            let mut table = b.txn.open_table(RECLAIM).map_err(Error::from)?;
+            for key in taken {
+                table.remove(key).map_err(Error::from)?;
+            }
+        }
+        b.commit()?;
+        Ok(())
+    }
+
+    /// The stored revisions of record `id` of `tree`, oldest first.
+    fn local_revisions(&self, tree: &str, id: u64) -> std::result::Result<Vec<Local>, End> {
+        let db = self.db()?;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        let name = table_name(tree);
+        let def = crate::storage::DataTable::new(&name);
+        let table = match txn.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::from(e).into()),
+        };
+        let mut out = Vec::new();
+        for row in table
+            .range(crate::storage::id_range(id))
+            .map_err(Error::from)?
+        {
+            let (k, v) = row.map_err(Error::from)?;
+            let key = crate::storage::unpack(k.value());
+            let (header, data) = Header::parse(v.value()).ok_or_else(|| Error::Corrupt {
+                tree: tree.to_owned(),
+                key,
+                reason: "invalid value header".into(),
+            })?;
+            out.push(Local {
+                rev: key.rev,
+                header,
+                data: data.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Prunes journal rows older than [`crate::sync::SyncConfig::journal_retention`].
+    pub(crate) fn prune_journal(&mut self) -> std::result::Result<(), End> {
+        let horizon = outbox::now_ms().saturating_sub(
+            u64::try_from(self.config.journal_retention.as_millis()).unwrap_or(u64::MAX),
+        );
+        let db = self.db()?;
+        let old: Vec<(u64, String, u64)> = {
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let journal = match txn.open_table(JOURNAL) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(Error::from(e).into()),
+            };
+            let mut old = Vec::new();
+            for row in journal.iter().map_err(Error::from)? {
+                let (k, v) = row.map_err(Error::from)?;
+                if v.value() >> 1 >= horizon || old.len() >= 100_000 {
+                    break;
+                }
+                let (seq, tree, id) = k.value();
+                old.push((seq, tree.to_owned(), id));
+            }
+            old
+        };
+        let Some(top) = old.iter().map(|k| k.0).max() else {
+            return Ok(());
+        };
+        let b = self.lazy_batch(&db)?;
+        {
+            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
+            for (seq, tree, id) in &old {
+                journal
+                    .remove((*seq, tree.as_str(), *id))
+                    .map_err(Error::from)?;
+            }
+            let mut meta = b.txn.open_table(META).map_err(Error::from)?;
+            let floor = meta
+                .get(JOURNAL_FLOOR)
+                .map_err(Error::from)?
+                .and_then(|v| read_u64(v.value()))
+                .unwrap_or(0);
+            meta.insert(JOURNAL_FLOOR, floor.max(top).to_le_bytes().as_slice())
+                .map_err(Error::from)?;
+        }
+        b.commit()?;
+        Ok(())
+    }
+}
+
+/// The changes that make the server's record `id` of `tree` (`server`) what it is here
+/// (`local`): each differing revision put again (released and its state set if so), and
+/// draft revisions removed here removed there.
+fn resend_changes(tree: &str, id: u64, local: &[Local], server: &[Revision]) -> Vec<Change> {
+    let change = |rev: u32, kind: ChangeKind| Change {
+        tree: tree.to_owned(),
+        id,
+        rev,
+        kind,
+    };
+    let mut out = Vec::new();
+    for l in local {
+        let theirs = server.iter().find(|r| r.rev == l.rev);
+        if theirs.is_some_and(|r| l.same_as(r)) {
+            continue;
+        }
+        match theirs {
+            // Released there with the same data: only the state can differ.
+            Some(r) if r.released && r.data == l.data && r.version == l.header.version => {
+                if l.header.released && l.header.state != r.state {
+                    out.push(change(l.rev, ChangeKind::SetState(l.header.state)));
+                }
+                continue;
+            }
+            // Released there with other data: nothing can change it (the server refuses,
+            // and the refusal is reported).
+            _ => {}
+        }
+        if !theirs.is_some_and(|r| r.released) {
+            out.push(change(
+                l.rev,
+                ChangeKind::Put {
+                    version: l.header.version,
+                    data: l.data.clone(),
+                },
+            ));
+        }
+        if l.header.released && !theirs.is_some_and(|r| r.released) {
+            out.push(change(l.rev, ChangeKind::Release));
+        }
+        if l.header.released && l.header.state != 0 {
+            out.push(change(l.rev, ChangeKind::SetState(l.header.state)));
+        }
+    }
+    for r in server.iter().rev() {
+        if !r.released && !local.iter().any(|l| l.rev == r.rev) {
+            out.push(change(r.rev, ChangeKind::Remove));
+        }
+    }
+    out
+}
