@@ -74,8 +74,13 @@ const OUTCOMES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("outco
 /// entry has base 0. See [`Store::history`].
 const HISTORY: TableDefinition<u64, (u64, u64)> = TableDefinition::new("history");
 
+/// Start -> end (exclusive) of the id regions earlier histories may have granted from
+/// after this state: each opening of the database skips one (see `open_history`). Records
+/// with ids from them come only from replicas reconciling after a restore.
+const LOST_IDS: TableDefinition<u64, u64> = TableDefinition::new("lost_ids");
+
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 14] = [
+pub const TABLES: [&str; 15] = [
     "tokens",
     "token_names",
     "holders",
@@ -90,6 +95,7 @@ pub const TABLES: [&str; 14] = [
     "entries",
     "outcomes",
     "history",
+    "lost_ids",
 ];
 
 /// The first record id the server grants (ids below 2^32 are never granted).
@@ -226,6 +232,7 @@ impl Store {
         txn.open_table(RECORDS)?;
         txn.open_table(OPS)?;
         txn.open_table(ENTRIES)?;
+        txn.open_table(LOST_IDS)?;
         migrate_outcomes(&txn)?;
         open_history(&txn, &path)?;
         txn.commit()?;
@@ -1216,6 +1223,7 @@ fn look_ahead(
     let schemas = txn.open_table(SCHEMAS)?;
     let ranges = txn.open_table(RANGES)?;
     let holder_tokens = txn.open_table(HOLDER_TOKENS)?;
+    let lost_ids = txn.open_table(LOST_IDS)?;
     let tables = Tables {
         log: &log,
         records: &mut records,
@@ -1224,6 +1232,7 @@ fn look_ahead(
         ranges: &ranges,
         holder_tokens: &holder_tokens,
         parsed,
+        lost_ids: &lost_ids,
     };
     batch
         .iter()
@@ -1261,6 +1270,7 @@ fn apply_in(
     let schemas = txn.open_table(SCHEMAS)?;
     let ranges = txn.open_table(RANGES)?;
     let holder_tokens = txn.open_table(HOLDER_TOKENS)?;
+    let lost_ids = txn.open_table(LOST_IDS)?;
     for change in changes {
         let mut tables = Tables {
             log: &log,
@@ -1270,6 +1280,7 @@ fn apply_in(
             ranges: &ranges,
             holder_tokens: &holder_tokens,
             parsed,
+            lost_ids: &lost_ids,
         };
         match tables.apply(holder, grant, &change, *seq + 1)? {
             Ok(effect) => {
@@ -1320,6 +1331,7 @@ struct Tables<'a, 't> {
     ranges: &'a redb::Table<'t, (u32, u64), u64>,
     holder_tokens: &'a redb::Table<'t, u32, &'static str>,
     parsed: &'a mut std::collections::HashMap<(String, u32), rekord::Schema>,
+    lost_ids: &'a redb::Table<'t, u64, u64>,
 }
 
 impl Tables<'_, '_> {
@@ -1345,6 +1357,29 @@ impl Tables<'_, '_> {
             .range((tree, id, 0)..=(tree, id, u32::MAX))?
             .next()
             .is_some())
+    }
+
+    /// Whether `id` is one some client may have made a record with: granted to any client,
+    /// or where an earlier history of this server may have granted ids this one does not
+    /// know of (`lost_ids`). A record with such an id, re-made by the replica that holds
+    /// its borrow (reconciling after a restore: the record's creator may not be back yet),
+    /// is accepted whoever's range it came from.
+    fn lost_id(&self, id: u64) -> Result<bool, ServerError> {
+        if let Some(entry) = self.lost_ids.range(..=id)?.next_back()
+            && id < entry?.1.value()
+        {
+            return Ok(true);
+        }
+        // Or in another client's range: that client made it in the lost history, and the
+        // replica re-making it borrowed it from that client later.
+        for row in self.ranges.iter()? {
+            let (k, end) = row?;
+            let (_, start) = k.value();
+            if start <= id && id < end.value() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn owns(&self, holder: u32, id: u64) -> Result<bool, ServerError> {
@@ -1534,7 +1569,7 @@ impl Tables<'_, '_> {
                 } => (*version, data, *hlc, true),
                 _ => return Ok(Err(RemoteError::NotFound)),
             };
-            if !self.owns(holder, id)? {
+            if !self.owns(holder, id)? && !(borrower == Some(holder) && self.lost_id(id)?) {
                 return Ok(Err(RemoteError::OutsideRange { id }));
             }
             if let Some(other) = borrower.filter(|h| *h != holder) {
@@ -1685,7 +1720,9 @@ fn open_history(txn: &redb::WriteTransaction, path: &Path) -> Result<(), ServerE
     };
     let next_id = meta.get("next_id")?.map(|g| g.value());
     if let Some(next_id) = next_id {
-        meta.insert("next_id", next_id.saturating_add(id_gap))?;
+        let end = next_id.saturating_add(id_gap);
+        meta.insert("next_id", end)?;
+        txn.open_table(LOST_IDS)?.insert(next_id, end)?;
     }
     let next_holder = meta.get("next_holder")?.map(|g| g.value());
     if let Some(next_holder) = next_holder {
@@ -1768,6 +1805,7 @@ fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<()
     table(read, &write, ENTRIES)?;
     table(read, &write, OUTCOMES)?;
     table(read, &write, HISTORY)?;
+    table(read, &write, LOST_IDS)?;
     // The copy's first open starts a new history: restoring it (once or many times) never
     // reuses the sequence numbers, id ranges or holder numbers of the history it was taken
     // from.

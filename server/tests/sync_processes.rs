@@ -76,6 +76,27 @@ fn client_process() {
         return;
     };
     let mut it = spec.splitn(4, '|');
+    // RUST_LOG and REKORD_FAULT_TRACE=<dir>: each client process appends its log there.
+    if let (Some(_), Some(dir)) = (
+        std::env::var_os("RUST_LOG"),
+        std::env::var_os("REKORD_FAULT_TRACE"),
+    ) {
+        let stem = Path::new(spec.split('|').next().unwrap())
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(&dir).join(format!("{stem}.log")))
+            .unwrap();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    }
     let (path, addr, token) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
     // An optional subscription: tree names separated by commas (none: all trees).
     let trees: Vec<&str> = it
@@ -859,7 +880,7 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 if round + 1 == rounds
                     && round > 0
-                    && std::env::var_os("REKORD_FAULT_RESTORE").is_some()
+                    && std::env::var_os("REKORD_FAULT_NO_RESTORE").is_none()
                 {
                     server.kill();
                     std::fs::copy(&backup, d.data.join("server.redb")).unwrap();

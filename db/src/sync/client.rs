@@ -1769,6 +1769,12 @@ impl Client {
                     pending
                         .insert((tree, key.id), row.encode().as_slice())
                         .map_err(Error::from)?;
+                    // No push brings this grant: noted for a restore of the server.
+                    b.txn
+                        .open_table(JOURNAL)
+                        .map_err(Error::from)?
+                        .insert((seq, tree, key.id), (outbox::now_ms() << 1) | 1)
+                        .map_err(Error::from)?;
                 }
                 b.commit()?;
                 Ok(Ok(()))

@@ -56,6 +56,35 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(u64, Entry)> {
     Ok((u64::from_le_bytes(*at), entry))
 }
 
+/// Takes every entry out of the outbox, in order (their bytes), to be put back after
+/// entries that must go first ([`append`]).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn take_all(txn: &WriteTransaction) -> Result<Vec<Vec<u8>>> {
+    let mut table = txn.open_table(OUTBOX)?;
+    let mut out = Vec::new();
+    while let Some((_, v)) = table.pop_first()? {
+        out.push(v.value().to_vec());
+    }
+    Ok(out)
+}
+
+/// Appends entries (their bytes, as [`take_all`] gave them) under new numbers.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn append(txn: &WriteTransaction, entries: &[Vec<u8>]) -> Result<()> {
+    let mut meta = txn.open_table(META)?;
+    let mut next = meta
+        .get(NEXT_ENTRY)?
+        .and_then(|v| crate::db::read_u64(v.value()))
+        .unwrap_or(1);
+    let mut table = txn.open_table(OUTBOX)?;
+    for bytes in entries {
+        table.insert(next, bytes.as_slice())?;
+        next += 1;
+    }
+    meta.insert(NEXT_ENTRY, next.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
 /// The records an entry's changes touch, in order (read in place: the record bytes are
 /// not copied).
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]

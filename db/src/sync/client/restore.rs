@@ -155,20 +155,8 @@ impl Client {
             };
             (touched, own, floor, ranges)
         };
-        if touched.is_empty() && cursor <= common {
-            // A new history that lost nothing this replica knows of (the server restarted,
-            // or was restored from a backup newer than anything this replica saw).
-            let b = db.batch()?;
-            store_history(&mut b.txn.open_table(META).map_err(Error::from)?, lineage)?;
-            b.commit_for_sync()?;
-            return Ok(false);
-        }
-        tracing::warn!(
-            common,
-            cursor,
-            records = touched.len(),
-            "rekord sync: the server was restored from a backup; reconciling"
-        );
+        // The id ranges first: records created with them (sent again below, or waiting in
+        // the outbox) are accepted only from their owner.
         for chunk in ranges.chunks(crate::proto::MAX_RECLAIM) {
             match s
                 .request(Request::Reclaim {
@@ -197,6 +185,21 @@ impl Client {
             }
         }
 
+        if touched.is_empty() && cursor <= common {
+            // A new history that lost nothing this replica knows of (the server restarted,
+            // or was restored from a backup newer than anything this replica saw). Ranges
+            // granted after the backup may still be unused here: registered above.
+            let b = db.batch()?;
+            store_history(&mut b.txn.open_table(META).map_err(Error::from)?, lineage)?;
+            b.commit_for_sync()?;
+            return Ok(false);
+        }
+        tracing::warn!(
+            common,
+            cursor,
+            records = touched.len(),
+            "rekord sync: the server was restored from a backup; reconciling"
+        );
         let mut steps = Vec::new();
         for (tree, id) in touched {
             let changed_here = own.contains(&(tree.clone(), id));
@@ -223,6 +226,9 @@ impl Client {
         let (mut entries, mut bytes) = (0u64, 0u64);
         let db = self.db()?;
         let mut b = db.batch()?;
+        // What is sent again goes before what waits in the outbox (which may change the
+        // same records further): the waiting entries get new numbers after it.
+        let waiting_entries = outbox::take_all(&b.txn)?;
         for step in steps {
             match step {
                 Step::Resend {
@@ -265,6 +271,7 @@ impl Client {
                 }
             }
         }
+        outbox::append(&b.txn, &waiting_entries)?;
         b.set_cursor(back);
         {
             let mut meta = b.txn.open_table(META).map_err(Error::from)?;
