@@ -143,3 +143,66 @@ fn widening_never_applies_an_older_change_over_this_replicas_own() {
     drop((wb, w));
     server.kill();
 }
+
+/// A token issued with `args`, through the CLI (the server may be running).
+fn token_with(data: &Path, name: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(process::BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["token", "issue", "--name", name])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Widening a token's read rights is like widening the subscription: a replica that
+/// caught up reading only `a` (its cursor passed `b`'s changes, which the server filtered
+/// out) receives `b`'s records once it connects with a token that may read `b`. Before,
+/// it never did: its subscription ("all trees") had not changed.
+#[test]
+fn read_rights_that_grow_bring_in_what_was_hidden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let all = token(&data);
+    let narrow = token_with(&data, "narrow", &["--read", "a"]);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let wide = token_with(&data, "wide", &["--read-all"]);
+    let w = Db::memory_synced(config(server.addr, &all)).unwrap();
+    w.wait_caught_up(LIMIT).unwrap();
+    w.tree::<A>().unwrap().create(&A { n: 1 }).unwrap();
+    w.tree::<B>().unwrap().create(&B { n: 10 }).unwrap();
+    w.tree::<B>().unwrap().create(&B { n: 11 }).unwrap();
+    w.tree::<A>().unwrap().create(&A { n: 2 }).unwrap();
+    w.wait_pushed(LIMIT).unwrap();
+    let reader = tmp.path().join("reader.rekord");
+    assert_eq!(
+        read(&reader, config(server.addr, &narrow)),
+        (vec![1, 2], vec![])
+    );
+    // The same replica, with a token that may read everything.
+    assert_eq!(
+        read(&reader, config(server.addr, &wide)),
+        (vec![1, 2], vec![10, 11])
+    );
+    // And back to the narrow token, then wide again: nothing lost, nothing twice.
+    w.tree::<B>().unwrap().create(&B { n: 12 }).unwrap();
+    w.wait_pushed(LIMIT).unwrap();
+    assert_eq!(
+        read(&reader, config(server.addr, &narrow)),
+        (vec![1, 2], vec![10, 11])
+    );
+    assert_eq!(
+        read(&reader, config(server.addr, &wide)),
+        (vec![1, 2], vec![10, 11, 12])
+    );
+    drop(w);
+    server.kill();
+}
