@@ -344,6 +344,15 @@ pub enum Error {
         /// The operation.
         what: &'static str,
     },
+    /// A server pin (UUID and certificate fingerprint, as `rekord-server identity` prints
+    /// them) could not be read.
+    #[error(
+        "invalid server pin: {reason}; pass the uuid and the fingerprint that `rekord-server identity` prints"
+    )]
+    InvalidPin {
+        /// What is wrong.
+        reason: String,
+    },
     /// The file was made for the other mode (standalone or synced).
     #[error("the database file is a {found} database; open it with {open_with}")]
     Mode {

@@ -44,10 +44,10 @@ impl Identity {
     /// identity (some files missing) is an error rather than silently replaced: clients
     /// pinned the old one.
     pub fn load_or_create(dir: &Path) -> Result<Self, ServerError> {
+        crate::datadir::prepare(dir)?;
         if let Some(identity) = Self::load(dir)? {
             return Ok(identity);
         }
-        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let certified = rcgen::generate_simple_self_signed(vec![rekord::net::SERVER_NAME.into()])
             .map_err(|e| {
             ServerError::Identity(format!("cannot create the certificate: {e}"))
@@ -88,6 +88,8 @@ impl Identity {
             ServerError::Identity(format!("{} is not a UUID: {e}", uuid_path.display()))
         })?;
         let cert_der = fs::read(&cert_path).map_err(|e| io_error(&cert_path, e))?;
+        // The key is the owner's alone, whatever an older version or a copy left.
+        crate::datadir::owner_only(&key_path)?;
         let key_der = fs::read(&key_path).map_err(|e| io_error(&key_path, e))?;
         Ok(Some(Identity {
             uuid,
@@ -104,11 +106,16 @@ fn io_error(path: &Path, e: std::io::Error) -> ServerError {
     }
 }
 
-/// Writes `bytes` to `path` durably: a temporary file, fsync, rename.
+/// Writes `bytes` to `path` durably: a temporary file, fsync, rename. The temporary file
+/// is created exclusively (a file or link another user planted under its name is never
+/// written through): one left by a crash is removed first, one that cannot be is an error.
 fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), ServerError> {
     let tmp: PathBuf = path.with_extension("tmp");
+    if fs::symlink_metadata(&tmp).is_ok() {
+        fs::remove_file(&tmp).map_err(|e| io_error(&tmp, e))?;
+    }
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::OpenOptionsExt as _;

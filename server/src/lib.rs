@@ -161,6 +161,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod datadir;
 pub mod identity;
 pub mod store;
 
@@ -172,8 +173,8 @@ use std::time::Duration;
 
 use quinn::rustls;
 use rekord::net::{ALPN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_SHUTDOWN};
-use rekord::proto::handshake::Grant;
 use rekord::proto::handshake::check_client;
+use rekord::proto::handshake::{Grant, Trees};
 use rekord::proto::{
     self, ChangeKind, Frame, FrameReader, PROTOCOL_VERSION, Push, RemoteError, Request, Response,
     Sequenced, ServerHello,
@@ -306,6 +307,10 @@ pub enum ServerError {
     /// The server database failed.
     #[error("server database: {0}")]
     Database(String),
+    /// The data directory is not the server's alone (owned by another user, or writable by
+    /// its group or others).
+    #[error("unsafe data directory: {0}")]
+    UnsafeDataDir(String),
     /// The server database is opened by another process.
     #[error(
         "{} is in use by another process (is the server running?); stop it first",
@@ -724,11 +729,13 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             return Err(e);
         }
         match verdict {
-            Ok(grant) => {
-                let holder = store.connect_claiming(client, &name, claimed)?;
-                let history = store.history()?;
-                Ok(Ok((grant, holder, name, history)))
-            }
+            Ok(grant) => match store.connect_claiming(client, &name, claimed)? {
+                Some(holder) => {
+                    let history = store.history()?;
+                    Ok(Ok((grant, holder, name, history)))
+                }
+                None => Ok(Err(rekord::proto::Refusal::ReplicaOfAnotherToken)),
+            },
             Err(refusal) => Ok(Err(refusal)),
         }
     })
@@ -859,6 +866,11 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     Ok(())
 }
 
+/// The refusal of ids to a token that may write no tree (it could create nothing with them).
+fn writes_nothing() -> RemoteError {
+    RemoteError::Invalid("this client's token may write no tree, so it gets no record ids".into())
+}
+
 /// Forwards every push queued for this session now (through `filter`).
 async fn drain(
     send: &mut quinn::SendStream,
@@ -931,11 +943,17 @@ async fn answer(
     Ok(match body {
         Request::Ping => Response::Pong,
         Request::Ranges { want } => {
+            if grant.write == Trees::Only(Vec::new()) {
+                return Ok(Response::Error(writes_nothing()));
+            }
             let store = shared.store.clone();
             let range = blocking(move || store.grant_range(holder, want)).await?;
             Response::Ranges(vec![range])
         }
         Request::Reclaim { ranges } => {
+            if grant.write == Trees::Only(Vec::new()) {
+                return Ok(Response::Error(writes_nothing()));
+            }
             let store = shared.store.clone();
             let refused = blocking(move || store.reclaim(holder, &ranges)).await?;
             Response::Reclaimed { refused }

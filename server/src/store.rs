@@ -213,11 +213,21 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> ServerError {
 impl Store {
     /// Opens (creating if needed) `server.redb` in `data_dir`, with every table present.
     pub fn open(data_dir: &Path) -> Result<Self, ServerError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| ServerError::Io {
-            path: data_dir.to_path_buf(),
-            source: e,
-        })?;
+        crate::datadir::prepare(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        // Every tree is in it, whatever the tokens allow: the owner's alone.
+        if !path.exists() {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(ServerError::Io { path, source: e }),
+            }
+        }
+        crate::datadir::owner_only(&path)?;
         let db = redb::Database::create(&path).map_err(|e| open_error(&path, e))?;
         let txn = db.begin_write()?;
         txn.open_table(TOKENS)?;
@@ -394,13 +404,28 @@ impl Store {
     /// gets its number back when no other client has it (numbers assigned after a backup
     /// are never given to others after a restore, see [`RESTORE_HOLDER_GAP`]), so the
     /// borrows recorded on its replica stay its own.
+    ///
+    /// A client is bound to the name of the token it first connected with: `Ok(None)` if
+    /// `client` is a replica that connected with a token of another name (its identity is
+    /// not this token's to use).
     pub fn connect_claiming(
         &self,
         client: [u8; 16],
         token: &str,
         claimed: u32,
-    ) -> Result<u32, ServerError> {
-        self.assign_holder(client, Some(token), claimed)
+    ) -> Result<Option<u32>, ServerError> {
+        {
+            let txn = self.db.begin_read()?;
+            if let Some(n) = txn.open_table(HOLDERS)?.get(u128::from_be_bytes(client))? {
+                let n = n.value();
+                if let Some(name) = txn.open_table(HOLDER_TOKENS)?.get(n)?
+                    && name.value() != token
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        self.assign_holder(client, Some(token), claimed).map(Some)
     }
 
     /// The lineage of this server's history, oldest first, at most the newest
@@ -1946,8 +1971,13 @@ mod tests {
         assert_eq!(store.borrower("t", 5).unwrap(), Some(2));
         assert!(store.return_borrow("t", 5, 2).unwrap());
         assert_eq!(store.borrower("t", 5).unwrap(), None);
-        assert_eq!(store.grant_range(4, 1).unwrap().0, c.1 + START_ID_GAP);
-        assert_eq!(store.history().unwrap().len(), 3);
+        // Each opening starts a history and skips past what the earlier ones granted.
+        let openings = store.history().unwrap().len() as u64;
+        assert!(openings >= 2);
+        assert_eq!(
+            store.grant_range(4, 1).unwrap().0,
+            c.1 + (openings - 1) * START_ID_GAP
+        );
     }
 
     #[test]

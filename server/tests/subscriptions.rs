@@ -153,7 +153,11 @@ fn token_with(data: &Path, name: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -163,18 +167,33 @@ fn token_with(data: &Path, name: &str, args: &[&str]) -> String {
         .to_owned()
 }
 
+/// Revokes the token named `name` through the CLI.
+fn revoke(data: &Path, name: &str) {
+    let out = std::process::Command::new(process::BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["token", "revoke", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Widening a token's read rights is like widening the subscription: a replica that
 /// caught up reading only `a` (its cursor passed `b`'s changes, which the server filtered
-/// out) receives `b`'s records once it connects with a token that may read `b`. Before,
-/// it never did: its subscription ("all trees") had not changed.
+/// out) receives `b`'s records once it connects with its token re-issued (same name) with
+/// the right to read `b`. Before, it never did: its subscription ("all trees") had not
+/// changed.
 #[test]
 fn read_rights_that_grow_bring_in_what_was_hidden() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
     let all = token(&data);
-    let narrow = token_with(&data, "narrow", &["--read", "a"]);
+    let narrow = token_with(&data, "reader", &["--read", "a"]);
     let server = ServerProcess::start(&data, "127.0.0.1:0");
-    let wide = token_with(&data, "wide", &["--read-all"]);
     let w = Db::memory_synced(config(server.addr, &all)).unwrap();
     w.wait_caught_up(LIMIT).unwrap();
     w.tree::<A>().unwrap().create(&A { n: 1 }).unwrap();
@@ -187,18 +206,24 @@ fn read_rights_that_grow_bring_in_what_was_hidden() {
         read(&reader, config(server.addr, &narrow)),
         (vec![1, 2], vec![])
     );
-    // The same replica, with a token that may read everything.
+    // The administrator re-issues the reader's token with the right to read everything.
+    revoke(&data, "reader");
+    let wide = token_with(&data, "reader", &["--read-all"]);
     assert_eq!(
         read(&reader, config(server.addr, &wide)),
         (vec![1, 2], vec![10, 11])
     );
-    // And back to the narrow token, then wide again: nothing lost, nothing twice.
+    // Narrowed again, then wide again: nothing lost, nothing twice.
     w.tree::<B>().unwrap().create(&B { n: 12 }).unwrap();
     w.wait_pushed(LIMIT).unwrap();
+    revoke(&data, "reader");
+    let narrow = token_with(&data, "reader", &["--read", "a"]);
     assert_eq!(
         read(&reader, config(server.addr, &narrow)),
         (vec![1, 2], vec![10, 11])
     );
+    revoke(&data, "reader");
+    let wide = token_with(&data, "reader", &["--read-all"]);
     assert_eq!(
         read(&reader, config(server.addr, &wide)),
         (vec![1, 2], vec![10, 11, 12])

@@ -109,6 +109,28 @@ pub struct Pin {
     pub cert: String,
 }
 
+impl Pin {
+    /// The pin of a server, from the two lines `rekord-server identity` prints: its UUID
+    /// (hyphenated) and its certificate fingerprint (64 hex digits). With it
+    /// ([`crate::SyncConfig::pin`]) not even a replica's first connection can go to an
+    /// impostor.
+    pub fn parse(uuid: &str, fingerprint: &str) -> crate::Result<Pin> {
+        let server = uuid::Uuid::parse_str(uuid.trim()).map_err(|e| crate::Error::InvalidPin {
+            reason: format!("`{uuid}` is not a UUID ({e})"),
+        })?;
+        let cert = fingerprint.trim().to_ascii_lowercase();
+        if cert.len() != 64 || !cert.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(crate::Error::InvalidPin {
+                reason: format!("`{fingerprint}` is not a SHA-256 fingerprint (64 hex digits)"),
+            });
+        }
+        Ok(Pin {
+            server: *server.as_bytes(),
+            cert,
+        })
+    }
+}
+
 /// Why a connection or a request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

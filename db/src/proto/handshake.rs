@@ -102,8 +102,8 @@ pub enum HandshakeError {
     Unexpected(String),
 }
 
-/// What the client needs to say hello.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the client needs to say hello. (Its `Debug` output leaves the token out.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Application name.
     pub app: String,
@@ -119,6 +119,20 @@ pub struct ClientConfig {
     pub trees: Vec<String>,
     /// The holder number this client had (0: none yet; see [`ClientHello::replica`]).
     pub replica: u32,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("app", &self.app)
+            .field("client", &self.client)
+            .field("token", &"<redacted>")
+            .field("pinned", &self.pinned)
+            .field("cursor", &self.cursor)
+            .field("trees", &self.trees)
+            .field("replica", &self.replica)
+            .finish()
+    }
 }
 
 /// The client's hello frame.

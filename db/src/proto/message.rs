@@ -35,8 +35,8 @@ pub enum Frame {
     Push(Push),
 }
 
-/// What a client says first.
-#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// What a client says first. (Its `Debug` output leaves the token out.)
+#[derive(Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 pub struct ClientHello {
     /// The protocol version the client speaks.
@@ -56,6 +56,21 @@ pub struct ClientHello {
     /// The holder number this client had (0: none yet). A server restored from a backup
     /// that does not know the client gives it this number again when it is free.
     pub replica: u32,
+}
+
+impl std::fmt::Debug for ClientHello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHello")
+            .field("protocol", &self.protocol)
+            .field("app", &self.app)
+            .field("client", &self.client)
+            .field("token", &"<redacted>")
+            .field("server", &self.server)
+            .field("cursor", &self.cursor)
+            .field("trees", &self.trees)
+            .field("replica", &self.replica)
+            .finish()
+    }
 }
 
 /// The server's welcome.
@@ -108,6 +123,10 @@ pub enum Refusal {
         /// The tree.
         tree: String,
     },
+    /// The client identity in the hello belongs to a replica that connected with another
+    /// token: a replica is bound to the token (by name) it first connected with, so a
+    /// client cannot become another by copying its identity.
+    ReplicaOfAnotherToken,
 }
 
 impl std::fmt::Display for Refusal {
@@ -128,6 +147,12 @@ impl std::fmt::Display for Refusal {
             Refusal::TreeNotAllowed { tree } => {
                 write!(f, "this client's token may not read tree `{tree}`")
             }
+            Refusal::ReplicaOfAnotherToken => write!(
+                f,
+                "this replica's identity belongs to a replica that connects with another token; \
+                 connect with the token this replica first used (its name is what counts: a \
+                 token re-issued under that name works), or open a new replica file"
+            ),
         }
     }
 }

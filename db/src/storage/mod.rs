@@ -192,6 +192,13 @@ pub(crate) fn open_file(path: &std::path::Path) -> Result<redb::Database, redb::
         let tmp = path.with_file_name(tmp_name);
         // A leftover from an earlier crashed attempt of this very process id is garbage.
         let _ = std::fs::remove_file(&tmp);
+        // The replica's identity and data are its owner's alone (0600 on Unix, whatever
+        // the umask); created exclusively, so nothing planted under the name is written.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        drop(options.open(&tmp).map_err(io)?);
         drop(redb::Database::create(&tmp)?);
         std::fs::rename(&tmp, path).map_err(io)?;
         #[cfg(unix)]

@@ -361,6 +361,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         received_before: 0,
         interrupted: None,
         reclaiming: false,
+        no_ids: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -461,6 +462,8 @@ struct Client {
     interrupted: Option<Interrupted>,
     /// Whether records wait to be taken back after a restore (`rekord.reclaim`).
     reclaiming: bool,
+    /// Whether the server refused this session id ranges (a token that may write nothing).
+    no_ids: bool,
 }
 
 /// A borrow the loss of the connection interrupted, asked again after reconnecting.
@@ -899,6 +902,7 @@ impl Client {
             ));
         }
         self.head = hello.head;
+        self.no_ids = false;
         self.caught_up = false;
         self.uploaded.clear();
         self.link.update(|st| {
@@ -1088,7 +1092,7 @@ impl Client {
         loop {
             let left = self.free_ids()?;
             // A write that ran out asked for `asked` ids: fetch until that many are free.
-            if asked > 0 && left < asked {
+            if asked > 0 && left < asked && !self.no_ids {
                 let more = (asked - left).max(want);
                 self.grant(s, more).await?;
                 continue;
@@ -1117,9 +1121,22 @@ impl Client {
         Ok(left)
     }
 
-    /// Asks the server for a range of `want` ids and stores it.
+    /// Asks the server for a range of `want` ids and stores it. A token that may write no
+    /// tree gets none: noted, and not asked again in this session (nothing it could create
+    /// would be accepted anyway).
     async fn grant(&mut self, s: &mut Session, want: u64) -> std::result::Result<(), End> {
-        let granted = s.ranges(want).await?;
+        if self.no_ids {
+            return Ok(());
+        }
+        let granted = match s.ranges(want).await {
+            Ok(granted) => granted,
+            Err(NetError::Remote(e)) => {
+                tracing::info!(error = %NetError::Remote(e), "rekord sync: no record ids for this token");
+                self.no_ids = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let db = self.db()?;
         let b = db.batch()?;
         {

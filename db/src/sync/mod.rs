@@ -388,7 +388,8 @@ pub enum WriteMode {
 }
 
 /// How a synced database reaches its server; see [`Db::open_synced`](crate::Db::open_synced).
-#[derive(Clone, Debug)]
+/// (Its `Debug` output leaves the token out: a configuration can be logged.)
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct SyncConfig {
     /// The server's address.
@@ -441,6 +442,32 @@ pub struct SyncConfig {
     /// than this, the records changed before the journal's start are not reconciled
     /// ([`crate::SyncEvent::Restored`] says `incomplete`).
     pub journal_retention: Duration,
+}
+
+impl std::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("SyncConfig");
+        #[cfg(not(target_arch = "wasm32"))]
+        d.field("server", &self.server);
+        d.field("app", &self.app)
+            .field("token", &"<redacted>")
+            .field("trees", &self.trees);
+        #[cfg(not(target_arch = "wasm32"))]
+        d.field("pin", &self.pin);
+        d.field("retry", &self.retry)
+            .field("range_size", &self.range_size)
+            .field("timeout", &self.timeout)
+            .field("max_outbox_bytes", &self.max_outbox_bytes)
+            .field("max_outbox_age", &self.max_outbox_age)
+            .field("replay_bytes_per_sec", &self.replay_bytes_per_sec)
+            .field("write_mode", &self.write_mode)
+            .field("tree_write_modes", &self.tree_write_modes)
+            .field("batch_size", &self.batch_size)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("merges", &self.merges)
+            .field("journal_retention", &self.journal_retention)
+            .finish()
+    }
 }
 
 impl SyncConfig {
