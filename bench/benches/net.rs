@@ -56,6 +56,7 @@ async fn rekord_cases(n: usize) -> Samples {
         cursor: 0,
         trees: vec![],
         replica: 0,
+        history: Vec::new(),
     };
     let mut a = rekord::net::connect(addr, &cfg(1), None).await.unwrap();
     let schema = rekord::Schema::of::<Item>().to_ron().unwrap();

@@ -197,6 +197,7 @@ fn bulk(rt: &tokio::runtime::Runtime, n: usize) -> (f64, usize) {
             cursor: 0,
             trees: vec![],
             replica: 0,
+            history: Vec::new(),
         };
         let mut s = rekord::net::connect(r.addr, &cfg, None).await.unwrap();
         let schema = rekord::Schema::of::<Item>().to_ron().unwrap();

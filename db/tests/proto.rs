@@ -23,6 +23,7 @@ fn sample_frames() -> Vec<Frame> {
             cursor: 42,
             trees: vec!["parts".into()],
             replica: 5,
+            history: vec![(11, 0)],
         }),
         Frame::ServerHello(ServerHello {
             protocol: PROTOCOL_VERSION,
@@ -32,6 +33,7 @@ fn sample_frames() -> Vec<Frame> {
             head: 100,
             history: vec![(11, 0), (12, 90)],
             read: Some(vec!["parts".into()]),
+            common: Some(90),
         }),
         Frame::Refused(Refusal::BadToken),
         Frame::Request {
@@ -226,6 +228,7 @@ fn protocol_limits_are_enforced_on_decode() {
             cursor: 0,
             trees: vec![],
             replica: 0,
+            history: Vec::new(),
         }),
         Frame::Response {
             id: 1,
@@ -400,6 +403,7 @@ fn client(pinned: Option<[u8; 16]>) -> ClientConfig {
         cursor: 0,
         trees: vec!["parts".into()],
         replica: 0,
+        history: Vec::new(),
     }
 }
 
@@ -466,6 +470,7 @@ fn client_pins_the_server_and_refuses_strangers() {
             head: 0,
             history: vec![],
             read: None,
+            common: None,
         })
     };
     // First contact: anything that speaks our protocol and application is accepted (and pinned).
@@ -519,6 +524,7 @@ fn a_handshake_over_an_in_memory_stream() {
         head: 0,
         history: vec![(1, 0)],
         read: None,
+        common: None,
     });
     let mut to_client = FrameReader::new();
     to_client.push(&encode(&reply).unwrap());

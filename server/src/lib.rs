@@ -709,6 +709,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     let subscribed = hello.trees.clone();
     let cursor = hello.cursor;
     let claimed = hello.replica;
+    let lineage = hello.history.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let mut db_error = None;
         let mut name = String::new();
@@ -732,7 +733,8 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             Ok(grant) => match store.connect_claiming(client, &name, claimed)? {
                 Some(holder) => {
                     let history = store.history()?;
-                    Ok(Ok((grant, holder, name, history)))
+                    let common = store.common_with(&lineage)?;
+                    Ok(Ok((grant, holder, name, (history, common))))
                 }
                 None => Ok(Err(rekord::proto::Refusal::ReplicaOfAnotherToken)),
             },
@@ -744,7 +746,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     .map_err(|e| End::Internal(e.to_string()))?;
 
     let client_text = uuid::Uuid::from_bytes(client);
-    let (grant, holder, token, history) = match checked {
+    let (grant, holder, token, (history, common)) = match checked {
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::info!(%remote, client = %client_text, %refusal, "refused a client");
@@ -775,6 +777,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
                 rekord::proto::handshake::Trees::All => None,
                 rekord::proto::handshake::Trees::Only(trees) => Some(trees.clone()),
             },
+            common,
         }),
     )
     .await?;

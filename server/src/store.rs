@@ -447,6 +447,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Where `client`'s lineage (as it last heard it) parts from this server's whole
+    /// lineage: the last sequence number both share (`None`: the same history, or the
+    /// client has none). See [`rekord::proto::diverged`].
+    pub fn common_with(&self, client: &[(u64, u64)]) -> Result<Option<u64>, ServerError> {
+        if client.is_empty() {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HISTORY)?;
+        let all: Vec<(u64, u64)> = table
+            .iter()?
+            .map(|e| e.map(|(_, v)| v.value()))
+            .collect::<Result<_, _>>()?;
+        Ok(rekord::proto::diverged(client, &all))
+    }
+
     /// Registers id ranges a client of a lost history held (granted after the backup this
     /// server was restored from) as client `holder`'s again, so its records created with
     /// them are accepted. A range is refused (returned) if it is not one this server can
@@ -727,6 +743,8 @@ impl Store {
                     released: state.released,
                     state: state.state,
                     data: state.data,
+                    changed: state.seq,
+                    by: state.origin,
                 });
             }
         }
@@ -1594,7 +1612,8 @@ impl Tables<'_, '_> {
                 } => (*version, data, *hlc, true),
                 _ => return Ok(Err(RemoteError::NotFound)),
             };
-            if !self.owns(holder, id)? && !(borrower == Some(holder) && self.lost_id(id)?) {
+            let remade = borrower == Some(holder) && self.lost_id(id)?;
+            if !remade && !self.owns(holder, id)? {
                 return Ok(Err(RemoteError::OutsideRange { id }));
             }
             if let Some(other) = borrower.filter(|h| *h != holder) {

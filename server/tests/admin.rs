@@ -57,6 +57,7 @@ fn client(token: &str) -> ClientConfig {
         cursor: 0,
         trees: vec![],
         replica: 0,
+        history: Vec::new(),
     }
 }
 

@@ -39,6 +39,7 @@ fn client(app: &str, token: &str) -> ClientConfig {
         cursor: 0,
         trees: vec![],
         replica: 0,
+        history: Vec::new(),
     }
 }
 

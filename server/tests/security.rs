@@ -70,6 +70,7 @@ fn hello(client: [u8; 16], token: &str) -> ClientConfig {
         cursor: 0,
         trees: Vec::new(),
         replica: 0,
+        history: Vec::new(),
     }
 }
 

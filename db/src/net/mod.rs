@@ -486,6 +486,7 @@ async fn establish(
             head: 0,
             history: Vec::new(),
             read: None,
+            common: None,
         },
         pin: Pin {
             server: [0; 16],

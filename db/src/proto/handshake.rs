@@ -119,6 +119,8 @@ pub struct ClientConfig {
     pub trees: Vec<String>,
     /// The holder number this client had (0: none yet; see [`ClientHello::replica`]).
     pub replica: u32,
+    /// The server lineage this client last synced with (see [`ClientHello::history`]).
+    pub history: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -131,6 +133,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("cursor", &self.cursor)
             .field("trees", &self.trees)
             .field("replica", &self.replica)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -146,6 +149,7 @@ pub fn client_hello(cfg: &ClientConfig) -> Frame {
         cursor: cfg.cursor,
         trees: cfg.trees.clone(),
         replica: cfg.replica,
+        history: cfg.history.clone(),
     })
 }
 

@@ -56,6 +56,10 @@ pub struct ClientHello {
     /// The holder number this client had (0: none yet). A server restored from a backup
     /// that does not know the client gives it this number again when it is free.
     pub replica: u32,
+    /// The lineage of the server history this client last synced with, as the server sent
+    /// it (empty: none yet); the server answers where it parts from its own
+    /// ([`ServerHello::common`]).
+    pub history: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for ClientHello {
@@ -69,6 +73,7 @@ impl std::fmt::Debug for ClientHello {
             .field("cursor", &self.cursor)
             .field("trees", &self.trees)
             .field("replica", &self.replica)
+            .field("history", &self.history)
             .finish()
     }
 }
@@ -96,6 +101,9 @@ pub struct ServerHello {
     /// The trees the client's token may read (`None`: all). A client whose read rights grew
     /// fetches what the trees it may now read missed.
     pub read: Option<Vec<String>>,
+    /// Where the client's history ([`ClientHello::history`]) parts from the server's: the
+    /// last sequence number both share (`None`: the same history, or the client has none).
+    pub common: Option<u64>,
 }
 
 /// Why the server refuses a client.
@@ -296,6 +304,10 @@ pub struct Revision {
     pub state: u32,
     /// The record bytes.
     pub data: Vec<u8>,
+    /// The sequence number of its last data change (0: not recorded).
+    pub changed: u64,
+    /// The holder number of the client that made that change.
+    pub by: u32,
 }
 
 /// What the server did with one outbox entry of [`Request::Entries`].
@@ -544,6 +556,13 @@ impl Frame {
                 if h.token.len() > MAX_TOKEN {
                     return Err(WireError::Invalid(format!(
                         "the token is longer than {MAX_TOKEN} bytes"
+                    )));
+                }
+                if h.history.len() > super::MAX_HISTORY {
+                    return Err(WireError::Invalid(format!(
+                        "at most {} history entries, got {}",
+                        super::MAX_HISTORY,
+                        h.history.len()
                     )));
                 }
                 if h.trees.len() > MAX_TREES {

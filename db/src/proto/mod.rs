@@ -241,3 +241,31 @@ impl FrameReader {
         self.buf.len()
     }
 }
+
+/// Where the server history a client synced with (`mine`, its lineage) and the server's
+/// (`theirs`) part: `None` if they are the same (or either is unknown), else the last
+/// sequence number both share. Each lineage lists `(history id, base)` oldest first, every
+/// history sharing the one before it up to `base`. The server computes it with its whole
+/// lineage ([`ServerHello::common`]), so a client away for many server starts still finds
+/// where it stands.
+pub fn diverged(mine: &[(u64, u64)], theirs: &[(u64, u64)]) -> Option<u64> {
+    let (Some(a), Some(b)) = (mine.last(), theirs.last()) else {
+        return None;
+    };
+    if a.0 == b.0 {
+        return None;
+    }
+    // The newest history both know; past it, each side's later branch points bound what
+    // they share.
+    for (j, m) in mine.iter().enumerate().rev() {
+        if let Some(k) = theirs.iter().position(|t| t.0 == m.0) {
+            let after = |l: &[(u64, u64)]| l.iter().map(|e| e.1).min();
+            let bound = [
+                after(mine.get(j + 1..).unwrap_or_default()),
+                after(theirs.get(k + 1..).unwrap_or_default()),
+            ];
+            return Some(bound.into_iter().flatten().min().unwrap_or(0));
+        }
+    }
+    Some(0)
+}

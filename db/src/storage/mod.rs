@@ -70,6 +70,12 @@ pub(crate) const JOURNAL: TableDefinition<(u64, &str, u64), u64> =
 pub(crate) const RECLAIM: TableDefinition<(&str, u64), u64> =
     TableDefinition::new("rekord.reclaim");
 
+/// `(tree, id) -> ()` (synced databases): records this replica sent again after a restore,
+/// fetched once more when it has caught up with the restored server (whose catch-up
+/// replays older changes of others over them).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const RECHECK: TableDefinition<(&str, u64), ()> = TableDefinition::new("rekord.recheck");
+
 /// A table of records.
 pub(crate) type DataTable<'a> = TableDefinition<'a, u128, &'static [u8]>;
 

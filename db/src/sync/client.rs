@@ -362,6 +362,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         interrupted: None,
         reclaiming: false,
         no_ids: false,
+        rechecking: true,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -464,6 +465,9 @@ struct Client {
     reclaiming: bool,
     /// Whether the server refused this session id ranges (a token that may write nothing).
     no_ids: bool,
+    /// Whether records sent again after a restore wait to be fetched once caught up
+    /// (`rekord.recheck`).
+    rechecking: bool,
 }
 
 /// A borrow the loss of the connection interrupted, asked again after reconnecting.
@@ -674,9 +678,10 @@ impl Client {
 
     async fn connect(&mut self) -> std::result::Result<Session, End> {
         let db = self.db()?;
-        let (cursor, pin) = {
+        let (cursor, pin, history) = {
             let txn = db.inner.redb.begin_read().map_err(Error::from)?;
             let meta = txn.open_table(META).map_err(Error::from)?;
+            let history = restore::stored_history(&meta)?;
             let cursor = meta
                 .get(CURSOR)
                 .map_err(Error::from)?
@@ -689,7 +694,7 @@ impl Client {
                     cert: String::from_utf8(cert.to_vec()).ok()?,
                 })
             });
-            (cursor, pin)
+            (cursor, pin, history)
         };
         drop(db);
         self.cursor = cursor;
@@ -705,6 +710,7 @@ impl Client {
                 let r = self.db()?.inner.replica.load(Ordering::Acquire);
                 if r == UNKNOWN_REPLICA { 0 } else { r }
             },
+            history,
         };
         self.backfill(&hello, pin.as_ref()).await?;
         let session = net::connect_timeout(
@@ -869,7 +875,12 @@ impl Client {
             let meta = txn.open_table(META).map_err(Error::from)?;
             restore::stored_history(&meta)?
         };
-        let common = match super::diverged(&mine, &hello.history) {
+        // The server knows its whole lineage (a client may have been away for more starts
+        // than a hello carries); an older answer without it is computed here.
+        let common = match hello
+            .common
+            .or_else(|| super::diverged(&mine, &hello.history))
+        {
             Some(common) => Some(common),
             // Same history, yet behind: nothing is known of where they part.
             None if hello.head < self.cursor => Some(0),
@@ -1669,6 +1680,9 @@ impl Client {
                 }
             }
             Push::CaughtUp { head } => {
+                if self.rechecking {
+                    Box::pin(self.recheck(s)).await?;
+                }
                 self.caught_up = true;
                 self.head = head;
                 let cursor = self.cursor;

@@ -133,32 +133,7 @@ pub(crate) const HISTORY: &str = "sync.history";
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
 
-/// Where the server history this replica synced with (`mine`) and the server's (`theirs`)
-/// part: `None` if they are the same (or either is unknown), else the last sequence number
-/// both share. Each lineage lists `(history id, base)` oldest first, every history sharing
-/// the one before it up to `base`.
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-pub(crate) fn diverged(mine: &[(u64, u64)], theirs: &[(u64, u64)]) -> Option<u64> {
-    let (Some(a), Some(b)) = (mine.last(), theirs.last()) else {
-        return None;
-    };
-    if a.0 == b.0 {
-        return None;
-    }
-    // The newest history both know; past it, each side's later branch points bound what
-    // they share.
-    for (j, m) in mine.iter().enumerate().rev() {
-        if let Some(k) = theirs.iter().position(|t| t.0 == m.0) {
-            let after = |l: &[(u64, u64)]| l.iter().map(|e| e.1).min();
-            let bound = [
-                after(mine.get(j + 1..).unwrap_or_default()),
-                after(theirs.get(k + 1..).unwrap_or_default()),
-            ];
-            return Some(bound.into_iter().flatten().min().unwrap_or(0));
-        }
-    }
-    Some(0)
-}
+pub(crate) use crate::proto::diverged;
 
 /// `rekord.meta` key of the hybrid logical clock (u64 LE).
 pub(crate) const HLC: &str = "sync.hlc";

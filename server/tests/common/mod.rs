@@ -79,6 +79,7 @@ pub fn client(token: &str) -> ClientConfig {
         cursor: 0,
         trees: vec![],
         replica: 0,
+        history: Vec::new(),
     }
 }
 

@@ -23,7 +23,9 @@ use crate::db::read_u64;
 use crate::event::SyncEvent;
 use crate::net::Session;
 use crate::proto::{Change, ChangeKind, RemoteError, Request, Response, Revision};
-use crate::storage::{Header, JOURNAL, META, OUTBOX, PENDING, RANGES, RECLAIM, table_name};
+use crate::storage::{
+    Header, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, table_name,
+};
 use crate::sync::outbox::{self, Entry, PendingRow};
 use crate::sync::{HISTORY, JOURNAL_FLOOR};
 use crate::{Error, Result};
@@ -203,7 +205,10 @@ impl Client {
         let mut steps = Vec::new();
         for (tree, id) in touched {
             let changed_here = own.contains(&(tree.clone(), id));
-            steps.extend(self.decide(s, tree, id, changed_here, false, me).await?);
+            steps.extend(
+                self.decide(s, tree, id, changed_here, false, me, common)
+                    .await?,
+            );
         }
 
         let versions: Vec<(String, u32)> = steps
@@ -237,6 +242,11 @@ impl Client {
                     changes,
                     ret,
                 } => {
+                    b.txn
+                        .open_table(RECHECK)
+                        .map_err(Error::from)?
+                        .insert((tree.as_str(), id), ())
+                        .map_err(Error::from)?;
                     let returns = if ret { vec![(tree, id)] } else { Vec::new() };
                     let (_, n, by) = outbox::enqueue(&b.txn, &changes, &returns)?;
                     (entries, bytes) = (entries + n, bytes + by);
@@ -333,6 +343,7 @@ impl Client {
         b.commit_for_sync()?;
         self.link.enqueued(entries, bytes);
         self.reclaiming |= waiting > 0;
+        self.rechecking |= resent > 0;
         self.cursor = back;
         self.link.update(|st| st.cursor = back);
         let incomplete = floor > common;
@@ -360,6 +371,7 @@ impl Client {
     /// touched (`changed_here`: one of this replica's): fetched from the server, compared
     /// with the local copy, its borrow taken back where this replica holds it (`waited`:
     /// a record this replica waited to take back, see [`Step::Wait`]).
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &mut self,
         s: &mut Session,
@@ -368,6 +380,7 @@ impl Client {
         changed_here: bool,
         waited: bool,
         me: u32,
+        common: u64,
     ) -> std::result::Result<Vec<Step>, End> {
         let (mut holder, revisions) = match s
             .request(Request::Fetch {
@@ -387,19 +400,33 @@ impl Client {
                 )));
             }
         };
+        // An optimistic record with edits waiting in the outbox: they carry this replica's
+        // version, and the server merges them with its own (three-way, from the version
+        // they started from); nothing to send or take here.
+        if self.optimistic_pending(&tree, id)? {
+            return Ok(Vec::new());
+        }
         let local = self.local_revisions(&tree, id)?;
         let mut local_holder = local.last().map_or(0, |l| l.header.holder);
         if waited {
             // The stale holder's return reached this replica as a push (holder 0).
             local_holder = me;
         }
+        // Another replica changed the record in the server's history after the shared
+        // point (it reconciled first, or worked after the restore): that version is newer
+        // than anything here.
+        let newer_there = revisions.iter().any(|r| r.changed > common && r.by != me);
         // This replica's version is the one to keep: it holds the record, or changed it
-        // last with nobody holding it (a removal, an optimistic edit, a returned borrow).
-        let mine = local_holder == me || (changed_here && local_holder == 0);
+        // last with nobody holding it (a removal, an optimistic edit, a returned borrow),
+        // and nobody changed it since on the server.
+        // (A record held here was changed by nobody else since this replica took it: a
+        // newer change on the server can only be a stale holder's resend of an older one.)
+        let mine = local_holder == me || (!newer_there && changed_here && local_holder == 0);
         let same = local.len() == revisions.len()
             && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
-        let needs_borrow =
-            holder != me && (local_holder == me || (mine && !same && !revisions.is_empty()));
+        // (Also before re-making a record the server lost: its id may be from the range of a
+        // replica that is not back, which the server accepts from the record's holder.)
+        let needs_borrow = holder != me && (local_holder == me || (mine && !same));
         if needs_borrow {
             match s
                 .request(Request::Borrow {
@@ -409,7 +436,9 @@ impl Client {
                 .await?
             {
                 Response::Granted { .. } => holder = me,
-                Response::Error(RemoteError::AlreadyBorrowed { .. }) if local_holder == me => {
+                // Held by a replica the restored server thinks holds it (it returned it
+                // after the backup, and will return it again when it reconciles).
+                Response::Error(RemoteError::AlreadyBorrowed { .. }) if mine => {
                     return Ok(vec![Step::Wait { tree, id }]);
                 }
                 Response::Error(e) => {
@@ -478,7 +507,9 @@ impl Client {
         self.reclaiming = !keys.is_empty();
         let me = self.db()?.inner.replica.load(Ordering::Acquire);
         for (tree, id) in keys {
-            let steps = self.decide(s, tree.clone(), id, true, true, me).await?;
+            let steps = self
+                .decide(s, tree.clone(), id, true, true, me, u64::MAX)
+                .await?;
             if steps.iter().any(|st| matches!(st, Step::Wait { .. })) {
                 continue;
             }
@@ -532,6 +563,42 @@ impl Client {
         Ok(())
     }
 
+    /// Fetches once more the records sent again after a restore (`rekord.recheck`): the
+    /// catch-up from the shared point replays older changes of other replicas over them
+    /// (and skips this replica's own resend, as changes of its own are).
+    pub(crate) async fn recheck(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        let keys: Vec<(String, u64)> = {
+            let db = self.db()?;
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            match txn.open_table(RECHECK) {
+                Ok(t) => t
+                    .iter()
+                    .map_err(Error::from)?
+                    .map(|r| r.map(|(k, _)| (k.value().0.to_owned(), k.value().1)))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(Error::from)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                Err(e) => return Err(Error::from(e).into()),
+            }
+        };
+        if keys.is_empty() {
+            self.rechecking = false;
+            return Ok(());
+        }
+        self.resync(s, keys.clone()).await?;
+        let db = self.db()?;
+        let b = db.batch()?;
+        {
+            let mut table = b.txn.open_table(RECHECK).map_err(Error::from)?;
+            for (tree, id) in &keys {
+                table.remove((tree.as_str(), *id)).map_err(Error::from)?;
+            }
+        }
+        b.commit_for_sync()?;
+        self.rechecking = false;
+        Ok(())
+    }
+
     /// Forgets the records of `rekord.reclaim` that another replica borrowed (pushed
     /// `entries`): its version stands.
     pub(crate) fn reclaim_taken(
@@ -559,6 +626,22 @@ impl Client {
         }
         b.commit()?;
         Ok(())
+    }
+
+    /// Whether record `id` of optimistic tree `tree` has edits waiting in the outbox.
+    fn optimistic_pending(&self, tree: &str, id: u64) -> std::result::Result<bool, End> {
+        // (Only optimistic edits have `rekord.pending` rows.)
+        let db = self.db()?;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        let pending = match txn.open_table(PENDING) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(Error::from(e).into()),
+        };
+        Ok(pending
+            .get((tree, id))
+            .map_err(Error::from)?
+            .is_some_and(|v| PendingRow::decode(v.value()).count > 0))
     }
 
     /// The stored revisions of record `id` of `tree`, oldest first.
