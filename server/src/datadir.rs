@@ -5,8 +5,9 @@
 //!
 //! - it is created with mode 0700;
 //! - the server refuses to use a directory that another user owns, or that the group or
-//!   others may write to (they could swap the key, the certificate or the database), and
-//!   says how to fix it;
+//!   others may write to (they could swap the key, the certificate or the database), a
+//!   symbolic link, or one inside a directory every user may rename things in, and says
+//!   how to fix it;
 //! - every file holding records or secrets (`server.redb`, `key.der`, backups) is 0600,
 //!   whatever the umask, and temporary files are created exclusively.
 
@@ -36,10 +37,39 @@ pub fn check(dir: &Path) -> Result<(), ServerError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(dir).map_err(|e| ServerError::Io {
-            path: dir.to_path_buf(),
+        let io = |path: &Path, e: std::io::Error| ServerError::Io {
+            path: path.to_path_buf(),
             source: e,
-        })?;
+        };
+        // Not a link: whoever controls a link chooses which directory the server reads
+        // its key and database from, and can switch it between the check and the open.
+        let own = std::fs::symlink_metadata(dir).map_err(|e| io(dir, e))?;
+        if own.file_type().is_symlink() {
+            return Err(ServerError::UnsafeDataDir(format!(
+                "{} is a symbolic link; give the server the directory itself (`--data {}`)",
+                dir.display(),
+                std::fs::canonicalize(dir)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| "the real path".into())
+            )));
+        }
+        // Nor inside a directory every user may rename things in (a world-writable one
+        // without the sticky bit, such as /tmp has): it could be swapped as a whole.
+        let real = std::fs::canonicalize(dir).map_err(|e| io(dir, e))?;
+        for ancestor in real.ancestors().skip(1) {
+            let m = std::fs::metadata(ancestor).map_err(|e| io(ancestor, e))?;
+            if m.mode() & 0o002 != 0 && m.mode() & 0o1000 == 0 {
+                return Err(ServerError::UnsafeDataDir(format!(
+                    "{} is inside {}, which every user may change (mode {:03o}, no sticky \
+                     bit); move the data directory, or `chmod o-w {}`",
+                    dir.display(),
+                    ancestor.display(),
+                    m.mode() & 0o777,
+                    ancestor.display()
+                )));
+            }
+        }
+        let meta = std::fs::metadata(dir).map_err(|e| io(dir, e))?;
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
             return Err(ServerError::UnsafeDataDir(format!(

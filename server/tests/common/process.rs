@@ -19,8 +19,20 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `rekord-server run` on `listen` (port 0: any).
     pub fn start(data: &Path, listen: &str) -> ServerProcess {
+        Self::start_logging(data, listen, None)
+    }
+
+    /// [`ServerProcess::start`] with the server's trace-level log appended to `log`.
+    pub fn start_logged(data: &Path, listen: &str, log: &Path) -> ServerProcess {
+        Self::start_logging(data, listen, Some(log))
+    }
+
+    fn start_logging(data: &Path, listen: &str, log: Option<&Path>) -> ServerProcess {
         // REKORD_TEST_SERVER_LOG=<file>: the server's log goes there (append).
-        let stderr = match std::env::var_os("REKORD_TEST_SERVER_LOG") {
+        let file = log
+            .map(|l| l.as_os_str().to_owned())
+            .or_else(|| std::env::var_os("REKORD_TEST_SERVER_LOG"));
+        let stderr = match file {
             Some(file) => Stdio::from(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -30,7 +42,11 @@ impl ServerProcess {
             ),
             None => Stdio::null(),
         };
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if log.is_some() {
+            command.env("RUST_LOG", "trace");
+        }
+        let mut child = command
             .arg("--data")
             .arg(data)
             .args(["run", "--listen", listen, "--app", APP])

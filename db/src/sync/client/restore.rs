@@ -421,7 +421,11 @@ impl Client {
         // and nobody changed it since on the server.
         // (A record held here was changed by nobody else since this replica took it: a
         // newer change on the server can only be a stale holder's resend of an older one.)
-        let mine = local_holder == me || (!newer_there && changed_here && local_holder == 0);
+        // The creator of a record the server lost makes it again, whoever held it since
+        // (ids of its ranges are its own: no other replica may re-make them).
+        let creator = revisions.is_empty() && changed_here && self.owns_id(id)?;
+        let mine =
+            local_holder == me || creator || (!newer_there && changed_here && local_holder == 0);
         let same = local.len() == revisions.len()
             && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
         // (Also before re-making a record the server lost: its id may be from the range of a
@@ -439,6 +443,11 @@ impl Client {
                 // Held by a replica the restored server thinks holds it (it returned it
                 // after the backup, and will return it again when it reconciles).
                 Response::Error(RemoteError::AlreadyBorrowed { .. }) if mine => {
+                    return Ok(vec![Step::Wait { tree, id }]);
+                }
+                // A record of another replica's range the server lost: its creator makes
+                // it again when it reconciles (then this replica takes it back).
+                Response::Error(RemoteError::NotFound) if mine => {
                     return Ok(vec![Step::Wait { tree, id }]);
                 }
                 Response::Error(e) => {
@@ -626,6 +635,22 @@ impl Client {
         }
         b.commit()?;
         Ok(())
+    }
+
+    /// Whether `id` is from one of this replica's id ranges.
+    fn owns_id(&self, id: u64) -> std::result::Result<bool, End> {
+        let db = self.db()?;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        let ranges = match txn.open_table(RANGES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(Error::from(e).into()),
+        };
+        let row = ranges.range(..=id).map_err(Error::from)?.next_back();
+        Ok(match row {
+            Some(r) => id < r.map_err(Error::from)?.1.value(),
+            None => false,
+        })
     }
 
     /// Whether record `id` of optimistic tree `tree` has edits waiting in the outbox.
