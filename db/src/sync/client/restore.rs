@@ -102,9 +102,11 @@ enum Step {
     },
     /// Return the borrow the server (from before the backup) says this replica holds.
     Return { tree: String, id: u64 },
-    /// Held here, but the restored server gives the borrow to a replica that returned it
-    /// after the backup: sent again once that replica returns it (`rekord.reclaim`).
-    Wait { tree: String, id: u64 },
+    /// Held here (`held`), or changed here last, but the restored server gives the borrow
+    /// to a replica that returned it after the backup (or the record's creator has not
+    /// made it again yet): sent again once the borrow is free (`rekord.reclaim`), and the
+    /// borrow returned after it unless this replica held it.
+    Wait { tree: String, id: u64, held: bool },
 }
 
 impl Client {
@@ -206,7 +208,7 @@ impl Client {
         for (tree, id) in touched {
             let changed_here = own.contains(&(tree.clone(), id));
             steps.extend(
-                self.decide(s, tree, id, changed_here, false, me, common)
+                self.decide(s, tree, id, changed_here, None, me, common)
                     .await?,
             );
         }
@@ -256,11 +258,14 @@ impl Client {
                     let (_, n, by) = outbox::enqueue(&b.txn, &[], &[(tree, id)])?;
                     (entries, bytes) = (entries + n, bytes + by);
                 }
-                Step::Wait { tree, id } => {
+                Step::Wait { tree, id, held } => {
                     b.txn
                         .open_table(RECLAIM)
                         .map_err(Error::from)?
-                        .insert((tree.as_str(), id), outbox::now_ms())
+                        .insert(
+                            (tree.as_str(), id),
+                            (outbox::now_ms() << 1) | u64::from(held),
+                        )
                         .map_err(Error::from)?;
                     waiting += 1;
                 }
@@ -378,7 +383,7 @@ impl Client {
         tree: String,
         id: u64,
         changed_here: bool,
-        waited: bool,
+        waited: Option<bool>,
         me: u32,
         common: u64,
     ) -> std::result::Result<Vec<Step>, End> {
@@ -408,8 +413,14 @@ impl Client {
         }
         let local = self.local_revisions(&tree, id)?;
         let mut local_holder = local.last().map_or(0, |l| l.header.holder);
-        if waited {
-            // The stale holder's return reached this replica as a push (holder 0).
+        // Whether this replica held the record before the restore (then it keeps holding
+        // it after sending it again; else it returns the borrow it takes to send it).
+        // (Nobody keeps the borrow of an optimistic record: it is taken only to send it.)
+        let optimistic = self.db()?.inner.merge_of(&tree).is_some();
+        let held = !optimistic && waited.unwrap_or(local_holder == me);
+        if waited.is_some() {
+            // Waited for: the stale holder's return reached this replica as a push (holder
+            // 0), or its creator made it again.
             local_holder = me;
         }
         // Another replica changed the record in the server's history after the shared
@@ -443,12 +454,12 @@ impl Client {
                 // Held by a replica the restored server thinks holds it (it returned it
                 // after the backup, and will return it again when it reconciles).
                 Response::Error(RemoteError::AlreadyBorrowed { .. }) if mine => {
-                    return Ok(vec![Step::Wait { tree, id }]);
+                    return Ok(vec![Step::Wait { tree, id, held }]);
                 }
                 // A record of another replica's range the server lost: its creator makes
                 // it again when it reconciles (then this replica takes it back).
                 Response::Error(RemoteError::NotFound) if mine => {
-                    return Ok(vec![Step::Wait { tree, id }]);
+                    return Ok(vec![Step::Wait { tree, id, held }]);
                 }
                 Response::Error(e) => {
                     tracing::warn!(%tree, id, error = ?e, "rekord sync: cannot take back a borrow after the restore");
@@ -473,7 +484,7 @@ impl Client {
                 tree,
                 id,
                 changes,
-                ret: local_holder != me,
+                ret: !held,
             }]);
         }
         let mut steps = Vec::new();
@@ -499,14 +510,16 @@ impl Client {
     /// borrow it now gets (a record another replica borrowed meanwhile is forgotten when
     /// that borrow arrives, see [`Client::reclaim_taken`]).
     pub(crate) async fn retry_reclaims(&mut self, s: &mut Session) -> std::result::Result<(), End> {
-        let keys: Vec<(String, u64)> = {
+        let keys: Vec<(String, u64, bool)> = {
             let db = self.db()?;
             let txn = db.inner.redb.begin_read().map_err(Error::from)?;
             match txn.open_table(RECLAIM) {
                 Ok(t) => t
                     .iter()
                     .map_err(Error::from)?
-                    .map(|r| r.map(|(k, _)| (k.value().0.to_owned(), k.value().1)))
+                    .map(|r| {
+                        r.map(|(k, v)| (k.value().0.to_owned(), k.value().1, v.value() & 1 == 1))
+                    })
                     .collect::<std::result::Result<_, _>>()
                     .map_err(Error::from)?,
                 Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
@@ -515,9 +528,9 @@ impl Client {
         };
         self.reclaiming = !keys.is_empty();
         let me = self.db()?.inner.replica.load(Ordering::Acquire);
-        for (tree, id) in keys {
+        for (tree, id, held) in keys {
             let steps = self
-                .decide(s, tree.clone(), id, true, true, me, u64::MAX)
+                .decide(s, tree.clone(), id, true, Some(held), me, u64::MAX)
                 .await?;
             if steps.iter().any(|st| matches!(st, Step::Wait { .. })) {
                 continue;
@@ -594,7 +607,27 @@ impl Client {
             self.rechecking = false;
             return Ok(());
         }
-        self.resync(s, keys.clone()).await?;
+        // A record with writes waiting in the outbox shows them here, and the server will
+        // have them: fetching it now would undo them locally (their pushes, being this
+        // replica's own, are not applied again).
+        let waiting: HashSet<(String, u64)> = {
+            let db = self.db()?;
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let mut set = HashSet::new();
+            if let Ok(table) = txn.open_table(OUTBOX) {
+                for row in table.iter().map_err(Error::from)? {
+                    let (_, v) = row.map_err(Error::from)?;
+                    set.extend(outbox::keys(v.value())?);
+                }
+            }
+            set
+        };
+        let fetch: Vec<(String, u64)> = keys
+            .iter()
+            .filter(|k| !waiting.contains(*k))
+            .cloned()
+            .collect();
+        self.resync(s, fetch).await?;
         let db = self.db()?;
         let b = db.batch()?;
         {
