@@ -5,15 +5,13 @@
 //! backed up through its CLI while it runs, restored by replacing its file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rekord::{Db, Key, SyncConfig, SyncEvent};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{BIN, ServerProcess, token};
+use process::{ServerProcess, backup, restore, token};
 
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -26,26 +24,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
     process::config(addr, token).range_size(3)
-}
-
-/// `rekord-server backup` while the server runs (through its admin socket).
-fn backup(data: &Path, out: &Path) {
-    let status = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["backup", "--out"])
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Stops the server, puts the backup in place of its database, starts it again.
-fn restore(server: ServerProcess, data: &Path, from: &Path) -> ServerProcess {
-    let addr = server.addr;
-    server.kill();
-    std::fs::copy(from, data.join("server.redb")).unwrap();
-    ServerProcess::start(data, &addr.to_string())
 }
 
 /// Every part as (id, rev, name, qty, released), sorted.

@@ -12,7 +12,7 @@ use rekord::{Db, Key, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{BIN, ServerProcess, token};
+use process::{ServerProcess, backup, token};
 
 const CHILD_ENV: &str = "REKORD_REDTEAM_CHILD";
 const LIMIT: Duration = Duration::from_secs(40);
@@ -104,18 +104,6 @@ fn spawn(
         }
     }
     (child, out)
-}
-
-fn backup(data: &Path, out: &Path) {
-    let status = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["backup", "--out"])
-        .arg(out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 type Row = (u64, u32, String, u32, bool, u32, u32);

@@ -12,7 +12,7 @@ use rekord::{Db, Key, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{BIN, ServerProcess, token};
+use process::{BIN, ServerProcess, backup, restore, revoke, token};
 
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -42,24 +42,6 @@ fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
     process::config(addr, token)
         .range_size(3)
         .timeout(Duration::from_secs(10))
-}
-
-fn backup(data: &Path, out: &Path) {
-    let status = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["backup", "--out"])
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn restore(server: ServerProcess, data: &Path, from: &Path) -> ServerProcess {
-    let addr = server.addr;
-    server.kill();
-    std::fs::copy(from, data.join("server.redb")).unwrap();
-    ServerProcess::start(data, &addr.to_string())
 }
 
 type Row = (u64, u32, String, u32, bool, u32, u32);
@@ -544,16 +526,6 @@ fn redteam_a_narrow_subscription_through_a_restore_then_widened() {
     assert_eq!(notes(&fresh).len(), 1);
     drop((a, c, fresh));
     server.kill();
-}
-
-fn revoke(data: &Path, name: &str) {
-    let out = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["token", "revoke", name])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
 }
 
 fn issue(data: &Path, name: &str, read: &[&str]) -> String {

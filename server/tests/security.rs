@@ -16,7 +16,7 @@ use rekord::{Db, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{APP, BIN, ServerProcess};
+use process::{APP, BIN, ServerProcess, issue};
 
 #[rekord::record(tree = "secret", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -31,23 +31,6 @@ pub struct Part {
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Issues a token through the CLI with `args` (e.g. `--read-all --write parts`).
-fn issue(data: &Path, name: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["token", "issue", "--name", name])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// The client identity a replica file holds (what an attacker reads from the file or the
 /// server's log).

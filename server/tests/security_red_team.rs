@@ -1,7 +1,6 @@
 //! Red team, issue 12: attacks by a client with a valid token of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use rekord::proto::{Change, ChangeKind, Request, Response};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{APP, BIN, ServerProcess};
+use process::{APP, BIN, ServerProcess, issue};
 
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -21,22 +20,6 @@ pub struct Part {
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn issue(data: &Path, name: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["token", "issue", "--name", name])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn hello(client: [u8; 16], token: &str, replica: u32) -> ClientConfig {
     ClientConfig {

@@ -10,7 +10,7 @@ use rekord::{Db, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
-use process::{ServerProcess, config, token};
+use process::{ServerProcess, config, issue, revoke, token};
 
 #[rekord::record(tree = "a", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
@@ -144,44 +144,6 @@ fn widening_never_applies_an_older_change_over_this_replicas_own() {
     server.kill();
 }
 
-/// A token issued with `args`, through the CLI (the server may be running).
-fn token_with(data: &Path, name: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(process::BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["token", "issue", "--name", name])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// Revokes the token named `name` through the CLI.
-fn revoke(data: &Path, name: &str) {
-    let out = std::process::Command::new(process::BIN)
-        .arg("--data")
-        .arg(data)
-        .args(["token", "revoke", name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Widening a token's read rights is like widening the subscription: a replica that
 /// caught up reading only `a` (its cursor passed `b`'s changes, which the server filtered
 /// out) receives `b`'s records once it connects with its token re-issued (same name) with
@@ -192,7 +154,7 @@ fn read_rights_that_grow_bring_in_what_was_hidden() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
     let all = token(&data);
-    let narrow = token_with(&data, "reader", &["--read", "a"]);
+    let narrow = issue(&data, "reader", &["--read", "a"]);
     let server = ServerProcess::start(&data, "127.0.0.1:0");
     let w = Db::memory_synced(config(server.addr, &all)).unwrap();
     w.wait_caught_up(LIMIT).unwrap();
@@ -208,7 +170,7 @@ fn read_rights_that_grow_bring_in_what_was_hidden() {
     );
     // The administrator re-issues the reader's token with the right to read everything.
     revoke(&data, "reader");
-    let wide = token_with(&data, "reader", &["--read-all"]);
+    let wide = issue(&data, "reader", &["--read-all"]);
     assert_eq!(
         read(&reader, config(server.addr, &wide)),
         (vec![1, 2], vec![10, 11])
@@ -217,13 +179,13 @@ fn read_rights_that_grow_bring_in_what_was_hidden() {
     w.tree::<B>().unwrap().create(&B { n: 12 }).unwrap();
     w.wait_pushed(LIMIT).unwrap();
     revoke(&data, "reader");
-    let narrow = token_with(&data, "reader", &["--read", "a"]);
+    let narrow = issue(&data, "reader", &["--read", "a"]);
     assert_eq!(
         read(&reader, config(server.addr, &narrow)),
         (vec![1, 2], vec![10, 11])
     );
     revoke(&data, "reader");
-    let wide = token_with(&data, "reader", &["--read-all"]);
+    let wide = issue(&data, "reader", &["--read-all"]);
     assert_eq!(
         read(&reader, config(server.addr, &wide)),
         (vec![1, 2], vec![10, 11, 12])

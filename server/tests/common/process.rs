@@ -107,3 +107,56 @@ pub fn config(addr: SocketAddr, token: &str) -> rekord::SyncConfig {
             .max(std::time::Duration::from_millis(200)),
     )
 }
+
+/// `rekord-server backup --out out` (through the admin socket while the server runs).
+pub fn backup(data: &Path, out: &Path) {
+    let status = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["backup", "--out"])
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Stops the server, puts the backup `from` in place of its database, starts it again on
+/// the same address.
+pub fn restore(server: ServerProcess, data: &Path, from: &Path) -> ServerProcess {
+    let addr = server.addr;
+    server.kill();
+    std::fs::copy(from, data.join("server.redb")).unwrap();
+    ServerProcess::start(data, &addr.to_string())
+}
+
+/// Issues a token named `name` with `args` (e.g. `--read-all --write parts`).
+pub fn issue(data: &Path, name: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["token", "issue", "--name", name])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Revokes the token named `name`.
+pub fn revoke(data: &Path, name: &str) {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["token", "revoke", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
