@@ -595,25 +595,33 @@ impl Db {
     /// Runs `f` in a write batch and commits it if `f` returns `Ok`; aborts it otherwise.
     ///
     /// In a synced database, a batch that runs out of ids ([`Error::IdsExhausted`]) while
-    /// the server is reachable makes the replica fetch more before this returns (four times
-    /// what the batch used, bounded by [`SyncConfig::timeout`](crate::SyncConfig::timeout)):
-    /// run it again (a batch many times larger than the id ranges may take a few runs;
-    /// [`SyncConfig::range_size`](crate::SyncConfig::range_size) sets their size).
-    pub fn write<R>(&self, f: impl FnOnce(&mut Batch<'_>) -> Result<R>) -> Result<R> {
-        let mut b = self.batch()?;
-        let r = match f(&mut b) {
-            Ok(r) => r,
-            Err(e) => {
-                let short = b.ids_short();
-                drop(b);
-                if let Some(ids) = short {
-                    self.inner.refill_ids(ids);
+    /// the server is reachable is aborted, the replica fetches more ids (four times what the
+    /// batch used) and `f` runs again in a new batch, until it has the ids it needs or
+    /// [`SyncConfig::timeout`](crate::SyncConfig::timeout) passes; this is why `f` is
+    /// `FnMut`. [`Error::IdsExhausted`] means the server could not be reached in that time.
+    pub fn write<R>(&self, mut f: impl FnMut(&mut Batch<'_>) -> Result<R>) -> Result<R> {
+        let deadline = self
+            .inner
+            .sync_timeout()
+            .map(|t| std::time::Instant::now() + t);
+        loop {
+            let mut b = self.batch()?;
+            match f(&mut b) {
+                Ok(r) => {
+                    b.commit()?;
+                    return Ok(r);
                 }
-                return Err(e);
+                Err(e) => {
+                    let short = b.ids_short();
+                    drop(b);
+                    let in_time = deadline.is_some_and(|d| std::time::Instant::now() < d);
+                    match short {
+                        Some(ids) if in_time && self.inner.refill_ids(ids) => {}
+                        _ => return Err(e),
+                    }
+                }
             }
-        };
-        b.commit()?;
-        Ok(r)
+        }
     }
 
     /// Subscribes to every change committed from now on.

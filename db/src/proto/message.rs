@@ -459,6 +459,21 @@ pub enum ChangeKind {
     },
 }
 
+impl ChangeKind {
+    /// A short description for logs: the kind, and the first bytes of its data.
+    pub(crate) fn name(&self) -> String {
+        let head = |data: &[u8]| format!("{:02x?}", &data[..data.len().min(12)]);
+        match self {
+            ChangeKind::Edit { base, data, .. } => format!("edit(base {base}) {}", head(data)),
+            ChangeKind::Put { data, .. } => format!("put {}", head(data)),
+            ChangeKind::Remove => "remove".into(),
+            ChangeKind::Release => "release".into(),
+            ChangeKind::SetState(s) => format!("state {s}"),
+            ChangeKind::Borrow { holder } => format!("borrow {holder}"),
+        }
+    }
+}
+
 /// What the server sends unasked.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]

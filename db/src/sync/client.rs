@@ -11,7 +11,7 @@ use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
-use crate::storage::{JOURNAL, META, OUTBOX, PENDING, RANGES, REJECTED, SCHEMAS};
+use crate::storage::{JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, REJECTED, SCHEMAS};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
@@ -1225,12 +1225,24 @@ impl Client {
                 continue;
             }
             if run.is_empty() {
+                // Records refetched while writes of theirs waited: fetched now.
+                if self.rechecking && self.caught_up {
+                    Box::pin(self.recheck(s)).await?;
+                }
                 return Ok(());
             }
             for c in run.iter().flatten() {
                 if let ChangeKind::Put { version, .. } | ChangeKind::Edit { version, .. } = &c.kind
                 {
                     self.upload_schema(s, &c.tree, *version).await?;
+                }
+            }
+            for (i, c) in run.iter().enumerate() {
+                for c in c {
+                    tracing::trace!(
+                        entry = first + i as u64, tree = %c.tree, id = c.id, rev = c.rev,
+                        kind = c.kind.name(), "rekord sync: sending an outbox entry"
+                    );
                 }
             }
             self.make_durable()?;
@@ -1492,8 +1504,10 @@ impl Client {
             .update(|st| st.processed_entry = st.processed_entry.max(last));
     }
 
-    /// Makes the local copies of records the server refused changes to what the server
-    /// has (the refused changes stay in `rekord.outbox_rejected`).
+    /// Makes the local copies of records the server refused changes to (or that a restore
+    /// sent again) what the server has (the refused changes stay in
+    /// `rekord.outbox_rejected`); a record with local writes waiting in the outbox is
+    /// fetched later instead (`rekord.recheck`).
     async fn resync(
         &mut self,
         s: &mut Session,
@@ -1531,7 +1545,28 @@ impl Client {
             self.fetch_schemas(s, &versions).await?;
             let db = self.db()?;
             let mut b = db.batch()?;
+            // A local write made since the fetch (or waiting from before it) shows here and
+            // goes to the server next: the fetched version would undo it here only, while
+            // the server takes it (its push, being this replica's own, is not applied
+            // again). A refusal of that write resyncs the record then.
+            // It is fetched again once nothing waits for it (`rekord.recheck`).
+            if outbox::touches(&b.txn, &tree, id)? {
+                tracing::debug!(%tree, id, "rekord sync: a refetched record has local writes waiting; kept");
+                b.txn
+                    .open_table(RECHECK)
+                    .map_err(Error::from)?
+                    .insert((tree.as_str(), id), ())
+                    .map_err(Error::from)?;
+                b.commit_for_sync()?;
+                self.rechecking = true;
+                continue;
+            }
             b.replace_record(&tree, id, holder, &revisions)?;
+            b.txn
+                .open_table(RECHECK)
+                .map_err(Error::from)?
+                .remove((tree.as_str(), id))
+                .map_err(Error::from)?;
             b.commit()?;
         }
         Ok(())
@@ -1656,6 +1691,12 @@ impl Client {
                     .into_iter()
                     .filter(|e| e.seq > self.cursor)
                     .collect();
+                for e in &fresh {
+                    tracing::trace!(
+                        seq = e.seq, tree = %e.change.tree, id = e.change.id, rev = e.change.rev,
+                        kind = e.change.kind.name(), "rekord sync: applying a pushed change"
+                    );
+                }
                 let mut b = self.lazy_batch(&db)?;
                 let skipped = b.apply_remote(&fresh)?;
                 b.set_cursor(last);

@@ -132,6 +132,9 @@ pub(crate) const HISTORY: &str = "sync.history";
 /// `rekord.meta` key of the highest sequence number whose journal rows were pruned (u64 LE).
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
+/// Meta key: the shared point of the last reconciliation that left records waiting
+/// (`rekord.reclaim`): optimistic records sent again later are edits based on it.
+pub(crate) const RECLAIM_COMMON: &str = "sync.reclaim_common";
 
 pub(crate) use crate::proto::diverged;
 

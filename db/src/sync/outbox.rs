@@ -85,6 +85,20 @@ pub(crate) fn append(txn: &WriteTransaction, entries: &[Vec<u8>]) -> Result<()> 
     Ok(())
 }
 
+/// Whether an entry waiting in the outbox touches record `id` of `tree` (read in the
+/// transaction that is about to change the record, so no local write slips in between).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn touches(txn: &WriteTransaction, tree: &str, id: u64) -> Result<bool> {
+    let table = txn.open_table(OUTBOX)?;
+    for row in table.iter()? {
+        let (_, v) = row?;
+        if keys(v.value())?.iter().any(|(t, i)| t == tree && *i == id) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The records an entry's changes touch, in order (read in place: the record bytes are
 /// not copied).
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]

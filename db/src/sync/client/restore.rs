@@ -27,7 +27,7 @@ use crate::storage::{
     Header, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, table_name,
 };
 use crate::sync::outbox::{self, Entry, PendingRow};
-use crate::sync::{HISTORY, JOURNAL_FLOOR};
+use crate::sync::{HISTORY, JOURNAL_FLOOR, RECLAIM_COMMON};
 use crate::{Error, Result};
 use redb::{ReadableDatabase as _, ReadableTable as _};
 use std::collections::{BTreeSet, HashSet};
@@ -296,6 +296,10 @@ impl Client {
                 super::store_coverage(&mut meta, &c)?;
             }
             store_history(&mut meta, lineage)?;
+            if waiting > 0 {
+                meta.insert(RECLAIM_COMMON, common.to_le_bytes().as_slice())
+                    .map_err(Error::from)?;
+            }
         }
         {
             // Optimistic edits based on changes the server lost are based on the shared
@@ -409,10 +413,12 @@ impl Client {
         // version, and the server merges them with its own (three-way, from the version
         // they started from); nothing to send or take here.
         if self.optimistic_pending(&tree, id)? {
+            tracing::debug!(%tree, id, "rekord sync: reconciling a record: left to the merge");
             return Ok(Vec::new());
         }
         let local = self.local_revisions(&tree, id)?;
-        let mut local_holder = local.last().map_or(0, |l| l.header.holder);
+        let stored_holder = local.last().map_or(0, |l| l.header.holder);
+        let mut local_holder = stored_holder;
         // Whether this replica held the record before the restore (then it keeps holding
         // it after sending it again; else it returns the borrow it takes to send it).
         // (Nobody keeps the borrow of an optimistic record: it is taken only to send it.)
@@ -441,7 +447,31 @@ impl Client {
             && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
         // (Also before re-making a record the server lost: its id may be from the range of a
         // replica that is not back, which the server accepts from the record's holder.)
+        // An optimistic record the server has, changed here since the shared point: sent
+        // again as optimistic edits based on that point, without a borrow. The server
+        // takes them when nobody else changed the record since; else it answers with a
+        // conflict, merged like any (the other side's change, made after the restore, is
+        // the newer one).
+        if optimistic && !same && changed_here && !revisions.is_empty() {
+            let base = match waited {
+                Some(_) => self.reclaim_common()?,
+                None => common,
+            };
+            if let Some(changes) = as_edits(resend_changes(&tree, id, &local, &revisions), base) {
+                tracing::debug!(%tree, id, base, "rekord sync: reconciling a record: sent again as an edit");
+                return Ok(vec![Step::Resend {
+                    tree,
+                    id,
+                    changes,
+                    ret: false,
+                }]);
+            }
+        }
         let needs_borrow = holder != me && (local_holder == me || (mine && !same));
+        tracing::debug!(
+            %tree, id, holder, local_holder, mine, same, newer_there, changed_here, creator,
+            "rekord sync: reconciling a record"
+        );
         if needs_borrow {
             match s
                 .request(Request::Borrow {
@@ -489,9 +519,12 @@ impl Client {
         }
         let mut steps = Vec::new();
         // The server (as of the backup) says this replica holds a record it returned
-        // since: return it again, so the replica that took it next can take it back.
-        let give_back = holder == me && local_holder != me;
-        if !same || holder != local_holder {
+        // since, or it took the borrow above without holding it before (an optimistic
+        // record, or a record it waited for only to send it again, which the server has
+        // now): return it, so the replica that took it next can take it back.
+        let give_back = holder == me && !held;
+        let holder = if give_back { 0 } else { holder };
+        if !same || holder != stored_holder {
             steps.push(Step::Adopt {
                 tree: tree.clone(),
                 id,
@@ -607,38 +640,11 @@ impl Client {
             self.rechecking = false;
             return Ok(());
         }
-        // A record with writes waiting in the outbox shows them here, and the server will
-        // have them: fetching it now would undo them locally (their pushes, being this
-        // replica's own, are not applied again).
-        let waiting: HashSet<(String, u64)> = {
-            let db = self.db()?;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let mut set = HashSet::new();
-            if let Ok(table) = txn.open_table(OUTBOX) {
-                for row in table.iter().map_err(Error::from)? {
-                    let (_, v) = row.map_err(Error::from)?;
-                    set.extend(outbox::keys(v.value())?);
-                }
-            }
-            set
-        };
-        let fetch: Vec<(String, u64)> = keys
-            .iter()
-            .filter(|k| !waiting.contains(*k))
-            .cloned()
-            .collect();
-        self.resync(s, fetch).await?;
-        let db = self.db()?;
-        let b = db.batch()?;
-        {
-            let mut table = b.txn.open_table(RECHECK).map_err(Error::from)?;
-            for (tree, id) in &keys {
-                table.remove((tree.as_str(), *id)).map_err(Error::from)?;
-            }
-        }
-        b.commit_for_sync()?;
+        // Each row goes when its record is fetched; a record with writes waiting in the
+        // outbox stays (fetching it would undo them here only), and `rechecking` is set
+        // again, to fetch it once nothing waits for it.
         self.rechecking = false;
-        Ok(())
+        self.resync(s, keys).await
     }
 
     /// Forgets the records of `rekord.reclaim` that another replica borrowed (pushed
@@ -687,6 +693,20 @@ impl Client {
     }
 
     /// Whether record `id` of optimistic tree `tree` has edits waiting in the outbox.
+    /// The shared point of the reconciliation that left records waiting
+    /// ([`RECLAIM_COMMON`]; 0 when unknown: edits based on it meet any change as a
+    /// conflict, and the merge decides).
+    fn reclaim_common(&self) -> std::result::Result<u64, End> {
+        let db = self.db()?;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        let meta = txn.open_table(META).map_err(Error::from)?;
+        Ok(meta
+            .get(RECLAIM_COMMON)
+            .map_err(Error::from)?
+            .and_then(|v| read_u64(v.value()))
+            .unwrap_or(0))
+    }
+
     fn optimistic_pending(&self, tree: &str, id: u64) -> std::result::Result<bool, End> {
         // (Only optimistic edits have `rekord.pending` rows.)
         let db = self.db()?;
@@ -786,6 +806,26 @@ impl Client {
 /// The changes that make the server's record `id` of `tree` (`server`) what it is here
 /// (`local`): each differing revision put again (released and its state set if so), and
 /// draft revisions removed here removed there.
+/// `changes` as optimistic edits based on sequence number `base` (`None` unless they all
+/// put data into drafts: releases, states and removals need the borrow).
+fn as_edits(changes: Vec<Change>, base: u64) -> Option<Vec<Change>> {
+    changes
+        .into_iter()
+        .map(|c| match c.kind {
+            ChangeKind::Put { version, data } => Some(Change {
+                kind: ChangeKind::Edit {
+                    base,
+                    hlc: 0,
+                    version,
+                    data,
+                },
+                ..c
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 fn resend_changes(tree: &str, id: u64, local: &[Local], server: &[Revision]) -> Vec<Change> {
     let change = |rev: u32, kind: ChangeKind| Change {
         tree: tree.to_owned(),
