@@ -475,6 +475,19 @@ impl Store {
             let mut ranges = txn.open_table(RANGES)?;
             let lost = txn.open_table(LOST_IDS)?;
             for &(start, end) in wanted {
+                // A range this history granted the client already: nothing to do.
+                let mut known = false;
+                for row in ranges.iter()? {
+                    let (k, e) = row?;
+                    let ((h, s), e) = (k.value(), e.value());
+                    if h == holder && s <= start && end <= e {
+                        known = true;
+                        break;
+                    }
+                }
+                if known {
+                    continue;
+                }
                 // Only ranges a lost history may have granted (ranges of this history are
                 // registered already), of a size one grant can have.
                 let in_lost = match lost.range(..=start)?.next_back() {
@@ -1637,7 +1650,10 @@ impl Tables<'_, '_> {
                 } => (*version, data, *hlc, true),
                 _ => return Ok(Err(RemoteError::NotFound)),
             };
-            let remade = borrower == Some(holder) && self.lost_id(id)?;
+            // Re-made after a restore: by its borrower, or as an optimistic edit (which
+            // takes no borrow; replicas re-making it at once meet as a conflict, merged).
+            let remade = (borrower == Some(holder) || (optimistic && borrower.is_none()))
+                && self.lost_id(id)?;
             if !remade && !self.owns(holder, id)? {
                 return Ok(Err(RemoteError::OutsideRange { id }));
             }

@@ -333,7 +333,6 @@ fn redteam_killed_early_while_reconciling() {
 }
 
 #[test]
-#[ignore = "known issue (issue 11 note): one run ended with a replica that holds nobody's borrow of a record the server says it holds, after kills mid-reconcile"]
 fn redteam_killed_later_while_reconciling_or_pushing() {
     killed_while_reconciling(&[30, 50, 80, 120, 200, 400]);
 }

@@ -458,10 +458,10 @@ fn optimistic_around_a_restore(sequential: bool) {
     server.kill();
 }
 
-/// Both replicas reconcile at once: the one that loses the race for the borrow of the
-/// optimistic record adopts the backup's version and its waiting edit is rejected.
+/// Both replicas reconcile at once (the red team found the second one's waiting edit
+/// rejected: the first borrowed the optimistic record to re-make it). Optimistic records
+/// are sent again as edits, without a borrow; the two meet as a conflict and merge.
 #[test]
-#[ignore = "known race (issue 11 note): an optimistic record re-made by one replica while its creator's waiting edit arrives first is overwritten by the re-make"]
 fn redteam_optimistic_edits_of_two_replicas_reconciling_at_once() {
     optimistic_around_a_restore(false);
 }

@@ -863,10 +863,9 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 let backup = d.root.join("backup.redb");
                 if round == 0 {
-                    // A backup while everyone works, restored in the last round with
-                    // REKORD_FAULT_RESTORE=1: every replica must notice, resend what the
-                    // server lost, and converge. (Off by default: some seeds still end with a
-                    // holder's copy differing from the server's; issue 11 is open for it.)
+                    // A backup while everyone works, restored in the last round (unless
+                    // REKORD_FAULT_RESTORE=0): every replica must notice, resend what the
+                    // server lost, and converge.
                     let out = Command::new(process::BIN)
                         .arg("--data")
                         .arg(&d.data)
@@ -882,7 +881,7 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 if round + 1 == rounds
                     && round > 0
-                    && std::env::var_os("REKORD_FAULT_RESTORE").is_some()
+                    && std::env::var("REKORD_FAULT_RESTORE").map_or(true, |v| v != "0")
                 {
                     server.kill();
                     std::fs::copy(&backup, d.data.join("server.redb")).unwrap();

@@ -1513,31 +1513,46 @@ impl Client {
         s: &mut Session,
         keys: Vec<(String, u64)>,
     ) -> std::result::Result<(), End> {
-        for (tree, id) in keys {
-            let answer = s
-                .request(Request::Fetch {
-                    tree: tree.clone(),
-                    id,
-                })
-                .await?;
-            let (holder, revisions) = match answer {
-                Response::Record { holder, revisions } => (holder, revisions),
-                Response::Error(e) => {
-                    tracing::warn!(%tree, id, error = ?e, "rekord sync: cannot refetch a record");
-                    continue;
+        'keys: for (tree, id) in keys {
+            let mut tries = 0;
+            let (holder, revisions) = loop {
+                tries += 1;
+                let answer = s
+                    .request(Request::Fetch {
+                        tree: tree.clone(),
+                        id,
+                    })
+                    .await?;
+                let (holder, revisions) = match answer {
+                    Response::Record { holder, revisions } => (holder, revisions),
+                    Response::Error(e) => {
+                        tracing::warn!(%tree, id, error = ?e, "rekord sync: cannot refetch a record");
+                        continue 'keys;
+                    }
+                    other => {
+                        return Err(End::Lost(format!(
+                            "the server answered a fetch with {other:?}"
+                        )));
+                    }
+                };
+                // Changes the server sent before this answer are applied first. One of them
+                // to this record may be newer than the answer (the server pushes from
+                // another task than the one answering): then the record is fetched again,
+                // after it (a change pushed after the answer is applied after it, and the
+                // last push of the record is its latest change).
+                let mut touched = false;
+                while s.buffered_pushes() > 0 {
+                    if let Some(push) = s.next_push(Duration::ZERO).await? {
+                        touched |= matches!(&push, Push::Changes(es) if es.iter().any(|e| {
+                            e.change.tree == tree && e.change.id == id
+                        }));
+                        Box::pin(self.apply(s, push)).await?;
+                    }
                 }
-                other => {
-                    return Err(End::Lost(format!(
-                        "the server answered a fetch with {other:?}"
-                    )));
+                if !touched || tries >= 4 {
+                    break (holder, revisions);
                 }
             };
-            // Changes the server sent before this answer are older: apply them first.
-            while s.buffered_pushes() > 0 {
-                if let Some(push) = s.next_push(Duration::ZERO).await? {
-                    Box::pin(self.apply(s, push)).await?;
-                }
-            }
             let versions: Vec<(String, u32)> = revisions
                 .iter()
                 .map(|r| (tree.clone(), r.version))

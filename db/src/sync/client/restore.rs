@@ -174,7 +174,8 @@ impl Client {
                             start,
                             end,
                             "rekord sync: the restored server refused an id range this replica \
-                             holds (another client holds it)"
+                             holds (another client holds it, or no history of the server \
+                             granted it)"
                         );
                     }
                 }
@@ -447,12 +448,13 @@ impl Client {
             && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
         // (Also before re-making a record the server lost: its id may be from the range of a
         // replica that is not back, which the server accepts from the record's holder.)
-        // An optimistic record the server has, changed here since the shared point: sent
-        // again as optimistic edits based on that point, without a borrow. The server
-        // takes them when nobody else changed the record since; else it answers with a
-        // conflict, merged like any (the other side's change, made after the restore, is
-        // the newer one).
-        if optimistic && !same && changed_here && !revisions.is_empty() {
+        // An optimistic record changed here since the shared point: sent again as
+        // optimistic edits based on that point, without a borrow (which would refuse the
+        // others' edits meanwhile). The server takes them when nobody else changed the
+        // record since (re-making it if it lost it); else it answers with a conflict,
+        // merged like any (the other side's change, made after the restore, is the newer
+        // one).
+        if optimistic && !same && changed_here {
             let base = match waited {
                 Some(_) => self.reclaim_common()?,
                 None => common,
@@ -467,7 +469,14 @@ impl Client {
                 }]);
             }
         }
-        let needs_borrow = holder != me && (local_holder == me || (mine && !same));
+        // (An optimistic record's borrow is taken only to re-make it: holding it refuses
+        // everyone's optimistic edits meanwhile.)
+        let needs_borrow = holder != me
+            && if optimistic {
+                mine && !same
+            } else {
+                local_holder == me || (mine && !same)
+            };
         tracing::debug!(
             %tree, id, holder, local_holder, mine, same, newer_there, changed_here, creator,
             "rekord sync: reconciling a record"
@@ -579,6 +588,14 @@ impl Client {
                         changes,
                         ret,
                     } => {
+                        // Fetched again after catching up, like the resends of the
+                        // reconciliation: the catch-up may replay older changes over it.
+                        b.txn
+                            .open_table(RECHECK)
+                            .map_err(Error::from)?
+                            .insert((tree.as_str(), id), ())
+                            .map_err(Error::from)?;
+                        self.rechecking = true;
                         let returns = if ret { vec![(tree, id)] } else { Vec::new() };
                         let (_, n, by) = outbox::enqueue(&b.txn, &changes, &returns)?;
                         (entries, bytes) = (entries + n, bytes + by);
