@@ -389,7 +389,13 @@ impl<'db> Batch<'db> {
                 state.cache.bump();
             }
         }
-        txn.commit()?;
+        if let Err(e) = txn.commit() {
+            // Nothing changed: the caches admit again.
+            for state in &core.trees {
+                state.cache.invalidate([]);
+            }
+            return Err(e.into());
+        }
         // A durable commit makes every earlier lazy one durable too.
         writer.lazy = core.lazy;
         if core.hlc_moved {

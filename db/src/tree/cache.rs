@@ -3,10 +3,11 @@
 //! redb B-tree walk.
 //!
 //! Consistency: every commit bumps a generation number of each tree it changes *before* the
-//! redb commit, and removes the keys it touched (bumping again) *after* it. A reader
-//! remembers the generation before it opens its redb read transaction and only inserts what
-//! it read if the generation is still the same, so a value read before a commit can never
-//! be inserted once that commit started: reads of one key never go back in time.
+//! redb commit and marks a write under way, and removes the keys it touched (bumping again,
+//! ending the write) *after* it. A reader remembers the generation before it opens its redb
+//! read transaction and only inserts what it read if the generation is still the same and
+//! no write is under way, so a value read before a commit can never be inserted once that
+//! commit started: reads of one key never go back in time.
 //!
 //! Admission: a record enters the cache on its second read within a window (a "doorkeeper":
 //! a 512 Ki-bit Bloom filter of recently missed keys, cleared after every 64 Ki misses), so a
@@ -36,6 +37,9 @@ pub(crate) struct Entry {
 struct Inner {
     map: HashMap<RawKey, Entry, foldhash::fast::FixedState>,
     generation: u64,
+    /// A commit that changes this tree is under way ([`Cache::bump`] to
+    /// [`Cache::invalidate`]): nothing is admitted meanwhile.
+    writing: bool,
     bytes: usize,
 }
 
@@ -52,6 +56,7 @@ impl Cache {
             inner: RwLock::new(Inner {
                 map: HashMap::with_hasher(foldhash::fast::FixedState::default()),
                 generation: 0,
+                writing: false,
                 bytes: 0,
             }),
             door: (0..DOOR_WORDS).map(|_| AtomicU64::new(0)).collect(),
@@ -120,7 +125,7 @@ impl Cache {
     /// Inserts a value read under `generation`, unless a commit happened since.
     pub(crate) fn admit(&self, generation: u64, key: RawKey, entry: Entry) {
         let mut inner = self.write();
-        if inner.generation != generation {
+        if inner.generation != generation || inner.writing {
             return;
         }
         let len = entry.bytes.len();
@@ -147,14 +152,21 @@ impl Cache {
     /// be admitted. (Without it, a reader that read the old value before the commit could
     /// admit it between the commit and [`Cache::invalidate`], and another reader that had
     /// already read the new value from storage would then read the old one from the cache.)
+    ///
+    /// Until [`Cache::invalidate`], nothing is admitted: a reader that took its generation
+    /// after this call but opened its read transaction before the redb commit finished
+    /// read the old value (CI caught a reader seeing a key go back in time this way).
     pub(crate) fn bump(&self) {
-        self.write().generation += 1;
+        let mut inner = self.write();
+        inner.generation += 1;
+        inner.writing = true;
     }
 
     /// Forgets `keys` after a commit changed them.
     pub(crate) fn invalidate(&self, keys: impl IntoIterator<Item = RawKey>) {
         let mut inner = self.write();
         inner.generation += 1;
+        inner.writing = false;
         if inner.map.is_empty() {
             return;
         }
@@ -163,5 +175,45 @@ impl Cache {
                 inner.bytes -= old.bytes.len();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            bytes: Arc::from(&[1u8, 2, 3][..]),
+            validated_as: TypeId::of::<u32>(),
+        }
+    }
+
+    /// A reader that takes its generation while a commit is under way (after the bump,
+    /// before the redb commit finished) may have read the old value: it is not admitted.
+    #[test]
+    fn nothing_is_admitted_while_a_commit_is_under_way() {
+        let cache = Cache::new(1 << 20);
+        let k = RawKey::new(1, 0);
+        cache.bump();
+        let Err(generation) = cache.get(k) else {
+            panic!("an empty cache has no entry");
+        };
+        cache.admit(generation, k, entry());
+        assert!(cache.get(k).is_err(), "admitted while a commit was under way");
+        cache.invalidate([k]);
+        let Err(generation) = cache.get(k) else {
+            panic!("invalidated");
+        };
+        cache.admit(generation, k, entry());
+        assert!(cache.get(k).is_ok(), "admitted once the commit ended");
+        // A read that started before a commit is not admitted after it either.
+        let Err(before) = cache.get(RawKey::new(2, 0)) else {
+            panic!("never admitted");
+        };
+        cache.bump();
+        cache.invalidate([k]);
+        cache.admit(before, RawKey::new(2, 0), entry());
+        assert!(cache.get(RawKey::new(2, 0)).is_err());
     }
 }
