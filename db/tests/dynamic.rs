@@ -6,7 +6,9 @@
 use proptest::collection::{btree_map, btree_set, hash_map, hash_set, vec};
 use proptest::option;
 use proptest::prelude::*;
-use rekord::schema::dynamic::{DynError, Fields, Value, decode, encode, from_value, to_ron};
+use rekord::schema::dynamic::{
+    DynError, Fields, Value, decode, encode, from_ron, from_value, to_ron,
+};
 use rekord::schema::{Field, Type, TypeDef, Variant, VariantKind};
 use rekord::{Key, Record, Schema};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -463,9 +465,11 @@ proptest! {
         reorder(field_mut(&mut dv3, "hset_str"), &r.hset_str.iter().map(|k| s(k)).collect::<Vec<_>>());
         prop_assert!(encode(&schema, &dv3).unwrap() == bytes, "hash tables differ from rkyv's");
 
-        // RON: valid text.
+        // RON: valid text, read back (guided by the schema) to the same record.
         let text = to_ron(&dv);
         prop_assert!(ron::from_str::<ron::Value>(&text).is_ok(), "{}", text);
+        let back = from_ron(&schema, &text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        prop_assert!(encode(&schema, &back).unwrap() == bytes2, "RON round trip differs:\n{}", text);
     }
 
     #[test]
@@ -1580,4 +1584,61 @@ fn values_at_the_depth_limit_work_everywhere() {
         .unwrap();
     assert_eq!(back, p);
     assert_eq!(from_value::<Plain>(v).unwrap(), p);
+}
+
+/// Hand-written RON: fields in any order, named or anonymous structs, defaults, and every
+/// kind of mistake is an error with its line, column and path.
+#[test]
+fn ron_text_is_read_with_the_schema() {
+    let schema = Schema::of::<Plain>();
+    let (_, value) = plain_value();
+    let text = to_ron(&value);
+    assert_eq!(from_ron(&schema, &text).unwrap(), value);
+
+    let err = |text: &str| from_ron(&schema, text).unwrap_err();
+    // Not RON at all.
+    let e = err("(\n  a_u64: 1,\n  a_i8: ,\n)");
+    assert_eq!(e.line, 3, "{e}");
+    // A wrong type, out of range, unknown and missing fields: each names its path.
+    let mut reordered = text.clone();
+    reordered.insert_str(1, " ");
+    assert!(from_ron(&schema, &reordered).is_ok());
+    for (bad, path, says) in plain_mistakes(&text) {
+        let e = err(&bad);
+        assert_eq!(e.path, path, "{bad}\n{e}");
+        assert!(e.message.contains(says), "{bad}\n{e}");
+        assert!(e.line >= 1 && e.column >= 1, "{e}");
+    }
+}
+
+/// Mistakes made in `text` (the RON of `plain_value`): (the bad text, the path the error
+/// must name, what its message must say).
+fn plain_mistakes(text: &str) -> Vec<(String, &'static str, &'static str)> {
+    let edit = |from: &str, to: &str| {
+        assert!(text.contains(from), "{from:?} not in\n{text}");
+        text.replacen(from, to, 1)
+    };
+    let without_long: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("long:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    vec![
+        (edit("a_i8: -1", "a_i8: 300"), "a_i8", "does not fit"),
+        (edit("a_i8: -1", "a_i8: -129"), "a_i8", "does not fit"),
+        (edit("a_u64: 1", "a_u64: \"one\""), "a_u64", "expected a u64"),
+        (edit("a_u64: 1", "a_u64: -1"), "a_u64", "does not fit"),
+        (edit("a_i8:", "a_i9:"), "", "no field `a_i9`"),
+        (without_long, "", "missing field `long`"),
+        (edit("Rect(w: 1", "Square(w: 1"), "shapes[1].Some", "no variant `Square`"),
+        (edit("Rect(w: 1", "Rect(w: -1"), "shapes[1].Some.Rect.w", "does not fit"),
+        (edit("(id: 3, rev: 4)", "(id: 3)"), "key", "needs both"),
+        (
+            edit("00000000-0000-0000-0000-000000000007", "nope"),
+            "uuid",
+            "not a uuid",
+        ),
+        (edit("a_char: 'c'", "a_char: true"), "a_char", "char"),
+        (edit("opt: Some(3)", "opt: 3"), "opt", ""),
+    ]
 }

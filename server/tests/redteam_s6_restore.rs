@@ -40,9 +40,15 @@ fn trace() {
 }
 
 fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
-    process::config(addr, token)
+    let c = process::config(addr, token)
         .range_size(3)
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(10));
+    // REDTEAM_S6_DECLARE=1: `notes` declared optimistic up front (a control).
+    if std::env::var_os("REDTEAM_S6_DECLARE").is_some() {
+        c.optimistic("notes", rekord::Merge::three_way())
+    } else {
+        c
+    }
 }
 
 type Row = (u64, u32, String, u32, bool, u32, u32);
@@ -702,4 +708,64 @@ fn redteam_s6_slow_write_runs_past_the_sync_timeout() {
         took < timeout + Duration::from_millis(2000),
         "Db::write took {took:?} with a sync timeout of {timeout:?} ({runs} runs)"
     );
+}
+
+/// One restore: C edits note n (acknowledged) after the backup and goes away; A reconciles
+/// (adopts the server's n) and edits another field of n (acknowledged); C comes back and
+/// sends its edit again: both fields must hold.
+#[test]
+fn redteam_s6_acknowledged_optimistic_edit_of_a_replica_away_meets_a_later_edit() {
+    acked_edit_away(false);
+}
+
+/// Control: the same with `notes` declared optimistic in C's configuration (known before
+/// the reconciliation runs, not only once the application opens the tree).
+#[test]
+fn redteam_s6_control_same_with_the_merge_in_the_config() {
+    acked_edit_away(true);
+}
+
+fn acked_edit_away(declared: bool) {
+    trace();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let addr = server.addr;
+    let (ap, cp) = (tmp.path().join("a.rekord"), tmp.path().join("c.rekord"));
+    let bk = tmp.path().join("bk.redb");
+    let n;
+    {
+        let a = open(&ap, addr, &token);
+        let c = open(&cp, addr, &token);
+        n = mk_note(&a, 0, 0);
+        settle(&[&a, &c]);
+        assert!(eventually(|| note(&c, n).is_some()));
+        backup(&data, &bk);
+        set_note(&c, n, |x| x.b = 3);
+        settle(&[&a, &c]);
+        assert!(eventually(|| note(&a, n) == Some((0, 3))));
+    }
+    let server = restore(server, &data, &bk);
+    let a = open(&ap, addr, &token);
+    settle(&[&a]);
+    eprintln!("A after reconciling: {:?}", note(&a, n));
+    set_note(&a, n, |x| x.a = 6);
+    settle(&[&a]);
+    let c = if declared {
+        let c = Db::open_synced(
+            &cp,
+            config(addr, &token).optimistic("notes", rekord::Merge::three_way()),
+        )
+        .unwrap();
+        c.wait_caught_up(LIMIT).unwrap();
+        c
+    } else {
+        open(&cp, addr, &token)
+    };
+    settle(&[&a, &c]);
+    let fresh = converge(addr, &token, &[("A", &a), ("C", &c)]);
+    assert_eq!(note(&fresh, n), Some((6, 3)));
+    drop((a, c, fresh));
+    server.kill();
 }

@@ -16,10 +16,12 @@ mod decode;
 mod encode;
 mod hash;
 mod layout;
+mod parse;
 mod path;
 mod ron;
 mod value;
 
+pub use parse::RonError;
 pub use value::{Fields, Value};
 
 use super::Schema;
@@ -62,6 +64,14 @@ pub fn encode(schema: &Schema, value: &Value) -> Result<Vec<u8>, DynError> {
 /// maps `{k: v}`, keys `(id: 1, rev: 0)` and uuids as strings.
 pub fn to_ron(value: &Value) -> String {
     ron::to_ron(value)
+}
+
+/// Reads RON text as a value of `schema`'s record type: what [`to_ron`] writes reads back
+/// to the same value. Struct fields may come in any order; a missing field is an error unless
+/// the schema marks it `default` (then it takes its type's default); an unknown field, a
+/// wrong type or a number out of range is an error naming the line, column and path.
+pub fn from_ron(schema: &Schema, text: &str) -> Result<Value, RonError> {
+    parse::from_ron(schema, text)
 }
 
 /// Builds a typed value from a dynamic one through serde.
