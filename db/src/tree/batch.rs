@@ -234,6 +234,7 @@ impl<'db> Batch<'db> {
             state,
             optimistic,
             strategy,
+            version: T::VERSION,
             _type: PhantomData,
         })
     }
@@ -564,7 +565,7 @@ pub(crate) enum MigrateOne {
 }
 
 /// One tree inside a [`Batch`], with its table kept open; see [`Batch::tree`].
-pub struct BatchTree<'b, T: Record> {
+pub struct BatchTree<'b, T> {
     table: redb::Table<'b, u128, &'static [u8]>,
     txn: &'b WriteTransaction,
     core: &'b mut Core,
@@ -574,20 +575,27 @@ pub struct BatchTree<'b, T: Record> {
     optimistic: bool,
     /// The name of its merge strategy (optimistic trees).
     strategy: String,
+    /// The schema version written (`T::VERSION`; the newest stored one for untyped trees).
+    version: u32,
     _type: PhantomData<fn() -> T>,
 }
 
-impl<T: Record> BatchTree<'_, T> {
+impl<T> BatchTree<'_, T> {
+    /// The tree's name.
+    fn name(&self) -> String {
+        self.state.name.to_string()
+    }
+
     fn not_found(&self, key: RawKey) -> Error {
         Error::NotFound {
-            tree: T::TREE.to_owned(),
+            tree: self.name(),
             key,
         }
     }
 
     fn corrupt(&self, key: RawKey, reason: impl std::fmt::Display) -> Error {
         Error::Corrupt {
-            tree: T::TREE.to_owned(),
+            tree: self.name(),
             key,
             reason: reason.to_string(),
         }
@@ -621,7 +629,7 @@ impl<T: Record> BatchTree<'_, T> {
     fn log(&mut self, key: RawKey, kind: impl FnOnce() -> ChangeKind) {
         if self.core.client {
             self.core.outbox.push(Change {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 id: key.id,
                 rev: key.rev,
                 kind: kind(),
@@ -629,22 +637,12 @@ impl<T: Record> BatchTree<'_, T> {
         }
     }
 
-    fn put(value: &[u8]) -> ChangeKind {
+    fn put(&self, value: &[u8]) -> ChangeKind {
         let (version, data) = match Header::parse(value) {
             Some((h, data)) => (h.version, data.to_vec()),
-            None => (T::VERSION, Vec::new()),
+            None => (self.version, Vec::new()),
         };
         ChangeKind::Put { version, data }
-    }
-
-    fn encode(&mut self, record: &T, header: Header) -> Result<Vec<u8>> {
-        let mut buf = std::mem::take(&mut self.core.scratch);
-        buf.clear();
-        buf.extend_from_slice(&header.to_bytes());
-        record.__encode(buf).map_err(|e| Error::Encode {
-            tree: T::TREE.to_owned(),
-            reason: e.to_string(),
-        })
     }
 
     /// The stored value of `key`, copied, with its header.
@@ -685,7 +683,7 @@ impl<T: Record> BatchTree<'_, T> {
     fn check_draft(&self, key: RawKey, h: &Header) -> Result<()> {
         if h.released {
             return Err(Error::Released {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 key,
             });
         }
@@ -697,7 +695,7 @@ impl<T: Record> BatchTree<'_, T> {
     fn check_holder(&self, key: RawKey, h: &Header) -> Result<()> {
         if h.holder != self.core.replica {
             return Err(Error::NotBorrowed {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 key,
                 holder: h.holder,
             });
@@ -714,49 +712,20 @@ impl<T: Record> BatchTree<'_, T> {
         alloc_id(self.txn, self.core)
     }
 
-    /// Creates a record (revision 0), borrowed by this replica from birth (in an optimistic
-    /// tree of a synced database: by nobody).
-    pub fn create(&mut self, record: &T) -> Result<Key<T>> {
-        let id = self.alloc_id()?;
-        let key = RawKey::new(id, 0);
-        let value = self.encode(
-            record,
-            Header {
-                released: false,
-                version: T::VERSION,
-                state: 0,
-                holder: if self.optimistic {
-                    0
-                } else {
-                    self.core.replica
-                },
-            },
-        )?;
-        self.store(key, &value)?;
-        self.push(key, EventKind::Created, false, None, Some(&value));
-        if self.optimistic {
-            self.log_edit(key, &value, None)?;
-        } else {
-            self.log(key, || Self::put(&value));
-        }
-        self.core.scratch = value;
-        Ok(Key::new(id, 0))
-    }
-
     /// Queues an optimistic edit of `key` to `value` (optimistic trees): stamped with the
     /// next clock value, based on the server version the record's pending edits are based
     /// on, or else on the last applied server change.
     fn log_edit(&mut self, key: RawKey, value: &[u8], old: Option<&[u8]>) -> Result<()> {
         let (version, data) = match Header::parse(value) {
             Some((h, data)) => (h.version, data.to_vec()),
-            None => (T::VERSION, Vec::new()),
+            None => (self.version, Vec::new()),
         };
         self.core.hlc = crate::sync::merge::hlc_next(self.core.hlc, crate::sync::outbox::now_ms());
         self.core.hlc_moved = true;
         let hlc = self.core.hlc;
         let mut pending = self.txn.open_table(PENDING)?;
         let row = pending
-            .get((T::TREE, key.id))?
+            .get((&*self.state.name, key.id))?
             .map(|v| crate::sync::outbox::PendingRow::decode(v.value()));
         let row = match row {
             Some(mut row) if row.count > 0 => {
@@ -782,9 +751,9 @@ impl<T: Record> BatchTree<'_, T> {
             }
         };
         let base = row.base;
-        pending.insert((T::TREE, key.id), row.encode().as_slice())?;
+        pending.insert((&*self.state.name, key.id), row.encode().as_slice())?;
         self.core.outbox.push(Change {
-            tree: T::TREE.to_owned(),
+            tree: self.name(),
             id: key.id,
             rev: key.rev,
             kind: ChangeKind::Edit {
@@ -800,74 +769,14 @@ impl<T: Record> BatchTree<'_, T> {
     /// Refuses changes to a record written by a newer schema version (see
     /// [`Error::NewerVersion`]).
     fn check_not_newer(&self, key: RawKey, h: &Header) -> Result<()> {
-        if h.version > T::VERSION {
+        if h.version > self.version {
             return Err(Error::NewerVersion {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 key,
                 stored: h.version,
-                expected: T::VERSION,
+                expected: self.version,
             });
         }
-        Ok(())
-    }
-
-    /// Decodes a stored value (header included) as `T`, across schema versions.
-    fn decode(&self, key: RawKey, h: &Header, value: &[u8]) -> Result<T> {
-        let data = value.get(HEADER_LEN..).unwrap_or_default();
-        evolve::decode_record(
-            &self.state,
-            || Ok(self.txn.open_table(SCHEMAS)?),
-            key,
-            h,
-            data,
-        )
-    }
-
-    /// Changes a draft this replica holds (in an optimistic tree of a synced database, also
-    /// one nobody holds), through a closure on an owned copy. A record
-    /// stored with an older schema version is migrated and written in the current one; one
-    /// written by a newer version is refused ([`Error::NewerVersion`]).
-    pub fn update<R>(&mut self, key: Key<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
-        let k = key.raw();
-        let (h, old) = self.load(k)?;
-        self.check_editable(k, &h)?;
-        self.check_not_newer(k, &h)?;
-        let mut record = self.decode(k, &h, &old)?;
-        let r = f(&mut record);
-        self.write_draft(k, h, old, &record)?;
-        Ok(r)
-    }
-
-    /// Replaces a draft this replica holds (in an optimistic tree, also one nobody holds).
-    pub fn replace(&mut self, key: Key<T>, record: &T) -> Result<()> {
-        let k = key.raw();
-        let (h, old) = self.load(k)?;
-        self.check_editable(k, &h)?;
-        self.check_not_newer(k, &h)?;
-        self.write_draft(k, h, old, record)
-    }
-
-    fn write_draft(&mut self, k: RawKey, h: Header, old: Vec<u8>, record: &T) -> Result<()> {
-        let value = self.encode(
-            record,
-            Header {
-                version: T::VERSION,
-                ..h
-            },
-        )?;
-        self.store(k, &value)?;
-        if self.optimistic {
-            self.log_edit(k, &value, Some(&old))?;
-        } else {
-            self.log(k, || Self::put(&value));
-        }
-        let old = self
-            .state
-            .has_indexers
-            .load(Ordering::Relaxed)
-            .then_some(old);
-        self.push(k, EventKind::Updated, true, old, Some(&value));
-        self.core.scratch = value;
         Ok(())
     }
 
@@ -932,7 +841,7 @@ impl<T: Record> BatchTree<'_, T> {
         let (h, mut v) = self.load(k)?;
         if !h.released {
             return Err(Error::NotReleased {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 key: k,
             });
         }
@@ -966,13 +875,13 @@ impl<T: Record> BatchTree<'_, T> {
             .ok_or_else(|| self.not_found(key.raw()))?;
         if !lh.released {
             return Err(Error::DraftExists {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 key: lk,
             });
         }
         self.check_holder(lk, &lh)?;
         let rev = lk.rev.checked_add(1).ok_or(Error::RevisionsExhausted {
-            tree: T::TREE.to_owned(),
+            tree: self.name(),
             id: lk.id,
         })?;
         let nk = RawKey::new(lk.id, rev);
@@ -984,7 +893,8 @@ impl<T: Record> BatchTree<'_, T> {
         .write_into(&mut v);
         self.store(nk, &v)?;
         self.push(nk, EventKind::RevisionCreated, false, None, Some(&v));
-        self.log(nk, || Self::put(&v));
+        let put = self.put(&v);
+        self.log(nk, || put);
         Ok(Key::new(nk.id, nk.rev))
     }
 
@@ -999,13 +909,13 @@ impl<T: Record> BatchTree<'_, T> {
         }
         if self.core.client {
             return Err(Error::BorrowNeedsServer {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 key: lk,
             });
         }
         if lh.holder != 0 {
             return Err(Error::AlreadyBorrowed {
-                tree: T::TREE.to_owned(),
+                tree: self.name(),
                 key: lk,
                 holder: lh.holder,
                 holder_name: None,
@@ -1042,9 +952,137 @@ impl<T: Record> BatchTree<'_, T> {
             keep.then_some(&v[..]),
         );
         if self.core.client {
-            self.core.returns.push((T::TREE.to_owned(), lk.id));
+            self.core.returns.push((self.name(), lk.id));
         }
         Ok(())
+    }
+
+    /// The metadata of a record as the batch sees it.
+    pub fn meta(&self, key: Key<T>) -> Result<RecordMeta> {
+        let (h, _) = self.load(key.raw())?;
+        Ok(RecordMeta::from(h))
+    }
+}
+
+impl<T> BatchTree<'_, T> {
+    /// The header of a new record: a draft of this tree's version, borrowed by this replica
+    /// from birth (in an optimistic tree of a synced database: by nobody).
+    fn new_header(&self) -> Header {
+        Header {
+            released: false,
+            version: self.version,
+            state: 0,
+            holder: if self.optimistic {
+                0
+            } else {
+                self.core.replica
+            },
+        }
+    }
+
+    /// Stores a new record `id` (revision 0) from its encoded value (header included).
+    fn create_value(&mut self, id: u64, value: Vec<u8>) -> Result<RawKey> {
+        let key = RawKey::new(id, 0);
+        self.store(key, &value)?;
+        self.push(key, EventKind::Created, false, None, Some(&value));
+        if self.optimistic {
+            self.log_edit(key, &value, None)?;
+        } else {
+            let put = self.put(&value);
+            self.log(key, || put);
+        }
+        self.core.scratch = value;
+        Ok(key)
+    }
+
+    /// Stores the new encoded value (header included) of draft `k`, whose old value was
+    /// `old`.
+    fn write_draft_value(&mut self, k: RawKey, old: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        self.store(k, &value)?;
+        if self.optimistic {
+            self.log_edit(k, &value, Some(&old))?;
+        } else {
+            let put = self.put(&value);
+            self.log(k, || put);
+        }
+        let old = self
+            .state
+            .has_indexers
+            .load(Ordering::Relaxed)
+            .then_some(old);
+        self.push(k, EventKind::Updated, true, old, Some(&value));
+        self.core.scratch = value;
+        Ok(())
+    }
+}
+
+impl<T: Record> BatchTree<'_, T> {
+
+    fn encode(&mut self, record: &T, header: Header) -> Result<Vec<u8>> {
+        let mut buf = std::mem::take(&mut self.core.scratch);
+        buf.clear();
+        buf.extend_from_slice(&header.to_bytes());
+        record.__encode(buf).map_err(|e| Error::Encode {
+            tree: self.name(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Creates a record (revision 0), borrowed by this replica from birth (in an optimistic
+    /// tree of a synced database: by nobody).
+    pub fn create(&mut self, record: &T) -> Result<Key<T>> {
+        let id = self.alloc_id()?;
+        let header = self.new_header();
+        let value = self.encode(record, header)?;
+        let key = self.create_value(id, value)?;
+        Ok(Key::new(key.id, key.rev))
+    }
+
+    /// Decodes a stored value (header included) as `T`, across schema versions.
+    fn decode(&self, key: RawKey, h: &Header, value: &[u8]) -> Result<T> {
+        let data = value.get(HEADER_LEN..).unwrap_or_default();
+        evolve::decode_record(
+            &self.state,
+            || Ok(self.txn.open_table(SCHEMAS)?),
+            key,
+            h,
+            data,
+        )
+    }
+
+    /// Changes a draft this replica holds (in an optimistic tree of a synced database, also
+    /// one nobody holds), through a closure on an owned copy. A record
+    /// stored with an older schema version is migrated and written in the current one; one
+    /// written by a newer version is refused ([`Error::NewerVersion`]).
+    pub fn update<R>(&mut self, key: Key<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        let k = key.raw();
+        let (h, old) = self.load(k)?;
+        self.check_editable(k, &h)?;
+        self.check_not_newer(k, &h)?;
+        let mut record = self.decode(k, &h, &old)?;
+        let r = f(&mut record);
+        self.write_draft(k, h, old, &record)?;
+        Ok(r)
+    }
+
+    /// Replaces a draft this replica holds (in an optimistic tree, also one nobody holds).
+    pub fn replace(&mut self, key: Key<T>, record: &T) -> Result<()> {
+        let k = key.raw();
+        let (h, old) = self.load(k)?;
+        self.check_editable(k, &h)?;
+        self.check_not_newer(k, &h)?;
+        self.write_draft(k, h, old, record)
+    }
+
+    fn write_draft(&mut self, k: RawKey, h: Header, old: Vec<u8>, record: &T) -> Result<()> {
+        let value = self.encode(
+            record,
+            Header {
+                version: T::VERSION,
+                ..h
+            },
+        )?;
+        self.write_draft_value(k, old, value)
     }
 
     /// Rewrites one record stored with an older schema version in the current one. With
@@ -1105,12 +1143,6 @@ impl<T: Record> BatchTree<'_, T> {
         let a = T::__access(copy.get(HEADER_LEN..).unwrap_or_default())
             .map_err(|e| self.corrupt(k, e))?;
         Ok(f(a))
-    }
-
-    /// The metadata of a record as the batch sees it.
-    pub fn meta(&self, key: Key<T>) -> Result<RecordMeta> {
-        let (h, _) = self.load(key.raw())?;
-        Ok(RecordMeta::from(h))
     }
 }
 
