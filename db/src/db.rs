@@ -260,6 +260,17 @@ impl Db {
 
     #[cfg(not(target_arch = "wasm32"))]
     fn start_sync(db: Db, config: crate::sync::SyncConfig) -> Result<Db> {
+        if !config.merges.is_empty() {
+            let txn = db.inner.redb.begin_write()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                for (tree, merge) in &config.merges {
+                    let key = format!("{}{tree}", crate::sync::OPTIMISTIC_PREFIX);
+                    meta.insert(key.as_str(), merge.name().as_bytes())?;
+                }
+            }
+            txn.commit()?;
+        }
         db.inner
             .merges
             .write()
@@ -597,8 +608,9 @@ impl Db {
     /// In a synced database, a batch that runs out of ids ([`Error::IdsExhausted`]) while
     /// the server is reachable is aborted, the replica fetches more ids (four times what the
     /// batch used) and `f` runs again in a new batch, until it has the ids it needs or
-    /// [`SyncConfig::timeout`](crate::SyncConfig::timeout) passes; this is why `f` is
-    /// `FnMut`. [`Error::IdsExhausted`] means the server could not be reached in that time.
+    /// [`SyncConfig::timeout`](crate::SyncConfig::timeout) passes (waiting for ids stops at
+    /// the deadline; a run of `f` started before it finishes); this is why `f` is `FnMut`.
+    /// [`Error::IdsExhausted`] means the server could not be reached in that time.
     pub fn write<R>(&self, mut f: impl FnMut(&mut Batch<'_>) -> Result<R>) -> Result<R> {
         let deadline = self
             .inner
@@ -614,9 +626,9 @@ impl Db {
                 Err(e) => {
                     let short = b.ids_short();
                     drop(b);
-                    let in_time = deadline.is_some_and(|d| std::time::Instant::now() < d);
-                    match short {
-                        Some(ids) if in_time && self.inner.refill_ids(ids) => {}
+                    let in_time = deadline.filter(|d| std::time::Instant::now() < *d);
+                    match (short, in_time) {
+                        (Some(ids), Some(until)) if self.inner.refill_ids(ids, until) => {}
                         _ => return Err(e),
                     }
                 }
@@ -721,6 +733,42 @@ impl DbInner {
             .cloned()
     }
 
+    /// Whether `tree` is optimistic here: known in this process ([`DbInner::merge_of`]), or
+    /// recorded by an earlier one (`sync.optimistic.<tree>`).
+    pub(crate) fn is_optimistic(&self, tree: &str) -> Result<bool> {
+        if self.merge_of(tree).is_some() {
+            return Ok(true);
+        }
+        Ok(self.stored_merge(tree)?.is_some())
+    }
+
+    /// The merge strategy name an earlier process recorded for `tree`
+    /// (`sync.optimistic.<tree>`).
+    fn stored_merge(&self, tree: &str) -> Result<Option<String>> {
+        let txn = self.redb.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(m) => m,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let key = format!("{}{tree}", crate::sync::OPTIMISTIC_PREFIX);
+        Ok(meta
+            .get(key.as_str())?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    /// The merge strategy of `tree`: known in this process, else the one an earlier
+    /// process recorded (a custom strategy is known only once the application opens the
+    /// tree or configures it).
+    pub(crate) fn merge_for(&self, tree: &str) -> Result<Option<crate::sync::Merge>> {
+        if let Some(m) = self.merge_of(tree) {
+            return Ok(Some(m));
+        }
+        Ok(self
+            .stored_merge(tree)?
+            .and_then(|name| crate::sync::Merge::from_name(&name)))
+    }
+
     /// Makes `T`'s tree optimistic if its type says so (`merge = "..."`) and the
     /// configuration did not already decide (synced databases).
     pub(crate) fn learn_merge<T: Record>(&self) {
@@ -765,12 +813,12 @@ impl DbInner {
 
     /// Asks the sync client for `ids` free ids and waits for them (bounded); whether they
     /// came. Must not be called inside a batch (the sync thread commits the ranges).
-    pub(crate) fn refill_ids(&self, ids: u64) -> bool {
+    pub(crate) fn refill_ids(&self, ids: u64, until: std::time::Instant) -> bool {
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
-            return link.refill_ids(ids);
+            return link.refill_ids(ids, until);
         }
-        let _ = ids;
+        let _ = (ids, until);
         false
     }
 

@@ -1600,9 +1600,12 @@ fn ron_text_is_read_with_the_schema() {
     let e = err("(\n  a_u64: 1,\n  a_i8: ,\n)");
     assert_eq!(e.line, 3, "{e}");
     // A wrong type, out of range, unknown and missing fields: each names its path.
-    let mut reordered = text.clone();
-    reordered.insert_str(1, " ");
-    assert!(from_ron(&schema, &reordered).is_ok());
+    // Fields in another order, and the struct named.
+    let first = text.lines().nth(1).unwrap().to_owned();
+    assert!(first.trim_start().starts_with("a_u64:"), "{text}");
+    let body: String = text.lines().skip(2).collect::<Vec<_>>().join("\n");
+    let reordered = format!("Plain(\n{}\n{first}\n)", body.trim_end_matches(')'));
+    assert_eq!(from_ron(&schema, &reordered).unwrap(), value, "{reordered}");
     for (bad, path, says) in plain_mistakes(&text) {
         let e = err(&bad);
         assert_eq!(e.path, path, "{bad}\n{e}");
@@ -1626,12 +1629,24 @@ fn plain_mistakes(text: &str) -> Vec<(String, &'static str, &'static str)> {
     vec![
         (edit("a_i8: -1", "a_i8: 300"), "a_i8", "does not fit"),
         (edit("a_i8: -1", "a_i8: -129"), "a_i8", "does not fit"),
-        (edit("a_u64: 1", "a_u64: \"one\""), "a_u64", "expected a u64"),
+        (
+            edit("a_u64: 1", "a_u64: \"one\""),
+            "a_u64",
+            "expected a u64",
+        ),
         (edit("a_u64: 1", "a_u64: -1"), "a_u64", "does not fit"),
         (edit("a_i8:", "a_i9:"), "", "no field `a_i9`"),
         (without_long, "", "missing field `long`"),
-        (edit("Rect(w: 1", "Square(w: 1"), "shapes[1].Some", "no variant `Square`"),
-        (edit("Rect(w: 1", "Rect(w: -1"), "shapes[1].Some.Rect.w", "does not fit"),
+        (
+            edit("Rect(w: 1", "Square(w: 1"),
+            "shapes[1].Some",
+            "no variant `Square`",
+        ),
+        (
+            edit("Rect(w: 1", "Rect(w: -1"),
+            "shapes[1].Some.Rect.w",
+            "does not fit",
+        ),
         (edit("(id: 3, rev: 4)", "(id: 3)"), "key", "needs both"),
         (
             edit("00000000-0000-0000-0000-000000000007", "nope"),

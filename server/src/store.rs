@@ -56,6 +56,8 @@ const BORROWS: TableDefinition<(&str, u64), u32> = TableDefinition::new("borrows
 const SCHEMAS: TableDefinition<(&str, u32), &str> = TableDefinition::new("schemas");
 /// Sequence number -> the accepted change ([`rekord::proto::encode_sequenced`] bytes).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// How many log entries back the base of a conflicting edit is looked for.
+const BASE_LOOKBACK: usize = 4096;
 /// (tree, record id, revision) -> [`RecordState`] (encoded by `RecordState::encode`).
 const RECORDS: TableDefinition<(&str, u64, u32), &[u8]> = TableDefinition::new("records");
 /// (holder number, operation id) -> sequence number answered for that operation.
@@ -1509,8 +1511,10 @@ impl Tables<'_, '_> {
             }))
     }
 
-    /// The data a logged change `seq` gave revision `rev` of record `id` of `tree`, if the
-    /// log entry is such a data change (the base of a three-way merge).
+    /// The data revision `rev` of record `id` of `tree` had as of sequence number `seq` (the
+    /// base of a three-way merge): the last data change of it logged at or before `seq`,
+    /// looked for among at most [`BASE_LOOKBACK`] log entries (`None` when not found, or
+    /// when the record's last change before `seq` was not a data change).
     fn logged_data(
         &self,
         seq: u64,
@@ -1521,20 +1525,26 @@ impl Tables<'_, '_> {
         if seq == 0 {
             return Ok(None);
         }
-        let Some(bytes) = self.log.get(seq)? else {
-            return Ok(None);
-        };
-        let entry = rekord::proto::decode_sequenced(bytes.value()).map_err(wire_error)?;
-        let c = entry.change;
-        if c.tree != tree || c.id != id || c.rev != rev {
-            return Ok(None);
-        }
-        Ok(match c.kind {
-            ChangeKind::Put { version, data } | ChangeKind::Edit { version, data, .. } => {
-                Some((version, data))
+        for row in self.log.range(..=seq)?.rev().take(BASE_LOOKBACK) {
+            let (_, bytes) = row?;
+            let entry = rekord::proto::decode_sequenced(bytes.value()).map_err(wire_error)?;
+            let c = entry.change;
+            if c.tree != tree || c.id != id {
+                continue;
             }
-            _ => None,
-        })
+            match c.kind {
+                ChangeKind::Put { version, data } | ChangeKind::Edit { version, data, .. }
+                    if c.rev == rev =>
+                {
+                    return Ok(Some((version, data)));
+                }
+                // Borrows, releases and states leave the data as it was.
+                ChangeKind::Borrow { .. } | ChangeKind::Release | ChangeKind::SetState(_) => {}
+                ChangeKind::Remove if c.rev == rev => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// The conflict an optimistic edit by `holder` meets, given the revision's `state`:

@@ -63,7 +63,7 @@ impl Link {
     /// Asks the sync thread for at least `ids` more free ids, and waits (at most the request
     /// timeout) until it has fetched them; whether it did. `false` at once while offline or
     /// when called on the sync thread itself.
-    pub(crate) fn refill_ids(&self, ids: u64) -> bool {
+    pub(crate) fn refill_ids(&self, ids: u64, until: Instant) -> bool {
         if *lock(&self.thread_id) == Some(std::thread::current().id()) {
             return false;
         }
@@ -77,7 +77,8 @@ impl Link {
         // Summed: several writers short at once each need their own ids.
         self.ids_wanted.fetch_add(ids, Ordering::AcqRel);
         self.wake.notify_one();
-        let (done, _) = self.wait(self.timeout, |s| s.refills > before || !s.online);
+        let left = until.saturating_duration_since(Instant::now());
+        let (done, _) = self.wait(self.timeout.min(left), |s| s.refills > before || !s.online);
         done && lock(&self.status).refills > before
     }
 
@@ -1473,7 +1474,7 @@ impl Client {
         let mut events = Vec::with_capacity(conflicts.len());
         let mut delta = 0i64;
         for c in conflicts {
-            let merge = db.inner.merge_of(&c.current.tree);
+            let merge = db.inner.merge_for(&c.current.tree)?;
             if let Some(resolved) = b.resolve_conflict(c.entry, &c.current, merge)? {
                 delta += resolved.bytes_delta;
                 events.push(resolved.event);

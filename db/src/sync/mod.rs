@@ -128,6 +128,10 @@ pub(crate) fn cursor_in(txn: &redb::WriteTransaction) -> crate::Result<u64> {
 /// of u64 LE: history id, base), as the server last told it.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const HISTORY: &str = "sync.history";
+/// Meta key prefix: `sync.optimistic.<tree>` names a tree this replica knows to be
+/// optimistic (its merge strategy's name), from the record type or the configuration, so a
+/// reconciliation after a restore knows it before the application opens the tree.
+pub(crate) const OPTIMISTIC_PREFIX: &str = "sync.optimistic.";
 
 /// `rekord.meta` key of the highest sequence number whose journal rows were pruned (u64 LE).
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]

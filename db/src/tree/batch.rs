@@ -192,6 +192,14 @@ impl<'db> Batch<'db> {
             }
         }
         drop(table);
+        if self.core.client
+            && let Some(merge) = T::__merge()
+        {
+            let key = format!("{}{}", crate::sync::OPTIMISTIC_PREFIX, T::TREE);
+            self.txn
+                .open_table(META)?
+                .insert(key.as_str(), merge.name().as_bytes())?;
+        }
         // Make sure the tree's table exists, so readers find an empty tree.
         self.txn.open_table(state.def())?;
         self.core
@@ -1017,7 +1025,6 @@ impl<T> BatchTree<'_, T> {
 }
 
 impl<T: Record> BatchTree<'_, T> {
-
     fn encode(&mut self, record: &T, header: Header) -> Result<Vec<u8>> {
         let mut buf = std::mem::take(&mut self.core.scratch);
         buf.clear();

@@ -200,7 +200,10 @@ mod tests {
             panic!("an empty cache has no entry");
         };
         cache.admit(generation, k, entry());
-        assert!(cache.get(k).is_err(), "admitted while a commit was under way");
+        assert!(
+            cache.get(k).is_err(),
+            "admitted while a commit was under way"
+        );
         cache.invalidate([k]);
         let Err(generation) = cache.get(k) else {
             panic!("invalidated");

@@ -151,8 +151,9 @@ impl<T: Record> Tree<T> {
                 Err(Error::IdsExhausted) => {
                     let short = b.ids_short();
                     drop(b);
-                    let in_time = deadline.is_some_and(|d| std::time::Instant::now() < d);
-                    if !in_time || !short.is_some_and(|ids| self.db.inner.refill_ids(ids)) {
+                    let in_time = deadline.filter(|d| std::time::Instant::now() < *d);
+                    let refilled = |d| short.is_some_and(|ids| self.db.inner.refill_ids(ids, d));
+                    if !in_time.is_some_and(refilled) {
                         return Err(Error::IdsExhausted);
                     }
                 }

@@ -178,10 +178,7 @@ impl<'de> DeserializeSeed<'de> for Seed<'_> {
             Type::String | Type::Uuid => d.deserialize_string(Scalar(self)),
             Type::Option(_) => d.deserialize_option(Scalar(self)),
             Type::Box(inner) => {
-                let seed = Seed {
-                    ty: inner,
-                    ..self
-                };
+                let seed = Seed { ty: inner, ..self };
                 Ok(Value::Box(Box::new(seed.deserialize(d)?)))
             }
             Type::Vec(_) | Type::Array(..) | Type::Set { .. } => d.deserialize_seq(Scalar(self)),
@@ -218,7 +215,13 @@ macro_rules! int {
             // Integers are exact floats up to 2^53; RON writes `1` for `1.0` only when asked.
             Type::F32 => Some(Value::F32($v as f32)),
             Type::F64 => Some(Value::F64($v as f64)),
-            _ => return Err(s.error(format!("expected {}, found the integer {}", expected(s.ty), $v))),
+            _ => {
+                return Err(s.error(format!(
+                    "expected {}, found the integer {}",
+                    expected(s.ty),
+                    $v
+                )));
+            }
         };
         out.ok_or_else(|| s.error(format!("{} does not fit in {}", $v, expected(s.ty))))
     }};
@@ -297,7 +300,9 @@ impl<'de> Visitor<'de> for Scalar<'_> {
             // (Narrowing to f32 is what writing the literal in Rust does.)
             Type::F32 => Ok(Value::F32(v as f32)),
             Type::F64 => Ok(Value::F64(v)),
-            t => Err(self.0.error(format!("expected {}, found the number {v}", expected(t)))),
+            t => Err(self
+                .0
+                .error(format!("expected {}, found the number {v}", expected(t)))),
         }
     }
 
@@ -305,7 +310,9 @@ impl<'de> Visitor<'de> for Scalar<'_> {
         match self.0.ty {
             Type::Char => Ok(Value::Char(v)),
             Type::String => Ok(Value::String(v.to_string())),
-            t => Err(self.0.error(format!("expected {}, found {v:?}", expected(t)))),
+            t => Err(self
+                .0
+                .error(format!("expected {}, found {v:?}", expected(t)))),
         }
     }
 
@@ -322,14 +329,18 @@ impl<'de> Visitor<'de> for Scalar<'_> {
                     _ => Err(self.0.error(format!("expected a char, found {v:?}"))),
                 }
             }
-            t => Err(self.0.error(format!("expected {}, found {v:?}", expected(t)))),
+            t => Err(self
+                .0
+                .error(format!("expected {}, found {v:?}", expected(t)))),
         }
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Value, E> {
         match self.0.ty {
             Type::Option(_) => Ok(Value::Option(None)),
-            t => Err(self.0.error(format!("expected {}, found None", expected(t)))),
+            t => Err(self
+                .0
+                .error(format!("expected {}, found None", expected(t)))),
         }
     }
 
@@ -339,7 +350,9 @@ impl<'de> Visitor<'de> for Scalar<'_> {
                 let seed = self.0.child(inner, "Some", ".");
                 Ok(Value::Option(Some(Box::new(seed.deserialize(d)?))))
             }
-            t => Err(self.0.error(format!("expected {}, found Some(..)", expected(t)))),
+            t => Err(self
+                .0
+                .error(format!("expected {}, found Some(..)", expected(t)))),
         }
     }
 
@@ -348,7 +361,9 @@ impl<'de> Visitor<'de> for Scalar<'_> {
         match s.ty {
             Type::Vec(item) | Type::Set { item, .. } | Type::Array(item, _) => {
                 let mut out = Vec::new();
-                while let Some(v) = seq.next_element_seed(s.child(item, format!("[{}]", out.len()), ""))? {
+                while let Some(v) =
+                    seq.next_element_seed(s.child(item, format!("[{}]", out.len()), ""))?
+                {
                     out.push(v);
                 }
                 if let Type::Array(_, n) = s.ty
@@ -425,10 +440,16 @@ impl<'de> Visitor<'de> for Scalar<'_> {
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
         let s = &self.0;
         let Type::Named(name) = s.ty else {
-            return Err(s.error(format!("expected {}, found an enum variant", expected(s.ty))));
+            return Err(s.error(format!(
+                "expected {}, found an enum variant",
+                expected(s.ty)
+            )));
         };
         let Some(TypeDef::Enum(variants)) = s.schema.types.get(name) else {
-            return Err(s.error(format!("expected {}, found an enum variant", expected(s.ty))));
+            return Err(s.error(format!(
+                "expected {}, found an enum variant",
+                expected(s.ty)
+            )));
         };
         let (variant, access) = data.variant_seed(FieldName)?;
         let Some(v) = variants.iter().find(|v| v.name == variant) else {
@@ -447,7 +468,11 @@ impl<'de> Visitor<'de> for Scalar<'_> {
                 let seed = Seed {
                     schema: s.schema,
                     ty: s.ty,
-                    path: format!("{}{}{variant}", s.path, if s.path.is_empty() { "" } else { "." }),
+                    path: format!(
+                        "{}{}{variant}",
+                        s.path,
+                        if s.path.is_empty() { "" } else { "." }
+                    ),
                     last: s.last,
                     depth: s.depth + 1,
                 };
@@ -457,11 +482,22 @@ impl<'de> Visitor<'de> for Scalar<'_> {
                 let seed = Seed {
                     schema: s.schema,
                     ty: s.ty,
-                    path: format!("{}{}{variant}", s.path, if s.path.is_empty() { "" } else { "." }),
+                    path: format!(
+                        "{}{}{variant}",
+                        s.path,
+                        if s.path.is_empty() { "" } else { "." }
+                    ),
                     last: s.last,
                     depth: s.depth + 1,
                 };
-                access.struct_variant(&[], VariantNamed { seed, name: &v.name, fields: fs })?
+                access.struct_variant(
+                    &[],
+                    VariantNamed {
+                        seed,
+                        name: &v.name,
+                        fields: fs,
+                    },
+                )?
             }
         };
         Ok(Value::Enum {
@@ -499,7 +535,12 @@ fn read_fields<'de, A: MapAccess<'de>>(
             Some(v) => Ok((f.name.clone(), v)),
             None if f.default => default_value(s.schema, &f.ty, 0)
                 .map(|v| (f.name.clone(), v))
-                .ok_or_else(|| s.error(format!("missing field `{}` (its type has no default here)", f.name))),
+                .ok_or_else(|| {
+                    s.error(format!(
+                        "missing field `{}` (its type has no default here)",
+                        f.name
+                    ))
+                }),
             None => Err(s.error(format!("missing field `{}`", f.name))),
         })
         .collect()
@@ -523,15 +564,16 @@ impl<'de> Visitor<'de> for VariantTuple<'_> {
             match seq.next_element_seed(self.seed.child(t, i, "."))? {
                 Some(v) => out.push(v),
                 None => {
-                    return Err(self.seed.error(format!(
-                        "expected {} values, found {i}",
-                        self.types.len()
-                    )));
+                    return Err(self
+                        .seed
+                        .error(format!("expected {} values, found {i}", self.types.len())));
                 }
             }
         }
         if seq.next_element::<de::IgnoredAny>()?.is_some() {
-            return Err(self.seed.error(format!("expected {} values, found more", self.types.len())));
+            return Err(self
+                .seed
+                .error(format!("expected {} values, found more", self.types.len())));
         }
         Ok(Fields::Tuple(out))
     }
@@ -551,7 +593,12 @@ impl<'de> Visitor<'de> for VariantNamed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-        Ok(Fields::Named(read_fields(&self.seed, self.name, self.fields, &mut map)?))
+        Ok(Fields::Named(read_fields(
+            &self.seed,
+            self.name,
+            self.fields,
+            &mut map,
+        )?))
     }
 }
 

@@ -423,7 +423,7 @@ impl Client {
         // Whether this replica held the record before the restore (then it keeps holding
         // it after sending it again; else it returns the borrow it takes to send it).
         // (Nobody keeps the borrow of an optimistic record: it is taken only to send it.)
-        let optimistic = self.db()?.inner.merge_of(&tree).is_some();
+        let optimistic = self.db()?.inner.is_optimistic(&tree)?;
         let held = !optimistic && waited.unwrap_or(local_holder == me);
         if waited.is_some() {
             // Waited for: the stale holder's return reached this replica as a push (holder

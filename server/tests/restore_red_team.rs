@@ -190,18 +190,23 @@ fn three_replicas(staggered: bool) {
     let n2 = mk_note(&a, 0, 0);
     let n3 = mk_note(&b, 0, 0);
     settle(&[&a, &b, &c]);
-    assert!(eventually(|| [&a, &b, &c].iter().all(|d| notes(d).len() == 3)));
+    assert!(eventually(|| [&a, &b, &c]
+        .iter()
+        .all(|d| notes(d).len() == 3)));
     backup(&data, &bk);
     set_note(&a, n1, |x| x.a = 1);
     set_note(&b, n2, |x| x.b = 2);
     let m = mk_note(&c, 50, 50); // made after the backup, in C's range
     let q = mk_note(&b, 60, 60); // made after the backup, in B's range
     settle(&[&a, &b, &c]);
-    assert!(eventually(|| [&a, &b, &c].iter().all(|d| notes(d).len() == 5)));
+    assert!(eventually(|| [&a, &b, &c]
+        .iter()
+        .all(|d| notes(d).len() == 5)));
     set_note(&a, m, |x| x.a = 5);
     set_note(&c, q, |x| x.b = 6);
     settle(&[&a, &b, &c]);
-    assert!(eventually(|| [&a, &b, &c].iter().all(|d| note(d, m) == Some((5, 50))
+    assert!(eventually(|| [&a, &b, &c].iter().all(|d| note(d, m)
+        == Some((5, 50))
         && note(d, q) == Some((60, 6))
         && note(d, n1) == Some((1, 0))
         && note(d, n2) == Some((0, 2)))));
@@ -282,16 +287,20 @@ fn redteam_s6_two_restores_and_a_replica_away_through_both() {
             })
             .unwrap();
         settle(&[&a, &b, &c]);
-        assert!(eventually(|| [&a, &b, &c].iter().all(|d| notes(d).len() == 2)));
+        assert!(eventually(|| [&a, &b, &c]
+            .iter()
+            .all(|d| notes(d).len() == 2)));
         backup(&data, &bk);
         set_note(&c, n1, |x| x.b = 3);
         m = mk_note(&c, 70, 70);
         set_note(&a, n2, |x| x.a = 4);
         a.tree::<Part>().unwrap().update(p, |x| x.qty = 2).unwrap();
         settle(&[&a, &b, &c]);
-        assert!(eventually(|| [&a, &b, &c].iter().all(|d| note(d, n1) == Some((0, 3))
-            && note(d, n2) == Some((4, 0))
-            && note(d, m).is_some())));
+        assert!(eventually(|| [&a, &b, &c]
+            .iter()
+            .all(|d| note(d, n1) == Some((0, 3))
+                && note(d, n2) == Some((4, 0))
+                && note(d, m).is_some())));
         set_note(&b, m, |x| x.a = 71);
         settle(&[&a, &b, &c]);
         assert!(eventually(|| note(&c, m) == Some((71, 70))));
@@ -322,7 +331,9 @@ fn redteam_s6_two_restores_and_a_replica_away_through_both() {
             .unwrap();
         r = mk_note(&a, 80, 80);
         settle(&[&a, &b]);
-        assert!(eventually(|| note(&b, r).is_some() && note(&a, n2) == Some((7, 0))));
+        assert!(eventually(
+            || note(&b, r).is_some() && note(&a, n2) == Some((7, 0))
+        ));
         set_note(&b, r, |x| x.b = 81);
         settle(&[&a, &b]);
     }
@@ -360,16 +371,20 @@ fn redteam_s6_client_process() {
     writeln!(out, "@ open").unwrap();
     out.flush().unwrap();
     // Keep editing a note of its own while reconciling (a write racing the recheck).
-    let mine: Option<Key<Note>> = db
-        .tree::<Note>()
-        .unwrap()
-        .keys()
-        .unwrap()
-        .into_iter()
-        .find(|k| {
-            let want = if path.ends_with("a.rekord") { 1000 } else { 2000 };
-            db.tree::<Note>().unwrap().get(*k).unwrap().a == want
-        });
+    let mine: Option<Key<Note>> =
+        db.tree::<Note>()
+            .unwrap()
+            .keys()
+            .unwrap()
+            .into_iter()
+            .find(|k| {
+                let want = if path.ends_with("a.rekord") {
+                    1000
+                } else {
+                    2000
+                };
+                db.tree::<Note>().unwrap().get(*k).unwrap().a == want
+            });
     let mut i = 0u32;
     loop {
         if let Some(k) = mine {
@@ -440,9 +455,16 @@ fn killed_reconciling_optimistic(delays: &[u64]) {
         late_a = (0..4).map(|i| mk_note(&a, 100 + i, 0)).collect::<Vec<_>>();
         late_b = (0..4).map(|i| mk_note(&b, 200 + i, 0)).collect::<Vec<_>>();
         settle(&[&a, &b]);
-        assert!(eventually(|| notes(&a).len() == 16 && notes(&b).len() == 16
-            && notes(&a).iter().map(|r| (r.0, r.2, r.3)).collect::<Vec<_>>()
-                == notes(&b).iter().map(|r| (r.0, r.2, r.3)).collect::<Vec<_>>()));
+        assert!(eventually(|| notes(&a).len() == 16
+            && notes(&b).len() == 16
+            && notes(&a)
+                .iter()
+                .map(|r| (r.0, r.2, r.3))
+                .collect::<Vec<_>>()
+                == notes(&b)
+                    .iter()
+                    .map(|r| (r.0, r.2, r.3))
+                    .collect::<Vec<_>>()));
         for (i, k) in shared.iter().enumerate() {
             set_note(&b, *k, |x| x.b = 20 + i as u32);
         }
@@ -570,7 +592,7 @@ fn redteam_s6_writes_while_a_refused_write_is_resynced() {
                     last_y = i;
                 }
                 // Y alone too, sometimes.
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     i += 1;
                     if a.tree::<Part>().unwrap().update(y, |p| p.qty = i).is_ok() {
                         last_y = i;
