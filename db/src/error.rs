@@ -361,6 +361,34 @@ pub enum Error {
         /// The function that opens it.
         open_with: &'static str,
     },
+    /// No schema is stored for the tree: no application ever wrote it in this database.
+    #[error("the database has no tree `{tree}` (`Db::trees` lists those it has)")]
+    NoSuchTree {
+        /// Tree name.
+        tree: String,
+    },
+    /// RON text given for a record of the tree is not a valid record of its newest schema;
+    /// nothing was written.
+    #[error("not a valid record of tree `{tree}` (schema version {version}): {error}")]
+    InvalidRon {
+        /// Tree name.
+        tree: String,
+        /// The schema version the text was read with.
+        version: u32,
+        /// Where and what.
+        error: crate::schema::dynamic::RonError,
+    },
+    /// A dynamic value given for a record of the tree does not fit its newest schema;
+    /// nothing was written.
+    #[error("not a valid record of tree `{tree}` (schema version {version}): {error}")]
+    InvalidValue {
+        /// Tree name.
+        tree: String,
+        /// The schema version the value was checked against.
+        version: u32,
+        /// Where and what.
+        error: crate::schema::dynamic::DynError,
+    },
 }
 
 fn holder_name_text(name: Option<&str>) -> String {

@@ -6,6 +6,7 @@ use crate::db::{DbInner, TreeState, WriterState};
 use crate::event::{Event, EventKind, RecordEvent, lock};
 use crate::index::{IndexerSlot, IndexerStatus, RawChange};
 use crate::proto::{Change, ChangeKind};
+use crate::schema::dynamic::Value;
 use crate::schema::{Schema, describe_changes};
 use crate::storage::{HEADER_LEN, Header, META, PENDING, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
@@ -243,6 +244,35 @@ impl<'db> Batch<'db> {
             optimistic,
             strategy,
             version: T::VERSION,
+            _type: PhantomData,
+        })
+    }
+
+    /// Opens the tree `name` untyped, writing with `schema` (its newest stored schema).
+    pub(crate) fn dyn_tree(
+        &mut self,
+        name: &str,
+        schema: &Schema,
+    ) -> Result<BatchTree<'_, Dynamic>> {
+        let state = self.db.tree_state(name);
+        let tree = self.tree_index(&state);
+        let table = self.txn.open_table(state.def())?;
+        let merge = if self.core.client {
+            self.db.merge_for(name)?
+        } else {
+            None
+        };
+        let optimistic = merge.is_some();
+        let strategy = merge.map(|m| m.name()).unwrap_or_default();
+        Ok(BatchTree {
+            table,
+            txn: &self.txn,
+            core: &mut self.core,
+            tree,
+            state,
+            optimistic,
+            strategy,
+            version: schema.version,
             _type: PhantomData,
         })
     }
@@ -571,6 +601,9 @@ pub(crate) enum MigrateOne {
     /// Left as it is: it cannot be converted, for this reason.
     Skipped(Error),
 }
+
+/// The record type of an untyped tree in a batch (see [`crate::DynTree`]).
+pub enum Dynamic {}
 
 /// One tree inside a [`Batch`], with its table kept open; see [`Batch::tree`].
 pub struct BatchTree<'b, T> {
@@ -1150,6 +1183,55 @@ impl<T: Record> BatchTree<'_, T> {
         let a = T::__access(copy.get(HEADER_LEN..).unwrap_or_default())
             .map_err(|e| self.corrupt(k, e))?;
         Ok(f(a))
+    }
+}
+
+impl BatchTree<'_, Dynamic> {
+    fn encode_dyn(&self, schema: &Schema, value: &Value) -> Result<Vec<u8>> {
+        crate::schema::dynamic::encode(schema, value).map_err(|error| Error::InvalidValue {
+            tree: self.name(),
+            version: schema.version,
+            error,
+        })
+    }
+
+    /// Creates a record from a value of `schema` (the tree's newest).
+    pub(crate) fn create_dyn(&mut self, schema: &Schema, value: &Value) -> Result<RawKey> {
+        // Encoded first: an invalid value takes no id.
+        let data = self.encode_dyn(schema, value)?;
+        let id = self.alloc_id()?;
+        let mut bytes = self.new_header().to_bytes().to_vec();
+        bytes.extend_from_slice(&data);
+        self.create_value(id, bytes)
+    }
+
+    /// Replaces draft `k` with a value of `schema` (the tree's newest), under the rules of
+    /// typed code: it must be a draft this replica may edit, not written by a newer schema.
+    pub(crate) fn replace_dyn(&mut self, k: RawKey, schema: &Schema, value: &Value) -> Result<()> {
+        let data = self.encode_dyn(schema, value)?;
+        let (h, old) = self.load(k)?;
+        self.check_editable(k, &h)?;
+        self.check_not_newer(k, &h)?;
+        let mut bytes = Header {
+            version: self.version,
+            ..h
+        }
+        .to_bytes()
+        .to_vec();
+        bytes.extend_from_slice(&data);
+        self.write_draft_value(k, old, bytes)
+    }
+
+    /// The value of `k` as this batch sees it (decoded with the schema it was written with).
+    pub(crate) fn get_dyn(&self, k: RawKey) -> Result<(RecordMeta, Value)> {
+        let (h, v) = self.load(k)?;
+        let schema = evolve::writer_schema(&self.state, h.version, || {
+            Ok(self.txn.open_table(SCHEMAS)?)
+        })?;
+        let data = v.get(HEADER_LEN..).unwrap_or_default();
+        let value =
+            crate::schema::dynamic::decode(&schema, data).map_err(|e| self.corrupt(k, e))?;
+        Ok((RecordMeta::from(h), value))
     }
 }
 

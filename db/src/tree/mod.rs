@@ -6,6 +6,7 @@ pub(crate) mod evolve;
 // Used by the sync client, which is native-only.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod conflict;
+pub(crate) mod dynamic;
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod remote;
 
@@ -710,7 +711,7 @@ impl<T: Record> Snapshot<T> {
 }
 
 /// Bounds on ids as bounds on packed keys.
-fn packed_bounds(ids: &impl RangeBounds<u64>) -> (Bound<u128>, Bound<u128>) {
+pub(crate) fn packed_bounds(ids: &impl RangeBounds<u64>) -> (Bound<u128>, Bound<u128>) {
     let lower = match ids.start_bound() {
         Bound::Included(&a) => Bound::Included(pack(RawKey::new(a, 0))),
         Bound::Excluded(&a) => Bound::Excluded(pack(RawKey::new(a, u32::MAX))),

@@ -1,0 +1,404 @@
+//! Trees by name, without the application's Rust types: what the viewer and any tool that
+//! must read a database it did not write work with.
+//!
+//! Records are [`Value`]s, decoded with the schema each was written with (stored in the
+//! database, see [`crate::Db::schemas`]) and encoded with the tree's newest stored schema.
+//! Every write goes through the same batches, rules and errors as typed code
+//! ([`Error::NotBorrowed`], [`Error::Released`], [`Error::NewerVersion`], ...), and in a
+//! synced database through the server.
+
+use super::RecordMeta;
+use super::batch::{self, BatchTree, Dynamic};
+use super::evolve;
+use super::packed_bounds;
+use crate::db::TreeState;
+use crate::schema::Schema;
+use crate::schema::dynamic::{self, Value};
+use crate::storage::{HEADER_LEN, Header, SCHEMAS, pack, unpack};
+use crate::{Db, Error, Key, RawKey, Result};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use std::fmt;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+/// A record key that names its tree: the key of untyped code.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DynKey {
+    /// The tree.
+    pub tree: Arc<str>,
+    /// The record id.
+    pub id: u64,
+    /// The revision.
+    pub rev: u32,
+}
+
+impl DynKey {
+    /// The key without its tree.
+    pub fn raw(&self) -> RawKey {
+        RawKey::new(self.id, self.rev)
+    }
+}
+
+impl fmt::Display for DynKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.tree, self.id, self.rev)
+    }
+}
+
+/// What [`Db::trees`] says about one tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeInfo {
+    /// The tree's name.
+    pub name: String,
+    /// How many revisions it stores (every revision of every record).
+    pub records: u64,
+    /// The schema versions stored for it, oldest first.
+    pub versions: Vec<u32>,
+}
+
+/// One revision of a record, untyped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DynRecord {
+    /// Its key.
+    pub key: DynKey,
+    /// Released, state, holder and the schema version it was written with.
+    pub meta: RecordMeta,
+    /// Its data, decoded with the schema of `meta.version`.
+    pub value: Value,
+}
+
+impl DynRecord {
+    /// The data as pretty RON text (what [`DynTree::replace_ron`] reads back).
+    pub fn to_ron(&self) -> String {
+        dynamic::to_ron(&self.value)
+    }
+}
+
+impl Db {
+    /// Every tree that has a stored schema, by name, with its record count and schema
+    /// versions.
+    pub fn trees(&self) -> Result<Vec<TreeInfo>> {
+        let txn = self.inner.redb.begin_read()?;
+        let mut out: Vec<TreeInfo> = Vec::new();
+        {
+            let schemas = match txn.open_table(SCHEMAS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+                Err(e) => return Err(e.into()),
+            };
+            for row in schemas.iter()? {
+                let (k, _) = row?;
+                let (tree, version) = k.value();
+                match out.last_mut() {
+                    Some(t) if t.name == tree => t.versions.push(version),
+                    _ => out.push(TreeInfo {
+                        name: tree.to_owned(),
+                        records: 0,
+                        versions: vec![version],
+                    }),
+                }
+            }
+        }
+        for t in &mut out {
+            let state = self.inner.tree_state(&t.name);
+            t.records = match txn.open_table(state.def()) {
+                Ok(table) => table.len()?,
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(e.into()),
+            };
+        }
+        Ok(out)
+    }
+
+    /// The tree `name`, untyped ([`Error::NoSuchTree`] if no schema is stored for it). It
+    /// writes with the newest schema stored when it was opened.
+    pub fn dyn_tree(&self, name: &str) -> Result<DynTree> {
+        let schema = self.schemas(name)?.pop().ok_or_else(|| Error::NoSuchTree {
+            tree: name.to_owned(),
+        })?;
+        Ok(DynTree {
+            db: self.clone(),
+            state: self.inner.tree_state(name),
+            schema: Arc::new(schema),
+        })
+    }
+}
+
+/// A tree opened by name, without its Rust type (see the module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct DynTree {
+    db: Db,
+    state: Arc<TreeState>,
+    schema: Arc<Schema>,
+}
+
+impl fmt::Debug for DynTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynTree")
+            .field("name", &self.name())
+            .field("version", &self.schema.version)
+            .finish()
+    }
+}
+
+impl DynTree {
+    /// The tree's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The schema writes use: the newest stored one.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Every schema version stored for the tree, oldest first.
+    pub fn schemas(&self) -> Result<Vec<Schema>> {
+        self.db.schemas(self.name())
+    }
+
+    /// The key of record `id`, revision `rev`, of this tree.
+    pub fn key(&self, id: u64, rev: u32) -> DynKey {
+        DynKey {
+            tree: self.state.name.clone(),
+            id,
+            rev,
+        }
+    }
+
+    /// Reads RON text as a record of the newest schema ([`Error::InvalidRon`] naming the
+    /// line, column and field path otherwise).
+    pub fn parse(&self, text: &str) -> Result<Value> {
+        dynamic::from_ron(&self.schema, text).map_err(|error| Error::InvalidRon {
+            tree: self.name().to_owned(),
+            version: self.schema.version,
+            error,
+        })
+    }
+
+    fn not_found(&self, key: RawKey) -> Error {
+        Error::NotFound {
+            tree: self.name().to_owned(),
+            key,
+        }
+    }
+
+    /// A read transaction and the tree's table (`None`: the table does not exist yet).
+    fn read(&self) -> Result<(redb::ReadTransaction, Option<ReadTable>)> {
+        let txn = self.db.inner.redb.begin_read()?;
+        let table = match txn.open_table(self.state.def()) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((txn, table))
+    }
+
+    /// How many revisions the tree stores.
+    pub fn len(&self) -> Result<u64> {
+        Ok(match self.read()?.1 {
+            Some(t) => t.len()?,
+            None => 0,
+        })
+    }
+
+    /// Whether the tree stores nothing.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// One revision.
+    pub fn get(&self, key: RawKey) -> Result<DynRecord> {
+        let (txn, table) = self.read()?;
+        let table = table.ok_or_else(|| self.not_found(key))?;
+        let guard = table.get(pack(key))?.ok_or_else(|| self.not_found(key))?;
+        decode_row(self, &txn, key, guard.value())
+    }
+
+    /// Every revision of record `id`, oldest first (empty: no such record).
+    pub fn revisions(&self, id: u64) -> Result<Vec<DynRecord>> {
+        self.range(id..=id)?.collect()
+    }
+
+    /// The latest revision of record `id`.
+    pub fn latest(&self, id: u64) -> Result<Option<DynRecord>> {
+        self.range(id..=id)?.next_back().transpose()
+    }
+
+    /// Every revision of every record, in key order, read lazily from one snapshot.
+    pub fn iter(&self) -> Result<DynIter> {
+        self.range(..)
+    }
+
+    /// Every revision of the records whose ids are in `ids`, lazily, from one snapshot.
+    pub fn range(&self, ids: impl RangeBounds<u64>) -> Result<DynIter> {
+        let (txn, table) = self.read()?;
+        let inner = match &table {
+            Some(t) => Some(t.range::<u128>(packed_bounds(&ids))?),
+            None => None,
+        };
+        Ok(DynIter {
+            inner,
+            txn,
+            tree: self.clone(),
+        })
+    }
+
+    fn write<R>(&self, f: impl FnOnce(&mut BatchTree<'_, Dynamic>) -> Result<R>) -> Result<R> {
+        let mut b = self.db.batch()?;
+        let r = f(&mut b.dyn_tree(self.name(), &self.schema)?)?;
+        b.commit()?;
+        Ok(r)
+    }
+
+    /// Creates a record from a value of the newest schema (checked against it: an
+    /// [`Error::InvalidValue`] names the field path). Borrowed by this replica from birth,
+    /// as in typed code. In a synced database that runs out of ids, waits for more like
+    /// [`crate::Tree::create`].
+    pub fn create(&self, value: &Value) -> Result<DynKey> {
+        let key = self.db.write(|b| {
+            b.dyn_tree(self.name(), &self.schema)?
+                .create_dyn(&self.schema, value)
+        })?;
+        Ok(self.key(key.id, key.rev))
+    }
+
+    /// Creates a record from RON text ([`DynTree::parse`], then [`DynTree::create`]).
+    pub fn create_ron(&self, text: &str) -> Result<DynKey> {
+        self.create(&self.parse(text)?)
+    }
+
+    /// Replaces a draft this replica holds (in an optimistic tree of a synced database,
+    /// also one nobody holds) with a value of the newest schema.
+    pub fn replace(&self, key: RawKey, value: &Value) -> Result<()> {
+        self.write(|t| t.replace_dyn(key, &self.schema, value))
+    }
+
+    /// Replaces a draft from RON text; nothing changes if the text is not a valid record.
+    pub fn replace_ron(&self, key: RawKey, text: &str) -> Result<()> {
+        self.replace(key, &self.parse(text)?)
+    }
+
+    /// Changes a draft through a closure on its current value, in one batch; returns what
+    /// the closure returns. A value the closure leaves invalid changes nothing
+    /// ([`Error::InvalidValue`]).
+    pub fn update<R>(&self, key: RawKey, f: impl FnOnce(&mut Value) -> R) -> Result<R> {
+        self.write(|t| {
+            let (_, mut value) = t.get_dyn(key)?;
+            let r = f(&mut value);
+            t.replace_dyn(key, &self.schema, &value)?;
+            Ok(r)
+        })
+    }
+
+    /// Removes a draft revision this replica holds.
+    pub fn remove(&self, key: RawKey) -> Result<()> {
+        self.write(|t| t.remove(typed(key)))
+    }
+
+    /// Releases (freezes) a draft this replica holds.
+    pub fn release(&self, key: RawKey) -> Result<()> {
+        self.write(|t| t.release(typed(key)))
+    }
+
+    /// Sets the application state of a released revision (needs the record's borrow).
+    pub fn set_state(&self, key: RawKey, state: u32) -> Result<()> {
+        self.write(|t| t.set_state(typed(key), state))
+    }
+
+    /// Makes the next revision (a draft copy of the latest, which must be released).
+    pub fn new_revision(&self, key: RawKey) -> Result<DynKey> {
+        let k = self.write(|t| t.new_revision(typed(key)))?;
+        Ok(self.key(k.id(), k.rev()))
+    }
+
+    /// Takes the record's borrow: locally in a standalone database, from the server in a
+    /// synced one (like [`crate::Tree::borrow`]).
+    pub fn borrow(&self, key: RawKey) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(link) = self.db.inner.link.get() {
+            if batch::batch_open_here(&self.db.inner) {
+                return Err(Error::BatchInProgress);
+            }
+            let latest = self.latest(key.id)?.ok_or_else(|| self.not_found(key))?;
+            if latest.meta.holder == self.db.replica() {
+                return Ok(());
+            }
+            return link.borrow_blocking(self.name(), latest.key.raw());
+        }
+        self.write(|t| t.borrow(typed(key)))
+    }
+
+    /// Returns the record's borrow (check-in).
+    pub fn return_borrow(&self, key: RawKey) -> Result<()> {
+        self.write(|t| t.return_borrow(typed(key)))
+    }
+}
+
+fn typed(key: RawKey) -> Key<Dynamic> {
+    Key::new(key.id, key.rev)
+}
+
+type ReadTable = redb::ReadOnlyTable<u128, &'static [u8]>;
+
+/// Decodes a stored row of `tree` with the schema it was written with.
+fn decode_row(
+    tree: &DynTree,
+    txn: &redb::ReadTransaction,
+    key: RawKey,
+    bytes: &[u8],
+) -> Result<DynRecord> {
+    let corrupt = |reason: String| Error::Corrupt {
+        tree: tree.name().to_owned(),
+        key,
+        reason,
+    };
+    let (h, _) = Header::parse(bytes).ok_or_else(|| corrupt("invalid value header".into()))?;
+    let schema = evolve::writer_schema(&tree.state, h.version, || evolve::read_schemas(txn))?;
+    let data = bytes.get(HEADER_LEN..).unwrap_or_default();
+    let value = dynamic::decode(&schema, data).map_err(|e| corrupt(e.to_string()))?;
+    Ok(DynRecord {
+        key: tree.key(key.id, key.rev),
+        meta: RecordMeta::from(h),
+        value,
+    })
+}
+
+/// Revisions of an untyped tree, read lazily from one snapshot (see [`DynTree::range`]).
+pub struct DynIter {
+    inner: Option<redb::Range<'static, u128, &'static [u8]>>,
+    txn: redb::ReadTransaction,
+    tree: DynTree,
+}
+
+impl DynIter {
+    fn row(
+        &self,
+        row: std::result::Result<
+            (
+                redb::AccessGuard<'static, u128>,
+                redb::AccessGuard<'static, &'static [u8]>,
+            ),
+            redb::StorageError,
+        >,
+    ) -> Result<DynRecord> {
+        let (k, v) = row?;
+        decode_row(&self.tree, &self.txn, unpack(k.value()), v.value())
+    }
+}
+
+impl Iterator for DynIter {
+    type Item = Result<DynRecord>;
+
+    fn next(&mut self) -> Option<Result<DynRecord>> {
+        let row = self.inner.as_mut()?.next()?;
+        Some(self.row(row))
+    }
+}
+
+impl DoubleEndedIterator for DynIter {
+    fn next_back(&mut self) -> Option<Result<DynRecord>> {
+        let row = self.inner.as_mut()?.next_back()?;
+        Some(self.row(row))
+    }
+}
