@@ -35,8 +35,11 @@ fn an_untyped_replica_edits_through_the_servers_borrows() {
     let token = token(&data);
     let server = ServerProcess::start(&data, "127.0.0.1:0");
     let app = Db::open_synced(tmp.path().join("app.rekord"), config(server.addr, &token)).unwrap();
-    let viewer =
-        Db::open_synced(tmp.path().join("viewer.rekord"), config(server.addr, &token)).unwrap();
+    let viewer = Db::open_synced(
+        tmp.path().join("viewer.rekord"),
+        config(server.addr, &token),
+    )
+    .unwrap();
     app.wait_caught_up(LIMIT).unwrap();
     viewer.wait_caught_up(LIMIT).unwrap();
     let parts = app.tree::<Part>().unwrap();

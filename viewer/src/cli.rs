@@ -1,0 +1,683 @@
+//! The command line: what to open, and the commands.
+
+use crate::ViewerError;
+use crate::render;
+use clap::{Args, Parser, Subcommand};
+use rekord::schema::dynamic::Value;
+use rekord::{Db, DynRecord, DynTree, Event, EventKind, RawKey, SyncConfig};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Browse and edit any rekord database as RON, without the application's code.
+#[derive(Debug, Parser)]
+#[command(name = "rekord-viewer", version)]
+pub struct Cli {
+    /// Where the database is.
+    #[command(flatten)]
+    pub source: Source,
+    /// Allow changes (a database file is opened read-only otherwise).
+    #[arg(long, global = true)]
+    pub write: bool,
+    /// Print JSON (one document per command; one line per event for `follow`).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A database file, or a server to connect to as a synced replica.
+#[derive(Debug, Args)]
+pub struct Source {
+    /// The database file (an application's own rekord file).
+    #[arg(long, global = true, conflicts_with = "server")]
+    pub db: Option<PathBuf>,
+    /// A rekord server (host:port): the viewer becomes a replica of its database.
+    #[arg(long, global = true, requires = "token")]
+    pub server: Option<std::net::SocketAddr>,
+    /// The token to connect with (as `rekord-server token issue` printed it).
+    #[arg(long, global = true, env = "REKORD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The application name the server serves.
+    #[arg(long, global = true, default_value = "rekord")]
+    pub app: String,
+    /// Pin the server: its id and certificate fingerprint, as `rekord-server identity`
+    /// prints them (`UUID:FINGERPRINT`).
+    #[arg(long, global = true)]
+    pub pin: Option<String>,
+    /// Keep the replica in this file (default: in memory, caught up on every start).
+    #[arg(long, global = true)]
+    pub replica: Option<PathBuf>,
+    /// How long to wait for the server (seconds).
+    #[arg(long, global = true, default_value_t = 30)]
+    pub wait: u64,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Lists the trees: name, records (all revisions), schema versions.
+    Trees,
+    /// Prints a tree's schemas (every version), or what changed between two versions.
+    Schema {
+        /// The tree.
+        tree: String,
+        /// Two versions to compare (old new).
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        diff: Option<Vec<u32>>,
+    },
+    /// Lists records: key, released/draft and state, holder, and a one-line summary.
+    Ls {
+        /// The tree.
+        tree: String,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Start at this record id.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Only records whose top-level field equals a value (`qty=3`, `name="bolt"`) or
+        /// contains text (`name~bol`); repeat to require several.
+        #[arg(long = "where", value_name = "FIELD=VALUE")]
+        filters: Vec<String>,
+        /// Every revision (default: the latest of each record).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Prints a record as RON (KEY is ID for the latest revision, or ID@REV).
+    Get {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+        /// Every revision of the record.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Creates a record from RON text (needs --write).
+    Create {
+        /// The tree.
+        tree: String,
+        /// The record as RON, e.g. `(name: "bolt", qty: 3)`.
+        ron: String,
+    },
+    /// Edits a draft in $EDITOR (reopened with the error when the edit is refused), or
+    /// replaces it with --ron (needs --write).
+    Edit {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+        /// The new record as RON (instead of an editor).
+        #[arg(long)]
+        ron: Option<String>,
+    },
+    /// Releases (freezes) a draft (needs --write).
+    Release {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+    },
+    /// Sets the state of a released revision (needs --write).
+    State {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+        /// The new state.
+        state: u32,
+    },
+    /// Makes the next revision of a record whose latest is released (needs --write).
+    NewRevision {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+    },
+    /// Takes a record's borrow (from the server, for a synced replica; needs --write).
+    Borrow {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+    },
+    /// Returns a record's borrow (needs --write).
+    Return {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+    },
+    /// Removes a draft revision (needs --write).
+    Remove {
+        /// The tree.
+        tree: String,
+        /// The record.
+        key: String,
+    },
+    /// Prints changes as they happen (made here, by another process's commits seen
+    /// through a server, or by other replicas).
+    Follow {
+        /// Only this tree.
+        #[arg(long)]
+        tree: Option<String>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+impl Command {
+    /// Whether the command changes the database.
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Command::Create { .. }
+                | Command::Edit { .. }
+                | Command::Release { .. }
+                | Command::State { .. }
+                | Command::NewRevision { .. }
+                | Command::Borrow { .. }
+                | Command::Return { .. }
+                | Command::Remove { .. }
+        )
+    }
+}
+
+/// Opens what `source` names. A file must exist; one in use by another process is
+/// [`ViewerError::InUse`]. A server is waited for (catching up) up to `--wait` seconds.
+pub fn open(source: &Source) -> Result<Db, ViewerError> {
+    if let Some(addr) = source.server {
+        let token = source
+            .token
+            .clone()
+            .ok_or_else(|| ViewerError::Usage("--server needs --token".into()))?;
+        let mut config = SyncConfig::new(addr, &source.app, &token)
+            .timeout(Duration::from_secs(source.wait.max(1)));
+        if let Some(pin) = &source.pin {
+            let (id, fingerprint) = pin.split_once(':').ok_or_else(|| {
+                ViewerError::Usage(
+                    "--pin is UUID:FINGERPRINT (see `rekord-server identity`)".into(),
+                )
+            })?;
+            config = config.pin(rekord::net::Pin::parse(id, fingerprint)?);
+        }
+        let db = match &source.replica {
+            Some(path) => Db::open_synced(path, config)?,
+            None => Db::memory_synced(config)?,
+        };
+        db.wait_caught_up(Duration::from_secs(source.wait))?;
+        return Ok(db);
+    }
+    let path = source.db.clone().ok_or_else(|| {
+        ViewerError::Usage("give a database: --db FILE, or --server ADDR --token TOKEN".into())
+    })?;
+    if !path.exists() {
+        return Err(ViewerError::Missing { path });
+    }
+    match Db::open(&path) {
+        Ok(db) => Ok(db),
+        Err(rekord::Error::Locked { .. }) => Err(ViewerError::InUse { path }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a command line, printing to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
+    if cli.command.writes() && !cli.write {
+        return Err(ViewerError::ReadOnly);
+    }
+    let db = open(&cli.source)?;
+    let r = execute(&db, cli, out);
+    // A synced replica sends what it changed before the viewer exits.
+    if r.is_ok() && cli.command.writes() && db.is_synced() {
+        db.wait_pushed(Duration::from_secs(cli.source.wait))?;
+    }
+    r
+}
+
+fn parse_key(tree: &DynTree, text: &str) -> Result<RawKey, ViewerError> {
+    let bad = || {
+        ViewerError::Usage(format!(
+            "`{text}` is not a key: give ID (its latest revision) or ID@REV"
+        ))
+    };
+    match text.split_once('@') {
+        Some((id, rev)) => Ok(RawKey::new(
+            id.trim().parse().map_err(|_| bad())?,
+            rev.trim().parse().map_err(|_| bad())?,
+        )),
+        None => {
+            let id: u64 = text.trim().parse().map_err(|_| bad())?;
+            match tree.latest(id)? {
+                Some(r) => Ok(r.key.raw()),
+                None => Err(rekord::Error::NotFound {
+                    tree: tree.name().to_owned(),
+                    key: RawKey::new(id, 0),
+                }
+                .into()),
+            }
+        }
+    }
+}
+
+fn record_json(r: &DynRecord) -> serde_json::Value {
+    serde_json::json!({
+        "tree": &*r.key.tree,
+        "id": r.key.id,
+        "rev": r.key.rev,
+        "released": r.meta.released,
+        "state": r.meta.state,
+        "holder": r.meta.holder,
+        "version": r.meta.version,
+        "data": render::json(&r.value),
+    })
+}
+
+fn print_record(out: &mut dyn Write, r: &DynRecord, json: bool) -> Result<(), ViewerError> {
+    if json {
+        writeln!(out, "{}", record_json(r))?;
+    } else {
+        writeln!(
+            out,
+            "// {} {} holder {} schema v{}",
+            r.key,
+            status(r),
+            r.meta.holder,
+            r.meta.version
+        )?;
+        writeln!(out, "{}", r.to_ron())?;
+    }
+    Ok(())
+}
+
+fn status(r: &DynRecord) -> String {
+    if r.meta.released {
+        format!("released (state {})", r.meta.state)
+    } else {
+        "draft".into()
+    }
+}
+
+/// A `--where` filter: `field=value` (the field's one-line RON, or a string's text, equals
+/// value) or `field~text` (contains).
+struct Filter {
+    field: String,
+    value: String,
+    contains: bool,
+}
+
+impl Filter {
+    fn parse(text: &str) -> Result<Filter, ViewerError> {
+        let (i, contains) = match (text.find('='), text.find('~')) {
+            (Some(e), Some(t)) if t < e => (t, true),
+            (Some(e), _) => (e, false),
+            (None, Some(t)) => (t, true),
+            (None, None) => {
+                return Err(ViewerError::Usage(format!(
+                    "`{text}` is not a filter: FIELD=VALUE or FIELD~TEXT"
+                )));
+            }
+        };
+        Ok(Filter {
+            field: text[..i].trim().to_owned(),
+            value: text[i + 1..].trim().to_owned(),
+            contains,
+        })
+    }
+
+    fn matches(&self, value: &Value) -> bool {
+        let Some(v) = render::field(value, &self.field) else {
+            return false;
+        };
+        let ron = render::one_line(v, usize::MAX);
+        let plain = match v {
+            Value::String(s) => s.clone(),
+            _ => ron.clone(),
+        };
+        if self.contains {
+            ron.contains(&self.value) || plain.contains(&self.value)
+        } else {
+            ron == self.value || plain == self.value
+        }
+    }
+}
+
+fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Trees => {
+            let trees = db.trees()?;
+            if json {
+                let list: Vec<_> = trees
+                    .iter()
+                    .map(|t| serde_json::json!({"name": t.name, "records": t.records, "versions": t.versions}))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(list))?;
+            } else {
+                writeln!(out, "{:<24} {:>10}  versions", "tree", "records")?;
+                for t in trees {
+                    let versions: Vec<String> = t.versions.iter().map(u32::to_string).collect();
+                    writeln!(
+                        out,
+                        "{:<24} {:>10}  {}",
+                        t.name,
+                        t.records,
+                        versions.join(", ")
+                    )?;
+                }
+            }
+        }
+        Command::Schema { tree, diff } => {
+            let t = db.dyn_tree(tree)?;
+            let schemas = t.schemas()?;
+            if let Some(d) = diff {
+                let find = |v: u32| {
+                    schemas.iter().find(|s| s.version == v).ok_or_else(|| {
+                        ViewerError::Usage(format!("tree `{tree}` has no schema version {v}"))
+                    })
+                };
+                let (old, new) = (find(d[0])?, find(d[1])?);
+                let changes = rekord::schema::describe_changes(old, new);
+                if json {
+                    writeln!(out, "{}", serde_json::json!(changes))?;
+                } else if changes.is_empty() {
+                    writeln!(out, "versions {} and {} have the same layout", d[0], d[1])?;
+                } else {
+                    for c in changes {
+                        writeln!(out, "- {c}")?;
+                    }
+                }
+            } else if json {
+                let texts: Vec<_> = schemas
+                    .iter()
+                    .map(|s| serde_json::json!({"version": s.version, "rust": render::schema_text(s)}))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(texts))?;
+            } else {
+                for s in &schemas {
+                    writeln!(out, "{}", render::schema_text(s))?;
+                }
+            }
+        }
+        Command::Ls {
+            tree,
+            limit,
+            from,
+            filters,
+            all,
+        } => {
+            let t = db.dyn_tree(tree)?;
+            let filters: Vec<Filter> = filters
+                .iter()
+                .map(|f| Filter::parse(f))
+                .collect::<Result<_, _>>()?;
+            let mut rows = Vec::new();
+            let mut records = t.range(*from..)?.peekable();
+            while let Some(r) = records.next() {
+                let r = r?;
+                // The latest revision of each record unless --all: the last of its id.
+                let latest = records
+                    .peek()
+                    .is_none_or(|next| next.as_ref().map_or(true, |n| n.key.id != r.key.id));
+                if !*all && !latest {
+                    continue;
+                }
+                if !filters.iter().all(|f| f.matches(&r.value)) {
+                    continue;
+                }
+                rows.push(r);
+                if rows.len() >= *limit {
+                    break;
+                }
+            }
+            if json {
+                let list: Vec<_> = rows.iter().map(record_json).collect();
+                writeln!(out, "{}", serde_json::Value::Array(list))?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<24} {:<20} {:>8}  record",
+                    "key", "status", "holder"
+                )?;
+                for r in &rows {
+                    writeln!(
+                        out,
+                        "{:<24} {:<20} {:>8}  {}",
+                        format!("{}@{}", r.key.id, r.key.rev),
+                        status(r),
+                        r.meta.holder,
+                        render::one_line(&r.value, 100)
+                    )?;
+                }
+            }
+        }
+        Command::Get { tree, key, all } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            let records = if *all {
+                t.revisions(k.id)?
+            } else {
+                vec![t.get(k)?]
+            };
+            if json && *all {
+                let list: Vec<_> = records.iter().map(record_json).collect();
+                writeln!(out, "{}", serde_json::Value::Array(list))?;
+            } else {
+                for r in &records {
+                    print_record(out, r, json)?;
+                }
+            }
+        }
+        Command::Create { tree, ron } => {
+            let t = db.dyn_tree(tree)?;
+            let k = t.create_ron(ron)?;
+            done(out, json, "created", &t.get(k.raw())?)?;
+        }
+        Command::Edit { tree, key, ron } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            match ron {
+                Some(text) => t.replace_ron(k, text)?,
+                None => {
+                    if !edit_in_editor(&t, k)? {
+                        writeln!(out, "unchanged")?;
+                        return Ok(());
+                    }
+                }
+            }
+            done(out, json, "edited", &t.get(k)?)?;
+        }
+        Command::Release { tree, key } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            t.release(k)?;
+            done(out, json, "released", &t.get(k)?)?;
+        }
+        Command::State { tree, key, state } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            t.set_state(k, *state)?;
+            done(out, json, "state set", &t.get(k)?)?;
+        }
+        Command::NewRevision { tree, key } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            let n = t.new_revision(k)?;
+            done(out, json, "new revision", &t.get(n.raw())?)?;
+        }
+        Command::Borrow { tree, key } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            t.borrow(k)?;
+            done(out, json, "borrowed", &t.get(k)?)?;
+        }
+        Command::Return { tree, key } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            t.return_borrow(k)?;
+            done(out, json, "returned", &t.get(k)?)?;
+        }
+        Command::Remove { tree, key } => {
+            let t = db.dyn_tree(tree)?;
+            let k = parse_key(&t, key)?;
+            t.remove(k)?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"removed": {"tree": tree, "id": k.id, "rev": k.rev}})
+                )?;
+            } else {
+                writeln!(out, "removed {tree}/{k}")?;
+            }
+        }
+        Command::Follow { tree, count } => follow(db, tree.as_deref(), *count, json, out)?,
+    }
+    Ok(())
+}
+
+fn done(out: &mut dyn Write, json: bool, what: &str, r: &DynRecord) -> Result<(), ViewerError> {
+    if json {
+        writeln!(out, "{}", serde_json::json!({ what: record_json(r) }))?;
+    } else {
+        writeln!(out, "{what} {}", r.key)?;
+        writeln!(out, "{}", r.to_ron())?;
+    }
+    Ok(())
+}
+
+/// Opens the record in `$VISUAL`/`$EDITOR` (default `vi`) until the edit is accepted, the
+/// text is left unchanged (`false`) or emptied (cancel).
+fn edit_in_editor(t: &DynTree, k: RawKey) -> Result<bool, ViewerError> {
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let original = t.get(k)?.to_ron();
+    let mut text = original.clone();
+    let mut problem: Option<String> = None;
+    loop {
+        let mut file = tempfile::Builder::new()
+            .prefix("rekord-edit-")
+            .suffix(".ron")
+            .tempfile()?;
+        if let Some(p) = &problem {
+            for line in p.lines() {
+                writeln!(file, "// {line}")?;
+            }
+            writeln!(file, "// (fix the record below; empty the file to cancel)")?;
+        }
+        write!(file, "{text}")?;
+        file.flush()?;
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("rekord-viewer")
+            .arg(file.path())
+            .status()?;
+        if !status.success() {
+            return Err(ViewerError::Usage(format!(
+                "the editor `{editor}` failed ({status})"
+            )));
+        }
+        let edited = std::fs::read_to_string(file.path())?;
+        // Our own comment lines go; RON comments of the user's stay harmless.
+        let body: String = edited
+            .lines()
+            .skip_while(|l| l.starts_with("// "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if body.trim().is_empty() {
+            return Err(ViewerError::Usage(
+                "edit cancelled (the file was emptied)".into(),
+            ));
+        }
+        if body.trim() == original.trim() {
+            return Ok(false);
+        }
+        match t.replace_ron(k, &body) {
+            Ok(()) => return Ok(true),
+            Err(e @ (rekord::Error::InvalidRon { .. } | rekord::Error::InvalidValue { .. })) => {
+                problem = Some(e.to_string());
+                text = body;
+                if !is_terminal() {
+                    // Nobody to fix it: an editor that is a script would loop for ever.
+                    return Err(e.into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_terminal() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdin().is_terminal()
+}
+
+fn follow(
+    db: &Db,
+    tree: Option<&str>,
+    count: Option<usize>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), ViewerError> {
+    let sub = db.subscribe();
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        let Some(event) = sub.recv_blocking() else {
+            break;
+        };
+        let Event::Record(e) = event else {
+            continue;
+        };
+        if tree.is_some_and(|t| t != &*e.tree) {
+            continue;
+        }
+        seen += 1;
+        let record = db.dyn_tree(&e.tree).and_then(|t| t.get(e.key)).ok();
+        let kind = kind_name(&e.kind);
+        if json {
+            let data = record.as_ref().map(|r| render::json(&r.value));
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"tree": &*e.tree, "id": e.key.id, "rev": e.key.rev, "change": kind, "origin": e.origin, "data": data})
+            )?;
+        } else {
+            let summary = record
+                .as_ref()
+                .map(|r| render::one_line(&r.value, 80))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{}/{} {kind} (by {}) {summary}",
+                e.tree, e.key, e.origin
+            )?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn kind_name(kind: &EventKind) -> String {
+    match kind {
+        EventKind::Created => "created".into(),
+        EventKind::Updated => "updated".into(),
+        EventKind::Removed => "removed".into(),
+        EventKind::Released => "released".into(),
+        EventKind::RevisionCreated => "new revision".into(),
+        EventKind::StateChanged { old, new } => format!("state {old} -> {new}"),
+        EventKind::Borrowed { holder } => format!("borrowed by {holder}"),
+        EventKind::Returned { holder } => format!("returned by {holder}"),
+        EventKind::Migrated { from, to } => format!("migrated v{from} -> v{to}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Whether `path` looks like something the viewer can open (for the GUI's file picker).
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

@@ -1,0 +1,286 @@
+//! `rekord-viewer` as a user runs it: a separate process on a database file an application
+//! wrote (the viewer knows none of its types), and on a server as a replica.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use rekord::{Db, Key};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rekord-viewer");
+
+#[rekord::data]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unit {
+    Piece,
+    Box { count: u32 },
+}
+
+#[rekord::record(tree = "parts", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub name: String,
+    pub qty: u32,
+    pub unit: Unit,
+}
+
+#[rekord::record(tree = "notes", version = 1)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub text: String,
+}
+
+/// An application's database: three parts (one released with a second revision) and a note.
+fn app_db(path: &Path) -> Vec<Key<Part>> {
+    let db = Db::open(path).unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    let keys: Vec<_> = [("bolt", 3), ("nut", 10), ("washer", 3)]
+        .into_iter()
+        .map(|(n, q)| {
+            parts
+                .create(&Part {
+                    name: n.into(),
+                    qty: q,
+                    unit: Unit::Box { count: 2 },
+                })
+                .unwrap()
+        })
+        .collect();
+    parts.release(keys[1]).unwrap();
+    parts.set_state(keys[1], 4).unwrap();
+    parts.new_revision(keys[1]).unwrap();
+    db.tree::<Note>()
+        .unwrap()
+        .create(&Note {
+            text: "hello".into(),
+        })
+        .unwrap();
+    keys
+}
+
+fn viewer(db: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("EDITOR")
+        .env_remove("VISUAL")
+        .output()
+        .unwrap()
+}
+
+fn ok(db: &Path, args: &[&str]) -> String {
+    let out = viewer(db, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(db: &Path, args: &[&str]) -> String {
+    let out = viewer(db, args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn browse_a_database_without_its_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.rekord");
+    let keys = app_db(&path);
+
+    let trees = ok(&path, &["trees"]);
+    assert!(
+        trees.contains("notes") && trees.contains("parts"),
+        "{trees}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&path, &["--json", "trees"])).unwrap();
+    assert_eq!(json[1]["name"], "parts");
+    assert_eq!(json[1]["records"], 4);
+    assert_eq!(json[1]["versions"], serde_json::json!([1]));
+
+    let schema = ok(&path, &["schema", "parts"]);
+    assert!(
+        schema.contains("struct Part {") && schema.contains("qty: u32,"),
+        "{schema}"
+    );
+    assert!(
+        schema.contains("Box {") && schema.contains("count: u32,"),
+        "{schema}"
+    );
+
+    // ls: the latest revision of each record, with a summary; filters; --all; limits.
+    let ls = ok(&path, &["ls", "parts"]);
+    assert_eq!(ls.lines().count(), 4, "{ls}");
+    assert!(
+        ls.contains(r#"(name: "bolt", qty: 3, unit: Box(count: 2))"#),
+        "{ls}"
+    );
+    assert!(ls.contains(&format!("{}@1", keys[1].id())), "{ls}");
+    let qty3 = ok(&path, &["ls", "parts", "--where", "qty=3"]);
+    assert_eq!(qty3.lines().count(), 3, "{qty3}");
+    let named = ok(
+        &path,
+        &["ls", "parts", "--where", "name~was", "--where", "qty=3"],
+    );
+    assert_eq!(named.lines().count(), 2, "{named}");
+    assert_eq!(ok(&path, &["ls", "parts", "--all"]).lines().count(), 5);
+    assert_eq!(
+        ok(&path, &["ls", "parts", "--limit", "1"]).lines().count(),
+        2
+    );
+    let from = ok(&path, &["ls", "parts", "--from", &keys[2].id().to_string()]);
+    assert_eq!(from.lines().count(), 2, "{from}");
+
+    // get: one revision, every revision, JSON.
+    let id = keys[1].id().to_string();
+    let get = ok(&path, &["get", "parts", &format!("{id}@0")]);
+    assert!(
+        get.contains("released (state 4)") && get.contains("name: \"nut\""),
+        "{get}"
+    );
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(&path, &["--json", "get", "parts", &id, "--all"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all[0]["state"], 4);
+    assert_eq!(all[1]["data"]["unit"]["Box"]["count"], 2);
+
+    // Mistakes are messages, never panics, and nothing is written.
+    assert!(fails(&path, &["ls", "nope"]).contains("no tree `nope`"));
+    assert!(fails(&path, &["get", "parts", "x@y"]).contains("not a key"));
+    let e = fails(&path, &["get", "parts", "999999"]);
+    assert!(e.contains("999999"), "{e}");
+    let missing = dir.path().join("missing.rekord");
+    assert!(fails(&missing, &["trees"]).contains("does not exist"));
+    assert!(!missing.exists(), "the viewer never creates a database");
+    let not_ours = dir.path().join("text.txt");
+    std::fs::write(&not_ours, "hello").unwrap();
+    let e = fails(&not_ours, &["trees"]);
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(std::fs::read(&not_ours).unwrap(), b"hello");
+}
+
+#[test]
+fn edit_a_database_without_its_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.rekord");
+    let keys = app_db(&path);
+    let id0 = keys[0].id().to_string();
+
+    // Read-only unless asked.
+    let e = fails(
+        &path,
+        &[
+            "edit",
+            "parts",
+            &id0,
+            "--ron",
+            "(name: \"b\", qty: 1, unit: Piece)",
+        ],
+    );
+    assert!(e.contains("--write"), "{e}");
+
+    // Edit from RON; create; release; state; new revision; borrow and return.
+    ok(
+        &path,
+        &[
+            "--write",
+            "edit",
+            "parts",
+            &id0,
+            "--ron",
+            "(name: \"bolt\", qty: 7, unit: Piece)",
+        ],
+    );
+    let created = ok(
+        &path,
+        &[
+            "--write",
+            "--json",
+            "create",
+            "parts",
+            "(unit: Piece, qty: 1, name: \"pin\")",
+        ],
+    );
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let new_id = created["created"]["id"].as_u64().unwrap();
+    ok(&path, &["--write", "release", "parts", &id0]);
+    ok(&path, &["--write", "state", "parts", &id0, "2"]);
+    let rev = ok(&path, &["--write", "new-revision", "parts", &id0]);
+    assert!(rev.contains(&format!("parts/{id0}@1")), "{rev}");
+    ok(&path, &["--write", "return", "parts", &id0]);
+    let e = fails(
+        &path,
+        &[
+            "--write",
+            "edit",
+            "parts",
+            &id0,
+            "--ron",
+            "(name: \"x\", qty: 1, unit: Piece)",
+        ],
+    );
+    assert!(e.contains("borrow"), "{e}");
+    ok(&path, &["--write", "borrow", "parts", &id0]);
+
+    // A bad edit names line and column, and changes nothing.
+    let e = fails(
+        &path,
+        &[
+            "--write",
+            "edit",
+            "parts",
+            &id0,
+            "--ron",
+            "(name: \"x\",\n qty: -1, unit: Piece)",
+        ],
+    );
+    assert!(e.contains("line 2") && e.contains("qty"), "{e}");
+    let e = fails(
+        &path,
+        &[
+            "--write",
+            "create",
+            "parts",
+            "(name: \"x\", qty: 1, unit: Crate)",
+        ],
+    );
+    assert!(e.contains("Crate"), "{e}");
+
+    // $EDITOR: a script that changes the quantity.
+    let script = dir.path().join("ed.sh");
+    std::fs::write(&script, "#!/bin/sh\nsed -i 's/qty: 7/qty: 8/' \"$1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--db"])
+        .arg(&path)
+        .args(["--write", "edit", "parts", &format!("{id0}@1")])
+        .env("EDITOR", format!("sh {}", script.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // What the application reads back.
+    let db = Db::open(&path).unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    assert_eq!(parts.get(Key::new(keys[0].id(), 0)).unwrap().qty, 7);
+    let meta0 = parts.meta(Key::new(keys[0].id(), 0)).unwrap();
+    assert!(meta0.released && meta0.state == 2);
+    assert_eq!(parts.get(Key::new(keys[0].id(), 1)).unwrap().qty, 8);
+    assert_eq!(parts.get(Key::new(new_id, 0)).unwrap().name, "pin");
+    assert_eq!(parts.len().unwrap(), 6);
+}
+
+#[test]
+fn a_database_in_use_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.rekord");
+    app_db(&path);
+    let _open = Db::open(&path).unwrap();
+    let e = fails(&path, &["trees"]);
+    assert!(e.contains("in use") && e.contains("--server"), "{e}");
+}
