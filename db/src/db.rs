@@ -91,8 +91,43 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// The redb database under a [`Db`]: writable, or opened read-only
+/// ([`Db::open_read_only`]), where every write is [`Error::ReadOnly`].
+pub(crate) enum Store {
+    Rw(redb::Database),
+    #[cfg(not(target_arch = "wasm32"))]
+    Ro(redb::ReadOnlyDatabase),
+}
+
+impl Store {
+    /// Begins a read transaction.
+    pub(crate) fn begin_read(
+        &self,
+    ) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Store::Rw(d) => d.begin_read(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Store::Ro(d) => d.begin_read(),
+        }
+    }
+
+    /// Whether the database was opened read-only.
+    pub(crate) fn is_read_only(&self) -> bool {
+        !matches!(self, Store::Rw(_))
+    }
+
+    /// Begins a write transaction ([`Error::ReadOnly`] on a read-only database).
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        match self {
+            Store::Rw(d) => Ok(d.begin_write()?),
+            #[cfg(not(target_arch = "wasm32"))]
+            Store::Ro(_) => Err(Error::ReadOnly),
+        }
+    }
+}
+
 pub(crate) struct DbInner {
-    pub(crate) redb: redb::Database,
+    pub(crate) redb: Store,
     pub(crate) writer: Mutex<WriterState>,
     pub(crate) trees: RwLock<HashMap<String, Arc<TreeState>>>,
     pub(crate) subscribers: Subscribers,
@@ -187,6 +222,85 @@ impl Db {
         let shown = path.display().to_string();
         let redb = Db::open_redb(path, &shown)?;
         Db::init(redb, options, Mode::Standalone, &shown)
+    }
+
+    /// Opens the existing database file at `path` for reading only, standalone or synced
+    /// (nothing of it is written, not even its header; every write is
+    /// [`Error::ReadOnly`]). Other processes may read it at the same time; one that has it
+    /// open for writing makes this [`Error::Locked`]. A file that was not closed cleanly
+    /// must be opened writable once first (to recover it). What tools that only look use
+    /// (the viewer).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_read_only(path: impl AsRef<std::path::Path>) -> Result<Db> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        if !path.exists() {
+            return Err(Error::Open {
+                path: shown,
+                source: redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file",
+                ))),
+            });
+        }
+        let redb = match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => {
+                return Err(Error::NeedsRecovery { path: shown });
+            }
+            Err(e) => return Err(Error::opening(&shown, e)),
+        };
+        let txn = redb.begin_read()?;
+        Db::check_ours(&txn, &shown)?;
+        let (mut commit, mut next_id, mut replica, mut client) = (0, 1, LOCAL_REPLICA, false);
+        match txn.open_table(META) {
+            Ok(meta) => {
+                let format = meta.get("format")?.and_then(|v| read_u64(v.value()));
+                if format != Some(u64::from(storage::FORMAT)) {
+                    return Err(Error::Format {
+                        found: format
+                            .and_then(|f| u32::try_from(f).ok())
+                            .unwrap_or(u32::MAX),
+                        expected: storage::FORMAT,
+                    });
+                }
+                if let Some(v) = meta.get("state")? {
+                    let v = v.value();
+                    next_id = read_u64(v).unwrap_or(1);
+                    commit = v.get(8..).and_then(read_u64).unwrap_or(0);
+                }
+                client = meta
+                    .get(crate::sync::MODE)?
+                    .is_some_and(|v| v.value() == b"client");
+                if client {
+                    replica = meta
+                        .get(crate::sync::REPLICA)?
+                        .and_then(|v| v.value().get(..4).and_then(|b| b.try_into().ok()))
+                        .map_or(crate::sync::UNKNOWN_REPLICA, u32::from_le_bytes);
+                }
+            }
+            // A new empty file: nothing to read.
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(txn);
+        Ok(Db::handle(Arc::new(DbInner {
+            redb: Store::Ro(redb),
+            writer: Mutex::new(WriterState {
+                commit,
+                next_id,
+                range_end: 0,
+                lazy: false,
+            }),
+            trees: RwLock::new(HashMap::new()),
+            subscribers: Subscribers::default(),
+            replica: AtomicU32::new(replica),
+            client,
+            link: std::sync::OnceLock::new(),
+            merges: RwLock::new(HashMap::new()),
+            hlc: std::sync::atomic::AtomicU64::new(0),
+            options: DbOptions::default(),
+        })))
     }
 
     /// Opens (or creates) the synced database file at `path`: a local replica of a rekord
@@ -544,7 +658,7 @@ impl Db {
         };
         txn.commit()?;
         Ok(Db::handle(Arc::new(DbInner {
-            redb,
+            redb: Store::Rw(redb),
             writer: Mutex::new(WriterState {
                 commit,
                 next_id,
@@ -587,9 +701,27 @@ impl Db {
         self.inner.learn_merge::<T>();
         let state = self.inner.tree_state(T::TREE);
         if !state.is_checked::<T>() {
-            let mut b = self.batch()?;
-            b.check_schema::<T>(&state)?;
-            b.commit()?;
+            if self.inner.redb.is_read_only() {
+                // Compared, not stored: a read-only database is never written.
+                let schema = Schema::of::<T>();
+                if let Some(stored) = self
+                    .schemas(T::TREE)?
+                    .into_iter()
+                    .find(|s| s.version == T::VERSION)
+                    && !stored.same_shape(&schema)
+                {
+                    return Err(Error::SchemaChanged {
+                        tree: T::TREE.to_owned(),
+                        version: T::VERSION,
+                        changes: crate::schema::describe_changes(&stored, &schema),
+                    });
+                }
+                lock(&state.checked).push((T::VERSION, TypeId::of::<T>()));
+            } else {
+                let mut b = self.batch()?;
+                b.check_schema::<T>(&state)?;
+                b.commit()?;
+            }
         }
         Ok(Tree::new(self.clone(), state))
     }
@@ -733,6 +865,7 @@ impl DbInner {
             .cloned()
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     /// Whether `tree` is optimistic here: known in this process ([`DbInner::merge_of`]), or
     /// recorded by an earlier one (`sync.optimistic.<tree>`).
     pub(crate) fn is_optimistic(&self, tree: &str) -> Result<bool> {

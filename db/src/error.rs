@@ -361,6 +361,17 @@ pub enum Error {
         /// The function that opens it.
         open_with: &'static str,
     },
+    /// A write to a database opened with [`crate::Db::open_read_only`].
+    #[error("the database is open read-only (Db::open_read_only): it cannot be changed")]
+    ReadOnly,
+    /// A file that was not closed cleanly cannot be opened read-only: recovering it writes.
+    #[error(
+        "{path} was not closed cleanly and needs recovery, which writes to it: open it once with Db::open (or Db::open_synced for a replica) to recover it"
+    )]
+    NeedsRecovery {
+        /// The file.
+        path: String,
+    },
     /// No schema is stored for the tree: no application ever wrote it in this database.
     #[error("the database has no tree `{tree}` (`Db::trees` lists those it has)")]
     NoSuchTree {

@@ -316,3 +316,45 @@ fn versions_read_as_written_and_writes_use_the_newest() {
         })
     ));
 }
+
+/// `Db::open_read_only`: reads a file without writing a byte of it, refuses every write,
+/// and lets several readers in at once; a missing file is an error, never created.
+#[test]
+fn read_only_opens_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.rekord");
+    let k = {
+        let db = Db::open(&path).unwrap();
+        db.tree::<Part>().unwrap().create(&part("a", 1)).unwrap()
+    };
+    let before = std::fs::read(&path).unwrap();
+    {
+        let a = Db::open_read_only(&path).unwrap();
+        let b = Db::open_read_only(&path).unwrap();
+        assert_eq!(a.trees().unwrap()[0].records, 1);
+        let t = b.dyn_tree("parts").unwrap();
+        assert_eq!(
+            field(&t.get(k.raw()).unwrap().value, "name"),
+            &Value::String("a".into())
+        );
+        assert_eq!(a.tree::<Part>().unwrap().get(k).unwrap().qty, 1);
+        assert!(matches!(
+            t.create_ron("(name: \"b\", qty: 2, tags: [], unit: Piece)"),
+            Err(Error::ReadOnly)
+        ));
+        assert!(matches!(t.release(k.raw()), Err(Error::ReadOnly)));
+        assert!(matches!(
+            a.tree::<Part>().unwrap().update(k, |p| p.qty = 2),
+            Err(Error::ReadOnly)
+        ));
+        // A writer cannot open it meanwhile (readers share it, a writer needs it alone).
+        assert!(matches!(Db::open(&path), Err(Error::Locked { .. })));
+    }
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a read-only open wrote to the file"
+    );
+    let missing = dir.path().join("missing.rekord");
+    assert!(Db::open_read_only(&missing).is_err());
+    assert!(!missing.exists());
+}

@@ -186,9 +186,10 @@ impl Command {
     }
 }
 
-/// Opens what `source` names. A file must exist; one in use by another process is
+/// Opens what `source` names. A file must exist, and is opened read-only unless `write`
+/// (then nothing of it is written); one in use by another process is
 /// [`ViewerError::InUse`]. A server is waited for (catching up) up to `--wait` seconds.
-pub fn open(source: &Source) -> Result<Db, ViewerError> {
+pub fn open(source: &Source, write: bool) -> Result<Db, ViewerError> {
     if let Some(addr) = source.server {
         let token = source
             .token
@@ -217,9 +218,17 @@ pub fn open(source: &Source) -> Result<Db, ViewerError> {
     if !path.exists() {
         return Err(ViewerError::Missing { path });
     }
-    match Db::open(&path) {
+    let opened = if write {
+        Db::open(&path)
+    } else {
+        Db::open_read_only(&path)
+    };
+    match opened {
         Ok(db) => Ok(db),
         Err(rekord::Error::Locked { .. }) => Err(ViewerError::InUse { path }),
+        Err(rekord::Error::Mode {
+            found: "synced", ..
+        }) => Err(ViewerError::Replica { path }),
         Err(e) => Err(e.into()),
     }
 }
@@ -229,7 +238,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
     if cli.command.writes() && !cli.write {
         return Err(ViewerError::ReadOnly);
     }
-    let db = open(&cli.source)?;
+    let db = open(&cli.source, cli.write)?;
     let r = execute(&db, cli, out);
     // A synced replica sends what it changed before the viewer exits.
     if r.is_ok() && cli.command.writes() && db.is_synced() {

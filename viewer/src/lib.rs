@@ -29,6 +29,15 @@ pub enum ViewerError {
         /// The file.
         path: PathBuf,
     },
+    /// A synced replica's file was asked to change: its changes go through its server.
+    #[error(
+        "{path} is a synced replica: read it as is (without --write), or change the data \
+         through its server (--server ADDR --token TOKEN, with --replica {path} to use this file)"
+    )]
+    Replica {
+        /// The file.
+        path: PathBuf,
+    },
     /// There is no database at the path (the viewer never creates one).
     #[error("{path} does not exist (the viewer opens existing databases only)")]
     Missing {

@@ -89,6 +89,7 @@ fn browse_a_database_without_its_types() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.rekord");
     let keys = app_db(&path);
+    let bytes = std::fs::read(&path).unwrap();
 
     let trees = ok(&path, &["trees"]);
     assert!(
@@ -159,6 +160,11 @@ fn browse_a_database_without_its_types() {
     let e = fails(&not_ours, &["trees"]);
     assert!(!e.contains("panicked"), "{e}");
     assert_eq!(std::fs::read(&not_ours).unwrap(), b"hello");
+    // Browsing wrote nothing (the file is opened read-only).
+    assert!(
+        std::fs::read(&path).unwrap() == bytes,
+        "browsing changed the file"
+    );
 }
 
 #[test]

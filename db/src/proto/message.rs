@@ -461,6 +461,7 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// A short description for logs: the kind, and the first bytes of its data.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn name(&self) -> String {
         let head = |data: &[u8]| format!("{:02x?}", &data[..data.len().min(12)]);
         match self {

@@ -13,7 +13,7 @@ use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
 use crate::storage::{JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, REJECTED, SCHEMAS};
 use crate::{Error, RawKey, Result};
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};

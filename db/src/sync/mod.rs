@@ -138,8 +138,10 @@ pub(crate) const OPTIMISTIC_PREFIX: &str = "sync.optimistic.";
 pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
 /// Meta key: the shared point of the last reconciliation that left records waiting
 /// (`rekord.reclaim`): optimistic records sent again later are edits based on it.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const RECLAIM_COMMON: &str = "sync.reclaim_common";
 
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) use crate::proto::diverged;
 
 /// `rekord.meta` key of the hybrid logical clock (u64 LE).

@@ -10,7 +10,7 @@ use crate::schema::dynamic::Value;
 use crate::schema::{Schema, describe_changes};
 use crate::storage::{HEADER_LEN, Header, META, PENDING, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::{Archived, Error, Indexer, Key, RawKey, Record, Result};
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 use std::any::TypeId;
 use std::cell::RefCell;
 use std::marker::PhantomData;

@@ -8,7 +8,9 @@
 //! synced database through the server.
 
 use super::RecordMeta;
-use super::batch::{self, BatchTree, Dynamic};
+#[cfg(not(target_arch = "wasm32"))]
+use super::batch;
+use super::batch::{BatchTree, Dynamic};
 use super::evolve;
 use super::packed_bounds;
 use crate::db::TreeState;
@@ -16,7 +18,7 @@ use crate::schema::Schema;
 use crate::schema::dynamic::{self, Value};
 use crate::storage::{HEADER_LEN, Header, SCHEMAS, pack, unpack};
 use crate::{Db, Error, Key, RawKey, Result};
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use std::fmt;
 use std::ops::RangeBounds;
 use std::sync::Arc;

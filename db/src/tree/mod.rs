@@ -14,7 +14,7 @@ use crate::db::TreeState;
 use crate::storage::{HEADER_LEN, Header, id_range, pack, unpack};
 use crate::{Archived, Db, Error, Indexer, IndexerStatus, Key, RawKey, Record, Result};
 use cache::Entry;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 use std::any::TypeId;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};

@@ -29,7 +29,7 @@ use crate::storage::{
 use crate::sync::outbox::{self, Entry, PendingRow};
 use crate::sync::{HISTORY, JOURNAL_FLOOR, RECLAIM_COMMON};
 use crate::{Error, Result};
-use redb::{ReadableDatabase as _, ReadableTable as _};
+use redb::ReadableTable as _;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 
