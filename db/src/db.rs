@@ -796,6 +796,12 @@ impl Db {
         self.inner.replica.load(Ordering::Acquire)
     }
 
+    /// Whether the database was opened with [`Db::open_read_only`] (every write is
+    /// [`Error::ReadOnly`]).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.redb.is_read_only()
+    }
+
     /// Whether this is a synced database ([`Db::open_synced`]).
     pub fn is_synced(&self) -> bool {
         self.inner.client

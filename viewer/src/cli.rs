@@ -1,9 +1,9 @@
 //! The command line: what to open, and the commands.
 
 use crate::ViewerError;
+use crate::filter::Filter;
 use crate::render;
 use clap::{Args, Parser, Subcommand};
-use rekord::schema::dynamic::Value;
 use rekord::{Db, DynRecord, DynTree, Event, EventKind, RawKey, SyncConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -157,6 +157,16 @@ pub enum Command {
         /// The record.
         key: String,
     },
+    /// Opens the GUI: trees, a table of records, a RON editor, borrows and revisions, live
+    /// updates (needs a display; --write to edit).
+    Gui {
+        /// Select this tree first (default: the first).
+        #[arg(long)]
+        tree: Option<String>,
+        /// Save a PNG screenshot of the window once it has drawn, then close it.
+        #[arg(long)]
+        screenshot: Option<PathBuf>,
+    },
     /// Prints changes as they happen (made here, by another process's commits seen
     /// through a server, or by other replicas).
     Follow {
@@ -307,50 +317,6 @@ fn status(r: &DynRecord) -> String {
         format!("released (state {})", r.meta.state)
     } else {
         "draft".into()
-    }
-}
-
-/// A `--where` filter: `field=value` (the field's one-line RON, or a string's text, equals
-/// value) or `field~text` (contains).
-struct Filter {
-    field: String,
-    value: String,
-    contains: bool,
-}
-
-impl Filter {
-    fn parse(text: &str) -> Result<Filter, ViewerError> {
-        let (i, contains) = match (text.find('='), text.find('~')) {
-            (Some(e), Some(t)) if t < e => (t, true),
-            (Some(e), _) => (e, false),
-            (None, Some(t)) => (t, true),
-            (None, None) => {
-                return Err(ViewerError::Usage(format!(
-                    "`{text}` is not a filter: FIELD=VALUE or FIELD~TEXT"
-                )));
-            }
-        };
-        Ok(Filter {
-            field: text[..i].trim().to_owned(),
-            value: text[i + 1..].trim().to_owned(),
-            contains,
-        })
-    }
-
-    fn matches(&self, value: &Value) -> bool {
-        let Some(v) = render::field(value, &self.field) else {
-            return false;
-        };
-        let ron = render::one_line(v, usize::MAX);
-        let plain = match v {
-            Value::String(s) => s.clone(),
-            _ => ron.clone(),
-        };
-        if self.contains {
-            ron.contains(&self.value) || plain.contains(&self.value)
-        } else {
-            ron == self.value || plain == self.value
-        }
     }
 }
 
@@ -544,6 +510,9 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
             }
         }
         Command::Follow { tree, count } => follow(db, tree.as_deref(), *count, json, out)?,
+        Command::Gui { tree, screenshot } => {
+            crate::gui::run(db.clone(), tree.clone(), screenshot.clone())?;
+        }
     }
     Ok(())
 }

@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod filter;
+pub mod gui;
 pub mod render;
 
 use std::path::PathBuf;

@@ -162,6 +162,14 @@ pub fn one_line(value: &Value, width: usize) -> String {
     }
 }
 
+/// A value in a table cell: strings as their text, anything else as one-line RON.
+pub fn cell(value: &Value, width: usize) -> String {
+    match value {
+        Value::String(s) if s.chars().count() <= width => s.clone(),
+        _ => one_line(value, width),
+    }
+}
+
 /// The value of top-level field `name` of a struct value.
 pub fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
     match value {
