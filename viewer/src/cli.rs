@@ -163,6 +163,9 @@ pub enum Command {
         /// Select this tree first (default: the first).
         #[arg(long)]
         tree: Option<String>,
+        /// Open this record of the tree in the editor (ID or ID@REV).
+        #[arg(long, requires = "tree")]
+        key: Option<String>,
         /// Save a PNG screenshot of the window once it has drawn, then close it.
         #[arg(long)]
         screenshot: Option<PathBuf>,
@@ -510,8 +513,16 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
             }
         }
         Command::Follow { tree, count } => follow(db, tree.as_deref(), *count, json, out)?,
-        Command::Gui { tree, screenshot } => {
-            crate::gui::run(db.clone(), tree.clone(), screenshot.clone())?;
+        Command::Gui {
+            tree,
+            key,
+            screenshot,
+        } => {
+            let key = match (tree, key) {
+                (Some(t), Some(k)) => Some(parse_key(&db.dyn_tree(t)?, k)?),
+                _ => None,
+            };
+            crate::gui::run(db.clone(), tree.clone(), key, screenshot.clone())?;
         }
     }
     Ok(())

@@ -912,13 +912,16 @@ impl TreeView {
                                 .unwrap_or_default();
                             for line in text.lines() {
                                 let rich = egui::RichText::new(line).monospace();
-                                if previous.is_some() && !before.contains(&line) {
-                                    ui.label(rich.background_color(
+                                let rich = if previous.is_some() && !before.contains(&line) {
+                                    rich.background_color(
                                         ui.visuals().warn_fg_color.gamma_multiply(0.25),
-                                    ));
+                                    )
                                 } else {
-                                    ui.label(rich);
-                                }
+                                    rich
+                                };
+                                ui.add(
+                                    egui::Label::new(rich).wrap_mode(egui::TextWrapMode::Extend),
+                                );
                             }
                         });
                         previous = Some(text);
@@ -973,6 +976,7 @@ impl eframe::App for ViewerApp {
 pub fn run(
     db: Db,
     tree: Option<String>,
+    key: Option<RawKey>,
     screenshot: Option<std::path::PathBuf>,
 ) -> Result<(), crate::ViewerError> {
     let title = "rekord-viewer";
@@ -988,6 +992,9 @@ pub fn run(
     }
     if let Some(first) = tree.or_else(|| app.trees.first().map(|t| t.name.clone())) {
         app.select_tree(&first, None);
+        if let (Some(k), Some(view)) = (key, &mut app.view) {
+            view.load(k);
+        }
     }
     eframe::run_native(title, options, Box::new(|_cc| Ok(Box::new(app))))
         .map_err(|e| crate::ViewerError::Usage(format!("cannot open a window: {e}")))

@@ -52,7 +52,7 @@ pub fn type_name(ty: &Type) -> String {
             if *ordered { "BTreeSet" } else { "HashSet" },
             type_name(item)
         ),
-        Type::Key { tree } => format!("Key</* {tree} */>"),
+        Type::Key { tree } => format!("Key<{tree}>"),
         Type::Named(n) => n.clone(),
         _ => "/* unknown */".into(),
     }
