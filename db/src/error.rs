@@ -372,6 +372,27 @@ pub enum Error {
         /// The file.
         path: String,
     },
+    /// Records cannot be imported into a synced replica (its records come from its
+    /// server).
+    #[error(
+        "cannot import records into a synced replica: import into a standalone database, or write them through the untyped API (create) so the server takes them"
+    )]
+    ImportIntoReplica,
+    /// The records given to [`crate::Db::import_records`] could not all be read; nothing
+    /// was written.
+    #[error("import stopped, nothing was written: {reason}")]
+    ImportAborted {
+        /// Where and why.
+        reason: String,
+    },
+    /// An import met a record that exists already.
+    #[error("tree `{tree}` has a record {key} already; import into a database without it")]
+    KeyExists {
+        /// Tree name.
+        tree: String,
+        /// The record.
+        key: RawKey,
+    },
     /// No schema is stored for the tree: no application ever wrote it in this database.
     #[error("the database has no tree `{tree}` (`Db::trees` lists those it has)")]
     NoSuchTree {

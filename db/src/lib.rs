@@ -28,7 +28,9 @@ pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
 pub use sync::{Merge, Retry, SyncConfig, SyncStatus, WriteMode};
 pub use tree::batch::{Batch, BatchTree};
-pub use tree::dynamic::{DynIter, DynKey, DynKeys, DynRecord, DynSnapshot, DynTree, TreeInfo};
+pub use tree::dynamic::{
+    DynIter, DynKey, DynKeys, DynRecord, DynSnapshot, DynTree, Import, TreeInfo,
+};
 pub use tree::{
     Iter, MigrateProgress, MigrateReport, MigrateSkipReport, RecordMeta, RecordRef, Snapshot, Tree,
 };

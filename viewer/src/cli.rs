@@ -157,6 +157,22 @@ pub enum Command {
         /// The record.
         key: String,
     },
+    /// Writes a tree (or several, or the whole database) to a RON file: schemas, keys,
+    /// revisions, metadata and data, exactly.
+    Export {
+        /// The file to write (`-` for standard output).
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this tree (repeat for several; default: every tree).
+        #[arg(long = "tree")]
+        trees: Vec<String>,
+    },
+    /// Reads an export into the database (needs --write; a standalone database): all of
+    /// its records or, on any problem, none.
+    Import {
+        /// The export file.
+        file: PathBuf,
+    },
     /// Opens the GUI: trees, a table of records, a RON editor, borrows and revisions, live
     /// updates (needs a display; --write to edit).
     Gui {
@@ -195,14 +211,16 @@ impl Command {
                 | Command::Borrow { .. }
                 | Command::Return { .. }
                 | Command::Remove { .. }
+                | Command::Import { .. }
         )
     }
 }
 
-/// Opens what `source` names. A file must exist, and is opened read-only unless `write`
-/// (then nothing of it is written); one in use by another process is
+/// Opens what `source` names. A file must exist (unless `write` and `create`), and is
+/// opened read-only unless `write` (then nothing of it is written); one in use by another
+/// process is
 /// [`ViewerError::InUse`]. A server is waited for (catching up) up to `--wait` seconds.
-pub fn open(source: &Source, write: bool) -> Result<Db, ViewerError> {
+pub fn open(source: &Source, write: bool, create: bool) -> Result<Db, ViewerError> {
     if let Some(addr) = source.server {
         let token = source
             .token
@@ -228,7 +246,8 @@ pub fn open(source: &Source, write: bool) -> Result<Db, ViewerError> {
     let path = source.db.clone().ok_or_else(|| {
         ViewerError::Usage("give a database: --db FILE, or --server ADDR --token TOKEN".into())
     })?;
-    if !path.exists() {
+    let may_create = write && create;
+    if !path.exists() && !may_create {
         return Err(ViewerError::Missing { path });
     }
     let opened = if write {
@@ -251,7 +270,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
     if cli.command.writes() && !cli.write {
         return Err(ViewerError::ReadOnly);
     }
-    let db = open(&cli.source, cli.write)?;
+    // An import may make a new database file; nothing else creates one.
+    let create = matches!(cli.command, Command::Import { .. });
+    let db = open(&cli.source, cli.write, create)?;
     let r = execute(&db, cli, out);
     // A synced replica sends what it changed before the viewer exits.
     if r.is_ok() && cli.command.writes() && db.is_synced() {
@@ -513,6 +534,32 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
             }
         }
         Command::Follow { tree, count } => follow(db, tree.as_deref(), *count, json, out)?,
+        Command::Export { out: file, trees } => {
+            let total: u64 = db
+                .trees()?
+                .iter()
+                .filter(|t| trees.is_empty() || trees.contains(&t.name))
+                .map(|t| t.records)
+                .sum();
+            let bar = progress_bar(total, "exporting");
+            let n = if file.as_os_str() == "-" {
+                crate::transfer::export(db, trees, out, &mut |n| bar.set_position(n))?
+            } else {
+                let mut w = std::io::BufWriter::new(std::fs::File::create(file)?);
+                crate::transfer::export(db, trees, &mut w, &mut |n| bar.set_position(n))?
+            };
+            bar.finish_and_clear();
+            if file.as_os_str() != "-" {
+                report(out, json, "exported", n, file)?;
+            }
+        }
+        Command::Import { file } => {
+            let bar = progress_bar(0, "importing");
+            let mut r = std::io::BufReader::new(std::fs::File::open(file)?);
+            let n = crate::transfer::import(db, &mut r, &mut |n| bar.set_position(n))?;
+            bar.finish_and_clear();
+            report(out, json, "imported", n, file)?;
+        }
         Command::Gui {
             tree,
             key,
@@ -524,6 +571,45 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
             };
             crate::gui::run(db.clone(), tree.clone(), key, screenshot.clone())?;
         }
+    }
+    Ok(())
+}
+
+/// A progress bar on standard error (hidden when it is not a terminal); `total` 0: a
+/// counter.
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = if total > 0 {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::no_length()
+    };
+    let template = if total > 0 {
+        "{msg} {bar:40} {pos}/{len} records ({per_sec}, {eta} left)"
+    } else {
+        "{msg} {pos} records ({per_sec})"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn report(
+    out: &mut dyn Write,
+    json: bool,
+    what: &str,
+    n: u64,
+    file: &Path,
+) -> Result<(), ViewerError> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ what: n, "file": file.display().to_string() })
+        )?;
+    } else {
+        writeln!(out, "{what} {n} records ({})", file.display())?;
     }
     Ok(())
 }

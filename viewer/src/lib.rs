@@ -12,6 +12,7 @@ pub mod cli;
 pub mod filter;
 pub mod gui;
 pub mod render;
+pub mod transfer;
 
 use std::path::PathBuf;
 

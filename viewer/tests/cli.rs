@@ -290,3 +290,84 @@ fn a_database_in_use_is_explained() {
     let e = fails(&path, &["trees"]);
     assert!(e.contains("in use") && e.contains("--server"), "{e}");
 }
+
+#[test]
+fn export_and_import_round_trip_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.rekord");
+    let keys = app_db(&a);
+    let dump = dir.path().join("a.ron");
+    let out = ok(&a, &["export", "--out", dump.to_str().unwrap()]);
+    assert!(out.contains("exported 5 records"), "{out}");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert!(text.starts_with("// rekord export 1\n["), "{text}");
+    assert!(
+        ron::from_str::<ron::Value>(text.trim_start_matches(|c| c != '[')).is_ok(),
+        "the export is one RON document"
+    );
+
+    // Into a new database, read back by the application's types: identical.
+    let b = dir.path().join("b.rekord");
+    assert!(fails(&b, &["import", dump.to_str().unwrap()]).contains("--write"));
+    let out = ok(&b, &["--write", "import", dump.to_str().unwrap()]);
+    assert!(out.contains("imported 5 records"), "{out}");
+    let again = dir.path().join("b.ron");
+    ok(&b, &["export", "--out", again.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(&again).unwrap(),
+        text,
+        "round trip not exact"
+    );
+    {
+        let db = Db::open(&b).unwrap();
+        let parts = db.tree::<Part>().unwrap();
+        assert_eq!(parts.get(keys[0]).unwrap().name, "bolt");
+        let meta = parts.meta(keys[1]).unwrap();
+        assert!(meta.released && meta.state == 4);
+        assert_eq!(parts.latest(keys[1].id()).unwrap().unwrap().rev(), 1);
+        // New records get ids past the imported ones.
+        let fresh = parts
+            .create(&Part {
+                name: "new".into(),
+                qty: 1,
+                unit: Unit::Piece,
+            })
+            .unwrap();
+        assert!(keys.iter().all(|k| k.id() < fresh.id()));
+    }
+
+    // Importing again: every key exists already; nothing is written.
+    let e = fails(&b, &["--write", "import", dump.to_str().unwrap()]);
+    assert!(e.contains("already"), "{e}");
+    let db = Db::open_read_only(&b).unwrap();
+    assert_eq!(
+        db.trees().unwrap().iter().map(|t| t.records).sum::<u64>(),
+        6
+    );
+    drop(db);
+
+    // A damaged line: named, and no record of the file is written.
+    let bad = dir.path().join("bad.ron");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let last = lines
+        .iter()
+        .position(|l| l.contains("text: \"hello\""))
+        .unwrap();
+    lines[last] = lines[last].replace("text: \"hello\"", "text: 42");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let c = dir.path().join("c.rekord");
+    let e = fails(&c, &["--write", "import", bad.to_str().unwrap()]);
+    assert!(e.contains(&format!("line {}", last + 1)), "{e}");
+    let db = Db::open_read_only(&c).unwrap();
+    assert_eq!(
+        db.trees().unwrap().iter().map(|t| t.records).sum::<u64>(),
+        0
+    );
+    drop(db);
+    // Not an export at all.
+    let e = fails(&c, &["--write", "import", a.to_str().unwrap()]);
+    assert!(
+        e.contains("not a rekord export") || e.contains("stream did not contain valid UTF-8"),
+        "{e}"
+    );
+}

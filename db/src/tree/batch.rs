@@ -248,12 +248,8 @@ impl<'db> Batch<'db> {
         })
     }
 
-    /// Opens the tree `name` untyped, writing with `schema` (its newest stored schema).
-    pub(crate) fn dyn_tree(
-        &mut self,
-        name: &str,
-        schema: &Schema,
-    ) -> Result<BatchTree<'_, Dynamic>> {
+    /// Opens the tree `name` untyped, writing schema `version` (its newest stored one).
+    pub(crate) fn dyn_tree(&mut self, name: &str, version: u32) -> Result<BatchTree<'_, Dynamic>> {
         let state = self.db.tree_state(name);
         let tree = self.tree_index(&state);
         let table = self.txn.open_table(state.def())?;
@@ -272,7 +268,7 @@ impl<'db> Batch<'db> {
             state,
             optimistic,
             strategy,
-            version: schema.version,
+            version,
             _type: PhantomData,
         })
     }
@@ -1220,6 +1216,47 @@ impl BatchTree<'_, Dynamic> {
         .to_vec();
         bytes.extend_from_slice(&data);
         self.write_draft_value(k, old, bytes)
+    }
+
+    /// Stores record `k` exactly as given (an import): header from `meta`, data encoded
+    /// with the stored schema of `meta.version`. The key must be free; ids of this
+    /// replica's allocator move past it.
+    pub(crate) fn import_dyn(&mut self, k: RawKey, meta: &RecordMeta, value: &Value) -> Result<()> {
+        let schema = evolve::writer_schema(&self.state, meta.version, || {
+            Ok(self.txn.open_table(SCHEMAS)?)
+        })?;
+        let data = self.encode_dyn(&schema, value)?;
+        if self.table.get(pack(k))?.is_some() {
+            return Err(Error::KeyExists {
+                tree: self.name(),
+                key: k,
+            });
+        }
+        let mut bytes = Header {
+            released: meta.released,
+            version: meta.version,
+            state: meta.state,
+            holder: meta.holder,
+        }
+        .to_bytes()
+        .to_vec();
+        bytes.extend_from_slice(&data);
+        self.store(k, &bytes)?;
+        if self.core.ids.is_none() {
+            self.core.ids = Some(IdAlloc {
+                next: self.core.next_id,
+                end: self.core.range_end,
+                dirty: false,
+            });
+        }
+        if let Some(ids) = self.core.ids.as_mut()
+            && k.id >= ids.next
+        {
+            ids.next = k.id.saturating_add(1);
+            ids.dirty = true;
+        }
+        self.push(k, EventKind::Created, false, None, Some(&bytes));
+        Ok(())
     }
 
     /// The value of `k` as this batch sees it (decoded with the schema it was written with).

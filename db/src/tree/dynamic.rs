@@ -47,6 +47,15 @@ impl fmt::Display for DynKey {
     }
 }
 
+/// One item of [`Db::import`].
+#[derive(Clone, Debug)]
+pub enum Import {
+    /// A schema version of a tree.
+    Schema(Schema),
+    /// A record, key and metadata included.
+    Record(Box<DynRecord>),
+}
+
 /// What [`Db::trees`] says about one tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TreeInfo {
@@ -77,6 +86,70 @@ impl DynRecord {
 }
 
 impl Db {
+    /// Stores schemas and records exactly as given, keys and metadata included (an import
+    /// into a standalone database: a synced replica's records come from its server), all in
+    /// one batch. A schema version not stored yet is added, one stored already must have
+    /// the same layout ([`Error::SchemaChanged`]); each record's value is checked against
+    /// the schema of its tree and `meta.version` (stored, or imported before it); a key that
+    /// exists already is [`Error::KeyExists`]; on any error, including one the iterator
+    /// yields, nothing is written. Later creates allocate ids past the imported ones.
+    /// Returns how many records were stored.
+    pub fn import(&self, items: impl IntoIterator<Item = Result<Import>>) -> Result<u64> {
+        if self.is_synced() {
+            return Err(Error::ImportIntoReplica);
+        }
+        let mut b = self.batch()?;
+        let mut n = 0u64;
+        for item in items {
+            match item? {
+                Import::Schema(schema) => {
+                    let stored = b
+                        .txn
+                        .open_table(SCHEMAS)?
+                        .get((schema.tree.as_str(), schema.version))?
+                        .map(|v| v.value().to_owned());
+                    match stored {
+                        Some(text) => {
+                            let s = Schema::from_ron(&text).map_err(|e| Error::CorruptSchema {
+                                tree: schema.tree.clone(),
+                                version: schema.version,
+                                reason: e.to_string(),
+                            })?;
+                            if !s.same_shape(&schema) {
+                                return Err(Error::SchemaChanged {
+                                    tree: schema.tree.clone(),
+                                    version: schema.version,
+                                    changes: crate::schema::describe_changes(&s, &schema),
+                                });
+                            }
+                        }
+                        None => {
+                            let text = schema.to_ron().map_err(|e| Error::Encode {
+                                tree: schema.tree.clone(),
+                                reason: e.to_string(),
+                            })?;
+                            b.txn
+                                .open_table(SCHEMAS)?
+                                .insert((schema.tree.as_str(), schema.version), text.as_str())?;
+                            b.txn
+                                .open_table(self.inner.tree_state(&schema.tree).def())?;
+                        }
+                    }
+                }
+                Import::Record(r) => {
+                    b.dyn_tree(&r.key.tree, r.meta.version)?.import_dyn(
+                        r.key.raw(),
+                        &r.meta,
+                        &r.value,
+                    )?;
+                    n += 1;
+                }
+            }
+        }
+        b.commit()?;
+        Ok(n)
+    }
+
     /// Every tree that has a stored schema, by name, with its record count and schema
     /// versions.
     pub fn trees(&self) -> Result<Vec<TreeInfo>> {
@@ -270,7 +343,7 @@ impl DynTree {
 
     fn write<R>(&self, f: impl FnOnce(&mut BatchTree<'_, Dynamic>) -> Result<R>) -> Result<R> {
         let mut b = self.db.batch()?;
-        let r = f(&mut b.dyn_tree(self.name(), &self.schema)?)?;
+        let r = f(&mut b.dyn_tree(self.name(), self.schema.version)?)?;
         b.commit()?;
         Ok(r)
     }
@@ -281,7 +354,7 @@ impl DynTree {
     /// [`crate::Tree::create`].
     pub fn create(&self, value: &Value) -> Result<DynKey> {
         let key = self.db.write(|b| {
-            b.dyn_tree(self.name(), &self.schema)?
+            b.dyn_tree(self.name(), self.schema.version)?
                 .create_dyn(&self.schema, value)
         })?;
         Ok(self.key(key.id, key.rev))

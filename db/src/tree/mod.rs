@@ -35,6 +35,18 @@ pub struct RecordMeta {
     pub version: u32,
 }
 
+impl RecordMeta {
+    /// Metadata as given (imports, tools).
+    pub fn new(released: bool, state: u32, holder: u32, version: u32) -> RecordMeta {
+        RecordMeta {
+            released,
+            state,
+            holder,
+            version,
+        }
+    }
+}
+
 impl From<Header> for RecordMeta {
     fn from(h: Header) -> Self {
         RecordMeta {

@@ -21,7 +21,7 @@ mod path;
 mod ron;
 mod value;
 
-pub use parse::RonError;
+pub use parse::{RonError, ValueSeed};
 pub use value::{Fields, Value};
 
 use super::Schema;

@@ -46,6 +46,7 @@ pub(crate) fn from_ron(schema: &Schema, text: &str) -> Result<Value, RonError> {
         path: String::new(),
         last: &path,
         depth: 0,
+        split: true,
     };
     ron::Options::default()
         .with_recursion_limit(MAX_DEPTH * 2)
@@ -125,6 +126,9 @@ struct Seed<'s> {
     /// The path of the value read last (errors of RON itself name it).
     last: &'s RefCell<String>,
     depth: usize,
+    /// Errors of ours carry their path split off by a marker ([`from_ron`] separates it);
+    /// else it is in their text.
+    split: bool,
 }
 
 impl<'s> Seed<'s> {
@@ -140,12 +144,19 @@ impl<'s> Seed<'s> {
             path,
             last: self.last,
             depth: self.depth + 1,
+            split: self.split,
         }
     }
 
     /// An error of ours, with its path (split off again in [`from_ron`]).
     fn error<E: de::Error>(&self, message: impl fmt::Display) -> E {
-        E::custom(format!("{}\u{1}{message}", self.path))
+        if self.split {
+            E::custom(format!("{}\u{1}{message}", self.path))
+        } else if self.path.is_empty() {
+            E::custom(message)
+        } else {
+            E::custom(format!("at `{}`: {message}", self.path))
+        }
     }
 }
 
@@ -475,6 +486,7 @@ impl<'de> Visitor<'de> for Scalar<'_> {
                     ),
                     last: s.last,
                     depth: s.depth + 1,
+                    split: s.split,
                 };
                 access.tuple_variant(ts.len(), VariantTuple { seed, types: ts })?
             }
@@ -489,6 +501,7 @@ impl<'de> Visitor<'de> for Scalar<'_> {
                     ),
                     last: s.last,
                     depth: s.depth + 1,
+                    split: s.split,
                 };
                 access.struct_variant(
                     &[],
@@ -622,5 +635,36 @@ impl<'de> Visitor<'de> for FieldName {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
         Ok(v.to_owned())
+    }
+}
+
+/// A serde seed that reads one value of a schema's record type from any deserializer: for
+/// documents that embed records (the viewer's exports). Errors name the path of the value in
+/// their text.
+pub struct ValueSeed<'s> {
+    schema: &'s Schema,
+}
+
+impl<'s> ValueSeed<'s> {
+    /// A seed for records of `schema`.
+    pub fn new(schema: &'s Schema) -> ValueSeed<'s> {
+        ValueSeed { schema }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        let last = RefCell::new(String::new());
+        Seed {
+            schema: self.schema,
+            ty: &self.schema.root,
+            path: String::new(),
+            last: &last,
+            depth: 0,
+            split: false,
+        }
+        .deserialize(d)
     }
 }
