@@ -577,10 +577,11 @@ impl Db {
         let (commit, next_id);
         #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let mut replica = LOCAL_REPLICA;
+        let created;
         {
             let mut meta = txn.open_table(META)?;
             let format = meta.get("format")?.map(|v| read_u64(v.value()));
-            let created = format.is_none();
+            created = format.is_none();
             match format {
                 None => {
                     meta.insert(
@@ -656,7 +657,12 @@ impl Db {
         } else {
             0
         };
-        txn.commit()?;
+        if created || mode == Mode::Client {
+            txn.commit()?;
+        } else {
+            // Opening an existing standalone database changes nothing in it.
+            txn.abort()?;
+        }
         Ok(Db::handle(Arc::new(DbInner {
             redb: Store::Rw(redb),
             writer: Mutex::new(WriterState {
@@ -820,13 +826,22 @@ impl Db {
         for row in table.range((tree, 0)..=(tree, u32::MAX))? {
             let (k, v) = row?;
             let version = k.value().1;
-            out.push(
-                Schema::from_ron(v.value()).map_err(|e| Error::CorruptSchema {
+            let schema = Schema::from_ron(v.value()).map_err(|e| Error::CorruptSchema {
+                tree: tree.to_owned(),
+                version,
+                reason: e.to_string(),
+            })?;
+            if schema.tree != tree || schema.version != version {
+                return Err(Error::CorruptSchema {
                     tree: tree.to_owned(),
                     version,
-                    reason: e.to_string(),
-                })?,
-            );
+                    reason: format!(
+                        "its text is the schema of tree `{}` version {}",
+                        schema.tree, schema.version
+                    ),
+                });
+            }
+            out.push(schema);
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use proptest::collection::{btree_map, btree_set, hash_map, hash_set, vec};
 use proptest::option;
 use proptest::prelude::*;
 use rekord::schema::dynamic::{
-    DynError, Fields, Value, decode, encode, from_ron, from_value, to_ron,
+    DynError, Fields, Value, decode, encode, from_ron, from_value, to_ron, to_ron_line,
 };
 use rekord::schema::{Field, Type, TypeDef, Variant, VariantKind};
 use rekord::{Key, Record, Schema};
@@ -470,6 +470,11 @@ proptest! {
         prop_assert!(ron::from_str::<ron::Value>(&text).is_ok(), "{}", text);
         let back = from_ron(&schema, &text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         prop_assert!(encode(&schema, &back).unwrap() == bytes2, "RON round trip differs:\n{}", text);
+        // One line: no line break at all, and the same value back.
+        let line = to_ron_line(&dv);
+        prop_assert!(!line.contains('\n') && !line.contains('\r'), "{}", line);
+        let back = from_ron(&schema, &line).map_err(|e| TestCaseError::fail(format!("{e}\n{line}")))?;
+        prop_assert!(encode(&schema, &back).unwrap() == bytes2, "one-line RON round trip differs:\n{}", line);
     }
 
     #[test]

@@ -250,6 +250,12 @@ pub fn open(source: &Source, write: bool, create: bool) -> Result<Db, ViewerErro
     if !path.exists() && !may_create {
         return Err(ViewerError::Missing { path });
     }
+    if !may_create && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+        return Err(ViewerError::Usage(format!(
+            "{} is empty: not a rekord database",
+            path.display()
+        )));
+    }
     let opened = if write {
         Db::open(&path)
     } else {
@@ -270,15 +276,72 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
     if cli.command.writes() && !cli.write {
         return Err(ViewerError::ReadOnly);
     }
-    // An import may make a new database file; nothing else creates one.
-    let create = matches!(cli.command, Command::Import { .. });
+    // An import may make a new database file (nothing else creates one), once its input
+    // is known to be an export; the new file goes again if the import fails.
+    let create = match &cli.command {
+        Command::Import { file } => {
+            crate::transfer::check_header(file)?;
+            true
+        }
+        _ => false,
+    };
+    let new_file = cli
+        .source
+        .db
+        .as_ref()
+        .filter(|p| create && cli.write && !p.exists())
+        .cloned();
+    if cli.write && cli.source.server.is_none() && !create {
+        precheck(cli)?;
+    }
     let db = open(&cli.source, cli.write, create)?;
     let r = execute(&db, cli, out);
+    if let (Err(_), Some(path)) = (&r, new_file) {
+        drop(db);
+        let _ = std::fs::remove_file(path);
+        return r;
+    }
     // A synced replica sends what it changed before the viewer exits.
     if r.is_ok() && cli.command.writes() && db.is_synced() {
         db.wait_pushed(Duration::from_secs(cli.source.wait))?;
     }
     r
+}
+
+/// Checks a change read-only before the file is opened for writing: the tree, the key and
+/// the RON text. (redb rewrites its bookkeeping whenever a file opened for writing is
+/// closed, so a change refused only then leaves the records as they were but not every
+/// byte of the file.)
+fn precheck(cli: &Cli) -> Result<(), ViewerError> {
+    let (tree, key, ron) = match &cli.command {
+        Command::Create { tree, ron } => (tree, None, Some(ron)),
+        Command::Edit { tree, key, ron } => (tree, Some(key), ron.as_ref()),
+        Command::Release { tree, key }
+        | Command::State { tree, key, .. }
+        | Command::NewRevision { tree, key }
+        | Command::Borrow { tree, key }
+        | Command::Return { tree, key }
+        | Command::Remove { tree, key } => (tree, Some(key), None),
+        _ => return Ok(()),
+    };
+    let db = open(&cli.source, false, false)?;
+    let t = db.dyn_tree(tree)?;
+    if let Some(key) = key {
+        let k = parse_key(&t, key)?;
+        t.get(k)?;
+    }
+    if let Some(text) = ron {
+        t.parse(text)?;
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same file (compared once both exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn parse_key(tree: &DynTree, text: &str) -> Result<RawKey, ViewerError> {
@@ -413,10 +476,27 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
                 .iter()
                 .map(|f| Filter::parse(f))
                 .collect::<Result<_, _>>()?;
+            let fields = crate::gui::table_columns(&t);
+            for f in &filters {
+                if !fields.iter().any(|c| c == f.field()) {
+                    return Err(ViewerError::Usage(format!(
+                        "tree `{tree}` has no field `{}` (its fields: {})",
+                        f.field(),
+                        fields.join(", ")
+                    )));
+                }
+            }
             let mut rows = Vec::new();
             let mut records = t.range(*from..)?.peekable();
             while let Some(r) = records.next() {
-                let r = r?;
+                // A record that cannot be read is reported, and the listing goes on.
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("rekord-viewer: {e}");
+                        continue;
+                    }
+                };
                 // The latest revision of each record unless --all: the last of its id.
                 let latest = records
                     .peek()
@@ -545,8 +625,31 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
             let n = if file.as_os_str() == "-" {
                 crate::transfer::export(db, trees, out, &mut |n| bar.set_position(n))?
             } else {
-                let mut w = std::io::BufWriter::new(std::fs::File::create(file)?);
-                crate::transfer::export(db, trees, &mut w, &mut |n| bar.set_position(n))?
+                if cli.source.db.as_ref().is_some_and(|d| same_file(d, file))
+                    || cli
+                        .source
+                        .replica
+                        .as_ref()
+                        .is_some_and(|d| same_file(d, file))
+                {
+                    return Err(ViewerError::Usage(format!(
+                        "{} is the database itself: export to another file",
+                        file.display()
+                    )));
+                }
+                // Written beside it and renamed when complete: a failed export leaves the
+                // file as it was.
+                let dir = file
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+                let n = {
+                    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+                    crate::transfer::export(db, trees, &mut w, &mut |n| bar.set_position(n))?
+                };
+                tmp.persist(file).map_err(|e| ViewerError::Io(e.error))?;
+                n
             };
             bar.finish_and_clear();
             if file.as_os_str() != "-" {

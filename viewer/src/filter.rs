@@ -32,6 +32,11 @@ impl Filter {
         })
     }
 
+    /// The field it looks at.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
     /// Whether a record's value passes.
     pub fn matches(&self, value: &Value) -> bool {
         let Some(v) = render::field(value, &self.field) else {

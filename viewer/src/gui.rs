@@ -674,21 +674,14 @@ impl TreeView {
                         return;
                     };
                     row.set_selected(self.selected == Some(k));
-                    let record = snapshot.get(k);
                     // Cells are not selectable text: a click selects the row.
                     let cell = |ui: &mut egui::Ui, text: String| {
                         ui.add(egui::Label::new(text).selectable(false));
                     };
-                    row.col(|ui| cell(ui, format!("{}@{}", k.id, k.rev)));
-                    match &record {
-                        Ok(r) => {
-                            row.col(|ui| cell(ui, status_text(r)));
-                            row.col(|ui| cell(ui, r.meta.holder.to_string()));
-                            for c in &columns {
-                                row.col(|ui| {
-                                    let v = render::field(&r.value, c).unwrap_or(&r.value);
-                                    cell(ui, render::cell(v, 60));
-                                });
+                    match row_texts(&snapshot, k, &columns) {
+                        Ok(texts) => {
+                            for text in texts {
+                                row.col(|ui| cell(ui, text));
                             }
                         }
                         Err(e) => {
@@ -949,6 +942,30 @@ impl TreeView {
             }
         });
     }
+}
+
+/// The texts of one table row: key, status, holder, then one cell per column (what a frame
+/// reads and formats per visible row; the benchmark measures it).
+pub fn row_texts(
+    snapshot: &rekord::DynSnapshot,
+    k: RawKey,
+    columns: &[String],
+) -> rekord::Result<Vec<String>> {
+    let r = snapshot.get(k)?;
+    let mut out = Vec::with_capacity(columns.len() + 3);
+    out.push(format!("{}@{}", k.id, k.rev));
+    out.push(status_text(&r));
+    out.push(r.meta.holder.to_string());
+    for c in columns {
+        let v = render::field(&r.value, c).unwrap_or(&r.value);
+        out.push(render::cell(v, 60));
+    }
+    Ok(out)
+}
+
+/// The table's columns for `tree`: its top-level fields.
+pub fn table_columns(tree: &DynTree) -> Vec<String> {
+    columns_of(tree)
 }
 
 fn status_text(r: &DynRecord) -> String {

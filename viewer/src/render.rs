@@ -1,7 +1,7 @@
 //! Text for people and scripts: schemas as Rust-like declarations, records on one line, and
 //! values as JSON.
 
-use rekord::schema::dynamic::{Fields, Value, to_ron};
+use rekord::schema::dynamic::{Fields, Value};
 use rekord::schema::{Field, Schema, Type, TypeDef, VariantKind};
 use std::fmt::Write as _;
 
@@ -117,48 +117,89 @@ pub fn schema_text(schema: &Schema) -> String {
 
 /// A value as RON on one line, cut to `width` characters (with `…`).
 pub fn one_line(value: &Value, width: usize) -> String {
-    let text = to_ron(value);
-    let mut out = String::with_capacity(text.len().min(width.saturating_add(8)));
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut space = false;
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            continue;
-        }
-        if c.is_whitespace() {
-            space = true;
-            continue;
-        }
-        if space {
-            // Pretty RON puts a comma before each line break: `(\n  a: 1,\n)` -> `(a: 1)`.
-            if matches!(c, ')' | ']' | '}') {
-                if out.ends_with(',') {
-                    out.pop();
-                }
-            } else if !out.ends_with(['(', '[', '{']) {
-                out.push(' ');
-            }
-            space = false;
-        }
-        if c == '"' {
-            in_string = true;
-        }
-        out.push(c);
-    }
+    let out = rekord::schema::dynamic::to_ron_line(value);
     if out.chars().count() > width {
         let cut: String = out.chars().take(width.saturating_sub(1)).collect();
         format!("{cut}…")
     } else {
         out
+    }
+}
+
+/// Puts the entries of hash maps and hash sets (whose stored order depends on how they
+/// were inserted) in the order of their keys' RON text, so the same data always reads the
+/// same: what exports compare by.
+pub fn canonical(schema: &Schema, ty: &Type, value: &mut Value) {
+    canonical_at(schema, ty, value, 0);
+}
+
+fn canonical_at(schema: &Schema, ty: &Type, value: &mut Value, depth: usize) {
+    if depth > rekord::schema::dynamic::MAX_DEPTH {
+        return;
+    }
+    let d = depth + 1;
+    match (ty, value) {
+        (Type::Option(t), Value::Option(Some(v))) | (Type::Box(t), Value::Box(v)) => {
+            canonical_at(schema, t, v, d);
+        }
+        (Type::Box(t), v) => canonical_at(schema, t, v, d),
+        (Type::Vec(t) | Type::Array(t, _), Value::Seq(xs)) => {
+            xs.iter_mut().for_each(|x| canonical_at(schema, t, x, d));
+        }
+        (Type::Set { ordered, item }, Value::Seq(xs)) => {
+            xs.iter_mut().for_each(|x| canonical_at(schema, item, x, d));
+            if !ordered {
+                xs.sort_by_cached_key(rekord::schema::dynamic::to_ron_line);
+            }
+        }
+        (Type::Tuple(ts), Value::Tuple(xs)) => {
+            for (t, x) in ts.iter().zip(xs.iter_mut()) {
+                canonical_at(schema, t, x, d);
+            }
+        }
+        (
+            Type::Map {
+                ordered,
+                key,
+                value: vt,
+            },
+            Value::Map(es),
+        ) => {
+            for (k, v) in es.iter_mut() {
+                canonical_at(schema, key, k, d);
+                canonical_at(schema, vt, v, d);
+            }
+            if !ordered {
+                es.sort_by_cached_key(|(k, _)| rekord::schema::dynamic::to_ron_line(k));
+            }
+        }
+        (Type::Named(name), v) => match (schema.types.get(name), v) {
+            (Some(TypeDef::Struct(fs)), Value::Struct(vs)) => fields_at(schema, fs, vs, d),
+            (Some(TypeDef::Enum(variants)), Value::Enum { variant, fields }) => {
+                let Some(def) = variants.iter().find(|x| &x.name == variant) else {
+                    return;
+                };
+                match (&def.kind, fields) {
+                    (VariantKind::Tuple(ts), Fields::Tuple(xs)) => {
+                        for (t, x) in ts.iter().zip(xs.iter_mut()) {
+                            canonical_at(schema, t, x, d);
+                        }
+                    }
+                    (VariantKind::Named(fs), Fields::Named(vs)) => fields_at(schema, fs, vs, d),
+                    _ => {}
+                }
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+fn fields_at(schema: &Schema, fields: &[Field], values: &mut [(String, Value)], depth: usize) {
+    for (name, v) in values.iter_mut() {
+        if let Some(f) = fields.iter().find(|f| &f.name == name) {
+            canonical_at(schema, &f.ty, v, depth);
+        }
     }
 }
 

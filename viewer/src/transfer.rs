@@ -21,7 +21,7 @@ use rekord::{Db, DynRecord, Import, RawKey, RecordMeta};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read as _, Write};
 use std::sync::Arc;
 
 /// The first line of an export.
@@ -66,8 +66,17 @@ pub fn export(
     let mut n = 0u64;
     for name in &chosen {
         let tree = db.dyn_tree(name)?;
+        let schemas: HashMap<u32, Schema> = db
+            .schemas(name)?
+            .into_iter()
+            .map(|s| (s.version, s))
+            .collect();
         for r in tree.iter()? {
-            let r = r?;
+            let mut r = r?;
+            // Hash maps and sets in key order: the same data exports the same text.
+            if let Some(s) = schemas.get(&r.meta.version) {
+                render::canonical(s, &s.root, &mut r.value);
+            }
             writeln!(
                 out,
                 "(tree: {}, id: {}, rev: {}, released: {}, state: {}, holder: {}, version: {}, data: {}),",
@@ -78,7 +87,7 @@ pub fn export(
                 r.meta.state,
                 r.meta.holder,
                 r.meta.version,
-                render::one_line(&r.value, usize::MAX)
+                rekord::schema::dynamic::to_ron_line(&r.value)
             )?;
             n += 1;
             if n.is_multiple_of(1000) {
@@ -97,6 +106,26 @@ fn ron_string(s: &str) -> String {
     ron::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
 
+/// Checks that `path` starts like an export (before anything is opened for it).
+pub fn check_header(path: &std::path::Path) -> Result<(), ViewerError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ViewerError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut first = String::new();
+    std::io::BufReader::new(file)
+        .take(256)
+        .read_line(&mut first)
+        .map_err(|e| {
+            ViewerError::Usage(format!("{} is not a rekord export: {e}", path.display()))
+        })?;
+    if first.trim_start_matches('\u{feff}').trim() != HEADER {
+        return Err(ViewerError::Usage(format!(
+            "{} is not a rekord export: its first line is not `{HEADER}`",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads an export from `input` into `db` (standalone): schemas first, then every record in
 /// one batch, so a problem anywhere (a line that does not parse, a record that does not fit
 /// its schema, a key that exists already) writes no record at all; it names the line.
@@ -112,7 +141,7 @@ pub fn import(
         .map(|(_, l)| l)
         .transpose()?
         .unwrap_or_default();
-    if first.trim() != HEADER {
+    if first.trim_start_matches('\u{feff}').trim() != HEADER {
         return Err(ViewerError::Usage(format!(
             "not a rekord export: its first line is not `{HEADER}`"
         )));

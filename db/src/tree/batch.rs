@@ -415,19 +415,23 @@ impl<'db> Batch<'db> {
         }
         // Values read before this commit must not enter the cache from now on (see
         // `cache::Cache::bump`).
+        // The keys it changes leave the cache now, before the commit can be seen (a reader
+        // that already sees the new value must never meet the old one in the cache).
         for (i, state) in core.trees.iter().enumerate() {
-            if core
+            let mut keys = core
                 .pending
                 .iter()
-                .any(|p| p.invalidate && p.tree as usize == i)
-            {
-                state.cache.bump();
+                .filter(|p| p.invalidate && p.tree as usize == i)
+                .map(|p| p.key)
+                .peekable();
+            if keys.peek().is_some() {
+                state.cache.bump(keys);
             }
         }
         if let Err(e) = txn.commit() {
             // Nothing changed: the caches admit again.
             for state in &core.trees {
-                state.cache.invalidate([]);
+                state.cache.invalidate([], 0);
             }
             return Err(e.into());
         }
@@ -460,7 +464,7 @@ impl<'db> Batch<'db> {
                 .iter()
                 .filter(|p| p.invalidate && p.tree as usize == i)
                 .map(|p| p.key);
-            state.cache.invalidate(keys);
+            state.cache.invalidate(keys, commit);
         }
         for p in &core.pending {
             let Some(state) = core.trees.get(p.tree as usize).filter(|_| p.event) else {
@@ -1231,6 +1235,30 @@ impl BatchTree<'_, Dynamic> {
                 tree: self.name(),
                 key: k,
             });
+        }
+        let refuse = |reason: String| Error::ImportAborted {
+            reason: format!("record {}/{k}: {reason}", self.state.name),
+        };
+        if k.id == 0 || k.id == u64::MAX {
+            return Err(refuse("ids 0 and 2^64-1 are never record ids".into()));
+        }
+        // Only the latest revision of a record may be a draft.
+        for row in self.table.range(id_range(k.id))? {
+            let (other, v) = row?;
+            let other = unpack(other.value());
+            let released = Header::parse(v.value()).is_some_and(|(h, _)| h.released);
+            if other.rev < k.rev && !released {
+                return Err(refuse(format!(
+                    "revision {} is a draft, and only the latest revision may be one",
+                    other.rev
+                )));
+            }
+            if other.rev > k.rev && !meta.released {
+                return Err(refuse(format!(
+                    "a draft, but revision {} comes after it (only the latest revision may be a draft)",
+                    other.rev
+                )));
+            }
         }
         let mut bytes = Header {
             released: meta.released,

@@ -40,6 +40,10 @@ struct Inner {
     /// A commit that changes this tree is under way ([`Cache::bump`] to
     /// [`Cache::invalidate`]): nothing is admitted meanwhile.
     writing: bool,
+    /// The commit number of the last commit that changed this tree: a value read from a
+    /// snapshot older than it is not admitted (even if the reader's transaction began after
+    /// that commit returned).
+    commit: u64,
     bytes: usize,
 }
 
@@ -57,6 +61,7 @@ impl Cache {
                 map: HashMap::with_hasher(foldhash::fast::FixedState::default()),
                 generation: 0,
                 writing: false,
+                commit: 0,
                 bytes: 0,
             }),
             door: (0..DOOR_WORDS).map(|_| AtomicU64::new(0)).collect(),
@@ -122,10 +127,11 @@ impl Cache {
         false
     }
 
-    /// Inserts a value read under `generation`, unless a commit happened since.
-    pub(crate) fn admit(&self, generation: u64, key: RawKey, entry: Entry) {
+    /// Inserts a value read under `generation` from a snapshot of commit `seen`, unless a
+    /// commit happened since or the snapshot is older than the last commit of this tree.
+    pub(crate) fn admit(&self, generation: u64, seen: u64, key: RawKey, entry: Entry) {
         let mut inner = self.write();
-        if inner.generation != generation || inner.writing {
+        if inner.generation != generation || inner.writing || seen < inner.commit {
             return;
         }
         let len = entry.bytes.len();
@@ -156,17 +162,28 @@ impl Cache {
     /// Until [`Cache::invalidate`], nothing is admitted: a reader that took its generation
     /// after this call but opened its read transaction before the redb commit finished
     /// read the old value (CI caught a reader seeing a key go back in time this way).
-    pub(crate) fn bump(&self) {
+    ///
+    /// The `keys` the commit changes are removed now, not only after it: between the redb
+    /// commit and [`Cache::invalidate`] a reader may already read the new value from
+    /// storage, and another must not be served the old one from here (the full suite under
+    /// load caught readers seeing a key go back in time this way).
+    pub(crate) fn bump(&self, keys: impl IntoIterator<Item = RawKey>) {
         let mut inner = self.write();
         inner.generation += 1;
         inner.writing = true;
+        for k in keys {
+            if let Some(old) = inner.map.remove(&k) {
+                inner.bytes -= old.bytes.len();
+            }
+        }
     }
 
-    /// Forgets `keys` after a commit changed them.
-    pub(crate) fn invalidate(&self, keys: impl IntoIterator<Item = RawKey>) {
+    /// Forgets `keys` after commit number `commit` changed them.
+    pub(crate) fn invalidate(&self, keys: impl IntoIterator<Item = RawKey>, commit: u64) {
         let mut inner = self.write();
         inner.generation += 1;
         inner.writing = false;
+        inner.commit = inner.commit.max(commit);
         if inner.map.is_empty() {
             return;
         }
@@ -195,28 +212,49 @@ mod tests {
     fn nothing_is_admitted_while_a_commit_is_under_way() {
         let cache = Cache::new(1 << 20);
         let k = RawKey::new(1, 0);
-        cache.bump();
+        cache.bump([]);
         let Err(generation) = cache.get(k) else {
             panic!("an empty cache has no entry");
         };
-        cache.admit(generation, k, entry());
+        cache.admit(generation, 0, k, entry());
         assert!(
             cache.get(k).is_err(),
             "admitted while a commit was under way"
         );
-        cache.invalidate([k]);
+        cache.invalidate([k], 0);
         let Err(generation) = cache.get(k) else {
             panic!("invalidated");
         };
-        cache.admit(generation, k, entry());
+        cache.admit(generation, 0, k, entry());
         assert!(cache.get(k).is_ok(), "admitted once the commit ended");
         // A read that started before a commit is not admitted after it either.
         let Err(before) = cache.get(RawKey::new(2, 0)) else {
             panic!("never admitted");
         };
-        cache.bump();
-        cache.invalidate([k]);
-        cache.admit(before, RawKey::new(2, 0), entry());
+        cache.bump([]);
+        cache.invalidate([k], 0);
+        cache.admit(before, 0, RawKey::new(2, 0), entry());
         assert!(cache.get(RawKey::new(2, 0)).is_err());
+        // A read that took its generation after commit 7 but read a snapshot older than it
+        // (the commit not yet visible to it) is not admitted.
+        cache.bump([]);
+        cache.invalidate([k], 7);
+        let Err(generation) = cache.get(k) else {
+            panic!("invalidated");
+        };
+        cache.admit(generation, 6, k, entry());
+        assert!(
+            cache.get(k).is_err(),
+            "a value older than the last commit was admitted"
+        );
+        cache.admit(generation, 7, k, entry());
+        assert!(cache.get(k).is_ok());
+        // The keys a commit changes leave at the bump, before the redb commit is visible.
+        cache.bump([k]);
+        assert!(
+            cache.get(k).is_err(),
+            "an entry the commit changes stayed until it ended"
+        );
+        cache.invalidate([k], 8);
     }
 }

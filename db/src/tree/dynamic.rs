@@ -98,6 +98,23 @@ impl Db {
         if self.is_synced() {
             return Err(Error::ImportIntoReplica);
         }
+        // Schemas this import adds: parsed copies cached while it runs are forgotten if it
+        // fails (they were never stored).
+        let mut added: Vec<(String, u32)> = Vec::new();
+        let r = self.import_in_batch(items, &mut added);
+        if r.is_err() {
+            for (tree, version) in added {
+                crate::event::lock(&self.inner.tree_state(&tree).schemas).remove(&version);
+            }
+        }
+        r
+    }
+
+    fn import_in_batch(
+        &self,
+        items: impl IntoIterator<Item = Result<Import>>,
+        added: &mut Vec<(String, u32)>,
+    ) -> Result<u64> {
         let mut b = self.batch()?;
         let mut n = 0u64;
         for item in items {
@@ -131,6 +148,7 @@ impl Db {
                             b.txn
                                 .open_table(SCHEMAS)?
                                 .insert((schema.tree.as_str(), schema.version), text.as_str())?;
+                            added.push((schema.tree.clone(), schema.version));
                             b.txn
                                 .open_table(self.inner.tree_state(&schema.tree).def())?;
                         }

@@ -50,6 +50,16 @@ pub(crate) fn writer_schema<S: SchemaTable>(
         version,
         reason: e.to_string(),
     })?);
+    if *schema.tree != *state.name || schema.version != version {
+        return Err(Error::CorruptSchema {
+            tree: state.name.to_string(),
+            version,
+            reason: format!(
+                "its text is the schema of tree `{}` version {}",
+                schema.tree, schema.version
+            ),
+        });
+    }
     crate::event::lock(&state.schemas).insert(version, schema.clone());
     Ok(schema)
 }

@@ -20,6 +20,13 @@ use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
+/// The commit number a read transaction sees (`None` if it cannot be read).
+fn snapshot_commit(txn: &redb::ReadTransaction) -> Option<u64> {
+    let meta = txn.open_table(crate::storage::META).ok()?;
+    let state = meta.get("state").ok()??;
+    state.value().get(8..).and_then(crate::db::read_u64)
+}
+
 /// Metadata of a stored revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -289,12 +296,16 @@ impl<T: Record> Tree<T> {
         let value = guard.value();
         let (h, data) =
             Header::parse(value).ok_or_else(|| corrupt::<T>(k, "invalid value header"))?;
-        let admit = generation.filter(|_| self.state.cache.wants(k));
+        // (The commit number of the snapshot is read only for a value to be admitted.)
+        let admit = generation
+            .filter(|_| self.state.cache.wants(k))
+            .and_then(|g| snapshot_commit(&txn).map(|seen| (g, seen)));
         if h.version == T::VERSION {
             let a = T::__access(data).map_err(|e| corrupt::<T>(k, e))?;
-            if let Some(generation) = admit {
+            if let Some((generation, seen)) = admit {
                 self.state.cache.admit(
                     generation,
+                    seen,
                     k,
                     Entry {
                         bytes: Arc::from(value),
@@ -308,9 +319,10 @@ impl<T: Record> Tree<T> {
         let record: T =
             evolve::decode_record(&self.state, || evolve::read_schemas(&txn), k, &h, data)?;
         let bytes: Arc<[u8]> = Arc::from(evolve::reencode(&record, &h)?);
-        if let Some(generation) = admit {
+        if let Some((generation, seen)) = admit {
             self.state.cache.admit(
                 generation,
+                seen,
                 k,
                 Entry {
                     bytes: bytes.clone(),

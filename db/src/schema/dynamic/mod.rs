@@ -74,6 +74,13 @@ pub fn from_ron(schema: &Schema, text: &str) -> Result<Value, RonError> {
     parse::from_ron(schema, text)
 }
 
+/// [`to_ron`] on one line: no line breaks anywhere (a `char` such as `'\n'` is escaped), so
+/// line-oriented files (the viewer's exports) can hold one value per line. Reads back with
+/// [`from_ron`] to the same value.
+pub fn to_ron_line(value: &Value) -> String {
+    ron::to_ron_line(value)
+}
+
 /// Builds a typed value from a dynamic one through serde.
 ///
 /// Struct fields are matched by name (unknown fields are ignored, missing fields use the

@@ -71,9 +71,19 @@ pub(crate) fn from_ron(schema: &Schema, text: &str) -> Result<Value, RonError> {
 /// `Default::default()` gives for the std types; `None` for a user enum, which has no
 /// default the schema knows of).
 pub(crate) fn default_value(schema: &Schema, ty: &Type, depth: usize) -> Option<Value> {
-    if depth > MAX_DEPTH {
+    let mut budget = DEFAULT_BUDGET;
+    default_within(schema, ty, depth, &mut budget)
+}
+
+/// The most values a default may be made of (a schema is untrusted input: `[u8; 4294967295]`
+/// must not allocate gigabytes).
+const DEFAULT_BUDGET: usize = 1 << 16;
+
+fn default_within(schema: &Schema, ty: &Type, depth: usize, budget: &mut usize) -> Option<Value> {
+    if depth > MAX_DEPTH || *budget == 0 {
         return None;
     }
+    *budget -= 1;
     Some(match ty {
         Type::Unit => Value::Unit,
         Type::Bool => Value::Bool(false),
@@ -93,15 +103,19 @@ pub(crate) fn default_value(schema: &Schema, ty: &Type, depth: usize) -> Option<
         Type::String => Value::String(String::new()),
         Type::Uuid => Value::Uuid(uuid::Uuid::nil()),
         Type::Option(_) => Value::Option(None),
-        Type::Box(t) => Value::Box(Box::new(default_value(schema, t, depth + 1)?)),
+        Type::Box(t) => Value::Box(Box::new(default_within(schema, t, depth + 1, budget)?)),
         Type::Vec(_) | Type::Set { .. } => Value::Seq(Vec::new()),
         Type::Array(t, n) => {
-            let item = default_value(schema, t, depth + 1)?;
-            Value::Seq(vec![item; *n as usize])
+            let n = *n as usize;
+            let mut items = Vec::new();
+            for _ in 0..n {
+                items.push(default_within(schema, t, depth + 1, budget)?);
+            }
+            Value::Seq(items)
         }
         Type::Tuple(ts) => Value::Tuple(
             ts.iter()
-                .map(|t| default_value(schema, t, depth + 1))
+                .map(|t| default_within(schema, t, depth + 1, budget))
                 .collect::<Option<_>>()?,
         ),
         Type::Map { .. } => Value::Map(Vec::new()),
@@ -110,7 +124,12 @@ pub(crate) fn default_value(schema: &Schema, ty: &Type, depth: usize) -> Option<
             TypeDef::Struct(fields) => Value::Struct(
                 fields
                     .iter()
-                    .map(|f| Some((f.name.clone(), default_value(schema, &f.ty, depth + 1)?)))
+                    .map(|f| {
+                        Some((
+                            f.name.clone(),
+                            default_within(schema, &f.ty, depth + 1, budget)?,
+                        ))
+                    })
                     .collect::<Option<_>>()?,
             ),
             TypeDef::Enum(_) => return None,

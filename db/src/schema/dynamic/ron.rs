@@ -9,15 +9,22 @@ const MAX_RON_DEPTH: usize = 256;
 const INLINE_WIDTH: usize = 60;
 
 pub(crate) fn to_ron(value: &Value) -> String {
-    render(value, 0)
+    render(value, 0, false)
+}
+
+/// The same text on one line: no line breaks at all (characters such as `'\n'` escaped),
+/// for line-oriented files.
+pub(crate) fn to_ron_line(value: &Value) -> String {
+    render(value, 0, true)
 }
 
 fn indent(level: usize) -> String {
     "    ".repeat(level)
 }
 
-/// Renders `value` as if it started on a line indented `level` times.
-fn render(value: &Value, level: usize) -> String {
+/// Renders `value` as if it started on a line indented `level` times (`line`: all on one
+/// line).
+fn render(value: &Value, level: usize, line: bool) -> String {
     if level > MAX_RON_DEPTH {
         return "()".to_owned();
     }
@@ -36,66 +43,84 @@ fn render(value: &Value, level: usize) -> String {
         Value::I128(x) => x.to_string(),
         Value::F32(x) => float(f64::from(*x), format!("{x:?}")),
         Value::F64(x) => float(*x, format!("{x:?}")),
+        Value::Char(c) if line => format!("'{}'", c.escape_debug()),
         Value::Char(c) => ::ron::to_string(c).unwrap_or_else(|_| format!("{c:?}")),
         Value::String(s) => string(s),
         Value::Uuid(u) => format!("\"{}\"", u.hyphenated()),
         Value::Option(None) => "None".to_owned(),
-        Value::Option(Some(v)) => format!("Some({})", render(v, level)),
-        Value::Box(v) => render(v, level),
+        Value::Option(Some(v)) => format!("Some({})", render(v, level, line)),
+        Value::Box(v) => render(v, level, line),
         Value::Seq(xs) => list(
             "[",
             "]",
-            xs.iter().map(|x| render(x, level + 1)).collect(),
+            xs.iter().map(|x| render(x, level + 1, line)).collect(),
             level,
             false,
+            line,
         ),
         Value::Tuple(xs) => list(
             "(",
             ")",
-            xs.iter().map(|x| render(x, level + 1)).collect(),
+            xs.iter().map(|x| render(x, level + 1, line)).collect(),
             level,
             xs.len() == 1,
+            line,
         ),
         Value::Map(es) => list(
             "{",
             "}",
             es.iter()
-                .map(|(k, v)| format!("{}: {}", render(k, level + 1), render(v, level + 1)))
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}",
+                        render(k, level + 1, line),
+                        render(v, level + 1, line)
+                    )
+                })
                 .collect(),
             level,
             false,
+            line,
         ),
         Value::Key { id, rev } => format!("(id: {id}, rev: {rev})"),
-        Value::Struct(fields) => named_fields("", fields, level),
+        Value::Struct(fields) => named_fields("", fields, level, line),
         Value::Enum { variant, fields } => {
             let name = ident(variant);
             match fields {
                 Fields::Unit => name,
                 Fields::Tuple(xs) => {
-                    let items = xs.iter().map(|x| render(x, level + 1)).collect();
-                    format!("{name}{}", list("(", ")", items, level, false))
+                    let items = xs.iter().map(|x| render(x, level + 1, line)).collect();
+                    format!("{name}{}", list("(", ")", items, level, false, line))
                 }
-                Fields::Named(fs) => named_fields(&name, fs, level),
+                Fields::Named(fs) => named_fields(&name, fs, level, line),
             }
         }
     }
 }
 
-fn named_fields(name: &str, fields: &[(String, Value)], level: usize) -> String {
+fn named_fields(name: &str, fields: &[(String, Value)], level: usize, line: bool) -> String {
     let items = fields
         .iter()
-        .map(|(n, v)| format!("{}: {}", ident(n), render(v, level + 1)))
+        .map(|(n, v)| format!("{}: {}", ident(n), render(v, level + 1, line)))
         .collect();
-    format!("{name}{}", list("(", ")", items, level, false))
+    format!("{name}{}", list("(", ")", items, level, false, line))
 }
 
 /// Joins rendered items in brackets: on one line if short, else one item per line.
-fn list(open: &str, close: &str, items: Vec<String>, level: usize, single_tuple: bool) -> String {
+fn list(
+    open: &str,
+    close: &str,
+    items: Vec<String>,
+    level: usize,
+    single_tuple: bool,
+    line: bool,
+) -> String {
     if items.is_empty() {
         return format!("{open}{close}");
     }
-    let one_line = items.iter().all(|i| !i.contains('\n'))
-        && items.iter().map(|i| i.len() + 2).sum::<usize>() <= INLINE_WIDTH;
+    let one_line = line
+        || (items.iter().all(|i| !i.contains('\n'))
+            && items.iter().map(|i| i.len() + 2).sum::<usize>() <= INLINE_WIDTH);
     if one_line {
         // A one-element tuple needs a trailing comma to stay a tuple.
         let comma = if single_tuple { "," } else { "" };
