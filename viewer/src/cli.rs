@@ -803,6 +803,8 @@ fn follow(
     out: &mut dyn Write,
 ) -> Result<(), ViewerError> {
     let sub = db.subscribe();
+    // (On standard error: scripts reading standard output see only the changes.)
+    eprintln!("rekord-viewer: following changes (Ctrl-C stops)");
     let mut seen = 0;
     while count.is_none_or(|c| seen < c) {
         let Some(event) = sub.recv_blocking() else {

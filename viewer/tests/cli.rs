@@ -358,16 +358,125 @@ fn export_and_import_round_trip_exactly() {
     let c = dir.path().join("c.rekord");
     let e = fails(&c, &["--write", "import", bad.to_str().unwrap()]);
     assert!(e.contains(&format!("line {}", last + 1)), "{e}");
-    let db = Db::open_read_only(&c).unwrap();
-    assert_eq!(
-        db.trees().unwrap().iter().map(|t| t.records).sum::<u64>(),
-        0
+    assert!(
+        !c.exists(),
+        "a failed import into a new file leaves no file"
     );
-    drop(db);
     // Not an export at all.
     let e = fails(&c, &["--write", "import", a.to_str().unwrap()]);
     assert!(
         e.contains("not a rekord export") || e.contains("stream did not contain valid UTF-8"),
         "{e}"
     );
+}
+
+/// As a replica of a running server: the viewer lists what an application wrote, and
+/// `follow` prints the application's changes as they happen.
+#[test]
+fn a_server_replica_lists_and_follows() {
+    use rekord::proto::handshake::Trees;
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = rekord_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().join("server"),
+        app: "rekord".into(),
+    };
+    let server = rt
+        .block_on(async { rekord_server::Server::bind(config) })
+        .unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let token = server
+        .store()
+        .issue("viewer", Trees::All, Trees::All)
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = rt.spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let limit = std::time::Duration::from_secs(20);
+    let app = Db::open_synced(
+        dir.path().join("app.rekord"),
+        rekord::SyncConfig::new(addr.parse().unwrap(), "rekord", token.as_str()),
+    )
+    .unwrap();
+    app.wait_caught_up(limit).unwrap();
+    let parts = app.tree::<Part>().unwrap();
+    parts
+        .create(&Part {
+            name: "bolt".into(),
+            qty: 3,
+            unit: Unit::Piece,
+        })
+        .unwrap();
+    app.wait_pushed(limit).unwrap();
+
+    let viewer = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--server", &addr, "--token", &token])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = viewer(&["ls", "parts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        ls.contains(r#"(name: "bolt", qty: 3, unit: Piece)"#),
+        "{ls}"
+    );
+
+    // follow: started, then the application makes two changes.
+    let mut child = Command::new(BIN)
+        .args([
+            "--server", &addr, "--token", &token, "follow", "--tree", "parts", "--count", "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says on standard error when it follows (caught up, subscribed): then change.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("following"), "{line}");
+    parts
+        .create(&Part {
+            name: "nut".into(),
+            qty: 9,
+            unit: Unit::Piece,
+        })
+        .unwrap();
+    app.wait_pushed(limit).unwrap();
+    parts
+        .create(&Part {
+            name: "washer".into(),
+            qty: 1,
+            unit: Unit::Piece,
+        })
+        .unwrap();
+    app.wait_pushed(limit).unwrap();
+    let lines: Vec<String> = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .collect();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("created") && lines[0].contains("nut"),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("washer"), "{lines:?}");
+    drop((parts, app));
+    let _ = stop.send(());
+    rt.block_on(serving).unwrap().unwrap();
 }
