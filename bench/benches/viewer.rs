@@ -118,7 +118,8 @@ fn main() {
     );
 
     // 2. A frame of the viewer's table: 50 consecutive visible rows at a random place.
-    let db = Db::open(&path).unwrap();
+    // (Read-only, like the viewer: the first screens' background indexes may still read.)
+    let db = Db::open_read_only(&path).unwrap();
     let tree = db.dyn_tree("parts").unwrap();
     let columns = table_columns(&tree);
     let frames = 200;
