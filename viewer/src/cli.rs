@@ -103,7 +103,8 @@ pub enum Command {
         ron: String,
     },
     /// Edits a draft in $EDITOR (reopened with the error when the edit is refused), or
-    /// replaces it with --ron (needs --write).
+    /// replaces it with --ron (needs --write). On a server, the record is borrowed for the
+    /// edit and returned after it (refused while another replica holds it).
     Edit {
         /// The tree.
         tree: String,
@@ -558,14 +559,22 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
         Command::Edit { tree, key, ron } => {
             let t = db.dyn_tree(tree)?;
             let k = parse_key(&t, key)?;
-            match ron {
-                Some(text) => t.replace_ron(k, text)?,
-                None => {
-                    if !edit_in_editor(&t, k)? {
-                        writeln!(out, "unchanged")?;
-                        return Ok(());
-                    }
-                }
+            // A replica checks the record out for the edit and in again after it (each run
+            // is a replica of its own): the server refuses it while another one holds it.
+            let checked_out = db.is_synced() && t.get(k)?.meta.holder != db.replica() && {
+                t.borrow(k)?;
+                true
+            };
+            let edited: Result<bool, ViewerError> = match ron {
+                Some(text) => t.replace_ron(k, text).map(|()| true).map_err(Into::into),
+                None => edit_in_editor(&t, k),
+            };
+            if checked_out {
+                t.return_borrow(k)?;
+            }
+            if !edited? {
+                writeln!(out, "unchanged")?;
+                return Ok(());
             }
             done(out, json, "edited", &t.get(k)?)?;
         }

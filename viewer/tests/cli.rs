@@ -476,6 +476,43 @@ fn a_server_replica_lists_and_follows() {
         "{lines:?}"
     );
     assert!(lines[1].contains("washer"), "{lines:?}");
+
+    // An edit through the server: refused while the application holds the record; once it
+    // returns it, the viewer checks it out, edits and checks it in.
+    let bolt = parts.keys().unwrap()[0];
+    let edit = |qty: u32| {
+        viewer(&[
+            "--write",
+            "edit",
+            "parts",
+            &bolt.id().to_string(),
+            "--ron",
+            &format!("(name: \"bolt\", qty: {qty}, unit: Piece)"),
+        ])
+    };
+    let refused = edit(4);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("borrowed"),
+        "{refused:?}"
+    );
+    parts.return_borrow(bolt).unwrap();
+    app.wait_pushed(limit).unwrap();
+    let out = edit(5);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = std::time::Instant::now();
+    while parts.get(bolt).unwrap().qty != 5 {
+        assert!(
+            start.elapsed() < limit,
+            "the edit never reached the application"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(parts.meta(bolt).unwrap().holder, 0, "checked in again");
     drop((parts, app));
     let _ = stop.send(());
     rt.block_on(serving).unwrap().unwrap();
