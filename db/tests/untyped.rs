@@ -358,3 +358,58 @@ fn read_only_opens_write_nothing() {
     assert!(Db::open_read_only(&missing).is_err());
     assert!(!missing.exists());
 }
+
+/// Imports keep typed code's invariants: revisions from 0 without gaps, drafts only as the
+/// latest revision, no id 0; any refusal writes nothing.
+#[test]
+fn imports_keep_the_invariants() {
+    let src = Db::memory().unwrap();
+    let parts = src.tree::<Part>().unwrap();
+    let k = parts.create(&part("a", 1)).unwrap();
+    parts.release(k).unwrap();
+    parts.new_revision(k).unwrap();
+    let schema = src.schemas("parts").unwrap().remove(0);
+    let records: Vec<rekord::DynRecord> = src
+        .dyn_tree("parts")
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let import = |db: &Db, recs: Vec<rekord::DynRecord>| {
+        let mut items = vec![Ok(rekord::Import::Schema(schema.clone()))];
+        items.extend(
+            recs.into_iter()
+                .map(|r| Ok(rekord::Import::Record(Box::new(r)))),
+        );
+        db.import(items)
+    };
+    // Whole: fine, and exact.
+    let dst = Db::memory().unwrap();
+    assert_eq!(import(&dst, records.clone()).unwrap(), 2);
+    assert_eq!(
+        dst.dyn_tree("parts").unwrap().revisions(k.id()).unwrap(),
+        records
+    );
+    // A gap (revision 1 without 0), a draft before the latest, id 0: refused, nothing kept.
+    for bad in [
+        vec![records[1].clone()],
+        {
+            let mut r = records.clone();
+            r[0].meta = rekord::RecordMeta::new(false, 0, 1, 1);
+            r
+        },
+        {
+            let mut r = records[0].clone();
+            r.key.id = 0;
+            vec![r]
+        },
+    ] {
+        let dst = Db::memory().unwrap();
+        assert!(matches!(
+            import(&dst, bad),
+            Err(Error::ImportAborted { .. })
+        ));
+        assert!(dst.trees().unwrap().is_empty());
+    }
+}

@@ -286,18 +286,36 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
         }
         _ => false,
     };
-    let new_file = cli
-        .source
-        .db
-        .as_ref()
-        .filter(|p| create && cli.write && !p.exists())
-        .cloned();
+    // A new file is one this run creates itself, exclusively (never a file or link that
+    // was there): only such a file goes again when the import fails.
+    let new_file = match (&cli.source.db, create && cli.write) {
+        (Some(p), true) => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .ok()
+            .map(|_| p.clone()),
+        _ => None,
+    };
     if cli.write && cli.source.server.is_none() && !create {
-        precheck(cli)?;
+        match precheck(cli) {
+            // Recovering a file not closed cleanly writes: the writable open does it.
+            Ok(()) | Err(ViewerError::Db(rekord::Error::NeedsRecovery { .. })) => {}
+            Err(e) => return Err(e),
+        }
     }
-    let db = open(&cli.source, cli.write, create)?;
-    let r = execute(&db, cli, out);
-    if let (Err(_), Some(path)) = (&r, new_file) {
+    let db = match open(&cli.source, cli.write, create) {
+        Ok(db) => db,
+        Err(e) => {
+            if let Some(path) = new_file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    let mut imported = false;
+    let r = execute(&db, cli, out, &mut imported);
+    if let (Err(_), Some(path), false) = (&r, new_file, imported) {
         drop(db);
         let _ = std::fs::remove_file(path);
         return r;
@@ -408,7 +426,12 @@ fn status(r: &DynRecord) -> String {
     }
 }
 
-fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
+fn execute(
+    db: &Db,
+    cli: &Cli,
+    out: &mut dyn Write,
+    imported: &mut bool,
+) -> Result<(), ViewerError> {
     let json = cli.json;
     match &cli.command {
         Command::Trees => {
@@ -657,6 +680,12 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
                     let mut w = std::io::BufWriter::new(tmp.as_file_mut());
                     crate::transfer::export(db, trees, &mut w, &mut |n| bar.set_position(n))?
                 };
+                tmp.as_file().sync_all()?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
+                }
                 tmp.persist(file).map_err(|e| ViewerError::Io(e.error))?;
                 n
             };
@@ -669,6 +698,7 @@ fn execute(db: &Db, cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
             let bar = progress_bar(0, "importing");
             let mut r = std::io::BufReader::new(std::fs::File::open(file)?);
             let n = crate::transfer::import(db, &mut r, &mut |n| bar.set_position(n))?;
+            *imported = true;
             bar.finish_and_clear();
             report(out, json, "imported", n, file)?;
         }

@@ -151,15 +151,39 @@ pub fn import(
     let stop = |i: usize, e: &dyn fmt::Display| rekord::Error::ImportAborted {
         reason: format!("line {}: {e}", i + 1),
     };
+    // The list must close: an export cut short at a line boundary is refused, not
+    // imported in part.
+    let mut closed = false;
+    let mut last_line = 0;
     // Schema lines are stored as they come; records go to one batch, read lazily.
     let records = std::iter::from_fn(|| {
         loop {
-            let (i, line) = match lines.next()? {
+            let Some(next) = lines.next() else {
+                if closed {
+                    return None;
+                }
+                return Some(Err(stop(
+                    last_line,
+                    &"the export ends without its closing `]` (cut short?); nothing was imported",
+                )));
+            };
+            let (i, line) = match next {
                 (i, Ok(line)) => (i, line),
                 (i, Err(e)) => return Some(Err(stop(i, &e))),
             };
+            last_line = i;
             let text = line.trim();
-            if text.is_empty() || text == "[" || text == "]" || text.starts_with("//") {
+            if text.is_empty() || text.starts_with("//") {
+                continue;
+            }
+            if closed {
+                return Some(Err(stop(i, &"text after the closing `]`")));
+            }
+            if text == "[" {
+                continue;
+            }
+            if text == "]" {
+                closed = true;
                 continue;
             }
             let text = text.strip_suffix(',').unwrap_or(text);

@@ -362,6 +362,13 @@ fn export_and_import_round_trip_exactly() {
         !c.exists(),
         "a failed import into a new file leaves no file"
     );
+    // Cut short at a line boundary (the closing `]` missing): refused, nothing imported.
+    let cut = dir.path().join("cut.ron");
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&cut, lines[..lines.len() - 2].join("\n")).unwrap();
+    let e = fails(&c, &["--write", "import", cut.to_str().unwrap()]);
+    assert!(e.contains("closing"), "{e}");
+    assert!(!c.exists());
     // Not an export at all.
     let e = fails(&c, &["--write", "import", a.to_str().unwrap()]);
     assert!(

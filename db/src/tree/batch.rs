@@ -1242,6 +1242,24 @@ impl BatchTree<'_, Dynamic> {
         if k.id == 0 || k.id == u64::MAX {
             return Err(refuse("ids 0 and 2^64-1 are never record ids".into()));
         }
+        // Revisions come in order, from 0, into a record the import makes: revision 0 of
+        // an id that has none, or the next revision of one it already has.
+        let mut revisions = 0u32;
+        for row in self.table.range(id_range(k.id))? {
+            let (other, _) = row?;
+            revisions = revisions.max(unpack(other.value()).rev.saturating_add(1));
+        }
+        if k.rev != revisions {
+            return Err(refuse(if k.rev == 0 {
+                "the record exists already".to_owned()
+            } else {
+                format!(
+                    "revision {} comes without revision {} before it",
+                    k.rev,
+                    k.rev - 1
+                )
+            }));
+        }
         // Only the latest revision of a record may be a draft.
         for row in self.table.range(id_range(k.id))? {
             let (other, v) = row?;
@@ -1283,7 +1301,12 @@ impl BatchTree<'_, Dynamic> {
             ids.next = k.id.saturating_add(1);
             ids.dirty = true;
         }
-        self.push(k, EventKind::Created, false, None, Some(&bytes));
+        let kind = if k.rev == 0 {
+            EventKind::Created
+        } else {
+            EventKind::RevisionCreated
+        };
+        self.push(k, kind, false, None, Some(&bytes));
         Ok(())
     }
 

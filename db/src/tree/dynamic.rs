@@ -98,24 +98,31 @@ impl Db {
         if self.is_synced() {
             return Err(Error::ImportIntoReplica);
         }
+        let mut b = self.batch()?;
         // Schemas this import adds: parsed copies cached while it runs are forgotten if it
-        // fails (they were never stored).
+        // fails (they were never stored), while the batch still holds the writer lock.
         let mut added: Vec<(String, u32)> = Vec::new();
-        let r = self.import_in_batch(items, &mut added);
-        if r.is_err() {
-            for (tree, version) in added {
-                crate::event::lock(&self.inner.tree_state(&tree).schemas).remove(&version);
+        match self.import_in_batch(&mut b, items, &mut added) {
+            Ok(n) => {
+                b.commit()?;
+                Ok(n)
+            }
+            Err(e) => {
+                for (tree, version) in added {
+                    crate::event::lock(&self.inner.tree_state(&tree).schemas).remove(&version);
+                }
+                drop(b);
+                Err(e)
             }
         }
-        r
     }
 
     fn import_in_batch(
         &self,
+        b: &mut crate::Batch<'_>,
         items: impl IntoIterator<Item = Result<Import>>,
         added: &mut Vec<(String, u32)>,
     ) -> Result<u64> {
-        let mut b = self.batch()?;
         let mut n = 0u64;
         for item in items {
             match item? {
@@ -164,7 +171,6 @@ impl Db {
                 }
             }
         }
-        b.commit()?;
         Ok(n)
     }
 
