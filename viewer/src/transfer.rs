@@ -74,9 +74,15 @@ pub fn export(
         for r in tree.iter()? {
             let mut r = r?;
             // Hash maps and sets in key order: the same data exports the same text.
-            if let Some(s) = schemas.get(&r.meta.version) {
-                render::canonical(s, &s.root, &mut r.value);
-            }
+            let Some(s) = schemas.get(&r.meta.version) else {
+                // (A replica being synced got a new schema version during the export.)
+                return Err(ViewerError::Usage(format!(
+                    "record {} has schema version {}, which came after the export began: run \
+                     it again",
+                    r.key, r.meta.version
+                )));
+            };
+            render::canonical(s, &s.root, &mut r.value);
             writeln!(
                 out,
                 "(tree: {}, id: {}, rev: {}, released: {}, state: {}, holder: {}, version: {}, data: {}),",
