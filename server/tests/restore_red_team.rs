@@ -15,29 +15,12 @@ use rekord::{Db, Error, Key, SyncConfig};
 mod process;
 use process::{BIN, ServerProcess, backup, restore, token};
 
-#[rekord::record(tree = "parts", version = 1)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Part {
-    pub name: String,
-    pub qty: u32,
-}
-
-#[rekord::record(tree = "notes", version = 1, merge = "three-way")]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Note {
-    pub a: u32,
-    pub b: u32,
-}
+#[path = "common/restore.rs"]
+mod shared;
+use shared::{Note, Part, converge_with, note, notes, open_with, parts, set_note, trace};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const CHILD_ENV: &str = "REKORD_S6_CHILD";
-
-fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
     let c = process::config(addr, token)
@@ -49,55 +32,6 @@ fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
     } else {
         c
     }
-}
-
-type Row = (u64, u32, String, u32, bool, u32, u32);
-
-fn parts(db: &Db) -> Vec<Row> {
-    let mut v: Vec<_> = db
-        .tree::<Part>()
-        .unwrap()
-        .iter()
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            let k = r.key();
-            let m = r.meta();
-            (
-                k.id(),
-                k.rev(),
-                r.name.to_string(),
-                r.qty.to_native(),
-                m.released,
-                m.state,
-                m.holder,
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn notes(db: &Db) -> Vec<(u64, u32, u32, u32, u32)> {
-    let mut v: Vec<_> = db
-        .tree::<Note>()
-        .unwrap()
-        .iter()
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            let k = r.key();
-            (
-                k.id(),
-                k.rev(),
-                r.a.to_native(),
-                r.b.to_native(),
-                r.meta().holder,
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn eventually(mut ok: impl FnMut() -> bool) -> bool {
@@ -112,51 +46,15 @@ fn eventually(mut ok: impl FnMut() -> bool) -> bool {
 }
 
 fn open(path: &Path, addr: std::net::SocketAddr, token: &str) -> Db {
-    let db = Db::open_synced(path, config(addr, token)).unwrap();
-    db.wait_caught_up(LIMIT).unwrap();
-    db
+    open_with(path, config(addr, token))
 }
 
 fn converge(addr: std::net::SocketAddr, token: &str, dbs: &[(&str, &Db)]) -> Db {
-    let fresh = Db::memory_synced(config(addr, token)).unwrap();
-    fresh.wait_caught_up(LIMIT).unwrap();
-    let ok = eventually(|| {
-        let _ = fresh.wait_caught_up(LIMIT);
-        let f = (parts(&fresh), notes(&fresh));
-        dbs.iter().all(|(_, d)| (parts(d), notes(d)) == f)
-    });
-    if !ok {
-        let mut msg = format!(
-            "replicas differ from a fresh one:\nfresh parts {:?}\nfresh notes {:?}\n",
-            parts(&fresh),
-            notes(&fresh)
-        );
-        for (name, d) in dbs {
-            msg += &format!(
-                "{name} parts {:?}\n{name} notes {:?}\n{name} status {:?}\n",
-                parts(d),
-                notes(d),
-                d.sync_status()
-            );
-        }
-        panic!("{msg}");
-    }
-    fresh
+    converge_with(config(addr, token), dbs)
 }
 
 fn mk_note(db: &Db, a: u32, b: u32) -> Key<Note> {
     db.tree::<Note>().unwrap().create(&Note { a, b }).unwrap()
-}
-
-fn set_note(db: &Db, k: Key<Note>, f: impl FnOnce(&mut Note)) {
-    db.tree::<Note>().unwrap().update(k, f).unwrap();
-}
-
-fn note(db: &Db, k: Key<Note>) -> Option<(u32, u32)> {
-    let t = db.tree::<Note>().unwrap();
-    let latest = t.latest(k.id()).unwrap()?;
-    let n = t.get(latest).unwrap();
-    Some((n.a, n.b))
 }
 
 fn settle(dbs: &[&Db]) {

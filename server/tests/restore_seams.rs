@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rekord::{Db, Key, SyncConfig};
 
@@ -14,96 +14,18 @@ use rekord::{Db, Key, SyncConfig};
 mod process;
 use process::{BIN, ServerProcess, backup, restore, revoke, token};
 
-#[rekord::record(tree = "parts", version = 1)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Part {
-    pub name: String,
-    pub qty: u32,
-}
-
-#[rekord::record(tree = "notes", version = 1, merge = "three-way")]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Note {
-    pub a: u32,
-    pub b: u32,
-}
+#[path = "common/restore.rs"]
+mod shared;
+use shared::{
+    Note, Part, converge_with, eventually, note, notes, open_with, parts, set_note, trace,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// RUST_LOG=... shows the clients' logs.
-fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
     process::config(addr, token)
         .range_size(3)
         .timeout(Duration::from_secs(10))
-}
-
-type Row = (u64, u32, String, u32, bool, u32, u32);
-
-/// Every part as (id, rev, name, qty, released, state, holder), sorted.
-fn parts(db: &Db) -> Vec<Row> {
-    let mut v: Vec<_> = db
-        .tree::<Part>()
-        .unwrap()
-        .iter()
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            let k = r.key();
-            let m = r.meta();
-            (
-                k.id(),
-                k.rev(),
-                r.name.to_string(),
-                r.qty.to_native(),
-                m.released,
-                m.state,
-                m.holder,
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn notes(db: &Db) -> Vec<(u64, u32, u32, u32, u32)> {
-    let mut v: Vec<_> = db
-        .tree::<Note>()
-        .unwrap()
-        .iter()
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            let k = r.key();
-            (
-                k.id(),
-                k.rev(),
-                r.a.to_native(),
-                r.b.to_native(),
-                r.meta().holder,
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn eventually(what: &str, mut ok: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while !ok() {
-        if start.elapsed() > LIMIT {
-            eprintln!("timed out waiting for {what}");
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
 }
 
 fn create(db: &Db, name: &str, qty: u32) -> Key<Part> {
@@ -129,37 +51,11 @@ fn holder(db: &Db, k: Key<Part>) -> Option<u32> {
 }
 
 fn open(path: &Path, addr: std::net::SocketAddr, token: &str) -> Db {
-    let db = Db::open_synced(path, config(addr, token)).unwrap();
-    db.wait_caught_up(LIMIT).unwrap();
-    db
+    open_with(path, config(addr, token))
 }
 
-/// Waits until every replica equals a fresh replica; panics with the states otherwise.
 fn converge(addr: std::net::SocketAddr, token: &str, dbs: &[(&str, &Db)]) -> Db {
-    let fresh = Db::memory_synced(config(addr, token)).unwrap();
-    fresh.wait_caught_up(LIMIT).unwrap();
-    let ok = eventually("replicas to equal a fresh replica", || {
-        let _ = fresh.wait_caught_up(LIMIT);
-        let f = (parts(&fresh), notes(&fresh));
-        dbs.iter().all(|(_, d)| (parts(d), notes(d)) == f)
-    });
-    if !ok {
-        let mut msg = format!(
-            "replicas differ from a fresh one:\nfresh parts {:?}\nfresh notes {:?}\n",
-            parts(&fresh),
-            notes(&fresh)
-        );
-        for (name, d) in dbs {
-            msg += &format!(
-                "{name} parts {:?}\n{name} notes {:?}\n{name} status {:?}\n",
-                parts(d),
-                notes(d),
-                d.sync_status()
-            );
-        }
-        panic!("{msg}");
-    }
-    fresh
+    converge_with(config(addr, token), dbs)
 }
 
 /// A returned the borrow of X after the backup and went away; B borrowed X, changed it and
@@ -377,17 +273,6 @@ fn redteam_restoring_an_older_backup_after_a_newer_one() {
     assert_eq!(qty(&fresh, q0), Some(101));
     drop((a, b, fresh));
     server.kill();
-}
-
-fn set_note(db: &Db, k: Key<Note>, f: impl FnOnce(&mut Note)) {
-    db.tree::<Note>().unwrap().update(k, f).unwrap();
-}
-
-fn note(db: &Db, k: Key<Note>) -> Option<(u32, u32)> {
-    let t = db.tree::<Note>().unwrap();
-    let latest = t.latest(k.id()).unwrap()?;
-    let n = t.get(latest).unwrap();
-    Some((n.a, n.b))
 }
 
 /// An optimistic record edited by two replicas after the backup (acknowledged), then by
