@@ -69,7 +69,7 @@ pub struct Db {
 }
 
 /// Stops the sync thread when the application's last handle goes (see [`Db`]'s `closer`).
-struct Closer(Arc<DbInner>);
+struct Closer(#[cfg_attr(target_arch = "wasm32", allow(dead_code))] Arc<DbInner>);
 
 impl Drop for Closer {
     fn drop(&mut self) {
@@ -128,6 +128,10 @@ impl Store {
 
 pub(crate) struct DbInner {
     pub(crate) redb: Store,
+    /// In the browser, the IndexedDB flusher's handle (declared after `redb`, so a dropped
+    /// database's last commit is staged before the flusher is told to close).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) browser: std::sync::OnceLock<crate::storage::browser::Handle>,
     pub(crate) writer: Mutex<WriterState>,
     pub(crate) trees: RwLock<HashMap<String, Arc<TreeState>>>,
     pub(crate) subscribers: Subscribers,
@@ -159,7 +163,7 @@ impl Drop for DbInner {
 
 /// Whether a database file is standalone or a synced replica.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Standalone,
     Client,
 }
@@ -571,7 +575,12 @@ impl Db {
         }
     }
 
-    fn init(redb: redb::Database, options: DbOptions, mode: Mode, path: &str) -> Result<Db> {
+    pub(crate) fn init(
+        redb: redb::Database,
+        options: DbOptions,
+        mode: Mode,
+        path: &str,
+    ) -> Result<Db> {
         Db::check_ours(&redb.begin_read()?, path)?;
         let txn = redb.begin_write()?;
         let (commit, next_id);
@@ -665,6 +674,8 @@ impl Db {
         }
         Ok(Db::handle(Arc::new(DbInner {
             redb: Store::Rw(redb),
+            #[cfg(target_arch = "wasm32")]
+            browser: std::sync::OnceLock::new(),
             writer: Mutex::new(WriterState {
                 commit,
                 next_id,

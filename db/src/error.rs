@@ -410,6 +410,37 @@ pub enum Error {
         /// Where and what.
         error: crate::schema::dynamic::RonError,
     },
+    /// IndexedDB failed (in the browser). The last flushed state is kept; commits not yet
+    /// flushed stay in memory and are retried with the next flush.
+    #[error(
+        "IndexedDB failed while {operation}: {message}; the last flushed state is kept (retry, or reload the page)"
+    )]
+    Browser {
+        /// What rekord was doing: "opening", "loading", "flushing", "deleting".
+        operation: &'static str,
+        /// What the browser reported.
+        message: String,
+    },
+    /// The browser refused to store more (IndexedDB quota exceeded). The last flushed state
+    /// is kept; the unflushed commits stay in memory and are retried with the next flush.
+    #[error(
+        "the browser refused to store {bytes} more bytes (storage quota exceeded); the last flushed state is kept: free space (remove records, or other sites' data) or ask for more with navigator.storage.persist()"
+    )]
+    QuotaExceeded {
+        /// Bytes of changed blocks the refused flush carried.
+        bytes: usize,
+    },
+    /// The database stored in the browser is damaged: a block does not match its checksum,
+    /// or the blocks do not form the state the commit marker names. Nothing was changed.
+    #[error(
+        "the database `{name}` stored in this browser is damaged ({source}); nothing was changed: export what the application can still read elsewhere, or delete it (Db::delete_browser) and sync again"
+    )]
+    StoreDamaged {
+        /// The database name given to `Db::open_browser`.
+        name: String,
+        /// What is wrong.
+        source: crate::storage::LoadError,
+    },
     /// A dynamic value given for a record of the tree does not fit its newest schema;
     /// nothing was written.
     #[error("not a valid record of tree `{tree}` (schema version {version}): {error}")]

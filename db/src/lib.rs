@@ -26,6 +26,8 @@ pub use key::{ArchivedKey, Key, RawKey};
 pub use record::{Archived, Record};
 pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
+#[cfg(target_arch = "wasm32")]
+pub use storage::browser::{BrowserOptions, Durability, FlushPolicy};
 pub use sync::{Merge, Retry, SyncConfig, SyncStatus, WriteMode};
 pub use tree::batch::{Batch, BatchTree};
 pub use tree::dynamic::{

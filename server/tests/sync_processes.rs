@@ -199,7 +199,9 @@ fn client_process() {
                 }
             }
             // A seeded random workload of `n` operations on the records this replica sees;
-            // every local commit is reported ("ack ...") before the next operation.
+            // every local commit is reported ("ack ...") before the next operation, and every
+            // edit is announced ("try ...") before it is made: a client killed between its
+            // commit and its "ack" may hold the value it tried.
             ["work", seed, n] => {
                 let mut rng = Rng(seed.parse::<u64>().unwrap() | 1);
                 let me = db.replica();
@@ -241,6 +243,7 @@ fn client_process() {
                                 let hot = rng.below(keys.len().min(4) as u64) as usize;
                                 let k = keys[keys.len() - 1 - hot];
                                 let n = rng.below(1000) as u32;
+                                say(format!("try edit {} {n}", k.id()));
                                 if notes.update(k, |x| x.n = n).is_ok() {
                                     say(format!("ack edit {} {n}", k.id()));
                                 }
@@ -266,6 +269,7 @@ fn client_process() {
                         5 | 6 => {
                             if let Some(k) = pick(&mut rng).and_then(held) {
                                 let qty = rng.below(1000) as u32;
+                                say(format!("try update {} {} {qty}", k.id(), k.rev()));
                                 if parts.update(k, |p| p.qty = qty).is_ok() {
                                     say(format!("ack update {} {} {qty}", k.id(), k.rev()));
                                 }
@@ -499,9 +503,16 @@ impl Client {
         self.child.wait().unwrap();
     }
 
-    fn kill(mut self) {
+    /// SIGKILLs the client; returns the lines it printed that were not read yet.
+    fn kill(mut self) -> Vec<String> {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        // The reader thread ends at the end of the pipe, closing the channel.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(LIMIT) {
+            rest.push(line);
+        }
+        rest
     }
 }
 
@@ -686,13 +697,24 @@ struct Acks {
     note_values: std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
     /// Optimistic edits acknowledged.
     edits: usize,
+    /// Per client, the edit it announced and has not acknowledged yet: `(note?, id, value)`.
+    tried: [Option<(bool, u64, u32)>; 3],
 }
 
 impl Acks {
-    /// Reads one line of a `work` run; `true` once the run is done.
-    fn take(&mut self, line: &str) -> bool {
+    /// Reads one line client `i` printed during a `work` run; `true` once the run is done.
+    fn take(&mut self, i: usize, line: &str) -> bool {
         let w: Vec<&str> = line.split_whitespace().collect();
+        if w.first() == Some(&"ack") {
+            self.tried[i] = None;
+        }
         match w.as_slice() {
+            ["try", "edit", id, n] => {
+                self.tried[i] = Some((true, id.parse().unwrap(), n.parse().unwrap()));
+            }
+            ["try", "update", id, _rev, qty] => {
+                self.tried[i] = Some((false, id.parse().unwrap(), qty.parse().unwrap()));
+            }
             ["ack", "create", id, qty] => {
                 let id: u64 = id.parse().unwrap();
                 self.created.insert(id);
@@ -728,6 +750,18 @@ impl Acks {
             other => panic!("unexpected line {other:?}"),
         }
         false
+    }
+
+    /// Client `i` was killed: the edit it announced last may have committed unreported.
+    fn killed(&mut self, i: usize) {
+        if let Some((note, id, v)) = self.tried[i].take() {
+            let map = if note {
+                &mut self.note_values
+            } else {
+                &mut self.values
+            };
+            map.entry(id).or_default().insert(v);
+        }
     }
 }
 
@@ -817,7 +851,7 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 // Drain what this client said so far (without blocking on the others).
                 while let Ok(line) = clients[i].lines.try_recv() {
-                    if acks.take(&line) {
+                    if acks.take(i, &line) {
                         done[i] = true;
                         break;
                     }
@@ -829,7 +863,12 @@ fn fault_run(default_ops: u32, rounds: u64) {
             if !done[victim] && lines >= kill_after {
                 let killed = clients.remove(victim);
                 let name = killed.name;
-                killed.kill();
+                // What it printed before dying counts; an edit it announced but could not
+                // acknowledge may have committed.
+                for line in killed.kill() {
+                    acks.take(victim, &line);
+                }
+                acks.killed(victim);
                 // It comes back with a random subscription (all trees, or one of them):
                 // trees it gains later must get what they missed meanwhile.
                 let trees = ["", "", "parts", "notes"][rng.below(4) as usize];
@@ -837,8 +876,6 @@ fn fault_run(default_ops: u32, rounds: u64) {
                     victim,
                     Client::start_with(name, &paths[victim], proxy.addr, &token, trees),
                 );
-                // The lines it printed before dying were read above; a commit it made but
-                // could not report is not acknowledged.
                 done[victim] = true;
                 lines = 0;
                 // An administrator takes a random record back from whoever holds it.

@@ -32,6 +32,11 @@
 
 use redb::TableDefinition;
 
+pub(crate) mod blocks;
+pub use blocks::{BLOCK_SIZE, LoadError};
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
+
 /// File format version written to `rekord.meta`.
 pub const FORMAT: u32 = 1;
 

@@ -1,0 +1,716 @@
+//! A redb storage backend on an in-memory image cut into fixed-size blocks, persisted
+//! elsewhere (IndexedDB in the browser) by flushing the blocks changed since the last flush
+//! together with a commit marker.
+//!
+//! redb reads and writes the image in memory, synchronously. Every `sync_data` (the end of a
+//! durable redb commit) *stages* a copy of each block written since the previous one, so
+//! the staged set always describes a committed state, never one a write transaction is in
+//! the middle of. A flush takes the staged blocks and the marker (generation, image length,
+//! block count, a digest of every block's checksum) and stores them in one atomic
+//! transaction; loading verifies every block's checksum and the digest, so the image
+//! loaded is exactly the one some flush stored, or an error.
+//!
+//! This module is platform-independent (tested natively); `storage::browser` drives it with
+//! IndexedDB.
+// Natively only the tests use the stored format and the backend (the browser's storage
+// drives them).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Size of one stored block. A small commit changes a handful of redb pages (4 KiB each),
+/// usually in different blocks; a large batch stores fewer, larger IndexedDB values.
+pub const BLOCK_SIZE: usize = 16 * 1024;
+
+/// The first bytes of a stored commit marker.
+const MARKER_MAGIC: &[u8; 8] = b"rekordM1";
+/// The first bytes of a stored block.
+const BLOCK_MAGIC: &[u8; 4] = b"rkB1";
+/// Length of a stored marker.
+pub(crate) const MARKER_LEN: usize = 8 + 8 + 8 + 8 + 4 + 4;
+/// Length of a stored block: magic, generation, checksum, data.
+pub(crate) const STORED_BLOCK_LEN: usize = 4 + 8 + 4 + BLOCK_SIZE;
+
+/// Why a stored image cannot be loaded. Nothing is changed when this is returned: the
+/// stored blocks stay as they are for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The commit marker is not one rekord writes.
+    #[error("the commit marker is damaged or not rekord's ({0})")]
+    Marker(String),
+    /// A block does not match its checksum or its format.
+    #[error("block {block} is damaged: {reason}")]
+    Block {
+        /// The block number.
+        block: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The blocks are intact one by one but do not form the image the marker describes
+    /// (a block missing, left over or from another generation).
+    #[error("the stored blocks do not form the committed image: {0}")]
+    Mixed(String),
+}
+
+/// The decoded commit marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Marker {
+    /// Generation of the flush that stored it (1 for the first).
+    pub generation: u64,
+    /// Length of the image in bytes.
+    pub len: u64,
+    /// Digest over the image length and every block's checksum.
+    pub digest: u32,
+}
+
+impl Marker {
+    /// The stored form.
+    pub(crate) fn encode(&self) -> [u8; MARKER_LEN] {
+        let mut b = [0u8; MARKER_LEN];
+        b[..8].copy_from_slice(MARKER_MAGIC);
+        b[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+        b[24..32].copy_from_slice(&(BLOCK_SIZE as u64).to_le_bytes());
+        b[32..36].copy_from_slice(&self.digest.to_le_bytes());
+        let sum = crc32fast::hash(&b[..36]);
+        b[36..40].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    /// Parses a stored marker.
+    pub(crate) fn decode(b: &[u8]) -> Result<Marker, LoadError> {
+        let bad = |what: &str| Err(LoadError::Marker(what.to_owned()));
+        let Some(b) = b.first_chunk::<MARKER_LEN>() else {
+            return bad("too short");
+        };
+        if &b[..8] != MARKER_MAGIC {
+            return bad("unknown format");
+        }
+        let u64_at = |at: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(x)
+        };
+        let u32_at = |at: usize| {
+            let mut x = [0u8; 4];
+            x.copy_from_slice(&b[at..at + 4]);
+            u32::from_le_bytes(x)
+        };
+        if crc32fast::hash(&b[..36]) != u32_at(36) {
+            return bad("checksum mismatch");
+        }
+        if u64_at(24) != BLOCK_SIZE as u64 {
+            return bad("written with another block size");
+        }
+        Ok(Marker {
+            generation: u64_at(8),
+            len: u64_at(16),
+            digest: u32_at(32),
+        })
+    }
+}
+
+/// The stored form of a block: magic, generation, checksum of the data, data.
+pub(crate) fn encode_block(generation: u64, sum: u32, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(STORED_BLOCK_LEN);
+    v.extend_from_slice(BLOCK_MAGIC);
+    v.extend_from_slice(&generation.to_le_bytes());
+    v.extend_from_slice(&sum.to_le_bytes());
+    v.extend_from_slice(data);
+    v.resize(STORED_BLOCK_LEN, 0);
+    v
+}
+
+/// Parses and verifies one stored block: `(generation, checksum, data)`.
+pub(crate) fn decode_block(block: u64, b: &[u8]) -> Result<(u64, u32, &[u8]), LoadError> {
+    let bad = |reason: &str| LoadError::Block {
+        block,
+        reason: reason.to_owned(),
+    };
+    if b.len() != STORED_BLOCK_LEN {
+        return Err(bad("wrong length"));
+    }
+    let (head, data) = b.split_at(16);
+    if &head[..4] != BLOCK_MAGIC {
+        return Err(bad("unknown format"));
+    }
+    let mut g = [0u8; 8];
+    g.copy_from_slice(&head[4..12]);
+    let mut s = [0u8; 4];
+    s.copy_from_slice(&head[12..16]);
+    let sum = u32::from_le_bytes(s);
+    if crc32fast::hash(data) != sum {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok((u64::from_le_bytes(g), sum, data))
+}
+
+/// Number of blocks an image of `len` bytes spans.
+fn block_count(len: u64) -> u64 {
+    len.div_ceil(BLOCK_SIZE as u64)
+}
+
+/// Checksum of a block of zeros (a block never written).
+fn zero_sum() -> u32 {
+    crc32fast::hash(&[0u8; BLOCK_SIZE])
+}
+
+/// Digest of an image: its length and every block's checksum, in order.
+fn digest(len: u64, sums: &[u32]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    for s in sums {
+        h.update(&s.to_le_bytes());
+    }
+    h.finalize()
+}
+
+/// What one flush stores, in one atomic transaction: first delete every stored block from
+/// `delete_from` on (if set), then put `blocks`, then the marker.
+#[derive(Debug)]
+pub(crate) struct Flush {
+    /// The marker to store last.
+    pub marker: Marker,
+    /// Blocks to store: `(number, checksum, data)`.
+    pub blocks: Vec<(u64, u32, Arc<[u8]>)>,
+    /// Stored blocks from this number on are deleted first (the image shrank, or shrank and
+    /// grew again, since the last flush).
+    pub delete_from: Option<u64>,
+}
+
+impl Flush {
+    /// Bytes of block data this flush stores.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn bytes(&self) -> usize {
+        self.blocks.len() * BLOCK_SIZE
+    }
+}
+
+/// The image and what is waiting to be flushed.
+#[derive(Debug, Default)]
+pub(crate) struct Image {
+    /// The live image redb reads and writes.
+    bytes: Vec<u8>,
+    /// Blocks written since the last `sync_data` (a commit in progress).
+    written: std::collections::BTreeSet<u64>,
+    /// Committed contents of blocks changed since the last flush was taken.
+    staged: BTreeMap<u64, (u32, Arc<[u8]>)>,
+    /// Stored blocks from this number on must be deleted at the next flush.
+    delete_from: Option<u64>,
+    /// Length of the committed image (at the last `sync_data`).
+    committed_len: u64,
+    /// Checksum of every block of the committed image.
+    sums: Vec<u32>,
+    /// Generation of the last flush stored (0: nothing stored yet).
+    generation: u64,
+    /// Whether a taken flush has not completed yet.
+    in_flight: bool,
+}
+
+impl Image {
+    /// An empty image with nothing stored.
+    pub(crate) fn new() -> Image {
+        Image::default()
+    }
+
+    /// Builds the image from a stored marker and the stored blocks (`(number, bytes)`, in
+    /// any order), verifying every block and the digest. A block the image does not span
+    /// is an error (a flush that shrinks the image deletes them).
+    pub(crate) fn load(
+        marker: Marker,
+        blocks: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    ) -> Result<Image, LoadError> {
+        let count = block_count(marker.len);
+        let Ok(len) = usize::try_from(marker.len) else {
+            return Err(LoadError::Marker(
+                "image too large for this platform".into(),
+            ));
+        };
+        let mut bytes = vec![0u8; len];
+        let zero = zero_sum();
+        let mut sums = vec![zero; usize::try_from(count).unwrap_or(0)];
+        for (n, b) in blocks {
+            if n >= count {
+                return Err(LoadError::Mixed(format!(
+                    "block {n} lies past the end of the image ({count} blocks)"
+                )));
+            }
+            let (generation, sum, data) = decode_block(n, &b)?;
+            if generation > marker.generation {
+                return Err(LoadError::Mixed(format!(
+                    "block {n} is from generation {generation}, after the marker's {}",
+                    marker.generation
+                )));
+            }
+            let start = n as usize * BLOCK_SIZE;
+            let end = (start + BLOCK_SIZE).min(len);
+            bytes[start..end].copy_from_slice(&data[..end - start]);
+            sums[n as usize] = sum;
+        }
+        if digest(marker.len, &sums) != marker.digest {
+            return Err(LoadError::Mixed(
+                "a block is missing or from another state (digest mismatch)".into(),
+            ));
+        }
+        Ok(Image {
+            bytes,
+            committed_len: marker.len,
+            sums,
+            generation: marker.generation,
+            ..Image::default()
+        })
+    }
+
+    /// Length of the live image.
+    pub(crate) fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Bytes of committed block data waiting for a flush.
+    pub(crate) fn staged_bytes(&self) -> usize {
+        self.staged.len() * BLOCK_SIZE
+    }
+
+    /// Whether everything committed so far is stored (nothing staged, nothing in flight).
+    #[cfg(test)]
+    pub(crate) fn is_clean(&self) -> bool {
+        self.staged.is_empty() && self.delete_from.is_none() && !self.in_flight
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let end = offset.checked_add(out.len() as u64);
+        match end {
+            Some(end) if end <= self.len() => {
+                out.copy_from_slice(&self.bytes[offset as usize..end as usize]);
+                Ok(())
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read of {} bytes at {offset} past the end of the image ({} bytes)",
+                    out.len(),
+                    self.len()
+                ),
+            )),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let end = offset.checked_add(data.len() as u64);
+        match end {
+            Some(end) if end <= self.len() => {
+                self.bytes[offset as usize..end as usize].copy_from_slice(data);
+                if !data.is_empty() {
+                    let first = offset / BLOCK_SIZE as u64;
+                    let last = (end - 1) / BLOCK_SIZE as u64;
+                    self.written.extend(first..=last);
+                }
+                Ok(())
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "write of {} bytes at {offset} past the end of the image ({} bytes)",
+                    data.len(),
+                    self.len()
+                ),
+            )),
+        }
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        let Ok(n) = usize::try_from(len) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "the image cannot grow that large on this platform",
+            ));
+        };
+        if n > self.bytes.len() {
+            self.bytes
+                .try_reserve(n - self.bytes.len())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e))?;
+        }
+        if n < self.bytes.len() {
+            // Every block from the cut on changes (to zeros, if the image grows again
+            // before the next commit): staged again, or deleted if past the end then.
+            let first = (n / BLOCK_SIZE) as u64;
+            let last = block_count(self.len());
+            self.written.extend(first..last);
+        }
+        self.bytes.resize(n, 0);
+        Ok(())
+    }
+
+    /// The end of a commit: stages a copy of every block written since the last one.
+    fn sync(&mut self) {
+        let len = self.len();
+        let count = block_count(len);
+        let old_count = self.sums.len() as u64;
+        if count < old_count {
+            // Blocks past the end go from the store at the next flush.
+            self.delete_from = Some(self.delete_from.map_or(count, |d| d.min(count)));
+            self.staged.retain(|n, _| *n < count);
+        }
+        self.sums.resize(count as usize, zero_sum());
+        for n in std::mem::take(&mut self.written) {
+            if n >= count {
+                continue;
+            }
+            let start = n as usize * BLOCK_SIZE;
+            let end = (start + BLOCK_SIZE).min(self.bytes.len());
+            let mut block = vec![0u8; BLOCK_SIZE];
+            block[..end - start].copy_from_slice(&self.bytes[start..end]);
+            let sum = crc32fast::hash(&block);
+            self.sums[n as usize] = sum;
+            self.staged.insert(n, (sum, block.into()));
+        }
+        self.committed_len = len;
+    }
+
+    /// Takes what the next flush stores, or `None` when everything is stored or a flush is
+    /// already in flight. Its generation is the last stored one plus one.
+    pub(crate) fn take_flush(&mut self) -> Option<Flush> {
+        if self.in_flight || (self.staged.is_empty() && self.delete_from.is_none()) {
+            return None;
+        }
+        let count = block_count(self.committed_len);
+        let marker = Marker {
+            generation: self.generation + 1,
+            len: self.committed_len,
+            digest: digest(self.committed_len, &self.sums[..count as usize]),
+        };
+        let blocks = std::mem::take(&mut self.staged)
+            .into_iter()
+            .map(|(n, (sum, b))| (n, sum, b))
+            .collect();
+        self.in_flight = true;
+        Some(Flush {
+            marker,
+            blocks,
+            delete_from: self.delete_from.take(),
+        })
+    }
+
+    /// The flush taken last was stored.
+    pub(crate) fn flushed(&mut self, flush: &Flush) {
+        self.in_flight = false;
+        self.generation = flush.marker.generation;
+    }
+
+    /// The flush taken last failed (nothing of it was stored): its blocks are staged again
+    /// unless a later commit staged a newer copy.
+    pub(crate) fn failed(&mut self, flush: Flush) {
+        self.in_flight = false;
+        for (n, sum, b) in flush.blocks {
+            if n < self.sums.len() as u64 {
+                self.staged.entry(n).or_insert((sum, b));
+            }
+        }
+        if let Some(d) = flush.delete_from {
+            self.delete_from = Some(self.delete_from.map_or(d, |x| x.min(d)));
+        }
+    }
+}
+
+/// Called after every commit is staged, with the bytes waiting for a flush.
+pub(crate) type OnCommit = Box<dyn Fn(usize) + Send + Sync>;
+
+/// The redb backend over a shared [`Image`].
+pub(crate) struct BlockBackend {
+    image: Arc<Mutex<Image>>,
+    on_commit: Option<OnCommit>,
+}
+
+impl std::fmt::Debug for BlockBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockBackend").finish_non_exhaustive()
+    }
+}
+
+impl BlockBackend {
+    /// A backend over `image`; `on_commit` is told of every commit.
+    pub(crate) fn new(image: Arc<Mutex<Image>>, on_commit: Option<OnCommit>) -> BlockBackend {
+        BlockBackend { image, on_commit }
+    }
+
+    fn image(&self) -> MutexGuard<'_, Image> {
+        lock(&self.image)
+    }
+}
+
+/// Locks the image. A panic while it was held (impossible in this module's own code, which
+/// does not panic under the lock) leaves consistent data: every method updates it in a
+/// single step, so a poisoned lock is taken over.
+pub(crate) fn lock(image: &Mutex<Image>) -> MutexGuard<'_, Image> {
+    image.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl redb::StorageBackend for BlockBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.image().len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.image().read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.image().set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        let staged = {
+            let mut image = self.image();
+            image.sync();
+            image.staged_bytes()
+        };
+        if let Some(f) = &self.on_commit {
+            f(staged);
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.image().write(offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+    const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+
+    /// A stand-in for IndexedDB: the stored marker and blocks.
+    #[derive(Default, Clone)]
+    struct Store {
+        marker: Option<Vec<u8>>,
+        blocks: BTreeMap<u64, Vec<u8>>,
+    }
+
+    impl Store {
+        fn apply(&mut self, f: &Flush) {
+            if let Some(d) = f.delete_from {
+                self.blocks.retain(|n, _| *n < d);
+            }
+            for (n, sum, b) in &f.blocks {
+                self.blocks
+                    .insert(*n, encode_block(f.marker.generation, *sum, b));
+            }
+            self.marker = Some(f.marker.encode().to_vec());
+        }
+
+        fn load(&self) -> Result<Image, LoadError> {
+            match &self.marker {
+                None => Ok(Image::new()),
+                Some(m) => Image::load(
+                    Marker::decode(m)?,
+                    self.blocks.iter().map(|(n, b)| (*n, b.clone())),
+                ),
+            }
+        }
+    }
+
+    fn open(image: Image) -> (redb::Database, Arc<Mutex<Image>>) {
+        let image = Arc::new(Mutex::new(image));
+        let db = redb::Database::builder()
+            .create_with_backend(BlockBackend::new(image.clone(), None))
+            .unwrap();
+        (db, image)
+    }
+
+    fn put(db: &redb::Database, k: u64, v: &[u8]) {
+        let tx = db.begin_write().unwrap();
+        tx.open_table(T).unwrap().insert(k, v).unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn count(db: &redb::Database) -> u64 {
+        let tx = db.begin_read().unwrap();
+        tx.open_table(T).unwrap().len().unwrap()
+    }
+
+    fn flush(image: &Arc<Mutex<Image>>, store: &mut Store) {
+        let f = lock(image).take_flush();
+        if let Some(f) = f {
+            store.apply(&f);
+            lock(image).flushed(&f);
+        }
+    }
+
+    #[test]
+    fn a_flushed_image_reopens_with_every_commit() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        for k in 0..200 {
+            put(&db, k, &vec![k as u8; 300]);
+        }
+        flush(&image, &mut store);
+        assert!(lock(&image).is_clean());
+        drop(db);
+        let (db, _) = open(store.load().unwrap());
+        assert_eq!(count(&db), 200);
+    }
+
+    #[test]
+    fn an_unflushed_commit_is_lost_whole_and_the_rest_stays() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        put(&db, 1, b"one");
+        flush(&image, &mut store);
+        put(&db, 2, b"two");
+        put(&db, 3, &[7u8; 100_000]);
+        // The tab dies here: the store holds the first flush only.
+        drop(db);
+        let (db, _) = open(store.load().unwrap());
+        assert_eq!(count(&db), 1);
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(T).unwrap();
+        assert_eq!(t.get(1).unwrap().unwrap().value(), b"one");
+    }
+
+    #[test]
+    fn a_failed_flush_is_retried_with_later_commits() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        put(&db, 1, b"one");
+        let f = lock(&image).take_flush().unwrap();
+        // A commit while the flush is in flight, then the flush fails (quota).
+        put(&db, 2, b"two");
+        assert!(lock(&image).take_flush().is_none(), "one flush at a time");
+        lock(&image).failed(f);
+        flush(&image, &mut store);
+        drop(db);
+        let (db, _) = open(store.load().unwrap());
+        assert_eq!(count(&db), 2);
+    }
+
+    #[test]
+    fn a_flush_taken_while_a_transaction_is_open_holds_the_committed_state() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        put(&db, 1, b"one");
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(T).unwrap();
+            for k in 10..3000 {
+                t.insert(k, &[1u8; 500][..]).unwrap();
+            }
+        }
+        // Whatever redb wrote so far for the open transaction is not staged.
+        flush(&image, &mut store);
+        tx.abort().unwrap();
+        drop(db);
+        let (db, _) = open(store.load().unwrap());
+        assert_eq!(count(&db), 1);
+    }
+
+    #[test]
+    fn damaged_or_mixed_blocks_are_refused() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        for k in 0..50 {
+            put(&db, k, &vec![k as u8; 2000]);
+        }
+        flush(&image, &mut store);
+        let old = store.clone();
+        put(&db, 1000, &[9u8; 50_000]);
+        flush(&image, &mut store);
+        drop(db);
+        assert!(store.load().is_ok());
+
+        // A flipped bit in a block.
+        let mut s = store.clone();
+        let (n, b) = s.blocks.iter_mut().next().unwrap();
+        let n = *n;
+        b[100] ^= 1;
+        assert!(matches!(s.load(), Err(LoadError::Block { block, .. }) if block == n));
+
+        // A block missing.
+        let mut s = store.clone();
+        let n = *s.blocks.keys().next().unwrap();
+        s.blocks.remove(&n);
+        assert!(matches!(s.load(), Err(LoadError::Mixed(_))));
+
+        // The old marker with the new blocks (a mixed state).
+        let mut s = store.clone();
+        s.marker = old.marker.clone();
+        assert!(matches!(s.load(), Err(LoadError::Mixed(_))));
+
+        // A damaged marker.
+        let mut s = store.clone();
+        s.marker.as_mut().unwrap()[20] ^= 4;
+        assert!(matches!(s.load(), Err(LoadError::Marker(_))));
+    }
+
+    #[test]
+    fn shrinking_and_growing_between_flushes_leaves_no_stale_block() {
+        let mut image = Image::new();
+        let mut store = Store::default();
+        image.set_len(5 * BLOCK_SIZE as u64).unwrap();
+        image.write(0, &[1u8; 5 * BLOCK_SIZE]).unwrap();
+        image.sync();
+        let f = image.take_flush().unwrap();
+        store.apply(&f);
+        image.flushed(&f);
+        // Shrink to 2.5 blocks, sync, grow back to 5 blocks without writing, sync.
+        image.set_len(2 * BLOCK_SIZE as u64 + 100).unwrap();
+        image.sync();
+        image.set_len(5 * BLOCK_SIZE as u64).unwrap();
+        image.sync();
+        let f = image.take_flush().unwrap();
+        store.apply(&f);
+        image.flushed(&f);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.bytes, image.bytes);
+        assert!(loaded.bytes[2 * BLOCK_SIZE + 100..].iter().all(|b| *b == 0));
+    }
+
+    proptest::proptest! {
+        /// Whatever the commits, writes, resizes, flushes and failed flushes, the stored
+        /// image loads as exactly the image at the last flush taken and stored.
+        #[test]
+        fn the_store_always_holds_the_last_flushed_commit(
+            ops in proptest::collection::vec((0u8..5, 0u64..(8 * BLOCK_SIZE as u64), 1usize..40_000), 1..60)
+        ) {
+            let mut image = Image::new();
+            let mut store = Store::default();
+            let mut at_flush: Vec<u8> = Vec::new();
+            let mut committed: Vec<u8> = Vec::new();
+            for (op, a, b) in ops {
+                match op {
+                    0 => {
+                        let len = image.len();
+                        if len > 0 {
+                            let off = a % len;
+                            let n = (b as u64).min(len - off) as usize;
+                            image.write(off, &vec![(a % 251) as u8 + 1; n]).unwrap();
+                        }
+                    }
+                    1 => image.set_len(a).unwrap(),
+                    2 => {
+                        image.sync();
+                        committed = image.bytes.clone();
+                    }
+                    3 => {
+                        if let Some(f) = image.take_flush() {
+                            store.apply(&f);
+                            image.flushed(&f);
+                            at_flush = committed.clone();
+                        }
+                    }
+                    _ => {
+                        if let Some(f) = image.take_flush() {
+                            image.failed(f);
+                        }
+                    }
+                }
+                let loaded = store.load().unwrap();
+                proptest::prop_assert_eq!(&loaded.bytes, &at_flush);
+            }
+        }
+    }
+}

@@ -1,0 +1,762 @@
+//! The browser's storage: a redb image in memory ([`blocks`](super::blocks)), persisted in
+//! IndexedDB by a flusher task.
+//!
+//! One IndexedDB database per rekord database (`rekord:<name>`), with two object stores:
+//! `blocks` (block number → stored block: magic, generation, checksum, 16 KiB of data) and
+//! `meta` (`"marker"` → the commit marker). A flush puts every block changed since the last
+//! flush and then the marker in one readwrite transaction, so what IndexedDB holds is
+//! always exactly the state of some commit: a tab that crashes loses the commits after the
+//! last completed flush, never part of one.
+//!
+//! The flusher is one task per open database (`wasm_bindgen_futures::spawn_local`). It
+//! flushes when asked ([`Db::flush`](crate::Db::flush)), when the page is hidden or left,
+//! once commits stop for [`FlushPolicy::debounce`], at the latest
+//! [`FlushPolicy::max_delay`] after the first unflushed commit, and at once past
+//! [`FlushPolicy::max_dirty_bytes`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction};
+
+use super::blocks::{self, BlockBackend, Flush, Image, Marker};
+use crate::{Error, Result};
+
+/// How IndexedDB commits a flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The browser reports a flush complete only once it is on disk (IndexedDB
+    /// `durability: "strict"`): a flushed commit survives a crash of the tab, of the browser
+    /// and of the operating system. About half as fast as `Relaxed`.
+    #[default]
+    Strict,
+    /// The browser reports a flush complete once it has the data (`"relaxed"`, Chromium's
+    /// default since version 121): a flushed commit survives a crash of the tab, not
+    /// necessarily a power loss.
+    Relaxed,
+}
+
+/// When commits reach IndexedDB by themselves. Every commit is atomic and visible at once;
+/// it is durable once a flush that follows it completes ([`Db::flush`](crate::Db::flush)
+/// waits for that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    /// Flush once no commit came for this long (coalesces bursts). Default 20 ms.
+    pub debounce: Duration,
+    /// Flush at the latest this long after the first unflushed commit, however busy.
+    /// Default 500 ms: the most a crash of the tab loses, plus the flush's own time.
+    pub max_delay: Duration,
+    /// Flush at once when this many bytes of changed blocks wait. Default 8 MiB.
+    pub max_dirty_bytes: usize,
+    /// Flush when the page is hidden or left (`visibilitychange`, `pagehide`). Default on.
+    pub on_hide: bool,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> FlushPolicy {
+        FlushPolicy {
+            debounce: Duration::from_millis(20),
+            max_delay: Duration::from_millis(500),
+            max_dirty_bytes: 8 << 20,
+            on_hide: true,
+        }
+    }
+}
+
+/// Options of a database in the browser ([`Db::open_browser_with`](crate::Db::open_browser_with)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BrowserOptions {
+    /// How IndexedDB commits a flush.
+    pub durability: Durability,
+    /// When commits are flushed without being asked.
+    pub flush: FlushPolicy,
+}
+
+/// What the flusher is told.
+pub(crate) enum Kick {
+    /// A commit was staged; this many bytes wait.
+    Commit(usize),
+    /// Flush now, then answer.
+    Flush(async_channel::Sender<Result<()>>),
+    /// The page is being hidden or left: flush now.
+    Hide,
+    /// The database was dropped: store what is left and end.
+    Close,
+}
+
+/// The handle a [`Db`](crate::Db) keeps of its browser storage.
+pub(crate) struct Handle {
+    name: String,
+    kick: async_channel::Sender<Kick>,
+    /// The flusher's last error, cleared by its next successful flush.
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Fields of `DbInner` drop in order, redb (and its last commit) before this.
+        OPEN.with(|o| {
+            if let Some(c) = o.borrow().get(&self.name) {
+                c.dropped.set(true);
+            }
+        });
+        let _ = self.kick.try_send(Kick::Close);
+    }
+}
+
+impl Handle {
+    /// Flushes everything committed so far; returns when it is stored.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let (tx, rx) = async_channel::bounded(1);
+        if self.kick.send(Kick::Flush(tx)).await.is_err() {
+            return Err(Error::Browser {
+                operation: "flushing",
+                message: "the flusher stopped (the database is closing)".into(),
+            });
+        }
+        rx.recv().await.unwrap_or_else(|_| {
+            Err(Error::Browser {
+                operation: "flushing",
+                message: "the flusher stopped before answering".into(),
+            })
+        })
+    }
+
+    /// The error of the last automatic flush, if it failed and none succeeded since.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+thread_local! {
+    /// Names open in this page (or worker), with a promise-like signal that resolves when
+    /// their flusher has finished its last flush (a reopen waits for it).
+    static OPEN: RefCell<HashMap<String, Rc<Closing>>> = RefCell::new(HashMap::new());
+}
+
+/// Set once a database's flusher has stored its last flush and closed IndexedDB.
+#[derive(Default)]
+struct Closing {
+    /// The `Db` was dropped: its flusher is storing the last commits.
+    dropped: std::cell::Cell<bool>,
+    closed: std::cell::Cell<bool>,
+    wakers: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Closing {
+    fn close(&self) {
+        self.closed.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.closed.get() {
+                Poll::Ready(())
+            } else {
+                self.wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Opens (creating if needed) the IndexedDB database of `name`, loads and verifies the
+/// image, and starts the flusher. Returns the redb database and the handle.
+pub(crate) async fn open(name: &str, options: BrowserOptions) -> Result<(redb::Database, Handle)> {
+    // A database of the same name still closing in this page finishes its last flush first;
+    // one still open is an error, as a second open of a file is natively.
+    wait_closed(name).await?;
+    let closing = Rc::new(Closing::default());
+    OPEN.with(|o| o.borrow_mut().insert(name.to_owned(), closing.clone()));
+    match open_inner(name, options, closing.clone()).await {
+        Ok(x) => Ok(x),
+        Err(e) => {
+            closing.close();
+            Err(e)
+        }
+    }
+}
+
+async fn open_inner(
+    name: &str,
+    options: BrowserOptions,
+    closing: Rc<Closing>,
+) -> Result<(redb::Database, Handle)> {
+    let idb = open_idb(name).await?;
+    // A connection left open would block a later delete (and upgrades) for good.
+    let image = match load(&idb, name).await {
+        Ok(image) => image,
+        Err(e) => {
+            idb.close();
+            return Err(e);
+        }
+    };
+    let image = Arc::new(Mutex::new(image));
+    let (kick, kicks) = async_channel::unbounded();
+    let handle_name = name.to_owned();
+    let on_commit = kick.clone();
+    let backend = BlockBackend::new(
+        image.clone(),
+        Some(Box::new(move |staged| {
+            // Unbounded: never full; closed only once the flusher is gone, when nothing
+            // commits any more.
+            let _ = on_commit.try_send(Kick::Commit(staged));
+        })),
+    );
+    let redb = match redb::Database::builder().create_with_backend(backend) {
+        Ok(redb) => redb,
+        Err(source) => {
+            idb.close();
+            return Err(Error::opening(&format!("indexeddb:{name}"), source));
+        }
+    };
+    let last_error = Arc::new(Mutex::new(None));
+    let listeners = if options.flush.on_hide {
+        HideListeners::add(&kick)
+    } else {
+        None
+    };
+    let flusher = Flusher {
+        idb,
+        image,
+        options,
+        kicks,
+        last_error: last_error.clone(),
+        _listeners: listeners,
+    };
+    wasm_bindgen_futures::spawn_local(async move {
+        flusher.run().await;
+        closing.close();
+    });
+    Ok((
+        redb,
+        Handle {
+            name: handle_name,
+            kick,
+            last_error,
+        },
+    ))
+}
+
+/// The `visibilitychange` and `pagehide` listeners of one database (removed when dropped).
+struct HideListeners {
+    target: web_sys::EventTarget,
+    document: web_sys::EventTarget,
+    on_hide: Closure<dyn FnMut(web_sys::Event)>,
+}
+
+impl HideListeners {
+    fn add(kick: &async_channel::Sender<Kick>) -> Option<HideListeners> {
+        // Only a page has them; a worker has neither event.
+        let window = web_sys::window()?;
+        let document = window.document()?;
+        let kick = kick.clone();
+        let doc = document.clone();
+        let on_hide = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
+            if e.type_() == "pagehide" || doc.visibility_state() == web_sys::VisibilityState::Hidden
+            {
+                let _ = kick.try_send(Kick::Hide);
+            }
+        });
+        let target: web_sys::EventTarget = window.into();
+        let document: web_sys::EventTarget = document.into();
+        let f = on_hide.as_ref().unchecked_ref();
+        let _ = target.add_event_listener_with_callback("pagehide", f);
+        let _ = document.add_event_listener_with_callback("visibilitychange", f);
+        Some(HideListeners {
+            target,
+            document,
+            on_hide,
+        })
+    }
+}
+
+impl Drop for HideListeners {
+    fn drop(&mut self) {
+        let f = self.on_hide.as_ref().unchecked_ref();
+        let _ = self
+            .target
+            .remove_event_listener_with_callback("pagehide", f);
+        let _ = self
+            .document
+            .remove_event_listener_with_callback("visibilitychange", f);
+    }
+}
+
+/// The task that writes the image's changes to IndexedDB.
+struct Flusher {
+    idb: IdbDatabase,
+    image: Arc<Mutex<Image>>,
+    options: BrowserOptions,
+    kicks: async_channel::Receiver<Kick>,
+    last_error: Arc<Mutex<Option<String>>>,
+    _listeners: Option<HideListeners>,
+}
+
+impl Flusher {
+    async fn run(self) {
+        let policy = self.options.flush;
+        // When the oldest unflushed commit must be flushed by (ms since the epoch).
+        let mut deadline: Option<f64> = None;
+        let mut waiters: Vec<async_channel::Sender<Result<()>>> = Vec::new();
+        loop {
+            // Wait for a kick, or (with commits waiting) for the debounce or the deadline.
+            let wait = deadline.map(|d| {
+                let left = (d - js_sys::Date::now()).max(0.0);
+                left.min(policy.debounce.as_secs_f64() * 1000.0)
+            });
+            let kick = match wait {
+                None => Some(self.kicks.recv().await.map_err(|_| ())),
+                Some(ms) => race(self.kicks.recv(), sleep(ms))
+                    .await
+                    .map(|r| r.map_err(|_| ())),
+            };
+            let now = match kick {
+                // The database was dropped: store what is left, then end.
+                Some(Err(())) | Some(Ok(Kick::Close)) => {
+                    let _ = self.flush_all().await;
+                    self.idb.close();
+                    for w in waiters.drain(..) {
+                        let _ = w.try_send(Ok(()));
+                    }
+                    return;
+                }
+                None => true,
+                Some(Ok(Kick::Commit(staged))) => {
+                    deadline.get_or_insert(
+                        js_sys::Date::now() + policy.max_delay.as_secs_f64() * 1000.0,
+                    );
+                    staged >= policy.max_dirty_bytes
+                }
+                Some(Ok(Kick::Flush(w))) => {
+                    waiters.push(w);
+                    true
+                }
+                Some(Ok(Kick::Hide)) => true,
+            };
+            if !now {
+                continue;
+            }
+            // Every request already waiting is answered by this flush.
+            let mut close = false;
+            while let Ok(k) = self.kicks.try_recv() {
+                match k {
+                    Kick::Flush(w) => waiters.push(w),
+                    Kick::Close => close = true,
+                    Kick::Commit(_) | Kick::Hide => {}
+                }
+            }
+            let outcome = self.flush_all().await;
+            deadline = None;
+            if outcome.is_err() {
+                // Retried with the next commit or request; keep the deadline so a quiet
+                // database retries too.
+                deadline = Some(js_sys::Date::now() + policy.max_delay.as_secs_f64() * 1000.0);
+            }
+            for w in waiters.drain(..) {
+                let _ = w.try_send(outcome.as_ref().map(|_| ()).map_err(again));
+            }
+            if close {
+                let _ = self.flush_all().await;
+                self.idb.close();
+                return;
+            }
+        }
+    }
+
+    /// Stores every staged commit; on failure the blocks stay staged for the next attempt.
+    async fn flush_all(&self) -> Result<()> {
+        loop {
+            let taken = blocks::lock(&self.image).take_flush();
+            let Some(flush) = taken else {
+                return Ok(());
+            };
+            match store(&self.idb, &flush, self.options.durability).await {
+                Ok(()) => {
+                    blocks::lock(&self.image).flushed(&flush);
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "rekord: a flush to IndexedDB failed (the last flushed state is kept; retried): {e}"
+                    );
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(e.to_string());
+                    blocks::lock(&self.image).failed(flush);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a flush error, for every request it answers.
+fn again(e: &Error) -> Error {
+    match e {
+        Error::QuotaExceeded { bytes } => Error::QuotaExceeded { bytes: *bytes },
+        other => Error::Browser {
+            operation: "flushing",
+            message: match other {
+                Error::Browser { message, .. } => message.clone(),
+                other => other.to_string(),
+            },
+        },
+    }
+}
+
+/// The first of two futures to finish: `Some` with the first's output, `None` if the
+/// second finished first.
+async fn race<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Some(x));
+        }
+        if b.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(f: &Function, ms: f64) -> JsValue;
+}
+
+/// `IDBDatabase.transaction(names, "readwrite", options)` (the options argument is not in
+/// web-sys's stable API).
+fn transaction_with_options(
+    idb: &IdbDatabase,
+    names: &Array,
+    options: &Object,
+) -> std::result::Result<IdbTransaction, JsValue> {
+    let f: Function = Reflect::get(idb, &"transaction".into())?.dyn_into()?;
+    f.call3(idb, names, &"readwrite".into(), options)?
+        .dyn_into::<IdbTransaction>()
+}
+
+/// Resolves after `ms` milliseconds (in a page or a worker).
+async fn sleep(ms: f64) {
+    let p = Promise::new(&mut |resolve, _| {
+        set_timeout(&resolve, ms);
+    });
+    let _ = JsFuture::from(p).await;
+}
+
+/// A readable message from a JavaScript error value.
+fn message(e: &JsValue) -> String {
+    if let Some(d) = e.dyn_ref::<web_sys::DomException>() {
+        return format!("{}: {}", d.name(), d.message());
+    }
+    if let Some(e) = e.dyn_ref::<js_sys::Error>() {
+        return String::from(e.message());
+    }
+    e.as_string().unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// Whether `e` is IndexedDB's quota error.
+fn is_quota(e: &JsValue) -> bool {
+    e.dyn_ref::<web_sys::DomException>()
+        .is_some_and(|d| d.name() == "QuotaExceededError")
+}
+
+fn browser_error(operation: &'static str, e: &JsValue) -> Error {
+    Error::Browser {
+        operation,
+        message: message(e),
+    }
+}
+
+/// Waits for an IndexedDB request's result.
+async fn request(r: &IdbRequest, operation: &'static str) -> Result<JsValue> {
+    let p = Promise::new(&mut |resolve, reject| {
+        let ok = resolve.clone();
+        let r2 = r.clone();
+        let on_ok = Closure::once_into_js(move |_: web_sys::Event| {
+            let _ = ok.call1(&JsValue::NULL, &r2.result().unwrap_or(JsValue::UNDEFINED));
+        });
+        let r3 = r.clone();
+        let on_err = Closure::once_into_js(move |_: web_sys::Event| {
+            let e = r3
+                .error()
+                .ok()
+                .flatten()
+                .map(JsValue::from)
+                .unwrap_or(JsValue::UNDEFINED);
+            let _ = reject.call1(&JsValue::NULL, &e);
+        });
+        r.set_onsuccess(Some(on_ok.unchecked_ref()));
+        r.set_onerror(Some(on_err.unchecked_ref()));
+    });
+    JsFuture::from(p)
+        .await
+        .map_err(|e| browser_error(operation, &e))
+}
+
+/// Waits for a transaction to complete; its error (or abort) otherwise.
+async fn complete(t: &IdbTransaction) -> std::result::Result<(), JsValue> {
+    let p = Promise::new(&mut |resolve, reject| {
+        let t2 = t.clone();
+        let on_done = Closure::once_into_js(move |_: web_sys::Event| {
+            let _ = resolve.call0(&JsValue::NULL);
+        });
+        let reject2 = reject.clone();
+        let on_err = Closure::once_into_js(move |_: web_sys::Event| {
+            let e = t2
+                .error()
+                .map(JsValue::from)
+                .unwrap_or_else(|| JsValue::from_str("the transaction was aborted"));
+            let _ = reject2.call1(&JsValue::NULL, &e);
+        });
+        t.set_oncomplete(Some(on_done.unchecked_ref()));
+        t.set_onerror(Some(on_err.unchecked_ref()));
+        t.set_onabort(Some(on_err.unchecked_ref()));
+    });
+    JsFuture::from(p).await.map(drop)
+}
+
+/// The global `indexedDB` (of a page or a worker).
+fn factory() -> Result<IdbFactory> {
+    Reflect::get(&js_sys::global(), &JsValue::from_str("indexedDB"))
+        .ok()
+        .and_then(|f| f.dyn_into::<IdbFactory>().ok())
+        .ok_or_else(|| Error::Browser {
+            operation: "opening",
+            message: "IndexedDB is not available here (a private window, or not a browser)".into(),
+        })
+}
+
+/// The name of the IndexedDB database behind rekord database `name`.
+pub(crate) fn idb_name(name: &str) -> String {
+    format!("rekord:{name}")
+}
+
+async fn open_idb(name: &str) -> Result<IdbDatabase> {
+    let req = factory()?
+        .open_with_u32(&idb_name(name), 1)
+        .map_err(|e| browser_error("opening", &e))?;
+    let on_upgrade = Closure::<dyn FnMut(web_sys::Event)>::new({
+        let req = req.clone();
+        move |_: web_sys::Event| {
+            if let Ok(db) = req.result().and_then(|r| r.dyn_into::<IdbDatabase>()) {
+                let names = db.object_store_names();
+                for store in ["blocks", "meta"] {
+                    if !names.contains(store) {
+                        let _ = db.create_object_store(store);
+                    }
+                }
+            }
+        }
+    });
+    req.set_onupgradeneeded(Some(on_upgrade.as_ref().unchecked_ref()));
+    let db = request(&req, "opening").await?;
+    req.set_onupgradeneeded(None);
+    drop(on_upgrade);
+    db.dyn_into::<IdbDatabase>()
+        .map_err(|e| browser_error("opening", &e))
+}
+
+/// Loads and verifies the stored image (empty if nothing was ever flushed).
+async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
+    let names = Array::of2(&"blocks".into(), &"meta".into());
+    let t = idb
+        .transaction_with_str_sequence(&names)
+        .map_err(|e| browser_error("loading", &e))?;
+    let store = |n: &str| t.object_store(n).map_err(|e| browser_error("loading", &e));
+    let meta = store("meta")?;
+    let blocks = store("blocks")?;
+    let marker = meta
+        .get(&JsValue::from_str("marker"))
+        .map_err(|e| browser_error("loading", &e))?;
+    let keys = blocks
+        .get_all_keys()
+        .map_err(|e| browser_error("loading", &e))?;
+    let values = blocks.get_all().map_err(|e| browser_error("loading", &e))?;
+    let (marker, keys, values) = (
+        request(&marker, "loading"),
+        request(&keys, "loading"),
+        request(&values, "loading"),
+    );
+    let marker = marker.await?;
+    let keys = keys.await?;
+    let values = values.await?;
+    if marker.is_undefined() || marker.is_null() {
+        return Ok(Image::new());
+    }
+    let damaged = |source| Error::StoreDamaged {
+        name: name.to_owned(),
+        source,
+    };
+    let marker = Marker::decode(&bytes_of(&marker)).map_err(damaged)?;
+    let keys = Array::from(&keys);
+    let values = Array::from(&values);
+    let mut stored = Vec::with_capacity(keys.length() as usize);
+    for (k, v) in keys.iter().zip(values.iter()) {
+        let Some(n) = k.as_f64().filter(|n| *n >= 0.0 && n.fract() == 0.0) else {
+            return Err(damaged(blocks::LoadError::Mixed(format!(
+                "a block is stored under key {k:?}, not a block number"
+            ))));
+        };
+        stored.push((n as u64, bytes_of(&v)));
+    }
+    Image::load(marker, stored).map_err(damaged)
+}
+
+/// The bytes of a stored value (a `Uint8Array` or `ArrayBuffer`; anything else is empty).
+fn bytes_of(v: &JsValue) -> Vec<u8> {
+    if v.is_instance_of::<Uint8Array>() || v.is_instance_of::<js_sys::ArrayBuffer>() {
+        Uint8Array::new(v).to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Stores one flush in one readwrite transaction.
+async fn store(idb: &IdbDatabase, flush: &Flush, durability: Durability) -> Result<()> {
+    let fail = |e: &JsValue| {
+        if is_quota(e) {
+            Error::QuotaExceeded {
+                bytes: flush.bytes(),
+            }
+        } else {
+            browser_error("flushing", e)
+        }
+    };
+    let options = Object::new();
+    let d = match durability {
+        Durability::Strict => "strict",
+        Durability::Relaxed => "relaxed",
+    };
+    Reflect::set(&options, &"durability".into(), &d.into()).map_err(|e| fail(&e))?;
+    let names = Array::of2(&"blocks".into(), &"meta".into());
+    let t = transaction_with_options(idb, &names, &options).map_err(|e| fail(&e))?;
+    let put = |t: &IdbTransaction| -> std::result::Result<(), JsValue> {
+        let blocks: IdbObjectStore = t.object_store("blocks")?;
+        if let Some(from) = flush.delete_from {
+            let range = IdbKeyRange::lower_bound(&JsValue::from_f64(from as f64))?;
+            blocks.delete(&range)?;
+        }
+        for (n, sum, data) in &flush.blocks {
+            let v = blocks::encode_block(flush.marker.generation, *sum, data);
+            blocks.put_with_key(&Uint8Array::from(&v[..]), &JsValue::from_f64(*n as f64))?;
+        }
+        let marker = flush.marker.encode();
+        t.object_store("meta")?
+            .put_with_key(&Uint8Array::from(&marker[..]), &JsValue::from_str("marker"))?;
+        Ok(())
+    };
+    if let Err(e) = put(&t) {
+        let _ = t.abort();
+        return Err(fail(&e));
+    }
+    complete(&t).await.map_err(|e| fail(&e))
+}
+
+/// Deletes the stored database `name` (every block and the marker). Fails with
+/// [`Error::Locked`] while it is open in this page.
+pub(crate) async fn delete(name: &str) -> Result<()> {
+    wait_closed(name).await?;
+    let req = factory()?
+        .delete_database(&idb_name(name))
+        .map_err(|e| browser_error("deleting", &e))?;
+    request(&req, "deleting").await.map(drop)
+}
+
+/// Waits until the database `name`, if it was dropped in this page, has stored its last
+/// flush and closed; [`Error::Locked`] if it is still open.
+async fn wait_closed(name: &str) -> Result<()> {
+    let open = OPEN.with(|o| o.borrow().get(name).cloned());
+    if let Some(c) = open {
+        if !c.closed.get() && !c.dropped.get() {
+            return Err(Error::Locked {
+                path: format!("indexeddb:{name}"),
+                source: redb::DatabaseError::DatabaseAlreadyOpen,
+            });
+        }
+        c.wait().await;
+    }
+    Ok(())
+}
+
+/// The database in the browser.
+impl crate::Db {
+    /// Opens the database `name` stored in this origin's IndexedDB, creating it if it does
+    /// not exist (the browser's counterpart of [`Db::open`](crate::Db)).
+    ///
+    /// Reads are synchronous and zero-copy from memory, as natively; every commit is atomic
+    /// and visible at once, and durable once a flush after it completes: [`Db::flush`]
+    /// waits for that, and the [`FlushPolicy`] flushes by itself (by default within 500 ms,
+    /// and when the page is hidden or left). A crash of the tab loses at most the commits
+    /// after the last completed flush, never part of a commit.
+    ///
+    /// [`Error::Locked`] if it is already open in this page; [`Error::StoreDamaged`] if the
+    /// stored blocks fail their checksums (nothing is changed then).
+    ///
+    /// [`Db::flush`]: crate::Db::flush
+    pub async fn open_browser(name: &str) -> Result<crate::Db> {
+        crate::Db::open_browser_with(name, crate::DbOptions::default(), BrowserOptions::default())
+            .await
+    }
+
+    /// [`Db::open_browser`](crate::Db::open_browser) with options.
+    pub async fn open_browser_with(
+        name: &str,
+        options: crate::DbOptions,
+        browser: BrowserOptions,
+    ) -> Result<crate::Db> {
+        let (redb, handle) = open(name, browser).await?;
+        let db = crate::Db::init(
+            redb,
+            options,
+            crate::db::Mode::Standalone,
+            &format!("indexeddb:{name}"),
+        )?;
+        // Set once, right after init: nothing else can have set it.
+        let _ = db.inner.browser.set(handle);
+        Ok(db)
+    }
+
+    /// Waits until every commit made so far is stored in IndexedDB. A database in memory
+    /// has nothing to store. [`Error::QuotaExceeded`] or [`Error::Browser`] if the browser
+    /// refused: the commits stay in memory and the next flush tries again.
+    pub async fn flush(&self) -> Result<()> {
+        match self.inner.browser.get() {
+            Some(h) => h.flush().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Why the last automatic flush failed, if it did and none succeeded since (a quota
+    /// exceeded, IndexedDB closed by the browser...). `None` when all is well.
+    pub fn flush_error(&self) -> Option<String> {
+        self.inner.browser.get().and_then(Handle::last_error)
+    }
+
+    /// Deletes the database `name` from this origin's IndexedDB. [`Error::Locked`] while it
+    /// is open in this page; a database dropped a moment ago is first left to store its
+    /// last commits.
+    pub async fn delete_browser(name: &str) -> Result<()> {
+        delete(name).await
+    }
+}

@@ -1,0 +1,375 @@
+//! rekord in a real browser (headless Chromium through wasm-bindgen-test): the database
+//! stored in IndexedDB, reopened, evolved, indexed and checked for damage.
+//!
+//! Run: `cargo test -p rekord --target wasm32-unknown-unknown --test browser` (the runner
+//! and Chromium as `.ci/run` installs them). Natively this file is empty.
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+
+use rekord::{BrowserOptions, Db, DbOptions, Error, EventKind, FlushPolicy};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+#[rekord::record(tree = "parts")]
+#[derive(Debug, Clone, PartialEq)]
+struct Part {
+    name: String,
+    qty: u32,
+}
+
+mod v1 {
+    #[rekord::record(tree = "gadgets", version = 1)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Gadget {
+        pub name: String,
+    }
+}
+
+mod v2 {
+    #[rekord::record(tree = "gadgets", version = 2)]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Gadget {
+        pub name: String,
+        #[record(default)]
+        pub color: Option<String>,
+    }
+}
+
+/// A database name no other test (or earlier run in the same profile) uses.
+fn fresh(prefix: &str) -> String {
+    format!("{prefix}-{}", js_sys::Math::random().to_bits())
+}
+
+#[wasm_bindgen_test]
+async fn records_survive_a_reopen() {
+    let name = fresh("reopen");
+    let db = Db::open_browser(&name).await.unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    let mut keys = Vec::new();
+    for i in 0..500 {
+        keys.push(
+            parts
+                .create(&Part {
+                    name: format!("part {i}"),
+                    qty: i,
+                })
+                .unwrap(),
+        );
+    }
+    parts.update(keys[7], |p| p.qty = 7000).unwrap();
+    db.flush().await.unwrap();
+    drop(parts);
+    drop(db);
+
+    let db = Db::open_browser(&name).await.unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    assert_eq!(parts.keys().unwrap().len(), 500);
+    assert_eq!(parts.get(keys[7]).unwrap().qty, 7000);
+    // Zero-copy reads, as natively.
+    parts
+        .with(keys[499], |p| assert_eq!(p.name.as_str(), "part 499"))
+        .unwrap();
+    drop(parts);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn a_dropped_database_stores_its_last_commits() {
+    // No flush: dropping the Db flushes what is left before a reopen reads it.
+    let name = fresh("drop");
+    let db = Db::open_browser(&name).await.unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    let k = parts
+        .create(&Part {
+            name: "bolt".into(),
+            qty: 1,
+        })
+        .unwrap();
+    drop(parts);
+    drop(db);
+    let db = Db::open_browser(&name).await.unwrap();
+    assert_eq!(db.tree::<Part>().unwrap().get(k).unwrap().qty, 1);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn a_second_open_in_the_page_is_refused_and_deleting_an_open_one_too() {
+    let name = fresh("locked");
+    let db = Db::open_browser(&name).await.unwrap();
+    assert!(matches!(
+        Db::open_browser(&name).await,
+        Err(Error::Locked { .. })
+    ));
+    assert!(matches!(
+        Db::delete_browser(&name).await,
+        Err(Error::Locked { .. })
+    ));
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+    // Deleted: a new, empty database.
+    let db = Db::open_browser(&name).await.unwrap();
+    assert!(db.tree::<Part>().unwrap().keys().unwrap().is_empty());
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn schema_evolution_across_two_builds() {
+    // "Build 1" writes version 1; "build 2" reads it as version 2 and writes version 2;
+    // build 1 still reads the new record (projected).
+    let name = fresh("evolve");
+    let db = Db::open_browser(&name).await.unwrap();
+    let k = db
+        .tree::<v1::Gadget>()
+        .unwrap()
+        .create(&v1::Gadget {
+            name: "lamp".into(),
+        })
+        .unwrap();
+    db.flush().await.unwrap();
+    drop(db);
+
+    let db = Db::open_browser(&name).await.unwrap();
+    let g2 = db.tree::<v2::Gadget>().unwrap();
+    let k2 = rekord::Key::<v2::Gadget>::new(k.id(), k.rev());
+    assert_eq!(
+        g2.get(k2).unwrap(),
+        v2::Gadget {
+            name: "lamp".into(),
+            color: None
+        }
+    );
+    let n = g2
+        .create(&v2::Gadget {
+            name: "desk".into(),
+            color: Some("oak".into()),
+        })
+        .unwrap();
+    drop(g2);
+    drop(db);
+
+    let db = Db::open_browser(&name).await.unwrap();
+    let g1 = db.tree::<v1::Gadget>().unwrap();
+    let n1 = rekord::Key::<v1::Gadget>::new(n.id(), n.rev());
+    assert_eq!(g1.get(n1).unwrap().name, "desk");
+    drop(g1);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn events_and_indexers_work_in_the_browser() {
+    let name = fresh("events");
+    let db = Db::open_browser(&name).await.unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    let total = Arc::new(Mutex::new(0u64));
+    let t = total.clone();
+    parts
+        .register_indexer(move |c: &rekord::Change<'_, Part>| {
+            let mut t = t.lock().unwrap();
+            if let Some(o) = c.old {
+                *t -= u64::from(o.qty.to_native());
+            }
+            if let Some(n) = c.new {
+                *t += u64::from(n.qty.to_native());
+            }
+        })
+        .unwrap();
+    let events = db.subscribe();
+    let k = parts
+        .create(&Part {
+            name: "nut".into(),
+            qty: 5,
+        })
+        .unwrap();
+    parts.update(k, |p| p.qty = 9).unwrap();
+    assert_eq!(*total.lock().unwrap(), 9);
+    let e = events.recv().await.unwrap();
+    let r = e.as_record().unwrap();
+    assert_eq!((r.kind, r.key), (EventKind::Created, k.raw()));
+    let e = events.recv().await.unwrap();
+    assert_eq!(e.as_record().unwrap().kind, EventKind::Updated);
+    drop(parts);
+    drop(events);
+    drop(db);
+
+    // Reopened: the indexer replays what was stored.
+    let db = Db::open_browser(&name).await.unwrap();
+    let replayed = Arc::new(Mutex::new(0u64));
+    let r = replayed.clone();
+    db.tree::<Part>()
+        .unwrap()
+        .register_indexer(move |c: &rekord::Change<'_, Part>| {
+            if let Some(n) = c.new {
+                *r.lock().unwrap() += u64::from(n.qty.to_native());
+            }
+        })
+        .unwrap();
+    assert_eq!(*replayed.lock().unwrap(), 9);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+/// The commit marker's generation as stored in IndexedDB (0 if none), read with raw
+/// IndexedDB while the database is open.
+async fn stored_generation(name: &str) -> u64 {
+    let bytes = raw_get(name, "meta", &"marker".into()).await;
+    match bytes {
+        None => 0,
+        Some(b) => u64::from_le_bytes(b[8..16].try_into().unwrap()),
+    }
+}
+
+async fn idb(name: &str) -> web_sys::IdbDatabase {
+    let f: web_sys::IdbFactory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into())
+        .unwrap()
+        .unchecked_into();
+    let req = f.open(&format!("rekord:{name}")).unwrap();
+    let v = wait(req.unchecked_ref()).await;
+    v.unchecked_into()
+}
+
+async fn wait(req: &web_sys::IdbRequest) -> wasm_bindgen::JsValue {
+    let p = js_sys::Promise::new(&mut |resolve, reject| {
+        let r = req.clone();
+        let ok = wasm_bindgen::closure::Closure::once_into_js(move |_: web_sys::Event| {
+            resolve
+                .call1(&wasm_bindgen::JsValue::NULL, &r.result().unwrap())
+                .unwrap();
+        });
+        let err = wasm_bindgen::closure::Closure::once_into_js(move |_: web_sys::Event| {
+            reject.call0(&wasm_bindgen::JsValue::NULL).unwrap();
+        });
+        req.set_onsuccess(Some(ok.unchecked_ref()));
+        req.set_onerror(Some(err.unchecked_ref()));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap()
+}
+
+async fn raw_get(name: &str, store: &str, key: &wasm_bindgen::JsValue) -> Option<Vec<u8>> {
+    let db = idb(name).await;
+    let t = db.transaction_with_str(store).unwrap();
+    let v = wait(&t.object_store(store).unwrap().get(key).unwrap()).await;
+    db.close();
+    (!v.is_undefined()).then(|| js_sys::Uint8Array::new(&v).to_vec())
+}
+
+async fn raw_put(name: &str, store: &str, key: &wasm_bindgen::JsValue, bytes: &[u8]) {
+    let db = idb(name).await;
+    let t = db
+        .transaction_with_str_and_mode(store, web_sys::IdbTransactionMode::Readwrite)
+        .unwrap();
+    let v = js_sys::Uint8Array::from(bytes);
+    wait(
+        &t.object_store(store)
+            .unwrap()
+            .put_with_key(&v, key)
+            .unwrap(),
+    )
+    .await;
+    db.close();
+}
+
+async fn sleep(ms: i32) {
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        web_sys::window()
+            .unwrap()
+            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
+            .unwrap();
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn commits_are_flushed_by_the_policy_without_being_asked() {
+    let name = fresh("policy");
+    let policy = FlushPolicy {
+        debounce: std::time::Duration::from_millis(30),
+        max_delay: std::time::Duration::from_millis(200),
+        ..FlushPolicy::default()
+    };
+    let db = Db::open_browser_with(
+        &name,
+        DbOptions::default(),
+        BrowserOptions {
+            flush: policy,
+            ..BrowserOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    sleep(300).await;
+    let g0 = stored_generation(&name).await;
+    assert!(g0 >= 1, "the created database was flushed");
+    let parts = db.tree::<Part>().unwrap();
+    // A steady stream of commits, each within the debounce of the last: the deadline
+    // flushes anyway.
+    for i in 0..20 {
+        parts
+            .create(&Part {
+                name: "x".into(),
+                qty: i,
+            })
+            .unwrap();
+        sleep(20).await;
+    }
+    let busy = stored_generation(&name).await;
+    assert!(
+        busy > g0,
+        "flushed while busy (max_delay): {busy} after {g0}"
+    );
+    sleep(300).await;
+    let quiet = stored_generation(&name).await;
+    assert!(quiet > g0);
+    assert!(db.flush_error().is_none());
+    drop(parts);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn a_damaged_block_is_refused_and_left_as_it_was() {
+    let name = fresh("damaged");
+    let db = Db::open_browser(&name).await.unwrap();
+    db.tree::<Part>()
+        .unwrap()
+        .create(&Part {
+            name: "gear".into(),
+            qty: 3,
+        })
+        .unwrap();
+    db.flush().await.unwrap();
+    drop(db);
+    // Give the closing flusher its time, then flip a byte of block 0's data.
+    let open = Db::open_browser(&name).await.unwrap();
+    drop(open);
+    let key = wasm_bindgen::JsValue::from_f64(0.0);
+    let mut block = loop {
+        if let Some(b) = raw_get(&name, "blocks", &key).await {
+            break b;
+        }
+        sleep(20).await;
+    };
+    let original = block.clone();
+    block[100] ^= 0x10;
+    raw_put(&name, "blocks", &key, &block).await;
+    match Db::open_browser(&name).await {
+        Err(Error::StoreDamaged { source, .. }) => {
+            assert!(source.to_string().contains("block 0"), "{source}")
+        }
+        other => panic!("expected StoreDamaged, got {other:?}"),
+    }
+    // Nothing was changed: the damaged block is still there, and repaired it opens.
+    assert_eq!(raw_get(&name, "blocks", &key).await.unwrap(), block);
+    raw_put(&name, "blocks", &key, &original).await;
+    let db = Db::open_browser(&name).await.unwrap();
+    assert_eq!(db.tree::<Part>().unwrap().keys().unwrap().len(), 1);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
