@@ -1,0 +1,137 @@
+//! rekord in the browser, compiled to wasm with wasm-bindgen: the page the browser driver
+//! crashes (`Harness`). Build and serve with `examples/web/run.sh`.
+#![cfg(target_arch = "wasm32")]
+
+use rekord::{BrowserOptions, Db, DbOptions, Durability, FlushPolicy, Key, Tree};
+use wasm_bindgen::prelude::*;
+
+/// One commit of the crash harness: record `seq`, with `len` bytes of payload.
+#[rekord::record(tree = "commits")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    /// The commit's sequence number (0, 1, 2, ...).
+    pub seq: u64,
+    /// Filler, so that commits span several blocks.
+    pub payload: Vec<u8>,
+}
+
+/// The last sequence number committed (one record, updated with every commit).
+#[rekord::record(tree = "head")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// Sequence number of the last commit (`u64::MAX` before the first).
+    pub seq: u64,
+    /// Records in `commits` (must be `seq + 1`).
+    pub count: u64,
+}
+
+fn js(e: rekord::Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// A database the browser driver writes, crashes and checks.
+#[wasm_bindgen]
+pub struct Harness {
+    db: Db,
+    commits: Tree<Commit>,
+    heads: Tree<Head>,
+    head: Key<Head>,
+    next: u64,
+}
+
+#[wasm_bindgen]
+impl Harness {
+    /// Opens (or creates) the harness database `name`; `relaxed` selects relaxed
+    /// durability; `max_delay_ms` the flush policy's deadline.
+    pub async fn open(name: String, relaxed: bool, max_delay_ms: u32) -> Result<Harness, JsError> {
+        let browser = BrowserOptions {
+            durability: if relaxed {
+                Durability::Relaxed
+            } else {
+                Durability::Strict
+            },
+            flush: FlushPolicy {
+                max_delay: std::time::Duration::from_millis(u64::from(max_delay_ms)),
+                ..FlushPolicy::default()
+            },
+        };
+        let db = Db::open_browser_with(&name, DbOptions::default(), browser)
+            .await
+            .map_err(js)?;
+        let commits = db.tree::<Commit>().map_err(js)?;
+        let heads = db.tree::<Head>().map_err(js)?;
+        let head = match heads.keys().map_err(js)?.first() {
+            Some(k) => *k,
+            None => heads
+                .create(&Head {
+                    seq: u64::MAX,
+                    count: 0,
+                })
+                .map_err(js)?,
+        };
+        let next = heads.get(head).map_err(js)?.seq.wrapping_add(1);
+        Ok(Harness {
+            db,
+            commits,
+            heads,
+            head,
+            next,
+        })
+    }
+
+    /// Checks that the database holds exactly the state of one commit (the head names the
+    /// last commit, and commits `0..=seq` are all there with their payloads); returns the
+    /// number of commits (the next sequence number).
+    pub fn check(&self) -> Result<f64, JsError> {
+        let head = self.heads.get(self.head).map_err(js)?;
+        let keys = self.commits.keys().map_err(js)?;
+        let n = head.seq.wrapping_add(1);
+        if keys.len() as u64 != n || head.count != n {
+            return Err(JsError::new(&format!(
+                "not a committed state: head says {n} commits (count {}), {} stored",
+                head.count,
+                keys.len()
+            )));
+        }
+        let mut seen = vec![false; keys.len()];
+        for k in keys {
+            let c = self.commits.get(k).map_err(js)?;
+            let i = usize::try_from(c.seq).unwrap_or(usize::MAX);
+            if i >= seen.len() || seen[i] || c.payload != payload(c.seq, c.payload.len()) {
+                return Err(JsError::new(&format!("commit {} is wrong or repeated", c.seq)));
+            }
+            seen[i] = true;
+        }
+        Ok(n as f64)
+    }
+
+    /// Makes one commit (a new record of `len` bytes and the head) and returns its
+    /// sequence number.
+    pub fn commit(&mut self, len: u32) -> Result<f64, JsError> {
+        let seq = self.next;
+        let mut b = self.db.batch().map_err(js)?;
+        b.create(&Commit {
+            seq,
+            payload: payload(seq, len as usize),
+        })
+        .map_err(js)?;
+        b.update(self.head, |h| {
+            h.seq = seq;
+            h.count = seq + 1;
+        })
+        .map_err(js)?;
+        b.commit().map_err(js)?;
+        self.next += 1;
+        Ok(seq as f64)
+    }
+
+    /// Waits until every commit so far is stored in IndexedDB.
+    pub async fn flush(&self) -> Result<(), JsError> {
+        self.db.flush().await.map_err(js)
+    }
+}
+
+/// The payload of commit `seq`: recognisable bytes, different per commit.
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+}

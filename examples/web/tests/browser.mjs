@@ -1,0 +1,32 @@
+// Launches Debian's Chromium headless for the drivers, with a throwaway profile.
+import puppeteer from "puppeteer-core";
+import { mkdtempSync } from "node:fs";
+import { join } from "node:path";
+
+/** A fresh profile directory (IndexedDB lives there; reuse it to reopen the same data). */
+export function profile() {
+  return mkdtempSync(join(process.env.TMPDIR ?? "/tmp", "rekord-chrome-"));
+}
+
+export async function launch(userDataDir = profile()) {
+  return puppeteer.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    dumpio: process.env.DUMPIO === "1",
+    userDataDir,
+    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A seeded pseudo-random generator (xorshift), so a failing run can be replayed. */
+export function rng(seed) {
+  let x = BigInt(seed) | 1n;
+  return (n) => {
+    x ^= (x << 13n) & 0xffffffffffffffffn;
+    x ^= x >> 7n;
+    x ^= (x << 17n) & 0xffffffffffffffffn;
+    return Number(x % BigInt(n));
+  };
+}
