@@ -689,3 +689,67 @@ fn acked_edit_away(declared: bool) {
     drop((a, c, fresh));
     server.kill();
 }
+
+// ---- a record another replica borrows while this one waits to take it back ----
+
+/// B edits a record after the backup; the server is restored; A takes the server's version
+/// and borrows the record before B comes back. B, coming back, waits to take the record
+/// back (A holds it) and then learns that A's borrow stands: it must fetch the server's
+/// version, not keep its own edit under A's borrow (seed 1795998821454072938 of the fault
+/// test ended that way: a borrow push carries no data).
+#[test]
+fn a_record_borrowed_elsewhere_while_waiting_to_take_it_back_is_fetched_again() {
+    trace();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let addr = server.addr;
+    let (pa, pb) = (tmp.path().join("a.rekord"), tmp.path().join("b.rekord"));
+    let bk = tmp.path().join("bk.redb");
+    let x;
+    {
+        let a = open(&pa, addr, &token);
+        let b = open(&pb, addr, &token);
+        let t = a.tree::<Part>().unwrap();
+        x = t
+            .create(&Part {
+                name: "x".into(),
+                qty: 1,
+            })
+            .unwrap();
+        t.return_borrow(x).unwrap();
+        settle(&[&a, &b]);
+        assert!(eventually(|| parts(&b).len() == 1));
+        backup(&data, &bk);
+        let tb = b.tree::<Part>().unwrap();
+        tb.borrow(x).unwrap();
+        tb.update(x, |p| p.qty = 99).unwrap();
+        settle(&[&a, &b]);
+        assert!(eventually(|| parts(&a).first().is_some_and(|r| r.3 == 99)));
+    }
+    let server = restore(server, &data, &bk);
+    let replica_a;
+    {
+        // A takes the server's version (qty 1, nobody's) and borrows the record, unedited.
+        let a = open(&pa, addr, &token);
+        settle(&[&a]);
+        assert!(eventually(|| parts(&a).first().is_some_and(|r| r.3 == 1)));
+        a.tree::<Part>().unwrap().borrow(x).unwrap();
+        replica_a = a.replica();
+        settle(&[&a]);
+    }
+    let a = open(&pa, addr, &token);
+    let b = open(&pb, addr, &token);
+    settle(&[&a, &b]);
+    let fresh = converge(addr, &token, &[("A", &a), ("B", &b)]);
+    let row = parts(&fresh)[0].clone();
+    assert_eq!(
+        (row.3, row.6),
+        (1, replica_a),
+        "qty and holder: A's borrow of the server's version"
+    );
+    assert_eq!(parts(&b), parts(&fresh), "B holds what the server holds");
+    drop((a, b, fresh));
+    server.kill();
+}

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Size of one stored block. A small commit changes a handful of redb pages (4 KiB each),
 /// usually in different blocks; a large batch stores fewer, larger IndexedDB values.
-pub const BLOCK_SIZE: usize = 16 * 1024;
+pub const BLOCK_SIZE: usize = 4 * 1024;
 
 /// The first bytes of a stored commit marker.
 const MARKER_MAGIC: &[u8; 8] = b"rekordM1";
@@ -538,6 +538,22 @@ mod tests {
         if let Some(f) = f {
             store.apply(&f);
             lock(image).flushed(&f);
+        }
+    }
+
+    #[test]
+    #[ignore = "prints how many blocks small commits change"]
+    fn blocks_per_small_commit() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        for k in 0..20_000u64 {
+            put(&db, k, &[1u8; 200]);
+            let f = lock(&image).take_flush().unwrap();
+            if k % 2000 == 0 {
+                eprintln!("commit {k}: {} blocks of {BLOCK_SIZE}", f.blocks.len());
+            }
+            store.apply(&f);
+            lock(&image).flushed(&f);
         }
     }
 

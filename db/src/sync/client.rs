@@ -905,7 +905,11 @@ impl Client {
             b.commit_for_sync()?;
         }
         self.prune_journal()?;
-        self.retry_reclaims(s).await?;
+        // Records waiting to be taken back are retried once caught up (`CaughtUp`): a
+        // replica that borrowed one meanwhile shows in the catch-up, and its version then
+        // stands (`reclaim_taken`); retried before, this replica's stale copy could be
+        // resent over edits made while it was away.
+        self.reclaiming = self.has_reclaims()?;
         if self.read_rights_grew(&hello.read)? {
             return Err(End::Lost(
                 "the token's read rights changed; reconnecting to fetch what the trees it may \
@@ -968,11 +972,6 @@ impl Client {
                         && matches!(&push, Push::Changes(es) if es.iter().any(|e| {
                             matches!(e.change.kind, ChangeKind::Borrow { holder: 0 })
                         }));
-                    if self.reclaiming
-                        && let Push::Changes(es) = &push
-                    {
-                        self.reclaim_taken(es)?;
-                    }
                     self.apply_ready(s, push).await?;
                     if frees {
                         self.retry_reclaims(s).await?;
@@ -1715,6 +1714,9 @@ impl Client {
                 }
                 let mut b = self.lazy_batch(&db)?;
                 let skipped = b.apply_remote(&fresh)?;
+                // Whichever path applies the changes (live pushes, a resync's buffered
+                // ones, a borrow's wait), in the same commit as the cursor.
+                let took = self.reclaim_taken(&b, &fresh)?;
                 b.set_cursor(last);
                 b.commit()?;
                 for event in skipped {
@@ -1734,11 +1736,18 @@ impl Client {
                         cursor: last,
                         head: self.head,
                     });
+                } else if took {
+                    // Live: fetch the other replica's version now (during a catch-up,
+                    // `CaughtUp` rechecks, after the older changes replayed).
+                    Box::pin(self.recheck(s)).await?;
                 }
             }
             Push::CaughtUp { head } => {
                 if self.rechecking {
                     Box::pin(self.recheck(s)).await?;
+                }
+                if self.reclaiming && !self.caught_up {
+                    Box::pin(self.retry_reclaims(s)).await?;
                 }
                 self.caught_up = true;
                 self.head = head;

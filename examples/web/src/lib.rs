@@ -3,6 +3,7 @@
 #![cfg(target_arch = "wasm32")]
 
 use rekord::{BrowserOptions, Db, DbOptions, Durability, FlushPolicy, Key, Tree};
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 /// One commit of the crash harness: record `seq`, with `len` bytes of payload.
@@ -98,7 +99,10 @@ impl Harness {
             let c = self.commits.get(k).map_err(js)?;
             let i = usize::try_from(c.seq).unwrap_or(usize::MAX);
             if i >= seen.len() || seen[i] || c.payload != payload(c.seq, c.payload.len()) {
-                return Err(JsError::new(&format!("commit {} is wrong or repeated", c.seq)));
+                return Err(JsError::new(&format!(
+                    "commit {} is wrong or repeated",
+                    c.seq
+                )));
             }
             seen[i] = true;
         }
@@ -134,4 +138,136 @@ impl Harness {
 /// The payload of commit `seq`: recognisable bytes, different per commit.
 fn payload(seq: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+}
+
+/// One record of the benchmark: about 200 bytes, like the raw IndexedDB baseline's objects.
+#[rekord::record(tree = "items")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// A short name.
+    pub name: String,
+    /// A number.
+    pub qty: u32,
+    /// Filler text (180 bytes).
+    pub note: String,
+}
+
+fn item(i: u32) -> Item {
+    Item {
+        name: format!("item {i}"),
+        qty: i,
+        note: "n".repeat(180),
+    }
+}
+
+/// The rekord side of the in-page benchmark (`www/bench.html` times it beside raw
+/// IndexedDB doing the same work).
+#[wasm_bindgen]
+pub struct Bench {
+    db: Db,
+    items: Tree<Item>,
+    keys: Vec<Key<Item>>,
+    next: u32,
+}
+
+#[wasm_bindgen]
+impl Bench {
+    /// Opens (or creates) the benchmark database `name`.
+    pub async fn open(name: String, relaxed: bool) -> Result<Bench, JsError> {
+        let browser = BrowserOptions {
+            durability: if relaxed {
+                Durability::Relaxed
+            } else {
+                Durability::Strict
+            },
+            ..BrowserOptions::default()
+        };
+        let db = Db::open_browser_with(&name, DbOptions::default(), browser)
+            .await
+            .map_err(js)?;
+        let items = db.tree::<Item>().map_err(js)?;
+        let keys = items.keys().map_err(js)?;
+        Ok(Bench {
+            next: keys.len() as u32,
+            db,
+            items,
+            keys,
+        })
+    }
+
+    /// Commits one record and waits until it is stored.
+    pub async fn one(&mut self) -> Result<(), JsError> {
+        let k = self.items.create(&item(self.next)).map_err(js)?;
+        self.next += 1;
+        self.keys.push(k);
+        self.db.flush().await.map_err(js)
+    }
+
+    /// Commits one record without waiting for it to be stored.
+    pub fn commit_one(&mut self) -> Result<(), JsError> {
+        let k = self.items.create(&item(self.next)).map_err(js)?;
+        self.next += 1;
+        self.keys.push(k);
+        Ok(())
+    }
+
+    /// Waits until every commit so far is stored.
+    pub async fn flush(&self) -> Result<(), JsError> {
+        self.db.flush().await.map_err(js)
+    }
+
+    /// Commits `n` records in one batch and waits until they are stored.
+    pub async fn batch(&mut self, n: u32) -> Result<(), JsError> {
+        let mut b = self.db.batch().map_err(js)?;
+        for _ in 0..n {
+            let k = b.create(&item(self.next)).map_err(js)?;
+            self.next += 1;
+            self.keys.push(k);
+        }
+        b.commit().map_err(js)?;
+        self.db.flush().await.map_err(js)
+    }
+
+    /// Reads `n` random records (zero-copy) and returns the sum of their quantities.
+    pub fn reads(&self, n: u32, seed: u32) -> Result<f64, JsError> {
+        let mut x = seed | 1;
+        let mut sum = 0u64;
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let Some(k) = self.keys.get(x as usize % self.keys.len().max(1)) else {
+                break;
+            };
+            sum += self
+                .items
+                .with(*k, |i| u64::from(i.qty.to_native()))
+                .map_err(js)?;
+        }
+        Ok(sum as f64)
+    }
+
+    /// The quantity of the first record (what "open to the first row" reads).
+    pub fn first(&self) -> Result<f64, JsError> {
+        match self.keys.first() {
+            Some(k) => Ok(f64::from(
+                self.items.with(*k, |i| i.qty.to_native()).map_err(js)?,
+            )),
+            None => Ok(-1.0),
+        }
+    }
+
+    /// Records stored.
+    pub fn count(&self) -> f64 {
+        self.keys.len() as f64
+    }
+
+    /// Bytes of wasm memory in use (the image, redb's cache and everything else).
+    pub fn memory() -> f64 {
+        wasm_bindgen::memory()
+            .unchecked_into::<js_sys::WebAssembly::Memory>()
+            .buffer()
+            .unchecked_into::<js_sys::ArrayBuffer>()
+            .byte_length() as f64
+    }
 }

@@ -665,32 +665,46 @@ impl Client {
     }
 
     /// Forgets the records of `rekord.reclaim` that another replica borrowed (pushed
-    /// `entries`): its version stands.
+    /// `entries`, applied in batch `b`): its version stands, so the copy kept here while
+    /// waiting to take the record back is fetched again (`rekord.recheck`) once caught up.
+    /// A borrow push carries no data: without the fetch, this replica would keep its own
+    /// version under the other's borrow for good. Returns whether any was forgotten.
     pub(crate) fn reclaim_taken(
         &mut self,
+        b: &crate::Batch<'_>,
         entries: &[crate::proto::Sequenced],
-    ) -> std::result::Result<(), End> {
-        let me = self.db()?.inner.replica.load(Ordering::Acquire);
-        let taken: Vec<(&str, u64)> = entries
-            .iter()
-            .filter(|e| {
-                matches!(e.change.kind, ChangeKind::Borrow { holder } if holder != 0 && holder != me)
-            })
-            .map(|e| (e.change.tree.as_str(), e.change.id))
-            .collect();
-        if taken.is_empty() {
-            return Ok(());
+    ) -> std::result::Result<bool, End> {
+        if !self.reclaiming {
+            return Ok(false);
         }
-        let db = self.db()?;
-        let b = db.batch()?;
-        {
-            let mut table = b.txn.open_table(RECLAIM).map_err(Error::from)?;
-            for key in taken {
-                table.remove(key).map_err(Error::from)?;
+        let me = self.db()?.inner.replica.load(Ordering::Acquire);
+        let mut reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
+        let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
+        let mut took = false;
+        for e in entries {
+            let key = (e.change.tree.as_str(), e.change.id);
+            if matches!(e.change.kind, ChangeKind::Borrow { holder } if holder != 0 && holder != me)
+                && reclaim.remove(key).map_err(Error::from)?.is_some()
+            {
+                tracing::trace!(tree = %e.change.tree, id = e.change.id,
+                    "rekord sync: another replica took the record this one waited to take back; fetching its version");
+                recheck.insert(key, ()).map_err(Error::from)?;
+                took = true;
             }
         }
-        b.commit()?;
-        Ok(())
+        self.rechecking |= took;
+        Ok(took)
+    }
+
+    /// Whether `rekord.reclaim` holds records waiting to be taken back.
+    pub(crate) fn has_reclaims(&self) -> std::result::Result<bool, End> {
+        let db = self.db()?;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        match txn.open_table(RECLAIM) {
+            Ok(t) => Ok(redb::ReadableTableMetadata::len(&t).map_err(Error::from)? > 0),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(Error::from(e).into()),
+        }
     }
 
     /// Whether `id` is from one of this replica's id ranges.
