@@ -27,7 +27,7 @@ pub use record::{Archived, Record};
 pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
 #[cfg(target_arch = "wasm32")]
-pub use storage::browser::{BrowserOptions, Durability, FlushPolicy};
+pub use storage::browser::{BrowserOptions, BrowserStats, Durability, FlushPolicy};
 pub use sync::{Merge, Retry, SyncConfig, SyncStatus, WriteMode};
 pub use tree::batch::{Batch, BatchTree};
 pub use tree::dynamic::{

@@ -220,7 +220,7 @@ impl Image {
     /// is an error (a flush that shrinks the image deletes them).
     pub(crate) fn load(
         marker: Marker,
-        blocks: impl IntoIterator<Item = (u64, Vec<u8>)>,
+        blocks: impl IntoIterator<Item = Result<(u64, Vec<u8>), LoadError>>,
     ) -> Result<Image, LoadError> {
         let count = block_count(marker.len);
         let Ok(len) = usize::try_from(marker.len) else {
@@ -231,7 +231,9 @@ impl Image {
         let mut bytes = vec![0u8; len];
         let zero = zero_sum();
         let mut sums = vec![zero; usize::try_from(count).unwrap_or(0)];
-        for (n, b) in blocks {
+        // One block at a time: the image is the only full copy in memory.
+        for block in blocks {
+            let (n, b) = block?;
             if n >= count {
                 return Err(LoadError::Mixed(format!(
                     "block {n} lies past the end of the image ({count} blocks)"
@@ -266,6 +268,11 @@ impl Image {
     /// Length of the live image.
     pub(crate) fn len(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    /// Generation of the last flush stored.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Bytes of committed block data waiting for a flush.
@@ -508,7 +515,7 @@ mod tests {
                 None => Ok(Image::new()),
                 Some(m) => Image::load(
                     Marker::decode(m)?,
-                    self.blocks.iter().map(|(n, b)| (*n, b.clone())),
+                    self.blocks.iter().map(|(n, b)| Ok((*n, b.clone()))),
                 ),
             }
         }

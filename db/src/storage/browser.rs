@@ -82,6 +82,22 @@ pub struct BrowserOptions {
     pub flush: FlushPolicy,
 }
 
+/// redb's page cache in the browser (natively it is redb's default).
+const REDB_CACHE: usize = 4 << 20;
+
+/// The state of a database stored in the browser ([`Db::browser_stats`](crate::Db::browser_stats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrowserStats {
+    /// Bytes of the database's image, held in memory and stored in IndexedDB (in blocks of
+    /// [`BLOCK_SIZE`](crate::storage::BLOCK_SIZE) with 16 bytes of header each).
+    pub image_bytes: u64,
+    /// Bytes of changed blocks committed and not yet flushed.
+    pub unflushed_bytes: u64,
+    /// Flushes stored since the database was created (the commit marker's generation).
+    pub flushes: u64,
+}
+
 /// What the flusher is told.
 pub(crate) enum Kick {
     /// A commit was staged; this many bytes wait.
@@ -97,6 +113,7 @@ pub(crate) enum Kick {
 /// The handle a [`Db`](crate::Db) keeps of its browser storage.
 pub(crate) struct Handle {
     name: String,
+    image: Arc<Mutex<Image>>,
     kick: async_channel::Sender<Kick>,
     /// The flusher's last error, cleared by its next successful flush.
     last_error: Arc<Mutex<Option<String>>>,
@@ -220,7 +237,12 @@ async fn open_inner(
             let _ = on_commit.try_send(Kick::Commit(staged));
         })),
     );
-    let redb = match redb::Database::builder().create_with_backend(backend) {
+    // The image is in memory already: redb's own cache of it only needs to hold the pages
+    // a transaction works on, not a second copy of the database.
+    let redb = match redb::Database::builder()
+        .set_cache_size(REDB_CACHE)
+        .create_with_backend(backend)
+    {
         Ok(redb) => redb,
         Err(source) => {
             idb.close();
@@ -235,7 +257,7 @@ async fn open_inner(
     };
     let flusher = Flusher {
         idb,
-        image,
+        image: image.clone(),
         options,
         kicks,
         last_error: last_error.clone(),
@@ -249,6 +271,7 @@ async fn open_inner(
         redb,
         Handle {
             name: handle_name,
+            image: image.clone(),
             kick,
             last_error,
         },
@@ -611,15 +634,15 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
     let marker = Marker::decode(&bytes_of(&marker)).map_err(damaged)?;
     let keys = Array::from(&keys);
     let values = Array::from(&values);
-    let mut stored = Vec::with_capacity(keys.length() as usize);
-    for (k, v) in keys.iter().zip(values.iter()) {
-        let Some(n) = k.as_f64().filter(|n| *n >= 0.0 && n.fract() == 0.0) else {
-            return Err(damaged(blocks::LoadError::Mixed(format!(
+    // Copied into wasm memory one block at a time, straight into the image.
+    let stored = keys.iter().zip(values.iter()).map(|(k, v)| {
+        match k.as_f64().filter(|n| *n >= 0.0 && n.fract() == 0.0) {
+            Some(n) => Ok((n as u64, bytes_of(&v))),
+            None => Err(blocks::LoadError::Mixed(format!(
                 "a block is stored under key {k:?}, not a block number"
-            ))));
-        };
-        stored.push((n as u64, bytes_of(&v)));
-    }
+            ))),
+        }
+    });
     Image::load(marker, stored).map_err(damaged)
 }
 
@@ -745,6 +768,18 @@ impl crate::Db {
             Some(h) => h.flush().await,
             None => Ok(()),
         }
+    }
+
+    /// The size of the stored image and what waits to be flushed; `None` for a database
+    /// that is not stored in the browser.
+    pub fn browser_stats(&self) -> Option<BrowserStats> {
+        let h = self.inner.browser.get()?;
+        let image = blocks::lock(&h.image);
+        Some(BrowserStats {
+            image_bytes: image.len(),
+            unflushed_bytes: image.staged_bytes() as u64,
+            flushes: image.generation(),
+        })
     }
 
     /// Why the last automatic flush failed, if it did and none succeeded since (a quota

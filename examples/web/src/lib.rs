@@ -186,12 +186,11 @@ impl Bench {
             .await
             .map_err(js)?;
         let items = db.tree::<Item>().map_err(js)?;
-        let keys = items.keys().map_err(js)?;
         Ok(Bench {
-            next: keys.len() as u32,
+            next: 0,
             db,
             items,
-            keys,
+            keys: Vec::new(),
         })
     }
 
@@ -249,12 +248,17 @@ impl Bench {
 
     /// The quantity of the first record (what "open to the first row" reads).
     pub fn first(&self) -> Result<f64, JsError> {
-        match self.keys.first() {
-            Some(k) => Ok(f64::from(
-                self.items.with(*k, |i| i.qty.to_native()).map_err(js)?,
-            )),
+        match self.items.iter().map_err(js)?.next() {
+            Some(r) => Ok(f64::from(r.map_err(js)?.qty.to_native())),
             None => Ok(-1.0),
         }
+    }
+
+    /// Bytes of the database's image (what IndexedDB stores, without its small overhead).
+    pub fn stored(&self) -> f64 {
+        self.db
+            .browser_stats()
+            .map_or(0.0, |s| s.image_bytes as f64)
     }
 
     /// Records stored.
