@@ -373,3 +373,55 @@ async fn a_damaged_block_is_refused_and_left_as_it_was() {
     drop(db);
     Db::delete_browser(&name).await.unwrap();
 }
+
+#[wasm_bindgen_test]
+async fn a_native_file_opens_in_the_browser_and_an_export_imports_again() {
+    // Written natively (db/tests/browser_image.rs makes and checks it): the same bytes.
+    let native = include_bytes!("fixtures/native.rekord").to_vec();
+    let name = fresh("native");
+    Db::import_browser_image(&name, native.clone())
+        .await
+        .unwrap();
+    // Importing over an existing database is refused.
+    assert!(matches!(
+        Db::import_browser_image(&name, native).await,
+        Err(Error::Browser { .. })
+    ));
+    let db = Db::open_browser(&name).await.unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    let all: Vec<Part> = parts
+        .keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| parts.get(k).unwrap())
+        .collect();
+    assert_eq!(all.len(), 100);
+    assert!(all.iter().any(|p| p.name == "native 7" && p.qty == 21));
+    let k = parts
+        .create(&Part {
+            name: "browser".into(),
+            qty: 1,
+        })
+        .unwrap();
+    // The browser's image, as a file's bytes, imported under another name.
+    let image = db.export_image().unwrap();
+    let copy = fresh("copy");
+    Db::import_browser_image(&copy, image).await.unwrap();
+    let db2 = Db::open_browser(&copy).await.unwrap();
+    let parts2 = db2.tree::<Part>().unwrap();
+    assert_eq!(parts2.keys().unwrap().len(), 101);
+    assert_eq!(parts2.get(k).unwrap().name, "browser");
+    // Not a rekord database: refused, nothing stored.
+    let junk = fresh("junk");
+    assert!(
+        Db::import_browser_image(&junk, vec![7u8; 10_000])
+            .await
+            .is_err()
+    );
+    let db3 = Db::open_browser(&junk).await.unwrap();
+    assert!(db3.tree::<Part>().unwrap().keys().unwrap().is_empty());
+    drop((parts, parts2, db, db2, db3));
+    for n in [name, copy, junk] {
+        Db::delete_browser(&n).await.unwrap();
+    }
+}

@@ -265,6 +265,23 @@ impl Image {
         })
     }
 
+    /// An image holding `bytes` (a redb file), every block staged for the first flush.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Image {
+        let mut image = Image {
+            written: (0..block_count(bytes.len() as u64)).collect(),
+            bytes,
+            ..Image::default()
+        };
+        image.sync();
+        image
+    }
+
+    /// The committed image (the bytes of a redb file), or `None` while a write transaction
+    /// has written to it since its last commit.
+    pub(crate) fn committed(&self) -> Option<&[u8]> {
+        (self.written.is_empty() && self.committed_len == self.len()).then_some(&self.bytes[..])
+    }
+
     /// Length of the live image.
     pub(crate) fn len(&self) -> u64 {
         self.bytes.len() as u64
@@ -565,6 +582,25 @@ mod tests {
     }
 
     #[test]
+    fn an_image_from_bytes_stores_and_loads_the_same_bytes() {
+        let (db, image) = open(Image::new());
+        for k in 0..300 {
+            put(&db, k, &vec![k as u8; 700]);
+        }
+        drop(db);
+        let bytes = lock(&image).committed().unwrap().to_vec();
+        let mut from = Image::from_bytes(bytes.clone());
+        let mut store = Store::default();
+        let f = from.take_flush().unwrap();
+        store.apply(&f);
+        from.flushed(&f);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.committed().unwrap(), &bytes[..]);
+        let (db, _) = open(loaded);
+        assert_eq!(count(&db), 300);
+    }
+
+    #[test]
     fn a_flushed_image_reopens_with_every_commit() {
         let mut store = Store::default();
         let (db, image) = open(Image::new());
@@ -733,6 +769,315 @@ mod tests {
                 }
                 let loaded = store.load().unwrap();
                 proptest::prop_assert_eq!(&loaded.bytes, &at_flush);
+            }
+        }
+    }
+
+    // ---- red-team review (added by a review session) ----
+
+    /// A flush taken, then (while it is in flight) a commit cuts the image below one of its
+    /// blocks and a later commit grows it again without writing that block, then the flush
+    /// fails: `failed` re-stages the flush's old copy of the block although the committed
+    /// image has zeros there (sums[n] is the zero checksum). The retry stores the stale
+    /// block under a marker whose digest says zeros: the store no longer loads.
+    #[test]
+    fn redteam_a_failed_flush_does_not_restage_a_block_cut_and_regrown_meanwhile() {
+        let bs = BLOCK_SIZE as u64;
+        let mut image = Image::new();
+        let mut store = Store::default();
+        image.set_len(5 * bs).unwrap();
+        image.write(0, &[1u8; 5 * BLOCK_SIZE]).unwrap();
+        image.sync();
+        let f = image.take_flush().unwrap();
+        store.apply(&f);
+        image.flushed(&f);
+        // A commit writing block 4; its flush is taken (in flight).
+        image.write(4 * bs, &[2u8; 10]).unwrap();
+        image.sync();
+        let in_flight = image.take_flush().unwrap();
+        // Meanwhile: a commit shrinks the image to 2 blocks, a later one grows it back.
+        image.set_len(2 * bs).unwrap();
+        image.sync();
+        image.set_len(5 * bs).unwrap();
+        image.write(0, &[3u8; 10]).unwrap();
+        image.sync();
+        // The in-flight flush fails (quota); the retry stores everything.
+        image.failed(in_flight);
+        let f = image.take_flush().unwrap();
+        store.apply(&f);
+        image.flushed(&f);
+        let loaded = store.load();
+        assert!(
+            loaded.is_ok(),
+            "the retried flush left an unloadable store: {loaded:?}"
+        );
+        assert_eq!(loaded.unwrap().bytes, image.bytes);
+    }
+
+    /// The same through redb: a flush held in flight across commits that delete most of the
+    /// database (redb trims the file) and then grow it again, then the flush fails.
+    #[test]
+    fn redteam_failed_flush_across_redb_shrink_and_grow() {
+        let mut broken = Vec::new();
+        // Round 3 trims the file from 8.9 to 6.5 MB and grows it to 13 MB.
+        for round in 3..4u64 {
+            let mut store = Store::default();
+            let (db, image) = open(Image::new());
+            for k in 0..3000u64 {
+                put(&db, k, &[k as u8; 1500]);
+            }
+            flush(&image, &mut store);
+            // The commit whose flush is in flight: a large value (at the end of the file).
+            put(&db, 1_000_000, &[9u8; 300_000]);
+            let before = lock(&image).len();
+            let in_flight = lock(&image).take_flush().unwrap();
+            // Delete everything, in a few commits (each may trim the file).
+            for chunk in 0..10u64 {
+                let tx = db.begin_write().unwrap();
+                {
+                    let mut t = tx.open_table(T).unwrap();
+                    for k in chunk * 300..(chunk + 1) * 300 {
+                        t.remove(k).unwrap();
+                    }
+                    if chunk == 0 {
+                        t.remove(1_000_000).unwrap();
+                    }
+                }
+                tx.commit().unwrap();
+            }
+            // Small commits: each trims the free tail of the file by one step.
+            for _ in 0..40 {
+                put(&db, 5, b"x");
+            }
+            let shrunk = lock(&image).len();
+            // Grow again.
+            for k in 0..(2600 + 200 * round) {
+                put(&db, 10_000 + k, &[5u8; 1500]);
+            }
+            let grown = lock(&image).len();
+            lock(&image).failed(in_flight);
+            flush(&image, &mut store);
+            let n = count(&db);
+            drop(db);
+            match store.load() {
+                Ok(loaded) => {
+                    let (db, _) = open(loaded);
+                    assert_eq!(count(&db), n);
+                }
+                Err(e) => broken.push(format!(
+                    "round {round}: image {before} -> {shrunk} -> {grown} bytes: {e}"
+                )),
+            }
+        }
+        assert!(
+            broken.is_empty(),
+            "stores left unloadable:\n{}",
+            broken.join("\n")
+        );
+    }
+
+    proptest::proptest! {
+        // 256 cases rarely hit it; minimal case found: set_len(4097), write 0..4097, sync,
+        // set_len(0), take, sync, set_len(1), sync, fail, take, store -> digest mismatch.
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 4000,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+        /// The module's proptest with a flush held in flight across later commits (the
+        /// flusher awaits IndexedDB while the application keeps committing), completed
+        /// or failed later.
+        #[test]
+        fn redteam_the_store_holds_the_last_flushed_commit_with_flushes_in_flight(
+            ops in proptest::collection::vec((0u8..6, 0u64..(8 * BLOCK_SIZE as u64), 1usize..40_000), 1..80)
+        ) {
+            let mut image = Image::new();
+            let mut store = Store::default();
+            let mut at_flush: Vec<u8> = Vec::new();
+            let mut committed: Vec<u8> = Vec::new();
+            let mut in_flight: Option<(Flush, Vec<u8>)> = None;
+            for (op, a, b) in ops {
+                match op {
+                    0 => {
+                        let len = image.len();
+                        if len > 0 {
+                            let off = a % len;
+                            let n = (b as u64).min(len - off) as usize;
+                            image.write(off, &vec![(a % 251) as u8 + 1; n]).unwrap();
+                        }
+                    }
+                    1 => image.set_len(a).unwrap(),
+                    2 => {
+                        image.sync();
+                        committed = image.bytes.clone();
+                    }
+                    3 => {
+                        if in_flight.is_none() {
+                            if let Some(f) = image.take_flush() {
+                                in_flight = Some((f, committed.clone()));
+                            }
+                        }
+                    }
+                    4 => {
+                        if let Some((f, at)) = in_flight.take() {
+                            store.apply(&f);
+                            image.flushed(&f);
+                            at_flush = at;
+                        }
+                    }
+                    _ => {
+                        if let Some((f, _)) = in_flight.take() {
+                            image.failed(f);
+                        }
+                    }
+                }
+                let loaded = store.load();
+                proptest::prop_assert!(loaded.is_ok(), "{:?}", loaded.err());
+                proptest::prop_assert_eq!(&loaded.unwrap().bytes, &at_flush);
+            }
+        }
+    }
+
+    /// A marker with a valid checksum and an absurd image length: an error, not a panic
+    /// or an abort (`vec![0; len]` panics with "capacity overflow" past isize::MAX, and
+    /// aborts the process/wasm instance when the allocation fails).
+    #[test]
+    fn redteam_a_hostile_marker_length_is_an_error_not_a_panic() {
+        let m = Marker {
+            generation: 1,
+            len: isize::MAX as u64 + 1,
+            digest: 0,
+        };
+        let decoded = Marker::decode(&m.encode()).unwrap();
+        let r = std::panic::catch_unwind(|| Image::load(decoded, std::iter::empty()).map(|_| ()));
+        assert!(r.is_ok(), "Image::load panicked on a hostile marker length");
+        assert!(r.unwrap().is_err());
+    }
+
+    /// A marker whose generation is u64::MAX: the next flush computes generation + 1.
+    #[test]
+    fn redteam_a_hostile_marker_generation_does_not_overflow() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        put(&db, 1, b"one");
+        flush(&image, &mut store);
+        drop(db);
+        let mut m = Marker::decode(store.marker.as_ref().unwrap()).unwrap();
+        m.generation = u64::MAX;
+        // Blocks of generation <= u64::MAX all pass; the digest is unchanged.
+        store.marker = Some(m.encode().to_vec());
+        let loaded = store.load().unwrap();
+        let r = std::panic::catch_unwind(move || {
+            let (db, image) = open(loaded);
+            put(&db, 2, b"two");
+            lock(&image).take_flush().map(|f| f.marker.generation)
+        });
+        assert!(
+            r.is_ok(),
+            "the first flush after loading generation u64::MAX panicked"
+        );
+    }
+
+    /// Blocks stored without a marker (the `meta` entry lost or cleared): loaded as an empty
+    /// database instead of refused, and the next flush (generation 1, no delete) mixes the
+    /// new blocks with the old ones: the store then no longer loads.
+    #[test]
+    fn redteam_blocks_without_a_marker_are_refused_not_overwritten() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        for k in 0..300 {
+            put(&db, k, &vec![k as u8; 1000]);
+        }
+        flush(&image, &mut store);
+        drop(db);
+        store.marker = None;
+        let loaded = store.load();
+        let refused = loaded.is_err();
+        if !refused {
+            // What the browser then does: a new database over the old blocks.
+            let (db, image) = open(loaded.unwrap());
+            put(&db, 1, b"new");
+            flush(&image, &mut store);
+            drop(db);
+            let again = store.load();
+            panic!(
+                "blocks without a marker were loaded as an empty database; after one commit \
+                 and flush the store loads as: {:?}",
+                again.map(|i| i.len())
+            );
+        }
+    }
+
+    /// The suggested fix of `Image::failed`, checked by the in-flight proptest below: re-stage
+    /// a failed flush's block only while the committed image still has that content
+    /// (`sums[n] == sum`); otherwise a later commit staged a newer copy, or cut the block
+    /// (then `delete_from` covers it and the committed image has zeros there).
+    fn failed_fixed(image: &mut Image, flush: Flush) {
+        image.in_flight = false;
+        for (n, sum, b) in flush.blocks {
+            if image.sums.get(n as usize) == Some(&sum) {
+                image.staged.entry(n).or_insert((sum, b));
+            }
+        }
+        if let Some(d) = flush.delete_from {
+            image.delete_from = Some(image.delete_from.map_or(d, |x| x.min(d)));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 4000,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+        /// The in-flight proptest with `failed_fixed`: passes.
+        #[test]
+        fn redteam_suggested_fix_of_failed_passes_the_in_flight_proptest(
+            ops in proptest::collection::vec((0u8..6, 0u64..(8 * BLOCK_SIZE as u64), 1usize..40_000), 1..80)
+        ) {
+            let mut image = Image::new();
+            let mut store = Store::default();
+            let mut at_flush: Vec<u8> = Vec::new();
+            let mut committed: Vec<u8> = Vec::new();
+            let mut in_flight: Option<(Flush, Vec<u8>)> = None;
+            for (op, a, b) in ops {
+                match op {
+                    0 => {
+                        let len = image.len();
+                        if len > 0 {
+                            let off = a % len;
+                            let n = (b as u64).min(len - off) as usize;
+                            image.write(off, &vec![(a % 251) as u8 + 1; n]).unwrap();
+                        }
+                    }
+                    1 => image.set_len(a).unwrap(),
+                    2 => {
+                        image.sync();
+                        committed = image.bytes.clone();
+                    }
+                    3 => {
+                        if in_flight.is_none() {
+                            if let Some(f) = image.take_flush() {
+                                in_flight = Some((f, committed.clone()));
+                            }
+                        }
+                    }
+                    4 => {
+                        if let Some((f, at)) = in_flight.take() {
+                            store.apply(&f);
+                            image.flushed(&f);
+                            at_flush = at;
+                        }
+                    }
+                    _ => {
+                        if let Some((f, _)) = in_flight.take() {
+                            failed_fixed(&mut image, f);
+                        }
+                    }
+                }
+                let loaded = store.load();
+                proptest::prop_assert!(loaded.is_ok(), "{:?}", loaded.err());
+                proptest::prop_assert_eq!(&loaded.unwrap().bytes, &at_flush);
             }
         }
     }

@@ -696,6 +696,63 @@ async fn store(idb: &IdbDatabase, flush: &Flush, durability: Durability) -> Resu
     complete(&t).await.map_err(|e| fail(&e))
 }
 
+/// Stores the image `bytes` as the new database `name` (see `Db::import_browser_image`).
+async fn import(name: &str, bytes: Vec<u8>) -> Result<()> {
+    wait_closed(name).await?;
+    // Registered as open while importing: an open of the name waits or is refused.
+    let closing = Rc::new(Closing::default());
+    OPEN.with(|o| o.borrow_mut().insert(name.to_owned(), closing.clone()));
+    let outcome = import_inner(name, bytes).await;
+    closing.close();
+    outcome
+}
+
+async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
+    let shown = format!("indexeddb:{name}");
+    let image = Arc::new(Mutex::new(Image::from_bytes(bytes)));
+    {
+        // Checked as an open would check it; dropping it closes redb cleanly.
+        let redb = redb::Database::builder()
+            .set_cache_size(REDB_CACHE)
+            .create_with_backend(BlockBackend::new(image.clone(), None))
+            .map_err(|source| Error::opening(&shown, source))?;
+        drop(crate::Db::init(
+            redb,
+            crate::DbOptions::default(),
+            crate::db::Mode::Standalone,
+            &shown,
+        )?);
+    }
+    let idb = open_idb(name).await?;
+    let outcome = async {
+        let t = idb
+            .transaction_with_str("meta")
+            .map_err(|e| browser_error("importing", &e))?;
+        let meta = t
+            .object_store("meta")
+            .map_err(|e| browser_error("importing", &e))?;
+        let marker = meta
+            .get(&JsValue::from_str("marker"))
+            .map_err(|e| browser_error("importing", &e))?;
+        if !request(&marker, "importing").await?.is_undefined() {
+            return Err(Error::Browser {
+                operation: "importing",
+                message: format!(
+                    "a database named `{name}` exists in this browser; delete it first (Db::delete_browser)"
+                ),
+            });
+        }
+        let taken = blocks::lock(&image).take_flush();
+        match taken {
+            Some(flush) => store(&idb, &flush, Durability::Strict).await,
+            None => Ok(()),
+        }
+    }
+    .await;
+    idb.close();
+    outcome
+}
+
 /// Deletes the stored database `name` (every block and the marker). Fails with
 /// [`Error::Locked`] while it is open in this page.
 pub(crate) async fn delete(name: &str) -> Result<()> {
@@ -786,6 +843,33 @@ impl crate::Db {
     /// exceeded, IndexedDB closed by the browser...). `None` when all is well.
     pub fn flush_error(&self) -> Option<String> {
         self.inner.browser.get().and_then(Handle::last_error)
+    }
+
+    /// The database as the bytes of a redb file: what [`Db::open`](crate::Db) opens
+    /// natively (the format is the same on every target). [`Error::BatchInProgress`] while
+    /// a batch is open. A database not stored in the browser has no image here
+    /// ([`Error::Browser`]).
+    pub fn export_image(&self) -> Result<Vec<u8>> {
+        let Some(h) = self.inner.browser.get() else {
+            return Err(Error::Browser {
+                operation: "exporting",
+                message: "this database is not stored in the browser".into(),
+            });
+        };
+        let image = blocks::lock(&h.image);
+        image
+            .committed()
+            .map(<[u8]>::to_vec)
+            .ok_or(Error::BatchInProgress)
+    }
+
+    /// Creates the database `name` in this origin's IndexedDB from the bytes of a rekord
+    /// database file (a native file, or [`Db::export_image`](crate::Db::export_image)),
+    /// stored before this returns. The bytes are checked by opening them first
+    /// ([`Error::NotRekord`] and the other open errors); a database of that name must not
+    /// exist yet ([`Error::Browser`]: delete it first).
+    pub async fn import_browser_image(name: &str, bytes: Vec<u8>) -> Result<()> {
+        import(name, bytes).await
     }
 
     /// Deletes the database `name` from this origin's IndexedDB. [`Error::Locked`] while it

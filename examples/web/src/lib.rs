@@ -133,6 +133,11 @@ impl Harness {
     pub async fn flush(&self) -> Result<(), JsError> {
         self.db.flush().await.map_err(js)
     }
+
+    /// The database as a file's bytes (what `Db::open` opens natively).
+    pub fn export(&self) -> Result<Vec<u8>, JsError> {
+        self.db.export_image().map_err(js)
+    }
 }
 
 /// The payload of commit `seq`: recognisable bytes, different per commit.

@@ -8,6 +8,7 @@
 // SEED replays a run; RELAXED=1 uses relaxed IndexedDB durability.
 import { launch, profile, rng, sleep } from "./browser.mjs";
 import { serve } from "./serve.mjs";
+import { writeFileSync } from "node:fs";
 
 const rounds = Number(process.env.ROUNDS ?? 20);
 const seed = Number(process.env.SEED ?? Date.now());
@@ -94,10 +95,17 @@ try {
   await page.goto(url);
   await page.waitForFunction("window.ready === true", { timeout: 60_000 });
   const n = await page.evaluate(async (relaxed) => {
-    const h = await window.Harness.open("crash", relaxed, 100);
-    return h.check();
+    window.h = await window.Harness.open("crash", relaxed, 100);
+    return window.h.check();
   }, relaxed);
   if (n < flushed) throw new Error(`final: ${n} commits, but ${flushed} were flushed`);
+  // EXPORT=path: the final database as a file's bytes, for a native program to open
+  // (db/tests/browser_image.rs with REKORD_BROWSER_EXPORT=path).
+  if (process.env.EXPORT) {
+    const bytes = await page.evaluate(() => Array.from(window.h.export()));
+    writeFileSync(process.env.EXPORT, Buffer.from(bytes));
+    console.log(`exported ${bytes.length} bytes to ${process.env.EXPORT}`);
+  }
   console.log(
     `crash test: ${rounds} crashes (${inFlush} during an explicit flush, ${lost} unflushed commits at crash time), every reopen a committed state with every flushed commit; ${n} commits at the end`,
   );
