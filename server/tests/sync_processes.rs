@@ -900,11 +900,9 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 let backup = d.root.join("backup.redb");
                 if round == 0 {
-                    // A backup while everyone works, restored in the last round with
-                    // REKORD_FAULT_RESTORE=1: every replica must notice, resend what the
-                    // server lost, and converge. (Opt-in: about 1 run in 30 still ends
-                    // with one record differing on one replica; issue 11 is open for it,
-                    // seed 1795994131175046980 failed in CI.)
+                    // A backup while everyone works, restored in the last round (unless
+                    // REKORD_FAULT_RESTORE=0): every replica must notice, resend what the
+                    // server lost, and converge.
                     let out = Command::new(process::BIN)
                         .arg("--data")
                         .arg(&d.data)
@@ -920,7 +918,7 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 if round + 1 == rounds
                     && round > 0
-                    && std::env::var("REKORD_FAULT_RESTORE").is_ok_and(|v| v != "0")
+                    && !std::env::var("REKORD_FAULT_RESTORE").is_ok_and(|v| v == "0")
                 {
                     server.kill();
                     std::fs::copy(&backup, d.data.join("server.redb")).unwrap();
