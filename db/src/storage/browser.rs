@@ -216,6 +216,9 @@ async fn open_inner(
     options: BrowserOptions,
     closing: Rc<Closing>,
 ) -> Result<(redb::Database, Handle)> {
+    // One writer of the stored database per origin: another tab (or worker) holding it
+    // makes this open fail, until tabs share a database (issue 14, planned).
+    let lock = WebLock::take(name).await?;
     let idb = open_idb(name).await?;
     // A connection left open would block a later delete (and upgrades) for good.
     let image = match load(&idb, name).await {
@@ -262,6 +265,7 @@ async fn open_inner(
         kicks,
         last_error: last_error.clone(),
         _listeners: listeners,
+        _lock: lock,
     };
     wasm_bindgen_futures::spawn_local(async move {
         flusher.run().await;
@@ -276,6 +280,70 @@ async fn open_inner(
             last_error,
         },
     ))
+}
+
+/// An exclusive Web Lock (`navigator.locks`) on a database name, held until dropped.
+struct WebLock {
+    release: Function,
+}
+
+impl WebLock {
+    /// Takes the lock `rekord:<name>` if no other tab or worker of the origin holds it
+    /// ([`Error::Locked`] otherwise). `None` where the browser has no Web Locks.
+    async fn take(name: &str) -> Result<Option<WebLock>> {
+        let locks = Reflect::get(&js_sys::global(), &"navigator".into())
+            .and_then(|n| Reflect::get(&n, &"locks".into()))
+            .ok()
+            .filter(|l| !l.is_undefined() && !l.is_null());
+        let Some(locks) = locks else {
+            tracing::warn!(
+                "rekord: this browser has no Web Locks; nothing stops two tabs from opening the same database"
+            );
+            return Ok(None);
+        };
+        let request: Function = Reflect::get(&locks, &"request".into())
+            .and_then(|f| f.dyn_into())
+            .map_err(|e| browser_error("opening", &e))?;
+        // The lock is held while the promise the callback returns is pending.
+        let mut release = None;
+        let hold = Promise::new(&mut |resolve, _| release = Some(resolve));
+        let Some(release) = release else {
+            // The executor runs synchronously inside `new Promise`.
+            return Err(Error::Browser {
+                operation: "opening",
+                message: "a promise executor did not run".into(),
+            });
+        };
+        let (tx, rx) = async_channel::bounded(1);
+        let callback = Closure::once_into_js(move |lock: JsValue| -> JsValue {
+            let granted = !lock.is_null();
+            let _ = tx.try_send(granted);
+            if granted {
+                hold.into()
+            } else {
+                JsValue::UNDEFINED
+            }
+        });
+        let options = Object::new();
+        Reflect::set(&options, &"ifAvailable".into(), &JsValue::TRUE)
+            .map_err(|e| browser_error("opening", &e))?;
+        request
+            .call3(&locks, &idb_name(name).into(), &options, &callback)
+            .map_err(|e| browser_error("opening", &e))?;
+        match rx.recv().await {
+            Ok(true) => Ok(Some(WebLock { release })),
+            _ => Err(Error::Locked {
+                path: format!("indexeddb:{name}"),
+                source: redb::DatabaseError::DatabaseAlreadyOpen,
+            }),
+        }
+    }
+}
+
+impl Drop for WebLock {
+    fn drop(&mut self) {
+        let _ = self.release.call0(&JsValue::NULL);
+    }
 }
 
 /// The `visibilitychange` and `pagehide` listeners of one database (removed when dropped).
@@ -331,6 +399,8 @@ struct Flusher {
     kicks: async_channel::Receiver<Kick>,
     last_error: Arc<Mutex<Option<String>>>,
     _listeners: Option<HideListeners>,
+    /// Released when the flusher ends (after its last flush).
+    _lock: Option<WebLock>,
 }
 
 impl Flusher {

@@ -825,6 +825,10 @@ impl Client {
                 let db = self.db()?;
                 let mut b = db.batch()?;
                 let skipped = b.apply_remote(chunk)?;
+                // A replica that borrowed a record this one waits to take back, in changes
+                // the subscription missed: its version stands (fetched at `CaughtUp`).
+                self.reclaiming |= self.has_reclaims()?;
+                self.reclaim_taken(&b, chunk)?;
                 b.commit_for_sync()?;
                 for event in skipped {
                     self.emit(event);
@@ -968,7 +972,10 @@ impl Client {
                     self.ensure_ranges(s).await?;
                 }
                 Wakeup::Push(Ok(Some(push))) => {
+                    // Only once caught up: a borrow taken by another replica later in the
+                    // catch-up must be seen before taking a record back.
                     let frees = self.reclaiming
+                        && self.caught_up
                         && matches!(&push, Push::Changes(es) if es.iter().any(|e| {
                             matches!(e.change.kind, ChangeKind::Borrow { holder: 0 })
                         }));
@@ -1579,6 +1586,13 @@ impl Client {
             b.replace_record(&tree, id, holder, &revisions)?;
             b.txn
                 .open_table(RECHECK)
+                .map_err(Error::from)?
+                .remove((tree.as_str(), id))
+                .map_err(Error::from)?;
+            // The server's version replaced the copy this replica waited to take the record
+            // back with: nothing is left to resend, so it no longer waits.
+            b.txn
+                .open_table(crate::storage::RECLAIM)
                 .map_err(Error::from)?
                 .remove((tree.as_str(), id))
                 .map_err(Error::from)?;

@@ -571,6 +571,11 @@ impl Client {
         self.reclaiming = !keys.is_empty();
         let me = self.db()?.inner.replica.load(Ordering::Acquire);
         for (tree, id, held) in keys {
+            // A tree outside the subscription stays waiting: this replica does not see who
+            // borrows its records meanwhile, so it cannot tell whether its copy still stands.
+            if !(self.config.trees.is_empty() || self.config.trees.iter().any(|t| *t == tree)) {
+                continue;
+            }
             let steps = self
                 .decide(s, tree.clone(), id, true, Some(held), me, u64::MAX)
                 .await?;
