@@ -4,8 +4,10 @@
 //!
 //! redb reads and writes the image in memory, synchronously. Every `sync_data` (the end of a
 //! durable redb commit) *stages* a copy of each block written since the previous one, so
-//! the staged set always describes a committed state, never one a write transaction is in
-//! the middle of. A flush takes the staged blocks and the marker (generation, image length,
+//! the staged set always describes a committed state. (redb also syncs when it grows the
+//! file in the middle of a large transaction; the pages that transaction wrote so far are
+//! then staged too, but they lie in space the last commit does not use, so the stored
+//! image still loads as that commit.) A flush takes the staged blocks and the marker (generation, image length,
 //! block count, a digest of every block's checksum) and stores them in one atomic
 //! transaction; loading verifies every block's checksum and the digest, so the image
 //! loaded is exactly the one some flush stored, or an error.
@@ -82,8 +84,8 @@ impl Marker {
     /// Parses a stored marker.
     pub(crate) fn decode(b: &[u8]) -> Result<Marker, LoadError> {
         let bad = |what: &str| Err(LoadError::Marker(what.to_owned()));
-        let Some(b) = b.first_chunk::<MARKER_LEN>() else {
-            return bad("too short");
+        let Ok(b) = <&[u8; MARKER_LEN]>::try_from(b) else {
+            return bad("wrong length");
         };
         if &b[..8] != MARKER_MAGIC {
             return bad("unknown format");
@@ -103,6 +105,9 @@ impl Marker {
         }
         if u64_at(24) != BLOCK_SIZE as u64 {
             return bad("written with another block size");
+        }
+        if u64_at(8) == u64::MAX {
+            return bad("generation out of range");
         }
         Ok(Marker {
             generation: u64_at(8),
@@ -210,27 +215,51 @@ pub(crate) struct Image {
 }
 
 impl Image {
-    /// An empty image with nothing stored.
+    /// An empty image with nothing stored; its first flush deletes every stored block
+    /// (none should exist; leftovers must not mix with it).
     pub(crate) fn new() -> Image {
-        Image::default()
+        Image {
+            delete_from: Some(0),
+            ..Image::default()
+        }
     }
 
     /// Builds the image from a stored marker and the stored blocks (`(number, bytes)`, in
     /// any order), verifying every block and the digest. A block the image does not span
     /// is an error (a flush that shrinks the image deletes them).
+    ///
+    /// No marker: nothing was ever flushed, and there must be no block either (blocks
+    /// without a marker are a damaged store, refused rather than overwritten). A fresh
+    /// image's first flush deletes every stored block first.
     pub(crate) fn load(
-        marker: Marker,
+        marker: Option<Marker>,
         blocks: impl IntoIterator<Item = Result<(u64, Vec<u8>), LoadError>>,
     ) -> Result<Image, LoadError> {
-        let count = block_count(marker.len);
-        let Ok(len) = usize::try_from(marker.len) else {
-            return Err(LoadError::Marker(
-                "image too large for this platform".into(),
-            ));
+        let Some(marker) = marker else {
+            if blocks.into_iter().next().is_some() {
+                return Err(LoadError::Mixed(
+                    "blocks are stored without a commit marker".into(),
+                ));
+            }
+            return Ok(Image::new());
         };
-        let mut bytes = vec![0u8; len];
+        let count = block_count(marker.len);
+        let too_large = || {
+            LoadError::Marker(format!(
+                "an image of {} bytes does not fit in memory here",
+                marker.len
+            ))
+        };
+        // Allocated fallibly: the length is input (a forged marker must not abort).
+        let len = usize::try_from(marker.len).map_err(|_| too_large())?;
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(len).map_err(|_| too_large())?;
+        bytes.resize(len, 0);
         let zero = zero_sum();
-        let mut sums = vec![zero; usize::try_from(count).unwrap_or(0)];
+        let mut sums = Vec::new();
+        sums.try_reserve_exact(count as usize)
+            .map_err(|_| too_large())?;
+        sums.resize(count as usize, zero);
         // One block at a time: the image is the only full copy in memory.
         for block in blocks {
             let (n, b) = block?;
@@ -270,7 +299,7 @@ impl Image {
         let mut image = Image {
             written: (0..block_count(bytes.len() as u64)).collect(),
             bytes,
-            ..Image::default()
+            ..Image::new()
         };
         image.sync();
         image
@@ -428,7 +457,9 @@ impl Image {
     pub(crate) fn failed(&mut self, flush: Flush) {
         self.in_flight = false;
         for (n, sum, b) in flush.blocks {
-            if n < self.sums.len() as u64 {
+            // Only while the committed image still has this content: otherwise a later
+            // commit staged a newer copy, or cut the block (and `delete_from` covers it).
+            if self.sums.get(n as usize) == Some(&sum) {
                 self.staged.entry(n).or_insert((sum, b));
             }
         }
@@ -528,13 +559,8 @@ mod tests {
         }
 
         fn load(&self) -> Result<Image, LoadError> {
-            match &self.marker {
-                None => Ok(Image::new()),
-                Some(m) => Image::load(
-                    Marker::decode(m)?,
-                    self.blocks.iter().map(|(n, b)| Ok((*n, b.clone()))),
-                ),
-            }
+            let marker = self.marker.as_deref().map(Marker::decode).transpose()?;
+            Image::load(marker, self.blocks.iter().map(|(n, b)| Ok((*n, b.clone()))))
         }
     }
 
@@ -949,12 +975,14 @@ mod tests {
             digest: 0,
         };
         let decoded = Marker::decode(&m.encode()).unwrap();
-        let r = std::panic::catch_unwind(|| Image::load(decoded, std::iter::empty()).map(|_| ()));
+        let r =
+            std::panic::catch_unwind(|| Image::load(Some(decoded), std::iter::empty()).map(|_| ()));
         assert!(r.is_ok(), "Image::load panicked on a hostile marker length");
         assert!(r.unwrap().is_err());
     }
 
-    /// A marker whose generation is u64::MAX: the next flush computes generation + 1.
+    /// A marker whose generation is u64::MAX (the next flush would compute generation + 1):
+    /// refused as damaged; so is a marker with trailing bytes.
     #[test]
     fn redteam_a_hostile_marker_generation_does_not_overflow() {
         let mut store = Store::default();
@@ -962,20 +990,19 @@ mod tests {
         put(&db, 1, b"one");
         flush(&image, &mut store);
         drop(db);
-        let mut m = Marker::decode(store.marker.as_ref().unwrap()).unwrap();
-        m.generation = u64::MAX;
-        // Blocks of generation <= u64::MAX all pass; the digest is unchanged.
-        store.marker = Some(m.encode().to_vec());
-        let loaded = store.load().unwrap();
-        let r = std::panic::catch_unwind(move || {
-            let (db, image) = open(loaded);
-            put(&db, 2, b"two");
-            lock(&image).take_flush().map(|f| f.marker.generation)
-        });
-        assert!(
-            r.is_ok(),
-            "the first flush after loading generation u64::MAX panicked"
+        let m = Marker::decode(store.marker.as_ref().unwrap()).unwrap();
+        store.marker = Some(
+            Marker {
+                generation: u64::MAX,
+                ..m
+            }
+            .encode()
+            .to_vec(),
         );
+        assert!(matches!(store.load(), Err(LoadError::Marker(_))));
+        let mut long = m.encode().to_vec();
+        long.push(0);
+        assert!(matches!(Marker::decode(&long), Err(LoadError::Marker(_))));
     }
 
     /// Blocks stored without a marker (the `meta` entry lost or cleared): loaded as an empty
@@ -1008,29 +1035,13 @@ mod tests {
         }
     }
 
-    /// The suggested fix of `Image::failed`, checked by the in-flight proptest below: re-stage
-    /// a failed flush's block only while the committed image still has that content
-    /// (`sums[n] == sum`); otherwise a later commit staged a newer copy, or cut the block
-    /// (then `delete_from` covers it and the committed image has zeros there).
-    fn failed_fixed(image: &mut Image, flush: Flush) {
-        image.in_flight = false;
-        for (n, sum, b) in flush.blocks {
-            if image.sums.get(n as usize) == Some(&sum) {
-                image.staged.entry(n).or_insert((sum, b));
-            }
-        }
-        if let Some(d) = flush.delete_from {
-            image.delete_from = Some(image.delete_from.map_or(d, |x| x.min(d)));
-        }
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
             cases: 4000,
             failure_persistence: None,
             ..proptest::prelude::ProptestConfig::default()
         })]
-        /// The in-flight proptest with `failed_fixed`: passes.
+        /// The in-flight proptest again, with more cases.
         #[test]
         fn redteam_suggested_fix_of_failed_passes_the_in_flight_proptest(
             ops in proptest::collection::vec((0u8..6, 0u64..(8 * BLOCK_SIZE as u64), 1usize..40_000), 1..80)
@@ -1071,7 +1082,7 @@ mod tests {
                     }
                     _ => {
                         if let Some((f, _)) = in_flight.take() {
-                            failed_fixed(&mut image, f);
+                            image.failed(f);
                         }
                     }
                 }
@@ -1080,5 +1091,46 @@ mod tests {
                 proptest::prop_assert_eq!(&loaded.unwrap().bytes, &at_flush);
             }
         }
+    }
+
+    /// With the browser's 4 MiB redb cache, a large transaction spills pages to the image
+    /// and grows it (redb's `grow` calls `sync_data` mid-transaction): a flush taken then
+    /// holds uncommitted pages, and must still load as the last commit.
+    #[test]
+    fn redteam_a_flush_taken_mid_transaction_after_redb_grows_loads_the_last_commit() {
+        let image = Arc::new(Mutex::new(Image::new()));
+        let db = redb::Database::builder()
+            .set_cache_size(4 << 20)
+            .create_with_backend(BlockBackend::new(image.clone(), None))
+            .unwrap();
+        let mut store = Store::default();
+        put(&db, 1, b"one");
+        flush(&image, &mut store);
+        let len0 = lock(&image).len();
+        let tx = db.begin_write().unwrap();
+        let mut mid_flushes = 0;
+        {
+            let mut t = tx.open_table(T).unwrap();
+            for k in 10..20_000u64 {
+                t.insert(k, &[k as u8; 1000][..]).unwrap();
+                if k % 500 == 0 {
+                    let taken = lock(&image).take_flush();
+                    if let Some(f) = taken {
+                        mid_flushes += 1;
+                        store.apply(&f);
+                        lock(&image).flushed(&f);
+                        let (db2, _) = open(store.load().unwrap());
+                        assert_eq!(count(&db2), 1, "a mid-transaction flush at key {k}");
+                    }
+                }
+            }
+        }
+        let len1 = lock(&image).len();
+        tx.commit().unwrap();
+        flush(&image, &mut store);
+        drop(db);
+        let (db, _) = open(store.load().unwrap());
+        assert_eq!(count(&db), 1 + 19_990);
+        eprintln!("image {len0} -> {len1} bytes; {mid_flushes} flushes taken mid-transaction");
     }
 }

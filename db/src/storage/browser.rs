@@ -82,6 +82,9 @@ pub struct BrowserOptions {
     pub flush: FlushPolicy,
 }
 
+/// Attempts to store the last commits of a dropped database before giving them up.
+const CLOSE_ATTEMPTS: u32 = 5;
+
 /// redb's page cache in the browser (natively it is redb's default).
 const REDB_CACHE: usize = 4 << 20;
 
@@ -169,6 +172,8 @@ thread_local! {
 struct Closing {
     /// The `Db` was dropped: its flusher is storing the last commits.
     dropped: std::cell::Cell<bool>,
+    /// Why the last commits could not be stored at close (told to the next open).
+    lost: RefCell<Option<String>>,
     closed: std::cell::Cell<bool>,
     wakers: RefCell<Vec<std::task::Waker>>,
 }
@@ -201,14 +206,33 @@ pub(crate) async fn open(name: &str, options: BrowserOptions) -> Result<(redb::D
     // one still open is an error, as a second open of a file is natively.
     wait_closed(name).await?;
     let closing = Rc::new(Closing::default());
-    OPEN.with(|o| o.borrow_mut().insert(name.to_owned(), closing.clone()));
+    let previous = OPEN.with(|o| o.borrow_mut().insert(name.to_owned(), closing.clone()));
     match open_inner(name, options, closing.clone()).await {
         Ok(x) => Ok(x),
         Err(e) => {
             closing.close();
+            unregister(name, &closing, previous);
             Err(e)
         }
     }
+}
+
+/// Puts back the `OPEN` entry a failed open or import replaced (another open of the name
+/// may have won meanwhile: its entry stays).
+fn unregister(name: &str, mine: &Rc<Closing>, previous: Option<Rc<Closing>>) {
+    OPEN.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.get(name).is_some_and(|c| Rc::ptr_eq(c, mine)) {
+            match previous {
+                Some(p) => {
+                    o.insert(name.to_owned(), p);
+                }
+                None => {
+                    o.remove(name);
+                }
+            }
+        }
+    });
 }
 
 async fn open_inner(
@@ -268,7 +292,7 @@ async fn open_inner(
         _lock: lock,
     };
     wasm_bindgen_futures::spawn_local(async move {
-        flusher.run().await;
+        flusher.run(closing.clone()).await;
         closing.close();
     });
     Ok((
@@ -404,39 +428,43 @@ struct Flusher {
 }
 
 impl Flusher {
-    async fn run(self) {
+    async fn run(self, closing: Rc<Closing>) {
         let policy = self.options.flush;
-        // When the oldest unflushed commit must be flushed by (ms since the epoch).
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // When the oldest unflushed commit must be flushed by (ms since the epoch), or,
+        // after a failure, when the next attempt is due.
         let mut deadline: Option<f64> = None;
+        // The wait before the next attempt after a failure (0 while flushes succeed):
+        // from `max_delay`, doubling up to 30 s.
+        let mut backoff = 0.0f64;
         let mut waiters: Vec<async_channel::Sender<Result<()>>> = Vec::new();
+        let mut dropped = false;
+        let mut attempts_at_close = 0;
         loop {
-            // Wait for a kick, or (with commits waiting) for the debounce or the deadline.
             let wait = deadline.map(|d| {
                 let left = (d - js_sys::Date::now()).max(0.0);
-                left.min(policy.debounce.as_secs_f64() * 1000.0)
+                if backoff > 0.0 {
+                    left
+                } else {
+                    left.min(ms(policy.debounce))
+                }
             });
             let kick = match wait {
                 None => Some(self.kicks.recv().await.map_err(|_| ())),
-                Some(ms) => race(self.kicks.recv(), sleep(ms))
+                Some(wait) => race(self.kicks.recv(), sleep(wait))
                     .await
                     .map(|r| r.map_err(|_| ())),
             };
             let now = match kick {
                 // The database was dropped: store what is left, then end.
                 Some(Err(())) | Some(Ok(Kick::Close)) => {
-                    let _ = self.flush_all().await;
-                    self.idb.close();
-                    for w in waiters.drain(..) {
-                        let _ = w.try_send(Ok(()));
-                    }
-                    return;
+                    dropped = true;
+                    true
                 }
                 None => true,
                 Some(Ok(Kick::Commit(staged))) => {
-                    deadline.get_or_insert(
-                        js_sys::Date::now() + policy.max_delay.as_secs_f64() * 1000.0,
-                    );
-                    staged >= policy.max_dirty_bytes
+                    deadline.get_or_insert(js_sys::Date::now() + ms(policy.max_delay));
+                    backoff == 0.0 && staged >= policy.max_dirty_bytes
                 }
                 Some(Ok(Kick::Flush(w))) => {
                     waiters.push(w);
@@ -448,30 +476,45 @@ impl Flusher {
                 continue;
             }
             // Every request already waiting is answered by this flush.
-            let mut close = false;
             while let Ok(k) = self.kicks.try_recv() {
                 match k {
                     Kick::Flush(w) => waiters.push(w),
-                    Kick::Close => close = true,
+                    Kick::Close => dropped = true,
                     Kick::Commit(_) | Kick::Hide => {}
                 }
             }
             let outcome = self.flush_all().await;
-            deadline = None;
-            if outcome.is_err() {
-                // Retried with the next commit or request; keep the deadline so a quiet
-                // database retries too.
-                deadline = Some(js_sys::Date::now() + policy.max_delay.as_secs_f64() * 1000.0);
-            }
             for w in waiters.drain(..) {
                 let _ = w.try_send(outcome.as_ref().map(|_| ()).map_err(again));
             }
-            if close {
-                let _ = self.flush_all().await;
-                self.idb.close();
-                return;
+            match outcome {
+                Ok(()) => {
+                    backoff = 0.0;
+                    deadline = None;
+                    if dropped {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    backoff = if backoff == 0.0 {
+                        ms(policy.max_delay)
+                    } else {
+                        (backoff * 2.0).min(30_000.0)
+                    };
+                    deadline = Some(js_sys::Date::now() + backoff);
+                    if dropped {
+                        // A reopen in this page waits for this; after a few attempts the
+                        // commits are given up, and that reopen is told.
+                        attempts_at_close += 1;
+                        if attempts_at_close >= CLOSE_ATTEMPTS {
+                            *closing.lost.borrow_mut() = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
             }
         }
+        self.idb.close();
     }
 
     /// Stores every staged commit; on failure the blocks stay staged for the next attempt.
@@ -694,14 +737,15 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
     let marker = marker.await?;
     let keys = keys.await?;
     let values = values.await?;
-    if marker.is_undefined() || marker.is_null() {
-        return Ok(Image::new());
-    }
     let damaged = |source| Error::StoreDamaged {
         name: name.to_owned(),
         source,
     };
-    let marker = Marker::decode(&bytes_of(&marker)).map_err(damaged)?;
+    let marker = if marker.is_undefined() || marker.is_null() {
+        None
+    } else {
+        Some(Marker::decode(&bytes_of(&marker)).map_err(damaged)?)
+    };
     let keys = Array::from(&keys);
     let values = Array::from(&values);
     // Copied into wasm memory one block at a time, straight into the image.
@@ -771,9 +815,10 @@ async fn import(name: &str, bytes: Vec<u8>) -> Result<()> {
     wait_closed(name).await?;
     // Registered as open while importing: an open of the name waits or is refused.
     let closing = Rc::new(Closing::default());
-    OPEN.with(|o| o.borrow_mut().insert(name.to_owned(), closing.clone()));
+    let previous = OPEN.with(|o| o.borrow_mut().insert(name.to_owned(), closing.clone()));
     let outcome = import_inner(name, bytes).await;
     closing.close();
+    unregister(name, &closing, previous);
     outcome
 }
 
@@ -845,6 +890,14 @@ async fn wait_closed(name: &str) -> Result<()> {
             });
         }
         c.wait().await;
+        if let Some(lost) = c.lost.borrow_mut().take() {
+            return Err(Error::Browser {
+                operation: "opening",
+                message: format!(
+                    "the last commits made in this page to `{name}` could not be stored before it closed ({lost}); they are lost, the database holds the state of its last stored flush"
+                ),
+            });
+        }
     }
     Ok(())
 }

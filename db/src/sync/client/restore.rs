@@ -573,7 +573,7 @@ impl Client {
         for (tree, id, held) in keys {
             // A tree outside the subscription stays waiting: this replica does not see who
             // borrows its records meanwhile, so it cannot tell whether its copy still stands.
-            if !(self.config.trees.is_empty() || self.config.trees.iter().any(|t| *t == tree)) {
+            if !(self.config.trees.is_empty() || self.config.trees.contains(&tree)) {
                 continue;
             }
             let steps = self
