@@ -938,10 +938,10 @@ mod tests {
                         committed = image.bytes.clone();
                     }
                     3 => {
-                        if in_flight.is_none() {
-                            if let Some(f) = image.take_flush() {
-                                in_flight = Some((f, committed.clone()));
-                            }
+                        if in_flight.is_none()
+                            && let Some(f) = image.take_flush()
+                        {
+                            in_flight = Some((f, committed.clone()));
                         }
                     }
                     4 => {
@@ -1067,10 +1067,10 @@ mod tests {
                         committed = image.bytes.clone();
                     }
                     3 => {
-                        if in_flight.is_none() {
-                            if let Some(f) = image.take_flush() {
-                                in_flight = Some((f, committed.clone()));
-                            }
+                        if in_flight.is_none()
+                            && let Some(f) = image.take_flush()
+                        {
+                            in_flight = Some((f, committed.clone()));
                         }
                     }
                     4 => {
