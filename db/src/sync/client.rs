@@ -1306,10 +1306,6 @@ impl Client {
             let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
             let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
             let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
-            // A refused record is fetched again (`resync`, right after this); noted here
-            // too, in the commit that sets the entry aside, so that a session ending before
-            // that fetch completes still fetches it once caught up.
-            let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
             let any_pending = !pending.is_empty().map_err(Error::from)?;
             for (k, outcome) in outcomes.iter().enumerate() {
                 let n = first + k as u64;
@@ -1367,9 +1363,6 @@ impl Client {
                     Entry::Changes(changes) => changes,
                     Entry::Return { tree, id } => {
                         if rejected && !refused.contains(&(tree.clone(), id)) {
-                            recheck
-                                .insert((tree.as_str(), id), ())
-                                .map_err(Error::from)?;
                             refused.push((tree, id));
                         }
                         Vec::new()
@@ -1414,9 +1407,6 @@ impl Client {
                 if rejected {
                     aside.insert(n, entry.as_slice()).map_err(Error::from)?;
                     for c in changes {
-                        recheck
-                            .insert((c.tree.as_str(), c.id), ())
-                            .map_err(Error::from)?;
                         let key = (c.tree, c.id);
                         if !refused.contains(&key) {
                             refused.push(key);
@@ -1427,9 +1417,6 @@ impl Client {
             table.len().map_err(Error::from)?
         };
         b.commit()?;
-        if !refused.is_empty() {
-            self.rechecking = true;
-        }
         let rejected = outcomes
             .iter()
             .filter(|o| {
