@@ -14,7 +14,22 @@ export async function launch(userDataDir = profile()) {
     headless: true,
     dumpio: process.env.DUMPIO === "1",
     userDataDir,
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+    // As in db/webdriver.json, plus the services that made a start wait ~3 minutes now and
+    // then (a fresh profile, or one a killed browser left) on this offline machine.
+    args: [
+      "--headless=new",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-dev-shm-usage",
+      "--no-first-run",
+      "--no-default-browser-check",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-default-apps",
+      "--disable-breakpad",
+      "--disable-features=OptimizationGuideModelDownloading,OptimizationHintsFetching,OptimizationTargetPrediction,OnDeviceModelPerformanceParams,AutofillServerCommunication,MediaRouter,Translate",
+    ],
   });
 }
 
