@@ -1035,64 +1035,6 @@ mod tests {
         }
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 4000,
-            failure_persistence: None,
-            ..proptest::prelude::ProptestConfig::default()
-        })]
-        /// The in-flight proptest again, with more cases.
-        #[test]
-        fn redteam_suggested_fix_of_failed_passes_the_in_flight_proptest(
-            ops in proptest::collection::vec((0u8..6, 0u64..(8 * BLOCK_SIZE as u64), 1usize..40_000), 1..80)
-        ) {
-            let mut image = Image::new();
-            let mut store = Store::default();
-            let mut at_flush: Vec<u8> = Vec::new();
-            let mut committed: Vec<u8> = Vec::new();
-            let mut in_flight: Option<(Flush, Vec<u8>)> = None;
-            for (op, a, b) in ops {
-                match op {
-                    0 => {
-                        let len = image.len();
-                        if len > 0 {
-                            let off = a % len;
-                            let n = (b as u64).min(len - off) as usize;
-                            image.write(off, &vec![(a % 251) as u8 + 1; n]).unwrap();
-                        }
-                    }
-                    1 => image.set_len(a).unwrap(),
-                    2 => {
-                        image.sync();
-                        committed = image.bytes.clone();
-                    }
-                    3 => {
-                        if in_flight.is_none()
-                            && let Some(f) = image.take_flush()
-                        {
-                            in_flight = Some((f, committed.clone()));
-                        }
-                    }
-                    4 => {
-                        if let Some((f, at)) = in_flight.take() {
-                            store.apply(&f);
-                            image.flushed(&f);
-                            at_flush = at;
-                        }
-                    }
-                    _ => {
-                        if let Some((f, _)) = in_flight.take() {
-                            image.failed(f);
-                        }
-                    }
-                }
-                let loaded = store.load();
-                proptest::prop_assert!(loaded.is_ok(), "{:?}", loaded.err());
-                proptest::prop_assert_eq!(&loaded.unwrap().bytes, &at_flush);
-            }
-        }
-    }
-
     /// With the browser's 4 MiB redb cache, a large transaction spills pages to the image
     /// and grows it (redb's `grow` calls `sync_data` mid-transaction): a flush taken then
     /// holds uncommitted pages, and must still load as the last commit.
