@@ -667,9 +667,9 @@ fn rr_killed_between_a_dataless_borrow_push_and_the_recheck() {
 }
 
 /// A online and waiting (its copy still says it holds x) edits x again (qty 51); then B
-/// returns. The server refuses the edit (B holds x) and A reports it as rejected; the
-/// server's version then replaces A's copy and A no longer waits (nothing left to resend):
-/// every replica ends with the server's version.
+/// returns. The server refuses the edit (B holds x), but A's copy, which holds it, is what
+/// A sends once it takes x back: the edit waits with the record (not reported as
+/// rejected), and every replica ends with it.
 #[test]
 fn rr_app_edits_while_waiting() {
     let env = setup();
@@ -683,10 +683,8 @@ fn rr_app_edits_while_waiting() {
     std::thread::sleep(Duration::from_millis(500));
     let status = a.sync_status().unwrap();
     eprintln!("A after the update: {:?} {status:?}", parts(&a));
-    assert!(
-        status.rejected >= 1,
-        "the refused edit is reported: {status:?}"
-    );
+    assert_eq!(status.rejected, 0, "the edit waits, it is not rejected: {status:?}");
+    assert_eq!(parts(&a)[0].3, 51, "A keeps its edit while waiting");
     env.b_returns_any();
     settle(&[&a]);
     std::thread::sleep(Duration::from_millis(500));
@@ -695,7 +693,7 @@ fn rr_app_edits_while_waiting() {
     eprintln!("x {got:?}");
     assert_eq!(
         got.map(|r| r.3),
-        Some(1),
-        "the server's version, on every replica"
+        Some(51),
+        "A's edit, taken back and sent again, on every replica"
     );
 }

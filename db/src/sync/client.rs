@@ -11,7 +11,9 @@ use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
-use crate::storage::{JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, REJECTED, SCHEMAS};
+use crate::storage::{
+    JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED, SCHEMAS,
+};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
@@ -46,6 +48,9 @@ pub(crate) struct Link {
     /// The server's reasons for the latest refused outbox entries (by entry number), for
     /// write-through writers to report; bounded to [`REASONS_KEPT`].
     reasons: Mutex<std::collections::BTreeMap<u64, String>>,
+    /// Outbox entries that wait with records to be taken back after a restore (see
+    /// [`Link::note_waiting`]); bounded to [`REASONS_KEPT`].
+    waiting: Mutex<std::collections::BTreeSet<u64>>,
     /// Ids a write that ran out of them asked for (0: none); the sync thread fetches ranges
     /// until this many are free, then counts `refills` up.
     ids_wanted: std::sync::atomic::AtomicU64,
@@ -83,6 +88,17 @@ impl Link {
     }
 
     /// Keeps the server's reason for refusing outbox entry `entry`.
+    /// Notes that outbox entry `entry` waits with records to be taken back after a restore
+    /// (refused until then, sent again with their copies): a write-through writer of it is
+    /// told it is not confirmed.
+    fn note_waiting(&self, entry: u64) {
+        let mut waiting = lock(&self.waiting);
+        waiting.insert(entry);
+        while waiting.len() > REASONS_KEPT {
+            waiting.pop_first();
+        }
+    }
+
     fn note_refusal(&self, entry: u64, reason: &str) {
         let mut reasons = lock(&self.reasons);
         reasons.insert(entry, reason.to_owned());
@@ -169,6 +185,13 @@ impl Link {
                     self.timeout,
                     status.last_error.as_deref().unwrap_or("connected")
                 ),
+            });
+        }
+        if lock(&self.waiting).range(first..=last).next().is_some() {
+            return Err(Error::Unconfirmed {
+                reason: "the record waits to be taken back after the server was restored \
+                         from a backup; this write is kept here and sent again then"
+                    .into(),
             });
         }
         let txn = db.redb.begin_read()?;
@@ -321,6 +344,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         tree_write_modes: config.tree_write_modes.clone(),
         timeout: config.timeout,
         reasons: Mutex::new(std::collections::BTreeMap::new()),
+        waiting: Mutex::new(std::collections::BTreeSet::new()),
         ids_wanted: std::sync::atomic::AtomicU64::new(0),
     });
     let (client_id, cursor, replica) = {
@@ -491,6 +515,17 @@ struct Conflicted {
 /// What settling outbox entries left to do: records to resync (refused changes) and a
 /// conflict to merge.
 type Settled = (Vec<(String, u64)>, Vec<Conflicted>);
+
+/// Whether record `key` waits in `rekord.reclaim` to be taken back after a restore.
+fn waits(
+    reclaim: &impl ReadableTable<(&'static str, u64), u64>,
+    key: &(String, u64),
+) -> std::result::Result<bool, End> {
+    Ok(reclaim
+        .get((key.0.as_str(), key.1))
+        .map_err(Error::from)?
+        .is_some())
+}
 
 /// Whether the entry of this outcome stays in the outbox and is sent again (a conflict,
 /// once merged, or an entry skipped after one).
@@ -1298,6 +1333,8 @@ impl Client {
     ) -> std::result::Result<Settled, End> {
         let mut refused: Vec<(String, u64)> = Vec::new();
         let mut conflicts = Vec::new();
+        // Outcomes (by index) of entries that wait with records to be taken back.
+        let mut waited: Vec<usize> = Vec::new();
         let db = self.db()?;
         let b = self.lazy_batch(&db)?;
         let mut freed = 0u64;
@@ -1306,6 +1343,11 @@ impl Client {
             let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
             let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
             let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
+            // A refused record is fetched again (`resync`, right after this); noted here
+            // too, in the commit that sets the entry aside, so that a session ending before
+            // that fetch completes still fetches it once caught up.
+            let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
+            let mut reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
             let any_pending = !pending.is_empty().map_err(Error::from)?;
             for (k, outcome) in outcomes.iter().enumerate() {
                 let n = first + k as u64;
@@ -1359,11 +1401,55 @@ impl Client {
                 if !rejected && !any_pending {
                     continue;
                 }
-                let changes = match outbox::decode(&entry)?.1 {
+                let decoded = outbox::decode(&entry)?.1;
+                // Records waiting to be taken back after a restore (`rekord.reclaim`): the
+                // server refuses their writes until this replica has their borrows again,
+                // and their local copies, which hold those writes, are what it sends then.
+                // An entry of such records only waits with them: neither set aside nor
+                // reported, and the local copies stay (a return waits too: the borrow is
+                // returned after the copy is sent again).
+                let borrow_refusal = matches!(
+                    outcome,
+                    EntryOutcome::Rejected(
+                        RemoteError::NotBorrowed | RemoteError::AlreadyBorrowed { .. }
+                    )
+                );
+                if borrow_refusal {
+                    let keys = outbox::keys(&entry)?;
+                    let mut all_wait = !keys.is_empty();
+                    for key in &keys {
+                        all_wait &= waits(&reclaim, key)?;
+                    }
+                    let optimistic = matches!(&decoded, Entry::Changes(cs)
+                        if cs.iter().any(|c| matches!(c.kind, ChangeKind::Edit { .. })));
+                    if all_wait && !optimistic {
+                        if let Entry::Return { tree, id } = &decoded {
+                            let at = reclaim
+                                .get((tree.as_str(), *id))
+                                .map_err(Error::from)?
+                                .map_or(0, |v| v.value());
+                            reclaim
+                                .insert((tree.as_str(), *id), at & !1)
+                                .map_err(Error::from)?;
+                        }
+                        tracing::debug!(
+                            entry = n,
+                            "rekord sync: a write to records waiting to be taken back after the \
+                             restore waits with them"
+                        );
+                        waited.push(k);
+                        continue;
+                    }
+                }
+                let changes = match decoded {
                     Entry::Changes(changes) => changes,
                     Entry::Return { tree, id } => {
-                        if rejected && !refused.contains(&(tree.clone(), id)) {
-                            refused.push((tree, id));
+                        let key = (tree, id);
+                        if rejected && !refused.contains(&key) && !waits(&reclaim, &key)? {
+                            recheck
+                                .insert((key.0.as_str(), id), ())
+                                .map_err(Error::from)?;
+                            refused.push(key);
                         }
                         Vec::new()
                     }
@@ -1408,19 +1494,29 @@ impl Client {
                     aside.insert(n, entry.as_slice()).map_err(Error::from)?;
                     for c in changes {
                         let key = (c.tree, c.id);
-                        if !refused.contains(&key) {
-                            refused.push(key);
+                        // A waiting record keeps its copy (sent again once taken back).
+                        if refused.contains(&key) || waits(&reclaim, &key)? {
+                            continue;
                         }
+                        recheck
+                            .insert((key.0.as_str(), key.1), ())
+                            .map_err(Error::from)?;
+                        refused.push(key);
                     }
                 }
             }
             table.len().map_err(Error::from)?
         };
         b.commit()?;
+        if !refused.is_empty() {
+            self.rechecking = true;
+        }
         let rejected = outcomes
             .iter()
-            .filter(|o| {
+            .enumerate()
+            .filter(|(k, o)| {
                 matches!(o, EntryOutcome::Rejected(e) if !matches!(e, RemoteError::Conflict(_)))
+                    && !waited.contains(k)
             })
             .count() as u64;
         // Counted down, not set to `left`: a local commit may have counted its entries in
@@ -1440,6 +1536,9 @@ impl Client {
                 EntryOutcome::Duplicate
                 | EntryOutcome::Skipped
                 | EntryOutcome::Rejected(RemoteError::Conflict(_)) => {}
+                EntryOutcome::Rejected(_) if waited.contains(&k) => {
+                    self.link.note_waiting(first + k as u64);
+                }
                 EntryOutcome::Rejected(e) => {
                     let reason = NetError::Remote(e.clone()).to_string();
                     let entry = first + k as u64;
