@@ -683,7 +683,10 @@ fn rr_app_edits_while_waiting() {
     std::thread::sleep(Duration::from_millis(500));
     let status = a.sync_status().unwrap();
     eprintln!("A after the update: {:?} {status:?}", parts(&a));
-    assert_eq!(status.rejected, 0, "the edit waits, it is not rejected: {status:?}");
+    assert_eq!(
+        status.rejected, 0,
+        "the edit waits, it is not rejected: {status:?}"
+    );
     assert_eq!(parts(&a)[0].3, 51, "A keeps its edit while waiting");
     env.b_returns_any();
     settle(&[&a]);

@@ -740,7 +740,7 @@ fn a_record_borrowed_elsewhere_while_waiting_to_take_it_back_is_fetched_again() 
         settle(&[&a]);
     }
     let a = open(&pa, addr, &token);
-    let b = open(&pb, addr, &token);
+    let (b, events) = Db::open_synced_subscribed(&pb, config(addr, &token)).unwrap();
     settle(&[&a, &b]);
     let fresh = converge(addr, &token, &[("A", &a), ("B", &b)]);
     let row = parts(&fresh)[0].clone();
@@ -750,6 +750,21 @@ fn a_record_borrowed_elsewhere_while_waiting_to_take_it_back_is_fetched_again() 
         "qty and holder: A's borrow of the server's version"
     );
     assert_eq!(parts(&b), parts(&fresh), "B holds what the server holds");
+    // B is told its post-backup edit gave way to A's borrow.
+    let superseded: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            rekord::Event::Sync(rekord::SyncEvent::Superseded { id, holder, .. }) => {
+                Some((id, holder))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        superseded,
+        vec![(x.id(), replica_a)],
+        "B reports the record"
+    );
     drop((a, b, fresh));
     server.kill();
 }

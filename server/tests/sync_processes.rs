@@ -774,7 +774,8 @@ use process::{ServerProcess, token};
 
 /// Three client processes run a seeded random workload (creates, borrows, edits, returns,
 /// releases, new revisions) through a UDP proxy that drops, delays, duplicates and reorders
-/// datagrams and cuts clients off; clients and the server are SIGKILLed at random points.
+/// datagrams and cuts clients off; clients and the server are SIGKILLed at random points,
+/// and in the last round the server is restored from a backup taken in the first.
 /// Afterwards every replica holds identical data, every acknowledged create is there, and
 /// every stored quantity is one some client acknowledged. `REKORD_FAULT_SEED` replays a
 /// run; `REKORD_FAULT_OPS` sets the operations per client and round.
@@ -900,11 +901,9 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 let backup = d.root.join("backup.redb");
                 if round == 0 {
-                    // A backup while everyone works, restored in the last round with
-                    // REKORD_FAULT_RESTORE=1: every replica must notice, resend what the
-                    // server lost, and converge. (Opt-in: after the reclaim fixes, 1 run of
-                    // 95 still ended with a draft revision on one replica only, seed
-                    // 1796002778203580741; issue 11 stays open for it.)
+                    // A backup while everyone works, restored in the last round: every
+                    // replica must notice, resend what the server lost, and converge
+                    // (REKORD_FAULT_RESTORE=0 leaves the restore out).
                     let out = Command::new(process::BIN)
                         .arg("--data")
                         .arg(&d.data)
@@ -920,7 +919,7 @@ fn fault_run(default_ops: u32, rounds: u64) {
                 }
                 if round + 1 == rounds
                     && round > 0
-                    && std::env::var("REKORD_FAULT_RESTORE").is_ok_and(|v| v != "0")
+                    && !std::env::var("REKORD_FAULT_RESTORE").is_ok_and(|v| v == "0")
                 {
                     server.kill();
                     std::fs::copy(&backup, d.data.join("server.redb")).unwrap();

@@ -145,6 +145,19 @@ pub enum SyncEvent {
         /// The server's reason.
         reason: String,
     },
+    /// A record this replica waited to take back after the server was restored from a
+    /// backup ([`SyncEvent::Restored`]: it held the record, or changed it last) was
+    /// borrowed by another replica first. That borrow stands: the local copy, with the
+    /// changes made here after the backup and while waiting, is replaced by the server's
+    /// version once caught up.
+    Superseded {
+        /// The tree.
+        tree: String,
+        /// The record id.
+        id: u64,
+        /// Holder number of the replica that borrowed it.
+        holder: u32,
+    },
     /// A change from the server could not be applied here and was skipped: its record data
     /// does not decode with this replica's schema of its version (two builds of the
     /// application that disagree about a tree). The rest keeps syncing; the record stays as

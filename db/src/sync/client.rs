@@ -11,9 +11,7 @@ use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
-use crate::storage::{
-    JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED, SCHEMAS,
-};
+use crate::storage::{JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED, SCHEMAS};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;

@@ -686,18 +686,29 @@ impl Client {
         let mut reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
         let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
         let mut took = false;
+        let mut superseded = Vec::new();
         for e in entries {
             let key = (e.change.tree.as_str(), e.change.id);
-            if matches!(e.change.kind, ChangeKind::Borrow { holder } if holder != 0 && holder != me)
+            if let ChangeKind::Borrow { holder } = e.change.kind
+                && holder != 0
+                && holder != me
                 && reclaim.remove(key).map_err(Error::from)?.is_some()
             {
-                tracing::trace!(tree = %e.change.tree, id = e.change.id,
+                tracing::info!(tree = %e.change.tree, id = e.change.id, holder,
                     "rekord sync: another replica took the record this one waited to take back; fetching its version");
                 recheck.insert(key, ()).map_err(Error::from)?;
                 took = true;
+                superseded.push(SyncEvent::Superseded {
+                    tree: e.change.tree.clone(),
+                    id: e.change.id,
+                    holder,
+                });
             }
         }
         self.rechecking |= took;
+        for event in superseded {
+            self.emit(event);
+        }
         Ok(took)
     }
 

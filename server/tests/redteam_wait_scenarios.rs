@@ -1,0 +1,693 @@
+//! Red team of 2a72dc6: an outbox entry refused because its records wait in `rekord.reclaim`
+//! is absorbed (dropped, not reported). Same setup as redteam_reclaim.rs: B created x (qty 1,
+//! backup), then B set 2 and returned, A borrowed and set 50; the server is restored (B holds
+//! x there, qty 1); A came back first and waits to take x back.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    unused_imports
+)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rekord::{Db, Error, Event, Key, SyncConfig, SyncEvent, WriteMode};
+
+#[path = "common/process.rs"]
+mod process;
+use process::{BIN, ServerProcess, backup, restore, token};
+
+#[path = "common/restore.rs"]
+mod shared;
+use shared::{Note, Part, Row, converge_with, open_with, parts, trace};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const CHILD_ENV: &str = "REKORD_WAIT_CHILD";
+
+fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
+    process::config(addr, token)
+        .range_size(3)
+        .timeout(Duration::from_secs(10))
+}
+
+fn eventually(mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > LIMIT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+fn settle(dbs: &[&Db]) {
+    for _ in 0..2 {
+        for d in dbs {
+            let _ = d.wait_caught_up(LIMIT);
+            let _ = d.wait_pushed(LIMIT);
+        }
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    token: String,
+    server: Option<ServerProcess>,
+    addr: std::net::SocketAddr,
+    pa: PathBuf,
+    pb: PathBuf,
+    pc: PathBuf,
+    pd: PathBuf,
+    bk: PathBuf,
+    x: Key<Part>,
+    a_replica: u32,
+}
+
+impl Env {
+    fn open(&self, p: &Path) -> Db {
+        open_with(p, config(self.addr, &self.token))
+    }
+
+    fn fresh(&self) -> Db {
+        let f = Db::memory_synced(config(self.addr, &self.token)).unwrap();
+        f.wait_caught_up(LIMIT).unwrap();
+        f
+    }
+
+    /// x as the server has it (through a fresh replica).
+    fn server_x(&self) -> Option<Row> {
+        let f = self.fresh();
+        parts(&f).into_iter().find(|r| r.0 == self.x.id())
+    }
+
+    fn restore(&mut self, from: &Path) {
+        let s = self.server.take().unwrap();
+        self.server = Some(restore(s, &self.data, from));
+    }
+
+    fn backup(&self, out: &Path) {
+        backup(&self.data, out);
+    }
+
+    /// B (the stale holder) reconciles: it returns x.
+    fn b_returns(&self) {
+        let b = self.open(&self.pb);
+        settle(&[&b]);
+        assert!(
+            eventually(|| self.server_x().is_some_and(|r| r.6 == 0)),
+            "B returned x: {:?}",
+            self.server_x()
+        );
+        drop(b);
+    }
+
+    /// B reconciles (whatever becomes of x).
+    fn b_returns_any(&self) {
+        let b = self.open(&self.pb);
+        settle(&[&b]);
+        std::thread::sleep(Duration::from_millis(300));
+        drop(b);
+    }
+
+    /// C borrows x, sets qty, returns it if `ret`.
+    fn c_edits(&self, qty: u32, ret: bool) -> u32 {
+        let c = self.open(&self.pc);
+        settle(&[&c]);
+        let t = c.tree::<Part>().unwrap();
+        t.borrow(self.x).unwrap();
+        t.update(self.x, |p| p.qty = qty).unwrap();
+        if ret {
+            t.return_borrow(self.x).unwrap();
+        }
+        settle(&[&c]);
+        let r = c.replica();
+        drop(c);
+        r
+    }
+
+    /// `n` notes written by D (another replica) in batches.
+    fn fillers(&self, n: u32) {
+        let d = open_with(&self.pd, config(self.addr, &self.token).range_size(20_000));
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(1000);
+            d.write(|b| {
+                let mut t = b.tree::<Note>()?;
+                for i in 0..k {
+                    t.create(&Note { a: i, b: 7 })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            left -= k;
+        }
+        settle(&[&d]);
+        drop(d);
+    }
+
+    /// Every replica (reopened) equals a fresh one; returns x as the fresh one has it.
+    fn converge_all(&self) -> Option<Row> {
+        let a = self.open(&self.pa);
+        let b = self.open(&self.pb);
+        let c = self.open(&self.pc);
+        settle(&[&a, &b, &c]);
+        let fresh = converge_with(
+            config(self.addr, &self.token),
+            &[("A", &a), ("B", &b), ("C", &c)],
+        );
+        parts(&fresh).into_iter().find(|r| r.0 == self.x.id())
+    }
+}
+
+/// The setup described in the module docs: ends with A waiting to take x back and closed.
+fn setup() -> Env {
+    trace();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let addr = server.addr;
+    let p = |n: &str| tmp.path().join(format!("{n}.rekord"));
+    let (pa, pb, pc, pd) = (p("a"), p("b"), p("c"), p("d"));
+    let bk = tmp.path().join("bk.redb");
+    let mut env = Env {
+        data,
+        token,
+        server: Some(server),
+        addr,
+        pa,
+        pb,
+        pc,
+        pd,
+        bk,
+        x: Key::new(0, 0),
+        a_replica: 0,
+        _tmp: tmp,
+    };
+    {
+        let a = env.open(&env.pa);
+        let b = env.open(&env.pb);
+        let c = env.open(&env.pc);
+        let tb = b.tree::<Part>().unwrap();
+        env.x = tb
+            .create(&Part {
+                name: "x".into(),
+                qty: 1,
+            })
+            .unwrap();
+        settle(&[&a, &b, &c]);
+        assert!(eventually(|| parts(&a).len() == 1 && parts(&c).len() == 1));
+        env.backup(&env.bk);
+        tb.update(env.x, |p| p.qty = 2).unwrap();
+        tb.return_borrow(env.x).unwrap();
+        settle(&[&b]);
+        let ta = a.tree::<Part>().unwrap();
+        assert!(eventually(|| parts(&a)[0].6 == 0));
+        ta.borrow(env.x).unwrap();
+        ta.update(env.x, |p| p.qty = 50).unwrap();
+        env.a_replica = a.replica();
+        settle(&[&a, &b, &c]);
+        assert!(eventually(|| [&a, &b, &c]
+            .iter()
+            .all(|d| parts(d)[0].3 == 50)));
+    }
+    let bk = env.bk.clone();
+    env.restore(&bk);
+    {
+        // A comes back first: B (stale) holds x on the server: A waits.
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(parts(&a)[0].3, 50, "A keeps its edit while waiting");
+        let sx = env.server_x().unwrap();
+        assert_eq!(
+            (sx.3, sx.6 != 0),
+            (1, true),
+            "the server: qty 1, held (by B)"
+        );
+    }
+    env
+}
+
+fn qty_holder(r: Option<Row>) -> Option<(u32, u32)> {
+    r.map(|r| (r.3, r.6))
+}
+
+// ---- helpers of these scenarios ----
+
+/// A (online, waiting) sets x's qty; the server refuses it (B holds x) and A absorbs it.
+fn a_edits_while_waiting(env: &Env, qty: u32) {
+    let a = env.open(&env.pa);
+    settle(&[&a]);
+    a.tree::<Part>()
+        .unwrap()
+        .update(env.x, |p| p.qty = qty)
+        .unwrap();
+    settle(&[&a]);
+    std::thread::sleep(Duration::from_millis(500));
+    let st = a.sync_status().unwrap();
+    eprintln!("A after its edit while waiting: {:?} {st:?}", parts(&a));
+    assert_eq!(st.rejected, 0, "absorbed, not rejected");
+    assert_eq!(st.outbox, 0, "dropped from the outbox");
+    assert_eq!(parts(&a)[0].3, qty);
+}
+
+/// A's persistent count of rejected entries (rekord.outbox_rejected), reopened.
+fn a_rejected(env: &Env) -> u64 {
+    let a = env.open(&env.pa);
+    settle(&[&a]);
+    a.sync_status().unwrap().rejected
+}
+
+fn offline(env: &Env) -> Db {
+    Db::open_synced(&env.pa, config("127.0.0.1:9".parse().unwrap(), &env.token)).unwrap()
+}
+
+// ---- S1: the waiting record is borrowed by another replica after the edit was absorbed ----
+
+/// A edits x while waiting (absorbed: not rejected, not in the outbox); A goes away; B
+/// returns, C borrows, edits (77), returns; A comes back: C's borrow clears A's reclaim
+/// row and A refetches C's version. A's edit 51 is lost: is it reported anywhere?
+#[test]
+fn rw_absorbed_edit_then_other_borrows_while_away() {
+    let env = setup();
+    a_edits_while_waiting(&env, 51);
+    env.b_returns();
+    env.c_edits(77, true);
+    let got = env.converge_all();
+    let rejected = a_rejected(&env);
+    eprintln!("x {got:?}, A rejected {rejected}");
+    assert!(
+        got.as_ref().is_some_and(|r| r.3 == 51) || rejected > 0,
+        "A's edit (51, made while waiting) is lost (x {got:?}) and never reported (rejected {rejected})"
+    );
+}
+
+/// As above, but A makes the edit offline; when it reconnects the flush (before the
+/// catch-up) is refused with AlreadyBorrowed(C) while x still waits, then the catch-up
+/// applies C's borrow.
+#[test]
+fn rw_offline_edit_while_waiting_then_other_borrows() {
+    let env = setup();
+    {
+        let a = offline(&env);
+        a.tree::<Part>()
+            .unwrap()
+            .update(env.x, |p| p.qty = 51)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env.b_returns();
+    env.c_edits(77, true);
+    let got = env.converge_all();
+    let rejected = a_rejected(&env);
+    eprintln!("x {got:?}, A rejected {rejected}");
+    assert!(
+        got.as_ref().is_some_and(|r| r.3 == 51) || rejected > 0,
+        "A's offline edit (51) is lost (x {got:?}) and never reported (rejected {rejected})"
+    );
+}
+
+// ---- S2: one entry touching a waiting record and a normal one ----
+
+/// A creates y (it holds it), then one batch sets x (waiting) and y. The server refuses
+/// the entry (x); it is set aside and reported, y is refetched. Does x's half of the
+/// rejected batch still reach the server once A takes x back?
+fn batch_env(through: bool) -> (Env, Key<Part>, Result<(), Error>, Vec<Row>, u64) {
+    let env = setup();
+    let mut cfg = config(env.addr, &env.token);
+    if through {
+        cfg = cfg.write_mode(WriteMode::Through);
+    }
+    let a = open_with(&env.pa, cfg);
+    settle(&[&a]);
+    let t = a.tree::<Part>().unwrap();
+    let y = t
+        .create(&Part {
+            name: "y".into(),
+            qty: 5,
+        })
+        .unwrap();
+    settle(&[&a]);
+    assert!(eventually(|| env.server_x().is_some() && {
+        let f = env.fresh();
+        parts(&f).iter().any(|r| r.0 == y.id())
+    }));
+    let x = env.x;
+    let r = a.write(|b| {
+        let mut t = b.tree::<Part>()?;
+        t.update(x, |p| p.qty = 51)?;
+        t.update(y, |p| p.qty = 6)?;
+        Ok(())
+    });
+    settle(&[&a]);
+    std::thread::sleep(Duration::from_millis(500));
+    let st = a.sync_status().unwrap();
+    let after = parts(&a);
+    eprintln!("A after the batch: {r:?} {after:?} {st:?}");
+    drop((t, a));
+    (env, y, r, after, st.rejected)
+}
+
+#[test]
+fn rw_batch_waiting_and_normal_record() {
+    let (env, y, r, after, rejected) = batch_env(false);
+    assert!(r.is_ok());
+    env.b_returns();
+    let got = env.converge_all();
+    let fresh = env.fresh();
+    let all = parts(&fresh);
+    eprintln!("fresh: {all:?}; A's rejected {rejected}; A after the refusal {after:?}");
+    let yq = all.iter().find(|r| r.0 == y.id()).map(|r| r.3);
+    let xq = got.map(|r| r.3);
+    assert!(
+        !(rejected > 0 && xq == Some(51) && yq == Some(5)),
+        "the batch was reported rejected (y undone: {yq:?}) but its x half (51) landed: x {xq:?}"
+    );
+}
+
+#[test]
+fn rw_batch_waiting_and_normal_record_write_through() {
+    let (env, y, r, after, _) = batch_env(true);
+    let xa = after.iter().find(|r| r.0 == env.x.id()).map(|r| r.3);
+    let ya = after.iter().find(|r| r.0 == y.id()).map(|r| r.3);
+    eprintln!("write-through batch: {r:?}; A has x {xa:?} y {ya:?}");
+    env.b_returns();
+    let got = env.converge_all();
+    eprintln!("converged x {got:?}");
+    if let Err(Error::Refused { reason, .. }) = &r {
+        assert!(
+            xa != Some(51) && got.map(|r| r.3) != Some(51),
+            "the writer was told '{reason}', yet x keeps 51 locally ({xa:?}) and on the server after the take-back"
+        );
+    }
+}
+
+// ---- S3: a return while waiting ----
+
+/// A (waiting, its copy says it holds x) returns x. The server takes a return of a record
+/// the client does not hold as a no-op (Applied), so the new code's `held`-clearing branch
+/// never runs. After B returns, does A keep the borrow it returned?
+#[test]
+fn rw_return_while_waiting_then_take_back() {
+    let env = setup();
+    {
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        let t = a.tree::<Part>().unwrap();
+        let r = t.return_borrow(env.x);
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!(
+            "A's return while waiting: {r:?}; {:?} {:?}",
+            parts(&a),
+            a.sync_status()
+        );
+        r.unwrap();
+    }
+    env.b_returns();
+    let a = env.open(&env.pa);
+    settle(&[&a]);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(a);
+    let got = env.converge_all();
+    eprintln!("x {got:?} (A is {})", env.a_replica);
+    assert_eq!(
+        qty_holder(got),
+        Some((50, 0)),
+        "A's copy is sent again and the borrow A returned is returned"
+    );
+}
+
+// ---- S4: the client killed right after the absorbed refusal ----
+
+#[test]
+fn rw_child_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut it = spec.splitn(4, '|');
+    let (path, addr, token, id) = (
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+    );
+    let db = Db::open_synced(path, config(addr.parse().unwrap(), token)).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    let x: Key<Part> = Key::new(id.parse().unwrap(), 0);
+    db.tree::<Part>()
+        .unwrap()
+        .update(x, |p| p.qty = 51)
+        .unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@ edited").unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+    drop(db);
+}
+
+fn spawn_editor(env: &Env) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "rw_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{}|{}|{}|{}",
+                env.pa.display(),
+                env.addr,
+                env.token,
+                env.x.id()
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the child exited");
+        if line.contains("@ edited") {
+            break;
+        }
+    }
+    child
+}
+
+#[test]
+fn rw_killed_after_the_absorbed_refusal() {
+    let _ = BIN;
+    for delay in [0u64, 5, 20, 60, 200, 600] {
+        let env = setup();
+        let mut child = spawn_editor(&env);
+        std::thread::sleep(Duration::from_millis(delay));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        {
+            let a = env.open(&env.pa);
+            settle(&[&a]);
+            std::thread::sleep(Duration::from_millis(300));
+            eprintln!(
+                "delay {delay}: A reopened {:?} {:?}",
+                parts(&a),
+                a.sync_status()
+            );
+        }
+        env.b_returns_any();
+        let got = env.converge_all();
+        let rejected = a_rejected(&env);
+        eprintln!("delay {delay}: x {got:?} rejected {rejected}");
+        assert_eq!(got.map(|r| r.3), Some(51), "delay {delay}: A's edit kept");
+        assert_eq!(rejected, 0, "delay {delay}");
+    }
+}
+
+// ---- S5: a write-through writer ----
+
+#[test]
+fn rw_write_through_edit_while_waiting() {
+    let env = setup();
+    {
+        let a = open_with(
+            &env.pa,
+            config(env.addr, &env.token).write_mode(WriteMode::Through),
+        );
+        settle(&[&a]);
+        let r = a.tree::<Part>().unwrap().update(env.x, |p| p.qty = 51);
+        eprintln!("write-through update while waiting: {r:?}");
+        assert!(matches!(r, Err(Error::Unconfirmed { .. })), "{r:?}");
+        // A second write-through edit, after the first was absorbed.
+        let r2 = a.tree::<Part>().unwrap().update(env.x, |p| p.qty = 52);
+        eprintln!("second: {r2:?}");
+        assert!(matches!(r2, Err(Error::Unconfirmed { .. })), "{r2:?}");
+        assert_eq!(a.sync_status().unwrap().rejected, 0);
+    }
+    env.b_returns_any();
+    let got = env.converge_all();
+    assert_eq!(got.map(|r| r.3), Some(52));
+}
+
+// ---- S6: removal and release while waiting ----
+
+#[test]
+fn rw_remove_while_waiting() {
+    let env = setup();
+    {
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        let r = a.tree::<Part>().unwrap().remove(env.x);
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!(
+            "remove while waiting: {r:?} {:?} {:?}",
+            parts(&a),
+            a.sync_status()
+        );
+        r.unwrap();
+    }
+    env.b_returns_any();
+    let got = env.converge_all();
+    let rejected = a_rejected(&env);
+    eprintln!("x {got:?} rejected {rejected}");
+    assert!(
+        got.is_none() || rejected > 0,
+        "A's removal: x {got:?}, rejected {rejected}"
+    );
+}
+
+#[test]
+fn rw_release_then_new_revision_while_waiting() {
+    let env = setup();
+    {
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        let t = a.tree::<Part>().unwrap();
+        t.release(env.x).unwrap();
+        let x1 = t.new_revision(env.x).unwrap();
+        t.update(x1, |p| p.qty = 60).unwrap();
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!(
+            "release+rev while waiting: {:?} {:?}",
+            parts(&a),
+            a.sync_status()
+        );
+    }
+    env.b_returns_any();
+    let a = env.open(&env.pa);
+    settle(&[&a]);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(a);
+    let _ = env.converge_all();
+    let f = env.fresh();
+    let all = parts(&f);
+    let rejected = a_rejected(&env);
+    eprintln!("fresh {all:?} rejected {rejected}");
+    assert!(
+        all.iter().any(|r| r.1 == 1 && r.3 == 60) || rejected > 0,
+        "A's release and new revision: {all:?}, rejected {rejected}"
+    );
+}
+
+// ---- S7: a second restore while the absorbed edit waits ----
+
+/// A absorbs its edit (51); backup 2; the server is restored to backup 2 (same state, new
+/// lineage); A reconnects (still waiting), B returns: 51 everywhere?
+#[test]
+fn rw_second_restore_while_the_edit_waits() {
+    let mut env = setup();
+    a_edits_while_waiting(&env, 51);
+    let bk2 = env.data.parent().unwrap().join("bk2.redb");
+    env.backup(&bk2);
+    env.restore(&bk2);
+    {
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!("A after restore 2: {:?} {:?}", parts(&a), a.sync_status());
+    }
+    env.b_returns_any();
+    let got = env.converge_all();
+    assert_eq!(got.map(|r| r.3), Some(51));
+}
+
+/// A absorbs its edit, B returns and A takes x back and resends 51 (held by A); backup 2
+/// was taken before B's return; the server is restored to it: A waits again (B holds x
+/// there); B comes back and returns: 51 everywhere, held by A?
+#[test]
+fn rw_second_restore_after_the_take_back() {
+    let mut env = setup();
+    a_edits_while_waiting(&env, 51);
+    let bk2 = env.data.parent().unwrap().join("bk2.redb");
+    env.backup(&bk2);
+    {
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        env.b_returns_any();
+        settle(&[&a]);
+        assert!(
+            eventually(|| qty_holder(env.server_x()) == Some((51, env.a_replica))),
+            "A took x back: {:?}",
+            env.server_x()
+        );
+    }
+    env.restore(&bk2);
+    {
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!("A after restore 2: {:?} {:?}", parts(&a), a.sync_status());
+    }
+    env.b_returns_any();
+    let got = env.converge_all();
+    assert_eq!(qty_holder(got), Some((51, env.a_replica)));
+}
+
+// ---- S8: outside the subscription ----
+
+/// A, subscribed to `notes` only, edits x while waiting (absorbed; its retry skips trees
+/// outside the subscription); B returns and C borrows, edits, returns; A reopens with
+/// everything.
+#[test]
+fn rw_absorbed_edit_outside_the_subscription() {
+    let env = setup();
+    {
+        let a = open_with(&env.pa, config(env.addr, &env.token).trees(["notes"]));
+        settle(&[&a]);
+        a.tree::<Part>()
+            .unwrap()
+            .update(env.x, |p| p.qty = 51)
+            .unwrap();
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!(
+            "A (notes only) after the edit: {:?} {:?}",
+            parts(&a),
+            a.sync_status()
+        );
+    }
+    env.b_returns();
+    env.c_edits(77, true);
+    let got = env.converge_all();
+    let rejected = a_rejected(&env);
+    eprintln!("x {got:?}, A rejected {rejected}");
+    assert!(
+        got.as_ref().is_some_and(|r| r.3 == 51) || rejected > 0,
+        "A's edit (51) lost (x {got:?}) without a report (rejected {rejected})"
+    );
+}
