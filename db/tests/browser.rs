@@ -99,13 +99,9 @@ async fn a_dropped_database_stores_its_last_commits() {
 }
 
 #[wasm_bindgen_test]
-async fn a_second_open_in_the_page_is_refused_and_deleting_an_open_one_too() {
+async fn deleting_an_open_database_is_refused() {
     let name = fresh("locked");
     let db = Db::open_browser(&name).await.unwrap();
-    assert!(matches!(
-        Db::open_browser(&name).await,
-        Err(Error::Locked { .. })
-    ));
     assert!(matches!(
         Db::delete_browser(&name).await,
         Err(Error::Locked { .. })
@@ -116,6 +112,175 @@ async fn a_second_open_in_the_page_is_refused_and_deleting_an_open_one_too() {
     let db = Db::open_browser(&name).await.unwrap();
     assert!(db.tree::<Part>().unwrap().keys().unwrap().is_empty());
     drop(db);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+/// Polls `ok` every few milliseconds for up to 5 s.
+async fn eventually(mut ok: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if ok() {
+            return true;
+        }
+        sleep(5).await;
+    }
+    ok()
+}
+
+fn qtys(db: &Db) -> Vec<(u64, u32)> {
+    let t = db.tree::<Part>().unwrap();
+    let mut v: Vec<(u64, u32)> = t
+        .keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.id(), t.get(k).unwrap().qty))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Two opens of one database share it, as two tabs do (the second follows the first over
+/// a BroadcastChannel): each sees the other's commits as events, ids never collide, and a
+/// follower's flush returns once the leader stored its commit.
+#[wasm_bindgen_test]
+async fn two_opens_share_the_database_and_see_each_others_commits() {
+    let name = fresh("tabs");
+    let a = Db::open_browser(&name).await.unwrap();
+    let ta = a.tree::<Part>().unwrap();
+    let x = ta
+        .create(&Part {
+            name: "x".into(),
+            qty: 1,
+        })
+        .unwrap();
+    let b = Db::open_browser(&name).await.unwrap();
+    let tb = b.tree::<Part>().unwrap();
+    assert_eq!(
+        tb.get(x).unwrap().qty,
+        1,
+        "the follower starts from the leader's state"
+    );
+    let events = b.subscribe();
+    ta.update(x, |p| p.qty = 2).unwrap();
+    assert!(
+        eventually(|| tb.get(x).unwrap().qty == 2).await,
+        "the leader's commit reaches the follower"
+    );
+    let mut saw = false;
+    for e in events.try_iter() {
+        saw |= matches!(e, rekord::Event::Record(r) if r.key.id == x.id() && r.kind == EventKind::Updated);
+    }
+    assert!(saw, "as an event");
+    // Creates in both at once: distinct ids.
+    let mut mine = Vec::new();
+    for i in 0..50 {
+        mine.push(
+            ta.create(&Part {
+                name: format!("a{i}"),
+                qty: 100 + i,
+            })
+            .unwrap(),
+        );
+        mine.push(
+            tb.create(&Part {
+                name: format!("b{i}"),
+                qty: 200 + i,
+            })
+            .unwrap(),
+        );
+    }
+    tb.update(x, |p| p.qty = 3).unwrap();
+    b.flush().await.unwrap();
+    assert!(eventually(|| qtys(&a) == qtys(&b)).await, "both converge");
+    assert_eq!(qtys(&a).len(), 101, "no id was used twice");
+    assert_eq!(
+        ta.get(x).unwrap().qty,
+        3,
+        "the follower's write reached the leader"
+    );
+    // The follower's flush means stored: a fresh open after both close has it.
+    drop((ta, tb, events));
+    drop(a);
+    drop(b);
+    let c = Db::open_browser(&name).await.unwrap();
+    assert_eq!(qtys(&c).len(), 101);
+    assert_eq!(c.tree::<Part>().unwrap().get(x).unwrap().qty, 3);
+    drop(c);
+    Db::delete_browser(&name).await.unwrap();
+}
+
+/// The leader closes: the follower takes over (stores its copy, with commits the leader
+/// never stored and its own), and goes on writing; a third open follows it.
+#[wasm_bindgen_test]
+async fn the_follower_takes_over_when_the_leader_closes() {
+    let name = fresh("takeover");
+    let a = Db::open_browser_with(
+        &name,
+        DbOptions::default(),
+        BrowserOptions {
+            flush: FlushPolicy {
+                debounce: std::time::Duration::from_secs(60),
+                max_delay: std::time::Duration::from_secs(60),
+                on_hide: false,
+                ..FlushPolicy::default()
+            },
+            ..BrowserOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let b = Db::open_browser(&name).await.unwrap();
+    let ta = a.tree::<Part>().unwrap();
+    let tb = b.tree::<Part>().unwrap();
+    let x = ta
+        .create(&Part {
+            name: "x".into(),
+            qty: 1,
+        })
+        .unwrap();
+    let y = tb
+        .create(&Part {
+            name: "y".into(),
+            qty: 2,
+        })
+        .unwrap();
+    assert!(eventually(|| qtys(&a).len() == 2 && qtys(&b).len() == 2).await);
+    drop(ta);
+    drop(a);
+    // B now leads: its writes are stored by its own flushes.
+    assert!(
+        eventually(|| b.browser_stats().is_some_and(|s| s.flushes > 0)).await,
+        "B stored the database"
+    );
+    tb.update(y, |p| p.qty = 20).unwrap();
+    b.flush().await.unwrap();
+    let c = Db::open_browser(&name).await.unwrap();
+    let tc = c.tree::<Part>().unwrap();
+    assert_eq!(tc.get(x).unwrap().qty, 1);
+    assert_eq!(tc.get(y).unwrap().qty, 20);
+    let z = tc
+        .create(&Part {
+            name: "z".into(),
+            qty: 3,
+        })
+        .unwrap();
+    c.flush().await.unwrap();
+    assert!(
+        eventually(|| tb.get(z).is_ok()).await,
+        "C's write reached B"
+    );
+    drop((tb, tc));
+    drop(c);
+    drop(b);
+    let d = Db::open_browser(&name).await.unwrap();
+    assert_eq!(
+        qtys(&d),
+        vec![(x.id(), 1), (y.id(), 20), (z.id(), 3)]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    drop(d);
     Db::delete_browser(&name).await.unwrap();
 }
 

@@ -212,6 +212,8 @@ pub(crate) struct Image {
     generation: u64,
     /// Whether a taken flush has not completed yet.
     in_flight: bool,
+    /// A copy another tab stores (see [`Image::detached`]): commits stage nothing.
+    detached: bool,
 }
 
 impl Image {
@@ -303,6 +305,40 @@ impl Image {
         };
         image.sync();
         image
+    }
+
+    /// A copy of `bytes` (a committed redb file) that another tab stores: commits keep the
+    /// checksums up to date but stage nothing, until [`Image::attach`] makes this the
+    /// stored copy.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn detached(bytes: Vec<u8>) -> Image {
+        let mut image = Image {
+            written: (0..block_count(bytes.len() as u64)).collect(),
+            bytes,
+            detached: true,
+            ..Image::default()
+        };
+        image.sync();
+        image
+    }
+
+    /// Makes a detached image the stored one, whose store holds generation `generation`:
+    /// its next flush writes every block (and deletes stored blocks past its end).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn attach(&mut self, generation: u64) {
+        self.detached = false;
+        self.generation = generation;
+        self.in_flight = false;
+        let count = block_count(self.committed_len);
+        self.delete_from = Some(count);
+        self.staged.clear();
+        for n in 0..count {
+            let start = n as usize * BLOCK_SIZE;
+            let end = (start + BLOCK_SIZE).min(self.committed_len as usize);
+            let mut block = vec![0u8; BLOCK_SIZE];
+            block[..end - start].copy_from_slice(&self.bytes[start..end]);
+            self.staged.insert(n, (self.sums[n as usize], block.into()));
+        }
     }
 
     /// The committed image (the bytes of a redb file), or `None` while a write transaction
@@ -401,7 +437,7 @@ impl Image {
         let len = self.len();
         let count = block_count(len);
         let old_count = self.sums.len() as u64;
-        if count < old_count {
+        if count < old_count && !self.detached {
             // Blocks past the end go from the store at the next flush.
             self.delete_from = Some(self.delete_from.map_or(count, |d| d.min(count)));
             self.staged.retain(|n, _| *n < count);
@@ -417,7 +453,9 @@ impl Image {
             block[..end - start].copy_from_slice(&self.bytes[start..end]);
             let sum = crc32fast::hash(&block);
             self.sums[n as usize] = sum;
-            self.staged.insert(n, (sum, block.into()));
+            if !self.detached {
+                self.staged.insert(n, (sum, block.into()));
+            }
         }
         self.committed_len = len;
     }
@@ -624,6 +662,53 @@ mod tests {
         assert_eq!(loaded.committed().unwrap(), &bytes[..]);
         let (db, _) = open(loaded);
         assert_eq!(count(&db), 300);
+    }
+
+    /// A tab's copy of another tab's database (detached) stages nothing while it commits;
+    /// attached over the stored image (which it may have outgrown or shrunk below), its
+    /// first flush replaces the stored image with exactly its own.
+    #[test]
+    fn a_detached_copy_attached_replaces_the_stored_image() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        for k in 0..400 {
+            put(&db, k, &vec![k as u8; 900]);
+        }
+        flush(&image, &mut store);
+        let bytes = lock(&image).committed().unwrap().to_vec();
+        // The first tab goes on (stored), the copy diverges (not stored).
+        for k in 400..500 {
+            put(&db, k, &vec![1; 900]);
+        }
+        flush(&image, &mut store);
+        drop(db);
+        let (copy, copied) = open(Image::detached(bytes));
+        {
+            let tx = copy.begin_write().unwrap();
+            let mut t = tx.open_table(T).unwrap();
+            for k in 0..100 {
+                t.remove(k).unwrap();
+            }
+            drop(t);
+            tx.commit().unwrap();
+        }
+        put(&copy, 9999, b"mine");
+        assert_eq!(
+            lock(&copied).staged_bytes(),
+            0,
+            "a detached copy stages nothing"
+        );
+        assert!(lock(&copied).take_flush().is_none());
+        let stored_generation = store.load().unwrap().generation();
+        lock(&copied).attach(stored_generation);
+        flush(&copied, &mut store);
+        let own = lock(&copied).committed().unwrap().to_vec();
+        drop(copy);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.committed().unwrap(), &own[..]);
+        assert_eq!(loaded.generation(), stored_generation + 1);
+        let (db, _) = open(loaded);
+        assert_eq!(count(&db), 301);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction};
 
 use super::blocks::{self, BlockBackend, Flush, Image, Marker};
+use super::tabs;
 use crate::{Error, Result};
 
 /// How IndexedDB commits a flush.
@@ -116,10 +117,12 @@ pub(crate) enum Kick {
 /// The handle a [`Db`](crate::Db) keeps of its browser storage.
 pub(crate) struct Handle {
     name: String,
-    image: Arc<Mutex<Image>>,
+    pub(crate) image: Arc<Mutex<Image>>,
     kick: async_channel::Sender<Kick>,
     /// The flusher's last error, cleared by its next successful flush.
     last_error: Arc<Mutex<Option<String>>>,
+    /// This database's place among the tabs that share it ([`tabs`]).
+    tab: Option<u64>,
 }
 
 impl Drop for Handle {
@@ -130,13 +133,30 @@ impl Drop for Handle {
                 c.dropped.set(true);
             }
         });
+        if let Some(t) = self.tab {
+            tabs::forget(t);
+        }
         let _ = self.kick.try_send(Kick::Close);
     }
 }
 
 impl Handle {
-    /// Flushes everything committed so far; returns when it is stored.
+    /// This database's tab id among the tabs that share it.
+    pub(crate) fn tab(&self) -> Option<u64> {
+        self.tab
+    }
+
+    /// Flushes everything committed so far; returns when it is stored (in a follower tab:
+    /// when the leading tab stored it).
     pub(crate) async fn flush(&self) -> Result<()> {
+        if let Some(rx) = self.tab.and_then(tabs::follower_flush) {
+            return rx.recv().await.unwrap_or_else(|_| {
+                Err(Error::Browser {
+                    operation: "flushing",
+                    message: "the database was closed".into(),
+                })
+            });
+        }
         let (tx, rx) = async_channel::bounded(1);
         if self.kick.send(Kick::Flush(tx)).await.is_err() {
             return Err(Error::Browser {
@@ -202,12 +222,44 @@ impl Closing {
 /// Opens (creating if needed) the IndexedDB database of `name`, loads and verifies the
 /// image, and starts the flusher. Returns the redb database and the handle.
 pub(crate) async fn open(name: &str, options: BrowserOptions) -> Result<(redb::Database, Handle)> {
-    // A database of the same name still closing in this page finishes its last flush first;
-    // one still open is an error, as a second open of a file is natively.
-    wait_closed(name).await?;
+    // Open in this page already: this open follows it, as one in another tab would.
+    let open_here = OPEN.with(|o| {
+        o.borrow()
+            .get(name)
+            .is_some_and(|c| !c.closed.get() && !c.dropped.get())
+    });
+    if !open_here {
+        // A database of the same name still closing in this page finishes its last flush
+        // first.
+        wait_closed(name).await?;
+    }
+    for _ in 0..tabs::WELCOME_TRIES {
+        if !open_here || OPEN.with(|o| o.borrow().get(name).is_none_or(|c| c.closed.get())) {
+            // The leader: the only tab that writes to IndexedDB.
+            match WebLock::take(name).await {
+                Ok(lock) => return open_leader(name, options, lock).await,
+                Err(Error::Locked { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(joined) = tabs::join(name).await? {
+            return open_follower(name, options, joined);
+        }
+    }
+    Err(Error::Locked {
+        path: format!("indexeddb:{name}"),
+        source: redb::DatabaseError::DatabaseAlreadyOpen,
+    })
+}
+
+async fn open_leader(
+    name: &str,
+    options: BrowserOptions,
+    lock: Option<WebLock>,
+) -> Result<(redb::Database, Handle)> {
     let closing = Rc::new(Closing::default());
     let previous = OPEN.with(|o| o.borrow_mut().insert(name.to_owned(), closing.clone()));
-    match open_inner(name, options, closing.clone()).await {
+    match open_inner(name, options, closing.clone(), lock).await {
         Ok(x) => Ok(x),
         Err(e) => {
             closing.close();
@@ -215,6 +267,162 @@ pub(crate) async fn open(name: &str, options: BrowserOptions) -> Result<(redb::D
             Err(e)
         }
     }
+}
+
+/// What a follower tab keeps to become the leader ([`start_flusher`]).
+pub(crate) struct Takeover {
+    image: Arc<Mutex<Image>>,
+    options: BrowserOptions,
+    kick: async_channel::Sender<Kick>,
+    kicks: async_channel::Receiver<Kick>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+/// A follower tab's database: its copy of the leader's, in memory, with its own ids.
+fn open_follower(
+    name: &str,
+    options: BrowserOptions,
+    joined: tabs::Joined,
+) -> Result<(redb::Database, Handle)> {
+    let image = Arc::new(Mutex::new(joined.image));
+    let (kick, kicks) = async_channel::unbounded();
+    let on_commit = kick.clone();
+    let backend = BlockBackend::new(
+        image.clone(),
+        Some(Box::new(move |staged| {
+            // Nothing is staged until this tab leads.
+            if staged > 0 {
+                let _ = on_commit.try_send(Kick::Commit(staged));
+            }
+        })),
+    );
+    let opened = redb::Database::builder()
+        .set_cache_size(REDB_CACHE)
+        .create_with_backend(backend)
+        .map_err(|source| Error::opening(&format!("indexeddb:{name}"), source))
+        .and_then(|redb| tabs::use_range(&redb, joined.range).map(|()| redb));
+    let redb = match opened {
+        Ok(redb) => redb,
+        Err(e) => {
+            tabs::forget(joined.tab);
+            return Err(e);
+        }
+    };
+    let last_error = Arc::new(Mutex::new(None));
+    tabs::keep_takeover(
+        joined.tab,
+        Takeover {
+            image: image.clone(),
+            options,
+            kick: kick.clone(),
+            kicks,
+            last_error: last_error.clone(),
+        },
+    );
+    Ok((
+        redb,
+        Handle {
+            name: name.to_owned(),
+            image,
+            kick,
+            last_error,
+            tab: Some(joined.tab),
+        },
+    ))
+}
+
+/// Makes a follower tab's copy the stored image and starts its flusher (the follower
+/// became the leader, holding `lock`); returns when that first flush is done.
+pub(crate) async fn start_flusher(
+    name: &str,
+    t: Takeover,
+    lock: Option<WebLock>,
+    tab: u64,
+) -> Result<()> {
+    let idb = open_idb(name).await?;
+    let generation = match stored_marker(&idb).await {
+        Ok(m) => m.map_or(0, |m| m.generation),
+        Err(e) => {
+            idb.close();
+            return Err(e);
+        }
+    };
+    blocks::lock(&t.image).attach(generation);
+    // Registered as open in this page: a later open here waits for its last flush.
+    let closing = Rc::new(Closing::default());
+    let name_owned = name.to_owned();
+    OPEN.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.get(name).is_none_or(|c| c.closed.get()) {
+            o.insert(name_owned, closing.clone());
+        }
+    });
+    let listeners = if t.options.flush.on_hide {
+        HideListeners::add(&t.kick)
+    } else {
+        None
+    };
+    let flusher = Flusher {
+        idb,
+        image: t.image,
+        options: t.options,
+        kicks: t.kicks,
+        last_error: t.last_error,
+        _listeners: listeners,
+        _lock: lock,
+        tab: Some(tab),
+    };
+    wasm_bindgen_futures::spawn_local(async move {
+        flusher.run(closing.clone()).await;
+        closing.close();
+    });
+    let (tx, rx) = async_channel::bounded(1);
+    if t.kick.send(Kick::Flush(tx)).await.is_err() {
+        return Err(Error::Browser {
+            operation: "flushing",
+            message: "the flusher stopped".into(),
+        });
+    }
+    rx.recv().await.unwrap_or_else(|_| {
+        Err(Error::Browser {
+            operation: "flushing",
+            message: "the flusher stopped before answering".into(),
+        })
+    })
+}
+
+/// The stored commit marker, if any.
+async fn stored_marker(idb: &IdbDatabase) -> Result<Option<Marker>> {
+    let t = idb
+        .transaction_with_str("meta")
+        .map_err(|e| browser_error("opening", &e))?;
+    let meta = t
+        .object_store("meta")
+        .map_err(|e| browser_error("opening", &e))?;
+    let r = meta
+        .get(&JsValue::from_str("marker"))
+        .map_err(|e| browser_error("opening", &e))?;
+    let v = request(&r, "opening").await?;
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    let bytes = v
+        .dyn_into::<Uint8Array>()
+        .map_err(|e| browser_error("opening", &e))?
+        .to_vec();
+    Marker::decode(&bytes)
+        .map(Some)
+        .map_err(|e| Error::StoreDamaged {
+            name: name_of(idb),
+            source: e,
+        })
+}
+
+fn name_of(idb: &IdbDatabase) -> String {
+    idb.name()
+        .strip_prefix("rekord:")
+        .map(str::to_owned)
+        .unwrap_or_else(|| idb.name())
 }
 
 /// Puts back the `OPEN` entry a failed open or import replaced (another open of the name
@@ -239,10 +447,8 @@ async fn open_inner(
     name: &str,
     options: BrowserOptions,
     closing: Rc<Closing>,
+    lock: Option<WebLock>,
 ) -> Result<(redb::Database, Handle)> {
-    // One writer of the stored database per origin: another tab (or worker) holding it
-    // makes this open fail, until tabs share a database (issue 14, planned).
-    let lock = WebLock::take(name).await?;
     let idb = open_idb(name).await?;
     // A connection left open would block a later delete (and upgrades) for good.
     let image = match load(&idb, name).await {
@@ -276,6 +482,13 @@ async fn open_inner(
             return Err(Error::opening(&format!("indexeddb:{name}"), source));
         }
     };
+    let tab = match tabs::stored_top(&redb).and_then(|top| tabs::lead(name, top)) {
+        Ok(tab) => tab,
+        Err(e) => {
+            idb.close();
+            return Err(e);
+        }
+    };
     let last_error = Arc::new(Mutex::new(None));
     let listeners = if options.flush.on_hide {
         HideListeners::add(&kick)
@@ -290,6 +503,7 @@ async fn open_inner(
         last_error: last_error.clone(),
         _listeners: listeners,
         _lock: lock,
+        tab: Some(tab),
     };
     wasm_bindgen_futures::spawn_local(async move {
         flusher.run(closing.clone()).await;
@@ -302,12 +516,13 @@ async fn open_inner(
             image: image.clone(),
             kick,
             last_error,
+            tab: Some(tab),
         },
     ))
 }
 
 /// An exclusive Web Lock (`navigator.locks`) on a database name, held until dropped.
-struct WebLock {
+pub(crate) struct WebLock {
     release: Function,
 }
 
@@ -315,6 +530,19 @@ impl WebLock {
     /// Takes the lock `rekord:<name>` if no other tab or worker of the origin holds it
     /// ([`Error::Locked`] otherwise). `None` where the browser has no Web Locks.
     async fn take(name: &str) -> Result<Option<WebLock>> {
+        WebLock::request(name, true).await
+    }
+
+    /// Waits for the lock `rekord:<name>` (in line behind every tab that asked before).
+    /// `None` where the browser has no Web Locks: then it never comes.
+    pub(crate) async fn wait(name: &str) -> Result<Option<WebLock>> {
+        match WebLock::request(name, false).await? {
+            Some(lock) => Ok(Some(lock)),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn request(name: &str, if_available: bool) -> Result<Option<WebLock>> {
         let locks = Reflect::get(&js_sys::global(), &"navigator".into())
             .and_then(|n| Reflect::get(&n, &"locks".into()))
             .ok()
@@ -349,8 +577,10 @@ impl WebLock {
             }
         });
         let options = Object::new();
-        Reflect::set(&options, &"ifAvailable".into(), &JsValue::TRUE)
-            .map_err(|e| browser_error("opening", &e))?;
+        if if_available {
+            Reflect::set(&options, &"ifAvailable".into(), &JsValue::TRUE)
+                .map_err(|e| browser_error("opening", &e))?;
+        }
         request
             .call3(&locks, &idb_name(name).into(), &options, &callback)
             .map_err(|e| browser_error("opening", &e))?;
@@ -425,6 +655,8 @@ struct Flusher {
     _listeners: Option<HideListeners>,
     /// Released when the flusher ends (after its last flush).
     _lock: Option<WebLock>,
+    /// The tab id: other tabs are told what each flush stored.
+    tab: Option<u64>,
 }
 
 impl Flusher {
@@ -483,7 +715,11 @@ impl Flusher {
                     Kick::Commit(_) | Kick::Hide => {}
                 }
             }
+            let seq = self.tab.and_then(tabs::seq);
             let outcome = self.flush_all().await;
+            if let (Ok(()), Some(tab), Some(seq)) = (&outcome, self.tab, seq) {
+                tabs::stored(tab, seq);
+            }
             for w in waiters.drain(..) {
                 let _ = w.try_send(outcome.as_ref().map(|_| ()).map_err(again));
             }
@@ -559,7 +795,7 @@ fn again(e: &Error) -> Error {
 
 /// The first of two futures to finish: `Some` with the first's output, `None` if the
 /// second finished first.
-async fn race<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
+pub(crate) async fn race<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
     let mut a = pin!(a);
     let mut b = pin!(b);
     std::future::poll_fn(move |cx| {
@@ -593,7 +829,7 @@ fn transaction_with_options(
 }
 
 /// Resolves after `ms` milliseconds (in a page or a worker).
-async fn sleep(ms: f64) {
+pub(crate) async fn sleep(ms: f64) {
     let p = Promise::new(&mut |resolve, _| {
         set_timeout(&resolve, ms);
     });
@@ -935,8 +1171,12 @@ impl crate::Db {
             crate::db::Mode::Standalone,
             &format!("indexeddb:{name}"),
         )?;
+        let tab = handle.tab();
         // Set once, right after init: nothing else can have set it.
         let _ = db.inner.browser.set(handle);
+        if let Some(tab) = tab {
+            tabs::attach(tab, &db.inner);
+        }
         Ok(db)
     }
 

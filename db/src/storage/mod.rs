@@ -36,6 +36,8 @@ pub(crate) mod blocks;
 pub use blocks::{BLOCK_SIZE, LoadError};
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
+#[cfg(target_arch = "wasm32")]
+pub(crate) mod tabs;
 
 /// File format version written to `rekord.meta`.
 pub const FORMAT: u32 = 1;

@@ -428,12 +428,24 @@ impl<'db> Batch<'db> {
                 state.cache.bump(keys);
             }
         }
+        // In the browser, with other tabs sharing the database: what they apply.
+        #[cfg(target_arch = "wasm32")]
+        let shared = match db.browser.get().and_then(|h| h.tab()) {
+            Some(tab) if !core.pending.is_empty() && crate::storage::tabs::captures(tab) => {
+                Some((tab, crate::storage::tabs::capture(&txn, &core)?))
+            }
+            _ => None,
+        };
         if let Err(e) = txn.commit() {
             // Nothing changed: the caches admit again.
             for state in &core.trees {
                 state.cache.invalidate([], 0);
             }
             return Err(e.into());
+        }
+        #[cfg(target_arch = "wasm32")]
+        if let Some((tab, changes)) = shared {
+            crate::storage::tabs::committed(tab, changes);
         }
         // A durable commit makes every earlier lazy one durable too.
         writer.lazy = core.lazy;

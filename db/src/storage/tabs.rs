@@ -1,0 +1,982 @@
+//! Every tab, one database: the tabs (and workers) of an origin that open the same
+//! database share it.
+//!
+//! One of them, the **leader**, holds the database's Web Lock and is the only one that writes
+//! to IndexedDB (its flusher, see [`super::browser`]). Every other one is a **follower**: it
+//! asks the leader for a copy of the database as it is at that moment (the image of its
+//! last commit) and for a range of ids of its own, then keeps the copy in step over a
+//! `BroadcastChannel` (`rekord:<name>`):
+//!
+//! - the leader sends every commit (the records it touched, whole: every revision, as
+//!   stored) numbered by `seq`, and after every flush the last `seq` it stored;
+//! - a follower commits locally (reads and writes stay synchronous, as in the leader) and
+//!   sends the commit's records to the leader as a numbered entry; the leader applies it
+//!   (once: entries are numbered per tab) and sends it on as one of its commits. A
+//!   follower's commit is stored once the leader's commit that carries it is: that is when
+//!   [`Db::flush`](crate::Db::flush) returns in the follower;
+//! - a record a follower changed whose entry the leader has not sent back yet keeps the
+//!   follower's version: the leader applies the entry after whatever it sends meanwhile,
+//!   so the entry's version is the one everyone ends with.
+//!
+//! Every follower also waits for the Web Lock. When the leader goes (closed, or its tab
+//! crashed), the browser grants it to one of them, which becomes the leader: it writes its
+//! whole copy to IndexedDB as the new stored image (its copy holds every commit the old
+//! leader sent, stored or not, and its own entries), announces itself, and the other
+//! followers send it every entry the old leader had not sent back. So nothing a tab
+//! committed is lost when the leader goes, except by a crash of the tab that made it
+//! before it reached the leader; and what a follower's `flush` confirmed is stored.
+//!
+//! Ids: the leader carves ranges of [`SPAN`] ids for followers from the top of the id
+//! space down (`tabs.top` in `rekord.meta`), never granting one twice.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+
+use js_sys::Uint8Array;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{BroadcastChannel, MessageEvent};
+
+use super::blocks::{self, Image};
+use super::{Header, META, RANGES, SCHEMAS, id_range, pack, unpack};
+use crate::db::{DbInner, read_u64, state_bytes};
+use crate::event::EventKind;
+use crate::schema::{Schema, dynamic};
+use crate::tree::batch::Batch;
+use crate::{Error, RawKey, Result};
+use redb::ReadableTable as _;
+
+/// Ids granted to a follower tab when it opens the database.
+pub(crate) const SPAN: u64 = 1 << 32;
+
+/// The `rekord.meta` key of the lowest id granted to a follower tab so far.
+const TOP: &str = "tabs.top";
+
+/// How long a tab waits for the leader's answer before it tries again.
+const WELCOME_WAIT_MS: f64 = 1000.0;
+
+/// How many times a tab asks the leader (or tries to become it) before it gives up.
+pub(crate) const WELCOME_TRIES: u32 = 10;
+
+/// One record as stored: every revision, `(rev, header and data)`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub(crate) struct TabRecord {
+    tree: String,
+    id: u64,
+    revisions: Vec<(u32, Vec<u8>)>,
+}
+
+/// A stored schema a commit's records need.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub(crate) struct TabSchema {
+    tree: String,
+    version: u32,
+    text: String,
+}
+
+/// What one commit changed, as other tabs apply it.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(crate = rkyv)]
+pub(crate) struct Changes {
+    records: Vec<TabRecord>,
+    schemas: Vec<TabSchema>,
+}
+
+impl Changes {
+    fn keys(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.records.iter().map(|r| (r.tree.clone(), r.id))
+    }
+}
+
+/// The messages between tabs.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+enum Msg {
+    /// A tab opening the database asks the leader for it.
+    Hello { tab: u64 },
+    /// The leader's answer to `Hello`: the database as of its commit `seq`, the ids granted
+    /// to the tab, and the entries applied so far per tab.
+    Welcome {
+        to: u64,
+        leader: u64,
+        seq: u64,
+        image: Vec<u8>,
+        range: (u64, u64),
+        applied: Vec<(u64, u64)>,
+    },
+    /// A follower's commit, for the leader.
+    Entry { tab: u64, n: u64, changes: Changes },
+    /// A commit of the leader (`origin`: the follower entry it applied).
+    Commit {
+        seq: u64,
+        origin: Option<(u64, u64)>,
+        changes: Changes,
+    },
+    /// The leader stored its commits up to `seq`.
+    Stored { seq: u64 },
+    /// The leader cannot apply entry `n` of tab `to` (another build of the application with
+    /// a different schema).
+    Refused { to: u64, n: u64, reason: String },
+    /// Tab `tab` became the leader, at commit `seq`.
+    Leader { tab: u64, seq: u64 },
+}
+
+fn encode(msg: &Msg) -> Option<Vec<u8>> {
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(msg, Vec::new()).ok()
+}
+
+fn decode(bytes: &[u8]) -> Option<Msg> {
+    let archived = rkyv::access::<ArchivedMsg, rkyv::rancor::Error>(bytes).ok()?;
+    rkyv::deserialize::<Msg, rkyv::rancor::Error>(archived).ok()
+}
+
+/// A follower entry the leader has not stored yet.
+struct Unacked {
+    n: u64,
+    changes: Changes,
+    /// The leader commit that carried it, once seen.
+    seq: Option<u64>,
+}
+
+/// One open database's place among the tabs.
+pub(crate) struct Tab {
+    name: String,
+    id: u64,
+    channel: BroadcastChannel,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    inbox: async_channel::Receiver<Msg>,
+    state: RefCell<State>,
+    db: RefCell<Weak<DbInner>>,
+    /// What the flusher needs when this follower becomes the leader.
+    takeover: RefCell<Option<super::browser::Takeover>>,
+}
+
+#[derive(Default)]
+struct State {
+    leader: bool,
+    /// The last leader commit made (leader) or applied (follower).
+    seq: u64,
+    /// The last leader commit stored.
+    stored: u64,
+    /// Whether a follower ever joined (a leader sends its commits only then).
+    followers: bool,
+    /// Set while this tab applies another tab's changes (with the entry a leader applies).
+    applying: Option<Option<(u64, u64)>>,
+    /// This follower's entries not yet stored, oldest first.
+    unacked: VecDeque<Unacked>,
+    next_n: u64,
+    /// The last entry applied, per tab.
+    applied: HashMap<u64, u64>,
+    /// The lowest id granted to a follower (the next range ends there).
+    top: u64,
+    /// `flush` calls waiting for entries up to `n` to be stored.
+    waiters: Vec<(u64, async_channel::Sender<Result<()>>)>,
+    /// Why this tab's copy can no longer follow the leader.
+    broken: Option<String>,
+    closed: bool,
+}
+
+thread_local! {
+    static TABS: RefCell<HashMap<u64, Rc<Tab>>> = RefCell::new(HashMap::new());
+}
+
+fn get(id: u64) -> Option<Rc<Tab>> {
+    TABS.with(|t| t.borrow().get(&id).cloned())
+}
+
+fn random_id() -> u64 {
+    let hi = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    let lo = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    (hi << 32 | lo).max(1)
+}
+
+fn channel_name(name: &str) -> String {
+    super::browser::idb_name(name)
+}
+
+fn tab_error(e: &JsValue) -> Error {
+    Error::Browser {
+        operation: "sharing the database between tabs",
+        message: format!("{e:?}"),
+    }
+}
+
+impl Tab {
+    fn new(name: &str) -> Result<Rc<Tab>> {
+        let channel = BroadcastChannel::new(&channel_name(name)).map_err(|e| tab_error(&e))?;
+        let (tx, inbox) = async_channel::unbounded();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+            let Ok(bytes) = e.data().dyn_into::<Uint8Array>() else {
+                return;
+            };
+            match decode(&bytes.to_vec()) {
+                Some(msg) => {
+                    let _ = tx.try_send(msg);
+                }
+                None => {
+                    tracing::warn!("rekord: an unreadable message from another tab was ignored")
+                }
+            }
+        });
+        channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        let tab = Rc::new(Tab {
+            name: name.to_owned(),
+            id: random_id(),
+            channel,
+            _on_message: on_message,
+            inbox,
+            state: RefCell::new(State {
+                top: u64::MAX,
+                ..State::default()
+            }),
+            db: RefCell::new(Weak::new()),
+            takeover: RefCell::new(None),
+        });
+        TABS.with(|t| t.borrow_mut().insert(tab.id, tab.clone()));
+        Ok(tab)
+    }
+
+    fn post(&self, msg: &Msg) {
+        let Some(bytes) = encode(msg) else {
+            tracing::warn!("rekord: a message to other tabs could not be encoded");
+            return;
+        };
+        if let Err(e) = self.channel.post_message(&Uint8Array::from(&bytes[..])) {
+            tracing::warn!("rekord: a message to other tabs could not be sent: {e:?}");
+        }
+    }
+
+    fn db(&self) -> Option<Arc<DbInner>> {
+        self.db.borrow().upgrade()
+    }
+}
+
+impl Drop for Tab {
+    fn drop(&mut self) {
+        self.channel.set_onmessage(None);
+        self.channel.close();
+    }
+}
+
+/// The leader's side of a new database: registered, waiting for [`attach`].
+pub(crate) fn lead(name: &str, top: u64) -> Result<u64> {
+    let tab = Tab::new(name)?;
+    {
+        let mut s = tab.state.borrow_mut();
+        s.leader = true;
+        s.top = top;
+    }
+    Ok(tab.id)
+}
+
+/// What a follower got from the leader.
+pub(crate) struct Joined {
+    pub(crate) tab: u64,
+    pub(crate) image: Image,
+    pub(crate) range: (u64, u64),
+}
+
+/// Asks the leader of `name` for the database. `Ok(None)` when no leader answered within a
+/// second (it may be gone: the caller tries to take the lock again).
+pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
+    let tab = Tab::new(name)?;
+    tab.post(&Msg::Hello { tab: tab.id });
+    let deadline = js_sys::Date::now() + WELCOME_WAIT_MS;
+    loop {
+        let left = deadline - js_sys::Date::now();
+        if left <= 0.0 {
+            forget(tab.id);
+            return Ok(None);
+        }
+        let msg = match super::browser::race(tab.inbox.recv(), super::browser::sleep(left)).await {
+            Some(Ok(msg)) => msg,
+            Some(Err(_)) | None => continue,
+        };
+        let mut s = tab.state.borrow_mut();
+        match msg {
+            Msg::Welcome {
+                to,
+                seq,
+                image,
+                range,
+                applied,
+                ..
+            } => {
+                s.top = s.top.min(range.0);
+                if to != tab.id {
+                    continue;
+                }
+                s.seq = seq;
+                s.stored = s.stored.min(seq);
+                s.applied = applied.into_iter().collect();
+                s.followers = true;
+                drop(s);
+                return Ok(Some(Joined {
+                    tab: tab.id,
+                    image: Image::detached(image),
+                    range,
+                }));
+            }
+            // Commits before the welcome are in its image; the rest are applied after it.
+            Msg::Commit { .. } | Msg::Hello { .. } | Msg::Entry { .. } | Msg::Refused { .. } => {}
+            Msg::Stored { seq } => s.stored = s.stored.max(seq),
+            Msg::Leader { .. } => {}
+        }
+    }
+}
+
+/// Forgets tab `id` (its database closed, or its open failed).
+pub(crate) fn forget(id: u64) {
+    let tab = TABS.with(|t| t.borrow_mut().remove(&id));
+    if let Some(tab) = tab {
+        let mut s = tab.state.borrow_mut();
+        s.closed = true;
+        for (_, w) in s.waiters.drain(..) {
+            let _ = w.try_send(Err(Error::Browser {
+                operation: "flushing",
+                message: "the database was closed".into(),
+            }));
+        }
+    }
+}
+
+/// Makes a follower's copy use its own ids: `range` only, from its start.
+pub(crate) fn use_range(redb: &redb::Database, range: (u64, u64)) -> Result<()> {
+    let txn = redb.begin_write()?;
+    {
+        let mut ranges = txn.open_table(RANGES)?;
+        ranges.retain(|_, _| false)?;
+        ranges.insert(range.0, range.1)?;
+        let mut meta = txn.open_table(META)?;
+        let commit = meta
+            .get("state")?
+            .and_then(|v| v.value().get(8..16).and_then(read_u64))
+            .unwrap_or(0);
+        meta.insert("state", state_bytes(range.0, commit).as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The lowest id granted to a follower tab so far, as stored (`u64::MAX`: none).
+pub(crate) fn stored_top(redb: &redb::Database) -> Result<u64> {
+    let txn = redb::ReadableDatabase::begin_read(redb)?;
+    let top = match txn.open_table(META) {
+        Ok(meta) => meta.get(TOP)?.and_then(|v| read_u64(v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(top.unwrap_or(u64::MAX))
+}
+
+/// Keeps what a follower needs to become the leader.
+pub(crate) fn keep_takeover(id: u64, takeover: super::browser::Takeover) {
+    if let Some(tab) = get(id) {
+        *tab.takeover.borrow_mut() = Some(takeover);
+    }
+}
+
+/// Starts tab `id`'s work once its database is open: applying other tabs' messages and,
+/// for a follower, waiting to become the leader.
+pub(crate) fn attach(id: u64, db: &Arc<DbInner>) {
+    let Some(tab) = get(id) else {
+        return;
+    };
+    *tab.db.borrow_mut() = Arc::downgrade(db);
+    let leader = tab.state.borrow().leader;
+    wasm_bindgen_futures::spawn_local(run(id));
+    if !leader {
+        let name = tab.name.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            // The lock comes when every tab before this one in line has let it go.
+            let lock = super::browser::WebLock::wait(&name).await;
+            match (lock, get(id)) {
+                (Ok(lock), Some(tab)) => take_over(tab, lock).await,
+                (Err(e), Some(_)) => {
+                    tracing::warn!("rekord: this tab cannot wait to lead `{name}`: {e}")
+                }
+                // Closed meanwhile: the lock is let go at once.
+                (_, None) => {}
+            }
+        });
+    }
+}
+
+/// Whether a commit of tab `id` is sent to other tabs (a leader with followers; a follower
+/// committing its own changes).
+pub(crate) fn captures(id: u64) -> bool {
+    get(id).is_some_and(|tab| {
+        let s = tab.state.borrow();
+        if s.leader {
+            s.followers
+        } else {
+            s.applying.is_none()
+        }
+    })
+}
+
+/// The records a batch changed (every revision, as the commit leaves them) and the
+/// schemas they are written with.
+pub(crate) fn capture(
+    txn: &redb::WriteTransaction,
+    core: &crate::tree::batch::Core,
+) -> Result<Changes> {
+    let mut seen = HashSet::new();
+    let mut changes = Changes::default();
+    let mut versions = HashSet::new();
+    for p in &core.pending {
+        let Some(state) = core.trees.get(p.tree as usize) else {
+            continue;
+        };
+        if !seen.insert((state.name.clone(), p.key.id)) {
+            continue;
+        }
+        let table = txn.open_table(state.def())?;
+        let mut revisions = Vec::new();
+        for row in table.range(id_range(p.key.id))? {
+            let (k, v) = row?;
+            let value = v.value();
+            if let Some((h, _)) = Header::parse(value) {
+                versions.insert((state.name.clone(), h.version));
+            }
+            revisions.push((unpack(k.value()).rev, value.to_vec()));
+        }
+        changes.records.push(TabRecord {
+            tree: state.name.to_string(),
+            id: p.key.id,
+            revisions,
+        });
+    }
+    let schemas = txn.open_table(SCHEMAS)?;
+    for (tree, version) in versions {
+        if let Some(text) = schemas.get((&*tree, version))? {
+            changes.schemas.push(TabSchema {
+                tree: tree.to_string(),
+                version,
+                text: text.value().to_owned(),
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// A commit of tab `id` that [`captures`] said to send: a leader sends it as its next
+/// commit, a follower as its next entry.
+pub(crate) fn committed(id: u64, changes: Changes) {
+    let Some(tab) = get(id) else {
+        return;
+    };
+    let mut s = tab.state.borrow_mut();
+    if s.leader {
+        s.seq += 1;
+        let origin = s.applying.flatten();
+        let msg = Msg::Commit {
+            seq: s.seq,
+            origin,
+            changes,
+        };
+        drop(s);
+        tab.post(&msg);
+    } else {
+        s.next_n += 1;
+        let n = s.next_n;
+        let msg = Msg::Entry {
+            tab: tab.id,
+            n,
+            changes,
+        };
+        drop(s);
+        tab.post(&msg);
+        if let Msg::Entry { changes, .. } = msg {
+            tab.state.borrow_mut().unacked.push_back(Unacked {
+                n,
+                changes,
+                seq: None,
+            });
+        }
+    }
+}
+
+/// The leader commit number to announce as stored after a flush that starts now.
+pub(crate) fn seq(id: u64) -> Option<u64> {
+    get(id).map(|t| t.state.borrow().seq)
+}
+
+/// The leader stored its commits up to `seq`.
+pub(crate) fn stored(id: u64, seq: u64) {
+    if let Some(tab) = get(id) {
+        let followers = {
+            let mut s = tab.state.borrow_mut();
+            s.stored = s.stored.max(seq);
+            s.followers
+        };
+        if followers {
+            tab.post(&Msg::Stored { seq });
+        }
+    }
+}
+
+/// For a follower: waits until every entry it sent so far is stored. `None` for a leader
+/// (its flusher answers).
+pub(crate) fn follower_flush(id: u64) -> Option<async_channel::Receiver<Result<()>>> {
+    let tab = get(id)?;
+    let mut s = tab.state.borrow_mut();
+    if s.leader {
+        return None;
+    }
+    let (tx, rx) = async_channel::bounded(1);
+    if let Some(reason) = &s.broken {
+        let _ = tx.try_send(Err(broken(reason)));
+    } else if s.unacked.is_empty() {
+        let _ = tx.try_send(Ok(()));
+    } else {
+        let n = s.next_n;
+        s.waiters.push((n, tx));
+    }
+    Some(rx)
+}
+
+fn broken(reason: &str) -> Error {
+    Error::Browser {
+        operation: "sharing the database between tabs",
+        message: format!("{reason}; reload this tab"),
+    }
+}
+
+/// Answers the waiters whose entries are all stored.
+fn settle_waiters(s: &mut State) {
+    let first_unacked = s.unacked.front().map_or(u64::MAX, |u| u.n);
+    s.waiters.retain(|(n, w)| {
+        if *n < first_unacked {
+            let _ = w.try_send(Ok(()));
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// Applies other tabs' messages, in order, for as long as the tab is open.
+async fn run(id: u64) {
+    let Some(inbox) = get(id).map(|t| t.inbox.clone()) else {
+        return;
+    };
+    let mut queue: VecDeque<Msg> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match inbox.recv().await {
+                Ok(m) => queue.push_back(m),
+                Err(_) => return,
+            }
+        }
+        let Some(tab) = get(id) else {
+            return;
+        };
+        let Some(msg) = queue.front().cloned() else {
+            continue;
+        };
+        match handle(&tab, msg) {
+            Ok(()) => {
+                queue.pop_front();
+            }
+            // The application holds a batch across an await: after it.
+            Err(Error::BatchInProgress) => {
+                drop(tab);
+                super::browser::sleep(2.0).await;
+            }
+            Err(e) => {
+                queue.pop_front();
+                tracing::warn!("rekord: a change from another tab could not be applied: {e}");
+                let mut s = tab.state.borrow_mut();
+                if !s.leader {
+                    let reason =
+                        format!("a change from another tab could not be applied here ({e})");
+                    for (_, w) in s.waiters.drain(..) {
+                        let _ = w.try_send(Err(broken(&reason)));
+                    }
+                    s.broken = Some(reason);
+                }
+            }
+        }
+    }
+}
+
+fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
+    let Some(db) = tab.db() else {
+        return Ok(());
+    };
+    let leader = tab.state.borrow().leader;
+    match msg {
+        Msg::Hello { tab: other } if leader => welcome(tab, &db, other),
+        Msg::Entry {
+            tab: other,
+            n,
+            changes,
+        } if leader => {
+            if tab
+                .state
+                .borrow()
+                .applied
+                .get(&other)
+                .is_some_and(|a| *a >= n)
+            {
+                return Ok(());
+            }
+            match apply(tab, &db, &changes, &HashSet::new(), Some((other, n))) {
+                Ok(()) => {}
+                Err(Error::BatchInProgress) => return Err(Error::BatchInProgress),
+                Err(e) => {
+                    tab.post(&Msg::Refused {
+                        to: other,
+                        n,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            tab.state.borrow_mut().applied.insert(other, n);
+            Ok(())
+        }
+        Msg::Commit {
+            seq,
+            origin,
+            changes,
+        } if !leader => {
+            let skip: HashSet<(String, u64)> = {
+                let mut s = tab.state.borrow_mut();
+                if seq <= s.seq {
+                    return Ok(());
+                }
+                if let Some((t, n)) = origin
+                    && t == tab.id
+                {
+                    // This tab's own entry, carried: applied here already.
+                    for u in s.unacked.iter_mut().filter(|u| u.n <= n && u.seq.is_none()) {
+                        u.seq = Some(seq);
+                    }
+                    s.seq = seq;
+                    s.applied.insert(t, n);
+                    return Ok(());
+                }
+                s.unacked
+                    .iter()
+                    .filter(|u| u.seq.is_none())
+                    .flat_map(|u| u.changes.keys())
+                    .collect()
+            };
+            apply(tab, &db, &changes, &skip, None)?;
+            let mut s = tab.state.borrow_mut();
+            s.seq = seq;
+            if let Some((t, n)) = origin {
+                s.applied.insert(t, n);
+            }
+            Ok(())
+        }
+        Msg::Stored { seq } if !leader => {
+            let mut s = tab.state.borrow_mut();
+            s.stored = s.stored.max(seq);
+            let stored = s.stored;
+            while s
+                .unacked
+                .front()
+                .is_some_and(|u| u.seq.is_some_and(|q| q <= stored))
+            {
+                s.unacked.pop_front();
+            }
+            settle_waiters(&mut s);
+            Ok(())
+        }
+        Msg::Refused { to, n, reason } if to == tab.id => {
+            let reason = format!(
+                "the leading tab refused a change made here (entry {n}: {reason}); another build of the application may be open in it"
+            );
+            let mut s = tab.state.borrow_mut();
+            for (_, w) in s.waiters.drain(..) {
+                let _ = w.try_send(Err(broken(&reason)));
+            }
+            s.broken = Some(reason);
+            Ok(())
+        }
+        Msg::Leader { tab: other, seq } if !leader && other != tab.id => {
+            // The new leader has everything it was sent; what it was not, it gets now.
+            let resend: Vec<Msg> = {
+                let mut s = tab.state.borrow_mut();
+                s.seq = s.seq.max(seq);
+                s.unacked
+                    .iter()
+                    .filter(|u| u.seq.is_none())
+                    .map(|u| Msg::Entry {
+                        tab: tab.id,
+                        n: u.n,
+                        changes: u.changes.clone(),
+                    })
+                    .collect()
+            };
+            for m in &resend {
+                tab.post(m);
+            }
+            Ok(())
+        }
+        Msg::Welcome { range, .. } => {
+            let mut s = tab.state.borrow_mut();
+            s.top = s.top.min(range.0);
+            s.followers = true;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Applies another tab's changes in one batch (`origin`: the follower entry a leader
+/// applies; records in `skip` are left as they are).
+fn apply(
+    tab: &Rc<Tab>,
+    db: &Arc<DbInner>,
+    changes: &Changes,
+    skip: &HashSet<(String, u64)>,
+    origin: Option<(u64, u64)>,
+) -> Result<()> {
+    let mut b = Batch::begin(db)?;
+    for s in &changes.schemas {
+        b.tab_schema(s)?;
+    }
+    let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
+    for r in &changes.records {
+        if skip.contains(&(r.tree.clone(), r.id)) {
+            continue;
+        }
+        b.tab_record(r, replica)?;
+    }
+    tab.state.borrow_mut().applying = Some(origin);
+    let outcome = b.commit();
+    tab.state.borrow_mut().applying = None;
+    outcome
+}
+
+/// The leader's answer to a tab that opens the database: a range of ids of its own, and
+/// the database as of now.
+fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
+    let top = tab.state.borrow().top;
+    let start = top.saturating_sub(SPAN);
+    if start <= SPAN {
+        tracing::warn!("rekord: no ids are left to give another tab");
+        return Ok(());
+    }
+    let b = Batch::begin(db)?;
+    {
+        let mut ranges = b.txn.open_table(RANGES)?;
+        let mut overlapping = Vec::new();
+        for row in ranges.iter()? {
+            let (s, e) = row?;
+            let (s, e) = (s.value(), e.value());
+            if s < top && e > start {
+                overlapping.push((s, e));
+            }
+        }
+        for (s, e) in overlapping {
+            ranges.remove(s)?;
+            if s < start {
+                ranges.insert(s, start)?;
+            }
+            if e > top {
+                ranges.insert(top, e)?;
+            }
+        }
+        b.txn
+            .open_table(META)?
+            .insert(TOP, start.to_le_bytes().as_slice())?;
+    }
+    b.commit()?;
+    {
+        let mut w = crate::event::lock(&db.writer);
+        if w.next_id < start {
+            w.range_end = w.range_end.min(start);
+        } else if w.next_id < top {
+            w.next_id = top;
+            w.range_end = 0;
+        }
+    }
+    let image = match db.browser.get() {
+        Some(h) => match blocks::lock(&h.image).committed() {
+            Some(bytes) => bytes.to_vec(),
+            None => return Err(Error::BatchInProgress),
+        },
+        None => return Ok(()),
+    };
+    let msg = {
+        let mut s = tab.state.borrow_mut();
+        s.top = start;
+        s.followers = true;
+        Msg::Welcome {
+            to: other,
+            leader: tab.id,
+            seq: s.seq,
+            image,
+            range: (start, top),
+            applied: s.applied.iter().map(|(a, b)| (*a, *b)).collect(),
+        }
+    };
+    tab.post(&msg);
+    Ok(())
+}
+
+/// This follower becomes the leader: its copy becomes the stored image.
+async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
+    let Some(db) = tab.db() else {
+        return;
+    };
+    let Some(takeover) = tab.takeover.borrow_mut().take() else {
+        return;
+    };
+    tracing::info!("rekord: this tab now stores `{}`", tab.name);
+    // The ids granted to followers so far, kept with the image.
+    let top = tab.state.borrow().top;
+    loop {
+        let done = Batch::begin(&db).and_then(|b| {
+            b.txn
+                .open_table(META)?
+                .insert(TOP, top.to_le_bytes().as_slice())?;
+            b.commit()
+        });
+        match done {
+            Err(Error::BatchInProgress) => super::browser::sleep(2.0).await,
+            Err(e) => {
+                tracing::warn!("rekord: taking over `{}`: {e}", tab.name);
+                break;
+            }
+            Ok(()) => break,
+        }
+    }
+    let own: Vec<(u64, Changes)> = {
+        let mut s = tab.state.borrow_mut();
+        s.leader = true;
+        s.followers = true;
+        s.unacked
+            .iter()
+            .filter(|u| u.seq.is_none())
+            .map(|u| (u.n, u.changes.clone()))
+            .collect()
+    };
+    // Its own entries the old leader did not send on: sent as its commits.
+    for (n, changes) in own {
+        let msg = {
+            let mut s = tab.state.borrow_mut();
+            s.seq += 1;
+            s.applied.insert(tab.id, n);
+            Msg::Commit {
+                seq: s.seq,
+                origin: Some((tab.id, n)),
+                changes,
+            }
+        };
+        tab.post(&msg);
+    }
+    let seq = tab.state.borrow().seq;
+    tab.post(&Msg::Leader { tab: tab.id, seq });
+    let outcome = super::browser::start_flusher(&tab.name, takeover, lock, tab.id).await;
+    let mut s = tab.state.borrow_mut();
+    s.unacked.clear();
+    for (_, w) in s.waiters.drain(..) {
+        let _ = w.try_send(outcome.as_ref().map(|_| ()).map_err(|e| Error::Browser {
+            operation: "flushing",
+            message: e.to_string(),
+        }));
+    }
+}
+
+impl Batch<'_> {
+    /// Stores a schema another tab's records are written with, if this database does not
+    /// have it; one of another shape under the same version is an error.
+    fn tab_schema(&mut self, s: &TabSchema) -> Result<()> {
+        let mut table = self.txn.open_table(SCHEMAS)?;
+        let stored = table
+            .get((s.tree.as_str(), s.version))?
+            .map(|v| v.value().to_owned());
+        match stored {
+            None => {
+                table.insert((s.tree.as_str(), s.version), s.text.as_str())?;
+            }
+            Some(text) if text == s.text => {}
+            Some(text) => {
+                let parse = |t: &str| {
+                    Schema::from_ron(t).map_err(|e| Error::CorruptSchema {
+                        tree: s.tree.clone(),
+                        version: s.version,
+                        reason: e.to_string(),
+                    })
+                };
+                let (mine, theirs) = (parse(&text)?, parse(&s.text)?);
+                if !mine.same_shape(&theirs) {
+                    return Err(Error::SchemaChanged {
+                        tree: s.tree.clone(),
+                        version: s.version,
+                        changes: crate::schema::describe_changes(&mine, &theirs),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes record `r.id` of `r.tree` exactly what another tab has (every revision),
+    /// with events (origin `origin`) for what changed.
+    fn tab_record(&mut self, r: &TabRecord, origin: u32) -> Result<()> {
+        let state = self.db.tree_state(&r.tree);
+        let ti = self.tree_index(&state);
+        for (rev, value) in &r.revisions {
+            let key = RawKey::new(r.id, *rev);
+            let corrupt = |reason: String| Error::Corrupt {
+                tree: r.tree.clone(),
+                key,
+                reason,
+            };
+            let (h, data) = Header::parse(value)
+                .ok_or_else(|| corrupt("another tab sent a record without its header".into()))?;
+            let schema = crate::tree::evolve::writer_schema(&state, h.version, || {
+                Ok(self.txn.open_table(SCHEMAS)?)
+            })?;
+            dynamic::decode(&schema, data).map_err(|e| {
+                corrupt(format!(
+                    "another tab sent record data that does not match its schema: {e}"
+                ))
+            })?;
+        }
+        let mut table = self.txn.open_table(state.def())?;
+        let mut local: Vec<(RawKey, Vec<u8>)> = Vec::new();
+        for row in table.range(id_range(r.id))? {
+            let (k, v) = row?;
+            local.push((unpack(k.value()), v.value().to_vec()));
+        }
+        let mut events = Vec::new();
+        for (k, old) in &local {
+            if !r.revisions.iter().any(|(rev, _)| *rev == k.rev) {
+                table.remove(pack(*k))?;
+                events.push((*k, EventKind::Removed, Some(old.clone()), None));
+            }
+        }
+        for (rev, value) in &r.revisions {
+            let key = RawKey::new(r.id, *rev);
+            let old = local.iter().find(|(k, _)| k.rev == *rev).map(|(_, v)| v);
+            if old.is_some_and(|o| o == value) {
+                continue;
+            }
+            table.insert(pack(key), value.as_slice())?;
+            let kind = match old {
+                Some(_) => EventKind::Updated,
+                None if *rev == 0 => EventKind::Created,
+                None => EventKind::RevisionCreated,
+            };
+            events.push((key, kind, old.cloned(), Some(value.clone())));
+        }
+        drop(table);
+        for (key, kind, old, new) in events {
+            self.pend(ti, key, kind, origin, old, new.as_deref());
+        }
+        Ok(())
+    }
+}
