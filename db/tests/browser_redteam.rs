@@ -290,7 +290,11 @@ async fn redteam_two_reopens_racing_after_a_drop() {
     let first = first.borrow_mut().take().unwrap();
     // Both open: one leads, the other follows it.
     let (Ok(a), Ok(b)) = (&first, &second) else {
-        panic!("both opens succeed: {:?} {:?}", first.is_ok(), second.is_ok());
+        panic!(
+            "both opens succeed: {:?} {:?}",
+            first.is_ok(),
+            second.is_ok()
+        );
     };
     {
         let pa = a.tree::<Part>().unwrap();
@@ -314,7 +318,10 @@ async fn redteam_two_reopens_racing_after_a_drop() {
     };
     drop(reopened);
     let _ = Db::delete_browser(&name).await;
-    assert_eq!(state, "opens with 52 parts", "every flushed commit of both is stored");
+    assert_eq!(
+        state, "opens with 52 parts",
+        "every flushed commit of both is stored"
+    );
 }
 
 // ---- claim 3: a damaged store is refused with StoreDamaged and left unchanged ----

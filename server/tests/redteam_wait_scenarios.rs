@@ -1,7 +1,9 @@
-//! Red team of 2a72dc6: an outbox entry refused because its records wait in `rekord.reclaim`
-//! is absorbed (dropped, not reported). Same setup as redteam_reclaim.rs: B created x (qty 1,
-//! backup), then B set 2 and returned, A borrowed and set 50; the server is restored (B holds
-//! x there, qty 1); A came back first and waits to take x back.
+//! Red team of the writes a replica makes to a record it waits to take back after a restore
+//! (issue 11): the server refuses them until the borrow is back, and they wait whole, with
+//! the record, in `rekord.deferred` (sent again after the take-back, rejected and reported
+//! if another replica takes the record first). Same setup as redteam_reclaim.rs: B created
+//! x (qty 1, backup), then B set 2 and returned, A borrowed and set 50; the server is
+//! restored (B holds x there, qty 1); A came back first and waits to take x back.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -253,9 +255,28 @@ fn a_edits_while_waiting(env: &Env, qty: u32) {
     std::thread::sleep(Duration::from_millis(500));
     let st = a.sync_status().unwrap();
     eprintln!("A after its edit while waiting: {:?} {st:?}", parts(&a));
-    assert_eq!(st.rejected, 0, "absorbed, not rejected");
-    assert_eq!(st.outbox, 0, "dropped from the outbox");
+    assert_eq!(st.rejected, 0, "waiting, not rejected");
+    assert_eq!(st.outbox, 1, "waiting with the record, still to push");
     assert_eq!(parts(&a)[0].3, qty);
+}
+
+/// A reopened (subscribed from the start): the ids it reports superseded, and its
+/// persistent count of rejected entries.
+fn a_reports(env: &Env, cfg: SyncConfig) -> (Vec<u64>, u64) {
+    let (a, events) = Db::open_synced_subscribed(&env.pa, cfg).unwrap();
+    let _ = a.wait_caught_up(LIMIT);
+    settle(&[&a]);
+    std::thread::sleep(Duration::from_millis(500));
+    settle(&[&a]);
+    let sup: Vec<u64> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::Sync(SyncEvent::Superseded { id, .. }) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let rejected = a.sync_status().unwrap().rejected;
+    (sup, rejected)
 }
 
 /// A's persistent count of rejected entries (rekord.outbox_rejected), reopened.
@@ -280,12 +301,13 @@ fn rw_absorbed_edit_then_other_borrows_while_away() {
     a_edits_while_waiting(&env, 51);
     env.b_returns();
     env.c_edits(77, true);
+    let (sup, rejected) = a_reports(&env, config(env.addr, &env.token));
     let got = env.converge_all();
-    let rejected = a_rejected(&env);
-    eprintln!("x {got:?}, A rejected {rejected}");
+    eprintln!("x {got:?}, A rejected {rejected}, superseded {sup:?}");
+    assert_eq!(got.map(|r| r.3), Some(77), "C's borrow stands");
     assert!(
-        got.as_ref().is_some_and(|r| r.3 == 51) || rejected > 0,
-        "A's edit (51, made while waiting) is lost (x {got:?}) and never reported (rejected {rejected})"
+        rejected >= 1 && sup.contains(&env.x.id()),
+        "A reports its edit lost (rejected {rejected}, superseded {sup:?})"
     );
 }
 
@@ -305,12 +327,13 @@ fn rw_offline_edit_while_waiting_then_other_borrows() {
     }
     env.b_returns();
     env.c_edits(77, true);
+    let (sup, rejected) = a_reports(&env, config(env.addr, &env.token));
     let got = env.converge_all();
-    let rejected = a_rejected(&env);
-    eprintln!("x {got:?}, A rejected {rejected}");
+    eprintln!("x {got:?}, A rejected {rejected}, superseded {sup:?}");
+    assert_eq!(got.map(|r| r.3), Some(77), "C's borrow stands");
     assert!(
-        got.as_ref().is_some_and(|r| r.3 == 51) || rejected > 0,
-        "A's offline edit (51) is lost (x {got:?}) and never reported (rejected {rejected})"
+        rejected >= 1 && sup.contains(&env.x.id()),
+        "A reports its offline edit lost (rejected {rejected}, superseded {sup:?})"
     );
 }
 
@@ -366,9 +389,11 @@ fn rw_batch_waiting_and_normal_record() {
     eprintln!("fresh: {all:?}; A's rejected {rejected}; A after the refusal {after:?}");
     let yq = all.iter().find(|r| r.0 == y.id()).map(|r| r.3);
     let xq = got.map(|r| r.3);
-    assert!(
-        !(rejected > 0 && xq == Some(51) && yq == Some(5)),
-        "the batch was reported rejected (y undone: {yq:?}) but its x half (51) landed: x {xq:?}"
+    assert_eq!(rejected, 0, "the batch waited with x, it was not rejected");
+    assert_eq!(
+        (xq, yq),
+        (Some(51), Some(6)),
+        "the whole batch landed after the take-back"
     );
 }
 
@@ -381,12 +406,18 @@ fn rw_batch_waiting_and_normal_record_write_through() {
     env.b_returns();
     let got = env.converge_all();
     eprintln!("converged x {got:?}");
-    if let Err(Error::Refused { reason, .. }) = &r {
-        assert!(
-            xa != Some(51) && got.map(|r| r.3) != Some(51),
-            "the writer was told '{reason}', yet x keeps 51 locally ({xa:?}) and on the server after the take-back"
-        );
-    }
+    assert!(
+        matches!(&r, Err(Error::Unconfirmed { .. })),
+        "the write-through writer is told the batch is not confirmed yet: {r:?}"
+    );
+    assert_eq!((xa, ya), (Some(51), Some(6)), "kept locally while waiting");
+    let fresh = env.fresh();
+    let yq = parts(&fresh).iter().find(|r| r.0 == y.id()).map(|r| r.3);
+    assert_eq!(
+        (got.map(|r| r.3), yq),
+        (Some(51), Some(6)),
+        "the whole batch landed"
+    );
 }
 
 // ---- S3: a return while waiting ----
@@ -440,12 +471,14 @@ fn rw_child_process() {
         it.next().unwrap(),
     );
     let db = Db::open_synced(path, config(addr.parse().unwrap(), token)).unwrap();
-    db.wait_caught_up(LIMIT).unwrap();
-    let x: Key<Part> = Key::new(id.parse().unwrap(), 0);
-    db.tree::<Part>()
-        .unwrap()
-        .update(x, |p| p.qty = 51)
-        .unwrap();
+    if id != "-" {
+        db.wait_caught_up(LIMIT).unwrap();
+        let x: Key<Part> = Key::new(id.parse().unwrap(), 0);
+        db.tree::<Part>()
+            .unwrap()
+            .update(x, |p| p.qty = 51)
+            .unwrap();
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "@ edited").unwrap();
     out.flush().unwrap();
@@ -454,6 +487,10 @@ fn rw_child_process() {
 }
 
 fn spawn_editor(env: &Env) -> Child {
+    spawn_child(&env.pa, env.addr, &env.token, &env.x.id().to_string())
+}
+
+fn spawn_child(path: &Path, addr: std::net::SocketAddr, token: &str, id: &str) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([
@@ -464,13 +501,7 @@ fn spawn_editor(env: &Env) -> Child {
         ])
         .env(
             CHILD_ENV,
-            format!(
-                "{}|{}|{}|{}",
-                env.pa.display(),
-                env.addr,
-                env.token,
-                env.x.id()
-            ),
+            format!("{}|{}|{}|{}", path.display(), addr, token, id),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -683,11 +714,115 @@ fn rw_absorbed_edit_outside_the_subscription() {
     }
     env.b_returns();
     env.c_edits(77, true);
+    let (sup, rejected) = a_reports(&env, config(env.addr, &env.token));
     let got = env.converge_all();
-    let rejected = a_rejected(&env);
-    eprintln!("x {got:?}, A rejected {rejected}");
+    eprintln!("x {got:?}, A rejected {rejected}, superseded {sup:?}");
     assert!(
-        got.as_ref().is_some_and(|r| r.3 == 51) || rejected > 0,
-        "A's edit (51) lost (x {got:?}) without a report (rejected {rejected})"
+        got.as_ref().is_some_and(|r| r.3 == 51) || rejected > 0 || sup.contains(&env.x.id()),
+        "A's edit (51) lost (x {got:?}) without a report (rejected {rejected}, superseded {sup:?})"
     );
+}
+
+// ---- S9: what the app is told about the absorbed write ----
+
+/// `Db::wait_pushed` is documented as "every local write committed so far has been
+/// accepted by the server"; `SyncEvent::Pushed` as "a local write was accepted by the
+/// server". After an absorbed edit, does either claim it was accepted?
+#[test]
+fn rw_wait_pushed_after_absorbed_edit() {
+    let env = setup();
+    let (a, events) = Db::open_synced_subscribed(&env.pa, config(env.addr, &env.token)).unwrap();
+    a.wait_caught_up(LIMIT).unwrap();
+    settle(&[&a]);
+    let _ = events.try_iter().count();
+    a.tree::<Part>()
+        .unwrap()
+        .update(env.x, |p| p.qty = 51)
+        .unwrap();
+    let pushed = a.wait_pushed(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(300));
+    let evs: Vec<String> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::Sync(s) => Some(format!("{s:?}")),
+            _ => None,
+        })
+        .collect();
+    let server = env.server_x();
+    eprintln!(
+        "wait_pushed {pushed:?}; events {evs:?}; server x {server:?}; status {:?}",
+        a.sync_status()
+    );
+    assert!(
+        pushed.is_err() && server.as_ref().is_some_and(|r| r.3 == 1),
+        "the edit waits: not pushed ({pushed:?}), the server has {server:?}; events {evs:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| e.starts_with("Pushed")),
+        "no Pushed event for it: {evs:?}"
+    );
+}
+
+// ---- S10: the recheck noted with the refusal (no restore) ----
+
+/// A holds z; an administrator takes the borrow back; A, offline, edits z; A (a child
+/// process) connects, the edit is refused, and A is killed at `delay`; reopened, A must
+/// end with the server's z (not its refused draft) and report the refusal.
+#[test]
+fn rw_killed_between_a_refusal_and_its_refetch() {
+    trace();
+    for delay in [0u64, 10, 30, 60, 120, 300] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("server");
+        let token = token(&data);
+        let server = ServerProcess::start(&data, "127.0.0.1:0");
+        let addr = server.addr;
+        let pa = tmp.path().join("a.rekord");
+        let z = {
+            let a = open_with(&pa, config(addr, &token));
+            let z = a
+                .tree::<Part>()
+                .unwrap()
+                .create(&Part {
+                    name: "z".into(),
+                    qty: 1,
+                })
+                .unwrap();
+            settle(&[&a]);
+            z
+        };
+        let out = Command::new(BIN)
+            .arg("--data")
+            .arg(&data)
+            .args(["borrow", "force-return", "--tree", "parts", "--id"])
+            .arg(z.id().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        {
+            let a = Db::open_synced(&pa, config("127.0.0.1:9".parse().unwrap(), &token)).unwrap();
+            a.tree::<Part>().unwrap().update(z, |p| p.qty = 9).unwrap();
+        }
+        let mut child = spawn_child(&pa, addr, &token, "-");
+        std::thread::sleep(Duration::from_millis(delay));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let a = open_with(&pa, config(addr, &token));
+        settle(&[&a]);
+        let fresh = converge_with(config(addr, &token), &[("A", &a)]);
+        let st = a.sync_status().unwrap();
+        eprintln!(
+            "delay {delay}: A {:?} fresh {:?} rejected {}",
+            parts(&a),
+            parts(&fresh),
+            st.rejected
+        );
+        assert_eq!(st.rejected, 1, "delay {delay}: the refusal is reported");
+        drop((a, fresh));
+        server.kill();
+    }
 }

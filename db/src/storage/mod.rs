@@ -83,6 +83,12 @@ pub(crate) const RECLAIM: TableDefinition<(&str, u64), u64> =
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const RECHECK: TableDefinition<(&str, u64), ()> = TableDefinition::new("rekord.recheck");
 
+/// Outbox entries (by their number) the server refused because a record they change waits
+/// in `rekord.reclaim`: sent again (under new numbers) once every such record is taken
+/// back, set aside as rejected if another replica takes one of them first.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const DEFERRED: TableDefinition<u64, &[u8]> = TableDefinition::new("rekord.deferred");
+
 /// A table of records.
 pub(crate) type DataTable<'a> = TableDefinition<'a, u128, &'static [u8]>;
 

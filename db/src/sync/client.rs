@@ -11,7 +11,9 @@ use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
-use crate::storage::{JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED, SCHEMAS};
+use crate::storage::{
+    DEFERRED, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED, SCHEMAS,
+};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
@@ -432,7 +434,18 @@ fn counts(db: &DbInner) -> Result<(u64, u64, u64)> {
     for row in table.iter()? {
         bytes += row?.1.value().len() as u64;
     }
-    let outbox = table.len()?;
+    let mut outbox = table.len()?;
+    // Entries waiting for records to be taken back after a restore are still to push.
+    match txn.open_table(DEFERRED) {
+        Ok(deferred) => {
+            for row in deferred.iter()? {
+                bytes += row?.1.value().len() as u64;
+                outbox += 1;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let rejected = txn.open_table(REJECTED)?.len()?;
     Ok((outbox, bytes, rejected))
 }
@@ -1346,6 +1359,7 @@ impl Client {
             // that fetch completes still fetches it once caught up.
             let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
             let mut reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
+            let mut deferred = b.txn.open_table(DEFERRED).map_err(Error::from)?;
             let any_pending = !pending.is_empty().map_err(Error::from)?;
             for (k, outcome) in outcomes.iter().enumerate() {
                 let n = first + k as u64;
@@ -1396,16 +1410,39 @@ impl Client {
                     }
                 }
                 let rejected = matches!(outcome, EntryOutcome::Rejected(_));
+                let decoded_return = if self.reclaiming {
+                    Some(outbox::decode(&entry)?.1)
+                } else {
+                    None
+                };
+                let waited_return = match decoded_return {
+                    Some(Entry::Return { tree, id }) => {
+                        let at = reclaim
+                            .get((tree.as_str(), id))
+                            .map_err(Error::from)?
+                            .map(|v| v.value());
+                        at.map(|at| (tree, id, at))
+                    }
+                    _ => None,
+                };
+                if let Some((tree, id, at)) = waited_return {
+                    // The application returned a record it waits to take back (the server,
+                    // which gives it to another replica, takes the return as a no-op): the
+                    // borrow is returned after the record is sent again.
+                    reclaim
+                        .insert((tree.as_str(), id), at & !1)
+                        .map_err(Error::from)?;
+                }
                 if !rejected && !any_pending {
                     continue;
                 }
                 let decoded = outbox::decode(&entry)?.1;
                 // Records waiting to be taken back after a restore (`rekord.reclaim`): the
-                // server refuses their writes until this replica has their borrows again,
-                // and their local copies, which hold those writes, are what it sends then.
-                // An entry of such records only waits with them: neither set aside nor
-                // reported, and the local copies stay (a return waits too: the borrow is
-                // returned after the copy is sent again).
+                // server refuses their writes until this replica has their borrows again.
+                // An entry that changes one of them waits with it, whole (other records it
+                // changes too: a batch stays one), in `rekord.deferred`: neither set aside
+                // nor reported, its local changes kept; it is sent again once they are
+                // taken back, or rejected if another replica takes one first.
                 let borrow_refusal = matches!(
                     outcome,
                     EntryOutcome::Rejected(
@@ -1414,26 +1451,20 @@ impl Client {
                 );
                 if borrow_refusal {
                     let keys = outbox::keys(&entry)?;
-                    let mut all_wait = !keys.is_empty();
+                    let mut any_waits = false;
                     for key in &keys {
-                        all_wait &= waits(&reclaim, key)?;
+                        any_waits |= waits(&reclaim, key)?;
                     }
                     let optimistic = matches!(&decoded, Entry::Changes(cs)
                         if cs.iter().any(|c| matches!(c.kind, ChangeKind::Edit { .. })));
-                    if all_wait && !optimistic {
-                        if let Entry::Return { tree, id } = &decoded {
-                            let at = reclaim
-                                .get((tree.as_str(), *id))
-                                .map_err(Error::from)?
-                                .map_or(0, |v| v.value());
-                            reclaim
-                                .insert((tree.as_str(), *id), at & !1)
-                                .map_err(Error::from)?;
-                        }
+                    if any_waits && !optimistic {
+                        deferred.insert(n, entry.as_slice()).map_err(Error::from)?;
+                        // Still to push: counted in the outbox.
+                        freed -= entry.len() as u64;
                         tracing::debug!(
                             entry = n,
-                            "rekord sync: a write to records waiting to be taken back after the \
-                             restore waits with them"
+                            "rekord sync: a write to a record waiting to be taken back after the \
+                             restore waits with it"
                         );
                         waited.push(k);
                         continue;
@@ -1519,7 +1550,11 @@ impl Client {
             .count() as u64;
         // Counted down, not set to `left`: a local commit may have counted its entries in
         // between this commit and this update. Conflicting and skipped entries stay.
-        let settled = outcomes.iter().filter(|o| !sent_again(o)).count() as u64;
+        let settled = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(k, o)| !sent_again(o) && !waited.contains(k))
+            .count() as u64;
         self.link.update(|st| {
             st.outbox = st.outbox.saturating_sub(settled);
             st.outbox_bytes = st.outbox_bytes.saturating_sub(freed);

@@ -24,7 +24,8 @@ use crate::event::SyncEvent;
 use crate::net::Session;
 use crate::proto::{Change, ChangeKind, RemoteError, Request, Response, Revision};
 use crate::storage::{
-    Header, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, table_name,
+    DEFERRED, Header, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED,
+    table_name,
 };
 use crate::sync::outbox::{self, Entry, PendingRow};
 use crate::sync::{HISTORY, JOURNAL_FLOOR, RECLAIM_COMMON};
@@ -32,6 +33,13 @@ use crate::{Error, Result};
 use redb::ReadableTable as _;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
+
+/// What [`Client::release_deferred`] rejected: entry numbers and their bytes.
+#[derive(Default)]
+pub(crate) struct Released {
+    rejected: Vec<u64>,
+    bytes: u64,
+}
 
 /// The most records a [`SyncEvent::Restored`] lists by name.
 const LOST_LISTED: usize = 1000;
@@ -288,6 +296,8 @@ impl Client {
             }
         }
         outbox::append(&b.txn, &waiting_entries)?;
+        // Writes that waited for records no longer waiting (a second restore) go again.
+        let released = self.release_deferred(&b, &[])?;
         b.set_cursor(back);
         {
             let mut meta = b.txn.open_table(META).map_err(Error::from)?;
@@ -352,6 +362,7 @@ impl Client {
         }
         b.commit_for_sync()?;
         self.link.enqueued(entries, bytes);
+        self.report_released(released);
         self.reclaiming |= waiting > 0;
         self.rechecking |= resent > 0;
         self.cursor = back;
@@ -585,6 +596,10 @@ impl Client {
             let db = self.db()?;
             let mut b = db.batch()?;
             let (mut entries, mut bytes) = (0u64, 0u64);
+            // The server's version replaced this replica's: its waiting writes are refused.
+            let lost = steps
+                .iter()
+                .any(|st| matches!(st, Step::Adopt { differed: true, .. }));
             for step in steps {
                 match step {
                     Step::Resend {
@@ -633,8 +648,14 @@ impl Client {
                 .map_err(Error::from)?
                 .remove((tree.as_str(), id))
                 .map_err(Error::from)?;
+            let released = if lost {
+                self.release_deferred(&b, &[(tree.clone(), id)])?
+            } else {
+                self.release_deferred(&b, &[])?
+            };
             b.commit_for_sync()?;
             self.link.enqueued(entries, bytes);
+            self.report_released(released);
             tracing::info!(%tree, id, "rekord sync: took back a borrow after the restore");
         }
         Ok(())
@@ -705,11 +726,110 @@ impl Client {
                 });
             }
         }
+        drop((reclaim, recheck));
+        let keys: Vec<(String, u64)> = superseded
+            .iter()
+            .filter_map(|e| match e {
+                SyncEvent::Superseded { tree, id, .. } => Some((tree.clone(), *id)),
+                _ => None,
+            })
+            .collect();
+        let released = if keys.is_empty() {
+            Released::default()
+        } else {
+            self.release_deferred(b, &keys)?
+        };
         self.rechecking |= took;
         for event in superseded {
             self.emit(event);
         }
+        self.report_released(released);
         Ok(took)
+    }
+
+    /// Goes through the writes waiting with records to be taken back (`rekord.deferred`),
+    /// in batch `b`: one that changes a record of `superseded` (another replica's version
+    /// of it stands) is set aside as rejected, its other records fetched again once caught
+    /// up (except those still waiting); one none of whose records waits any more is sent
+    /// again, under a new number.
+    pub(crate) fn release_deferred(
+        &mut self,
+        b: &crate::Batch<'_>,
+        superseded: &[(String, u64)],
+    ) -> std::result::Result<Released, End> {
+        let mut deferred = b.txn.open_table(DEFERRED).map_err(Error::from)?;
+        let reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
+        let mut rows = Vec::new();
+        for row in deferred.iter().map_err(Error::from)? {
+            let (k, v) = row.map_err(Error::from)?;
+            rows.push((k.value(), v.value().to_vec()));
+        }
+        let mut released = Released::default();
+        if rows.is_empty() {
+            return Ok(released);
+        }
+        let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
+        let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
+        let mut again = Vec::new();
+        for (n, bytes) in rows {
+            let keys = outbox::keys(&bytes)?;
+            if keys.iter().any(|k| superseded.contains(k)) {
+                deferred.remove(n).map_err(Error::from)?;
+                aside.insert(n, bytes.as_slice()).map_err(Error::from)?;
+                for (tree, id) in &keys {
+                    if !super::waits(&reclaim, &(tree.clone(), *id))? {
+                        recheck
+                            .insert((tree.as_str(), *id), ())
+                            .map_err(Error::from)?;
+                        self.rechecking = true;
+                    }
+                }
+                released.rejected.push(n);
+                released.bytes += bytes.len() as u64;
+            } else {
+                let mut waiting = false;
+                for k in &keys {
+                    waiting |= super::waits(&reclaim, k)?;
+                }
+                if !waiting {
+                    deferred.remove(n).map_err(Error::from)?;
+                    again.push(bytes);
+                }
+            }
+        }
+        drop((deferred, reclaim, aside, recheck));
+        if !again.is_empty() {
+            tracing::debug!(
+                entries = again.len(),
+                "rekord sync: writes that waited for records taken back are sent again"
+            );
+            outbox::append(&b.txn, &again)?;
+        }
+        Ok(released)
+    }
+
+    /// Reports the waiting writes [`Client::release_deferred`] rejected (once committed).
+    pub(crate) fn report_released(&mut self, released: Released) {
+        if released.rejected.is_empty() {
+            return;
+        }
+        let count = released.rejected.len() as u64;
+        self.link.update(|st| {
+            st.outbox = st.outbox.saturating_sub(count);
+            st.outbox_bytes = st.outbox_bytes.saturating_sub(released.bytes);
+            st.rejected += count;
+        });
+        let reason = "another replica borrowed a record of this write before this replica took \
+                      it back after the server was restored from a backup; its version stands"
+            .to_owned();
+        for entry in released.rejected {
+            self.link.note_refusal(entry, &reason);
+            tracing::warn!(entry, %reason, "rekord sync: a waiting write was rejected");
+            self.emit(SyncEvent::Rejected {
+                entry,
+                reason: reason.clone(),
+            });
+        }
     }
 
     /// Whether `rekord.reclaim` holds records waiting to be taken back.
