@@ -347,6 +347,11 @@ pub(crate) async fn start_flusher(
             return Err(e);
         }
     };
+    // Attached between commits: a batch the application holds across an await has written
+    // to the image without committing.
+    while blocks::lock(&t.image).committed().is_none() {
+        sleep(2.0).await;
+    }
     blocks::lock(&t.image).attach(generation);
     // Registered as open in this page: a later open here waits for its last flush.
     let closing = Rc::new(Closing::default());

@@ -54,8 +54,13 @@ pub(crate) const SPAN: u64 = 1 << 32;
 /// The `rekord.meta` key of the lowest id granted to a follower tab so far.
 const TOP: &str = "tabs.top";
 
-/// How long a tab waits for the leader's answer before it tries again.
+/// How long a tab waits for a sign of the leader before it tries again (each message of a
+/// live leader waits this long again, up to [`WELCOME_MAX_MS`]: a large database takes a
+/// while to copy).
 const WELCOME_WAIT_MS: f64 = 1000.0;
+
+/// The longest a tab waits for the leader's answer while the leader shows signs of life.
+const WELCOME_MAX_MS: f64 = 60_000.0;
 
 /// How many times a tab asks the leader (or tries to become it) before it gives up.
 pub(crate) const WELCOME_TRIES: u32 = 10;
@@ -287,7 +292,8 @@ pub(crate) struct Joined {
 pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
     let tab = Tab::new(name)?;
     tab.post(&Msg::Hello { tab: tab.id });
-    let deadline = js_sys::Date::now() + WELCOME_WAIT_MS;
+    let start = js_sys::Date::now();
+    let mut deadline = start + WELCOME_WAIT_MS;
     loop {
         let left = deadline - js_sys::Date::now();
         if left <= 0.0 {
@@ -296,8 +302,19 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
         }
         let msg = match super::browser::race(tab.inbox.recv(), super::browser::sleep(left)).await {
             Some(Ok(msg)) => msg,
-            Some(Err(_)) | None => continue,
+            None => continue,
+            Some(Err(_)) => {
+                forget(tab.id);
+                return Ok(None);
+            }
         };
+        if matches!(
+            msg,
+            Msg::Commit { .. } | Msg::Stored { .. } | Msg::Welcome { .. } | Msg::Leader { .. }
+        ) {
+            // A leader is alive (busy, or copying a large database): wait on.
+            deadline = (js_sys::Date::now() + WELCOME_WAIT_MS).min(start + WELCOME_MAX_MS);
+        }
         let mut s = tab.state.borrow_mut();
         match msg {
             Msg::Welcome {
@@ -752,9 +769,23 @@ fn apply(
         }
         b.tab_record(r, replica)?;
     }
+    let before = tab.state.borrow().seq;
     tab.state.borrow_mut().applying = Some(origin);
     let outcome = b.commit();
-    tab.state.borrow_mut().applying = None;
+    let mut s = tab.state.borrow_mut();
+    s.applying = None;
+    // An entry that changed nothing here (its records were already so) is still carried,
+    // so that its tab learns it was applied.
+    if outcome.is_ok() && s.leader && origin.is_some() && s.seq == before {
+        s.seq += 1;
+        let msg = Msg::Commit {
+            seq: s.seq,
+            origin,
+            changes: Changes::default(),
+        };
+        drop(s);
+        tab.post(&msg);
+    }
     outcome
 }
 

@@ -1,6 +1,11 @@
-//! rekord in the browser, compiled to wasm with wasm-bindgen: the page the browser driver
-//! crashes (`Harness`). Build and serve with `examples/web/run.sh`.
+//! rekord in the browser, compiled to wasm with wasm-bindgen: a parts list shared by every
+//! tab (`run_parts_app`, `www/index.html`), the pages the browser drivers crash (`Harness`,
+//! `Shared`) and the in-page benchmark (`Bench`). Build with `examples/web/build.sh`, serve
+//! with `node examples/web/tests/serve.mjs`.
 #![cfg(target_arch = "wasm32")]
+
+mod app;
+pub use app::{Part, run_parts_app};
 
 use rekord::{BrowserOptions, Db, DbOptions, Durability, FlushPolicy, Key, Tree};
 use wasm_bindgen::JsCast;
@@ -140,6 +145,109 @@ impl Harness {
     }
 }
 
+/// One record of the tabs driver: record `n` of writer `writer` (a tab).
+#[rekord::record(tree = "notes")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    /// Which tab wrote it.
+    pub writer: u32,
+    /// Its number among that tab's records (0, 1, 2, ...).
+    pub n: u32,
+    /// Recognisable filler.
+    pub payload: Vec<u8>,
+}
+
+/// A database several tabs share (`tests/tabs.mjs` writes from each, crashes the leading
+/// tab and checks that every flushed record of every tab is there).
+#[wasm_bindgen]
+pub struct Shared {
+    db: Db,
+    notes: Tree<Note>,
+}
+
+#[wasm_bindgen]
+impl Shared {
+    /// Opens (or joins, if another tab has it open) the database `name`.
+    pub async fn open(name: String) -> Result<Shared, JsError> {
+        panics_to_console();
+        let db = Db::open_browser(&name).await.map_err(js)?;
+        let notes = db.tree::<Note>().map_err(js)?;
+        Ok(Shared { db, notes })
+    }
+
+    /// Commits record `n` of `writer` with `len` bytes of payload.
+    pub fn write(&self, writer: u32, n: u32, len: u32) -> Result<(), JsError> {
+        self.notes
+            .create(&Note {
+                writer,
+                n,
+                payload: payload(u64::from(writer) << 32 | u64::from(n), len as usize),
+            })
+            .map_err(js)?;
+        Ok(())
+    }
+
+    /// Waits until every commit of this tab so far is stored (by whichever tab leads).
+    pub async fn flush(&self) -> Result<(), JsError> {
+        self.db.flush().await.map_err(js)
+    }
+
+    /// Whether record `n` of `writer` is here (with its payload intact).
+    pub fn has(&self, writer: u32, n: u32) -> Result<bool, JsError> {
+        Ok(self.numbers(writer)?.contains(&n))
+    }
+
+    /// How many of records `0..upto` of `writer` are missing here (or damaged); an
+    /// error if one is there twice.
+    pub fn missing(&self, writer: u32, upto: u32) -> Result<u32, JsError> {
+        let got = self.numbers(writer)?;
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != got.len() {
+            return Err(JsError::new(&format!(
+                "a record of writer {writer} is there twice"
+            )));
+        }
+        Ok((0..upto)
+            .filter(|n| sorted.binary_search(n).is_err())
+            .count() as u32)
+    }
+
+    /// How many records of `writer` are here.
+    pub fn count(&self, writer: u32) -> Result<u32, JsError> {
+        Ok(self.numbers(writer)?.len() as u32)
+    }
+
+    fn numbers(&self, writer: u32) -> Result<Vec<u32>, JsError> {
+        let mut out = Vec::new();
+        for r in self.notes.iter().map_err(js)? {
+            let r = r.map_err(js)?;
+            if r.writer.to_native() != writer {
+                continue;
+            }
+            let n = r.n.to_native();
+            let id = u64::from(writer) << 32 | u64::from(n);
+            if r.payload.as_slice() != payload(id, r.payload.len()).as_slice() {
+                return Err(JsError::new(&format!(
+                    "record {n} of writer {writer} is damaged"
+                )));
+            }
+            out.push(n);
+        }
+        Ok(out)
+    }
+}
+
+/// Reports a panic on the page's console (a wasm panic is otherwise only "unreachable").
+fn panics_to_console() {
+    std::panic::set_hook(Box::new(|info| {
+        web_sys::console::error_1(&JsValue::from_str(&format!(
+            "rekord example panicked: {info}"
+        )));
+    }));
+}
+
 /// The payload of commit `seq`: recognisable bytes, different per commit.
 fn payload(seq: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
@@ -264,6 +372,13 @@ impl Bench {
         self.db
             .browser_stats()
             .map_or(0.0, |s| s.image_bytes as f64)
+    }
+
+    /// Bytes of changed blocks committed and not yet stored (what the next flush writes).
+    pub fn unflushed(&self) -> f64 {
+        self.db
+            .browser_stats()
+            .map_or(0.0, |s| s.unflushed_bytes as f64)
     }
 
     /// Records stored.

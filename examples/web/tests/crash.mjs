@@ -74,8 +74,12 @@ try {
       inFlush: window.inFlush,
     }));
     if (round % 2 === 0) {
+      // Never answered (the session dies with the tab): not awaited, or it waits for
+      // puppeteer's 180 s protocol timeout (what made rounds take minutes before).
+      const crashed = new Promise((ok) => page.once("error", ok));
       const cdp = await page.target().createCDPSession();
-      await cdp.send("Page.crash").catch(() => {}); // the session dies with the tab
+      cdp.send("Page.crash").catch(() => {});
+      await Promise.race([crashed, sleep(5000)]);
       await browser.close().catch(() => {});
     } else {
       browser.process().kill("SIGKILL");

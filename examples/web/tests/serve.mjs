@@ -26,6 +26,10 @@ export function serve(root, port = 0) {
       res.writeHead(200, {
         "content-type": TYPES[extname(file)] ?? "application/octet-stream",
         "cache-control": "no-store",
+        // Cross-origin isolation, for SharedArrayBuffer (absurd-sql in bench.html needs it;
+        // every page here loads only same-origin files, which COEP lets through).
+        "cross-origin-opener-policy": "same-origin",
+        "cross-origin-embedder-policy": "require-corp",
       });
       res.end(body);
     } catch {
