@@ -421,7 +421,8 @@ impl Image {
                 .try_reserve(n - self.bytes.len())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e))?;
         }
-        if n < self.bytes.len() {
+        let shrinks = n < self.bytes.len();
+        if shrinks {
             // Every block from the cut on changes (to zeros, if the image grows again
             // before the next commit): staged again, or deleted if past the end then.
             let first = (n / BLOCK_SIZE) as u64;
@@ -429,6 +430,14 @@ impl Image {
             self.written.extend(first..last);
         }
         self.bytes.resize(n, 0);
+        // redb trims its file after a commit's last `sync_data`: nothing else written since
+        // it, the trimmed image is that commit's state (committed now, or the image would
+        // look mid-transaction until the next commit).
+        let count = block_count(n as u64);
+        let cut = (n % BLOCK_SIZE != 0).then(|| count.saturating_sub(1));
+        if shrinks && self.written.iter().all(|b| *b >= count || Some(*b) == cut) {
+            self.sync();
+        }
         Ok(())
     }
 
@@ -664,6 +673,35 @@ mod tests {
         assert_eq!(count(&db), 300);
     }
 
+    /// redb trims its file after a commit's last `sync_data`: the trimmed image is that
+    /// commit's state, committed (exportable, attachable) at once, and the next flush
+    /// stores the shorter image.
+    #[test]
+    fn a_trim_after_a_commit_is_committed() {
+        let mut store = Store::default();
+        let (db, image) = open(Image::new());
+        for k in 0..300 {
+            put(&db, k, &vec![k as u8; 900]);
+        }
+        flush(&image, &mut store);
+        let len = lock(&image).len();
+        {
+            let mut i = lock(&image);
+            // What redb does after the sync of a commit that freed the end of the file.
+            i.set_len(len - 3 * BLOCK_SIZE as u64).unwrap();
+            assert!(i.committed().is_some(), "committed after the trim");
+        }
+        flush(&image, &mut store);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.len(), len - 3 * BLOCK_SIZE as u64);
+        // A trim in the middle of a transaction (other blocks written) is not a commit.
+        let mut i = lock(&image);
+        i.write(0, &[1]).unwrap();
+        let l = i.len();
+        i.set_len(l - BLOCK_SIZE as u64).unwrap();
+        assert!(i.committed().is_none());
+    }
+
     /// A tab's copy of another tab's database (detached) stages nothing while it commits;
     /// attached over the stored image (which it may have outgrown or shrunk below), its
     /// first flush replaces the stored image with exactly its own.
@@ -860,7 +898,14 @@ mod tests {
                             image.write(off, &vec![(a % 251) as u8 + 1; n]).unwrap();
                         }
                     }
-                    1 => image.set_len(a).unwrap(),
+                    1 => {
+                        image.set_len(a).unwrap();
+                        // A trim with nothing else written since the last commit is one
+                        // (redb trims after a commit's sync).
+                        if image.committed().is_some() {
+                            committed = image.bytes.clone();
+                        }
+                    }
                     2 => {
                         image.sync();
                         committed = image.bytes.clone();
@@ -1017,7 +1062,14 @@ mod tests {
                             image.write(off, &vec![(a % 251) as u8 + 1; n]).unwrap();
                         }
                     }
-                    1 => image.set_len(a).unwrap(),
+                    1 => {
+                        image.set_len(a).unwrap();
+                        // A trim with nothing else written since the last commit is one
+                        // (redb trims after a commit's sync).
+                        if image.committed().is_some() {
+                            committed = image.bytes.clone();
+                        }
+                    }
                     2 => {
                         image.sync();
                         committed = image.bytes.clone();

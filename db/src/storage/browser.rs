@@ -128,11 +128,15 @@ pub(crate) struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         // Fields of `DbInner` drop in order, redb (and its last commit) before this.
-        OPEN.with(|o| {
-            if let Some(c) = o.borrow().get(&self.name) {
-                c.dropped.set(true);
-            }
-        });
+        // Only a database that stores (leads) is the page's open one: a follower's drop
+        // leaves it be.
+        if self.tab.is_none_or(tabs::leads) {
+            OPEN.with(|o| {
+                if let Some(c) = o.borrow().get(&self.name) {
+                    c.dropped.set(true);
+                }
+            });
+        }
         if let Some(t) = self.tab {
             tabs::forget(t);
         }
@@ -170,6 +174,11 @@ impl Handle {
                 message: "the flusher stopped before answering".into(),
             })
         })
+    }
+
+    /// Asks the flusher to flush now, without waiting for it (a follower tab waits).
+    pub(crate) fn flush_soon(&self) {
+        let _ = self.kick.try_send(Kick::Hide);
     }
 
     /// The error of the last automatic flush, if it failed and none succeeded since.

@@ -130,6 +130,8 @@ enum Msg {
     Refused { to: u64, n: u64, reason: String },
     /// Tab `tab` became the leader, at commit `seq`.
     Leader { tab: u64, seq: u64 },
+    /// A follower waits for its entries to be stored: the leader flushes now.
+    Flush,
 }
 
 fn encode(msg: &Msg) -> Option<Vec<u8>> {
@@ -156,6 +158,8 @@ pub(crate) struct Tab {
     channel: BroadcastChannel,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     inbox: async_channel::Receiver<Msg>,
+    /// Whether [`run`] holds a message it has not finished with.
+    busy: std::cell::Cell<bool>,
     state: RefCell<State>,
     db: RefCell<Weak<DbInner>>,
     /// What the flusher needs when this follower becomes the leader.
@@ -236,6 +240,7 @@ impl Tab {
             channel,
             _on_message: on_message,
             inbox,
+            busy: std::cell::Cell::new(false),
             state: RefCell::new(State {
                 top: u64::MAX,
                 ..State::default()
@@ -341,9 +346,18 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
                 }));
             }
             // Commits before the welcome are in its image; the rest are applied after it.
-            Msg::Commit { .. } | Msg::Hello { .. } | Msg::Entry { .. } | Msg::Refused { .. } => {}
+            Msg::Commit { .. }
+            | Msg::Hello { .. }
+            | Msg::Entry { .. }
+            | Msg::Refused { .. }
+            | Msg::Flush => {}
             Msg::Stored { seq } => s.stored = s.stored.max(seq),
-            Msg::Leader { .. } => {}
+            // A new leader: the hello may have reached it before it led (and been left
+            // unanswered), so it is said again.
+            Msg::Leader { .. } => {
+                drop(s);
+                tab.post(&Msg::Hello { tab: tab.id });
+            }
         }
     }
 }
@@ -539,6 +553,11 @@ pub(crate) fn stored(id: u64, seq: u64) {
     }
 }
 
+/// Whether tab `id` leads (stores the database).
+pub(crate) fn leads(id: u64) -> bool {
+    get(id).is_some_and(|t| t.state.borrow().leader)
+}
+
 /// For a follower: waits until every entry it sent so far is stored. `None` for a leader
 /// (its flusher answers).
 pub(crate) fn follower_flush(id: u64) -> Option<async_channel::Receiver<Result<()>>> {
@@ -555,6 +574,8 @@ pub(crate) fn follower_flush(id: u64) -> Option<async_channel::Receiver<Result<(
     } else {
         let n = s.next_n;
         s.waiters.push((n, tx));
+        drop(s);
+        tab.post(&Msg::Flush);
     }
     Some(rx)
 }
@@ -587,9 +608,15 @@ async fn run(id: u64) {
     let mut queue: VecDeque<Msg> = VecDeque::new();
     loop {
         if queue.is_empty() {
+            if let Some(tab) = get(id) {
+                tab.busy.set(false);
+            }
             match inbox.recv().await {
                 Ok(m) => queue.push_back(m),
                 Err(_) => return,
+            }
+            if let Some(tab) = get(id) {
+                tab.busy.set(true);
             }
         }
         let Some(tab) = get(id) else {
@@ -631,6 +658,12 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
     let leader = tab.state.borrow().leader;
     match msg {
         Msg::Hello { tab: other } if leader => welcome(tab, &db, other),
+        Msg::Flush if leader => {
+            if let Some(h) = db.browser.get() {
+                h.flush_soon();
+            }
+            Ok(())
+        }
         Msg::Entry {
             tab: other,
             n,
@@ -666,9 +699,6 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         } if !leader => {
             let skip: HashSet<(String, u64)> = {
                 let mut s = tab.state.borrow_mut();
-                if seq <= s.seq {
-                    return Ok(());
-                }
                 if let Some((t, n)) = origin
                     && t == tab.id
                 {
@@ -676,8 +706,11 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
                     for u in s.unacked.iter_mut().filter(|u| u.n <= n && u.seq.is_none()) {
                         u.seq = Some(seq);
                     }
-                    s.seq = seq;
+                    s.seq = s.seq.max(seq);
                     s.applied.insert(t, n);
+                    return Ok(());
+                }
+                if seq <= s.seq {
                     return Ok(());
                 }
                 s.unacked
@@ -864,6 +897,19 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
     let Some(takeover) = tab.takeover.borrow_mut().take() else {
         return;
     };
+    // Everything the old leader sent is applied first (its last commits may still be in
+    // flight when the lock is let go): then this copy holds them, and the numbering of
+    // commits goes on from the last one.
+    loop {
+        if !tab.busy.get() && tab.inbox.is_empty() {
+            super::browser::sleep(30.0).await;
+            if !tab.busy.get() && tab.inbox.is_empty() {
+                break;
+            }
+        } else {
+            super::browser::sleep(2.0).await;
+        }
+    }
     tracing::info!("rekord: this tab now stores `{}`", tab.name);
     // The ids granted to followers so far, kept with the image.
     let top = tab.state.borrow().top;
@@ -997,12 +1043,36 @@ impl Batch<'_> {
                 continue;
             }
             table.insert(pack(key), value.as_slice())?;
-            let kind = match old {
-                Some(_) => EventKind::Updated,
-                None if *rev == 0 => EventKind::Created,
-                None => EventKind::RevisionCreated,
+            // Classified as the tab that made it did (and as sync does): a change of the
+            // header alone is a release, a state change or a borrow, not an update.
+            let kind = match old.map(|o| (Header::parse(o), Header::parse(value))) {
+                Some((Some((oh, od)), Some((nh, nd)))) if od == nd && oh.version == nh.version => {
+                    if !oh.released && nh.released {
+                        Some(EventKind::Released)
+                    } else if oh.released && nh.released && oh.state != nh.state {
+                        Some(EventKind::StateChanged {
+                            old: oh.state,
+                            new: nh.state,
+                        })
+                    } else if oh.holder != nh.holder && oh.released == nh.released {
+                        Some(if nh.holder == 0 {
+                            EventKind::Returned { holder: oh.holder }
+                        } else {
+                            EventKind::Borrowed { holder: nh.holder }
+                        })
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
             };
-            events.push((key, kind, old.cloned(), Some(value.clone())));
+            let (kind, old) = match (kind, old) {
+                (Some(k), _) => (k, None),
+                (None, Some(o)) => (EventKind::Updated, Some(o.clone())),
+                (None, None) if *rev == 0 => (EventKind::Created, None),
+                (None, None) => (EventKind::RevisionCreated, None),
+            };
+            events.push((key, kind, old, Some(value.clone())));
         }
         drop(table);
         for (key, kind, old, new) in events {
