@@ -105,8 +105,9 @@ impl Changes {
 enum Msg {
     /// A tab opening the database asks the leader for it.
     Hello { tab: u64 },
-    /// The leader's answer to `Hello`: the database as of its commit `seq`, the ids granted
-    /// to the tab, and the entries applied so far per tab.
+    /// The leader's answer to `Hello`: the database as of its commit `seq` (`image`, sent
+    /// beside the message and filled in only by the tab it welcomes), the ids granted to
+    /// the tab, and the entries applied so far per tab.
     Welcome {
         to: u64,
         leader: u64,
@@ -220,11 +221,40 @@ impl Tab {
     fn new(name: &str) -> Result<Rc<Tab>> {
         let channel = BroadcastChannel::new(&channel_name(name)).map_err(|e| tab_error(&e))?;
         let (tx, inbox) = async_channel::unbounded();
+        let id = random_id();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-            let Ok(bytes) = e.data().dyn_into::<Uint8Array>() else {
+            // A message, or `[message, image]` (a welcome: the image is copied into this
+            // tab's memory only by the tab it welcomes).
+            let data = e.data();
+            let (head, image) = match data.dyn_ref::<js_sys::Array>() {
+                Some(parts) => (parts.get(0), parts.get(1).dyn_into::<Uint8Array>().ok()),
+                None => (data, None),
+            };
+            let Ok(bytes) = head.dyn_into::<Uint8Array>() else {
                 return;
             };
             match decode(&bytes.to_vec()) {
+                Some(Msg::Welcome {
+                    to,
+                    leader,
+                    seq,
+                    range,
+                    applied,
+                    ..
+                }) => {
+                    let image = match (&image, to == id) {
+                        (Some(image), true) => image.to_vec(),
+                        _ => Vec::new(),
+                    };
+                    let _ = tx.try_send(Msg::Welcome {
+                        to,
+                        leader,
+                        seq,
+                        image,
+                        range,
+                        applied,
+                    });
+                }
                 Some(msg) => {
                     let _ = tx.try_send(msg);
                 }
@@ -236,7 +266,7 @@ impl Tab {
         channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         let tab = Rc::new(Tab {
             name: name.to_owned(),
-            id: random_id(),
+            id,
             channel,
             _on_message: on_message,
             inbox,
@@ -258,6 +288,19 @@ impl Tab {
             return;
         };
         if let Err(e) = self.channel.post_message(&Uint8Array::from(&bytes[..])) {
+            tracing::warn!("rekord: a message to other tabs could not be sent: {e:?}");
+        }
+    }
+
+    /// Posts `msg` with `image` beside it (`[message, image]`), copied once from this
+    /// tab's memory into the message.
+    fn post_with_image(&self, msg: &Msg, image: &[u8]) {
+        let Some(bytes) = encode(msg) else {
+            tracing::warn!("rekord: a message to other tabs could not be encoded");
+            return;
+        };
+        let parts = js_sys::Array::of2(&Uint8Array::from(&bytes[..]), &Uint8Array::from(image));
+        if let Err(e) = self.channel.post_message(&parts) {
             tracing::warn!("rekord: a message to other tabs could not be sent: {e:?}");
         }
     }
@@ -865,12 +908,12 @@ fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
             w.range_end = 0;
         }
     }
-    let image = match db.browser.get() {
-        Some(h) => match blocks::lock(&h.image).committed() {
-            Some(bytes) => bytes.to_vec(),
-            None => return Err(Error::BatchInProgress),
-        },
-        None => return Ok(()),
+    let Some(handle) = db.browser.get() else {
+        return Ok(());
+    };
+    let image = blocks::lock(&handle.image);
+    let Some(bytes) = image.committed() else {
+        return Err(Error::BatchInProgress);
     };
     let msg = {
         let mut s = tab.state.borrow_mut();
@@ -880,12 +923,12 @@ fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
             to: other,
             leader: tab.id,
             seq: s.seq,
-            image,
+            image: Vec::new(),
             range: (start, top),
             applied: s.applied.iter().map(|(a, b)| (*a, *b)).collect(),
         }
     };
-    tab.post(&msg);
+    tab.post_with_image(&msg, bytes);
     Ok(())
 }
 
