@@ -327,6 +327,10 @@ impl Client {
                 if row.base > back || row.floor > back {
                     row.base = row.base.min(back);
                     row.floor = row.floor.min(back);
+                    // The version the edits started from (or the last one accepted) is
+                    // one the restored server lost: no longer a common ancestor. A merge
+                    // takes the server's version at the shared point instead.
+                    row.base_value = Vec::new();
                     pending
                         .insert((tree.as_str(), id), row.encode().as_slice())
                         .map_err(Error::from)?;
