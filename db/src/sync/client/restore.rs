@@ -325,12 +325,17 @@ impl Client {
             }
             for ((tree, id), mut row) in rows {
                 if row.base > back || row.floor > back {
+                    // An edit of this replica accepted past the shared point (`floor`) is
+                    // in the version its edits start from, and the restored server lost
+                    // it: that version is no longer a common ancestor (this replica's own
+                    // change would look unchanged to a merge), so a merge takes the
+                    // server's version at the shared point. A version others made past it
+                    // stays the ancestor: this replica did not change what they did.
+                    if row.floor > back {
+                        row.base_value = Vec::new();
+                    }
                     row.base = row.base.min(back);
                     row.floor = row.floor.min(back);
-                    // The version the edits started from (or the last one accepted) is
-                    // one the restored server lost: no longer a common ancestor. A merge
-                    // takes the server's version at the shared point instead.
-                    row.base_value = Vec::new();
                     pending
                         .insert((tree.as_str(), id), row.encode().as_slice())
                         .map_err(Error::from)?;
