@@ -161,19 +161,7 @@ impl Handle {
                 })
             });
         }
-        let (tx, rx) = async_channel::bounded(1);
-        if self.kick.send(Kick::Flush(tx)).await.is_err() {
-            return Err(Error::Browser {
-                operation: "flushing",
-                message: "the flusher stopped (the database is closing)".into(),
-            });
-        }
-        rx.recv().await.unwrap_or_else(|_| {
-            Err(Error::Browser {
-                operation: "flushing",
-                message: "the flusher stopped before answering".into(),
-            })
-        })
+        flush_via(&self.kick).await
     }
 
     /// Asks the flusher to flush now, without waiting for it (a follower tab waits).
@@ -390,11 +378,16 @@ pub(crate) async fn start_flusher(
         flusher.run(closing.clone()).await;
         closing.close();
     });
+    flush_via(&t.kick).await
+}
+
+/// Asks the flusher behind `kick` to flush now and waits for its answer.
+async fn flush_via(kick: &async_channel::Sender<Kick>) -> Result<()> {
     let (tx, rx) = async_channel::bounded(1);
-    if t.kick.send(Kick::Flush(tx)).await.is_err() {
+    if kick.send(Kick::Flush(tx)).await.is_err() {
         return Err(Error::Browser {
             operation: "flushing",
-            message: "the flusher stopped".into(),
+            message: "the flusher stopped (the database is closing)".into(),
         });
     }
     rx.recv().await.unwrap_or_else(|_| {
