@@ -98,6 +98,10 @@ pub struct BrowserStats {
     pub image_bytes: u64,
     /// Bytes of changed blocks committed and not yet flushed.
     pub unflushed_bytes: u64,
+    /// Bytes of memory the image takes: its length rounded up to a block, plus a copy of
+    /// each unflushed block written again before its flush (redb's own cache of 4 MiB and
+    /// the application's memory come on top).
+    pub memory_bytes: u64,
     /// Flushes stored since the database was created (the commit marker's generation).
     pub flushes: u64,
 }
@@ -349,7 +353,9 @@ pub(crate) async fn start_flusher(
     while blocks::lock(&t.image).committed().is_none() {
         sleep(2.0).await;
     }
-    blocks::lock(&t.image).attach(generation);
+    // Between commits (checked above, with no await since): attached.
+    let attached = blocks::lock(&t.image).attach(generation);
+    debug_assert!(attached);
     // Registered as open in this page: a later open here waits for its last flush.
     let closing = Rc::new(Closing::default());
     let name_owned = name.to_owned();
@@ -763,7 +769,7 @@ impl Flusher {
     /// Stores every staged commit; on failure the blocks stay staged for the next attempt.
     async fn flush_all(&self) -> Result<()> {
         loop {
-            let taken = blocks::lock(&self.image).take_flush();
+            let taken = blocks::lock(&self.image).take_flush(js_block);
             let Some(flush) = taken else {
                 return Ok(());
             };
@@ -778,7 +784,7 @@ impl Flusher {
                     );
                     *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(e.to_string());
-                    blocks::lock(&self.image).failed(flush);
+                    blocks::lock(&self.image).failed(flush, js_block_data);
                     return Err(e);
                 }
             }
@@ -956,7 +962,12 @@ async fn open_idb(name: &str) -> Result<IdbDatabase> {
         .map_err(|e| browser_error("opening", &e))
 }
 
-/// Loads and verifies the stored image (empty if nothing was ever flushed).
+/// Blocks read from IndexedDB per request while loading (16 MiB): the stored image never
+/// sits in JavaScript's memory whole.
+const LOAD_BATCH: u32 = 256;
+
+/// Loads and verifies the stored image (empty if nothing was ever flushed), in one read
+/// transaction (a snapshot: another tab's flush cannot mix in).
 async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
     let names = Array::of2(&"blocks".into(), &"meta".into());
     let t = idb
@@ -968,18 +979,7 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
     let marker = meta
         .get(&JsValue::from_str("marker"))
         .map_err(|e| browser_error("loading", &e))?;
-    let keys = blocks
-        .get_all_keys()
-        .map_err(|e| browser_error("loading", &e))?;
-    let values = blocks.get_all().map_err(|e| browser_error("loading", &e))?;
-    let (marker, keys, values) = (
-        request(&marker, "loading"),
-        request(&keys, "loading"),
-        request(&values, "loading"),
-    );
-    let marker = marker.await?;
-    let keys = keys.await?;
-    let values = values.await?;
+    let marker = request(&marker, "loading").await?;
     let damaged = |source| Error::StoreDamaged {
         name: name.to_owned(),
         source,
@@ -989,18 +989,47 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
     } else {
         Some(Marker::decode(&bytes_of(&marker)).map_err(damaged)?)
     };
-    let keys = Array::from(&keys);
-    let values = Array::from(&values);
-    // Copied into wasm memory one block at a time, straight into the image.
-    let stored = keys.iter().zip(values.iter()).map(|(k, v)| {
-        match k.as_f64().filter(|n| *n >= 0.0 && n.fract() == 0.0) {
-            Some(n) => Ok((n as u64, bytes_of(&v))),
-            None => Err(blocks::LoadError::Mixed(format!(
-                "a block is stored under key {k:?}, not a block number"
-            ))),
+    // Every stored block, a batch of keys and values at a time, each block copied straight
+    // into its place in the image. The image's own checks refuse keys past its end.
+    let mut loading = blocks::Loading::new(marker).map_err(damaged)?;
+    let mut stored: Vec<std::result::Result<(u64, JsBlock), blocks::LoadError>> = Vec::new();
+    let mut from = 0.0f64;
+    loop {
+        let range = IdbKeyRange::lower_bound(&JsValue::from_f64(from))
+            .map_err(|e| browser_error("loading", &e))?;
+        let keys = blocks
+            .get_all_keys_with_key_and_limit(&range, LOAD_BATCH)
+            .map_err(|e| browser_error("loading", &e))?;
+        let values = blocks
+            .get_all_with_key_and_limit(&range, LOAD_BATCH)
+            .map_err(|e| browser_error("loading", &e))?;
+        let (keys, values) = (request(&keys, "loading"), request(&values, "loading"));
+        let keys = Array::from(&keys.await?);
+        let values = Array::from(&values.await?);
+        let last = keys.length() < LOAD_BATCH;
+        for (k, v) in keys.iter().zip(values.iter()) {
+            let block = match k.as_f64().filter(|n| *n >= 0.0 && n.fract() == 0.0) {
+                Some(n) => {
+                    from = n + 1.0;
+                    let v = if v.is_instance_of::<js_sys::ArrayBuffer>() {
+                        Uint8Array::new(&v)
+                    } else {
+                        v.dyn_into::<Uint8Array>().unwrap_or_default()
+                    };
+                    Ok((n as u64, JsBlock(v)))
+                }
+                None => Err(blocks::LoadError::Mixed(format!(
+                    "a block is stored under key {k:?}, not a block number"
+                ))),
+            };
+            stored.push(block);
         }
-    });
-    Image::load(marker, stored).map_err(damaged)
+        loading.add(std::mem::take(&mut stored)).map_err(damaged)?;
+        if last {
+            break;
+        }
+    }
+    loading.finish().map_err(damaged)
 }
 
 /// The bytes of a stored value (a `Uint8Array` or `ArrayBuffer`; anything else is empty).
@@ -1012,8 +1041,38 @@ fn bytes_of(v: &JsValue) -> Vec<u8> {
     }
 }
 
+/// A block's stored form (header, then data) in a `Uint8Array`: copied once, from the
+/// image into JavaScript's memory.
+fn js_block(header: &[u8; blocks::BLOCK_HEADER_LEN], data: &[u8]) -> Uint8Array {
+    let b = Uint8Array::new_with_length((header.len() + data.len()) as u32);
+    b.subarray(0, header.len() as u32).copy_from(header);
+    b.subarray(header.len() as u32, b.length()).copy_from(data);
+    b
+}
+
+/// A stored block's data, copied out of its stored form (`out`: a whole block).
+fn js_block_data(b: &Uint8Array, out: &mut [u8]) {
+    let at = blocks::BLOCK_HEADER_LEN as u32;
+    b.subarray(at, at + out.len() as u32).copy_to(out);
+}
+
+/// A block as IndexedDB hands it back (a `Uint8Array`), read straight into the image.
+struct JsBlock(Uint8Array);
+
+impl blocks::StoredBlock for JsBlock {
+    fn stored_len(&self) -> usize {
+        self.0.length() as usize
+    }
+
+    fn read_at(&self, offset: usize, out: &mut [u8]) {
+        self.0
+            .subarray(offset as u32, (offset + out.len()) as u32)
+            .copy_to(out);
+    }
+}
+
 /// Stores one flush in one readwrite transaction.
-async fn store(idb: &IdbDatabase, flush: &Flush, durability: Durability) -> Result<()> {
+async fn store(idb: &IdbDatabase, flush: &Flush<Uint8Array>, durability: Durability) -> Result<()> {
     let fail = |e: &JsValue| {
         if is_quota(e) {
             Error::QuotaExceeded {
@@ -1037,9 +1096,8 @@ async fn store(idb: &IdbDatabase, flush: &Flush, durability: Durability) -> Resu
             let range = IdbKeyRange::lower_bound(&JsValue::from_f64(from as f64))?;
             blocks.delete(&range)?;
         }
-        for (n, sum, data) in &flush.blocks {
-            let v = blocks::encode_block(flush.marker.generation, *sum, data);
-            blocks.put_with_key(&Uint8Array::from(&v[..]), &JsValue::from_f64(*n as f64))?;
+        for (n, _, block) in &flush.blocks {
+            blocks.put_with_key(block, &JsValue::from_f64(*n as f64))?;
         }
         let marker = flush.marker.encode();
         t.object_store("meta")?
@@ -1067,7 +1125,12 @@ async fn import(name: &str, bytes: Vec<u8>) -> Result<()> {
 
 async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
     let shown = format!("indexeddb:{name}");
-    let image = Arc::new(Mutex::new(Image::from_bytes(bytes)));
+    let image = Image::from_bytes(&bytes).map_err(|e| Error::Browser {
+        operation: "importing",
+        message: format!("the image does not fit in memory: {e}"),
+    })?;
+    drop(bytes);
+    let image = Arc::new(Mutex::new(image));
     {
         // Checked as an open would check it; dropping it closes redb cleanly.
         let redb = redb::Database::builder()
@@ -1100,7 +1163,7 @@ async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
                 ),
             });
         }
-        let taken = blocks::lock(&image).take_flush();
+        let taken = blocks::lock(&image).take_flush(js_block);
         match taken {
             Some(flush) => store(&idb, &flush, Durability::Strict).await,
             None => Ok(()),
@@ -1205,6 +1268,7 @@ impl crate::Db {
         Some(BrowserStats {
             image_bytes: image.len(),
             unflushed_bytes: image.staged_bytes() as u64,
+            memory_bytes: image.memory_bytes() as u64,
             flushes: image.generation(),
         })
     }
@@ -1227,10 +1291,13 @@ impl crate::Db {
             });
         };
         let image = blocks::lock(&h.image);
-        image
-            .committed()
-            .map(<[u8]>::to_vec)
-            .ok_or(Error::BatchInProgress)
+        if image.committed().is_none() {
+            return Err(Error::BatchInProgress);
+        }
+        image.committed_vec().ok_or_else(|| Error::Browser {
+            operation: "exporting",
+            message: format!("no memory for a copy of the {} byte image", image.len()),
+        })
     }
 
     /// Creates the database `name` in this origin's IndexedDB from the bytes of a rekord

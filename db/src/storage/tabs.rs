@@ -165,6 +165,9 @@ pub(crate) struct Tab {
     db: RefCell<Weak<DbInner>>,
     /// What the flusher needs when this follower becomes the leader.
     takeover: RefCell<Option<super::browser::Takeover>>,
+    /// The image beside the welcome addressed to this tab, as it arrived (read into this
+    /// tab's memory once, by [`join`]).
+    welcome_image: Rc<RefCell<Option<Uint8Array>>>,
 }
 
 #[derive(Default)]
@@ -222,6 +225,8 @@ impl Tab {
         let channel = BroadcastChannel::new(&channel_name(name)).map_err(|e| tab_error(&e))?;
         let (tx, inbox) = async_channel::unbounded();
         let id = random_id();
+        let welcome_image = Rc::new(RefCell::new(None));
+        let slot = welcome_image.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             // A message, or `[message, image]` (a welcome: the image is copied into this
             // tab's memory only by the tab it welcomes).
@@ -242,15 +247,14 @@ impl Tab {
                     applied,
                     ..
                 }) => {
-                    let image = match (&image, to == id) {
-                        (Some(image), true) => image.to_vec(),
-                        _ => Vec::new(),
-                    };
+                    if to == id {
+                        *slot.borrow_mut() = image;
+                    }
                     let _ = tx.try_send(Msg::Welcome {
                         to,
                         leader,
                         seq,
-                        image,
+                        image: Vec::new(),
                         range,
                         applied,
                     });
@@ -277,6 +281,7 @@ impl Tab {
             }),
             db: RefCell::new(Weak::new()),
             takeover: RefCell::new(None),
+            welcome_image,
         });
         TABS.with(|t| t.borrow_mut().insert(tab.id, tab.clone()));
         Ok(tab)
@@ -292,17 +297,28 @@ impl Tab {
         }
     }
 
-    /// Posts `msg` with `image` beside it (`[message, image]`), copied once from this
-    /// tab's memory into the message.
-    fn post_with_image(&self, msg: &Msg, image: &[u8]) {
+    /// Posts `msg` with the committed `image` beside it (`[message, image]`), copied once
+    /// from this tab's memory into the message. `false` while a transaction has written to
+    /// the image since its last commit (nothing is sent).
+    fn post_with_image(&self, msg: &Msg, image: &Image) -> bool {
+        let Some(blocks) = image.committed() else {
+            return false;
+        };
         let Some(bytes) = encode(msg) else {
             tracing::warn!("rekord: a message to other tabs could not be encoded");
-            return;
+            return true;
         };
-        let parts = js_sys::Array::of2(&Uint8Array::from(&bytes[..]), &Uint8Array::from(image));
+        let copy = Uint8Array::new_with_length(image.len() as u32);
+        let mut at = 0u32;
+        for b in blocks {
+            copy.subarray(at, at + b.len() as u32).copy_from(b);
+            at += b.len() as u32;
+        }
+        let parts = js_sys::Array::of2(&Uint8Array::from(&bytes[..]), &copy);
         if let Err(e) = self.channel.post_message(&parts) {
             tracing::warn!("rekord: a message to other tabs could not be sent: {e:?}");
         }
+        true
     }
 
     fn db(&self) -> Option<Arc<DbInner>> {
@@ -368,7 +384,7 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
             Msg::Welcome {
                 to,
                 seq,
-                image,
+                image: _,
                 range,
                 applied,
                 ..
@@ -382,9 +398,21 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
                 s.applied = applied.into_iter().collect();
                 s.followers = true;
                 drop(s);
+                let copy = tab.welcome_image.borrow_mut().take().unwrap_or_default();
+                let image = Image::detached(u64::from(copy.length()), |at, out| {
+                    copy.subarray(at as u32, at as u32 + out.len() as u32)
+                        .copy_to(out)
+                })
+                .map_err(|e| {
+                    forget(tab.id);
+                    Error::Browser {
+                        operation: "joining the tab that holds the database",
+                        message: format!("no memory for a copy of the database: {e}"),
+                    }
+                })?;
                 return Ok(Some(Joined {
                     tab: tab.id,
-                    image: Image::detached(image),
+                    image,
                     range,
                 }));
             }
@@ -912,9 +940,9 @@ fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
         return Ok(());
     };
     let image = blocks::lock(&handle.image);
-    let Some(bytes) = image.committed() else {
+    if image.committed().is_none() {
         return Err(Error::BatchInProgress);
-    };
+    }
     let msg = {
         let mut s = tab.state.borrow_mut();
         s.top = start;
@@ -928,7 +956,8 @@ fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
             applied: s.applied.iter().map(|(a, b)| (*a, *b)).collect(),
         }
     };
-    tab.post_with_image(&msg, bytes);
+    // Committed (checked above, under the same lock): sent.
+    tab.post_with_image(&msg, &image);
     Ok(())
 }
 

@@ -340,6 +340,17 @@ impl Bench {
         self.db.flush().await.map_err(js)
     }
 
+    /// Commits `n` records in one batch without waiting for them to be stored.
+    pub fn commit_batch(&mut self, n: u32) -> Result<(), JsError> {
+        let mut b = self.db.batch().map_err(js)?;
+        for _ in 0..n {
+            let k = b.create(&item(self.next)).map_err(js)?;
+            self.next += 1;
+            self.keys.push(k);
+        }
+        b.commit().map_err(js)
+    }
+
     /// Reads `n` random records (zero-copy) and returns the sum of their quantities.
     pub fn reads(&self, n: u32, seed: u32) -> Result<f64, JsError> {
         let mut x = seed | 1;
@@ -379,6 +390,19 @@ impl Bench {
         self.db
             .browser_stats()
             .map_or(0.0, |s| s.unflushed_bytes as f64)
+    }
+
+    /// Bytes of memory the image takes (its blocks, and copies of unflushed blocks written
+    /// again).
+    pub fn image_memory(&self) -> f64 {
+        self.db
+            .browser_stats()
+            .map_or(0.0, |s| s.memory_bytes as f64)
+    }
+
+    /// Size of a stored block, as IndexedDB stores it (without its 16-byte header).
+    pub fn block_size() -> f64 {
+        rekord::storage::BLOCK_SIZE as f64
     }
 
     /// Records stored.
