@@ -777,7 +777,7 @@ impl Db {
                     drop(b);
                     let in_time = deadline.filter(|d| std::time::Instant::now() < *d);
                     match (short, in_time) {
-                        (Some(ids), Some(until)) if self.inner.refill_ids(ids, until) => {}
+                        (Some(ids), Some(until)) if self.inner.refill_ids(ids, until)? => {}
                         _ => return Err(e),
                     }
                 }
@@ -978,13 +978,14 @@ impl DbInner {
 
     /// Asks the sync client for `ids` free ids and waits for them (bounded); whether they
     /// came. Must not be called inside a batch (the sync thread commits the ranges).
-    pub(crate) fn refill_ids(&self, ids: u64, until: std::time::Instant) -> bool {
+    /// [`Error::IdsRefused`] when the server gives this replica no ids at all.
+    pub(crate) fn refill_ids(&self, ids: u64, until: std::time::Instant) -> Result<bool> {
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             return link.refill_ids(ids, until);
         }
         let _ = (ids, until);
-        false
+        Ok(false)
     }
 
     /// Whether writes to `tree` wait for the server (write-through).

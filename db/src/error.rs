@@ -151,6 +151,16 @@ pub enum Error {
         "no record ids left in this replica's id ranges; a synced replica gets new ranges from its server while connected (after a batch ran out online, enough for it were fetched: run it again); offline it can create records again once it reconnects"
     )]
     IdsExhausted,
+    /// A synced replica ran out of record ids and its server gives it none: its token may
+    /// write no tree, so nothing it created would be accepted.
+    #[error(
+        "this replica has no record ids left and its server gives it none ({reason}): its \
+         token may write no tree; create records with a token that may write"
+    )]
+    IdsRefused {
+        /// The server's answer.
+        reason: String,
+    },
     /// The compiled record type differs from the schema stored for the same version.
     #[error("the schema of tree `{tree}` changed but its version is still {version}: {}; bump #[record(version = ...)] (or undo the change)", .changes.join("; "))]
     SchemaChanged {

@@ -257,6 +257,14 @@ pub fn open(source: &Source, write: bool, create: bool) -> Result<Db, ViewerErro
             path.display()
         )));
     }
+    // A replica's file is recognised read-only, before a writable open touches its header.
+    if write && path.exists() {
+        match Db::open_read_only(&path) {
+            Ok(db) if db.is_synced() => return Err(ViewerError::Replica { path }),
+            Err(rekord::Error::Locked { .. }) => return Err(ViewerError::InUse { path }),
+            _ => {}
+        }
+    }
     let opened = if write {
         Db::open(&path)
     } else {
@@ -276,6 +284,26 @@ pub fn open(source: &Source, write: bool, create: bool) -> Result<Db, ViewerErro
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
     if cli.command.writes() && !cli.write {
         return Err(ViewerError::ReadOnly);
+    }
+    if cli.source.server.is_some()
+        && cli.source.replica.is_none()
+        && matches!(cli.command, Command::Borrow { .. })
+    {
+        return Err(ViewerError::Usage(
+            "without --replica FILE the viewer is a replica that ends with this command: a \
+             borrow it took could never be returned. Give --replica FILE (a new file, or the \
+             one of an earlier viewer run; never a copy of an application's file) and return \
+             it later with the same --replica"
+                .into(),
+        ));
+    }
+    if cli.source.server.is_none() && matches!(cli.command, Command::Follow { .. }) {
+        return Err(ViewerError::Usage(
+            "follow needs a server: while the viewer has a database file open, no other \
+             process can open it, so no change would ever come. Connect to the application's \
+             server instead: rekord-viewer --server ADDR --token TOKEN follow"
+                .into(),
+        ));
     }
     // An import may make a new database file (nothing else creates one), once its input
     // is known to be an export; the new file goes again if the import fails.
@@ -320,9 +348,13 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), ViewerError> {
         let _ = std::fs::remove_file(path);
         return r;
     }
-    // A synced replica sends what it changed before the viewer exits.
-    if r.is_ok() && cli.command.writes() && db.is_synced() {
-        db.wait_pushed(Duration::from_secs(cli.source.wait))?;
+    // A synced replica sends what it changed before the viewer exits, whatever the
+    // outcome (a failed edit still returns the borrow it took).
+    if cli.command.writes() && db.is_synced() {
+        let pushed = db.wait_pushed(Duration::from_secs(cli.source.wait));
+        r?;
+        pushed?;
+        return Ok(());
     }
     r
 }
@@ -512,7 +544,9 @@ fn execute(
             }
             let mut rows = Vec::new();
             let mut records = t.range(*from..)?.peekable();
-            while let Some(r) = records.next() {
+            while rows.len() < *limit
+                && let Some(r) = records.next()
+            {
                 // A record that cannot be read is reported, and the listing goes on.
                 let r = match r {
                     Ok(r) => r,
@@ -532,9 +566,6 @@ fn execute(
                     continue;
                 }
                 rows.push(r);
-                if rows.len() >= *limit {
-                    break;
-                }
             }
             if json {
                 let list: Vec<_> = rows.iter().map(record_json).collect();
@@ -577,26 +608,24 @@ fn execute(
         Command::Create { tree, ron } => {
             let t = db.dyn_tree(tree)?;
             let k = t.create_ron(ron)?;
+            // The creator holds a new record; a replica checks it in at once (the next run
+            // is another replica, which could never return it).
+            if db.is_synced() {
+                t.return_borrow(k.raw())?;
+            }
             done(out, json, "created", &t.get(k.raw())?)?;
         }
         Command::Edit { tree, key, ron } => {
             let t = db.dyn_tree(tree)?;
             let k = parse_key(&t, key)?;
-            // A replica checks the record out for the edit and in again after it (each run
-            // is a replica of its own): the server refuses it while another one holds it.
-            let checked_out = db.is_synced() && t.get(k)?.meta.holder != db.replica() && {
-                t.borrow(k)?;
-                true
+            let before = t.get(k)?;
+            let mut apply = |text: &str| apply_edit(db, &t, k, &before, text);
+            let edited = match ron {
+                Some(text) => apply(text).map(|()| true)?,
+                None => edit_in_editor(&t, k, &mut apply)?,
             };
-            let edited: Result<bool, ViewerError> = match ron {
-                Some(text) => t.replace_ron(k, text).map(|()| true).map_err(Into::into),
-                None => edit_in_editor(&t, k),
-            };
-            if checked_out {
-                t.return_borrow(k)?;
-            }
-            if !edited? {
-                writeln!(out, "unchanged")?;
+            if !edited {
+                done(out, json, "unchanged", &t.get(k)?)?;
                 return Ok(());
             }
             done(out, json, "edited", &t.get(k)?)?;
@@ -768,7 +797,11 @@ fn done(out: &mut dyn Write, json: bool, what: &str, r: &DynRecord) -> Result<()
 
 /// Opens the record in `$VISUAL`/`$EDITOR` (default `vi`) until the edit is accepted, the
 /// text is left unchanged (`false`) or emptied (cancel).
-fn edit_in_editor(t: &DynTree, k: RawKey) -> Result<bool, ViewerError> {
+fn edit_in_editor(
+    t: &DynTree,
+    k: RawKey,
+    apply: &mut dyn FnMut(&str) -> Result<(), ViewerError>,
+) -> Result<bool, ViewerError> {
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
@@ -814,9 +847,11 @@ fn edit_in_editor(t: &DynTree, k: RawKey) -> Result<bool, ViewerError> {
         if body.trim() == original.trim() {
             return Ok(false);
         }
-        match t.replace_ron(k, &body) {
+        match apply(&body) {
             Ok(()) => return Ok(true),
-            Err(e @ (rekord::Error::InvalidRon { .. } | rekord::Error::InvalidValue { .. })) => {
+            Err(ViewerError::Db(
+                e @ (rekord::Error::InvalidRon { .. } | rekord::Error::InvalidValue { .. }),
+            )) => {
                 problem = Some(e.to_string());
                 text = body;
                 if !is_terminal() {
@@ -824,9 +859,45 @@ fn edit_in_editor(t: &DynTree, k: RawKey) -> Result<bool, ViewerError> {
                     return Err(e.into());
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// Applies an edit's RON `text` to record `k`, read as `before` when the edit began. The
+/// text is checked first (nothing is borrowed for a text that cannot be the record). A
+/// synced replica checks the record out only for the moment of the change and in again,
+/// whatever happens (each run is a replica of its own, which could not return it later),
+/// and refuses a change to a record that changed since `before` was read.
+fn apply_edit(
+    db: &Db,
+    t: &DynTree,
+    k: RawKey,
+    before: &DynRecord,
+    text: &str,
+) -> Result<(), ViewerError> {
+    t.parse(text)?;
+    if !db.is_synced() || t.get(k)?.meta.holder == db.replica() {
+        return Ok(t.replace_ron(k, text)?);
+    }
+    t.borrow(k)?;
+    let changed = (|| {
+        let now = t.get(k)?;
+        if now.to_ron() != before.to_ron()
+            || (now.meta.released, now.meta.state, now.meta.version)
+                != (before.meta.released, before.meta.state, before.meta.version)
+        {
+            return Err(ViewerError::Usage(format!(
+                "{} changed while it was being edited (by another replica): nothing was \
+                 written; run the edit again to start from its new contents",
+                k
+            )));
+        }
+        Ok(t.replace_ron(k, text)?)
+    })();
+    let returned = t.return_borrow(k);
+    changed?;
+    Ok(returned?)
 }
 
 fn is_terminal() -> bool {

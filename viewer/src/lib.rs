@@ -16,6 +16,27 @@ pub mod transfer;
 
 use std::path::PathBuf;
 
+impl ViewerError {
+    /// What the person at the terminal can do about it, where the database's own words
+    /// speak to a program (`call borrow() first`).
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ViewerError::Db(rekord::Error::NeedsRecovery { .. }) => {
+                Some("with the viewer: run it once with --write, which recovers the file")
+            }
+            ViewerError::Db(rekord::Error::NotBorrowed { .. }) => Some(
+                "with the viewer: `edit` checks a record out and in by itself; `borrow` and \
+                 `return` (with --replica FILE on a server) hold it across commands",
+            ),
+            ViewerError::Db(rekord::Error::SchemaChanged { .. }) => Some(
+                "the database holds another schema under this version: the viewer writes \
+                 with the newest stored schema only",
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// What went wrong, in words for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewerError {
@@ -35,7 +56,9 @@ pub enum ViewerError {
     /// A synced replica's file was asked to change: its changes go through its server.
     #[error(
         "{path} is a synced replica: read it as is (without --write), or change the data \
-         through its server (--server ADDR --token TOKEN, with --replica {path} to use this file)"
+         through its server (--server ADDR --token TOKEN; add --replica {path} to use this very \
+         file while its application is stopped, never a copy of it: two copies of one \
+         replica would be taken for each other)"
     )]
     Replica {
         /// The file.

@@ -377,42 +377,96 @@ fn export_and_import_round_trip_exactly() {
     );
 }
 
+/// A `rekord-server` serving on loopback in this process, with a token that may write
+/// everything and one that may only read.
+struct Served {
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    addr: String,
+    token: String,
+    reader: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), rekord_server::ServerError>>,
+}
+
+impl Served {
+    fn start() -> Served {
+        use rekord::proto::handshake::Trees;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = rekord_server::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data: dir.path().join("server"),
+            app: "rekord".into(),
+        };
+        let server = rt
+            .block_on(async { rekord_server::Server::bind(config) })
+            .unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        let token = server
+            .store()
+            .issue("viewer", Trees::All, Trees::All)
+            .unwrap();
+        let reader = server
+            .store()
+            .issue("reader", Trees::All, Trees::Only(Vec::new()))
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = rt.spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        Served {
+            dir,
+            rt,
+            addr,
+            token,
+            reader,
+            stop,
+            serving,
+        }
+    }
+
+    /// An application's synced replica.
+    fn app(&self) -> Db {
+        let app = Db::open_synced(
+            self.dir.path().join("app.rekord"),
+            rekord::SyncConfig::new(self.addr.parse().unwrap(), "rekord", self.token.as_str()),
+        )
+        .unwrap();
+        app.wait_caught_up(std::time::Duration::from_secs(20))
+            .unwrap();
+        app
+    }
+
+    /// The viewer as a replica of this server, with `token`.
+    fn viewer(&self, token: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(BIN)
+            .args(["--server", &self.addr, "--token", token, "--wait", "10"])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        self.rt.block_on(self.serving).unwrap().unwrap();
+    }
+}
+
 /// As a replica of a running server: the viewer lists what an application wrote, and
 /// `follow` prints the application's changes as they happen.
 #[test]
 fn a_server_replica_lists_and_follows() {
-    use rekord::proto::handshake::Trees;
     use std::io::BufRead as _;
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let config = rekord_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().join("server"),
-        app: "rekord".into(),
-    };
-    let server = rt
-        .block_on(async { rekord_server::Server::bind(config) })
-        .unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    let token = server
-        .store()
-        .issue("viewer", Trees::All, Trees::All)
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = rt.spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start();
+    let (addr, token) = (served.addr.clone(), served.token.clone());
     let limit = std::time::Duration::from_secs(20);
-    let app = Db::open_synced(
-        dir.path().join("app.rekord"),
-        rekord::SyncConfig::new(addr.parse().unwrap(), "rekord", token.as_str()),
-    )
-    .unwrap();
-    app.wait_caught_up(limit).unwrap();
+    let app = served.app();
     let parts = app.tree::<Part>().unwrap();
     parts
         .create(&Part {
@@ -521,6 +575,296 @@ fn a_server_replica_lists_and_follows() {
     }
     assert_eq!(parts.meta(bolt).unwrap().holder, 0, "checked in again");
     drop((parts, app));
-    let _ = stop.send(());
-    rt.block_on(serving).unwrap().unwrap();
+    served.stop();
+}
+
+/// Each viewer run on a server is a replica of its own that ends with the command: it must
+/// never leave a record borrowed (nobody could return it). A record it creates is checked
+/// in at once; an edit whose text is refused, or whose editor fails, borrows nothing or
+/// returns what it took; `borrow` without `--replica` is refused. A token that may write
+/// nothing is told so at once, not after the wait.
+#[test]
+fn the_viewer_on_a_server_leaves_no_borrow_behind() {
+    let served = Served::start();
+    let limit = std::time::Duration::from_secs(20);
+    let app = served.app();
+    let parts = app.tree::<Part>().unwrap();
+    // The application's first record brings the tree's schema to the server.
+    parts
+        .create(&Part {
+            name: "bolt".into(),
+            qty: 3,
+            unit: Unit::Piece,
+        })
+        .unwrap();
+    app.wait_pushed(limit).unwrap();
+    let token = served.token.clone();
+    let succeeds = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let free = |id: u64| {
+        let start = std::time::Instant::now();
+        loop {
+            let key = parts.keys().unwrap().into_iter().find(|k| k.id() == id);
+            if let Some(k) = key
+                && parts.meta(k).unwrap().holder == 0
+            {
+                return k;
+            }
+            assert!(start.elapsed() < limit, "record {id} stayed borrowed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let out = served.viewer(
+        &token,
+        &[
+            "--write",
+            "--json",
+            "create",
+            "parts",
+            r#"(name: "from the viewer", qty: 1, unit: Piece)"#,
+        ],
+        &[],
+    );
+    succeeds(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = json["created"]["id"].as_u64().unwrap();
+    let k = free(id);
+    // The application can take it and give it back.
+    parts.borrow(k).unwrap();
+    parts.return_borrow(k).unwrap();
+    app.wait_pushed(limit).unwrap();
+
+    let sid = id.to_string();
+    // A text that cannot be the record: refused before anything is borrowed.
+    let out = served.viewer(
+        &token,
+        &[
+            "--write",
+            "edit",
+            "parts",
+            &sid,
+            "--ron",
+            r#"(name: "x", qty: "oops", unit: Piece)"#,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    free(id);
+    // An editor that fails (vim's :cq), or a file emptied to cancel.
+    for editor in ["false", "sh -c ': > \"$1\"' --"] {
+        let out = served.viewer(
+            &token,
+            &["--write", "edit", "parts", &sid],
+            &[("EDITOR", editor)],
+        );
+        assert!(!out.status.success(), "{editor}");
+        free(id);
+    }
+    // An editor that changes the record: edited, and checked in again.
+    let out = served.viewer(
+        &token,
+        &["--write", "edit", "parts", &sid],
+        &[("EDITOR", "sed -i s/qty:.1,/qty:8,/")],
+    );
+    succeeds(&out);
+    let k = free(id);
+    let start = std::time::Instant::now();
+    while parts.get(k).unwrap().qty != 8 {
+        assert!(
+            start.elapsed() < limit,
+            "the edit never reached the application"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // `borrow` by a replica that ends with the command: refused, nothing borrowed.
+    let out = served.viewer(&token, &["--write", "borrow", "parts", &sid], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--replica"));
+    free(id);
+    // A token that may write nothing: told so, well before the wait ends.
+    let start = std::time::Instant::now();
+    let out = served.viewer(
+        &served.reader.clone(),
+        &[
+            "--write",
+            "create",
+            "parts",
+            r#"(name: "no", qty: 1, unit: Piece)"#,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may write no tree"), "{err}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    drop((parts, app));
+    served.stop();
+}
+
+/// `--write` on a synced replica's file is refused before the file is opened for writing:
+/// not a byte of it changes.
+#[test]
+fn write_on_a_replica_file_changes_no_byte() {
+    let served = Served::start();
+    let app = served.app();
+    app.tree::<Part>()
+        .unwrap()
+        .create(&Part {
+            name: "bolt".into(),
+            qty: 3,
+            unit: Unit::Piece,
+        })
+        .unwrap();
+    app.wait_pushed(std::time::Duration::from_secs(20)).unwrap();
+    drop(app);
+    let path = served.dir.path().join("app.rekord");
+    let before = std::fs::read(&path).unwrap();
+    for args in [
+        &["--write", "trees"][..],
+        &[
+            "--write",
+            "create",
+            "parts",
+            r#"(name: "x", qty: 1, unit: Piece)"#,
+        ],
+    ] {
+        let err = fails(&path, args);
+        assert!(err.contains("synced replica"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{args:?} changed the file"
+        );
+    }
+    served.stop();
+}
+
+/// Files whose redb pages a red team damaged (a few flipped or zeroed bytes) made the
+/// storage engine panic inside a read: the viewer says the file looks damaged, exits with
+/// an error, never with a panic, and writes nothing.
+#[test]
+fn damaged_files_are_reported_not_panicked() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["slice-range", "allocator", "unreachable"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/damaged")
+            .join(format!("{name}.rekord"));
+        let path = dir.path().join(format!("{name}.rekord"));
+        std::fs::copy(&src, &path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        for args in [&["trees"][..], &["ls", "parts"], &["--json", "trees"]] {
+            let out = viewer(&path, args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{name} {args:?}: {err}");
+            assert!(!err.contains("panicked"), "{name} {args:?}: {err}");
+            if err.contains("storage engine") {
+                assert!(err.contains("looks damaged"), "{err}");
+            }
+            if args[0] == "--json" {
+                let json: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).expect("an error as JSON");
+                assert!(json["error"].is_string(), "{json}");
+            }
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{name} changed");
+    }
+}
+
+/// `ls --limit 0` lists nothing; `--json` edits that change nothing still print JSON;
+/// `follow` on a file is refused (nothing could ever come: no other process can open the
+/// file meanwhile) with the way to follow through the server.
+#[test]
+fn small_cli_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.rekord");
+    let keys = app_db(&path);
+    let ls = ok(&path, &["--json", "ls", "parts", "--limit", "0"]);
+    assert_eq!(ls.trim(), "[]");
+    let id = keys[0].id().to_string();
+    let same = ok(&path, &["get", "parts", &id]);
+    let ron: String = same.lines().skip(1).collect::<Vec<_>>().join("\n");
+    let out = ok(
+        &path,
+        &["--write", "--json", "edit", "parts", &id, "--ron", &ron],
+    );
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        json["edited"].is_object() || json["unchanged"].is_object(),
+        "{json}"
+    );
+    let err = fails(&path, &["follow"]);
+    assert!(err.contains("--server"), "{err}");
+}
+
+/// An import keeps only this database's own holder numbers (another database's would lock
+/// its records for good: no server here to force them back), and refuses ids so high that
+/// new records would find none after them.
+#[test]
+fn imports_free_foreign_holders_and_refuse_ids_past_2_pow_63() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("app.rekord");
+    app_db(&src);
+    let out = viewer(&src, &["export", "--out", "-"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let first = text
+        .lines()
+        .find(|l| l.starts_with("(tree: \"notes\""))
+        .unwrap();
+    let holder = first
+        .split("holder: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .to_owned();
+    // A server's holder number: imported free.
+    let foreign = text.replace(
+        first,
+        &first.replace(&format!("holder: {holder},"), "holder: 77,"),
+    );
+    let file = dir.path().join("foreign.ron");
+    std::fs::write(&file, &foreign).unwrap();
+    let target = dir.path().join("foreign.rekord");
+    ok(&target, &["--write", "import", file.to_str().unwrap()]);
+    let ls = ok(&target, &["--json", "ls", "notes"]);
+    let json: serde_json::Value = serde_json::from_str(ls.trim()).unwrap();
+    assert_eq!(json[0]["holder"], 0, "{json}");
+    // Its own holder number (an export of this kind of database) stays.
+    let own = dir.path().join("own.rekord");
+    let file = dir.path().join("own.ron");
+    std::fs::write(&file, &text).unwrap();
+    ok(&own, &["--write", "import", file.to_str().unwrap()]);
+    let json: serde_json::Value =
+        serde_json::from_str(ok(&own, &["--json", "ls", "notes"]).trim()).unwrap();
+    assert_eq!(json[0]["holder"].to_string(), holder, "{json}");
+    // An id past 2^63: refused, nothing made.
+    let id = first
+        .split("id: ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    let high = text.replace(
+        first,
+        &first.replace(&format!("id: {id},"), "id: 18446744073709551614,"),
+    );
+    let file = dir.path().join("high.ron");
+    std::fs::write(&file, &high).unwrap();
+    let target = dir.path().join("high.rekord");
+    let err = fails(&target, &["--write", "import", file.to_str().unwrap()]);
+    assert!(err.contains("2^63"), "{err}");
+    assert!(
+        !target.exists(),
+        "a failed import into a new file leaves none"
+    );
 }

@@ -68,15 +68,22 @@ impl Link {
     /// Asks the sync thread for at least `ids` more free ids, and waits (at most the request
     /// timeout) until it has fetched them; whether it did. `false` at once while offline or
     /// when called on the sync thread itself.
-    pub(crate) fn refill_ids(&self, ids: u64, until: Instant) -> bool {
+    pub(crate) fn refill_ids(&self, ids: u64, until: Instant) -> Result<bool> {
         if *lock(&self.thread_id) == Some(std::thread::current().id()) {
-            return false;
+            return Ok(false);
         }
+        let refused = |st: &SyncStatus| match &st.ids_refused {
+            Some(reason) => Err(Error::IdsRefused {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        };
         let before = {
             let st = lock(&self.status);
             if !st.online {
-                return false;
+                return Ok(false);
             }
+            refused(&st)?;
             st.refills
         };
         // Summed: several writers short at once each need their own ids.
@@ -84,7 +91,9 @@ impl Link {
         self.wake.notify_one();
         let left = until.saturating_duration_since(Instant::now());
         let (done, _) = self.wait(self.timeout.min(left), |s| s.refills > before || !s.online);
-        done && lock(&self.status).refills > before
+        let st = lock(&self.status);
+        refused(&st)?;
+        Ok(done && st.refills > before)
     }
 
     /// Keeps the server's reason for refusing outbox entry `entry`.
@@ -969,6 +978,7 @@ impl Client {
         }
         self.head = hello.head;
         self.no_ids = false;
+        self.link.update(|st| st.ids_refused = None);
         self.caught_up = false;
         self.uploaded.clear();
         self.link.update(|st| {
@@ -1195,8 +1205,10 @@ impl Client {
         let granted = match s.ranges(want).await {
             Ok(granted) => granted,
             Err(NetError::Remote(e)) => {
-                tracing::info!(error = %NetError::Remote(e), "rekord sync: no record ids for this token");
+                let reason = NetError::Remote(e).to_string();
+                tracing::info!(error = %reason, "rekord sync: no record ids for this token");
                 self.no_ids = true;
+                self.link.update(|st| st.ids_refused = Some(reason));
                 return Ok(());
             }
             Err(e) => return Err(e.into()),

@@ -615,6 +615,9 @@ pub struct SyncStatus {
     /// How many times the sync client fetched id ranges a write that ran out of ids asked
     /// for (see [`crate::Error::IdsExhausted`]).
     pub refills: u64,
+    /// Why the server gave this session no id ranges (a token that may write no tree), if
+    /// it did not (see [`crate::Error::IdsRefused`]).
+    pub ids_refused: Option<String>,
 }
 
 #[cfg(test)]

@@ -82,6 +82,10 @@ pub(crate) struct Pending {
 /// The stored values before and after a change.
 pub(crate) type OldNew = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// The highest record id an import accepts (2^63): new records take ids after the highest
+/// imported one.
+const IMPORT_MAX_ID: u64 = 1 << 63;
+
 struct IdAlloc {
     next: u64,
     end: u64,
@@ -1254,6 +1258,15 @@ impl BatchTree<'_, Dynamic> {
         if k.id == 0 || k.id == u64::MAX {
             return Err(refuse("ids 0 and 2^64-1 are never record ids".into()));
         }
+        // New records take ids after the highest one imported: an id this high would
+        // leave the database without ids for them.
+        if k.id > IMPORT_MAX_ID {
+            return Err(refuse(format!(
+                "id {} is above {IMPORT_MAX_ID} (2^63): new records take ids after the \
+                 highest imported one, and none would be left",
+                k.id
+            )));
+        }
         // Revisions come in order, from 0, into a record the import makes: revision 0 of
         // an id that has none, or the next revision of one it already has.
         let mut revisions = 0u32;
@@ -1290,11 +1303,19 @@ impl BatchTree<'_, Dynamic> {
                 )));
             }
         }
+        // Holders are replicas of the database the export came from: only this database's
+        // own holder means something here (a server's holder numbers would lock the
+        // record for good, with no server to force it back).
+        let holder = if meta.holder == self.core.replica {
+            meta.holder
+        } else {
+            0
+        };
         let mut bytes = Header {
             released: meta.released,
             version: meta.version,
             state: meta.state,
-            holder: meta.holder,
+            holder,
         }
         .to_bytes()
         .to_vec();

@@ -92,7 +92,10 @@ impl Db {
     /// the same layout ([`Error::SchemaChanged`]); each record's value is checked against
     /// the schema of its tree and `meta.version` (stored, or imported before it); a key that
     /// exists already is [`Error::KeyExists`]; on any error, including one the iterator
-    /// yields, nothing is written. Later creates allocate ids past the imported ones.
+    /// yields, nothing is written. Later creates allocate ids past the imported ones, so an
+    /// id above 2^63 is refused ([`Error::ImportAborted`]). A record's holder is kept only
+    /// when it is this database's own holder number: the holders of another database (a
+    /// server's replicas) mean nothing here, and their records are imported free.
     /// Returns how many records were stored.
     pub fn import(&self, items: impl IntoIterator<Item = Result<Import>>) -> Result<u64> {
         if self.is_synced() {

@@ -172,8 +172,11 @@ impl<T: Record> Tree<T> {
                     let short = b.ids_short();
                     drop(b);
                     let in_time = deadline.filter(|d| std::time::Instant::now() < *d);
-                    let refilled = |d| short.is_some_and(|ids| self.db.inner.refill_ids(ids, d));
-                    if !in_time.is_some_and(refilled) {
+                    let refilled = match (short, in_time) {
+                        (Some(ids), Some(d)) => self.db.inner.refill_ids(ids, d)?,
+                        _ => false,
+                    };
+                    if !refilled {
                         return Err(Error::IdsExhausted);
                     }
                 }
