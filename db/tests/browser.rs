@@ -115,6 +115,107 @@ async fn deleting_an_open_database_is_refused() {
     Db::delete_browser(&name).await.unwrap();
 }
 
+/// Holds the Web Lock another tab's open of `name` holds (the leader's), until the returned
+/// function is called.
+fn hold_lock_as_another_tab(name: &str) -> js_sys::Function {
+    let hold = js_sys::Function::new_with_args(
+        "name",
+        "let release; const held = new Promise((r) => { release = r; });
+         navigator.locks.request(name, () => held);
+         return release;",
+    );
+    hold.call1(
+        &wasm_bindgen::JsValue::NULL,
+        &format!("rekord:{name}").into(),
+    )
+    .unwrap()
+    .into()
+}
+
+/// Another tab holding the database open: deleting it (or importing over its name) from
+/// this page is refused, and works once that tab is gone.
+#[wasm_bindgen_test]
+async fn deleting_a_database_another_tab_holds_is_refused() {
+    let name = fresh("other-tab");
+    let db = Db::open_browser(&name).await.unwrap();
+    db.tree::<Part>()
+        .unwrap()
+        .create(&Part {
+            name: "bolt".into(),
+            qty: 1,
+        })
+        .unwrap();
+    db.flush().await.unwrap();
+    let image = db.export_image().unwrap();
+    drop(db);
+    // Let this page's close finish, then another tab takes the database.
+    sleep(50).await;
+    let release = hold_lock_as_another_tab(&name);
+    sleep(20).await;
+    assert!(matches!(
+        Db::delete_browser(&name).await,
+        Err(Error::Locked { .. })
+    ));
+    assert!(matches!(
+        Db::import_browser_image(&fresh("unused"), image.clone()).await,
+        Ok(())
+    ));
+    release.call0(&wasm_bindgen::JsValue::NULL).unwrap();
+    sleep(20).await;
+    Db::delete_browser(&name).await.unwrap();
+}
+
+/// The database deleted from outside rekord while open (the site's data cleared, another
+/// script): the open connection gives way instead of blocking the deletion, and the next
+/// flush fails with an error, never silently.
+#[wasm_bindgen_test]
+async fn a_database_deleted_from_outside_fails_its_flushes() {
+    let name = fresh("deleted-outside");
+    let db = Db::open_browser(&name).await.unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    parts
+        .create(&Part {
+            name: "bolt".into(),
+            qty: 1,
+        })
+        .unwrap();
+    db.flush().await.unwrap();
+    let req = web_sys::window()
+        .unwrap()
+        .indexed_db()
+        .unwrap()
+        .unwrap()
+        .delete_database(&format!("rekord:{name}"))
+        .unwrap();
+    let (tx, rx) = async_channel::bounded::<bool>(1);
+    let ok = {
+        let tx = tx.clone();
+        wasm_bindgen::closure::Closure::once_into_js(move || {
+            let _ = tx.try_send(true);
+        })
+    };
+    let blocked = wasm_bindgen::closure::Closure::once_into_js(move || {
+        let _ = tx.try_send(false);
+    });
+    req.set_onsuccess(Some(ok.unchecked_ref()));
+    req.set_onblocked(Some(blocked.unchecked_ref()));
+    assert!(
+        rx.recv().await.unwrap(),
+        "the deletion was blocked by the open database"
+    );
+    parts
+        .create(&Part {
+            name: "nut".into(),
+            qty: 2,
+        })
+        .unwrap();
+    assert!(
+        db.flush().await.is_err(),
+        "a flush after the deletion succeeded"
+    );
+    assert!(db.flush_error().is_some());
+}
+
 /// Polls `ok` every few milliseconds for up to 5 s.
 async fn eventually(mut ok: impl FnMut() -> bool) -> bool {
     for _ in 0..1000 {

@@ -1611,6 +1611,11 @@ fn ron_text_is_read_with_the_schema() {
     let body: String = text.lines().skip(2).collect::<Vec<_>>().join("\n");
     let reordered = format!("Plain(\n{}\n{first}\n)", body.trim_end_matches(')'));
     assert_eq!(from_ron(&schema, &reordered).unwrap(), value, "{reordered}");
+    // f32's extremes and infinities are values, not mistakes.
+    for x in ["3.4028235e38", "-3.4028235e38", "inf", "-inf", "1e-45"] {
+        let t = text.replacen("a_f32: 1.5", &format!("a_f32: {x}"), 1);
+        assert!(from_ron(&schema, &t).is_ok(), "{x}");
+    }
     for (bad, path, says) in plain_mistakes(&text) {
         let e = err(&bad);
         assert_eq!(e.path, path, "{bad}\n{e}");
@@ -1632,6 +1637,14 @@ fn plain_mistakes(text: &str) -> Vec<(String, &'static str, &'static str)> {
         .collect::<Vec<_>>()
         .join("\n");
     vec![
+        // (A finite f32 past its range is refused, not made infinite: a red team found
+        // `1e39` stored as inf.)
+        (edit("a_f32: 1.5", "a_f32: 1e39"), "a_f32", "does not fit"),
+        (
+            edit("a_f32: 1.5", "a_f32: -3.5e38"),
+            "a_f32",
+            "does not fit",
+        ),
         (edit("a_i8: -1", "a_i8: 300"), "a_i8", "does not fit"),
         (edit("a_i8: -1", "a_i8: -129"), "a_i8", "does not fit"),
         (

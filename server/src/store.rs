@@ -69,6 +69,14 @@ const ENTRIES: TableDefinition<u32, u64> = TableDefinition::new("entries");
 /// [`EntryOutcome`]), so a retry after a lost answer hears the same answer (with the
 /// sequence number, or the refusal); dropped once the client sends later entries only.
 const OUTCOMES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("outcomes");
+/// (holder number, entry number) -> digest of the entry's changes ([`entry_digest`]), kept
+/// beside its outcome: a retry must carry the same changes, or it comes from another copy
+/// of the client's file, which numbered other changes the same.
+const DIGESTS: TableDefinition<(u32, u64), u32> = TableDefinition::new("entry_digests");
+/// Holder number -> the first entry number the client still sent: it settled every
+/// entry before it, and never sends one of them again (a copy of its file, or an older
+/// backup of it, would).
+const SETTLED: TableDefinition<u32, u64> = TableDefinition::new("settled");
 
 /// Position -> (history id, base): the lineage of this server's history, oldest first. A
 /// history is the sequence of changes one line of this database has logged; restoring a
@@ -82,7 +90,7 @@ const HISTORY: TableDefinition<u64, (u64, u64)> = TableDefinition::new("history"
 const LOST_IDS: TableDefinition<u64, u64> = TableDefinition::new("lost_ids");
 
 /// The names of every table of `server.redb`, in the order [`Store::backup`] copies them.
-pub const TABLES: [&str; 15] = [
+pub const TABLES: [&str; 17] = [
     "tokens",
     "token_names",
     "holders",
@@ -96,6 +104,8 @@ pub const TABLES: [&str; 15] = [
     "ops",
     "entries",
     "outcomes",
+    "entry_digests",
+    "settled",
     "history",
     "lost_ids",
 ];
@@ -1148,8 +1158,16 @@ impl Store {
                 .map_or(0, |v| v.value());
             let mut seq = head_of(&txn.open_table(LOG)?)?;
             let mut answered = txn.open_table(OUTCOMES)?;
+            let mut digests = txn.open_table(DIGESTS)?;
+            let mut settled = txn.open_table(SETTLED)?;
+            let floor = settled.get(holder)?.map_or(0, |v| v.value());
             // The client settled every entry before `first`.
-            answered.retain_in((holder, 0)..(holder, first), |_, _| false)?;
+            if first > floor {
+                answered.retain_in((holder, 0)..(holder, first), |_, _| false)?;
+                digests.retain_in((holder, 0)..(holder, first), |_, _| false)?;
+                settled.insert(holder, first)?;
+            }
+            drop(settled);
             let mut entries = Vec::new();
             let mut created = Vec::new();
             let mut outcomes = Vec::with_capacity(limit + 1);
@@ -1158,9 +1176,19 @@ impl Store {
             for (i, changes) in batch.iter().take(limit).enumerate() {
                 let n = first.saturating_add(i as u64);
                 if n <= last {
-                    outcomes.push(match answered.get((holder, n))? {
-                        Some(o) => decode_outcome(o.value())?,
-                        None => EntryOutcome::Duplicate,
+                    // Entries the client settled, or that it numbered other than the entry
+                    // answered under that number: another copy of its file sent those.
+                    let copied = n < floor
+                        || digests
+                            .get((holder, n))?
+                            .is_some_and(|d| d.value() != entry_digest(changes));
+                    outcomes.push(if copied {
+                        EntryOutcome::Rejected(RemoteError::Invalid(copied_entry(n)))
+                    } else {
+                        match answered.get((holder, n))? {
+                            Some(o) => decode_outcome(o.value())?,
+                            None => EntryOutcome::Duplicate,
+                        }
                     });
                     continue;
                 }
@@ -1177,6 +1205,7 @@ impl Store {
                     Ok(()) => {
                         let outcome = EntryOutcome::Applied { seq };
                         answered.insert((holder, n), encode_outcome(&outcome)?.as_slice())?;
+                        digests.insert((holder, n), entry_digest(changes))?;
                         outcomes.push(outcome);
                         processed = n;
                     }
@@ -1189,7 +1218,7 @@ impl Store {
             if let Some((i, e)) = failed {
                 // The refused entry may have written part of its changes: start over
                 // without it (`limit` shrinks every round, so this ends).
-                drop(answered);
+                drop((answered, digests));
                 txn.abort()?;
                 limit = i;
                 refusal = Some(e);
@@ -1204,6 +1233,9 @@ impl Store {
                     let outcome = EntryOutcome::Rejected(e);
                     if !conflict {
                         answered.insert((holder, n), encode_outcome(&outcome)?.as_slice())?;
+                        if let Some(changes) = batch.get(limit) {
+                            digests.insert((holder, n), entry_digest(changes))?;
+                        }
                         processed = n;
                     }
                     outcomes.push(outcome);
@@ -1224,12 +1256,65 @@ impl Store {
                     });
                 }
             }
-            drop(answered);
+            drop((answered, digests));
             txn.open_table(ENTRIES)?.insert(holder, processed)?;
             txn.commit()?;
             return Ok((outcomes, entries));
         }
     }
+}
+
+/// A digest of an outbox entry's changes, the same for every send of the entry: the base
+/// of an optimistic edit is left out (a replica moves it back after a server restore, and
+/// sends the entry again under its number).
+fn entry_digest(changes: &[Change]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for c in changes {
+        h.update(c.tree.as_bytes());
+        h.update(&[0]);
+        h.update(&c.id.to_le_bytes());
+        h.update(&c.rev.to_le_bytes());
+        match &c.kind {
+            ChangeKind::Edit {
+                hlc, version, data, ..
+            } => {
+                h.update(&[1]);
+                h.update(&hlc.to_le_bytes());
+                h.update(&version.to_le_bytes());
+                h.update(&(data.len() as u64).to_le_bytes());
+                h.update(data);
+            }
+            ChangeKind::Put { version, data } => {
+                h.update(&[2]);
+                h.update(&version.to_le_bytes());
+                h.update(&(data.len() as u64).to_le_bytes());
+                h.update(data);
+            }
+            ChangeKind::Remove => h.update(&[3]),
+            ChangeKind::Release => h.update(&[4]),
+            ChangeKind::SetState(s) => {
+                h.update(&[5]);
+                h.update(&s.to_le_bytes());
+            }
+            ChangeKind::Borrow { holder } => {
+                h.update(&[6]);
+                h.update(&holder.to_le_bytes());
+            }
+        }
+    }
+    h.finalize()
+}
+
+/// Why entry `n` of a client is refused: another copy of its file sent an entry under
+/// that number.
+fn copied_entry(n: u64) -> String {
+    format!(
+        "outbox entry {n} of this replica is not the one the server received under that \
+         number: another copy of this replica's file (or a newer state of it, if this one was \
+         restored from a backup) sent its own changes with the same numbers. This change is \
+         refused and undone here; use one file per replica (a viewer or a second process \
+         needs a new file of its own, never a copy)"
+    )
 }
 
 fn encode_outcome(o: &EntryOutcome) -> Result<Vec<u8>, ServerError> {
@@ -1899,6 +1984,8 @@ fn copy_tables(read: &redb::ReadTransaction, copy: &redb::Database) -> Result<()
     table(read, &write, OPS)?;
     table(read, &write, ENTRIES)?;
     table(read, &write, OUTCOMES)?;
+    table(read, &write, DIGESTS)?;
+    table(read, &write, SETTLED)?;
     table(read, &write, HISTORY)?;
     table(read, &write, LOST_IDS)?;
     // The copy's first open starts a new history: restoring it (once or many times) never

@@ -958,8 +958,27 @@ async fn open_idb(name: &str) -> Result<IdbDatabase> {
     let db = request(&req, "opening").await?;
     req.set_onupgradeneeded(None);
     drop(on_upgrade);
-    db.dyn_into::<IdbDatabase>()
-        .map_err(|e| browser_error("opening", &e))
+    let db = db
+        .dyn_into::<IdbDatabase>()
+        .map_err(|e| browser_error("opening", &e))?;
+    // Something outside rekord deletes or upgrades the database (the site's data cleared,
+    // another script): this connection closes instead of blocking it. Flushes then fail
+    // with IndexedDB's error (`Db::flush_error`, `Db::flush`), never silently.
+    let on_change = Closure::<dyn FnMut(web_sys::Event)>::new({
+        let db = db.clone();
+        move |_: web_sys::Event| {
+            tracing::warn!(
+                "rekord: IndexedDB database {} is being deleted or upgraded elsewhere; this tab \
+                 stops storing it",
+                db.name()
+            );
+            db.close();
+        }
+    });
+    db.set_onversionchange(Some(on_change.as_ref().unchecked_ref()));
+    // Lives as long as the connection (a handler per open).
+    on_change.forget();
+    Ok(db)
 }
 
 /// Blocks read from IndexedDB per request while loading (16 MiB): the stored image never
@@ -1125,6 +1144,8 @@ async fn import(name: &str, bytes: Vec<u8>) -> Result<()> {
 
 async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
     let shown = format!("indexeddb:{name}");
+    // Held while importing: no tab opens (and creates) the database meanwhile.
+    let _lock = WebLock::take(name).await?;
     let image = Image::from_bytes(&bytes).map_err(|e| Error::Browser {
         operation: "importing",
         message: format!("the image does not fit in memory: {e}"),
@@ -1178,6 +1199,9 @@ async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
 /// [`Error::Locked`] while it is open in this page.
 pub(crate) async fn delete(name: &str) -> Result<()> {
     wait_closed(name).await?;
+    // Held while deleting: refused while another tab has the database open (its leader
+    // holds the lock), and no tab opens it meanwhile.
+    let _lock = WebLock::take(name).await?;
     let req = factory()?
         .delete_database(&idb_name(name))
         .map_err(|e| browser_error("deleting", &e))?;
@@ -1310,8 +1334,8 @@ impl crate::Db {
     }
 
     /// Deletes the database `name` from this origin's IndexedDB. [`Error::Locked`] while it
-    /// is open in this page; a database dropped a moment ago is first left to store its
-    /// last commits.
+    /// is open in this page or another tab; a database dropped a moment ago is first left
+    /// to store its last commits.
     pub async fn delete_browser(name: &str) -> Result<()> {
         delete(name).await
     }

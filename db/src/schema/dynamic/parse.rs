@@ -202,7 +202,8 @@ impl<'de> DeserializeSeed<'de> for Seed<'_> {
             | Type::I32
             | Type::I64
             | Type::I128 => d.deserialize_any(Scalar(self)),
-            Type::F32 => d.deserialize_f32(Scalar(self)),
+            // Read wide: an f32 literal out of its range must be refused, not become inf.
+            Type::F32 => d.deserialize_f64(Scalar(self)),
             Type::F64 => d.deserialize_f64(Scalar(self)),
             Type::Char => d.deserialize_char(Scalar(self)),
             Type::String | Type::Uuid => d.deserialize_string(Scalar(self)),
@@ -327,7 +328,11 @@ impl<'de> Visitor<'de> for Scalar<'_> {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         match self.0.ty {
-            // (Narrowing to f32 is what writing the literal in Rust does.)
+            // (Narrowing to f32 is what writing the literal in Rust does; a finite number
+            // past f32's range is refused rather than made infinite.)
+            Type::F32 if v.is_finite() && (v as f32).is_infinite() => Err(self
+                .0
+                .error(format!("{v} does not fit in {}", expected(&Type::F32)))),
             Type::F32 => Ok(Value::F32(v as f32)),
             Type::F64 => Ok(Value::F64(v)),
             t => Err(self
