@@ -546,6 +546,22 @@ impl WebLock {
         WebLock::request(name, true).await
     }
 
+    /// [`WebLock::take`], tried again for a moment while it is held: a lock released in
+    /// this page (a database just dropped, an import just done) is free only once the
+    /// browser has seen its promise settle.
+    async fn take_soon(name: &str) -> Result<Option<WebLock>> {
+        let mut tries = 0;
+        loop {
+            match WebLock::take(name).await {
+                Err(Error::Locked { .. }) if tries < 25 => {
+                    tries += 1;
+                    sleep(8.0).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Waits for the lock `rekord:<name>` (in line behind every tab that asked before).
     /// `None` where the browser has no Web Locks: then it never comes.
     pub(crate) async fn wait(name: &str) -> Result<Option<WebLock>> {
@@ -1145,7 +1161,7 @@ async fn import(name: &str, bytes: Vec<u8>) -> Result<()> {
 async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
     let shown = format!("indexeddb:{name}");
     // Held while importing: no tab opens (and creates) the database meanwhile.
-    let _lock = WebLock::take(name).await?;
+    let _lock = WebLock::take_soon(name).await?;
     let image = Image::from_bytes(&bytes).map_err(|e| Error::Browser {
         operation: "importing",
         message: format!("the image does not fit in memory: {e}"),
@@ -1201,7 +1217,7 @@ pub(crate) async fn delete(name: &str) -> Result<()> {
     wait_closed(name).await?;
     // Held while deleting: refused while another tab has the database open (its leader
     // holds the lock), and no tab opens it meanwhile.
-    let _lock = WebLock::take(name).await?;
+    let _lock = WebLock::take_soon(name).await?;
     let req = factory()?
         .delete_database(&idb_name(name))
         .map_err(|e| browser_error("deleting", &e))?;
