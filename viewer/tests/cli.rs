@@ -430,15 +430,25 @@ impl Served {
         }
     }
 
-    /// An application's synced replica.
+    /// An application's synced replica (file `app.rekord`), with its first record (a
+    /// bolt, which also brings the tree's schema to the server) pushed.
     fn app(&self) -> Db {
+        let limit = std::time::Duration::from_secs(20);
         let app = Db::open_synced(
             self.dir.path().join("app.rekord"),
             rekord::SyncConfig::new(self.addr.parse().unwrap(), "rekord", self.token.as_str()),
         )
         .unwrap();
-        app.wait_caught_up(std::time::Duration::from_secs(20))
+        app.wait_caught_up(limit).unwrap();
+        app.tree::<Part>()
+            .unwrap()
+            .create(&Part {
+                name: "bolt".into(),
+                qty: 3,
+                unit: Unit::Piece,
+            })
             .unwrap();
+        app.wait_pushed(limit).unwrap();
         app
     }
 
@@ -468,14 +478,6 @@ fn a_server_replica_lists_and_follows() {
     let limit = std::time::Duration::from_secs(20);
     let app = served.app();
     let parts = app.tree::<Part>().unwrap();
-    parts
-        .create(&Part {
-            name: "bolt".into(),
-            qty: 3,
-            unit: Unit::Piece,
-        })
-        .unwrap();
-    app.wait_pushed(limit).unwrap();
 
     let viewer = |args: &[&str]| {
         Command::new(BIN)
@@ -589,15 +591,6 @@ fn the_viewer_on_a_server_leaves_no_borrow_behind() {
     let limit = std::time::Duration::from_secs(20);
     let app = served.app();
     let parts = app.tree::<Part>().unwrap();
-    // The application's first record brings the tree's schema to the server.
-    parts
-        .create(&Part {
-            name: "bolt".into(),
-            qty: 3,
-            unit: Unit::Piece,
-        })
-        .unwrap();
-    app.wait_pushed(limit).unwrap();
     let token = served.token.clone();
     let succeeds = |out: &Output| {
         assert!(
@@ -715,17 +708,7 @@ fn the_viewer_on_a_server_leaves_no_borrow_behind() {
 #[test]
 fn write_on_a_replica_file_changes_no_byte() {
     let served = Served::start();
-    let app = served.app();
-    app.tree::<Part>()
-        .unwrap()
-        .create(&Part {
-            name: "bolt".into(),
-            qty: 3,
-            unit: Unit::Piece,
-        })
-        .unwrap();
-    app.wait_pushed(std::time::Duration::from_secs(20)).unwrap();
-    drop(app);
+    drop(served.app());
     let path = served.dir.path().join("app.rekord");
     let before = std::fs::read(&path).unwrap();
     for args in [
