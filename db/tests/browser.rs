@@ -14,6 +14,10 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
+#[path = "common/browser.rs"]
+mod web;
+use web::*;
+
 #[rekord::record(tree = "parts")]
 #[derive(Debug, Clone, PartialEq)]
 struct Part {
@@ -37,11 +41,6 @@ mod v2 {
         #[record(default)]
         pub color: Option<String>,
     }
-}
-
-/// A database name no other test (or earlier run in the same profile) uses.
-fn fresh(prefix: &str) -> String {
-    format!("{prefix}-{}", js_sys::Math::random().to_bits())
 }
 
 #[wasm_bindgen_test]
@@ -216,17 +215,6 @@ async fn a_database_deleted_from_outside_fails_its_flushes() {
     assert!(db.flush_error().is_some());
 }
 
-/// Polls `ok` every few milliseconds for up to 5 s.
-async fn eventually(mut ok: impl FnMut() -> bool) -> bool {
-    for _ in 0..1000 {
-        if ok() {
-            return true;
-        }
-        sleep(5).await;
-    }
-    ok()
-}
-
 fn qtys(db: &Db) -> Vec<(u64, u32)> {
     let t = db.tree::<Part>().unwrap();
     let mut v: Vec<(u64, u32)> = t
@@ -263,7 +251,7 @@ async fn two_opens_share_the_database_and_see_each_others_commits() {
     let events = b.subscribe();
     ta.update(x, |p| p.qty = 2).unwrap();
     assert!(
-        eventually(|| tb.get(x).unwrap().qty == 2).await,
+        eventually(5000, || tb.get(x).unwrap().qty == 2).await,
         "the leader's commit reaches the follower"
     );
     let mut saw = false;
@@ -291,7 +279,10 @@ async fn two_opens_share_the_database_and_see_each_others_commits() {
     }
     tb.update(x, |p| p.qty = 3).unwrap();
     b.flush().await.unwrap();
-    assert!(eventually(|| qtys(&a) == qtys(&b)).await, "both converge");
+    assert!(
+        eventually(5000, || qtys(&a) == qtys(&b)).await,
+        "both converge"
+    );
     assert_eq!(qtys(&a).len(), 101, "no id was used twice");
     assert_eq!(
         ta.get(x).unwrap().qty,
@@ -344,12 +335,12 @@ async fn the_follower_takes_over_when_the_leader_closes() {
             qty: 2,
         })
         .unwrap();
-    assert!(eventually(|| qtys(&a).len() == 2 && qtys(&b).len() == 2).await);
+    assert!(eventually(5000, || qtys(&a).len() == 2 && qtys(&b).len() == 2).await);
     drop(ta);
     drop(a);
     // B now leads: its writes are stored by its own flushes.
     assert!(
-        eventually(|| b.browser_stats().is_some_and(|s| s.flushes > 0)).await,
+        eventually(5000, || b.browser_stats().is_some_and(|s| s.flushes > 0)).await,
         "B stored the database"
     );
     tb.update(y, |p| p.qty = 20).unwrap();
@@ -366,7 +357,7 @@ async fn the_follower_takes_over_when_the_leader_closes() {
         .unwrap();
     c.flush().await.unwrap();
     assert!(
-        eventually(|| tb.get(z).is_ok()).await,
+        eventually(5000, || tb.get(z).is_ok()).await,
         "C's write reached B"
     );
     drop((tb, tc));
@@ -490,66 +481,6 @@ async fn stored_generation(name: &str) -> u64 {
         None => 0,
         Some(b) => u64::from_le_bytes(b[8..16].try_into().unwrap()),
     }
-}
-
-async fn idb(name: &str) -> web_sys::IdbDatabase {
-    let f: web_sys::IdbFactory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into())
-        .unwrap()
-        .unchecked_into();
-    let req = f.open(&format!("rekord:{name}")).unwrap();
-    let v = wait(req.unchecked_ref()).await;
-    v.unchecked_into()
-}
-
-async fn wait(req: &web_sys::IdbRequest) -> wasm_bindgen::JsValue {
-    let p = js_sys::Promise::new(&mut |resolve, reject| {
-        let r = req.clone();
-        let ok = wasm_bindgen::closure::Closure::once_into_js(move |_: web_sys::Event| {
-            resolve
-                .call1(&wasm_bindgen::JsValue::NULL, &r.result().unwrap())
-                .unwrap();
-        });
-        let err = wasm_bindgen::closure::Closure::once_into_js(move |_: web_sys::Event| {
-            reject.call0(&wasm_bindgen::JsValue::NULL).unwrap();
-        });
-        req.set_onsuccess(Some(ok.unchecked_ref()));
-        req.set_onerror(Some(err.unchecked_ref()));
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap()
-}
-
-async fn raw_get(name: &str, store: &str, key: &wasm_bindgen::JsValue) -> Option<Vec<u8>> {
-    let db = idb(name).await;
-    let t = db.transaction_with_str(store).unwrap();
-    let v = wait(&t.object_store(store).unwrap().get(key).unwrap()).await;
-    db.close();
-    (!v.is_undefined()).then(|| js_sys::Uint8Array::new(&v).to_vec())
-}
-
-async fn raw_put(name: &str, store: &str, key: &wasm_bindgen::JsValue, bytes: &[u8]) {
-    let db = idb(name).await;
-    let t = db
-        .transaction_with_str_and_mode(store, web_sys::IdbTransactionMode::Readwrite)
-        .unwrap();
-    let v = js_sys::Uint8Array::from(bytes);
-    wait(
-        &t.object_store(store)
-            .unwrap()
-            .put_with_key(&v, key)
-            .unwrap(),
-    )
-    .await;
-    db.close();
-}
-
-async fn sleep(ms: i32) {
-    let p = js_sys::Promise::new(&mut |resolve, _| {
-        web_sys::window()
-            .unwrap()
-            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
-            .unwrap();
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
 }
 
 #[wasm_bindgen_test]

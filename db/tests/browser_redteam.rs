@@ -17,6 +17,10 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
+#[path = "common/browser.rs"]
+mod web;
+use web::*;
+
 #[rekord::record(tree = "parts")]
 #[derive(Debug, Clone, PartialEq)]
 struct Part {
@@ -24,74 +28,11 @@ struct Part {
     qty: u32,
 }
 
-fn fresh(prefix: &str) -> String {
-    format!("rt-{prefix}-{}", js_sys::Math::random().to_bits())
-}
-
 fn part(name: &str, qty: u32) -> Part {
     Part {
         name: name.into(),
         qty,
     }
-}
-
-async fn sleep(ms: i32) {
-    let p = js_sys::Promise::new(&mut |resolve, _| {
-        web_sys::window()
-            .unwrap()
-            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
-            .unwrap();
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
-}
-
-async fn idb(name: &str) -> web_sys::IdbDatabase {
-    let f: web_sys::IdbFactory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into())
-        .unwrap()
-        .unchecked_into();
-    let req = f.open(&format!("rekord:{name}")).unwrap();
-    wait(req.unchecked_ref()).await.unchecked_into()
-}
-
-async fn wait(req: &web_sys::IdbRequest) -> JsValue {
-    let p = js_sys::Promise::new(&mut |resolve, reject| {
-        let r = req.clone();
-        let ok = wasm_bindgen::closure::Closure::once_into_js(move |_: web_sys::Event| {
-            resolve.call1(&JsValue::NULL, &r.result().unwrap()).unwrap();
-        });
-        let err = wasm_bindgen::closure::Closure::once_into_js(move |_: web_sys::Event| {
-            reject.call0(&JsValue::NULL).unwrap();
-        });
-        req.set_onsuccess(Some(ok.unchecked_ref()));
-        req.set_onerror(Some(err.unchecked_ref()));
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap()
-}
-
-async fn raw_get(name: &str, store: &str, key: &JsValue) -> Option<Vec<u8>> {
-    let db = idb(name).await;
-    let t = db.transaction_with_str(store).unwrap();
-    let v = wait(&t.object_store(store).unwrap().get(key).unwrap()).await;
-    db.close();
-    (!v.is_undefined()).then(|| js_sys::Uint8Array::new(&v).to_vec())
-}
-
-async fn raw_put_value(name: &str, store: &str, key: &JsValue, v: &JsValue) {
-    let db = idb(name).await;
-    let t = db
-        .transaction_with_str_and_mode(store, web_sys::IdbTransactionMode::Readwrite)
-        .unwrap();
-    wait(&t.object_store(store).unwrap().put_with_key(v, key).unwrap()).await;
-    db.close();
-}
-
-async fn raw_delete(name: &str, store: &str, key: &JsValue) {
-    let db = idb(name).await;
-    let t = db
-        .transaction_with_str_and_mode(store, web_sys::IdbTransactionMode::Readwrite)
-        .unwrap();
-    wait(&t.object_store(store).unwrap().delete(key).unwrap()).await;
-    db.close();
 }
 
 /// Waits until a dropped database's flusher has closed (an open and drop wait for it).

@@ -13,16 +13,17 @@
 )]
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 
 use rekord::{BrowserOptions, Db, DbOptions, Error, EventKind, FlushPolicy};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
+
+#[path = "common/browser.rs"]
+mod web;
+use web::*;
 
 #[rekord::record(tree = "parts")]
 #[derive(Debug, Clone, PartialEq)]
@@ -46,46 +47,6 @@ mod other_build {
 #[derive(Debug, Clone, PartialEq)]
 struct Blob {
     data: Vec<u8>,
-}
-
-fn fresh(prefix: &str) -> String {
-    format!("{prefix}-{}", js_sys::Math::random().to_bits())
-}
-
-async fn sleep(ms: i32) {
-    let p = js_sys::Promise::new(&mut |resolve, _| {
-        web_sys::window()
-            .unwrap()
-            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms)
-            .unwrap();
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
-}
-
-/// `Some(output)` if `f` finishes within `ms`.
-async fn timeout<F: Future>(ms: i32, f: F) -> Option<F::Output> {
-    let mut f = pin!(f);
-    let mut t = pin!(sleep(ms));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = f.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        if t.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-async fn eventually(ms: i32, mut ok: impl FnMut() -> bool) -> bool {
-    for _ in 0..ms / 5 {
-        if ok() {
-            return true;
-        }
-        sleep(5).await;
-    }
-    ok()
 }
 
 fn qtys(db: &Db) -> Vec<(u64, u32)> {

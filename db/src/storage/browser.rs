@@ -288,19 +288,13 @@ fn open_follower(
     let image = Arc::new(Mutex::new(joined.image));
     let (kick, kicks) = async_channel::unbounded();
     let on_commit = kick.clone();
-    let backend = BlockBackend::new(
-        image.clone(),
-        Some(Box::new(move |staged| {
-            // Nothing is staged until this tab leads.
-            if staged > 0 {
-                let _ = on_commit.try_send(Kick::Commit(staged));
-            }
-        })),
-    );
-    let opened = redb::Database::builder()
-        .set_cache_size(REDB_CACHE)
-        .create_with_backend(backend)
-        .map_err(|source| Error::opening(&format!("indexeddb:{name}"), source))
+    let on_commit: blocks::OnCommit = Box::new(move |staged| {
+        // Nothing is staged until this tab leads (the flusher is not reading yet).
+        if staged > 0 {
+            let _ = on_commit.try_send(Kick::Commit(staged));
+        }
+    });
+    let opened = redb_over(name, &image, Some(on_commit))
         .and_then(|redb| tabs::use_range(&redb, joined.range).map(|()| redb));
     let redb = match opened {
         Ok(redb) => redb,
@@ -475,24 +469,17 @@ async fn open_inner(
     let (kick, kicks) = async_channel::unbounded();
     let handle_name = name.to_owned();
     let on_commit = kick.clone();
-    let backend = BlockBackend::new(
-        image.clone(),
-        Some(Box::new(move |staged| {
-            // Unbounded: never full; closed only once the flusher is gone, when nothing
-            // commits any more.
-            let _ = on_commit.try_send(Kick::Commit(staged));
-        })),
-    );
-    // The image is in memory already: redb's own cache of it only needs to hold the pages
-    // a transaction works on, not a second copy of the database.
-    let redb = match redb::Database::builder()
-        .set_cache_size(REDB_CACHE)
-        .create_with_backend(backend)
-    {
+    let on_commit: blocks::OnCommit = Box::new(move |staged| {
+        // Unbounded: never full; closed only once the flusher is gone, when nothing
+        // commits any more. (Told even of a commit that leaves no block dirty: one that
+        // only shrank the image has stored blocks to delete.)
+        let _ = on_commit.try_send(Kick::Commit(staged));
+    });
+    let redb = match redb_over(name, &image, Some(on_commit)) {
         Ok(redb) => redb,
-        Err(source) => {
+        Err(e) => {
             idb.close();
-            return Err(Error::opening(&format!("indexeddb:{name}"), source));
+            return Err(e);
         }
     };
     let tab = match tabs::stored_top(&redb).and_then(|top| tabs::lead(name, top)) {
@@ -532,6 +519,20 @@ async fn open_inner(
             tab: Some(tab),
         },
     ))
+}
+
+/// redb over `image`, `on_commit` told of every commit.
+fn redb_over(
+    name: &str,
+    image: &Arc<Mutex<Image>>,
+    on_commit: Option<blocks::OnCommit>,
+) -> Result<redb::Database> {
+    // The image is in memory already: redb's own cache of it only needs to hold the pages
+    // a transaction works on, not a second copy of the database.
+    redb::Database::builder()
+        .set_cache_size(REDB_CACHE)
+        .create_with_backend(BlockBackend::new(image.clone(), on_commit))
+        .map_err(|source| Error::opening(&format!("indexeddb:{name}"), source))
 }
 
 /// An exclusive Web Lock (`navigator.locks`) on a database name, held until dropped.
@@ -1170,10 +1171,7 @@ async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
     let image = Arc::new(Mutex::new(image));
     {
         // Checked as an open would check it; dropping it closes redb cleanly.
-        let redb = redb::Database::builder()
-            .set_cache_size(REDB_CACHE)
-            .create_with_backend(BlockBackend::new(image.clone(), None))
-            .map_err(|source| Error::opening(&shown, source))?;
+        let redb = redb_over(name, &image, None)?;
         drop(crate::Db::init(
             redb,
             crate::DbOptions::default(),
