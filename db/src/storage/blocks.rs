@@ -688,7 +688,10 @@ impl Loading {
         let count = self.image.blocks.len();
         for block in blocks {
             let (n, stored) = block?;
-            let Some(out) = self.image.blocks.get_mut(n as usize) else {
+            // (A number past usize, on wasm32, is past the end too: never truncated.)
+            let index = usize::try_from(n).ok().filter(|i| *i < count);
+            let Some((i, out)) = index.and_then(|i| Some((i, self.image.blocks.get_mut(i)?)))
+            else {
                 return Err(LoadError::Mixed(format!(
                     "block {n} lies past the end of the image ({count} blocks)"
                 )));
@@ -700,7 +703,9 @@ impl Loading {
                     marker.generation
                 )));
             }
-            self.image.sums[n as usize] = sum;
+            if let Some(s) = self.image.sums.get_mut(i) {
+                *s = sum;
+            }
         }
         Ok(())
     }

@@ -168,6 +168,9 @@ pub(crate) struct Tab {
     /// The image beside the welcome addressed to this tab, as it arrived (read into this
     /// tab's memory once, by [`join`]).
     welcome_image: Rc<RefCell<Option<Uint8Array>>>,
+    /// Whether [`join`] took its welcome: a later one (the hello was said again to a new
+    /// leader, and both answered) keeps no copy of the database.
+    welcomed: Rc<std::cell::Cell<bool>>,
 }
 
 #[derive(Default)]
@@ -227,6 +230,8 @@ impl Tab {
         let id = random_id();
         let welcome_image = Rc::new(RefCell::new(None));
         let slot = welcome_image.clone();
+        let welcomed = Rc::new(std::cell::Cell::new(false));
+        let done = welcomed.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             // A message, or `[message, image]` (a welcome: the image is copied into this
             // tab's memory only by the tab it welcomes).
@@ -247,7 +252,7 @@ impl Tab {
                     applied,
                     ..
                 }) => {
-                    if to == id {
+                    if to == id && !done.get() {
                         *slot.borrow_mut() = image;
                     }
                     let _ = tx.try_send(Msg::Welcome {
@@ -282,6 +287,7 @@ impl Tab {
             db: RefCell::new(Weak::new()),
             takeover: RefCell::new(None),
             welcome_image,
+            welcomed,
         });
         TABS.with(|t| t.borrow_mut().insert(tab.id, tab.clone()));
         Ok(tab)
@@ -399,6 +405,7 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
                 s.followers = true;
                 drop(s);
                 let copy = tab.welcome_image.borrow_mut().take().unwrap_or_default();
+                tab.welcomed.set(true);
                 let image = Image::detached(u64::from(copy.length()), |at, out| {
                     copy.subarray(at as u32, at as u32 + out.len() as u32)
                         .copy_to(out)
