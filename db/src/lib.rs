@@ -18,6 +18,11 @@ pub mod storage;
 pub mod sync;
 mod tree;
 
+/// Entry points of the fuzz targets (`fuzz/`). Not a public API.
+#[cfg(all(feature = "fuzz", not(target_arch = "wasm32")))]
+#[doc(hidden)]
+pub mod fuzz;
+
 pub use db::{Db, DbOptions, LOCAL_REPLICA};
 pub use error::{Error, Result};
 pub use event::{Conflict, Event, EventKind, RecordEvent, Subscription, SyncEvent};

@@ -710,6 +710,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     let cursor = hello.cursor;
     let claimed = hello.replica;
     let lineage = hello.history.clone();
+    let last_entry = hello.last_entry;
     let checked = tokio::task::spawn_blocking(move || {
         let mut db_error = None;
         let mut name = String::new();
@@ -731,6 +732,14 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
         }
         match verdict {
             Ok(grant) => match store.connect_claiming(client, &name, claimed)? {
+                // A client sends only entries its file made: a higher number processed
+                // came from another copy of its file, and this one is older.
+                Some(holder) if store.last_entry(holder)? > last_entry => {
+                    Ok(Err(rekord::proto::Refusal::OlderCopy {
+                        server: store.last_entry(holder)?,
+                        client: last_entry,
+                    }))
+                }
                 Some(holder) => {
                     let history = store.history()?;
                     let common = store.common_with(&lineage)?;

@@ -1129,6 +1129,16 @@ impl Store {
         }
     }
 
+    /// The last outbox entry number of client `holder` this server processed (0: none).
+    pub fn last_entry(&self, holder: u32) -> Result<u64, ServerError> {
+        let txn = self.db.begin_read()?;
+        match txn.open_table(ENTRIES) {
+            Ok(t) => Ok(t.get(holder)?.map_or(0, |v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Applies consecutive outbox entries `first, first + 1, ...` of client `holder`, each
     /// all or nothing, in one durable transaction. The server remembers the last entry
     /// number processed per client, and the outcome of each entry the client has not

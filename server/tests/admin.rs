@@ -58,6 +58,7 @@ fn client(token: &str) -> ClientConfig {
         trees: vec![],
         replica: 0,
         history: Vec::new(),
+        last_entry: 0,
     }
 }
 

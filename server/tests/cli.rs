@@ -40,6 +40,7 @@ fn client(app: &str, token: &str) -> ClientConfig {
         trees: vec![],
         replica: 0,
         history: Vec::new(),
+        last_entry: 0,
     }
 }
 

@@ -54,6 +54,7 @@ fn hello(client: [u8; 16], token: &str) -> ClientConfig {
         trees: Vec::new(),
         replica: 0,
         history: Vec::new(),
+        last_entry: 0,
     }
 }
 

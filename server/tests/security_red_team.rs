@@ -31,6 +31,7 @@ fn hello(client: [u8; 16], token: &str, replica: u32) -> ClientConfig {
         trees: Vec::new(),
         replica,
         history: Vec::new(),
+        last_entry: 0,
     }
 }
 

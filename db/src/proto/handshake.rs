@@ -121,6 +121,9 @@ pub struct ClientConfig {
     pub replica: u32,
     /// The server lineage this client last synced with (see [`ClientHello::history`]).
     pub history: Vec<(u64, u64)>,
+    /// The highest outbox entry number the client's file made (see
+    /// [`ClientHello::last_entry`]).
+    pub last_entry: u64,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -134,6 +137,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("trees", &self.trees)
             .field("replica", &self.replica)
             .field("history", &self.history)
+            .field("last_entry", &self.last_entry)
             .finish()
     }
 }
@@ -150,6 +154,7 @@ pub fn client_hello(cfg: &ClientConfig) -> Frame {
         trees: cfg.trees.clone(),
         replica: cfg.replica,
         history: cfg.history.clone(),
+        last_entry: cfg.last_entry,
     })
 }
 

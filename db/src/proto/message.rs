@@ -60,6 +60,11 @@ pub struct ClientHello {
     /// it (empty: none yet); the server answers where it parts from its own
     /// ([`ServerHello::common`]).
     pub history: Vec<(u64, u64)>,
+    /// The highest outbox entry number this client's file has made (0: none). A client
+    /// sends only entries it made, so a server that processed a higher number for this
+    /// client got it from another copy of the client's file: this one is older
+    /// ([`Refusal::OlderCopy`]).
+    pub last_entry: u64,
 }
 
 impl std::fmt::Debug for ClientHello {
@@ -74,6 +79,7 @@ impl std::fmt::Debug for ClientHello {
             .field("trees", &self.trees)
             .field("replica", &self.replica)
             .field("history", &self.history)
+            .field("last_entry", &self.last_entry)
             .finish()
     }
 }
@@ -135,6 +141,17 @@ pub enum Refusal {
     /// token: a replica is bound to the token (by name) it first connected with, so a
     /// client cannot become another by copying its identity.
     ReplicaOfAnotherToken,
+    /// The server processed outbox entries of this client up to `server`, and the client's
+    /// file made only up to `client`: it is an older copy of the replica's file (restored
+    /// from a backup, or copied while the replica went on). Its changes would be numbered
+    /// like the other copy's and taken for them, and it would never see the other copy's
+    /// changes (a replica skips its own): refused.
+    OlderCopy {
+        /// The last entry number the server processed for this client.
+        server: u64,
+        /// The last entry number the client's file made.
+        client: u64,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -160,6 +177,14 @@ impl std::fmt::Display for Refusal {
                 "this replica's identity belongs to a replica that connects with another token; \
                  connect with the token this replica first used (its name is what counts: a \
                  token re-issued under that name works), or open a new replica file"
+            ),
+            Refusal::OlderCopy { server, client } => write!(
+                f,
+                "this replica's file is an older copy of it: the server has its changes up to \
+                 outbox entry {server}, this file made only {client} (it was restored from a \
+                 backup, or copied while the replica went on elsewhere). Syncing it would mix \
+                 the two copies' changes: use the newer file, or start a new replica file \
+                 (take this one's data along with rekord-viewer export and import)"
             ),
         }
     }

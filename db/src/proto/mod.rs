@@ -26,7 +26,7 @@ pub use message::*;
 /// with. Version 3: server histories (restores are noticed: [`ServerHello::history`],
 /// [`Request::Reclaim`], [`ClientHello::replica`]), the token's read rights in the hello,
 /// and returns as numbered outbox entries.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame accepted (16 MiB); larger lengths are refused before any allocation.
 pub const MAX_FRAME: u32 = 16 << 20;

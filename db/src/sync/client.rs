@@ -734,7 +734,7 @@ impl Client {
 
     async fn connect(&mut self) -> std::result::Result<Session, End> {
         let db = self.db()?;
-        let (cursor, pin, history) = {
+        let (cursor, pin, history, last_entry) = {
             let txn = db.inner.redb.begin_read().map_err(Error::from)?;
             let meta = txn.open_table(META).map_err(Error::from)?;
             let history = restore::stored_history(&meta)?;
@@ -750,7 +750,8 @@ impl Client {
                     cert: String::from_utf8(cert.to_vec()).ok()?,
                 })
             });
-            (cursor, pin, history)
+            let last_entry = outbox::last_made(&meta)?;
+            (cursor, pin, history, last_entry)
         };
         drop(db);
         self.cursor = cursor;
@@ -767,6 +768,7 @@ impl Client {
                 if r == UNKNOWN_REPLICA { 0 } else { r }
             },
             history,
+            last_entry,
         };
         self.backfill(&hello, pin.as_ref()).await?;
         let session = net::connect_timeout(

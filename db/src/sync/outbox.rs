@@ -56,6 +56,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(u64, Entry)> {
     Ok((u64::from_le_bytes(*at), entry))
 }
 
+/// The highest entry number this file has made (0: none).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn last_made(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64> {
+    Ok(meta
+        .get(NEXT_ENTRY)?
+        .and_then(|v| crate::db::read_u64(v.value()))
+        .map_or(0, |next| next.saturating_sub(1)))
+}
+
 /// Takes every entry out of the outbox, in order (their bytes), to be put back after
 /// entries that must go first ([`append`]).
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]

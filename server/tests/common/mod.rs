@@ -80,6 +80,7 @@ pub fn client(token: &str) -> ClientConfig {
         trees: vec![],
         replica: 0,
         history: Vec::new(),
+        last_entry: 0,
     }
 }
 

@@ -1,0 +1,4 @@
+//! libFuzzer target `frame` (see `rekord_fuzz` and `fuzz/run.sh`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: (), |data: &[u8]| rekord_fuzz::frame(data));

@@ -1,0 +1,4 @@
+//! libFuzzer target `stored_log` (see `rekord_fuzz` and `fuzz/run.sh`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: (), |data: &[u8]| rekord_fuzz::stored_log(data));
