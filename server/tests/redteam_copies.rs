@@ -315,7 +315,7 @@ fn writer_process() {
     loop {
         i += 1;
         let _ = parts.replace(pk, &part("w", i));
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let _ = notes.replace(
                 nk,
                 &Note {
@@ -323,7 +323,7 @@ fn writer_process() {
                 },
             );
         }
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             // A write-through-ish pace now and then: wait for the server.
             let _ = db.wait_pushed(Duration::from_millis(300));
         } else {
@@ -449,9 +449,9 @@ fn kill_run(restores: bool) {
         }
         assert!(ready, "round {round}: the writer never started");
         std::thread::sleep(Duration::from_millis(50 + rng.next() % 700));
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             // The server dies too (before or after the writer).
-            let first = rng.next() % 2 == 0;
+            let first = rng.next().is_multiple_of(2);
             if first {
                 child.kill().unwrap();
             }
@@ -462,12 +462,12 @@ fn kill_run(restores: bool) {
             if !first {
                 child.kill().unwrap();
             }
-        } else if restores && rng.next() % 2 == 0 {
+        } else if restores && rng.next().is_multiple_of(2) {
             let out = tmp.path().join(format!("backup{round}.redb"));
             process::backup(&data, &out);
             backups.push(out);
             std::thread::sleep(Duration::from_millis(rng.next() % 400));
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 child.kill().unwrap();
             }
             let from = backups[(rng.next() % backups.len() as u64) as usize].clone();
