@@ -57,6 +57,7 @@ async fn rekord_cases(n: usize) -> Samples {
         trees: vec![],
         replica: 0,
         history: Vec::new(),
+        last_entry: 0,
     };
     let mut a = rekord::net::connect(addr, &cfg(1), None).await.unwrap();
     let schema = rekord::Schema::of::<Item>().to_ron().unwrap();

@@ -198,6 +198,7 @@ fn bulk(rt: &tokio::runtime::Runtime, n: usize) -> (f64, usize) {
             trees: vec![],
             replica: 0,
             history: Vec::new(),
+            last_entry: 0,
         };
         let mut s = rekord::net::connect(r.addr, &cfg, None).await.unwrap();
         let schema = rekord::Schema::of::<Item>().to_ron().unwrap();
