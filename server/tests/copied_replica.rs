@@ -40,30 +40,61 @@ fn converges(parts: &rekord::Tree<Part>, key: rekord::Key<Part>, want: &Part) {
     }
 }
 
+/// A server, an application's replica file with one record pushed, and a copy of the file.
+struct Copied {
+    _tmp: tempfile::TempDir,
+    server: ServerProcess,
+    token: String,
+    original: std::path::PathBuf,
+    copy: std::path::PathBuf,
+    key: rekord::Key<Part>,
+}
+
+impl Copied {
+    fn make() -> Copied {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("server");
+        let token = token(&data);
+        let server = ServerProcess::start(&data, "127.0.0.1:0");
+        let original = tmp.path().join("app.rekord");
+        let key = {
+            let db = Db::open_synced(&original, config(server.addr, &token)).unwrap();
+            db.wait_caught_up(LIMIT).unwrap();
+            let k = db
+                .tree::<Part>()
+                .unwrap()
+                .create(&Part {
+                    name: "bolt".into(),
+                    qty: 1,
+                })
+                .unwrap();
+            db.wait_pushed(LIMIT).unwrap();
+            k
+        };
+        let copy = tmp.path().join("copy.rekord");
+        std::fs::copy(&original, &copy).unwrap();
+        Copied {
+            _tmp: tmp,
+            server,
+            token,
+            original,
+            copy,
+            key,
+        }
+    }
+}
+
 #[test]
 fn a_copy_of_a_replica_file_cannot_make_it_diverge_silently() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server");
-    let token = token(&data);
-    let server = ServerProcess::start(&data, "127.0.0.1:0");
-    let original = tmp.path().join("app.rekord");
-    let key = {
-        let db = Db::open_synced(&original, config(server.addr, &token)).unwrap();
-        db.wait_caught_up(LIMIT).unwrap();
-        let k = db
-            .tree::<Part>()
-            .unwrap()
-            .create(&Part {
-                name: "bolt".into(),
-                qty: 1,
-            })
-            .unwrap();
-        db.wait_pushed(LIMIT).unwrap();
-        k
-    };
     // The copy (what a user copies to look at the data while the application runs).
-    let copy = tmp.path().join("copy.rekord");
-    std::fs::copy(&original, &copy).unwrap();
+    let Copied {
+        _tmp,
+        server,
+        token,
+        original,
+        copy,
+        key,
+    } = Copied::make();
     let from_copy = Part {
         name: "from the copy".into(),
         qty: 5,
@@ -98,27 +129,15 @@ fn a_copy_of_a_replica_file_cannot_make_it_diverge_silently() {
 /// original ends with the server's value.
 #[test]
 fn two_copies_online_at_once_cannot_answer_for_each_other() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server");
-    let token = token(&data);
-    let server = ServerProcess::start(&data, "127.0.0.1:0");
-    let original = tmp.path().join("app.rekord");
-    let key = {
-        let db = Db::open_synced(&original, config(server.addr, &token)).unwrap();
-        db.wait_caught_up(LIMIT).unwrap();
-        let k = db
-            .tree::<Part>()
-            .unwrap()
-            .create(&Part {
-                name: "bolt".into(),
-                qty: 1,
-            })
-            .unwrap();
-        db.wait_pushed(LIMIT).unwrap();
-        k
-    };
-    let copy = tmp.path().join("copy.rekord");
-    std::fs::copy(&original, &copy).unwrap();
+    // The copy (what a user copies to look at the data while the application runs).
+    let Copied {
+        _tmp,
+        server,
+        token,
+        original,
+        copy,
+        key,
+    } = Copied::make();
     let db = Db::open_synced(&original, config(server.addr, &token)).unwrap();
     let events = db.subscribe();
     db.wait_caught_up(LIMIT).unwrap();
