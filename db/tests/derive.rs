@@ -525,6 +525,24 @@ fn schema_ron_round_trip() {
     assert!(Schema::from_ron("(tree: \"x\")").is_err());
 }
 
+/// A stored schema that names one variant (or field) twice is refused: a value would decode
+/// as one and encode as the other (found by the `dynamic` fuzz target).
+#[test]
+fn schemas_with_a_name_given_twice_are_refused() {
+    let text = Schema::of::<Happening>().to_ron().unwrap();
+    let twice = |from: &str, to: &str| {
+        assert!(text.contains(from), "{text}");
+        Schema::from_ron(&text.replacen(from, to, 1))
+    };
+    for (from, to) in [
+        ("name: \"Moved\"", "name: \"Started\""),
+        ("name: \"to\"", "name: \"from\""),
+    ] {
+        let err = twice(from, to).unwrap_err().to_string();
+        assert!(err.contains("two"), "{err}");
+    }
+}
+
 #[test]
 fn records_round_trip_through_the_database() -> rekord::Result<()> {
     let db = Db::memory()?;

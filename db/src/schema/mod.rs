@@ -213,10 +213,59 @@ impl Schema {
     }
 
     /// Parses a stored schema.
+    ///
+    /// Names must be unique where the encoding finds things by name: a struct's fields, an
+    /// enum's variants, a variant's fields. A schema that repeats one is refused (values
+    /// would decode to one variant and encode as the other).
     pub fn from_ron(text: &str) -> Result<Schema, ron::error::SpannedError> {
-        ron::Options::default()
+        let schema: Schema = ron::Options::default()
             .with_recursion_limit(256)
-            .from_str(text)
+            .from_str(text)?;
+        schema.check_names().map_err(|msg| ron::error::SpannedError {
+            code: ron::Error::Message(msg),
+            span: ron::error::Span {
+                start: ron::error::Position { line: 1, col: 1 },
+                end: ron::error::Position { line: 1, col: 1 },
+            },
+        })?;
+        Ok(schema)
+    }
+
+    /// Refuses a name given twice among a struct's fields, an enum's variants or a
+    /// variant's fields.
+    fn check_names(&self) -> Result<(), String> {
+        fn unique<'a>(
+            names: impl Iterator<Item = &'a str>,
+            what: impl Fn(&str) -> String,
+        ) -> Result<(), String> {
+            let mut seen = std::collections::BTreeSet::new();
+            for name in names {
+                if !seen.insert(name) {
+                    return Err(what(name));
+                }
+            }
+            Ok(())
+        }
+        for (ty, def) in &self.types {
+            match def {
+                TypeDef::Struct(fields) => unique(fields.iter().map(|f| f.name.as_str()), |n| {
+                    format!("struct `{ty}` has two fields named `{n}`")
+                })?,
+                TypeDef::Enum(variants) => {
+                    unique(variants.iter().map(|v| v.name.as_str()), |n| {
+                        format!("enum `{ty}` has two variants named `{n}`")
+                    })?;
+                    for v in variants {
+                        if let VariantKind::Named(fields) = &v.kind {
+                            unique(fields.iter().map(|f| f.name.as_str()), |n| {
+                                format!("variant `{ty}::{}` has two fields named `{n}`", v.name)
+                            })?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
