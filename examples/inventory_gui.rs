@@ -257,6 +257,7 @@ fn main() -> Res<()> {
         listen: "127.0.0.1:0".parse()?,
         data: dir.path().join("server"),
         app: APP.into(),
+        ..Default::default()
     };
     let server = rt.block_on(async { rekord_server::Server::bind(config) })?;
     let addr = server.local_addr()?;

@@ -37,6 +37,7 @@ async fn rekord_cases(n: usize) -> Samples {
         listen: "127.0.0.1:0".parse().unwrap(),
         data: dir.path().to_path_buf(),
         app: "bench".into(),
+        ..Default::default()
     })
     .unwrap();
     let addr = server.local_addr().unwrap();

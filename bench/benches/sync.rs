@@ -55,6 +55,7 @@ fn start_in(rt: &tokio::runtime::Runtime, dir: tempfile::TempDir, listen: Socket
         listen,
         data: dir.path().to_path_buf(),
         app: "bench".into(),
+        ..Default::default()
     })
     .unwrap();
     let addr = server.local_addr().unwrap();

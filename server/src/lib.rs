@@ -163,6 +163,7 @@
 pub mod admin;
 pub mod datadir;
 pub mod identity;
+pub mod limits;
 pub mod store;
 
 use std::future::Future;
@@ -172,7 +173,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::rustls;
-use rekord::net::{ALPN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_SHUTDOWN};
+use rekord::net::{ALPN, CLOSE_LIMITED, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_SHUTDOWN};
 use rekord::proto::handshake::check_client;
 use rekord::proto::handshake::{Grant, Trees};
 use rekord::proto::{
@@ -184,6 +185,7 @@ use tokio::task::JoinSet;
 
 pub use admin::{AdminReply, AdminRequest};
 pub use identity::Identity;
+pub use limits::Limits;
 pub use store::{Applied, BorrowOutcome, RecordState, Store, TokenInfo};
 
 /// Application close code: the server failed internally (database error) while serving the
@@ -201,10 +203,6 @@ pub const PUSH_QUEUE: usize = 4096;
 /// Bound on writing one push to a session (QUIC flow control blocks the write while the
 /// client reads nothing); a session that takes longer is closed with [`CLOSE_LAGGED`].
 pub const PUSH_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Bound on a client's QUIC handshake plus its hello (generous: a client on a machine
-/// whose cores are busy may take seconds).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The server's idle timeout of a session: the longest a client may go quiet before the
 /// server forgets it (the client's own `idle_timeout`, 15 s by default, is what counts when
@@ -241,6 +239,9 @@ pub struct Config {
     pub data: PathBuf,
     /// The application name clients must present in their hello (default `rekord`).
     pub app: String,
+    /// The bounds that keep the server serving under attack (the `[limits]` table; see
+    /// [`Limits`]).
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -249,6 +250,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             data: PathBuf::from("./rekord-server-data"),
             app: "rekord".into(),
+            limits: Limits::default(),
         }
     }
 }
@@ -274,8 +276,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the values (the application name's length).
+    /// Checks the values (the application name's length, every limit at least 1).
     pub fn validate(&self) -> Result<(), ServerError> {
+        self.limits.validate()?;
         if self.app.is_empty() || self.app.len() > proto::MAX_NAME {
             return Err(ServerError::Config(format!(
                 "the application name must be 1 to {} bytes",
@@ -354,6 +357,15 @@ struct Shared {
     flush_wake: tokio::sync::Notify,
     /// The last sequence number known durable (what catch-up may send).
     durable: std::sync::atomic::AtomicU64,
+    limits: Limits,
+    /// Connections counted against the limits.
+    gate: Arc<limits::Gate>,
+    /// Requests per second per token.
+    rates: limits::Rates,
+    /// Memory for frames in transit beyond their first MiB, in MiB permits.
+    frame_memory: Arc<tokio::sync::Semaphore>,
+    /// Refusals logged at most once a second per kind.
+    quiet: limits::Quiet,
 }
 
 /// One commit waiting for the group flush.
@@ -518,6 +530,8 @@ impl Server {
         } = self;
         let head = store.head()?;
         store.set_group_commit(true);
+        store.set_limits(config.limits.replicas_per_token, config.limits.max_schemas);
+        let gate = limits::Gate::new(config.limits.clone());
         let shared = Arc::new(Shared {
             app: config.app.clone(),
             server: *identity.uuid.as_bytes(),
@@ -526,6 +540,13 @@ impl Server {
             pending: std::sync::Mutex::new(Vec::new()),
             flush_wake: tokio::sync::Notify::new(),
             durable: std::sync::atomic::AtomicU64::new(head),
+            limits: config.limits.clone(),
+            gate: gate.clone(),
+            rates: limits::Rates::new(&config.limits),
+            frame_memory: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.frame_memory_mib as usize,
+            )),
+            quiet: limits::Quiet::default(),
         });
         let flush_task = tokio::spawn(flusher(shared.clone()));
         tracing::info!(
@@ -533,6 +554,7 @@ impl Server {
             uuid = %identity.uuid,
             fingerprint = %identity.fingerprint(),
             app = %config.app,
+            limits = ?config.limits,
             "rekord server serving"
         );
         let mut tasks = JoinSet::new();
@@ -544,7 +566,31 @@ impl Server {
                 () = &mut shutdown => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    tasks.spawn(handle(incoming, shared.clone()));
+                    let remote = incoming.remote_address();
+                    if gate.busy() && !incoming.remote_address_validated() {
+                        // Many handshakes at once: a client must prove it receives at its
+                        // address (a QUIC retry) before it counts against that address.
+                        if incoming.retry().is_err() {
+                            tracing::debug!(%remote, "retry impossible; connection ignored");
+                        }
+                        continue;
+                    }
+                    match gate.admit(remote.ip()) {
+                        Ok(ticket) => {
+                            tasks.spawn(handle(incoming, ticket, shared.clone()));
+                        }
+                        Err(full) => {
+                            if let Some(count) = shared.quiet.note(full.what()) {
+                                tracing::warn!(
+                                    %remote,
+                                    refused = count,
+                                    "refusing connections: {}",
+                                    full.what()
+                                );
+                            }
+                            incoming.refuse();
+                        }
+                    }
                 }
                 connection = admin.accept() => {
                     let hooks: Arc<dyn admin::Hooks> = shared.clone();
@@ -603,6 +649,13 @@ fn tls_config(identity: &Identity) -> Result<quinn::ServerConfig, ServerError> {
     // limit is the smaller of the two): a client starved of CPU for a while stays
     // connected for as long as its own idle timeout allows, and its bounded push queue.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(MAX_IDLE).ok());
+    // One bidirectional stream per connection (the protocol's), none unidirectional: a
+    // client cannot make the server buffer for streams it never reads.
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.receive_window(limits::RECEIVE_WINDOW.into());
+    transport.stream_receive_window(limits::RECEIVE_WINDOW.into());
+    transport.send_window(limits::SEND_WINDOW);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -617,24 +670,101 @@ enum End {
     Internal(String),
     /// The session's push queue overflowed (this many pushes were missed).
     Lagged(u64),
+    /// The connection went past one of the server's [`Limits`].
+    Limited(String),
 }
 
-async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    reader: &mut FrameReader,
-) -> Result<Option<Frame>, End> {
-    loop {
-        match reader.next_frame() {
-            Ok(Some(frame)) => return Ok(Some(frame)),
-            Ok(None) => {}
-            Err(e) => return Err(End::Protocol(e.to_string())),
+/// The receiving side of a session: frames reassembled from the stream, each bounded in
+/// time ([`Limits::frame_timeout_secs`]) and, beyond its first MiB, in memory shared by all
+/// sessions ([`Limits::frame_memory_mib`]).
+struct Inbound {
+    reader: FrameReader,
+    /// When the frame in transit began (its first byte arrived).
+    started: Option<tokio::time::Instant>,
+    /// MiB of the shared frame memory this session holds for the frame in transit.
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    timeout: Duration,
+    memory: Arc<tokio::sync::Semaphore>,
+}
+
+impl Inbound {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            reader: FrameReader::new(),
+            started: None,
+            held: None,
+            timeout: shared.limits.frame_timeout(),
+            memory: shared.frame_memory.clone(),
         }
-        match recv.read_chunk(READ_CHUNK, true).await {
-            Ok(Some(chunk)) => reader.push(&chunk.bytes),
-            Ok(None) if reader.pending() == 0 => return Ok(None),
-            Ok(None) => return Err(End::Protocol("the stream ended inside a frame".into())),
-            Err(quinn::ReadError::ConnectionLost(c)) => return Err(End::Gone(c.to_string())),
-            Err(e) => return Err(End::Gone(e.to_string())),
+    }
+
+    /// The next frame; `None` once the client ended the stream. Cancel-safe: what was read
+    /// stays buffered, and the frame's start time and memory stay noted.
+    async fn read_frame(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Frame>, End> {
+        loop {
+            match self.reader.next_frame() {
+                Ok(Some(frame)) => {
+                    self.started = None;
+                    self.held = None;
+                    return Ok(Some(frame));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(End::Protocol(e.to_string())),
+            }
+            let pending = self.reader.pending();
+            let deadline = if pending == 0 {
+                None
+            } else {
+                Some(*self.started.get_or_insert_with(tokio::time::Instant::now) + self.timeout)
+            };
+            let too_slow = || {
+                End::Limited(format!(
+                    "a frame took more than {} s to arrive (limits.frame_timeout_secs)",
+                    self.timeout.as_secs()
+                ))
+            };
+            // Memory beyond the free first MiB of a frame comes out of the shared budget
+            // before more is read (meanwhile QUIC flow control holds the sender back).
+            let need = pending
+                .saturating_sub(limits::FREE_FRAME_BYTES)
+                .div_ceil(1 << 20);
+            let held = self.held.as_ref().map_or(0, |p| p.num_permits());
+            if need > held {
+                let more = u32::try_from(need - held).unwrap_or(u32::MAX);
+                let acquire = self.memory.clone().acquire_many_owned(more);
+                let permit =
+                    match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                            .await
+                            .map_err(|_| {
+                                End::Limited(
+                                    "the server's memory for frames in transit stayed taken \
+                                 (limits.frame_memory_mib); retry later"
+                                        .into(),
+                                )
+                            })?,
+                        None => acquire.await,
+                    }
+                    .map_err(|_| End::Internal("the frame memory was closed".into()))?;
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+            }
+            let chunk = recv.read_chunk(READ_CHUNK, true);
+            let chunk = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, chunk)
+                    .await
+                    .map_err(|_| too_slow())?,
+                None => chunk.await,
+            };
+            match chunk {
+                Ok(Some(chunk)) => self.reader.push(&chunk.bytes),
+                Ok(None) if self.reader.pending() == 0 => return Ok(None),
+                Ok(None) => return Err(End::Protocol("the stream ended inside a frame".into())),
+                Err(quinn::ReadError::ConnectionLost(c)) => return Err(End::Gone(c.to_string())),
+                Err(e) => return Err(End::Gone(e.to_string())),
+            }
         }
     }
 }
@@ -647,20 +777,24 @@ async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), 
     })
 }
 
-async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
+async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    // The QUIC handshake and the hello share one bound.
+    let hello_by = tokio::time::Instant::now() + shared.limits.hello_timeout();
+    let conn = match tokio::time::timeout_at(hello_by, incoming).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "connection failed");
             return;
         }
         Err(_) => {
-            tracing::debug!(%remote, "QUIC handshake timed out");
+            if let Some(count) = shared.quiet.note("handshake timeout") {
+                tracing::info!(%remote, count, "QUIC handshakes timed out (limits.hello_timeout_secs)");
+            }
             return;
         }
     };
-    match session(&conn, shared).await {
+    match session(&conn, &mut ticket, hello_by, shared.clone()).await {
         Ok(()) => tracing::debug!(%remote, "connection ended"),
         Err(End::Gone(reason)) => tracing::debug!(%remote, %reason, "connection lost"),
         Err(End::Protocol(reason)) => {
@@ -670,6 +804,12 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Err(End::Internal(reason)) => {
             tracing::error!(%remote, %reason, "internal error; closing the connection");
             conn.close(CLOSE_INTERNAL.into(), b"internal server error");
+        }
+        Err(End::Limited(reason)) => {
+            if let Some(count) = shared.quiet.note("session limit") {
+                tracing::warn!(%remote, %reason, count, "closing a connection past a limit");
+            }
+            conn.close(CLOSE_LIMITED.into(), reason.as_bytes());
         }
         Err(End::Lagged(missed)) => {
             tracing::warn!(%remote, missed, "client too slow for its pushes; closing it");
@@ -681,15 +821,20 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
-async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), End> {
+async fn session(
+    conn: &quinn::Connection,
+    ticket: &mut limits::Ticket,
+    hello_by: tokio::time::Instant,
+    shared: Arc<Shared>,
+) -> Result<(), End> {
     let remote = conn.remote_address();
-    let (mut send, mut recv, hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let (mut send, mut recv, hello) = tokio::time::timeout_at(hello_by, async {
         let (send, mut recv) = conn
             .accept_bi()
             .await
             .map_err(|e| End::Gone(e.to_string()))?;
-        let mut reader = FrameReader::new();
-        match read_frame(&mut recv, &mut reader).await? {
+        let mut reader = Inbound::new(&shared);
+        match reader.read_frame(&mut recv).await? {
             Some(Frame::ClientHello(hello)) => Ok((send, (recv, reader), hello)),
             Some(_) => Err(End::Protocol(
                 "the first frame must be a client hello".into(),
@@ -700,9 +845,21 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
         }
     })
     .await
-    .map_err(|_| End::Protocol("no hello in time".into()))??;
+    .map_err(|_| {
+        End::Limited(format!(
+            "no hello within {} s (limits.hello_timeout_secs)",
+            shared.limits.hello_timeout().as_secs()
+        ))
+    })??;
     let (recv_stream, mut reader) = (&mut recv.0, recv.1);
 
+    if !shared.gate.check_token(remote.ip()) {
+        return Err(End::Limited(
+            "too many refused tokens from this address (limits.auth_failures_per_minute); \
+             check the token, and retry in a minute"
+                .into(),
+        ));
+    }
     let store = shared.store.clone();
     let app = shared.app.clone();
     let client = hello.client;
@@ -734,18 +891,18 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             Ok(grant) => match store.connect_claiming(client, &name, claimed)? {
                 // A client sends only entries its file made: a higher number processed
                 // came from another copy of its file, and this one is older.
-                Some(holder) if store.last_entry(holder)? > last_entry => {
+                Ok(holder) if store.last_entry(holder)? > last_entry => {
                     Ok(Err(rekord::proto::Refusal::OlderCopy {
                         server: store.last_entry(holder)?,
                         client: last_entry,
                     }))
                 }
-                Some(holder) => {
+                Ok(holder) => {
                     let history = store.history()?;
                     let common = store.common_with(&lineage)?;
                     Ok(Ok((grant, holder, name, (history, common))))
                 }
-                None => Ok(Err(rekord::proto::Refusal::ReplicaOfAnotherToken)),
+                Err(refusal) => Ok(Err(refusal)),
             },
             Err(refusal) => Ok(Err(refusal)),
         }
@@ -755,6 +912,9 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
     .map_err(|e| End::Internal(e.to_string()))?;
 
     let client_text = uuid::Uuid::from_bytes(client);
+    if !matches!(checked, Err(rekord::proto::Refusal::BadToken)) {
+        shared.gate.good_token(remote.ip());
+    }
     let (grant, holder, token, (history, common)) = match checked {
         Ok(accepted) => accepted,
         Err(refusal) => {
@@ -767,6 +927,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
             return Ok(());
         }
     };
+    ticket.established();
     // Subscribed before the hello and before the log is read: every change committed
     // after this point reaches this session live, every one before it is in the log.
     let mut pushes = shared.pushes().subscribe();
@@ -844,7 +1005,7 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
         // Both branches are cancel-safe: a frame is read from chunks already received, and
         // a push stays queued until `recv` returns it.
         tokio::select! {
-            frame = read_frame(recv_stream, &mut reader) => {
+            frame = reader.read_frame(recv_stream) => {
                 let Some(frame) = frame? else { break };
                 let Frame::Request { id, body } = frame else {
                     return Err(End::Protocol(
@@ -854,8 +1015,33 @@ async fn session(conn: &quinn::Connection, shared: Arc<Shared>) -> Result<(), En
                 // Pushes committed before this request go out before its answer (a client
                 // granted a borrow never sees an older borrow push after the grant).
                 drain(&mut send, &mut pushes, &filter).await?;
+                let wait = shared.rates.delay(&token);
+                if !wait.is_zero() {
+                    if let Some(count) = shared.quiet.note("requests throttled") {
+                        tracing::warn!(
+                            %remote,
+                            token = %token,
+                            throttled = count,
+                            "requests beyond limits.requests_per_second wait"
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
+                }
                 let answer = answer(&shared, &grant, holder, body).await?;
-                write_frame(&mut send, &Frame::Response { id, body: answer }).await?;
+                // A client that reads nothing blocks this write (QUIC flow control); it gets
+                // as long as a frame may take to arrive.
+                let timeout = shared.limits.frame_timeout();
+                tokio::time::timeout(
+                    timeout,
+                    write_frame(&mut send, &Frame::Response { id, body: answer }),
+                )
+                .await
+                .map_err(|_| {
+                    End::Limited(format!(
+                        "the client read no answer for {} s (limits.frame_timeout_secs)",
+                        timeout.as_secs()
+                    ))
+                })??;
             }
             push = pushes.recv() => match push {
                 Ok(push) => {

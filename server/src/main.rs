@@ -35,6 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the server until SIGINT or SIGTERM. Prints `listening on ADDR` once ready.
+    #[command(after_help = limits_help())]
     Run {
         /// UDP address to listen on (overrides the configuration).
         #[arg(long, value_name = "ADDR")]
@@ -42,6 +43,10 @@ enum Command {
         /// Application name clients must present (overrides the configuration).
         #[arg(long, value_name = "NAME")]
         app: Option<String>,
+        /// Sets one of the limits below (overrides the configuration's `[limits]`); may be
+        /// given again for others, e.g. `--limit max_connections=4096`.
+        #[arg(long, value_name = "NAME=VALUE")]
+        limit: Vec<String>,
     },
     /// Manages access tokens (through the running server if there is one).
     #[command(subcommand)]
@@ -133,6 +138,40 @@ fn show(trees: &Trees) -> String {
     }
 }
 
+/// The limits and their defaults, for `run --help`.
+fn limits_help() -> String {
+    let mut out = String::from(
+        "Limits (the `[limits]` table of the configuration, or --limit NAME=VALUE):\n",
+    );
+    for (name, value, what) in rekord_server::Limits::default().describe() {
+        out.push_str(&format!("  {name:<28} {value:>7}  {what}\n"));
+    }
+    out
+}
+
+/// Applies `--limit NAME=VALUE` to `limits`.
+fn set_limit(limits: &mut rekord_server::Limits, setting: &str) -> Result<(), ServerError> {
+    let bad = |why: String| ServerError::Config(format!("--limit {setting}: {why}"));
+    let (name, value) = setting
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=VALUE".into()))?;
+    let value: u32 = value
+        .trim()
+        .parse()
+        .map_err(|e| bad(format!("the value is not a whole number ({e})")))?;
+    let mut table = toml::Table::try_from(&*limits).map_err(|e| bad(e.to_string()))?;
+    if !table.contains_key(name.trim()) {
+        let names: Vec<&str> = table.keys().map(String::as_str).collect();
+        return Err(bad(format!(
+            "no such limit; the limits are {}",
+            names.join(", ")
+        )));
+    }
+    table.insert(name.trim().to_owned(), toml::Value::Integer(value.into()));
+    *limits = table.try_into().map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Logs go to stderr; colour codes only when a terminal shows them (never in a file,
     // a pipe or a journal).
@@ -163,7 +202,11 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
         config.data = data;
     }
     match cli.command {
-        Command::Run { listen, app } => {
+        Command::Run { listen, app, limit } => {
+            for setting in &limit {
+                set_limit(&mut config.limits, setting)?;
+            }
+            config.validate()?;
             if let Some(listen) = listen {
                 config.listen = listen;
             }

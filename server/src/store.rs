@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use rekord::proto::handshake::{Grant, Trees};
-use rekord::proto::{Change, ChangeKind, EntryOutcome, RemoteError, Revision, Sequenced};
+use rekord::proto::{Change, ChangeKind, EntryOutcome, Refusal, RemoteError, Revision, Sequenced};
 
 use crate::ServerError;
 
@@ -184,6 +184,10 @@ pub struct Store {
     /// Whether logged changes commit without waiting for the disk (group commit: the
     /// server makes them durable with [`Store::flush`] before it answers or pushes).
     group_commit: std::sync::atomic::AtomicBool,
+    /// [`crate::Limits::replicas_per_token`].
+    replicas_per_token: std::sync::atomic::AtomicU32,
+    /// [`crate::Limits::max_schemas`].
+    max_schemas: std::sync::atomic::AtomicU32,
 }
 
 macro_rules! from_redb {
@@ -262,6 +266,10 @@ impl Store {
             db,
             path,
             group_commit: std::sync::atomic::AtomicBool::new(false),
+            replicas_per_token: std::sync::atomic::AtomicU32::new(
+                crate::Limits::default().replicas_per_token,
+            ),
+            max_schemas: std::sync::atomic::AtomicU32::new(crate::Limits::default().max_schemas),
         })
     }
 
@@ -274,6 +282,14 @@ impl Store {
     pub fn set_group_commit(&self, on: bool) {
         self.group_commit
             .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Sets the bounds on replicas per token and schemas stored ([`crate::Limits`]; the
+    /// defaults apply until this is called).
+    pub fn set_limits(&self, replicas_per_token: u32, max_schemas: u32) {
+        use std::sync::atomic::Ordering::Release;
+        self.replicas_per_token.store(replicas_per_token, Release);
+        self.max_schemas.store(max_schemas, Release);
     }
 
     /// Makes every earlier commit durable (one disk sync).
@@ -401,7 +417,7 @@ impl Store {
     /// The holder number of client `client`, assigned (persistently) on first call.
     pub fn holder(&self, client: [u8; 16]) -> Result<u32, ServerError> {
         self.assign_holder(client, None, 0)?
-            .ok_or_else(|| ServerError::Database("a holder number went missing".into()))
+            .map_err(|_| ServerError::Database("a holder number went missing".into()))
     }
 
     /// The holder number of client `client`, connecting with the token named `token`:
@@ -409,9 +425,8 @@ impl Store {
     /// ([`Store::holder_token`]). A holder keeps the name it first connected with; one
     /// without a name (assigned before the server recorded names) gets `token`'s now.
     pub fn connect(&self, client: [u8; 16], token: &str) -> Result<u32, ServerError> {
-        self.assign_holder(client, Some(token), 0)?.ok_or_else(|| {
-            ServerError::Token("this client identity belongs to another token".into())
-        })
+        self.assign_holder(client, Some(token), 0)?
+            .map_err(|refusal| ServerError::Token(refusal.to_string()))
     }
 
     /// [`Store::connect`] for a client that says it had holder number `claimed` (0: none)
@@ -420,15 +435,17 @@ impl Store {
     /// are never given to others after a restore, see [`RESTORE_HOLDER_GAP`]), so the
     /// borrows recorded on its replica stay its own.
     ///
-    /// A client is bound to the name of the token it first connected with: `Ok(None)` if
-    /// `client` is a replica that connected with a token of another name (its identity is
-    /// not this token's to use).
+    /// A client is bound to the name of the token it first connected with: refused
+    /// ([`Refusal::ReplicaOfAnotherToken`]) if `client` is a replica that connected with a
+    /// token of another name (its identity is not this token's to use), and
+    /// ([`Refusal::TooManyReplicas`]) if it is new and the token has registered
+    /// [`crate::Limits::replicas_per_token`] replicas already.
     pub fn connect_claiming(
         &self,
         client: [u8; 16],
         token: &str,
         claimed: u32,
-    ) -> Result<Option<u32>, ServerError> {
+    ) -> Result<Result<u32, Refusal>, ServerError> {
         self.assign_holder(client, Some(token), claimed)
     }
 
@@ -546,24 +563,25 @@ impl Store {
         Ok(table.get(holder)?.map(|g| g.value().to_owned()))
     }
 
-    /// The holder number of `client`, assigned if new; `None` if it is bound to a token
+    /// The holder number of `client`, assigned if new; refused if it is bound to a token
     /// name other than `token` (checked in the same write transaction that binds it, so
-    /// two first hellos with one identity and different tokens cannot both win).
+    /// two first hellos with one identity and different tokens cannot both win), or if it
+    /// is new and `token` has as many replicas as it may.
     fn assign_holder(
         &self,
         client: [u8; 16],
         token: Option<&str>,
         claimed: u32,
-    ) -> Result<Option<u32>, ServerError> {
+    ) -> Result<Result<u32, Refusal>, ServerError> {
         let key = u128::from_be_bytes(client);
         {
             let txn = self.db.begin_read()?;
             if let Some(n) = txn.open_table(HOLDERS)?.get(key)? {
                 let n = n.value();
                 match (token, txn.open_table(HOLDER_TOKENS)?.get(n)?) {
-                    (None, _) => return Ok(Some(n)),
-                    (Some(t), Some(name)) if name.value() == t => return Ok(Some(n)),
-                    (Some(_), Some(_)) => return Ok(None),
+                    (None, _) => return Ok(Ok(n)),
+                    (Some(t), Some(name)) if name.value() == t => return Ok(Ok(n)),
+                    (Some(_), Some(_)) => return Ok(Err(Refusal::ReplicaOfAnotherToken)),
                     (Some(_), None) => {}
                 }
             }
@@ -574,6 +592,22 @@ impl Store {
             if let Some(n) = holders.get(key)? {
                 n.value()
             } else {
+                if let Some(token) = token {
+                    let limit = self
+                        .replicas_per_token
+                        .load(std::sync::atomic::Ordering::Acquire);
+                    let mut count = 0u32;
+                    for row in txn.open_table(HOLDER_TOKENS)?.iter()? {
+                        if row?.1.value() == token {
+                            count += 1;
+                        }
+                    }
+                    if count >= limit {
+                        drop(holders);
+                        txn.abort()?;
+                        return Ok(Err(Refusal::TooManyReplicas { limit }));
+                    }
+                }
                 let mut meta = txn.open_table(META)?;
                 let next = meta
                     .get("next_holder")?
@@ -619,11 +653,11 @@ impl Store {
             };
             if taken {
                 txn.abort()?;
-                return Ok(None);
+                return Ok(Err(Refusal::ReplicaOfAnotherToken));
             }
         }
         txn.commit()?;
-        Ok(Some(n))
+        Ok(Ok(n))
     }
 
     /// Grants client `holder` a new range of `want` ids, clamped to `1..=`[`MAX_RANGE`],
@@ -1007,6 +1041,14 @@ impl Store {
         {
             let mut schemas = txn.open_table(SCHEMAS)?;
             let existing = schemas.get((tree, version))?.map(|g| g.value().to_owned());
+            let limit = self.max_schemas.load(std::sync::atomic::Ordering::Acquire);
+            if existing.is_none() && redb::ReadableTableMetadata::len(&schemas)? >= u64::from(limit)
+            {
+                return Ok(Err(RemoteError::Invalid(format!(
+                    "the server stores {limit} schemas, as many as it may \
+                     (limits.max_schemas); ask its administrator"
+                ))));
+            }
             if let Some(existing) = existing {
                 let same =
                     rekord::Schema::from_ron(&existing).is_ok_and(|old| old.same_shape(&schema));
@@ -2056,7 +2098,10 @@ mod tests {
         );
         // Bound to `carol` now: another token's hello with that identity is refused.
         assert!(store.connect([1; 16], "dave").is_err());
-        assert_eq!(store.connect_claiming([1; 16], "dave", 0).unwrap(), None);
+        assert_eq!(
+            store.connect_claiming([1; 16], "dave", 0).unwrap(),
+            Err(Refusal::ReplicaOfAnotherToken)
+        );
         assert_eq!(
             store.holder_token(FIRST_HOLDER).unwrap().as_deref(),
             Some("carol")

@@ -104,6 +104,7 @@ fn cli_tokens_identity_and_backup() {
             listen: "127.0.0.1:0".parse().unwrap(),
             data: data.clone(),
             app: "workshop".into(),
+            ..Default::default()
         })
         .unwrap();
         let addr = server.local_addr().unwrap();

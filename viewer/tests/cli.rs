@@ -402,6 +402,7 @@ impl Served {
             listen: "127.0.0.1:0".parse().unwrap(),
             data: dir.path().join("server"),
             app: "rekord".into(),
+            ..Default::default()
         };
         let server = rt
             .block_on(async { rekord_server::Server::bind(config) })

@@ -23,6 +23,11 @@
 //!   server is shutting down).
 //! - Application close code [`CLOSE_LAGGED`] (5): the server closed a session that did not
 //!   read its pushes fast enough (it missed some); reconnect to resynchronise.
+//! - Application close code [`CLOSE_LIMITED`] (6): the server closed a connection that went
+//!   past one of its limits (no hello in time, a frame too slow, no memory for frames); the
+//!   reason text says which. A connection the server refuses before its handshake (too many
+//!   connections, handshakes, or refused tokens from the address) fails with QUIC's
+//!   `CONNECTION_REFUSED`, reported as [`NetError::Connect`] with that explanation.
 //! - Connecting and the handshake are bounded in time ([`DEFAULT_TIMEOUT`], 10 s, unless
 //!   [`connect_timeout`] says otherwise); so is every request round trip of a [`Session`].
 
@@ -64,12 +69,20 @@ pub const CLOSE_SHUTDOWN: u32 = 3;
 /// Application close code: the server's queue of pushes for this session overflowed (the
 /// client did not read them fast enough and missed some); reconnect to resynchronise.
 pub const CLOSE_LAGGED: u32 = 5;
+/// Application close code: the connection went past one of the server's limits (the reason
+/// text says which); retry later, and check the client if it keeps happening.
+pub const CLOSE_LIMITED: u32 = 6;
 
 /// Default bound on connecting plus the handshake, and on each request round trip.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often an idle client session sends a keep-alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// What a connection refused before its handshake means.
+const REFUSED_AT_LIMIT: &str = "the server refused the connection: it is at one of its \
+     limits (connections in total or from this address, handshakes in flight, or refused \
+     tokens from this address); retry later, and check the token if it keeps happening";
 
 /// How many bytes are read from the stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -452,6 +465,11 @@ async fn establish(
                     expected: pin.cert.clone(),
                     found,
                 });
+            }
+            if let quinn::ConnectionError::ConnectionClosed(close) = &e
+                && close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+            {
+                return Err(connect_error(addr, REFUSED_AT_LIMIT));
             }
             return Err(connect_error(addr, e));
         }

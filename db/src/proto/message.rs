@@ -152,6 +152,12 @@ pub enum Refusal {
         /// The last entry number the client's file made.
         client: u64,
     },
+    /// The token has registered as many replicas (client identities) as the server allows
+    /// one token (its `limits.replicas_per_token`): a new one is refused.
+    TooManyReplicas {
+        /// The server's limit.
+        limit: u32,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -185,6 +191,12 @@ impl std::fmt::Display for Refusal {
                  backup, or copied while the replica went on elsewhere). Syncing it would mix \
                  the two copies' changes: use the newer file, or start a new replica file \
                  (take this one's data along with rekord-viewer export and import)"
+            ),
+            Refusal::TooManyReplicas { limit } => write!(
+                f,
+                "this token has registered {limit} replicas, as many as the server allows one \
+                 token; reuse a replica file this token synced before, or ask the server's \
+                 administrator for another token (or a higher limits.replicas_per_token)"
             ),
         }
     }

@@ -25,8 +25,9 @@ pub use message::*;
 /// Version 2: [`RemoteError::AlreadyBorrowed`] also names the token the holder connected
 /// with. Version 3: server histories (restores are noticed: [`ServerHello::history`],
 /// [`Request::Reclaim`], [`ClientHello::replica`]), the token's read rights in the hello,
-/// and returns as numbered outbox entries.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// and returns as numbered outbox entries. Version 4: the hello's last entry number
+/// ([`Refusal::OlderCopy`]). Version 5: [`Refusal::TooManyReplicas`].
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame accepted (16 MiB); larger lengths are refused before any allocation.
 pub const MAX_FRAME: u32 = 16 << 20;
@@ -212,8 +213,22 @@ impl FrameReader {
         Self::default()
     }
 
-    /// Appends bytes received from the stream.
+    /// Appends bytes received from the stream. The buffer grows as bytes arrive (never
+    /// to an announced length before its bytes came), and never past the end of the frame
+    /// in transit: a frame takes at most its own length in memory, not twice it.
     pub fn push(&mut self, bytes: &[u8]) {
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() {
+            let frame_end = self
+                .buf
+                .first_chunk::<4>()
+                .map(|b| u32::from_le_bytes(*b))
+                .filter(|len| *len <= MAX_FRAME)
+                // `len <= MAX_FRAME` fits in usize (see `next_frame`).
+                .map_or(needed, |len| 4 + len as usize);
+            let target = needed.max((self.buf.capacity() * 2).min(frame_end));
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(bytes);
     }
 

@@ -35,6 +35,7 @@ impl Running {
             listen: addr,
             data: dir.to_path_buf(),
             app: APP.into(),
+            ..Default::default()
         })
         .unwrap();
         let addr = server.local_addr().unwrap();

@@ -28,6 +28,18 @@ impl ServerProcess {
     }
 
     fn start_logging(data: &Path, listen: &str, log: Option<&Path>) -> ServerProcess {
+        Self::start_with(data, listen, log, "trace", &[])
+    }
+
+    /// Starts `rekord-server run` on `listen` with `extra` arguments, its log at `level`
+    /// appended to `log` (if given).
+    pub fn start_with(
+        data: &Path,
+        listen: &str,
+        log: Option<&Path>,
+        level: &str,
+        extra: &[&str],
+    ) -> ServerProcess {
         // REKORD_TEST_SERVER_LOG=<file>: the server's log goes there (append).
         let file = log
             .map(|l| l.as_os_str().to_owned())
@@ -44,12 +56,13 @@ impl ServerProcess {
         };
         let mut command = Command::new(BIN);
         if log.is_some() {
-            command.env("RUST_LOG", "trace");
+            command.env("RUST_LOG", level);
         }
         let mut child = command
             .arg("--data")
             .arg(data)
             .args(["run", "--listen", listen, "--app", APP])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
