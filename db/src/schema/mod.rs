@@ -221,13 +221,15 @@ impl Schema {
         let schema: Schema = ron::Options::default()
             .with_recursion_limit(256)
             .from_str(text)?;
-        schema.check_names().map_err(|msg| ron::error::SpannedError {
-            code: ron::Error::Message(msg),
-            span: ron::error::Span {
-                start: ron::error::Position { line: 1, col: 1 },
-                end: ron::error::Position { line: 1, col: 1 },
-            },
-        })?;
+        schema
+            .check_names()
+            .map_err(|msg| ron::error::SpannedError {
+                code: ron::Error::Message(msg),
+                span: ron::error::Span {
+                    start: ron::error::Position { line: 1, col: 1 },
+                    end: ron::error::Position { line: 1, col: 1 },
+                },
+            })?;
         Ok(schema)
     }
 
