@@ -74,6 +74,10 @@ pub struct Limits {
     pub replicas_per_token: u32,
     /// Most schemas (tree and version) the server stores (default 65,536).
     pub max_schemas: u32,
+    /// Addresses the per-address limits do not apply to (default `127.0.0.1` and `::1`:
+    /// processes on the server's own machine, like fail2ban's `ignoreip`). The limits in
+    /// total still do. Empty it to treat every address alike.
+    pub trusted: Vec<IpAddr>,
 }
 
 impl Default for Limits {
@@ -90,6 +94,7 @@ impl Default for Limits {
             auth_failures_per_minute: 10,
             replicas_per_token: 10_000,
             max_schemas: 65_536,
+            trusted: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
         }
     }
 }
@@ -257,19 +262,25 @@ impl Gate {
         lock(&self.counts).handshakes > self.limits.max_handshakes / 2
     }
 
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.limits.trusted.contains(&ip)
+    }
+
     /// A place for a new connection from `ip`, or why there is none.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Full> {
         let now = Instant::now();
-        if lock(&self.guesses).locked(ip, now) {
+        let trusted = self.trusted(ip);
+        if !trusted && lock(&self.guesses).locked(ip, now) {
             return Err(Full::Guessing);
         }
         let mut counts = lock(&self.counts);
-        if counts.per_address.get(&ip).copied().unwrap_or(0)
-            >= self.limits.max_connections_per_address
+        if !trusted
+            && counts.per_address.get(&ip).copied().unwrap_or(0)
+                >= self.limits.max_connections_per_address
         {
             return Err(Full::Address);
         }
-        if !lock(&self.arrivals).take(ip, now) {
+        if !trusted && !lock(&self.arrivals).take(ip, now) {
             return Err(Full::Rate);
         }
         if counts.total >= self.limits.max_connections {
@@ -278,11 +289,7 @@ impl Gate {
         if counts.handshakes >= self.limits.max_handshakes {
             return Err(Full::Handshakes);
         }
-        let here = counts.per_address.entry(ip).or_default();
-        if *here >= self.limits.max_connections_per_address {
-            return Err(Full::Address);
-        }
-        *here += 1;
+        *counts.per_address.entry(ip).or_default() += 1;
         counts.total += 1;
         counts.handshakes += 1;
         Ok(Ticket {
@@ -297,12 +304,14 @@ impl Gate {
     /// given back ([`Gate::good_token`]), so only refused tokens use the allowance, and
     /// concurrent hellos cannot check more tokens than it holds.
     pub(crate) fn check_token(&self, ip: IpAddr) -> bool {
-        lock(&self.guesses).take(ip, Instant::now())
+        self.trusted(ip) || lock(&self.guesses).take(ip, Instant::now())
     }
 
     /// Gives back the check [`Gate::check_token`] took: the token was good.
     pub(crate) fn good_token(&self, ip: IpAddr) {
-        lock(&self.guesses).give_back(ip, Instant::now());
+        if !self.trusted(ip) {
+            lock(&self.guesses).give_back(ip, Instant::now());
+        }
     }
 
     /// Connections now: `(total, in handshake)`.
@@ -495,7 +504,7 @@ mod tests {
     use super::*;
 
     fn ip(last: u8) -> IpAddr {
-        IpAddr::from([127, 0, 0, last])
+        IpAddr::from([10, 0, 0, last])
     }
 
     #[test]
@@ -544,6 +553,24 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(400));
         assert!(gate.admit(ip(1)).is_ok());
+    }
+
+    #[test]
+    fn trusted_addresses_skip_the_per_address_limits_only() {
+        let gate = Gate::new(Limits {
+            max_connections: 5,
+            max_connections_per_address: 1,
+            handshakes_per_second_per_address: 1,
+            auth_failures_per_minute: 1,
+            ..Limits::default()
+        });
+        let local = IpAddr::from([127, 0, 0, 1]);
+        let tickets: Vec<_> = (0..5).map(|_| gate.admit(local).unwrap()).collect();
+        assert!((0..5).all(|_| gate.check_token(local)));
+        assert_eq!(gate.admit(local).err(), Some(Full::Total), "the total still counts");
+        drop(tickets);
+        let _one = gate.admit(ip(1)).unwrap();
+        assert_eq!(gate.admit(ip(1)).err(), Some(Full::Address));
     }
 
     #[test]

@@ -143,9 +143,16 @@ fn limits_help() -> String {
     let mut out = String::from(
         "Limits (the `[limits]` table of the configuration, or --limit NAME=VALUE):\n",
     );
-    for (name, value, what) in rekord_server::Limits::default().describe() {
-        out.push_str(&format!("  {name:<28} {value:>7}  {what}\n"));
+    let defaults = rekord_server::Limits::default();
+    for (name, value, what) in defaults.describe() {
+        out.push_str(&format!("  {name:<34} {value:>7}  {what}\n"));
     }
+    let trusted: Vec<String> = defaults.trusted.iter().map(ToString::to_string).collect();
+    out.push_str(&format!(
+        "  {:<34} {:>7}  addresses the per-address limits skip (ADDR,ADDR; empty: none)\n",
+        "trusted",
+        trusted.join(",")
+    ));
     out
 }
 
@@ -155,6 +162,18 @@ fn set_limit(limits: &mut rekord_server::Limits, setting: &str) -> Result<(), Se
     let (name, value) = setting
         .split_once('=')
         .ok_or_else(|| bad("expected NAME=VALUE".into()))?;
+    if name.trim() == "trusted" {
+        limits.trusted = value
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| bad(format!("`{a}` is not an IP address ({e})")))
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok(());
+    }
     let value: u32 = value
         .trim()
         .parse()
