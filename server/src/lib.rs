@@ -102,6 +102,16 @@
 //! [`CLOSE_LAGGED`], and the client resynchronises when it reconnects. A client that reads
 //! nothing at all for [`PUSH_WRITE_TIMEOUT`] while a push waits is closed the same way.
 //!
+//! # Limits
+//!
+//! What a stranger, a token or an address can make the server spend is bounded by
+//! [`Limits`] (the `[limits]` table of the configuration; the module [`limits`] lists each
+//! attack and its answer): connections before any TLS work, handshake and hello time,
+//! frame time and memory, answers a client does not read, requests per token, token
+//! guesses per address, replicas per token and schemas. A refused connection fails at
+//! once with QUIC's `CONNECTION_REFUSED`; one closed past a limit gets
+//! `rekord::net::CLOSE_LIMITED` and the limit's name as reason.
+//!
 //! # Administration while serving
 //!
 //! `server.redb` is locked by the running server, so on Unix the server also listens on a

@@ -94,7 +94,10 @@ impl Default for Limits {
             auth_failures_per_minute: 10,
             replicas_per_token: 10_000,
             max_schemas: 65_536,
-            trusted: vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
+            trusted: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            ],
         }
     }
 }
@@ -567,7 +570,11 @@ mod tests {
         let local = IpAddr::from([127, 0, 0, 1]);
         let tickets: Vec<_> = (0..5).map(|_| gate.admit(local).unwrap()).collect();
         assert!((0..5).all(|_| gate.check_token(local)));
-        assert_eq!(gate.admit(local).err(), Some(Full::Total), "the total still counts");
+        assert_eq!(
+            gate.admit(local).err(),
+            Some(Full::Total),
+            "the total still counts"
+        );
         drop(tickets);
         let _one = gate.admit(ip(1)).unwrap();
         assert_eq!(gate.admit(ip(1)).err(), Some(Full::Address));

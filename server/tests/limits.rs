@@ -52,13 +52,19 @@ async fn a_connection_refused_at_a_limit_says_so() {
     let addr = server.local_addr().unwrap();
     let token = server
         .store()
-        .issue("t", rekord::proto::handshake::Trees::All, rekord::proto::handshake::Trees::All)
+        .issue(
+            "t",
+            rekord::proto::handshake::Trees::All,
+            rekord::proto::handshake::Trees::All,
+        )
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let first = net::connect(addr, &common::client(&token), None).await.unwrap();
+    let first = net::connect(addr, &common::client(&token), None)
+        .await
+        .unwrap();
     let second = net::connect(addr, &common::client(&token), None).await;
     match second {
         Err(e @ NetError::Connect { .. }) => {
@@ -71,7 +77,9 @@ async fn a_connection_refused_at_a_limit_says_so() {
     }
     // The allowance refills: a second later the address is welcome again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    net::connect(addr, &common::client(&token), None).await.unwrap();
+    net::connect(addr, &common::client(&token), None)
+        .await
+        .unwrap();
     drop(first);
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
@@ -92,7 +100,9 @@ fn a_token_at_its_replica_limit_refuses_new_replicas_only() {
         "info",
         &["--limit", "replicas_per_token=2"],
     );
-    let files: Vec<_> = (0..2).map(|i| dir.path().join(format!("r{i}.rekord"))).collect();
+    let files: Vec<_> = (0..2)
+        .map(|i| dir.path().join(format!("r{i}.rekord")))
+        .collect();
     for file in &files {
         let db = Db::open_synced(file, config(server.addr, &token)).unwrap();
         db.wait_caught_up(LIMIT).unwrap();
@@ -130,13 +140,19 @@ async fn a_server_full_of_schemas_refuses_new_ones() {
     let addr = server.local_addr().unwrap();
     let token = server
         .store()
-        .issue("t", rekord::proto::handshake::Trees::All, rekord::proto::handshake::Trees::All)
+        .issue(
+            "t",
+            rekord::proto::handshake::Trees::All,
+            rekord::proto::handshake::Trees::All,
+        )
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let mut s = net::connect(addr, &common::client(&token), None).await.unwrap();
+    let mut s = net::connect(addr, &common::client(&token), None)
+        .await
+        .unwrap();
     let ron = rekord::Schema::of::<Part>().to_ron().unwrap();
     let named = |tree: &str| ron.replace("\"parts\"", &format!("\"{tree}\""));
     s.put_schema("parts", 1, &ron).await.unwrap();
@@ -168,11 +184,17 @@ fn limits_are_checked_and_their_defaults_printed() {
             .unwrap()
     };
     for (args, says) in [
-        (&["--limit", "max_handshakes=0"][..], "limits.max_handshakes must be at least 1"),
+        (
+            &["--limit", "max_handshakes=0"][..],
+            "limits.max_handshakes must be at least 1",
+        ),
         (&["--limit", "nope=3"][..], "no such limit"),
         (&["--limit", "max_handshakes"][..], "expected NAME=VALUE"),
         (&["--limit", "max_handshakes=-1"][..], "not a whole number"),
-        (&["--limit", "trusted=10.0.0.1,nope"][..], "`nope` is not an IP address"),
+        (
+            &["--limit", "trusted=10.0.0.1,nope"][..],
+            "`nope` is not an IP address",
+        ),
     ] {
         let out = run(args);
         assert!(!out.status.success());
@@ -222,13 +244,19 @@ async fn the_replica_refusal_is_typed() {
     let addr = server.local_addr().unwrap();
     let token = server
         .store()
-        .issue("t", rekord::proto::handshake::Trees::All, rekord::proto::handshake::Trees::All)
+        .issue(
+            "t",
+            rekord::proto::handshake::Trees::All,
+            rekord::proto::handshake::Trees::All,
+        )
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    net::connect(addr, &common::client(&token), None).await.unwrap();
+    net::connect(addr, &common::client(&token), None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     match net::connect(addr, &common::client(&token), None).await {
         Err(NetError::Handshake(HandshakeError::Refused(Refusal::TooManyReplicas { limit }))) => {

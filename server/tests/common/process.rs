@@ -54,7 +54,9 @@ impl ServerProcess {
             ),
             None => Stdio::null(),
         };
-        let mut command = Command::new(BIN);
+        // REKORD_TEST_SERVER_BIN=<file>: another build of the server (say, a release one).
+        let mut command =
+            Command::new(std::env::var_os("REKORD_TEST_SERVER_BIN").unwrap_or_else(|| BIN.into()));
         if log.is_some() {
             command.env("RUST_LOG", level);
         }
