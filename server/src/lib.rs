@@ -219,6 +219,9 @@ pub const PUSH_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// it is shorter).
 pub const MAX_IDLE: Duration = Duration::from_secs(120);
 
+/// Bound on sending a refused client its refusal before the connection is closed.
+pub const REFUSAL_TIME: Duration = Duration::from_secs(2);
+
 /// Bound on waiting for connections to close at shutdown.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -663,6 +666,8 @@ fn tls_config(identity: &Identity) -> Result<quinn::ServerConfig, ServerError> {
     // client cannot make the server buffer for streams it never reads.
     transport.max_concurrent_bidi_streams(1u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // The protocol uses no datagrams: none are buffered.
+    transport.datagram_receive_buffer_size(None);
     transport.receive_window(limits::RECEIVE_WINDOW.into());
     transport.stream_receive_window(limits::RECEIVE_WINDOW.into());
     transport.send_window(limits::SEND_WINDOW);
@@ -685,19 +690,26 @@ enum End {
 }
 
 /// The receiving side of a session: frames reassembled from the stream, each bounded in
-/// time ([`Limits::frame_timeout_secs`]) and, beyond its first MiB, in memory shared by all
-/// sessions ([`Limits::frame_memory_mib`]).
+/// size (a hello: [`limits::MAX_HELLO`]), in time ([`Limits::frame_timeout_secs`]) and,
+/// beyond its first MiB, in memory shared by all sessions ([`Limits::frame_memory_mib`]).
 struct Inbound {
     reader: FrameReader,
     /// When the frame in transit began (its first byte arrived).
     started: Option<tokio::time::Instant>,
-    /// MiB of the shared frame memory this session holds for the frame in transit.
+    /// The shared frame memory this session holds for the frame in transit: its whole
+    /// share, taken at once when its length is known, so two frames never each hold part
+    /// of what both need.
     held: Option<tokio::sync::OwnedSemaphorePermit>,
     timeout: Duration,
     memory: Arc<tokio::sync::Semaphore>,
+    /// MiB in the shared frame memory (a frame's share is capped at it).
+    budget: u32,
+    /// The largest frame accepted now.
+    max_frame: u32,
 }
 
 impl Inbound {
+    /// A reader of the hello: frames up to [`limits::MAX_HELLO`].
     fn new(shared: &Shared) -> Self {
         Self {
             reader: FrameReader::new(),
@@ -705,7 +717,14 @@ impl Inbound {
             held: None,
             timeout: shared.limits.frame_timeout(),
             memory: shared.frame_memory.clone(),
+            budget: shared.limits.frame_memory_mib,
+            max_frame: limits::MAX_HELLO,
         }
+    }
+
+    /// After an accepted hello: frames up to [`proto::MAX_FRAME`].
+    fn accepted(&mut self) {
+        self.max_frame = proto::MAX_FRAME;
     }
 
     /// The next frame; `None` once the client ended the stream. Cancel-safe: what was read
@@ -721,51 +740,56 @@ impl Inbound {
                 Ok(None) => {}
                 Err(e) => return Err(End::Protocol(e.to_string())),
             }
-            let pending = self.reader.pending();
-            let deadline = if pending == 0 {
+            let deadline = if self.reader.pending() == 0 {
                 None
             } else {
                 Some(*self.started.get_or_insert_with(tokio::time::Instant::now) + self.timeout)
             };
-            let too_slow = || {
-                End::Limited(format!(
-                    "a frame took more than {} s to arrive (limits.frame_timeout_secs)",
-                    self.timeout.as_secs()
-                ))
-            };
-            // Memory beyond the free first MiB of a frame comes out of the shared budget
-            // before more is read (meanwhile QUIC flow control holds the sender back).
-            let need = pending
-                .saturating_sub(limits::FREE_FRAME_BYTES)
-                .div_ceil(1 << 20);
-            let held = self.held.as_ref().map_or(0, |p| p.num_permits());
-            if need > held {
-                let more = u32::try_from(need - held).unwrap_or(u32::MAX);
-                let acquire = self.memory.clone().acquire_many_owned(more);
-                let permit =
-                    match deadline {
-                        Some(deadline) => tokio::time::timeout_at(deadline, acquire)
-                            .await
-                            .map_err(|_| {
-                                End::Limited(
-                                    "the server's memory for frames in transit stayed taken \
+            if let (Some(len), Some(deadline)) = (self.reader.announced(), deadline) {
+                if len > self.max_frame {
+                    return Err(End::Protocol(format!(
+                        "a frame of {len} bytes where at most {} are accepted{}",
+                        self.max_frame,
+                        if self.max_frame < proto::MAX_FRAME {
+                            " before the hello is accepted"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                // Beyond its free first MiB, a frame takes its share of the shared memory
+                // before more of it is read (meanwhile QUIC flow control holds the sender
+                // back); a share is at most the whole memory, so every frame can arrive.
+                // `len <= MAX_FRAME` (16 MiB) fits in usize.
+                let need = (4 + len as usize)
+                    .saturating_sub(limits::FREE_FRAME_BYTES)
+                    .div_ceil(1 << 20);
+                let need = u32::try_from(need).unwrap_or(u32::MAX).min(self.budget);
+                if need > 0 && self.held.is_none() {
+                    let acquire = self.memory.clone().acquire_many_owned(need);
+                    let permit = tokio::time::timeout_at(deadline, acquire)
+                        .await
+                        .map_err(|_| {
+                            End::Limited(
+                                "the server's memory for frames in transit stayed taken \
                                  (limits.frame_memory_mib); retry later"
-                                        .into(),
-                                )
-                            })?,
-                        None => acquire.await,
-                    }
-                    .map_err(|_| End::Internal("the frame memory was closed".into()))?;
-                match &mut self.held {
-                    Some(held) => held.merge(permit),
-                    None => self.held = Some(permit),
+                                    .into(),
+                            )
+                        })?
+                        .map_err(|_| End::Internal("the frame memory was closed".into()))?;
+                    self.held = Some(permit);
                 }
             }
             let chunk = recv.read_chunk(READ_CHUNK, true);
             let chunk = match deadline {
                 Some(deadline) => tokio::time::timeout_at(deadline, chunk)
                     .await
-                    .map_err(|_| too_slow())?,
+                    .map_err(|_| {
+                        End::Limited(format!(
+                            "a frame took more than {} s to arrive (limits.frame_timeout_secs)",
+                            self.timeout.as_secs()
+                        ))
+                    })?,
                 None => chunk.await,
             };
             match chunk {
@@ -863,7 +887,7 @@ async fn session(
     })??;
     let (recv_stream, mut reader) = (&mut recv.0, recv.1);
 
-    if !shared.gate.check_token(remote.ip()) {
+    if shared.gate.guessing(remote.ip()) {
         return Err(End::Limited(
             "too many refused tokens from this address (limits.auth_failures_per_minute); \
              check the token, and retry in a minute"
@@ -922,45 +946,55 @@ async fn session(
     .map_err(|e| End::Internal(e.to_string()))?;
 
     let client_text = uuid::Uuid::from_bytes(client);
-    if !matches!(checked, Err(rekord::proto::Refusal::BadToken)) {
-        shared.gate.good_token(remote.ip());
+    if matches!(checked, Err(rekord::proto::Refusal::BadToken)) {
+        shared.gate.refused_token(remote.ip());
     }
     let (grant, holder, token, (history, common)) = match checked {
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::info!(%remote, client = %client_text, %refusal, "refused a client");
-            write_frame(&mut send, &Frame::Refused(refusal.clone())).await?;
-            let _ = send.finish();
-            // Let the refusal arrive before the close discards unsent stream data.
-            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+            // Bounded: a client that reads nothing must not keep its place.
+            let _ = tokio::time::timeout(REFUSAL_TIME, async {
+                write_frame(&mut send, &Frame::Refused(refusal.clone())).await?;
+                let _ = send.finish();
+                // Let the refusal arrive before the close discards unsent stream data.
+                let _ = send.stopped().await;
+                Ok::<(), End>(())
+            })
+            .await;
             conn.close(CLOSE_REFUSED.into(), refusal.to_string().as_bytes());
             return Ok(());
         }
     };
     ticket.established();
+    reader.accepted();
     // Subscribed before the hello and before the log is read: every change committed
     // after this point reaches this session live, every one before it is in the log.
     let mut pushes = shared.pushes().subscribe();
     // Only what is durable is sent: a change the server could still lose never reaches a
     // client.
     let head = shared.durable.load(std::sync::atomic::Ordering::Acquire);
-    write_frame(
-        &mut send,
-        &Frame::ServerHello(ServerHello {
-            protocol: PROTOCOL_VERSION,
-            app: shared.app.clone(),
-            server: shared.server,
-            replica: holder,
-            head,
-            history,
-            read: match &grant.read {
-                rekord::proto::handshake::Trees::All => None,
-                rekord::proto::handshake::Trees::Only(trees) => Some(trees.clone()),
-            },
-            common,
-        }),
-    )
-    .await?;
+    let server_hello = Frame::ServerHello(ServerHello {
+        protocol: PROTOCOL_VERSION,
+        app: shared.app.clone(),
+        server: shared.server,
+        replica: holder,
+        head,
+        history,
+        read: match &grant.read {
+            rekord::proto::handshake::Trees::All => None,
+            rekord::proto::handshake::Trees::Only(trees) => Some(trees.clone()),
+        },
+        common,
+    });
+    let hello = write_frame(&mut send, &server_hello);
+    tokio::time::timeout(shared.limits.frame_timeout(), hello)
+        .await
+        .map_err(|_| {
+            End::Limited(
+                "the client read no answer to its hello (limits.frame_timeout_secs)".into(),
+            )
+        })??;
     tracing::info!(
         %remote,
         client = %client_text,

@@ -7,8 +7,10 @@
 //! | a burst of handshakes (each costs CPU time) | [`Limits::handshakes_per_second_per_address`] | refused as above |
 //! | handshakes that never finish, connections that never say hello | [`Limits::max_handshakes`] in flight; [`Limits::hello_timeout_secs`] for the QUIC handshake plus the hello | refused as above; closed with [`CLOSE_LIMITED`](rekord::net::CLOSE_LIMITED) |
 //! | forged source addresses | above half of [`Limits::max_handshakes`], unvalidated addresses must answer a QUIC retry first | a retry packet |
+//! | a big frame before the hello | [`MAX_HELLO`] (1 MiB) | closed as a protocol error |
 //! | a frame announced large and sent slowly | [`Limits::frame_timeout_secs`] from its first byte to its last | closed with `CLOSE_LIMITED` |
-//! | many large frames at once | [`Limits::frame_memory_mib`] for all frames in transit beyond their first MiB | the reader waits (QUIC flow control holds the sender), then as above |
+//! | many large frames at once | [`Limits::frame_memory_mib`] for all frames in transit beyond their first MiB (a frame's whole share is taken at once, when its length is known; at most the whole memory) | the reader waits (QUIC flow control holds the sender), then as above |
+//! | a client that reads nothing | its answers and its refusal are written within [`Limits::frame_timeout_secs`] and [`REFUSAL_TIME`](crate::REFUSAL_TIME); no QUIC datagrams are accepted | closed with `CLOSE_LIMITED` |
 //! | a flood of requests | [`Limits::requests_per_second`] per token (all its sessions together) | answers are delayed; nothing is refused |
 //! | token guessing | [`Limits::auth_failures_per_minute`] per source IP | further connections from it are refused until its allowance refills |
 //! | a new replica per hello | [`Limits::replicas_per_token`] | [`Refusal::TooManyReplicas`](rekord::proto::Refusal::TooManyReplicas) |
@@ -32,6 +34,10 @@ pub const RECEIVE_WINDOW: u32 = 4 << 20;
 pub const SEND_WINDOW: u64 = 4 << 20;
 /// The part of a frame in transit that needs no share of [`Limits::frame_memory_mib`].
 pub const FREE_FRAME_BYTES: usize = 1 << 20;
+/// The largest frame accepted before a client's hello is accepted (a hello is a few KiB;
+/// with a long subscription, some hundreds): a stranger's frames never take a share of
+/// [`Limits::frame_memory_mib`].
+pub const MAX_HELLO: u32 = 1 << 20;
 /// Most source addresses a per-address allowance remembers (the oldest are forgotten).
 const REMEMBERED: usize = 65_536;
 
@@ -76,7 +82,8 @@ pub struct Limits {
     pub max_schemas: u32,
     /// Addresses the per-address limits do not apply to (default `127.0.0.1` and `::1`:
     /// processes on the server's own machine, like fail2ban's `ignoreip`). The limits in
-    /// total still do. Empty it to treat every address alike.
+    /// total still do. Empty it to treat every address alike, and do so when a relay or
+    /// proxy on the server's machine forwards remote clients.
     pub trusted: Vec<IpAddr>,
 }
 
@@ -271,6 +278,8 @@ impl Gate {
 
     /// A place for a new connection from `ip`, or why there is none.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Full> {
+        // An IPv4 client of a dual-stack server arrives as `::ffff:a.b.c.d`.
+        let ip = ip.to_canonical();
         let now = Instant::now();
         let trusted = self.trusted(ip);
         if !trusted && lock(&self.guesses).locked(ip, now) {
@@ -302,18 +311,21 @@ impl Gate {
         })
     }
 
-    /// Takes one of `ip`'s token checks before its hello's token is checked; `false` if
-    /// it has none left (refuse the hello unchecked). A check whose token was good is
-    /// given back ([`Gate::good_token`]), so only refused tokens use the allowance, and
-    /// concurrent hellos cannot check more tokens than it holds.
-    pub(crate) fn check_token(&self, ip: IpAddr) -> bool {
-        self.trusted(ip) || lock(&self.guesses).take(ip, Instant::now())
+    /// Whether `ip` used up its allowance of refused tokens (its hello is then refused
+    /// unchecked). Only refused tokens count ([`Gate::refused_token`]); a hello is checked
+    /// in microseconds and `ip` opens at most
+    /// [`Limits::handshakes_per_second_per_address`] connections a second, so guesses
+    /// checked at once can pass the allowance by a few at most.
+    pub(crate) fn guessing(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !self.trusted(ip) && lock(&self.guesses).locked(ip, Instant::now())
     }
 
-    /// Gives back the check [`Gate::check_token`] took: the token was good.
-    pub(crate) fn good_token(&self, ip: IpAddr) {
+    /// Notes a hello from `ip` refused for its token.
+    pub(crate) fn refused_token(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
         if !self.trusted(ip) {
-            lock(&self.guesses).give_back(ip, Instant::now());
+            lock(&self.guesses).charge(ip, Instant::now());
         }
     }
 
@@ -380,6 +392,12 @@ impl PerAddress {
         if self.locked(ip, now) {
             return false;
         }
+        self.charge(ip, now);
+        true
+    }
+
+    /// Takes one of `ip`'s allowance, into debt if none is left.
+    fn charge(&mut self, ip: IpAddr, now: Instant) {
         if self.by_address.len() >= REMEMBERED && !self.by_address.contains_key(&ip) {
             // Forget the addresses whose allowance is full again; if none, the oldest.
             self.by_address.retain(|_, b| b.level(now) < b.burst);
@@ -398,14 +416,6 @@ impl PerAddress {
             .entry(ip)
             .or_insert_with(|| Bucket::full(rate, burst, now))
             .take(now);
-        true
-    }
-
-    fn give_back(&mut self, ip: IpAddr, now: Instant) {
-        if let Some(bucket) = self.by_address.get_mut(&ip) {
-            bucket.level(now);
-            bucket.tokens = (bucket.tokens + 1.0).min(bucket.burst);
-        }
     }
 }
 
@@ -569,7 +579,8 @@ mod tests {
         });
         let local = IpAddr::from([127, 0, 0, 1]);
         let tickets: Vec<_> = (0..5).map(|_| gate.admit(local).unwrap()).collect();
-        assert!((0..5).all(|_| gate.check_token(local)));
+        (0..5).for_each(|_| gate.refused_token(local));
+        assert!(!gate.guessing(local));
         assert_eq!(
             gate.admit(local).err(),
             Some(Full::Total),
@@ -596,12 +607,28 @@ mod tests {
         // One guess more every 6 s.
         assert!(guesses.locked(ip(1), t0 + Duration::from_secs(5)));
         assert!(!guesses.locked(ip(1), t0 + Duration::from_secs(7)));
-        // A check whose token was good is given back.
+        // Refusals past the allowance lock the address out for longer.
         let t1 = t0 + Duration::from_secs(7);
-        assert!(guesses.take(ip(1), t1));
-        assert!(!guesses.take(ip(1), t1));
-        guesses.give_back(ip(1), t1);
-        assert!(guesses.take(ip(1), t1));
+        for _ in 0..3 {
+            guesses.charge(ip(1), t1);
+        }
+        assert!(guesses.locked(ip(1), t1 + Duration::from_secs(12)));
+        assert!(!guesses.locked(ip(1), t1 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn a_dual_stack_servers_local_client_is_trusted() {
+        let gate = Gate::new(Limits {
+            max_connections_per_address: 1,
+            ..Limits::default()
+        });
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let _a = gate.admit(mapped).unwrap();
+        let _b = gate.admit(mapped).unwrap();
+        for _ in 0..20 {
+            gate.refused_token(mapped);
+        }
+        assert!(!gate.guessing(mapped));
     }
 
     #[test]

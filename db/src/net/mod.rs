@@ -760,10 +760,39 @@ impl Session {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = proto::encode(&Frame::Request { id, body })?;
-        self.send
-            .write_all(&bytes)
-            .await
-            .map_err(|e| NetError::Closed(e.to_string()))?;
+        // Read while writing: the server may be writing a big push to this client at the
+        // same time, and waits for it to be read before it reads more of this request
+        // (each side's flow control window is smaller than a big frame). Bytes read here
+        // are kept for `read_frame`.
+        {
+            let Session {
+                send,
+                recv,
+                reader,
+                received,
+                ..
+            } = self;
+            let write = send.write_all(&bytes);
+            tokio::pin!(write);
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    written = &mut write => {
+                        written.map_err(|e| NetError::Closed(e.to_string()))?;
+                        break;
+                    }
+                    chunk = recv.read_chunk(READ_CHUNK, true), if reading => match chunk {
+                        Ok(Some(chunk)) => {
+                            *received += chunk.bytes.len() as u64;
+                            reader.push(&chunk.bytes);
+                        }
+                        // The end or an error shows again in `read_frame`; the write
+                        // finishes or fails on its own.
+                        Ok(None) | Err(_) => reading = false,
+                    },
+                }
+            }
+        }
         self.sent += bytes.len() as u64;
         loop {
             match self.read_frame().await? {

@@ -201,6 +201,10 @@ mod v1 {
     }
 }
 
+/// Room a [`FrameReader`] keeps beyond the bytes it holds after a frame was taken (more is
+/// given back).
+const SPARE_ROOM: usize = 1 << 20;
+
 /// Reassembles frames from a byte stream delivered in arbitrary chunks.
 #[derive(Debug, Default)]
 pub struct FrameReader {
@@ -248,7 +252,16 @@ impl FrameReader {
         }
         let frame = decode(&self.buf[4..end]);
         self.buf.drain(..end);
+        // A big frame's room is not kept for the small ones after it.
+        if self.buf.capacity() > SPARE_ROOM && self.buf.len() < self.buf.capacity() / 4 {
+            self.buf.shrink_to(self.buf.len().max(SPARE_ROOM / 16));
+        }
         frame.map(Some)
+    }
+
+    /// The length the frame in transit announced (once its first 4 bytes arrived).
+    pub fn announced(&self) -> Option<u32> {
+        self.buf.first_chunk::<4>().map(|b| u32::from_le_bytes(*b))
     }
 
     /// Bytes buffered but not yet part of a complete frame.
