@@ -362,7 +362,7 @@ struct Shared {
     store: Arc<Store>,
     /// Pushes to every session. The lock is held across a logged change's transaction and
     /// its place in `pending`, so pushes go out in commit order.
-    pushes: std::sync::Mutex<broadcast::Sender<Push>>,
+    pushes: std::sync::Mutex<broadcast::Sender<Arc<Outgoing>>>,
     /// Group commit: changes committed (not yet durably) waiting for the next flush, in
     /// commit order; their pushes go out and their requests are answered after it.
     pending: std::sync::Mutex<Vec<Flush>>,
@@ -379,6 +379,60 @@ struct Shared {
     frame_memory: Arc<tokio::sync::Semaphore>,
     /// Refusals logged at most once a second per kind.
     quiet: limits::Quiet,
+    /// Each token's part of the frame memory ([`Shared::token_frame_memory`]).
+    token_frames: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Shared {
+    /// The part of the frame memory the sessions of `token` share, and its size in MiB: a
+    /// quarter of the whole (at least what one frame needs, 15 MiB, when the whole is that
+    /// large), so one token cannot keep the rest waiting.
+    fn token_frame_memory(&self, token: &str) -> (Arc<tokio::sync::Semaphore>, u32) {
+        let whole = self.limits.frame_memory_mib;
+        let size = (whole / 4).max(whole.min(limits::FRAME_SHARE_MAX));
+        let mut parts = match self.token_frames.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let part = parts
+            .entry(token.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(size as usize)))
+            .clone();
+        (part, size)
+    }
+}
+
+/// A push as every session shares it: the frame, and its bytes encoded once (by the first
+/// session that sends it whole). A session that reads nothing holds a reference, not a
+/// copy, while its write waits.
+struct Outgoing {
+    frame: Frame,
+    encoded: std::sync::OnceLock<Option<Vec<u8>>>,
+}
+
+impl Outgoing {
+    fn new(push: Push) -> Self {
+        Self {
+            frame: Frame::Push(push),
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The push.
+    fn push(&self) -> Option<&Push> {
+        match &self.frame {
+            Frame::Push(push) => Some(push),
+            _ => None,
+        }
+    }
+
+    /// The frame's bytes.
+    fn bytes(&self) -> Result<&[u8], End> {
+        self.encoded
+            .get_or_init(|| proto::encode(&self.frame).ok())
+            .as_deref()
+            .ok_or_else(|| End::Internal("a push could not be encoded".into()))
+    }
 }
 
 /// One commit waiting for the group flush.
@@ -388,7 +442,7 @@ struct Flush {
 }
 
 impl Shared {
-    fn pushes(&self) -> std::sync::MutexGuard<'_, broadcast::Sender<Push>> {
+    fn pushes(&self) -> std::sync::MutexGuard<'_, broadcast::Sender<Arc<Outgoing>>> {
         match self.pushes.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -440,7 +494,7 @@ async fn flusher(shared: Arc<Shared>) {
                                     .fetch_max(last.seq, std::sync::atomic::Ordering::AcqRel);
                             }
                             // No receiver (no session) is fine.
-                            let _ = sender.send(push);
+                            let _ = sender.send(Arc::new(Outgoing::new(push)));
                         }
                         let _ = flush.done.send(());
                     }
@@ -560,6 +614,7 @@ impl Server {
                 config.limits.frame_memory_mib as usize,
             )),
             quiet: limits::Quiet::default(),
+            token_frames: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let flush_task = tokio::spawn(flusher(shared.clone()));
         tracing::info!(
@@ -689,6 +744,33 @@ enum End {
     Limited(String),
 }
 
+/// Frame memory held for one frame in transit: its share of the token's part and of the
+/// whole (freed when dropped).
+struct FrameMemory {
+    _token: Option<tokio::sync::OwnedSemaphorePermit>,
+    _all: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl FrameMemory {
+    /// Waits for `need` MiB of the token's part (if any), then of the whole; `None` if a
+    /// semaphore was closed.
+    async fn take(
+        all: Arc<tokio::sync::Semaphore>,
+        token: Option<(Arc<tokio::sync::Semaphore>, u32)>,
+        need: u32,
+    ) -> Option<FrameMemory> {
+        let token = match token {
+            Some((part, size)) => Some(part.acquire_many_owned(need.min(size)).await.ok()?),
+            None => None,
+        };
+        let all = all.acquire_many_owned(need).await.ok()?;
+        Some(FrameMemory {
+            _token: token,
+            _all: all,
+        })
+    }
+}
+
 /// The receiving side of a session: frames reassembled from the stream, each bounded in
 /// size (a hello: [`limits::MAX_HELLO`]), in time ([`Limits::frame_timeout_secs`]) and,
 /// beyond its first MiB, in memory shared by all sessions ([`Limits::frame_memory_mib`]).
@@ -699,9 +781,15 @@ struct Inbound {
     /// The shared frame memory this session holds for the frame in transit: its whole
     /// share, taken at once when its length is known, so two frames never each hold part
     /// of what both need.
-    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    held: Option<FrameMemory>,
+    /// The wait for `held`, kept across cancellations (a push to write interrupts
+    /// `read_frame`): the session keeps its place in line.
+    waiting: Option<std::pin::Pin<Box<dyn Future<Output = Option<FrameMemory>> + Send>>>,
     timeout: Duration,
     memory: Arc<tokio::sync::Semaphore>,
+    /// The part of the frame memory this session's token may hold at once (set when the
+    /// hello is accepted; frames before that take none).
+    token_memory: Option<(Arc<tokio::sync::Semaphore>, u32)>,
     /// MiB in the shared frame memory (a frame's share is capped at it).
     budget: u32,
     /// The largest frame accepted now.
@@ -715,16 +803,20 @@ impl Inbound {
             reader: FrameReader::new(),
             started: None,
             held: None,
+            waiting: None,
             timeout: shared.limits.frame_timeout(),
             memory: shared.frame_memory.clone(),
+            token_memory: None,
             budget: shared.limits.frame_memory_mib,
             max_frame: limits::MAX_HELLO,
         }
     }
 
-    /// After an accepted hello: frames up to [`proto::MAX_FRAME`].
-    fn accepted(&mut self) {
+    /// After an accepted hello with token `token`: frames up to [`proto::MAX_FRAME`], in
+    /// the token's part of the frame memory.
+    fn accepted(&mut self, shared: &Shared, token: &str) {
         self.max_frame = proto::MAX_FRAME;
+        self.token_memory = Some(shared.token_frame_memory(token));
     }
 
     /// The next frame; `None` once the client ended the stream. Cancel-safe: what was read
@@ -735,6 +827,7 @@ impl Inbound {
                 Ok(Some(frame)) => {
                     self.started = None;
                     self.held = None;
+                    self.waiting = None;
                     return Ok(Some(frame));
                 }
                 Ok(None) => {}
@@ -759,25 +852,35 @@ impl Inbound {
                 }
                 // Beyond its free first MiB, a frame takes its share of the shared memory
                 // before more of it is read (meanwhile QUIC flow control holds the sender
-                // back); a share is at most the whole memory, so every frame can arrive.
-                // `len <= MAX_FRAME` (16 MiB) fits in usize.
-                let need = (4 + len as usize)
+                // back); a share is at most the whole memory, so every frame can arrive, and
+                // one token's frames hold at most its part. `len <= MAX_FRAME` fits in usize.
+                let need = (len as usize)
                     .saturating_sub(limits::FREE_FRAME_BYTES)
                     .div_ceil(1 << 20);
                 let need = u32::try_from(need).unwrap_or(u32::MAX).min(self.budget);
                 if need > 0 && self.held.is_none() {
-                    let acquire = self.memory.clone().acquire_many_owned(need);
-                    let permit = tokio::time::timeout_at(deadline, acquire)
-                        .await
-                        .map_err(|_| {
-                            End::Limited(
-                                "the server's memory for frames in transit stayed taken \
-                                 (limits.frame_memory_mib); retry later"
-                                    .into(),
-                            )
-                        })?
-                        .map_err(|_| End::Internal("the frame memory was closed".into()))?;
-                    self.held = Some(permit);
+                    let wait = match &mut self.waiting {
+                        Some(wait) => wait,
+                        None => self.waiting.insert(Box::pin(FrameMemory::take(
+                            self.memory.clone(),
+                            self.token_memory.clone(),
+                            need,
+                        ))),
+                    };
+                    let held = tokio::time::timeout_at(deadline, wait).await.map_err(|_| {
+                        End::Limited(
+                            "the server's memory for frames in transit stayed taken \
+                             (limits.frame_memory_mib); retry later"
+                                .into(),
+                        )
+                    })?;
+                    self.waiting = None;
+                    let held =
+                        held.ok_or_else(|| End::Internal("the frame memory was closed".into()))?;
+                    self.held = Some(held);
+                    // The frame's time to arrive starts once it has its memory.
+                    self.started = Some(tokio::time::Instant::now());
+                    continue;
                 }
             }
             let chunk = recv.read_chunk(READ_CHUNK, true);
@@ -887,13 +990,18 @@ async fn session(
     })??;
     let (recv_stream, mut reader) = (&mut recv.0, recv.1);
 
-    if shared.gate.guessing(remote.ip()) {
-        return Err(End::Limited(
+    let guessed_too_much = || {
+        End::Limited(
             "too many refused tokens from this address (limits.auth_failures_per_minute); \
              check the token, and retry in a minute"
                 .into(),
-        ));
+        )
+    };
+    if shared.gate.guessing(remote.ip()) {
+        return Err(guessed_too_much());
     }
+    let gate = shared.gate.clone();
+    let ip = remote.ip();
     let store = shared.store.clone();
     let app = shared.app.clone();
     let client = hello.client;
@@ -903,6 +1011,12 @@ async fn session(
     let lineage = hello.history.clone();
     let last_entry = hello.last_entry;
     let checked = tokio::task::spawn_blocking(move || {
+        // One token check at a time per address (on this blocking thread, briefly).
+        let turn = gate.token_turn(ip);
+        let _turn = turn.as_deref().map(limits::lock);
+        if gate.guessing(ip) {
+            return Ok(None);
+        }
         let mut db_error = None;
         let mut name = String::new();
         let verdict = check_client(&hello, &app, |token| match store.token(token) {
@@ -921,7 +1035,11 @@ async fn session(
         if let Some(e) = db_error {
             return Err(e);
         }
-        match verdict {
+        if verdict == Err(rekord::proto::Refusal::BadToken) {
+            gate.refused_token(ip);
+        }
+        drop(_turn);
+        let outcome = match verdict {
             Ok(grant) => match store.connect_claiming(client, &name, claimed)? {
                 // A client sends only entries its file made: a higher number processed
                 // came from another copy of its file, and this one is older.
@@ -939,16 +1057,15 @@ async fn session(
                 Err(refusal) => Ok(Err(refusal)),
             },
             Err(refusal) => Ok(Err(refusal)),
-        }
+        };
+        outcome.map(Some)
     })
     .await
     .map_err(|e| End::Internal(e.to_string()))?
     .map_err(|e| End::Internal(e.to_string()))?;
 
     let client_text = uuid::Uuid::from_bytes(client);
-    if matches!(checked, Err(rekord::proto::Refusal::BadToken)) {
-        shared.gate.refused_token(remote.ip());
-    }
+    let checked = checked.ok_or_else(guessed_too_much)?;
     let (grant, holder, token, (history, common)) = match checked {
         Ok(accepted) => accepted,
         Err(refusal) => {
@@ -967,7 +1084,7 @@ async fn session(
         }
     };
     ticket.established();
-    reader.accepted();
+    reader.accepted(&shared, &token);
     // Subscribed before the hello and before the log is read: every change committed
     // after this point reaches this session live, every one before it is in the log.
     let mut pushes = shared.pushes().subscribe();
@@ -1034,16 +1151,18 @@ async fn session(
     send_push(&mut send, Push::CaughtUp { head }, &pushes).await?;
 
     // What of a live push this session gets.
-    let filter = |push: Push| match push {
-        Push::Changes(entries) => {
+    let filter = |push: Arc<Outgoing>| match push.push() {
+        Some(Push::Changes(entries)) => {
             // Entries up to `head` were sent by the catch-up already.
-            let visible: Vec<Sequenced> = entries
-                .into_iter()
-                .filter(|e| e.seq > head && reads(&e.change.tree))
-                .collect();
-            (!visible.is_empty()).then_some(Push::Changes(visible))
+            let shown = |e: &Sequenced| e.seq > head && reads(&e.change.tree);
+            if entries.iter().all(shown) {
+                // The common case: the shared push as it is.
+                return Some(push);
+            }
+            let visible: Vec<Sequenced> = entries.iter().filter(|e| shown(e)).cloned().collect();
+            (!visible.is_empty()).then(|| Arc::new(Outgoing::new(Push::Changes(visible))))
         }
-        other => Some(other),
+        _ => Some(push),
     };
     loop {
         // Both branches are cancel-safe: a frame is read from chunks already received, and
@@ -1090,7 +1209,7 @@ async fn session(
             push = pushes.recv() => match push {
                 Ok(push) => {
                     if let Some(push) = filter(push) {
-                        send_push(&mut send, push, &pushes).await?;
+                        send_shared(&mut send, &push, &pushes).await?;
                     }
                     // Forward what else is queued right away: a session busy with its own
                     // requests must not fall behind the pushes they cause.
@@ -1116,8 +1235,8 @@ fn writes_nothing() -> RemoteError {
 /// Forwards every push queued for this session now (through `filter`).
 async fn drain(
     send: &mut quinn::SendStream,
-    pushes: &mut broadcast::Receiver<Push>,
-    filter: &impl Fn(Push) -> Option<Push>,
+    pushes: &mut broadcast::Receiver<Arc<Outgoing>>,
+    filter: &impl Fn(Arc<Outgoing>) -> Option<Arc<Outgoing>>,
 ) -> Result<(), End> {
     loop {
         let push = match pushes.try_recv() {
@@ -1128,19 +1247,34 @@ async fn drain(
             Err(_) => return Ok(()),
         };
         if let Some(push) = filter(push) {
-            send_push(send, push, pushes).await?;
+            send_shared(send, &push, pushes).await?;
         }
     }
 }
 
-/// Writes one push, bounded by [`PUSH_WRITE_TIMEOUT`].
+/// Writes one push of this session alone, bounded by [`PUSH_WRITE_TIMEOUT`].
 async fn send_push(
     send: &mut quinn::SendStream,
     push: Push,
-    queue: &broadcast::Receiver<Push>,
+    queue: &broadcast::Receiver<Arc<Outgoing>>,
 ) -> Result<(), End> {
-    let frame = Frame::Push(push);
-    tokio::time::timeout(PUSH_WRITE_TIMEOUT, write_frame(send, &frame))
+    send_shared(send, &Outgoing::new(push), queue).await
+}
+
+/// Writes one push, bounded by [`PUSH_WRITE_TIMEOUT`].
+async fn send_shared(
+    send: &mut quinn::SendStream,
+    push: &Outgoing,
+    queue: &broadcast::Receiver<Arc<Outgoing>>,
+) -> Result<(), End> {
+    let bytes = push.bytes()?;
+    let write = async {
+        send.write_all(bytes).await.map_err(|e| match e {
+            quinn::WriteError::ConnectionLost(c) => End::Gone(c.to_string()),
+            e => End::Gone(e.to_string()),
+        })
+    };
+    tokio::time::timeout(PUSH_WRITE_TIMEOUT, write)
         .await
         .map_err(|_| End::Lagged(queue.len() as u64))?
 }

@@ -9,10 +9,11 @@
 //! | forged source addresses | above half of [`Limits::max_handshakes`], unvalidated addresses must answer a QUIC retry first | a retry packet |
 //! | a big frame before the hello | [`MAX_HELLO`] (1 MiB) | closed as a protocol error |
 //! | a frame announced large and sent slowly | [`Limits::frame_timeout_secs`] from its first byte to its last | closed with `CLOSE_LIMITED` |
-//! | many large frames at once | [`Limits::frame_memory_mib`] for all frames in transit beyond their first MiB (a frame's whole share is taken at once, when its length is known; at most the whole memory) | the reader waits (QUIC flow control holds the sender), then as above |
+//! | many large frames at once | [`Limits::frame_memory_mib`] for all frames in transit beyond their first MiB (a frame's whole share is taken at once, when its length is known, at most the whole memory; one token's sessions hold at most a quarter of it, or one frame's 15 MiB if more; the wait keeps its place in line and does not count against the frame's time to arrive) | the reader waits (QUIC flow control holds the sender), then as above |
 //! | a client that reads nothing | its answers and its refusal are written within [`Limits::frame_timeout_secs`] and [`REFUSAL_TIME`](crate::REFUSAL_TIME); no QUIC datagrams are accepted | closed with `CLOSE_LIMITED` |
 //! | a flood of requests | [`Limits::requests_per_second`] per token (all its sessions together) | answers are delayed; nothing is refused |
-//! | token guessing | [`Limits::auth_failures_per_minute`] per source IP | further connections from it are refused until its allowance refills |
+//! | token guessing | [`Limits::auth_failures_per_minute`] per source IP; its hellos are checked one at a time, each after the last refusal was counted | further connections from it are refused until its allowance refills |
+| pushes to clients that read nothing | each push and its bytes are shared by every session (encoded once); a write waits at most `PUSH_WRITE_TIMEOUT` | closed with `CLOSE_LAGGED` |
 //! | a new replica per hello | [`Limits::replicas_per_token`] | [`Refusal::TooManyReplicas`](rekord::proto::Refusal::TooManyReplicas) |
 //! | schema uploads | [`Limits::max_schemas`] on the server | the upload is refused (`RemoteError::Invalid`) |
 //!
@@ -34,6 +35,10 @@ pub const RECEIVE_WINDOW: u32 = 4 << 20;
 pub const SEND_WINDOW: u64 = 4 << 20;
 /// The part of a frame in transit that needs no share of [`Limits::frame_memory_mib`].
 pub const FREE_FRAME_BYTES: usize = 1 << 20;
+/// The most MiB one frame takes of [`Limits::frame_memory_mib`] (16 MiB less the free
+/// first MiB).
+pub const FRAME_SHARE_MAX: u32 = 15;
+
 /// The largest frame accepted before a client's hello is accepted (a hello is a few KiB;
 /// with a long subscription, some hundreds): a stranger's frames never take a share of
 /// [`Limits::frame_memory_mib`].
@@ -68,7 +73,8 @@ pub struct Limits {
     /// Seconds a frame may take from its first byte to its last (default 30; a full 16 MiB
     /// frame needs about 4.5 Mbit/s).
     pub frame_timeout_secs: u32,
-    /// MiB shared by all frames in transit beyond the first MiB of each (default 256).
+    /// MiB shared by all frames in transit beyond the first MiB of each; one token's
+    /// sessions hold at most a quarter of it (default 256).
     pub frame_memory_mib: u32,
     /// Requests per second one token's sessions get answered together; more wait (default
     /// 1000, in bursts of as many).
@@ -194,7 +200,7 @@ impl Limits {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
@@ -245,6 +251,8 @@ pub(crate) struct Gate {
     guesses: Mutex<PerAddress>,
     /// [`Limits::handshakes_per_second_per_address`].
     arrivals: Mutex<PerAddress>,
+    /// One token check at a time per address ([`Gate::token_turn`]).
+    turns: Mutex<HashMap<IpAddr, Arc<Mutex<()>>>>,
 }
 
 /// A connection's place under the [`Gate`]; freed when dropped.
@@ -262,6 +270,7 @@ impl Gate {
             counts: Mutex::new(Counts::default()),
             guesses: Mutex::new(PerAddress::new(per_minute / 60.0, per_minute)),
             arrivals: Mutex::new(PerAddress::new(per_second, per_second)),
+            turns: Mutex::new(HashMap::new()),
             limits,
         })
     }
@@ -311,11 +320,25 @@ impl Gate {
         })
     }
 
+    /// The lock an untrusted address's token checks take turns with (`None`: trusted).
+    /// Holding it from [`Gate::guessing`] to [`Gate::refused_token`] makes the allowance
+    /// exact: hellos sent at once are checked one after the other, each after the last
+    /// one's refusal was counted (a check takes microseconds, so good hellos barely wait).
+    pub(crate) fn token_turn(&self, ip: IpAddr) -> Option<Arc<Mutex<()>>> {
+        let ip = ip.to_canonical();
+        if self.trusted(ip) {
+            return None;
+        }
+        let mut turns = lock(&self.turns);
+        if turns.len() >= 1024 {
+            turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+        }
+        Some(turns.entry(ip).or_default().clone())
+    }
+
     /// Whether `ip` used up its allowance of refused tokens (its hello is then refused
-    /// unchecked). Only refused tokens count ([`Gate::refused_token`]); a hello is checked
-    /// in microseconds and `ip` opens at most
-    /// [`Limits::handshakes_per_second_per_address`] connections a second, so guesses
-    /// checked at once can pass the allowance by a few at most.
+    /// unchecked). Only refused tokens count ([`Gate::refused_token`]); call both while
+    /// holding the address's [`Gate::token_turn`].
     pub(crate) fn guessing(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         !self.trusted(ip) && lock(&self.guesses).locked(ip, Instant::now())

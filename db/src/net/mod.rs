@@ -102,6 +102,14 @@ fn read_error(e: quinn::ReadError) -> String {
     }
 }
 
+/// Why writing failed, with the peer's close code and reason when it closed the connection.
+fn write_error(e: quinn::WriteError) -> String {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => read_error(quinn::ReadError::ConnectionLost(c)),
+        other => other.to_string(),
+    }
+}
+
 /// The SHA-256 fingerprint of a DER certificate, as 64 lowercase hex digits.
 pub fn fingerprint(cert_der: &[u8]) -> String {
     let digest = sha2::Sha256::digest(cert_der);
@@ -330,6 +338,9 @@ pub struct Session {
     pushes: VecDeque<Push>,
     sent: u64,
     received: u64,
+    /// A request's frame is partly written (its round trip was cut short by its timeout):
+    /// the stream is unusable, and the session is closed.
+    cut: bool,
 }
 
 /// Bounds of a client connection.
@@ -514,6 +525,7 @@ async fn establish(
         timeout,
         pushes: VecDeque::new(),
         sent: bytes.len() as u64,
+        cut: false,
         received: 0,
     };
     let answer = match session.read_frame().await {
@@ -746,13 +758,26 @@ impl Session {
     /// Sends a request and waits for its response (bounded by the session's timeout).
     /// Pushes received meanwhile are buffered for [`next_push`](Session::next_push).
     pub async fn request(&mut self, body: Request) -> Result<Response, NetError> {
+        if self.cut {
+            return Err(NetError::Closed(
+                "an earlier request timed out halfway through its frame; connect again".into(),
+            ));
+        }
         let timeout = self.timeout;
         match tokio::time::timeout(timeout, self.round_trip(body)).await {
             Ok(result) => result,
-            Err(_) => Err(NetError::Timeout {
-                what: "a request",
-                after: timeout,
-            }),
+            Err(_) => {
+                if self.cut {
+                    // The next frame would continue this one's bytes: nothing more can be
+                    // said on this stream.
+                    self.conn
+                        .close(CLOSE_PROTOCOL.into(), b"a request was cut off mid-frame");
+                }
+                Err(NetError::Timeout {
+                    what: "a request",
+                    after: timeout,
+                })
+            }
         }
     }
 
@@ -772,13 +797,14 @@ impl Session {
                 received,
                 ..
             } = self;
+            self.cut = true;
             let write = send.write_all(&bytes);
             tokio::pin!(write);
             let mut reading = true;
             loop {
                 tokio::select! {
                     written = &mut write => {
-                        written.map_err(|e| NetError::Closed(e.to_string()))?;
+                        written.map_err(|e| NetError::Closed(write_error(e)))?;
                         break;
                     }
                     chunk = recv.read_chunk(READ_CHUNK, true), if reading => match chunk {
@@ -793,6 +819,7 @@ impl Session {
                 }
             }
         }
+        self.cut = false;
         self.sent += bytes.len() as u64;
         loop {
             match self.read_frame().await? {
