@@ -13,7 +13,7 @@
 //! | a client that reads nothing | its answers and its refusal are written within [`Limits::frame_timeout_secs`] and [`REFUSAL_TIME`](crate::REFUSAL_TIME); no QUIC datagrams are accepted | closed with `CLOSE_LIMITED` |
 //! | a flood of requests | [`Limits::requests_per_second`] per token (all its sessions together) | answers are delayed; nothing is refused |
 //! | token guessing | [`Limits::auth_failures_per_minute`] per source IP; its hellos are checked one at a time, each after the last refusal was counted | further connections from it are refused until its allowance refills |
-| pushes to clients that read nothing | each push and its bytes are shared by every session (encoded once); a write waits at most `PUSH_WRITE_TIMEOUT` | closed with `CLOSE_LAGGED` |
+//! | pushes to clients that read nothing | each push and its bytes are shared by every session (encoded once); a write waits at most `PUSH_WRITE_TIMEOUT` | closed with `CLOSE_LAGGED` |
 //! | a new replica per hello | [`Limits::replicas_per_token`] | [`Refusal::TooManyReplicas`](rekord::proto::Refusal::TooManyReplicas) |
 //! | schema uploads | [`Limits::max_schemas`] on the server | the upload is refused (`RemoteError::Invalid`) |
 //!
