@@ -75,7 +75,6 @@ impl Drop for Closer {
     fn drop(&mut self) {
         // Joins the sync thread, which makes its last commits durable before it ends and
         // then holds no handle; this `Arc` is then the last one, and the file closes here.
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.0.link.get() {
             link.stop();
         }
@@ -140,7 +139,6 @@ pub(crate) struct DbInner {
     /// Whether this is a synced database (client mode).
     pub(crate) client: bool,
     /// The sync thread of a synced database.
-    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) link: std::sync::OnceLock<Arc<crate::sync::client::Link>>,
     /// The optimistic trees of a synced database and their merge strategies: from the
     /// configuration, then from record types' `merge = "..."` as they are used.
@@ -153,7 +151,6 @@ pub(crate) struct DbInner {
 
 impl Drop for DbInner {
     fn drop(&mut self) {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             link.stop();
         }
@@ -376,8 +373,7 @@ impl Db {
         )
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    fn start_sync(db: Db, config: crate::sync::SyncConfig) -> Result<Db> {
+    pub(crate) fn start_sync(db: Db, config: crate::sync::SyncConfig) -> Result<Db> {
         if !config.merges.is_empty() {
             let txn = db.inner.redb.begin_write()?;
             {
@@ -401,7 +397,6 @@ impl Db {
     }
 
     /// The state of the sync client (`None` for a database that is not synced).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn sync_status(&self) -> Option<crate::sync::SyncStatus> {
         self.inner.link.get().map(|l| l.status())
     }
@@ -466,7 +461,6 @@ impl Db {
     /// Stops the sync client (if any) and waits until it has stopped. Dropping the last
     /// handle of a database does the same; this is for when the file must be closed at a
     /// known point while other handles may still exist.
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn stop_sync(&self) {
         if let Some(link) = self.inner.link.get() {
             link.stop();
@@ -647,7 +641,6 @@ impl Db {
                 }
                 _ => {}
             }
-            #[cfg(not(target_arch = "wasm32"))]
             if mode == Mode::Client {
                 replica = crate::sync::client::init_meta(&mut meta, created)?;
             }
@@ -686,7 +679,6 @@ impl Db {
             subscribers: Subscribers::default(),
             replica: AtomicU32::new(replica),
             client: mode == Mode::Client,
-            #[cfg(not(target_arch = "wasm32"))]
             link: std::sync::OnceLock::new(),
             merges: RwLock::new(HashMap::new()),
             hlc: std::sync::atomic::AtomicU64::new(hlc),
@@ -764,7 +756,7 @@ impl Db {
         let deadline = self
             .inner
             .sync_timeout()
-            .map(|t| std::time::Instant::now() + t);
+            .map(|t| crate::rt::Instant::now() + t);
         loop {
             let mut b = self.batch()?;
             match f(&mut b) {
@@ -775,7 +767,7 @@ impl Db {
                 Err(e) => {
                     let short = b.ids_short();
                     drop(b);
-                    let in_time = deadline.filter(|d| std::time::Instant::now() < *d);
+                    let in_time = deadline.filter(|d| crate::rt::Instant::now() < *d);
                     match (short, in_time) {
                         (Some(ids), Some(until)) if self.inner.refill_ids(ids, until)? => {}
                         _ => return Err(e),
@@ -959,7 +951,6 @@ impl DbInner {
 
     /// Tells the sync thread that the outbox has new entries.
     pub(crate) fn wake_sync(&self, entries: u64, bytes: u64) {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             link.enqueued(entries, bytes);
         }
@@ -969,7 +960,6 @@ impl DbInner {
 
     /// The sync client's request timeout (`None` for a database that is not synced).
     pub(crate) fn sync_timeout(&self) -> Option<std::time::Duration> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             return Some(link.timeout());
         }
@@ -979,8 +969,7 @@ impl DbInner {
     /// Asks the sync client for `ids` free ids and waits for them (bounded); whether they
     /// came. Must not be called inside a batch (the sync thread commits the ranges).
     /// [`Error::IdsRefused`] when the server gives this replica no ids at all.
-    pub(crate) fn refill_ids(&self, ids: u64, until: std::time::Instant) -> Result<bool> {
-        #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn refill_ids(&self, ids: u64, until: crate::rt::Instant) -> Result<bool> {
         if let Some(link) = self.link.get() {
             return link.refill_ids(ids, until);
         }
@@ -990,7 +979,6 @@ impl DbInner {
 
     /// Whether writes to `tree` wait for the server (write-through).
     pub(crate) fn write_through(&self, tree: &str) -> bool {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             return link.write_through(tree);
         }
@@ -1000,7 +988,6 @@ impl DbInner {
 
     /// Refuses a write-through write while the server is not connected.
     pub(crate) fn require_online(&self) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             return link.require_online();
         }
@@ -1009,7 +996,6 @@ impl DbInner {
 
     /// Waits until the server processed outbox entries `first..=last` (write-through).
     pub(crate) fn await_entries(&self, first: u64, last: u64) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             return link.await_entries(self, first, last);
         }
@@ -1019,7 +1005,6 @@ impl DbInner {
 
     /// Refuses a write whose `bytes` of outbox entries would exceed the outbox limit.
     pub(crate) fn outbox_room(&self, bytes: u64) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.link.get() {
             return link.room(bytes);
         }

@@ -348,6 +348,16 @@ pub enum Error {
         /// The limit in bytes.
         limit: u64,
     },
+    /// A synced browser database is open in another tab of this origin, which syncs it: one
+    /// tab holds a synced database's connection (the first that opened it).
+    #[error(
+        "the synced database `{name}` is open in another tab, which syncs it; use it there \
+         (or close that tab, and open it here again)"
+    )]
+    SyncedElsewhere {
+        /// The database's name.
+        name: String,
+    },
     /// A sync operation on a database that is not synced.
     #[error("{what} needs a synced database; open it with Db::open_synced")]
     NotSynced {

@@ -9,10 +9,10 @@ mod error;
 pub mod event;
 pub mod index;
 mod key;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod net;
 pub mod proto;
 mod record;
+pub mod rt;
 pub mod schema;
 pub mod storage;
 pub mod sync;

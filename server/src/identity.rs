@@ -109,7 +109,7 @@ fn io_error(path: &Path, e: std::io::Error) -> ServerError {
 /// Writes `bytes` to `path` durably: a temporary file, fsync, rename. The temporary file
 /// is created exclusively (a file or link another user planted under its name is never
 /// written through): one left by a crash is removed first, one that cannot be is an error.
-fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), ServerError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), ServerError> {
     let tmp: PathBuf = path.with_extension("tmp");
     if fs::symlink_metadata(&tmp).is_ok() {
         fs::remove_file(&tmp).map_err(|e| io_error(&tmp, e))?;

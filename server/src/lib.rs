@@ -175,6 +175,8 @@ pub mod datadir;
 pub mod identity;
 pub mod limits;
 pub mod store;
+mod transport;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -192,11 +194,13 @@ use rekord::proto::{
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
+use transport::{Peer, RecvHalf, SendHalf};
 
 pub use admin::{AdminReply, AdminRequest};
 pub use identity::Identity;
 pub use limits::Limits;
 pub use store::{Applied, BorrowOutcome, RecordState, Store, TokenInfo};
+pub use web::{Web, WebCert, WebCerts};
 
 /// Application close code: the server failed internally (database error) while serving the
 /// connection; the client may retry later.
@@ -255,6 +259,8 @@ pub struct Config {
     /// The bounds that keep the server serving under attack (the `[limits]` table; see
     /// [`Limits`]).
     pub limits: Limits,
+    /// Who may open WebTransport sessions (the `[web]` table; see [`Web`]).
+    pub web: Web,
 }
 
 impl Default for Config {
@@ -264,6 +270,7 @@ impl Default for Config {
             data: PathBuf::from("./rekord-server-data"),
             app: "rekord".into(),
             limits: Limits::default(),
+            web: Web::default(),
         }
     }
 }
@@ -292,6 +299,7 @@ impl Config {
     /// Checks the values (the application name's length, every limit at least 1).
     pub fn validate(&self) -> Result<(), ServerError> {
         self.limits.validate()?;
+        self.web.validate()?;
         if self.app.is_empty() || self.app.len() > proto::MAX_NAME {
             return Err(ServerError::Config(format!(
                 "the application name must be 1 to {} bytes",
@@ -381,6 +389,8 @@ struct Shared {
     quiet: limits::Quiet,
     /// Each token's part of the frame memory ([`Shared::token_frame_memory`]).
     token_frames: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Who may open WebTransport sessions.
+    web: Web,
 }
 
 impl Shared {
@@ -519,6 +529,8 @@ async fn durable(done: tokio::sync::oneshot::Receiver<()>) -> Result<(), End> {
 pub struct Server {
     endpoint: quinn::Endpoint,
     identity: Identity,
+    web_certs: WebCerts,
+    resolver: Arc<web::Resolver>,
     store: Arc<Store>,
     config: Config,
     admin: admin::Listener,
@@ -539,7 +551,9 @@ impl Server {
         let store = Arc::new(Store::open(&config.data)?);
         // After the database: its lock proves no other server uses this data directory.
         let admin = admin::Listener::bind(&config.data)?;
-        let server_config = tls_config(&identity)?;
+        let web_certs = WebCerts::load_or_create(&config.data, web::unix_now())?;
+        let resolver = Arc::new(web::Resolver::new(&identity, &web_certs)?);
+        let server_config = tls_config(resolver.clone())?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
             ServerError::Bind {
                 addr: config.listen,
@@ -549,6 +563,8 @@ impl Server {
         Ok(Self {
             endpoint,
             identity,
+            web_certs,
+            resolver,
             store,
             config,
             admin,
@@ -566,6 +582,12 @@ impl Server {
     /// The server's identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The WebTransport certificates (what a browser page names in
+    /// `serverCertificateHashes`: [`WebCerts::hashes`]).
+    pub fn web_certs(&self) -> &WebCerts {
+        &self.web_certs
     }
 
     /// The server database, usable while serving (tokens, online [`Store::backup`]).
@@ -591,6 +613,8 @@ impl Server {
         let Server {
             endpoint,
             identity,
+            mut web_certs,
+            resolver,
             store,
             config,
             admin,
@@ -615,13 +639,18 @@ impl Server {
             )),
             quiet: limits::Quiet::default(),
             token_frames: std::sync::Mutex::new(std::collections::HashMap::new()),
+            web: config.web.clone(),
         });
         let flush_task = tokio::spawn(flusher(shared.clone()));
+        let mut rotation = tokio::time::interval(web::ROTATION_CHECK);
+        rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(
             listen = ?endpoint.local_addr().ok(),
             uuid = %identity.uuid,
             fingerprint = %identity.fingerprint(),
             app = %config.app,
+            web_hashes = ?web_certs.hashes(),
+            web_origins = ?config.web.origins,
             limits = ?config.limits,
             "rekord server serving"
         );
@@ -664,6 +693,19 @@ impl Server {
                     let hooks: Arc<dyn admin::Hooks> = shared.clone();
                     admin_tasks.spawn(connection.serve(shared.store.clone(), hooks));
                 }
+                _ = rotation.tick() => {
+                    match web_certs.rotate(web::unix_now()) {
+                        Ok(false) => {}
+                        Ok(true) => match resolver.present(&web_certs) {
+                            Ok(()) => tracing::info!(
+                                hashes = ?web_certs.hashes(),
+                                "rotated the WebTransport certificate"
+                            ),
+                            Err(e) => tracing::error!(error = %e, "cannot present the new WebTransport certificate"),
+                        },
+                        Err(e) => tracing::error!(error = %e, "cannot rotate the WebTransport certificate"),
+                    }
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 Some(_) = admin_tasks.join_next(), if !admin_tasks.is_empty() => {}
             }
@@ -696,20 +738,17 @@ impl Server {
     }
 }
 
-fn tls_config(identity: &Identity) -> Result<quinn::ServerConfig, ServerError> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+fn tls_config(resolver: Arc<web::Resolver>) -> Result<quinn::ServerConfig, ServerError> {
     let tls_error = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(&e))?
         .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(identity.cert_der.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
-        )
-        .map_err(|e| tls_error(&e))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+        .with_cert_resolver(resolver);
+    // Native clients and WebTransport (browsers) on one port; the certificate follows the
+    // ALPN (`web::Resolver`).
+    tls.alpn_protocols = vec![ALPN.to_vec(), web_transport_quinn::ALPN.as_bytes().to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_error(&e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -717,10 +756,13 @@ fn tls_config(identity: &Identity) -> Result<quinn::ServerConfig, ServerError> {
     // limit is the smaller of the two): a client starved of CPU for a while stays
     // connected for as long as its own idle timeout allows, and its bounded push queue.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(MAX_IDLE).ok());
-    // One bidirectional stream per connection (the protocol's), none unidirectional: a
-    // client cannot make the server buffer for streams it never reads.
-    transport.max_concurrent_bidi_streams(1u32.into());
-    transport.max_concurrent_uni_streams(0u32.into());
+    // Few streams per connection: the protocol's one bidirectional stream, and what HTTP/3
+    // needs for WebTransport (the CONNECT stream beside the session's, three unidirectional
+    // streams: control and QPACK; Chromium refuses a server that announces fewer). Streams
+    // a native client opens beyond its one are never read: what they carry stays within the
+    // connection's receive window, like everything the client sends.
+    transport.max_concurrent_bidi_streams(2u32.into());
+    transport.max_concurrent_uni_streams(3u32.into());
     // The protocol uses no datagrams: none are buffered.
     transport.datagram_receive_buffer_size(None);
     transport.receive_window(limits::RECEIVE_WINDOW.into());
@@ -821,7 +863,7 @@ impl Inbound {
 
     /// The next frame; `None` once the client ended the stream. Cancel-safe: what was read
     /// stays buffered, and the frame's start time and memory stay noted.
-    async fn read_frame(&mut self, recv: &mut quinn::RecvStream) -> Result<Option<Frame>, End> {
+    async fn read_frame(&mut self, recv: &mut RecvHalf) -> Result<Option<Frame>, End> {
         loop {
             match self.reader.next_frame() {
                 Ok(Some(frame)) => {
@@ -883,7 +925,7 @@ impl Inbound {
                     continue;
                 }
             }
-            let chunk = recv.read_chunk(READ_CHUNK, true);
+            let chunk = recv.read_chunk(READ_CHUNK);
             let chunk = match deadline {
                 Some(deadline) => tokio::time::timeout_at(deadline, chunk)
                     .await
@@ -896,22 +938,18 @@ impl Inbound {
                 None => chunk.await,
             };
             match chunk {
-                Ok(Some(chunk)) => self.reader.push(&chunk.bytes),
+                Ok(Some(bytes)) => self.reader.push(&bytes),
                 Ok(None) if self.reader.pending() == 0 => return Ok(None),
                 Ok(None) => return Err(End::Protocol("the stream ended inside a frame".into())),
-                Err(quinn::ReadError::ConnectionLost(c)) => return Err(End::Gone(c.to_string())),
-                Err(e) => return Err(End::Gone(e.to_string())),
+                Err(e) => return Err(End::Gone(e)),
             }
         }
     }
 }
 
-async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), End> {
+async fn write_frame(send: &mut SendHalf, frame: &Frame) -> Result<(), End> {
     let bytes = proto::encode(frame).map_err(|e| End::Internal(e.to_string()))?;
-    send.write_all(&bytes).await.map_err(|e| match e {
-        quinn::WriteError::ConnectionLost(c) => End::Gone(c.to_string()),
-        e => End::Gone(e.to_string()),
-    })
+    send.write_all(&bytes).await.map_err(End::Gone)
 }
 
 async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: Arc<Shared>) {
@@ -919,7 +957,44 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
     // The QUIC handshake and the hello share one bound.
     let hello_by = tokio::time::Instant::now() + shared.limits.hello_timeout();
     let conn = match tokio::time::timeout_at(hello_by, incoming).await {
-        Ok(Ok(conn)) => conn,
+        Ok(Ok(conn)) if web::is_web(&conn) => {
+            // A browser: the HTTP/3 handshake and the CONNECT request within the same bound.
+            match tokio::time::timeout_at(hello_by, web::accept(conn.clone(), &shared.web)).await {
+                Ok(Ok(session)) => Peer::Web(session),
+                Ok(Err(web::Refused::Origin(origin))) => {
+                    if let Some(count) = shared.quiet.note("origin refused") {
+                        tracing::warn!(
+                            %remote,
+                            %origin,
+                            count,
+                            "refused a WebTransport session from a page whose origin is not in \
+                             web.origins (add it to the server's configuration to allow it)"
+                        );
+                    }
+                    // The 403 arrives before the close (bounded: the client closes on it).
+                    let _ = tokio::time::timeout(REFUSAL_TIME, conn.closed()).await;
+                    conn.close(CLOSE_REFUSED.into(), b"origin not allowed");
+                    return;
+                }
+                Ok(Err(web::Refused::Failed(reason))) => {
+                    tracing::debug!(%remote, %reason, "WebTransport handshake failed");
+                    conn.close(CLOSE_PROTOCOL.into(), b"webtransport handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    if let Some(count) = shared.quiet.note("webtransport timeout") {
+                        tracing::info!(
+                            %remote,
+                            count,
+                            "WebTransport handshakes timed out (limits.hello_timeout_secs)"
+                        );
+                    }
+                    conn.close(CLOSE_LIMITED.into(), b"no webtransport session in time");
+                    return;
+                }
+            }
+        }
+        Ok(Ok(conn)) => Peer::Quic(conn),
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "connection failed");
             return;
@@ -959,17 +1034,14 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
 }
 
 async fn session(
-    conn: &quinn::Connection,
+    conn: &Peer,
     ticket: &mut limits::Ticket,
     hello_by: tokio::time::Instant,
     shared: Arc<Shared>,
 ) -> Result<(), End> {
     let remote = conn.remote_address();
     let (mut send, mut recv, hello) = tokio::time::timeout_at(hello_by, async {
-        let (send, mut recv) = conn
-            .accept_bi()
-            .await
-            .map_err(|e| End::Gone(e.to_string()))?;
+        let (send, mut recv) = conn.accept_bi().await.map_err(End::Gone)?;
         let mut reader = Inbound::new(&shared);
         match reader.read_frame(&mut recv).await? {
             Some(Frame::ClientHello(hello)) => Ok((send, (recv, reader), hello)),
@@ -1073,9 +1145,9 @@ async fn session(
             // Bounded: a client that reads nothing must not keep its place.
             let _ = tokio::time::timeout(REFUSAL_TIME, async {
                 write_frame(&mut send, &Frame::Refused(refusal.clone())).await?;
-                let _ = send.finish();
+                send.finish();
                 // Let the refusal arrive before the close discards unsent stream data.
-                let _ = send.stopped().await;
+                send.stopped().await;
                 Ok::<(), End>(())
             })
             .await;
@@ -1114,6 +1186,7 @@ async fn session(
         })??;
     tracing::info!(
         %remote,
+        transport = conn.kind(),
         client = %client_text,
         holder,
         token = %token,
@@ -1223,7 +1296,7 @@ async fn session(
             },
         }
     }
-    let _ = send.finish();
+    send.finish();
     Ok(())
 }
 
@@ -1234,7 +1307,7 @@ fn writes_nothing() -> RemoteError {
 
 /// Forwards every push queued for this session now (through `filter`).
 async fn drain(
-    send: &mut quinn::SendStream,
+    send: &mut SendHalf,
     pushes: &mut broadcast::Receiver<Arc<Outgoing>>,
     filter: &impl Fn(Arc<Outgoing>) -> Option<Arc<Outgoing>>,
 ) -> Result<(), End> {
@@ -1254,7 +1327,7 @@ async fn drain(
 
 /// Writes one push of this session alone, bounded by [`PUSH_WRITE_TIMEOUT`].
 async fn send_push(
-    send: &mut quinn::SendStream,
+    send: &mut SendHalf,
     push: Push,
     queue: &broadcast::Receiver<Arc<Outgoing>>,
 ) -> Result<(), End> {
@@ -1263,17 +1336,12 @@ async fn send_push(
 
 /// Writes one push, bounded by [`PUSH_WRITE_TIMEOUT`].
 async fn send_shared(
-    send: &mut quinn::SendStream,
+    send: &mut SendHalf,
     push: &Outgoing,
     queue: &broadcast::Receiver<Arc<Outgoing>>,
 ) -> Result<(), End> {
     let bytes = push.bytes()?;
-    let write = async {
-        send.write_all(bytes).await.map_err(|e| match e {
-            quinn::WriteError::ConnectionLost(c) => End::Gone(c.to_string()),
-            e => End::Gone(e.to_string()),
-        })
-    };
+    let write = async { send.write_all(bytes).await.map_err(End::Gone) };
     tokio::time::timeout(PUSH_WRITE_TIMEOUT, write)
         .await
         .map_err(|_| End::Lagged(queue.len() as u64))?

@@ -47,6 +47,10 @@ enum Command {
         /// given again for others, e.g. `--limit max_connections=4096`.
         #[arg(long, value_name = "NAME=VALUE")]
         limit: Vec<String>,
+        /// Lets pages of this origin open WebTransport sessions (adds to the configuration's
+        /// `web.origins`); may be given again, e.g. `--allow-origin https://app.example.com`.
+        #[arg(long, value_name = "ORIGIN")]
+        allow_origin: Vec<String>,
     },
     /// Manages access tokens (through the running server if there is one).
     #[command(subcommand)]
@@ -54,8 +58,9 @@ enum Command {
     /// Manages borrows (through the running server if there is one).
     #[command(subcommand)]
     Borrow(BorrowCommand),
-    /// Prints the server UUID and its certificate's SHA-256 fingerprint (creating the
-    /// identity if there is none yet).
+    /// Prints the server UUID, its certificate's SHA-256 fingerprint, and the SHA-256 of the
+    /// WebTransport certificates browsers are presented (`web-hash` lines, current first;
+    /// creating what does not exist yet).
     Identity,
     /// Writes a consistent copy of server.redb to a new file, also while the server runs
     /// (it then writes the copy itself). Restore: stop the server, replace server.redb in
@@ -221,10 +226,16 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
         config.data = data;
     }
     match cli.command {
-        Command::Run { listen, app, limit } => {
+        Command::Run {
+            listen,
+            app,
+            limit,
+            allow_origin,
+        } => {
             for setting in &limit {
                 set_limit(&mut config.limits, setting)?;
             }
+            config.web.origins.extend(allow_origin);
             config.validate()?;
             if let Some(listen) = listen {
                 config.listen = listen;
@@ -303,6 +314,14 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
             let identity = Identity::load_or_create(&config.data)?;
             println!("uuid {}", identity.uuid);
             println!("fingerprint {}", identity.fingerprint());
+            // What a browser page names in `serverCertificateHashes` (current, then next).
+            let web = rekord_server::WebCerts::load_or_create(
+                &config.data,
+                rekord_server::web::unix_now(),
+            )?;
+            for hash in web.hashes() {
+                println!("web-hash {hash}");
+            }
             Ok(())
         }
         Command::Backup { out } => {

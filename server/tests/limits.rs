@@ -47,6 +47,7 @@ async fn a_connection_refused_at_a_limit_says_so() {
             trusted: Vec::new(),
             ..Default::default()
         },
+        web: Default::default(),
     })
     .unwrap();
     let addr = server.local_addr().unwrap();
@@ -135,6 +136,7 @@ async fn a_server_full_of_schemas_refuses_new_ones() {
             max_schemas: 2,
             ..Default::default()
         },
+        web: Default::default(),
     })
     .unwrap();
     let addr = server.local_addr().unwrap();
@@ -239,6 +241,7 @@ async fn the_replica_refusal_is_typed() {
             replicas_per_token: 1,
             ..Default::default()
         },
+        web: Default::default(),
     })
     .unwrap();
     let addr = server.local_addr().unwrap();

@@ -42,6 +42,7 @@ impl Served {
             data: dir.to_path_buf(),
             app: APP.into(),
             limits,
+            web: Default::default(),
         })?;
         let addr = server.local_addr()?;
         let store = server.store().clone();

@@ -31,18 +31,28 @@
 //! - Connecting and the handshake are bounded in time ([`DEFAULT_TIMEOUT`], 10 s, unless
 //!   [`connect_timeout`] says otherwise); so is every request round trip of a [`Session`].
 
+#[cfg(target_arch = "wasm32")]
+mod browser;
+#[cfg(not(target_arch = "wasm32"))]
+mod quic;
+#[cfg(all(feature = "web-transport", not(target_arch = "wasm32")))]
+mod webtransport;
+mod wire;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use quinn::rustls;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::Digest as _;
+
+#[cfg(target_arch = "wasm32")]
+pub use browser::connect_browser;
+#[cfg(not(target_arch = "wasm32"))]
+pub use quic::{PinnedVerifier, connect, connect_timeout, connect_with};
+#[cfg(all(feature = "web-transport", not(target_arch = "wasm32")))]
+pub use webtransport::connect_web;
+pub use wire::{ConnWire, MaybeSend, RecvWire, SendWire, WireFuture};
 
 use crate::proto::handshake::{ClientConfig, HandshakeError, check_server, client_hello};
 use crate::proto::{
@@ -78,37 +88,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often an idle client session sends a keep-alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
-
-/// What a connection refused before its handshake means.
-const REFUSED_AT_LIMIT: &str = "the server refused the connection: it is at one of its \
-     limits (connections in total or from this address, handshakes in flight, or refused \
-     tokens from this address); retry later, and check the token if it keeps happening";
-
-/// How many bytes are read from the stream at a time.
-const READ_CHUNK: usize = 64 * 1024;
-
-/// Why reading failed, with the peer's close code and reason when it closed the connection.
-fn read_error(e: quinn::ReadError) -> String {
-    match e {
-        quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(close)) => {
-            format!(
-                "the server closed the connection (code {}): {}",
-                close.error_code,
-                String::from_utf8_lossy(&close.reason)
-            )
-        }
-        quinn::ReadError::ConnectionLost(c) => c.to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Why writing failed, with the peer's close code and reason when it closed the connection.
-fn write_error(e: quinn::WriteError) -> String {
-    match e {
-        quinn::WriteError::ConnectionLost(c) => read_error(quinn::ReadError::ConnectionLost(c)),
-        other => other.to_string(),
-    }
-}
 
 /// The SHA-256 fingerprint of a DER certificate, as 64 lowercase hex digits.
 pub fn fingerprint(cert_der: &[u8]) -> String {
@@ -152,6 +131,27 @@ impl Pin {
     }
 }
 
+/// Where a server serves WebTransport: its URL and the SHA-256 hashes (hex, as
+/// `rekord-server identity` prints them on its `web-hash` lines) of the certificates to
+/// accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebTarget {
+    /// `https://HOST:PORT/PATH` (the path is free; the server serves every path).
+    pub url: String,
+    /// Certificate hashes to accept (at least one).
+    pub cert_hashes: Vec<String>,
+}
+
+impl WebTarget {
+    /// A target at `url` accepting the certificates with these hashes.
+    pub fn new(url: impl Into<String>, cert_hashes: Vec<String>) -> Self {
+        Self {
+            url: url.into(),
+            cert_hashes,
+        }
+    }
+}
+
 /// Why a connection or a request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -163,6 +163,15 @@ pub enum NetError {
         /// The server address.
         addr: SocketAddr,
         /// What went wrong.
+        reason: String,
+    },
+    /// No WebTransport session could be opened (in a browser: the page's `WebTransport`
+    /// refused, which it does without saying why).
+    #[error("could not connect to {url}: {reason}")]
+    Unreachable {
+        /// The server's WebTransport URL.
+        url: String,
+        /// What went wrong, and what to check.
         reason: String,
     },
     /// The server presented another certificate than the one pinned at first contact.
@@ -228,92 +237,6 @@ fn describe(e: &RemoteError) -> String {
     }
 }
 
-/// The certificate verifier of the client: pins a fingerprint, or records the presented one
-/// on first contact.
-#[derive(Debug)]
-pub struct PinnedVerifier {
-    pinned: Option<String>,
-    presented: Mutex<Option<String>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl PinnedVerifier {
-    /// A verifier that accepts only the certificate with fingerprint `pinned`, or (with
-    /// `None`, first contact) the presented certificate, whose fingerprint it records.
-    pub fn new(pinned: Option<String>) -> Self {
-        Self {
-            pinned,
-            presented: Mutex::new(None),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        }
-    }
-
-    /// The fingerprint of the certificate the server presented, once TLS reached it.
-    pub fn presented(&self) -> Option<String> {
-        match self.presented.lock() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let found = fingerprint(end_entity.as_ref());
-        match self.presented.lock() {
-            Ok(mut g) => *g = Some(found.clone()),
-            Err(poisoned) => *poisoned.into_inner() = Some(found.clone()),
-        }
-        match &self.pinned {
-            Some(expected) if *expected != found => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )),
-            _ => Ok(ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// An authenticated session with a server: the connection and its one stream.
 ///
 /// This is the transport-level API: one request at a time ([`request`](Session::request)
@@ -325,11 +248,9 @@ impl ServerCertVerifier for PinnedVerifier {
 /// database-level sync client builds on this.
 #[derive(Debug)]
 pub struct Session {
-    // Kept alive for the connection's sake: dropping the endpoint ends its connections.
-    _endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    conn: Box<dyn ConnWire>,
+    send: Box<dyn SendWire>,
+    recv: Box<dyn RecvWire>,
     reader: FrameReader,
     hello: ServerHello,
     pin: Pin,
@@ -379,175 +300,64 @@ impl ConnectOptions {
     }
 }
 
-/// Connects to the server at `addr`, pinned to `pin` if given (else first contact), and
-/// runs the handshake, bounded by [`DEFAULT_TIMEOUT`].
-pub async fn connect(
-    addr: SocketAddr,
-    cfg: &ClientConfig,
-    pin: Option<&Pin>,
-) -> Result<Session, NetError> {
-    connect_timeout(addr, cfg, pin, DEFAULT_TIMEOUT).await
-}
-
-/// [`connect`] with another bound on connecting plus the handshake (also used for each
-/// request round trip of the session).
-pub async fn connect_timeout(
-    addr: SocketAddr,
-    cfg: &ClientConfig,
-    pin: Option<&Pin>,
-    timeout: Duration,
-) -> Result<Session, NetError> {
-    connect_with(addr, cfg, pin, ConnectOptions::default().timeout(timeout)).await
-}
-
-/// [`connect`] with explicit [`ConnectOptions`].
-pub async fn connect_with(
-    addr: SocketAddr,
-    cfg: &ClientConfig,
-    pin: Option<&Pin>,
-    options: ConnectOptions,
-) -> Result<Session, NetError> {
-    let timeout = options.timeout;
-    // The pinned server identity travels in the hello and is checked by `check_server`.
-    let mut cfg = cfg.clone();
-    if let Some(pin) = pin {
-        cfg.pinned = Some(pin.server);
-    }
-    match tokio::time::timeout(timeout, establish(addr, &cfg, pin, options)).await {
-        Ok(result) => result,
-        Err(_) => Err(NetError::Timeout {
-            what: "connecting and the handshake",
-            after: timeout,
-        }),
-    }
-}
-
-fn connect_error(addr: SocketAddr, reason: impl std::fmt::Display) -> NetError {
-    NetError::Connect {
-        addr,
-        reason: reason.to_string(),
-    }
-}
-
-async fn establish(
-    addr: SocketAddr,
-    cfg: &ClientConfig,
-    pin: Option<&Pin>,
-    options: ConnectOptions,
-) -> Result<Session, NetError> {
-    let timeout = options.timeout;
-    let verifier = Arc::new(PinnedVerifier::new(pin.map(|p| p.cert.clone())));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| connect_error(addr, e))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| connect_error(addr, e))?;
-    let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    // Keeps an idle session alive, and notices a vanished server after `idle_timeout`.
-    let idle = options.idle_timeout.max(Duration::from_millis(100));
-    transport.keep_alive_interval(Some((idle / 4).min(KEEP_ALIVE)));
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
-    client_config.transport_config(Arc::new(transport));
-
-    let local: SocketAddr = match addr {
-        SocketAddr::V4(v4) if v4.ip().is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let mut endpoint = quinn::Endpoint::client(local).map_err(|e| connect_error(addr, e))?;
-    endpoint.set_default_client_config(client_config);
-
-    let connecting = endpoint
-        .connect(addr, SERVER_NAME)
-        .map_err(|e| connect_error(addr, e))?;
-    let conn = match connecting.await {
-        Ok(conn) => conn,
-        Err(e) => {
-            if let (Some(pin), Some(found)) = (pin, verifier.presented())
-                && pin.cert != found
-            {
-                return Err(NetError::CertificateMismatch {
-                    expected: pin.cert.clone(),
-                    found,
-                });
+impl Session {
+    /// Runs the handshake on a fresh stream: sends the hello, reads and checks the answer.
+    /// `pin` carries what the transport verified (the certificate fingerprint); its server
+    /// id is filled from the answer.
+    pub(crate) async fn start(
+        conn: Box<dyn ConnWire>,
+        mut send: Box<dyn SendWire>,
+        recv: Box<dyn RecvWire>,
+        cfg: &ClientConfig,
+        pin: Pin,
+        timeout: Duration,
+    ) -> Result<Session, NetError> {
+        let bytes = proto::encode(&client_hello(cfg))?;
+        send.write_all(&bytes).await.map_err(NetError::Closed)?;
+        let mut session = Session {
+            conn,
+            send,
+            recv,
+            reader: FrameReader::new(),
+            hello: ServerHello {
+                protocol: 0,
+                app: String::new(),
+                server: [0; 16],
+                replica: 0,
+                head: 0,
+                history: Vec::new(),
+                read: None,
+                common: None,
+            },
+            pin,
+            next_id: 1,
+            timeout,
+            pushes: VecDeque::new(),
+            sent: bytes.len() as u64,
+            cut: false,
+            received: 0,
+        };
+        let answer = match session.read_frame().await {
+            Ok(frame) => frame,
+            Err(e) => {
+                session.conn.close(CLOSE_PROTOCOL, b"bad answer");
+                return Err(e);
             }
-            if let quinn::ConnectionError::ConnectionClosed(close) = &e
-                && close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
-            {
-                return Err(connect_error(addr, REFUSED_AT_LIMIT));
+        };
+        match check_server(cfg, answer) {
+            Ok(hello) => {
+                session.pin.server = hello.server;
+                session.hello = hello;
+                Ok(session)
             }
-            return Err(connect_error(addr, e));
-        }
-    };
-    // The verifier ran during the TLS handshake; a connection without a presented
-    // certificate cannot be pinned.
-    let Some(cert) = verifier.presented() else {
-        conn.close(CLOSE_PROTOCOL.into(), b"no certificate");
-        return Err(connect_error(addr, "the server presented no certificate"));
-    };
-
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| NetError::Closed(e.to_string()))?;
-    let bytes = proto::encode(&client_hello(cfg))?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| NetError::Closed(e.to_string()))?;
-
-    let mut session = Session {
-        _endpoint: endpoint,
-        conn,
-        send,
-        recv,
-        reader: FrameReader::new(),
-        hello: ServerHello {
-            protocol: 0,
-            app: String::new(),
-            server: [0; 16],
-            replica: 0,
-            head: 0,
-            history: Vec::new(),
-            read: None,
-            common: None,
-        },
-        pin: Pin {
-            server: [0; 16],
-            cert,
-        },
-        next_id: 1,
-        timeout,
-        pushes: VecDeque::new(),
-        sent: bytes.len() as u64,
-        cut: false,
-        received: 0,
-    };
-    let answer = match session.read_frame().await {
-        Ok(frame) => frame,
-        Err(e) => {
-            session.conn.close(CLOSE_PROTOCOL.into(), b"bad answer");
-            return Err(e);
-        }
-    };
-    match check_server(cfg, answer) {
-        Ok(hello) => {
-            session.pin.server = hello.server;
-            session.hello = hello;
-            Ok(session)
-        }
-        Err(e) => {
-            let code = match e {
-                HandshakeError::Refused(_) => CLOSE_NORMAL,
-                _ => CLOSE_PROTOCOL,
-            };
-            session.conn.close(code.into(), b"handshake failed");
-            Err(e.into())
+            Err(e) => {
+                let code = match e {
+                    HandshakeError::Refused(_) => CLOSE_NORMAL,
+                    _ => CLOSE_PROTOCOL,
+                };
+                session.conn.close(code, b"handshake failed");
+                Err(e.into())
+            }
         }
     }
 }
@@ -563,14 +373,14 @@ impl Session {
         &self.hello
     }
 
-    /// The address of the server.
-    pub fn remote_address(&self) -> SocketAddr {
-        self.conn.remote_address()
+    /// The server's address, as text (`IP:port`, or the URL of a WebTransport session).
+    pub fn remote(&self) -> String {
+        self.conn.remote()
     }
 
     /// Sends [`Request::Ping`] and waits for the pong; returns the round-trip time.
     pub async fn ping(&mut self) -> Result<Duration, NetError> {
-        let start = Instant::now();
+        let start = crate::rt::Instant::now();
         match self.request(Request::Ping).await? {
             Response::Pong => Ok(start.elapsed()),
             other => Err(NetError::Protocol(format!(
@@ -683,7 +493,7 @@ impl Session {
                     // The late answer to a request that timed out.
                     Frame::Response { id, .. } if id < self.next_id => continue,
                     other => {
-                        self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected frame");
+                        self.conn.close(CLOSE_PROTOCOL, b"unexpected frame");
                         return Err(NetError::Protocol(format!(
                             "unexpected frame while waiting for pushes: {other:?}"
                         )));
@@ -692,9 +502,9 @@ impl Session {
             }
         };
         // Cancel-safe: `read_frame` keeps every received byte in the session's reader.
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(result) => result.map(Some),
-            Err(_) => Ok(None),
+        match crate::rt::timeout(timeout, wait).await {
+            Some(result) => result.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -710,30 +520,27 @@ impl Session {
                 // The late answer to a request that timed out.
                 Ok(Some(Frame::Response { id, .. })) if id < self.next_id => continue,
                 Ok(Some(other)) => {
-                    self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected frame");
+                    self.conn.close(CLOSE_PROTOCOL, b"unexpected frame");
                     return Err(NetError::Protocol(format!(
                         "unexpected frame while looking for pushes: {other:?}"
                     )));
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.conn.close(CLOSE_PROTOCOL.into(), b"malformed frame");
+                    self.conn.close(CLOSE_PROTOCOL, b"malformed frame");
                     return Err(e.into());
                 }
             }
-            // Polled once: data quinn has received already is taken, nothing is waited
-            // for (reading a chunk is cancel-safe).
-            let mut read = std::pin::pin!(self.recv.read_chunk(READ_CHUNK, true));
+            // Polled once: data the transport has received already is taken, nothing is
+            // waited for (reading is cancel-safe).
+            let mut read = self.recv.read_into(&mut self.reader);
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             match std::future::Future::poll(read.as_mut(), &mut cx) {
-                std::task::Poll::Ready(Ok(Some(chunk))) => {
-                    self.received += chunk.bytes.len() as u64;
-                    self.reader.push(&chunk.bytes);
-                }
+                std::task::Poll::Ready(Ok(Some(n))) => self.received += n as u64,
                 std::task::Poll::Ready(Ok(None)) => {
                     return Err(NetError::Closed("the server ended the stream".into()));
                 }
-                std::task::Poll::Ready(Err(e)) => return Err(NetError::Closed(read_error(e))),
+                std::task::Poll::Ready(Err(e)) => return Err(NetError::Closed(e)),
                 std::task::Poll::Pending => return Ok(None),
             }
         }
@@ -764,14 +571,14 @@ impl Session {
             ));
         }
         let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.round_trip(body)).await {
-            Ok(result) => result,
-            Err(_) => {
+        match crate::rt::timeout(timeout, self.round_trip(body)).await {
+            Some(result) => result,
+            None => {
                 if self.cut {
                     // The next frame would continue this one's bytes: nothing more can be
                     // said on this stream.
                     self.conn
-                        .close(CLOSE_PROTOCOL.into(), b"a request was cut off mid-frame");
+                        .close(CLOSE_PROTOCOL, b"a request was cut off mid-frame");
                 }
                 Err(NetError::Timeout {
                     what: "a request",
@@ -798,24 +605,23 @@ impl Session {
                 ..
             } = self;
             self.cut = true;
-            let write = send.write_all(&bytes);
-            tokio::pin!(write);
+            let mut write = send.write_all(&bytes);
             let mut reading = true;
             loop {
-                tokio::select! {
-                    written = &mut write => {
-                        written.map_err(|e| NetError::Closed(write_error(e)))?;
+                if !reading {
+                    write.as_mut().await.map_err(NetError::Closed)?;
+                    break;
+                }
+                // A read dropped when the write completes loses nothing (cancel-safe).
+                match crate::rt::first(write.as_mut(), recv.read_into(reader)).await {
+                    crate::rt::Either::Left(written) => {
+                        written.map_err(NetError::Closed)?;
                         break;
                     }
-                    chunk = recv.read_chunk(READ_CHUNK, true), if reading => match chunk {
-                        Ok(Some(chunk)) => {
-                            *received += chunk.bytes.len() as u64;
-                            reader.push(&chunk.bytes);
-                        }
-                        // The end or an error shows again in `read_frame`; the write
-                        // finishes or fails on its own.
-                        Ok(None) | Err(_) => reading = false,
-                    },
+                    crate::rt::Either::Right(Ok(Some(n))) => *received += n as u64,
+                    // The end or an error shows again in `read_frame`; the write finishes
+                    // or fails on its own.
+                    crate::rt::Either::Right(Ok(None) | Err(_)) => reading = false,
                 }
             }
         }
@@ -828,7 +634,7 @@ impl Session {
                 Frame::Response { id: got, .. } if got < id => continue,
                 Frame::Push(push) => self.pushes.push_back(push),
                 other => {
-                    self.conn.close(CLOSE_PROTOCOL.into(), b"unexpected frame");
+                    self.conn.close(CLOSE_PROTOCOL, b"unexpected frame");
                     return Err(NetError::Protocol(format!(
                         "unexpected frame while waiting for response {id}: {other:?}"
                     )));
@@ -843,25 +649,22 @@ impl Session {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
                 Err(e) => {
-                    self.conn.close(CLOSE_PROTOCOL.into(), b"malformed frame");
+                    self.conn.close(CLOSE_PROTOCOL, b"malformed frame");
                     return Err(e.into());
                 }
             }
-            match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => {
-                    self.received += chunk.bytes.len() as u64;
-                    self.reader.push(&chunk.bytes);
-                }
+            match self.recv.read_into(&mut self.reader).await {
+                Ok(Some(n)) => self.received += n as u64,
                 Ok(None) => return Err(NetError::Closed("the server ended the stream".into())),
-                Err(e) => return Err(NetError::Closed(read_error(e))),
+                Err(e) => return Err(NetError::Closed(e)),
             }
         }
     }
 
     /// Closes the session politely and waits (bounded) until the server knows.
     pub async fn close(mut self) {
-        let _ = self.send.finish();
-        self.conn.close(CLOSE_NORMAL.into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+        self.send.finish();
+        self.conn.close(CLOSE_NORMAL, b"bye");
+        let _ = crate::rt::timeout(Duration::from_secs(1), self.conn.closed()).await;
     }
 }

@@ -1288,6 +1288,63 @@ impl crate::Db {
         Ok(db)
     }
 
+    /// Opens (or creates) a synced database in this browser: a replica of a rekord server's
+    /// database, stored in IndexedDB like [`Db::open_browser`]'s and synced in the
+    /// background over the page's WebTransport ([`SyncConfig::web`](crate::SyncConfig::web)).
+    /// It behaves as a native synced database: writes commit locally and never wait on the
+    /// network, their outbox entries are stored with them (a reload or a crash keeps what a
+    /// flush stored), ids come from ranges the server granted (so records can be created
+    /// offline), borrows go to the server ([`Tree::borrow_async`](crate::Tree::borrow_async):
+    /// a page never blocks), and other replicas' changes arrive as events.
+    ///
+    /// One tab syncs a database: opened in a second tab of the origin while the first has
+    /// it, this fails with [`Error::SyncedElsewhere`]. A database made by
+    /// [`Db::open_browser`] cannot be opened synced, nor the other way round
+    /// ([`Error::Mode`]).
+    ///
+    /// [`Db::open_browser`]: crate::Db::open_browser
+    pub async fn open_browser_synced(name: &str, config: crate::SyncConfig) -> Result<crate::Db> {
+        crate::Db::open_browser_synced_with(
+            name,
+            config,
+            crate::DbOptions::default(),
+            BrowserOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Db::open_browser_synced`](crate::Db::open_browser_synced) with options.
+    pub async fn open_browser_synced_with(
+        name: &str,
+        config: crate::SyncConfig,
+        options: crate::DbOptions,
+        browser: BrowserOptions,
+    ) -> Result<crate::Db> {
+        let (redb, handle) = open(name, browser).await?;
+        let tab = handle.tab();
+        if let Some(tab) = tab
+            && !tabs::leads(tab)
+        {
+            drop(handle);
+            drop(redb);
+            return Err(Error::SyncedElsewhere {
+                name: name.to_owned(),
+            });
+        }
+        let db = crate::Db::init(
+            redb,
+            options,
+            crate::db::Mode::Client,
+            &format!("indexeddb:{name}"),
+        )?;
+        // Set once, right after init: nothing else can have set it.
+        let _ = db.inner.browser.set(handle);
+        if let Some(tab) = tab {
+            tabs::attach(tab, &db.inner);
+        }
+        crate::Db::start_sync(db, config)
+    }
+
     /// Waits until every commit made so far is stored in IndexedDB. A database in memory
     /// has nothing to store. [`Error::QuotaExceeded`] or [`Error::Browser`] if the browser
     /// refused: the commits stay in memory and the next flush tries again.

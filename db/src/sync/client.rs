@@ -1,4 +1,8 @@
-//! The sync client thread of a synced database (native targets).
+//! The sync client of a synced database: the protocol's client side over a
+//! [`Session`](crate::net::Session), whatever carries it. Natively it runs on a thread of its
+//! own with a tokio runtime (QUIC, or WebTransport with the `web-transport` feature); in a
+//! browser it runs on the page's event loop (`wasm-bindgen-futures`), over the page's
+//! WebTransport. Its only timers are [`crate::rt`]'s.
 
 mod restore;
 
@@ -11,6 +15,7 @@ use crate::event::{Event, SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
+use crate::rt::Instant;
 use crate::storage::{
     DEFERRED, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED, SCHEMAS,
 };
@@ -19,7 +24,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What the application asks of the sync thread.
 pub(crate) enum Command {
@@ -39,7 +44,9 @@ pub(crate) struct Link {
     shutdown: tokio::sync::watch::Sender<bool>,
     status: Mutex<SyncStatus>,
     changed: Condvar,
+    #[cfg(not(target_arch = "wasm32"))]
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    #[cfg(not(target_arch = "wasm32"))]
     thread_id: Mutex<Option<std::thread::ThreadId>>,
     max_outbox_bytes: Option<u64>,
     write_mode: super::WriteMode,
@@ -65,9 +72,23 @@ impl Link {
         self.timeout
     }
 
+    /// In a browser: asks the sync client for at least `ids` more free ids, without waiting
+    /// (`false`: the write that needs them fails with [`Error::IdsExhausted`] and may be
+    /// tried again once they came).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn refill_ids(&self, ids: u64, until: Instant) -> Result<bool> {
+        // In a browser nothing may block: the write fails (ids exhausted) and the refill
+        // goes on in the background.
+        let _ = until;
+        self.ids_wanted.fetch_add(ids, Ordering::AcqRel);
+        self.wake.notify_one();
+        Ok(false)
+    }
+
     /// Asks the sync thread for at least `ids` more free ids, and waits (at most the request
     /// timeout) until it has fetched them; whether it did. `false` at once while offline or
     /// when called on the sync thread itself.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn refill_ids(&self, ids: u64, until: Instant) -> Result<bool> {
         if *lock(&self.thread_id) == Some(std::thread::current().id()) {
             return Ok(false);
@@ -279,6 +300,7 @@ impl Link {
     }
 
     /// [`Link::borrow`], blocking the calling thread (never the sync thread's runtime).
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn borrow_blocking(&self, tree: &str, key: RawKey) -> Result<()> {
         let (reply, answer) = async_channel::bounded(1);
         let command = Command::Borrow {
@@ -294,26 +316,34 @@ impl Link {
         answer.recv_blocking().map_err(|_| gone())?
     }
 
-    /// Stops the sync thread and waits for it (unless called on it).
+    /// Stops the sync thread and waits for it (unless called on it). In a browser the
+    /// client stops at its next await.
     pub(crate) fn stop(&self) {
         self.commands.close();
         let _ = self.shutdown.send(true);
+        #[cfg(not(target_arch = "wasm32"))]
         let on_sync_thread = *lock(&self.thread_id) == Some(std::thread::current().id());
+        #[cfg(not(target_arch = "wasm32"))]
         if !on_sync_thread && let Some(handle) = lock(&self.thread).take() {
             let _ = handle.join();
         }
     }
 }
 
-/// Random bytes from the operating system (through the TLS library's source).
+/// Random bytes from the operating system (through the TLS library's source), or the
+/// browser's `crypto.getRandomValues`.
 pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     let mut buf = [0u8; N];
+    let failed = |_| Error::CorruptMeta {
+        reason: "the operating system gave no random bytes for the client identity".into(),
+    };
+    #[cfg(not(target_arch = "wasm32"))]
     quinn::rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut buf)
-        .map_err(|_| Error::CorruptMeta {
-            reason: "the operating system gave no random bytes for the client identity".into(),
-        })?;
+        .map_err(failed)?;
+    #[cfg(target_arch = "wasm32")]
+    getrandom::getrandom(&mut buf).map_err(failed)?;
     Ok(buf)
 }
 
@@ -346,7 +376,9 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         shutdown,
         status: Mutex::new(SyncStatus::default()),
         changed: Condvar::new(),
+        #[cfg(not(target_arch = "wasm32"))]
         thread: Mutex::new(None),
+        #[cfg(not(target_arch = "wasm32"))]
         thread_id: Mutex::new(None),
         max_outbox_bytes: config.max_outbox_bytes,
         write_mode: config.write_mode,
@@ -398,40 +430,48 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         no_ids: false,
         rechecking: true,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Offline {
-            what: "starting the sync client",
-            reason: e.to_string(),
-        })?;
-    let thread_link = link.clone();
     let weak = Arc::downgrade(db);
-    let handle = std::thread::Builder::new()
-        .name("rekord-sync".into())
-        .spawn(move || {
-            *lock(&thread_link.thread_id) = Some(std::thread::current().id());
-            let mut shutdown_rx = shutdown_rx;
-            runtime.block_on(async move {
-                tokio::select! {
-                    () = client.run() => {}
-                    _ = shutdown_rx.wait_for(|stop| *stop) => {}
-                }
-            });
-            // Closing: what the server acknowledged (settled entries, merges, applied
-            // changes) becomes durable now, not at some later commit.
-            if let Some(db) = weak.upgrade()
-                && let Err(e) = crate::tree::batch::Batch::make_durable(&db)
-            {
-                tracing::warn!(error = %e, "rekord sync: cannot make the last commits durable");
-            }
-            thread_link.update(|s| s.online = false);
-        })
-        .map_err(|e| Error::Offline {
-            what: "starting the sync client",
-            reason: e.to_string(),
-        })?;
-    *lock(&link.thread) = Some(handle);
+    let done_link = link.clone();
+    // The client until the database closes; then what the server acknowledged (settled
+    // entries, merges, applied changes) becomes durable now, not at some later commit.
+    // Made where it runs (natively on the sync thread: the future is not `Send`).
+    let drive = move || async move {
+        let mut shutdown_rx = shutdown_rx;
+        let stopped = async move {
+            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        };
+        let _ = crate::rt::first(client.run(), stopped).await;
+        if let Some(db) = weak.upgrade()
+            && let Err(e) = crate::tree::batch::Batch::make_durable(&db)
+        {
+            tracing::warn!(error = %e, "rekord sync: cannot make the last commits durable");
+        }
+        done_link.update(|s| s.online = false);
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Offline {
+                what: "starting the sync client",
+                reason: e.to_string(),
+            })?;
+        let thread_link = link.clone();
+        let handle = std::thread::Builder::new()
+            .name("rekord-sync".into())
+            .spawn(move || {
+                *lock(&thread_link.thread_id) = Some(std::thread::current().id());
+                runtime.block_on(drive());
+            })
+            .map_err(|e| Error::Offline {
+                what: "starting the sync client",
+                reason: e.to_string(),
+            })?;
+        *lock(&link.thread) = Some(handle);
+    }
+    #[cfg(target_arch = "wasm32")]
+    wasm_bindgen_futures::spawn_local(drive());
     Ok(link)
 }
 
@@ -718,15 +758,12 @@ impl Client {
                 retry_in: delay,
             });
             self.check_stale();
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
+            let mut sleep = std::pin::pin!(crate::rt::sleep(delay));
             loop {
-                tokio::select! {
-                    () = &mut sleep => break,
-                    command = self.commands.recv() => match command {
-                        Ok(command) => fail(command, &reason, refused),
-                        Err(_) => return,
-                    },
+                match crate::rt::first(sleep.as_mut(), self.commands.recv()).await {
+                    crate::rt::Either::Left(()) => break,
+                    crate::rt::Either::Right(Ok(command)) => fail(command, &reason, refused),
+                    crate::rt::Either::Right(Err(_)) => return,
                 }
             }
         }
@@ -771,14 +808,32 @@ impl Client {
             last_entry,
         };
         self.backfill(&hello, pin.as_ref()).await?;
-        let session = net::connect_timeout(
-            self.config.server,
-            &hello,
-            pin.as_ref(),
-            self.config.timeout,
-        )
-        .await?;
-        Ok(session)
+        self.dial(&hello, pin.as_ref()).await
+    }
+
+    /// Connects with `hello` over the configured transport.
+    async fn dial(
+        &self,
+        hello: &ClientConfig,
+        pin: Option<&Pin>,
+    ) -> std::result::Result<Session, End> {
+        let options = net::ConnectOptions::default().timeout(self.config.timeout);
+        match &self.config.web_transport {
+            #[cfg(target_arch = "wasm32")]
+            Some(target) => Ok(net::connect_browser(target, hello, pin, options).await?),
+            #[cfg(target_arch = "wasm32")]
+            None => Err(End::Refused(
+                "a browser replica reaches its server over WebTransport: SyncConfig::web".into(),
+            )),
+            #[cfg(all(feature = "web-transport", not(target_arch = "wasm32")))]
+            Some(target) => Ok(net::connect_web(target, hello, pin, options).await?),
+            #[cfg(all(not(feature = "web-transport"), not(target_arch = "wasm32")))]
+            Some(_) => Err(End::Refused(
+                "SyncConfig::web_transport needs the crate feature `web-transport` natively".into(),
+            )),
+            #[cfg(not(target_arch = "wasm32"))]
+            None => Ok(net::connect_with(self.config.server, hello, pin, options).await?),
+        }
     }
 
     /// Brings in the changes of trees the subscription gained (see
@@ -827,8 +882,7 @@ impl Client {
                 trees: joining,
                 ..main.clone()
             };
-            let mut s =
-                net::connect_timeout(self.config.server, &hello, pin, self.config.timeout).await?;
+            let mut s = self.dial(&hello, pin).await?;
             self.first_contact(s.pin(), s.server_hello().replica)?;
             // Everything first: a change this replica made itself later in the range
             // supersedes the older changes of others to the same record (its own changes
@@ -1012,11 +1066,18 @@ impl Client {
             } else {
                 quiet
             };
-            let wakeup = tokio::select! {
-                biased;
-                command = self.commands.recv() => Wakeup::Command(command.ok()),
-                () = self.link.wake.notified() => Wakeup::Outbox,
-                push = s.next_push(wait) => Wakeup::Push(push),
+            // In this order (commands first); each is cancel-safe: a command stays queued, a
+            // notification leaves its permit, a push stays buffered in the session.
+            use crate::rt::{Either, first};
+            let wakeup = match first(
+                first(self.commands.recv(), self.link.wake.notified()),
+                s.next_push(wait),
+            )
+            .await
+            {
+                Either::Left(Either::Left(command)) => Wakeup::Command(command.ok()),
+                Either::Left(Either::Right(())) => Wakeup::Outbox,
+                Either::Right(push) => Wakeup::Push(push),
             };
             self.publish_traffic(s);
             match wakeup {
@@ -1045,11 +1106,10 @@ impl Client {
                 Wakeup::Push(Ok(None)) if lazy => self.make_durable()?,
                 Wakeup::Push(Ok(None)) => {
                     self.check_stale();
-                    match tokio::time::timeout(self.config.idle_timeout.max(quiet), s.ping()).await
-                    {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(e.into()),
-                        Err(_) => {
+                    match crate::rt::timeout(self.config.idle_timeout.max(quiet), s.ping()).await {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => {
                             return Err(End::Lost(format!(
                                 "the server did not answer a ping within {:?}",
                                 self.config.idle_timeout
@@ -1342,7 +1402,7 @@ impl Client {
             if let Some(rate) = self.config.replay_bytes_per_sec {
                 // Throttle: this batch's bytes at `rate` bytes per second.
                 let secs = sent_bytes as f64 / rate.max(1) as f64;
-                tokio::time::sleep(Duration::from_secs_f64(secs.min(60.0))).await;
+                crate::rt::sleep(Duration::from_secs_f64(secs.min(60.0))).await;
             }
         }
     }
@@ -1573,7 +1633,7 @@ impl Client {
             st.outbox = st.outbox.saturating_sub(settled);
             st.outbox_bytes = st.outbox_bytes.saturating_sub(freed);
             st.rejected += rejected;
-            st.last_sync = Some(std::time::SystemTime::now());
+            st.last_sync = Some(crate::rt::system_now());
         });
         self.stale_reported = false;
         let mut seq = 0;
@@ -1885,7 +1945,7 @@ impl Client {
                 self.cursor = last;
                 self.link.update(|st| {
                     st.cursor = last;
-                    st.last_sync = Some(std::time::SystemTime::now());
+                    st.last_sync = Some(crate::rt::system_now());
                 });
                 for (tree, id) in revoked {
                     tracing::warn!(%tree, id, "rekord sync: an administrator took back a borrow");

@@ -91,7 +91,6 @@
 //! records it touched are then fetched from the server and replaced locally (with events),
 //! so the local copy is what every other replica has.
 
-#[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod client;
 pub mod merge;
 pub(crate) mod outbox;
@@ -103,14 +102,11 @@ use std::time::Duration;
 /// `rekord.meta` key of the database mode (`client` for synced databases).
 pub(crate) const MODE: &str = "mode";
 /// `rekord.meta` key of the client's identity (16 bytes).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const CLIENT: &str = "sync.client";
 /// `rekord.meta` key of the client's holder number (u32 LE).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const REPLICA: &str = "sync.replica";
 /// `rekord.meta` key of the pinned server (16 bytes of UUID, then the certificate
 /// fingerprint as text).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const PIN: &str = "sync.pin";
 /// `rekord.meta` key of the cursor (u64 LE).
 pub(crate) const CURSOR: &str = "sync.cursor";
@@ -126,7 +122,6 @@ pub(crate) fn cursor_in(txn: &redb::WriteTransaction) -> crate::Result<u64> {
 
 /// `rekord.meta` key of the lineage of the server history this replica synced with (pairs
 /// of u64 LE: history id, base), as the server last told it.
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const HISTORY: &str = "sync.history";
 /// Meta key prefix: `sync.optimistic.<tree>` names a tree this replica knows to be
 /// optimistic (its merge strategy's name), from the record type or the configuration, so a
@@ -134,21 +129,17 @@ pub(crate) const HISTORY: &str = "sync.history";
 pub(crate) const OPTIMISTIC_PREFIX: &str = "sync.optimistic.";
 
 /// `rekord.meta` key of the highest sequence number whose journal rows were pruned (u64 LE).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
 /// Meta key: the shared point of the last reconciliation that left records waiting
 /// (`rekord.reclaim`): optimistic records sent again later are edits based on it.
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const RECLAIM_COMMON: &str = "sync.reclaim_common";
 
-#[cfg(not(target_arch = "wasm32"))]
 pub(crate) use crate::proto::diverged;
 
 /// `rekord.meta` key of the hybrid logical clock (u64 LE).
 pub(crate) const HLC: &str = "sync.hlc";
 
 /// `rekord.meta` key of the subscription the cursor covers ([`Coverage`], RON).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const COVERAGE: &str = "sync.coverage";
 
 /// Which trees' changes this replica has received, and up to where: the trees of the
@@ -156,7 +147,6 @@ pub(crate) const COVERAGE: &str = "sync.coverage";
 /// (`left`, else `rest`, 0 if it never was in it). When a subscription grows, the changes of
 /// the trees it adds between their coverage and the cursor are fetched before anything else.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) struct Coverage {
     /// The subscribed trees (empty: all).
     pub(crate) live: Vec<String>,
@@ -173,7 +163,6 @@ pub(crate) struct Coverage {
 
 /// What a token may read, as the server last said ([`Coverage::read`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) enum Readable {
     /// Not known yet (a new replica, or one from before the rights were kept).
     #[default]
@@ -184,7 +173,6 @@ pub(crate) enum Readable {
     Only(Vec<String>),
 }
 
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 impl Readable {
     /// From a server hello's `read`.
     pub(crate) fn from_hello(read: &Option<Vec<String>>) -> Self {
@@ -195,7 +183,6 @@ impl Readable {
     }
 }
 
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 impl Coverage {
     /// The trees a subscription to `trees` (empty: all) receives under `read`, in the form
     /// of [`Coverage::live`] (empty: all; a name no tree has when nothing is readable).
@@ -282,7 +269,6 @@ impl Coverage {
 
 /// The holder number of a synced database before its first connection (it owns no ids and
 /// holds no borrows yet, so the number is never stored in a record).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) const UNKNOWN_REPLICA: u32 = u32::MAX;
 
 /// Retry policy while the server is unreachable: exponential backoff with jitter.
@@ -379,6 +365,10 @@ pub struct SyncConfig {
     /// The server's address.
     #[cfg(not(target_arch = "wasm32"))]
     pub server: std::net::SocketAddr,
+    /// Reach the server over WebTransport (HTTP/3, the browsers' transport) at this URL
+    /// instead of rekord's own QUIC ALPN at [`SyncConfig::server`] (default `None`). Natively
+    /// this needs the crate feature `web-transport`.
+    pub web_transport: Option<crate::net::WebTarget>,
     /// The application name (must match the server's).
     pub app: String,
     /// The access token issued by the server's CLI.
@@ -390,7 +380,6 @@ pub struct SyncConfig {
     /// The server to expect on first contact (UUID and certificate fingerprint, as printed
     /// by `rekord-server identity`); `None` (default): trust the first server met, then
     /// pin it. After the first contact the stored pin is what counts.
-    #[cfg(not(target_arch = "wasm32"))]
     pub pin: Option<crate::net::Pin>,
     /// Retry policy while the server is unreachable.
     pub retry: Retry,
@@ -433,10 +422,10 @@ impl std::fmt::Debug for SyncConfig {
         let mut d = f.debug_struct("SyncConfig");
         #[cfg(not(target_arch = "wasm32"))]
         d.field("server", &self.server);
+        d.field("web_transport", &self.web_transport);
         d.field("app", &self.app)
             .field("token", &"<redacted>")
             .field("trees", &self.trees);
-        #[cfg(not(target_arch = "wasm32"))]
         d.field("pin", &self.pin);
         d.field("retry", &self.retry)
             .field("range_size", &self.range_size)
@@ -462,10 +451,40 @@ impl SyncConfig {
         app: impl Into<String>,
         token: impl Into<String>,
     ) -> Self {
-        SyncConfig {
+        Self::with_transport(server, None, app.into(), token.into())
+    }
+
+    /// A configuration reaching the server over WebTransport at `target` (how a browser
+    /// replica reaches it), with defaults for everything else. In a browser this is the only
+    /// transport; natively it needs the crate feature `web-transport`.
+    pub fn web(
+        target: crate::net::WebTarget,
+        app: impl Into<String>,
+        token: impl Into<String>,
+    ) -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        let server = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        Self::with_transport(
+            #[cfg(not(target_arch = "wasm32"))]
             server,
-            app: app.into(),
-            token: token.into(),
+            Some(target),
+            app.into(),
+            token.into(),
+        )
+    }
+
+    fn with_transport(
+        #[cfg(not(target_arch = "wasm32"))] server: std::net::SocketAddr,
+        web_transport: Option<crate::net::WebTarget>,
+        app: String,
+        token: String,
+    ) -> Self {
+        SyncConfig {
+            #[cfg(not(target_arch = "wasm32"))]
+            server,
+            web_transport,
+            app,
+            token,
             trees: Vec::new(),
             pin: None,
             retry: Retry::default(),
@@ -489,6 +508,13 @@ impl SyncConfig {
         let tree = tree.into();
         self.merges.retain(|(t, _)| *t != tree);
         self.merges.push((tree, merge));
+        self
+    }
+
+    /// Sets [`SyncConfig::web_transport`]: the server is reached over WebTransport at
+    /// `target`.
+    pub fn web_transport(mut self, target: crate::net::WebTarget) -> Self {
+        self.web_transport = Some(target);
         self
     }
 
@@ -567,7 +593,6 @@ impl SyncConfig {
     }
 
     /// Sets [`SyncConfig::pin`].
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn pin(mut self, pin: crate::net::Pin) -> Self {
         self.pin = Some(pin);
         self

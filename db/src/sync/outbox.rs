@@ -230,7 +230,8 @@ pub(crate) fn now_ms() -> u64 {
     }
     #[cfg(target_arch = "wasm32")]
     {
-        0
+        // `Date.now()`: milliseconds, a whole number of them (never negative in practice).
+        js_sys::Date::now().max(0.0) as u64
     }
 }
 

@@ -159,7 +159,7 @@ impl<T: Record> Tree<T> {
             .db
             .inner
             .sync_timeout()
-            .map(|t| std::time::Instant::now() + t);
+            .map(|t| crate::rt::Instant::now() + t);
         loop {
             let mut b = self.db.batch()?;
             let r = b.tree::<T>()?.create(record);
@@ -171,7 +171,7 @@ impl<T: Record> Tree<T> {
                 Err(Error::IdsExhausted) => {
                     let short = b.ids_short();
                     drop(b);
-                    let in_time = deadline.filter(|d| std::time::Instant::now() < *d);
+                    let in_time = deadline.filter(|d| crate::rt::Instant::now() < *d);
                     let refilled = match (short, in_time) {
                         (Some(ids), Some(d)) => self.db.inner.refill_ids(ids, d)?,
                         _ => false,
@@ -224,19 +224,29 @@ impl<T: Record> Tree<T> {
     /// is fine. Call it outside a batch ([`Error::BatchInProgress`] otherwise). From async
     /// code, [`Tree::borrow_async`] does not block the thread.
     pub fn borrow(&self, key: Key<T>) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.db.inner.link.get() {
             let Some(latest) = self.server_borrow_needed(key)? else {
                 return Ok(());
             };
+            #[cfg(not(target_arch = "wasm32"))]
             return link.borrow_blocking(T::TREE, latest);
+            // A page must not block on the network.
+            #[cfg(target_arch = "wasm32")]
+            {
+                let _ = (link, latest);
+                return Err(Error::Offline {
+                    what: "borrowing",
+                    reason: "in a browser a borrow waits for the server without blocking the \
+                             page: use Tree::borrow_async"
+                        .into(),
+                });
+            }
         }
         self.write(|t| t.borrow(key))
     }
 
     /// [`Tree::borrow`] for async code: waits for the server without blocking the thread.
     pub async fn borrow_async(&self, key: Key<T>) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
         if let Some(link) = self.db.inner.link.get() {
             let Some(latest) = self.server_borrow_needed(key)? else {
                 return Ok(());
@@ -247,7 +257,6 @@ impl<T: Record> Tree<T> {
     }
 
     /// The latest revision of `key`'s record if its borrow must be asked for (not held here).
-    #[cfg(not(target_arch = "wasm32"))]
     fn server_borrow_needed(&self, key: Key<T>) -> Result<Option<RawKey>> {
         if batch::batch_open_here(&self.db.inner) {
             return Err(Error::BatchInProgress);

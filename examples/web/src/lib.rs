@@ -5,7 +5,9 @@
 #![cfg(target_arch = "wasm32")]
 
 mod app;
+mod synced;
 pub use app::{Part, run_parts_app};
+pub use synced::Synced;
 
 use rekord::{BrowserOptions, Db, DbOptions, Durability, FlushPolicy, Key, Tree};
 use wasm_bindgen::JsCast;

@@ -175,3 +175,25 @@ pub fn revoke(data: &Path, name: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `rekord-server identity`: the UUID, the fingerprint, and the WebTransport certificate
+/// hashes (current first).
+pub fn identity(data: &Path) -> (String, String, Vec<String>) {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .arg("identity")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let uuid = field("uuid ").remove(0);
+    let fingerprint = field("fingerprint ").remove(0);
+    (uuid, fingerprint, field("web-hash "))
+}

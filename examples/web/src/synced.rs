@@ -1,0 +1,156 @@
+//! A synced browser replica for the browser-sync tests and benchmark
+//! (`server/tests/browser_sync.rs` drives it through `tests/relay.mjs`): a parts list opened
+//! with [`Db::open_browser_synced`], reaching `rekord-server` over the page's WebTransport.
+
+use rekord::net::{Pin, WebTarget};
+use rekord::{Db, Event, EventKind, Key, SyncConfig, Tree};
+use wasm_bindgen::prelude::*;
+
+use crate::Part;
+
+fn js(e: rekord::Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// A synced parts list in this tab.
+#[wasm_bindgen]
+pub struct Synced {
+    db: Db,
+    parts: Tree<Part>,
+    events: rekord::Subscription,
+}
+
+fn key(id: f64) -> Key<Part> {
+    Key::new(id as u64, 0)
+}
+
+#[wasm_bindgen]
+impl Synced {
+    /// Opens (or creates) the synced database `name`, reaching the server at `url` (its
+    /// WebTransport certificate hashes comma-separated; `pin` is `UUID FINGERPRINT` or
+    /// empty) as application `app` with `token`.
+    pub async fn open(
+        name: String,
+        url: String,
+        hashes: String,
+        app: String,
+        token: String,
+        pin: String,
+    ) -> Result<Synced, JsError> {
+        // A panic's message reaches the console (the driver prints it), not only "unreachable".
+        std::panic::set_hook(Box::new(|info| {
+            web_sys::console::error_1(&format!("rekord panicked: {info}").into());
+        }));
+        let hashes = hashes
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut config = SyncConfig::web(WebTarget::new(url, hashes), app, token)
+            .timeout(std::time::Duration::from_secs(3))
+            .idle_timeout(std::time::Duration::from_secs(3))
+            .retry(
+                rekord::Retry::default()
+                    .initial(std::time::Duration::from_millis(50))
+                    .max(std::time::Duration::from_millis(500)),
+            );
+        if let Some((uuid, fingerprint)) = pin.split_once(' ') {
+            config = config.pin(Pin::parse(uuid, fingerprint).map_err(js)?);
+        }
+        let db = Db::open_browser_synced(&name, config).await.map_err(js)?;
+        let events = db.subscribe();
+        let parts = db.tree::<Part>().map_err(js)?;
+        Ok(Synced { db, parts, events })
+    }
+
+    /// The sync state as JSON: online, caught_up, cursor, outbox, replica, last_error,
+    /// refused.
+    pub fn status(&self) -> String {
+        let Some(st) = self.db.sync_status() else {
+            return "null".into();
+        };
+        let text = |s: &Option<String>| match s {
+            Some(s) => format!("{:?}", s),
+            None => "null".into(),
+        };
+        format!(
+            r#"{{"online":{},"caught_up":{},"cursor":{},"outbox":{},"replica":{},"last_error":{},"refused":{}}}"#,
+            st.online,
+            st.caught_up,
+            st.cursor,
+            st.outbox,
+            st.replica.map_or(-1, i64::from),
+            text(&st.last_error),
+            text(&st.refused),
+        )
+    }
+
+    /// Creates a part; its id (`-1` while this replica has no ids yet: the first range
+    /// comes with the first connection).
+    pub fn create(&self, name: String, qty: u32) -> Result<f64, JsError> {
+        match self.parts.create(&Part { name, qty }) {
+            Ok(k) => Ok(k.id() as f64),
+            Err(rekord::Error::IdsExhausted) => Ok(-1.0),
+            Err(e) => Err(js(e)),
+        }
+    }
+
+    /// `name qty holder` of part `id`, or `null`.
+    pub fn get(&self, id: f64) -> Result<Option<String>, JsError> {
+        let k = key(id);
+        if !self.parts.contains(k).map_err(js)? {
+            return Ok(None);
+        }
+        let p = self.parts.get(k).map_err(js)?;
+        let holder = self.parts.meta(k).map_err(js)?.holder;
+        Ok(Some(format!("{} {} {holder}", p.name, p.qty)))
+    }
+
+    /// Borrows part `id` through the server.
+    pub async fn borrow(&self, id: f64) -> Result<(), JsError> {
+        self.parts.borrow_async(key(id)).await.map_err(js)
+    }
+
+    /// Sets part `id`'s quantity (this replica must hold it).
+    pub fn update(&self, id: f64, qty: u32) -> Result<(), JsError> {
+        self.parts.update(key(id), |p| p.qty = qty).map_err(js)
+    }
+
+    /// Returns part `id`'s borrow.
+    pub fn give_back(&self, id: f64) -> Result<(), JsError> {
+        self.parts.return_borrow(key(id)).map_err(js)
+    }
+
+    /// How many parts this replica has.
+    pub fn count(&self) -> Result<f64, JsError> {
+        Ok(self.parts.len().map_err(js)? as f64)
+    }
+
+    /// Waits until what was committed is stored in IndexedDB.
+    pub async fn flush(&self) -> Result<(), JsError> {
+        self.db.flush().await.map_err(js)
+    }
+
+    /// Record events received from other replicas since the last call, as
+    /// `kind id qty` lines (quantities as this replica has them now).
+    pub fn remote_events(&self) -> Result<String, JsError> {
+        let mut out = String::new();
+        while let Some(e) = self.events.try_next() {
+            if let Event::Record(r) = e
+                && r.is_remote(&self.db)
+            {
+                let kind = match r.kind {
+                    EventKind::Created => "created",
+                    EventKind::Updated => "updated",
+                    _ => "other",
+                };
+                let qty = self
+                    .parts
+                    .get(Key::new(r.key.id, r.key.rev))
+                    .map_or(u32::MAX, |p| p.qty);
+                out.push_str(&format!("{kind} {} {qty}\n", r.key.id));
+            }
+        }
+        Ok(out)
+    }
+}

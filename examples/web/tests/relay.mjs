@@ -1,0 +1,63 @@
+// Relays a native test's commands to a page of headless Chromium: the test (a Rust process,
+// server/tests/browser_sync.rs) writes one JSON command per line on stdin, and reads one
+// answer per line on stdout: {"ok": value} or {"err": "message"}.
+//
+//   {"op": "eval", "js": "<async function body>"}  runs it in the page (`return` a value)
+//   {"op": "reload"}                                reloads the page (same profile, same data)
+//   {"op": "goto", "origin": "main" | "other"}      opens synced.html from the other origin
+//   {"op": "close"}                                 closes the browser and exits
+//
+// PAGE_PORT and OTHER_PORT are the two origins' ports (the server allows only the first).
+import { createInterface } from "node:readline";
+import { launch, profile } from "./browser.mjs";
+import { serve } from "./serve.mjs";
+
+const root = new URL("../www/", import.meta.url).pathname;
+const main = await serve(root, Number(process.env.PAGE_PORT ?? 0));
+const other = await serve(root, Number(process.env.OTHER_PORT ?? 0));
+const origins = {
+  main: `http://127.0.0.1:${main.address().port}`,
+  other: `http://127.0.0.1:${other.address().port}`,
+};
+const browser = await launch(profile());
+const page = await browser.newPage();
+page.on("pageerror", (e) => console.error(`page error: ${e}`));
+page.on("console", (m) => console.error(`console ${m.type()}: ${m.text()}`));
+
+async function open(origin) {
+  await page.goto(`${origins[origin]}/synced.html`);
+  await page.waitForFunction("window.ready === true", { timeout: 60_000 });
+}
+await open("main");
+const answer = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+answer({ ok: origins });
+
+for await (const line of createInterface({ input: process.stdin })) {
+  if (!line.trim()) continue;
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+    if (cmd.op === "eval") {
+      const value = await page.evaluate(`(async () => { ${cmd.js} })()`);
+      answer({ ok: value ?? null });
+    } else if (cmd.op === "reload") {
+      await page.reload();
+      await page.waitForFunction("window.ready === true", { timeout: 60_000 });
+      answer({ ok: null });
+    } else if (cmd.op === "goto") {
+      await open(cmd.origin);
+      answer({ ok: null });
+    } else if (cmd.op === "close") {
+      answer({ ok: null });
+      break;
+    } else {
+      answer({ err: `unknown op ${cmd.op}` });
+    }
+  } catch (e) {
+    answer({ err: String(e?.message ?? e) });
+  }
+}
+await browser.close();
+main.close();
+other.close();
+process.exit(0);

@@ -1,0 +1,394 @@
+//! A browser replica in real headless Chromium and a native replica, against a real
+//! `rekord-server` process: they create, borrow, edit and return records and see each
+//! other's changes live; the server is killed while the tab writes, the page is reloaded
+//! (its offline writes kept in IndexedDB), the server restarted, and the writes arrive; a
+//! wrong origin, a bad token and an impostor server are refused with clear errors.
+//!
+//! Needs the web example built (`examples/web/build.sh`), node with the test's npm packages
+//! (`npm ci` in `examples/web/tests`) and Debian's Chromium, so it is ignored by default;
+//! `.ci/run` runs it with `--ignored`:
+//!
+//! ```text
+//! cargo test -p rekord-server --test browser_sync -- --ignored
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/process.rs"]
+mod process;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use process::{APP, ServerProcess, config, identity, token};
+use rekord::{Db, Error, Key};
+
+/// The web example's part (the same schema as `examples/web/src/app.rs`).
+#[rekord::record(tree = "parts")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// What it is.
+    pub name: String,
+    /// How many are in stock.
+    pub qty: u32,
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A free loopback TCP port (for the page's origin).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The page, through `examples/web/tests/relay.mjs`.
+struct Page {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Page {
+    fn launch(page_port: u16, other_port: u16) -> Page {
+        let tmp = repo().join("target/chrome-tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut child = Command::new("node")
+            .arg(repo().join("examples/web/tests/relay.mjs"))
+            .env("PAGE_PORT", page_port.to_string())
+            .env("OTHER_PORT", other_port.to_string())
+            .env("TMPDIR", &tmp)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node (examples/web/tests: npm ci) and the built web example are needed");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut page = Page {
+            child,
+            stdin,
+            stdout,
+        };
+        page.answer().expect("the relay did not start");
+        page
+    }
+
+    fn answer(&mut self) -> Result<serde_json::Value, String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("relay said {line:?}: {e}"));
+        match (v.get("ok"), v.get("err")) {
+            (Some(ok), _) => Ok(ok.clone()),
+            (_, Some(err)) => Err(err.as_str().unwrap_or_default().to_owned()),
+            _ => panic!("relay said {line:?}"),
+        }
+    }
+
+    fn send(&mut self, cmd: serde_json::Value) -> Result<serde_json::Value, String> {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        self.answer()
+    }
+
+    /// Runs `js` (an async function body) in the page.
+    fn eval(&mut self, js: &str) -> Result<serde_json::Value, String> {
+        self.send(serde_json::json!({"op": "eval", "js": js}))
+    }
+
+    fn ok(&mut self, js: &str) -> serde_json::Value {
+        self.eval(js).unwrap_or_else(|e| panic!("{js}: {e}"))
+    }
+
+    fn reload(&mut self) {
+        self.send(serde_json::json!({"op": "reload"})).unwrap();
+    }
+
+    fn goto(&mut self, origin: &str) {
+        self.send(serde_json::json!({"op": "goto", "origin": origin}))
+            .unwrap();
+    }
+
+    /// Opens the synced database `name` in the page as `window.db`.
+    fn open(&mut self, name: &str, port: u16, hashes: &[String], token: &str, pin: &str) {
+        let url = format!("https://127.0.0.1:{port}/rekord");
+        let js = format!(
+            "window.db = await window.Synced.open({name:?}, {url:?}, {:?}, {APP:?}, {token:?}, {pin:?}); return null;",
+            hashes.join(",")
+        );
+        self.ok(&js);
+    }
+
+    fn status(&mut self) -> serde_json::Value {
+        let text = self.ok("return window.db.status();");
+        serde_json::from_str(text.as_str().unwrap()).unwrap()
+    }
+
+    /// Waits (bounded) until the page's status satisfies `f`; the status then.
+    fn wait_status(
+        &mut self,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let st = self.status();
+            if f(&st) {
+                return st;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "timed out waiting for {what}: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `name qty holder` of part `id` in the page.
+    fn get(&mut self, id: u64) -> Option<String> {
+        self.ok(&format!("return window.db.get({id});"))
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    fn wait_get(&mut self, what: &str, id: u64, f: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.get(id)
+                && f(&v)
+            {
+                return v;
+            }
+            assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Creates a part in the page once it has ids; its id.
+    fn create(&mut self, name: &str, qty: u32) -> u64 {
+        let start = Instant::now();
+        loop {
+            let id = self
+                .ok(&format!("return window.db.create({name:?}, {qty});"))
+                .as_f64()
+                .unwrap();
+            if id >= 0.0 {
+                return id as u64;
+            }
+            assert!(start.elapsed() < LIMIT, "the page got no ids");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", serde_json::json!({"op": "close"}));
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (polling, bounded) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn create(parts: &rekord::Tree<Part>, name: &str, qty: u32) -> Key<Part> {
+    let start = Instant::now();
+    loop {
+        match parts.create(&Part {
+            name: name.into(),
+            qty,
+        }) {
+            Ok(k) => return k,
+            Err(Error::IdsExhausted) if start.elapsed() < LIMIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("create failed: {e}"),
+        }
+    }
+}
+
+fn start(data: &Path, listen: &str, origin_port: u16) -> ServerProcess {
+    let origin = format!("http://127.0.0.1:{origin_port}");
+    let log = data.with_extension("log");
+    ServerProcess::start_with(
+        data,
+        listen,
+        Some(&log),
+        "info",
+        &["--allow-origin", &origin],
+    )
+}
+
+#[test]
+#[ignore = "needs the built web example, node and Chromium; .ci/run runs it"]
+fn a_browser_replica_syncs_with_a_native_one_through_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let (uuid, fingerprint, hashes) = identity(&data);
+    let token = token(&data);
+    let (page_port, other_port) = (free_port(), free_port());
+    let server = start(&data, "127.0.0.1:0", page_port);
+    let addr = server.addr;
+    let pin = format!("{uuid} {fingerprint}");
+
+    let native = Db::open_synced(dir.path().join("native.rekord"), config(addr, &token)).unwrap();
+    native.wait_caught_up(LIMIT).unwrap();
+    let parts = native.tree::<Part>().unwrap();
+
+    let mut page = Page::launch(page_port, other_port);
+    page.open("synced", addr.port(), &hashes, &token, &pin);
+    let st = page.wait_status("the browser replica to connect", |s| {
+        s["online"] == true && s["caught_up"] == true
+    });
+    let browser_replica = st["replica"].as_i64().unwrap() as u32;
+    assert_ne!(browser_replica, native.replica());
+
+    // Native creates: the page receives it live, with the event.
+    let bolt = create(&parts, "bolt", 1);
+    page.wait_get("the native create in the page", bolt.id(), |v| {
+        v == format!("bolt 1 {}", native.replica())
+    });
+    let events = page.ok("return window.db.remote_events();");
+    assert!(
+        events
+            .as_str()
+            .unwrap()
+            .contains(&format!("created {} 1", bolt.id())),
+        "{events}"
+    );
+
+    // The page creates (ids from a range the server granted): native receives it.
+    let nut = page.create("nut", 5);
+    assert!(nut >= 1 << 32, "ids come from the server's ranges");
+    eventually("the page's create at the native replica", || {
+        parts.get(Key::new(nut, 0)).is_ok_and(|p| p.qty == 5)
+    });
+    assert_eq!(
+        parts.meta(Key::new(nut, 0)).unwrap().holder,
+        browser_replica
+    );
+
+    // Borrows go through the server: refused while native holds it, granted once returned.
+    let refused = page.eval(&format!(
+        "await window.db.borrow({}); return null;",
+        bolt.id()
+    ));
+    let e = refused.expect_err("borrowed a record another replica holds");
+    assert!(e.contains("borrowed by") || e.contains("holder"), "{e}");
+    parts.return_borrow(bolt).unwrap();
+    native.wait_pushed(LIMIT).unwrap();
+    page.wait_get("the return in the page", bolt.id(), |v| v.ends_with(" 0"));
+    page.ok(&format!(
+        "await window.db.borrow({}); return null;",
+        bolt.id()
+    ));
+    page.ok(&format!(
+        "window.db.update({}, 7); window.db.give_back({}); return null;",
+        bolt.id(),
+        bolt.id()
+    ));
+    eventually("the page's edit and return at the native replica", || {
+        parts.get(bolt).is_ok_and(|p| p.qty == 7) && parts.meta(bolt).is_ok_and(|m| m.holder == 0)
+    });
+    // And the other way: native borrows the page's record? It is the page's from birth.
+    assert!(matches!(
+        parts.borrow(Key::new(nut, 0)),
+        Err(Error::AlreadyBorrowed { .. })
+    ));
+
+    // The server dies while the page writes: the writes wait in the outbox, stored in
+    // IndexedDB (flushed), kept across a reload, and arrive once the server is back.
+    server.kill();
+    page.wait_status("the page to notice the server is gone", |s| {
+        s["online"] == false
+    });
+    let mut offline = Vec::new();
+    for i in 0..10 {
+        offline.push(page.create(&format!("offline {i}"), i));
+    }
+    page.ok("await window.db.flush(); return null;");
+    page.reload();
+    page.open("synced", addr.port(), &hashes, &token, &pin);
+    let st = page.status();
+    assert!(
+        st["outbox"].as_u64().unwrap() >= 10,
+        "the reload lost the outbox: {st}"
+    );
+    let server = start(&data, &addr.to_string(), page_port);
+    page.wait_status("the outbox to drain after the restart", |s| {
+        s["online"] == true && s["outbox"] == 0
+    });
+    for (i, id) in offline.iter().enumerate() {
+        eventually("an offline write at the native replica", || {
+            parts
+                .get(Key::new(*id, 0))
+                .is_ok_and(|p| p.name == format!("offline {i}"))
+        });
+    }
+
+    // A bad token: refused, and the status says so.
+    page.ok("window.db = null; return null;");
+    page.open("bad-token", addr.port(), &hashes, "rk1_not_a_token", "");
+    let st = page.wait_status("the bad token's refusal", |s| !s["refused"].is_null());
+    assert!(st["refused"].as_str().unwrap().contains("token"), "{st}");
+
+    // A page of an origin the server does not allow: no session, and a clear error.
+    page.goto("other");
+    page.open("other-origin", addr.port(), &hashes, &token, &pin);
+    let st = page.wait_status("the refusal of the other origin", |s| {
+        !s["last_error"].is_null()
+    });
+    let e = st["last_error"].as_str().unwrap();
+    assert!(e.contains("Opening handshake failed"), "{e}");
+    assert!(e.contains("origin"), "the error says what to check: {e}");
+    assert_eq!(st["online"], false);
+    // The browser says no more than that; the server's log says why.
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(
+        log.contains("whose origin is not in web.origins")
+            && log.contains(&format!("origin=http://127.0.0.1:{other_port}")),
+        "the server did not log the refused origin"
+    );
+    page.goto("main");
+
+    // An impostor: another server (its own identity) whose WebTransport certificate the page
+    // is given, while the page pins the first server's UUID.
+    let other_data = dir.path().join("impostor");
+    let (_, _, other_hashes) = identity(&other_data);
+    let other_token = process::token(&other_data);
+    let impostor = start(&other_data, "127.0.0.1:0", page_port);
+    page.open(
+        "impostor",
+        impostor.addr.port(),
+        &other_hashes,
+        &other_token,
+        &pin,
+    );
+    let st = page.wait_status("the impostor's refusal", |s| !s["refused"].is_null());
+    assert!(st["refused"].as_str().unwrap().contains(&uuid), "{st}");
+    drop(impostor);
+    drop(page);
+    drop(server);
+}
