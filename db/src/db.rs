@@ -373,7 +373,40 @@ impl Db {
         )
     }
 
+    /// [`Db::open_synced`], with the sync client as a future for the application to run on
+    /// its own executor instead of a thread of its own: whole replicas on one thread, with a
+    /// clock the application controls (tokio's paused time), for deterministic tests (see
+    /// [`SyncConfig::connector`](crate::SyncConfig::connector)). Nothing of the database
+    /// blocks waiting for the client then: [`Tree::borrow`](crate::Tree::borrow) says to
+    /// use [`Tree::borrow_async`](crate::Tree::borrow_async), a create without ids fails
+    /// with [`Error::IdsExhausted`] until the client fetched them, and the `wait_*` methods
+    /// look once. The future ends when the database closes.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_synced_driven(
+        path: impl AsRef<std::path::Path>,
+        config: crate::sync::SyncConfig,
+    ) -> Result<(Db, crate::sync::client::SyncDriver)> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let redb = Db::open_redb(path, &shown)?;
+        let db = Db::init(redb, DbOptions::default(), Mode::Client, &shown)?;
+        let (db, driver) = Db::start_sync_with(db, config, true)?;
+        let driver = driver.ok_or_else(|| Error::Offline {
+            what: "starting the sync client",
+            reason: "no driver was made".into(),
+        })?;
+        Ok((db, driver))
+    }
+
     pub(crate) fn start_sync(db: Db, config: crate::sync::SyncConfig) -> Result<Db> {
+        Db::start_sync_with(db, config, false).map(|(db, _)| db)
+    }
+
+    fn start_sync_with(
+        db: Db,
+        config: crate::sync::SyncConfig,
+        driven: bool,
+    ) -> Result<(Db, Option<crate::sync::client::SyncDriver>)> {
         if !config.merges.is_empty() {
             let txn = db.inner.redb.begin_write()?;
             {
@@ -390,10 +423,10 @@ impl Db {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(config.merges.iter().cloned());
-        let link = crate::sync::client::start(&db.inner, config)?;
+        let (link, driver) = crate::sync::client::start_with(&db.inner, config, driven)?;
         // A fresh `DbInner` has no link yet.
         let _ = db.inner.link.set(link);
-        Ok(db)
+        Ok((db, driver))
     }
 
     /// The state of the sync client (`None` for a database that is not synced).

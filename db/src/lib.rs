@@ -33,7 +33,7 @@ pub use rekord_derive::{data, record};
 pub use schema::{Describe, Schema};
 #[cfg(target_arch = "wasm32")]
 pub use storage::browser::{BrowserOptions, BrowserStats, Durability, FlushPolicy};
-pub use sync::{Merge, Retry, SyncConfig, SyncStatus, WriteMode};
+pub use sync::{Merge, Retry, SyncConfig, SyncDriver, SyncStatus, WriteMode};
 pub use tree::batch::{Batch, BatchTree};
 pub use tree::dynamic::{
     DynIter, DynKey, DynKeys, DynRecord, DynSnapshot, DynTree, Import, TreeInfo,

@@ -528,6 +528,10 @@ async fn durable(done: tokio::sync::oneshot::Receiver<()>) -> Result<(), End> {
 #[derive(Debug)]
 pub struct Server {
     endpoint: quinn::Endpoint,
+    local: (
+        tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>,
+        tokio::sync::mpsc::UnboundedReceiver<tokio::io::DuplexStream>,
+    ),
     identity: Identity,
     web_certs: WebCerts,
     resolver: Arc<web::Resolver>,
@@ -562,6 +566,7 @@ impl Server {
         })?;
         Ok(Self {
             endpoint,
+            local: tokio::sync::mpsc::unbounded_channel(),
             identity,
             web_certs,
             resolver,
@@ -582,6 +587,17 @@ impl Server {
     /// The server's identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// A connector of in-process clients: each [`LocalConnector::connect`] is a session of
+    /// this server over an in-memory byte stream, served like a network connection once
+    /// [`serve`](Server::serve) runs (the same handshake, tokens and rules; no limits per
+    /// address). For deterministic tests of whole replicas without sockets (see
+    /// `rekord::net::Connect`), and for embedding a server and its clients in one process.
+    pub fn local_connector(&self) -> LocalConnector {
+        LocalConnector {
+            queue: self.local.0.clone(),
+        }
     }
 
     /// The WebTransport certificates (what a browser page names in
@@ -612,6 +628,7 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             endpoint,
+            local: (_, mut local),
             identity,
             mut web_certs,
             resolver,
@@ -688,6 +705,9 @@ impl Server {
                             incoming.refuse();
                         }
                     }
+                }
+                Some(stream) = local.recv() => {
+                    tasks.spawn(handle_local(stream, shared.clone()));
                 }
                 connection = admin.accept() => {
                     let hooks: Arc<dyn admin::Hooks> = shared.clone();
@@ -960,7 +980,7 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
         Ok(Ok(conn)) if web::is_web(&conn) => {
             // A browser: the HTTP/3 handshake and the CONNECT request within the same bound.
             match tokio::time::timeout_at(hello_by, web::accept(conn.clone(), &shared.web)).await {
-                Ok(Ok(session)) => Peer::Web(session),
+                Ok(Ok(session)) => Peer::Web(Box::new(session)),
                 Ok(Err(web::Refused::Origin(origin))) => {
                     if let Some(count) = shared.quiet.note("origin refused") {
                         tracing::warn!(
@@ -1006,36 +1026,68 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
             return;
         }
     };
-    match session(&conn, &mut ticket, hello_by, shared.clone()).await {
+    match session(&conn, Some(&mut ticket), hello_by, shared.clone()).await {
         Ok(()) => tracing::debug!(%remote, "connection ended"),
         Err(End::Gone(reason)) => tracing::debug!(%remote, %reason, "connection lost"),
         Err(End::Protocol(reason)) => {
             tracing::warn!(%remote, %reason, "closing a connection that broke the protocol");
-            conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+            conn.close(CLOSE_PROTOCOL, reason.as_bytes());
         }
         Err(End::Internal(reason)) => {
             tracing::error!(%remote, %reason, "internal error; closing the connection");
-            conn.close(CLOSE_INTERNAL.into(), b"internal server error");
+            conn.close(CLOSE_INTERNAL, b"internal server error");
         }
         Err(End::Limited(reason)) => {
             if let Some(count) = shared.quiet.note("session limit") {
                 tracing::warn!(%remote, %reason, count, "closing a connection past a limit");
             }
-            conn.close(CLOSE_LIMITED.into(), reason.as_bytes());
+            conn.close(CLOSE_LIMITED, reason.as_bytes());
         }
         Err(End::Lagged(missed)) => {
             tracing::warn!(%remote, missed, "client too slow for its pushes; closing it");
             conn.close(
-                CLOSE_LAGGED.into(),
+                CLOSE_LAGGED,
                 b"too many pushes queued for this client; reconnect to resynchronise",
             );
         }
     }
 }
 
+/// Serves an in-process client ([`LocalConnector`]).
+async fn handle_local(stream: tokio::io::DuplexStream, shared: Arc<Shared>) {
+    let hello_by = tokio::time::Instant::now() + shared.limits.hello_timeout();
+    let peer = Peer::Local(std::sync::Mutex::new(Some(stream)));
+    match session(&peer, None, hello_by, shared).await {
+        Ok(()) => tracing::debug!("local connection ended"),
+        Err(End::Gone(reason)) => tracing::debug!(%reason, "local connection lost"),
+        Err(End::Protocol(reason) | End::Internal(reason) | End::Limited(reason)) => {
+            tracing::warn!(%reason, "local connection closed")
+        }
+        Err(End::Lagged(missed)) => tracing::warn!(missed, "local client too slow; closed"),
+    }
+}
+
+/// Connects in-process clients to a [`Server`] ([`Server::local_connector`]).
+#[derive(Debug, Clone)]
+pub struct LocalConnector {
+    queue: tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>,
+}
+
+impl LocalConnector {
+    /// A new session's client end: a byte stream to speak the protocol on (the server's
+    /// end is served as a connection). [`ServerError::Remote`] once the server stopped.
+    pub fn connect(&self) -> Result<tokio::io::DuplexStream, ServerError> {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        self.queue
+            .send(server)
+            .map_err(|_| ServerError::Remote("the server is not serving".into()))?;
+        Ok(client)
+    }
+}
+
 async fn session(
     conn: &Peer,
-    ticket: &mut limits::Ticket,
+    ticket: Option<&mut limits::Ticket>,
     hello_by: tokio::time::Instant,
     shared: Arc<Shared>,
 ) -> Result<(), End> {
@@ -1151,11 +1203,13 @@ async fn session(
                 Ok::<(), End>(())
             })
             .await;
-            conn.close(CLOSE_REFUSED.into(), refusal.to_string().as_bytes());
+            conn.close(CLOSE_REFUSED, refusal.to_string().as_bytes());
             return Ok(());
         }
     };
-    ticket.established();
+    if let Some(ticket) = ticket {
+        ticket.established();
+    }
     reader.accepted(&shared, &token);
     // Subscribed before the hello and before the log is read: every change committed
     // after this point reaches this session live, every one before it is in the log.

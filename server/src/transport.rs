@@ -1,27 +1,34 @@
-//! The two transports a session runs over: a native QUIC connection (rekord's ALPN) and a
-//! WebTransport session (`h3`, see [`crate::web`]). Both carry the protocol's frames on one
-//! bidirectional stream; everything above this module is the same for both.
+//! The transports a session runs over: a native QUIC connection (rekord's ALPN), a
+//! WebTransport session (`h3`, see [`crate::web`]), and an in-process byte stream
+//! ([`crate::LocalConnector`]: deterministic tests). All carry the protocol's frames on one
+//! bidirectional stream; everything above this module is the same for all.
 
 use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream, ReadHalf, WriteHalf};
 
 /// The connection of a session.
 pub(crate) enum Peer {
     /// A native client.
     Quic(quinn::Connection),
-    /// A browser (or any WebTransport client).
-    Web(web_transport_quinn::Session),
+    /// A browser (or any WebTransport client); boxed, as it is much larger than the others.
+    Web(Box<web_transport_quinn::Session>),
+    /// A client in this process ([`crate::LocalConnector`]); its stream, until accepted.
+    Local(std::sync::Mutex<Option<DuplexStream>>),
 }
 
 /// The sending half of a session's stream.
 pub(crate) enum SendHalf {
     Quic(quinn::SendStream),
     Web(web_transport_quinn::SendStream),
+    Local(WriteHalf<DuplexStream>),
 }
 
 /// The receiving half of a session's stream.
 pub(crate) enum RecvHalf {
     Quic(quinn::RecvStream),
     Web(web_transport_quinn::RecvStream),
+    Local(ReadHalf<DuplexStream>),
 }
 
 impl Peer {
@@ -30,6 +37,7 @@ impl Peer {
         match self {
             Peer::Quic(c) => c.remote_address(),
             Peer::Web(s) => s.remote_address(),
+            Peer::Local(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -38,6 +46,7 @@ impl Peer {
         match self {
             Peer::Quic(_) => "quic",
             Peer::Web(_) => "webtransport",
+            Peer::Local(_) => "local",
         }
     }
 
@@ -54,6 +63,15 @@ impl Peer {
                 .await
                 .map(|(s, r)| (SendHalf::Web(s), RecvHalf::Web(r)))
                 .map_err(|e| e.to_string()),
+            Peer::Local(stream) => {
+                let taken = match stream.lock() {
+                    Ok(mut g) => g.take(),
+                    Err(poisoned) => poisoned.into_inner().take(),
+                };
+                let stream = taken.ok_or_else(|| "the local stream was taken".to_owned())?;
+                let (r, w) = tokio::io::split(stream);
+                Ok((SendHalf::Local(w), RecvHalf::Local(r)))
+            }
         }
     }
 
@@ -62,6 +80,8 @@ impl Peer {
         match self {
             Peer::Quic(c) => c.close(code.into(), reason),
             Peer::Web(s) => s.close(code, reason),
+            // The client sees the stream end when the session drops its halves.
+            Peer::Local(_) => {}
         }
     }
 }
@@ -72,6 +92,7 @@ impl SendHalf {
         match self {
             SendHalf::Quic(s) => s.write_all(bytes).await.map_err(|e| e.to_string()),
             SendHalf::Web(s) => s.write_all(bytes).await.map_err(|e| e.to_string()),
+            SendHalf::Local(s) => s.write_all(bytes).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -80,6 +101,8 @@ impl SendHalf {
         let _ = match self {
             SendHalf::Quic(s) => s.finish().is_ok(),
             SendHalf::Web(s) => s.finish().is_ok(),
+            // Ended when dropped (a shutdown would have to be awaited).
+            SendHalf::Local(_) => true,
         };
     }
 
@@ -91,6 +114,9 @@ impl SendHalf {
             }
             SendHalf::Web(s) => {
                 let _ = s.stopped().await;
+            }
+            SendHalf::Local(s) => {
+                let _ = s.flush().await;
             }
         }
     }
@@ -110,6 +136,18 @@ impl RecvHalf {
                 .await
                 .map(|c| c.map(|c| c.bytes))
                 .map_err(|e| e.to_string()),
+            // Cancel-safe: `read` loses nothing when dropped before it completes.
+            RecvHalf::Local(r) => {
+                let mut buf = vec![0u8; max.min(64 * 1024)];
+                match r.read(&mut buf).await {
+                    Ok(0) => Ok(None),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(Some(bytes::Bytes::from(buf)))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
         }
     }
 }

@@ -35,6 +35,8 @@
 mod browser;
 #[cfg(not(target_arch = "wasm32"))]
 mod quic;
+#[cfg(not(target_arch = "wasm32"))]
+mod stream;
 #[cfg(all(feature = "web-transport", not(target_arch = "wasm32")))]
 mod webtransport;
 mod wire;
@@ -50,6 +52,8 @@ use sha2::Digest as _;
 pub use browser::connect_browser;
 #[cfg(not(target_arch = "wasm32"))]
 pub use quic::{PinnedVerifier, connect, connect_timeout, connect_with};
+#[cfg(not(target_arch = "wasm32"))]
+pub use stream::{ByteStream, Connect, Connector, connect_stream};
 #[cfg(all(feature = "web-transport", not(target_arch = "wasm32")))]
 pub use webtransport::connect_web;
 pub use wire::{ConnWire, MaybeSend, RecvWire, SendWire, WireFuture};

@@ -61,6 +61,9 @@ pub(crate) struct Link {
     /// Ids a write that ran out of them asked for (0: none); the sync thread fetches ranges
     /// until this many are free, then counts `refills` up.
     ids_wanted: std::sync::atomic::AtomicU64,
+    /// Whether the application drives the client on its own executor
+    /// ([`crate::Db::open_synced_driven`]): nothing may then block waiting for it.
+    driven: bool,
 }
 
 /// How many refusal reasons [`Link`] keeps for write-through writers.
@@ -91,6 +94,12 @@ impl Link {
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn refill_ids(&self, ids: u64, until: Instant) -> Result<bool> {
         if *lock(&self.thread_id) == Some(std::thread::current().id()) {
+            return Ok(false);
+        }
+        if self.driven {
+            // The client may run on this very thread: ask, do not wait.
+            self.ids_wanted.fetch_add(ids, Ordering::AcqRel);
+            self.wake.notify_one();
             return Ok(false);
         }
         let refused = |st: &SyncStatus| match &st.ids_refused {
@@ -266,6 +275,11 @@ impl Link {
         timeout: Duration,
         mut done: impl FnMut(&SyncStatus) -> bool,
     ) -> (bool, SyncStatus) {
+        if self.driven {
+            // The client may run on this very thread: a blocking wait would never end.
+            let status = lock(&self.status).clone();
+            return (done(&status), status);
+        }
         let deadline = Instant::now() + timeout;
         let mut status = lock(&self.status);
         loop {
@@ -302,6 +316,13 @@ impl Link {
     /// [`Link::borrow`], blocking the calling thread (never the sync thread's runtime).
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn borrow_blocking(&self, tree: &str, key: RawKey) -> Result<()> {
+        if self.driven {
+            return Err(Error::Offline {
+                what: "borrowing",
+                reason: "the sync client is driven by the application: use Tree::borrow_async"
+                    .into(),
+            });
+        }
         let (reply, answer) = async_channel::bounded(1);
         let command = Command::Borrow {
             tree: tree.to_owned(),
@@ -366,8 +387,17 @@ pub(crate) fn init_meta(meta: &mut redb::Table<'_, &str, &[u8]>, created: bool) 
     Ok(replica.unwrap_or(UNKNOWN_REPLICA))
 }
 
-/// Starts the sync thread of `db`.
-pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> {
+/// The sync client of a database opened with [`crate::Db::open_synced_driven`]: a future to
+/// run on the application's executor (it ends when the database closes).
+pub type SyncDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// Starts the sync client of `db`: on a thread of its own (a task in a browser), or, when
+/// `driven`, as the returned future for the application to run.
+pub(crate) fn start_with(
+    db: &Arc<DbInner>,
+    config: SyncConfig,
+    driven: bool,
+) -> Result<(Arc<Link>, Option<SyncDriver>)> {
     let (commands, commands_rx) = async_channel::unbounded();
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let link = Arc::new(Link {
@@ -387,6 +417,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         reasons: Mutex::new(std::collections::BTreeMap::new()),
         waiting: Mutex::new(std::collections::BTreeSet::new()),
         ids_wanted: std::sync::atomic::AtomicU64::new(0),
+        driven,
     });
     let (client_id, cursor, replica) = {
         let txn = db.redb.begin_read()?;
@@ -448,6 +479,9 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
         }
         done_link.update(|s| s.online = false);
     };
+    if driven {
+        return Ok((link, Some(Box::pin(drive()))));
+    }
     #[cfg(not(target_arch = "wasm32"))]
     {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -472,7 +506,7 @@ pub(crate) fn start(db: &Arc<DbInner>, config: SyncConfig) -> Result<Arc<Link>> 
     }
     #[cfg(target_arch = "wasm32")]
     wasm_bindgen_futures::spawn_local(drive());
-    Ok(link)
+    Ok((link, None))
 }
 
 /// Outbox entries and bytes, and rejected entries.
@@ -818,6 +852,11 @@ impl Client {
         pin: Option<&Pin>,
     ) -> std::result::Result<Session, End> {
         let options = net::ConnectOptions::default().timeout(self.config.timeout);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(connector) = &self.config.connector {
+            let stream = connector.connect().await?;
+            return Ok(net::connect_stream(stream, hello, pin, self.config.timeout).await?);
+        }
         match &self.config.web_transport {
             #[cfg(target_arch = "wasm32")]
             Some(target) => Ok(net::connect_browser(target, hello, pin, options).await?),

@@ -92,6 +92,7 @@
 //! so the local copy is what every other replica has.
 
 pub(crate) mod client;
+pub use client::SyncDriver;
 pub mod merge;
 pub(crate) mod outbox;
 
@@ -369,6 +370,10 @@ pub struct SyncConfig {
     /// instead of rekord's own QUIC ALPN at [`SyncConfig::server`] (default `None`). Natively
     /// this needs the crate feature `web-transport`.
     pub web_transport: Option<crate::net::WebTarget>,
+    /// Reach the server over streams this opens instead of the network (default `None`):
+    /// an in-process server (`rekord_server::LocalConnector`), a test's pipe. Natively only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub connector: Option<crate::net::Connector>,
     /// The application name (must match the server's).
     pub app: String,
     /// The access token issued by the server's CLI.
@@ -423,6 +428,8 @@ impl std::fmt::Debug for SyncConfig {
         #[cfg(not(target_arch = "wasm32"))]
         d.field("server", &self.server);
         d.field("web_transport", &self.web_transport);
+        #[cfg(not(target_arch = "wasm32"))]
+        d.field("connector", &self.connector.as_ref().map(|_| "<connector>"));
         d.field("app", &self.app)
             .field("token", &"<redacted>")
             .field("trees", &self.trees);
@@ -483,6 +490,8 @@ impl SyncConfig {
             #[cfg(not(target_arch = "wasm32"))]
             server,
             web_transport,
+            #[cfg(not(target_arch = "wasm32"))]
+            connector: None,
             app,
             token,
             trees: Vec::new(),
@@ -515,6 +524,14 @@ impl SyncConfig {
     /// `target`.
     pub fn web_transport(mut self, target: crate::net::WebTarget) -> Self {
         self.web_transport = Some(target);
+        self
+    }
+
+    /// Sets [`SyncConfig::connector`]: the server is reached over the streams `connector`
+    /// opens.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn connector(mut self, connector: crate::net::Connector) -> Self {
+        self.connector = Some(connector);
         self
     }
 
