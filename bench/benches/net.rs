@@ -43,6 +43,7 @@ async fn rekord_cases(n: usize) -> Samples {
             requests_per_second: 1_000_000,
             ..Default::default()
         },
+        web: Default::default(),
     })
     .unwrap();
     let addr = server.local_addr().unwrap();

@@ -61,6 +61,7 @@ fn start_in(rt: &tokio::runtime::Runtime, dir: tempfile::TempDir, listen: Socket
             requests_per_second: 1_000_000,
             ..Default::default()
         },
+        web: Default::default(),
     })
     .unwrap();
     let addr = server.local_addr().unwrap();

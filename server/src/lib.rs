@@ -976,11 +976,11 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
     let remote = incoming.remote_address();
     // The QUIC handshake and the hello share one bound.
     let hello_by = tokio::time::Instant::now() + shared.limits.hello_timeout();
-    let conn = match tokio::time::timeout_at(hello_by, incoming).await {
+    let (raw, conn) = match tokio::time::timeout_at(hello_by, incoming).await {
         Ok(Ok(conn)) if web::is_web(&conn) => {
             // A browser: the HTTP/3 handshake and the CONNECT request within the same bound.
             match tokio::time::timeout_at(hello_by, web::accept(conn.clone(), &shared.web)).await {
-                Ok(Ok(session)) => Peer::Web(Box::new(session)),
+                Ok(Ok(session)) => (conn, Peer::Web(Box::new(session))),
                 Ok(Err(web::Refused::Origin(origin))) => {
                     if let Some(count) = shared.quiet.note("origin refused") {
                         tracing::warn!(
@@ -1014,7 +1014,7 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
                 }
             }
         }
-        Ok(Ok(conn)) => Peer::Quic(conn),
+        Ok(Ok(conn)) => (conn.clone(), Peer::Quic(conn)),
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "connection failed");
             return;
@@ -1026,7 +1026,12 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
             return;
         }
     };
-    match session(&conn, Some(&mut ticket), hello_by, shared.clone()).await {
+    let ended = session(&conn, Some(&mut ticket), hello_by, shared.clone()).await;
+    // The connection closes with the session, whatever ended it: a WebTransport library
+    // task would otherwise keep it open after the session (outside the limits, whose
+    // ticket goes with this function).
+    let _close = CloseOnDrop(raw);
+    match ended {
         Ok(()) => tracing::debug!(%remote, "connection ended"),
         Err(End::Gone(reason)) => tracing::debug!(%remote, %reason, "connection lost"),
         Err(End::Protocol(reason)) => {
@@ -1050,6 +1055,16 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
                 b"too many pushes queued for this client; reconnect to resynchronise",
             );
         }
+    }
+}
+
+/// Closes a connection when dropped (a close after an earlier one changes nothing).
+struct CloseOnDrop(quinn::Connection);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .close(rekord::net::CLOSE_NORMAL.into(), b"session ended");
     }
 }
 

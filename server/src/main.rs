@@ -196,15 +196,25 @@ fn set_limit(limits: &mut rekord_server::Limits, setting: &str) -> Result<(), Se
     Ok(())
 }
 
+/// The HTTP/3 library logs every malformed message of a WebTransport client at WARN (a
+/// stranger could flood the log with them, before any token): only its errors are kept,
+/// whatever `RUST_LOG` asks. The server logs what it refuses itself, throttled.
+fn web_log_bound(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    match "web_transport_quinn=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 fn main() -> ExitCode {
     // Logs go to stderr; colour codes only when a terminal shows them (never in a file,
     // a pipe or a journal).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_env_filter(
+        .with_env_filter(web_log_bound(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        ))
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
@@ -315,10 +325,14 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
             println!("uuid {}", identity.uuid);
             println!("fingerprint {}", identity.fingerprint());
             // What a browser page names in `serverCertificateHashes` (current, then next).
-            let web = rekord_server::WebCerts::load_or_create(
-                &config.data,
-                rekord_server::web::unix_now(),
-            )?;
+            // Read as they are when they exist: a running server alone rotates them.
+            let web = match rekord_server::WebCerts::load(&config.data)? {
+                Some(web) => web,
+                None => rekord_server::WebCerts::load_or_create(
+                    &config.data,
+                    rekord_server::web::unix_now(),
+                )?,
+            };
             for hash in web.hashes() {
                 println!("web-hash {hash}");
             }

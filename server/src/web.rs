@@ -83,12 +83,28 @@ impl Web {
     pub fn allows(&self, origin: Option<&str>) -> bool {
         match origin {
             None => true,
-            Some(origin) => self
-                .origins
-                .iter()
-                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+            Some(origin) => {
+                let origin = normal_origin(origin);
+                self.origins
+                    .iter()
+                    .any(|o| o == "*" || normal_origin(o) == origin)
+            }
         }
     }
+}
+
+/// An origin as browsers send it: lower case, no trailing slash, no default port
+/// (`https://app.example:443` is sent as `https://app.example`).
+fn normal_origin(origin: &str) -> String {
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        if origin.starts_with(scheme)
+            && let Some(bare) = origin.strip_suffix(port)
+        {
+            return bare.to_owned();
+        }
+    }
+    origin
 }
 
 /// One WebTransport certificate: ECDSA P-256, self-signed, valid [`CERT_DAYS`] days.
@@ -167,11 +183,22 @@ impl WebCert {
         let Ok(not_after) = not_after else {
             return Ok(None);
         };
-        Ok(Some(Self {
+        let loaded = Self {
             cert_der: read(&cert)?,
             key_der: read(&key)?,
             not_after,
-        }))
+        };
+        // A key that is not the certificate's (a mixed-up directory, a crash between the
+        // files of a rotation) would fail every handshake: made again instead.
+        let usable = loaded.certified().is_ok_and(|key| key.keys_match().is_ok());
+        if !usable {
+            tracing::warn!(
+                slot,
+                "a WebTransport certificate and its key do not match; making a new one"
+            );
+            return Ok(None);
+        }
+        Ok(Some(loaded))
     }
 
     fn store(&self, dir: &Path, slot: &str) -> Result<(), ServerError> {
@@ -246,14 +273,43 @@ impl WebCerts {
         Ok(certs)
     }
 
+    /// The certificates stored in `dir`, as they are (`None` if there is no usable current
+    /// one): what `rekord-server identity` prints while a server may be running, which
+    /// alone rotates them.
+    pub fn load(dir: &Path) -> Result<Option<Self>, ServerError> {
+        let Some(current) = WebCert::load(dir, "current")? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            dir: dir.to_path_buf(),
+            current,
+            next: WebCert::load(dir, "next")?,
+        }))
+    }
+
     /// Applies the rotation policy at time `now`: makes the next certificate in the current
     /// one's last [`NEXT_AT_DAYS_LEFT`] days, and presents it from the last
     /// [`SWITCH_AT_DAYS_LEFT`] days on (an expired current one is replaced at once).
     /// Whether the presented certificate changed.
     pub fn rotate(&mut self, now: u64) -> Result<bool, ServerError> {
+        // A certificate that expires later than any made now could (made while the clock
+        // was ahead) is not valid yet for a browser either: replaced at once.
+        let latest = now + CERT_DAYS * DAY;
+        if self.current.not_after > latest {
+            self.next = None;
+            self.switch(now)?;
+            return Ok(true);
+        }
+        if self.next.as_ref().is_some_and(|n| n.not_after > latest) {
+            self.next = None;
+        }
         let left = self.current.not_after.saturating_sub(now);
         if left > NEXT_AT_DAYS_LEFT * DAY {
             return Ok(false);
+        }
+        if self.next.is_none() {
+            // One another process made meanwhile (never two nexts).
+            self.next = WebCert::load(&self.dir, "next")?.filter(|n| n.not_after <= latest);
         }
         if self.next.is_none() {
             let next = WebCert::make(now)?;
@@ -279,8 +335,9 @@ impl WebCerts {
     }
 
     fn switch(&mut self, now: u64) -> Result<(), ServerError> {
+        let latest = now + CERT_DAYS * DAY;
         let next = match self.next.take() {
-            Some(next) if next.not_after > now => next,
+            Some(next) if next.not_after > now && next.not_after <= latest => next,
             _ => WebCert::make(now)?,
         };
         // Written over the current slot (its `until` last), then the next slot goes: a crash

@@ -87,7 +87,10 @@ pub async fn connect_browser(
         cfg.pinned = Some(pin.server);
     }
     let timeout = options.timeout;
-    match crate::rt::timeout(timeout, establish(target, &cfg, timeout)).await {
+    // The browser checked the WebTransport certificate, not the long-term one native
+    // clients pin: the pin to keep is the one given, else none yet.
+    let keep = pin.map(|p| p.cert.clone()).unwrap_or_default();
+    match crate::rt::timeout(timeout, establish(target, &cfg, keep, timeout)).await {
         Some(result) => result,
         None => Err(NetError::Timeout {
             what: "connecting and the handshake",
@@ -99,6 +102,7 @@ pub async fn connect_browser(
 async fn establish(
     target: &WebTarget,
     cfg: &ClientConfig,
+    keep: String,
     timeout: std::time::Duration,
 ) -> Result<Session, NetError> {
     let options = Object::new();
@@ -143,7 +147,7 @@ async fn establish(
     };
     let pin = Pin {
         server: [0; 16],
-        cert: String::new(),
+        cert: keep,
     };
     Session::start(
         Box::new(conn),

@@ -56,7 +56,11 @@ pub async fn connect_web(
     if let Some(pin) = pin {
         cfg.pinned = Some(pin.server);
     }
-    match crate::rt::timeout(timeout, establish(target, &cfg, options)).await {
+    // What a WebTransport session proves is the WebTransport certificate, not the long-term
+    // one native clients pin: the pin to keep is the one given, else none yet (a later
+    // native connection pins the long-term certificate).
+    let keep = pin.map(|p| p.cert.clone()).unwrap_or_default();
+    match crate::rt::timeout(timeout, establish(target, &cfg, keep, options)).await {
         Some(result) => result,
         None => Err(NetError::Timeout {
             what: "connecting and the handshake",
@@ -68,6 +72,7 @@ pub async fn connect_web(
 async fn establish(
     target: &WebTarget,
     cfg: &ClientConfig,
+    keep: String,
     options: ConnectOptions,
 ) -> Result<Session, NetError> {
     let addr = target.addr().await?;
@@ -113,7 +118,6 @@ async fn establish(
             return Err(connect_error(addr, e));
         }
     };
-    let cert = verifier.presented().unwrap_or_default();
     let session = web_transport_quinn::Session::connect(conn, url)
         .await
         .map_err(|e| connect_error(addr, format!("the WebTransport session failed: {e}")))?;
@@ -128,7 +132,7 @@ async fn establish(
     };
     let pin = Pin {
         server: [0; 16],
-        cert,
+        cert: keep,
     };
     Session::start(
         Box::new(conn),

@@ -826,7 +826,15 @@ impl Client {
         };
         drop(db);
         self.cursor = cursor;
-        let pin = pin.or_else(|| self.config.pin.clone());
+        let pin = match (pin, &self.config.pin) {
+            // Pinned by UUID only so far: the configured fingerprint of that server counts.
+            (Some(stored), Some(configured))
+                if stored.cert.is_empty() && stored.server == configured.server =>
+            {
+                Some(configured.clone())
+            }
+            (stored, configured) => stored.or_else(|| configured.clone()),
+        };
         let hello = ClientConfig {
             app: self.config.app.clone(),
             client: self.client_id,
@@ -1256,6 +1264,28 @@ impl Client {
             b.commit()?;
             db.inner.replica.store(replica, Ordering::Release);
             self.link.update(|s| s.replica = Some(replica));
+        } else if !pin.cert.is_empty() {
+            // Pinned by UUID only so far (first contact over WebTransport, which proves
+            // another certificate): the long-term certificate is pinned from now on.
+            let stored = {
+                let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+                let meta = txn.open_table(META).map_err(Error::from)?;
+                meta.get(PIN)
+                    .map_err(Error::from)?
+                    .map(|v| v.value().to_vec())
+            };
+            if let Some(stored) = stored
+                && stored.len() == 16
+            {
+                let b = db.batch()?;
+                {
+                    let mut meta = b.txn.open_table(META).map_err(Error::from)?;
+                    let mut bytes = stored;
+                    bytes.extend_from_slice(pin.cert.as_bytes());
+                    meta.insert(PIN, bytes.as_slice()).map_err(Error::from)?;
+                }
+                b.commit()?;
+            }
         }
         Ok(())
     }

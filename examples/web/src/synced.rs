@@ -20,6 +20,17 @@ pub struct Synced {
     events: rekord::Subscription,
 }
 
+/// Microseconds since the Unix epoch, from the page's high-resolution clock
+/// (`performance.timeOrigin + performance.now()`; microsecond-grained in a cross-origin
+/// isolated page).
+fn epoch_us() -> f64 {
+    web_sys::window()
+        .and_then(|w| w.performance())
+        .map_or(js_sys::Date::now() * 1000.0, |p| {
+            (p.time_origin() + p.now()) * 1000.0
+        })
+}
+
 fn key(id: f64) -> Key<Part> {
     Key::new(id as u64, 0)
 }
@@ -129,6 +140,37 @@ impl Synced {
     /// Waits until what was committed is stored in IndexedDB.
     pub async fn flush(&self) -> Result<(), JsError> {
         self.db.flush().await.map_err(js)
+    }
+
+    /// Creates a part named `t=<microseconds since the epoch now>` (the benchmark's
+    /// propagation probe); its id (`-1` without ids yet).
+    pub fn create_stamped(&self, qty: u32) -> Result<f64, JsError> {
+        self.create(format!("t={}", epoch_us()), qty)
+    }
+
+    /// Waits for `n` parts created by other replicas with a `t=<µs>` name and returns how
+    /// long each took to arrive (now minus the stamp, µs), comma-separated.
+    pub async fn remote_latencies(&self, n: u32) -> Result<String, JsError> {
+        let mut out = Vec::with_capacity(n as usize);
+        while out.len() < n as usize {
+            let Some(e) = self.events.recv().await else {
+                return Err(JsError::new("the database closed"));
+            };
+            let now = epoch_us();
+            let Event::Record(r) = e else { continue };
+            if r.kind != EventKind::Created || !r.is_remote(&self.db) {
+                continue;
+            }
+            let part = self.parts.get(Key::new(r.key.id, r.key.rev)).map_err(js)?;
+            if let Some(t) = part
+                .name
+                .strip_prefix("t=")
+                .and_then(|t| t.parse::<f64>().ok())
+            {
+                out.push(format!("{:.1}", now - t));
+            }
+        }
+        Ok(out.join(","))
     }
 
     /// Record events received from other replicas since the last call, as

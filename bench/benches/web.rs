@@ -1,0 +1,509 @@
+//! Browser replicas beside native ones, in one run (issue 16): the raw WebTransport echo round
+//! trip from a page of headless Chromium and the raw quinn round trip natively; the raw cost of
+//! one durable commit (redb, fsync) on this disk; propagation native -> native, native ->
+//! browser and browser -> native (commit on A to the event on B, over a real `rekord-server`
+//! on loopback); bulk sync of 100,000 records into a fresh browser replica beside a fresh
+//! native one.
+//!
+//! The floor of propagation is one round trip plus one durable commit (the server commits a
+//! change durably before anyone hears of it); ratios are to that floor of the same run.
+//! Browser timestamps are `performance.timeOrigin + performance.now()` (microsecond-grained:
+//! the page is cross-origin isolated), native ones `SystemTime::now()`: the same machine's
+//! wall clock.
+//!
+//! Needs the built web example (`examples/web/build.sh`), node with `npm ci` done in
+//! `examples/web/tests`, and Chromium. `REKORD_BENCH_QUICK=1` for a short run.
+//!
+//! ```text
+//! cargo bench -p rekord-bench --bench web
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{percentile, raw_floor};
+use rekord::proto::handshake::{ClientConfig, Trees};
+use rekord::proto::{Change, ChangeKind};
+use rekord::{Db, Event, EventKind, Key, Record as _, SyncConfig};
+use rekord_server::{Config, Server};
+
+const APP: &str = "bench";
+
+/// The web example's part (the same schema as `examples/web/src/app.rs`).
+#[rekord::record(tree = "parts")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    /// What it is.
+    pub name: String,
+    /// How many are in stock.
+    pub qty: u32,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn epoch_us() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e6
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A page of headless Chromium, through `examples/web/tests/relay.mjs`.
+struct Page {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Page {
+    fn launch(port: u16) -> Page {
+        let tmp = repo().join("target/chrome-tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut child = Command::new("node")
+            .arg(repo().join("examples/web/tests/relay.mjs"))
+            .env("PAGE_PORT", port.to_string())
+            .env("TMPDIR", &tmp)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node, the built web example and Chromium are needed");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut page = Page {
+            child,
+            stdin,
+            stdout,
+        };
+        page.answer().unwrap();
+        page
+    }
+
+    fn answer(&mut self) -> Result<serde_json::Value, String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match (v.get("ok"), v.get("err")) {
+            (Some(ok), _) => Ok(ok.clone()),
+            (_, Some(err)) => Err(err.to_string()),
+            _ => panic!("relay said {line:?}"),
+        }
+    }
+
+    fn eval(&mut self, js: &str) -> serde_json::Value {
+        writeln!(
+            self.stdin,
+            "{}",
+            serde_json::json!({"op": "eval", "js": js})
+        )
+        .unwrap();
+        self.stdin.flush().unwrap();
+        self.answer().unwrap_or_else(|e| panic!("{js}: {e}"))
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", serde_json::json!({"op": "close"}));
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+/// Microsecond samples from a comma-separated list.
+fn samples(v: &serde_json::Value) -> Vec<Duration> {
+    v.as_str()
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| Duration::from_secs_f64(s.parse::<f64>().unwrap().max(0.0) / 1e6))
+        .collect()
+}
+
+/// A WebTransport echo server (web-transport-quinn, the certificate Chromium accepts by
+/// hash): the raw floor of a page's round trip. Its port and certificate hash.
+fn echo_server(rt: &tokio::runtime::Runtime) -> (u16, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(10);
+    let cert = params.self_signed(&key).unwrap();
+    let hash = rekord::net::fingerprint(cert.der());
+    let der = quinn::rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+    let key = quinn::rustls::pki_types::PrivateKeyDer::Pkcs8(
+        quinn::rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+    );
+    let server = rt.block_on(async {
+        web_transport_quinn::ServerBuilder::new()
+            .with_addr("127.0.0.1:0".parse().unwrap())
+            .with_certificate(vec![der], key)
+            .unwrap()
+    });
+    let port = server.local_addr().unwrap().port();
+    rt.spawn(async move {
+        let mut server = server;
+        while let Some(request) = server.accept().await {
+            tokio::spawn(async move {
+                let session = request.ok().await.unwrap();
+                let (mut send, mut recv) = session.accept_bi().await.unwrap();
+                let mut buf = [0u8; 8];
+                while recv.read_exact(&mut buf).await.is_ok() {
+                    if send.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, hash)
+}
+
+/// The raw cost of one durable commit: a small redb transaction with the default
+/// (immediate) durability, on this disk.
+fn fsync_floor(n: usize) -> Vec<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("fsync.redb")).unwrap();
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let t = Instant::now();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(table)
+            .unwrap()
+            .insert(i as u64, [7u8; 64].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        if i >= 20 {
+            out.push(t.elapsed());
+        }
+    }
+    out
+}
+
+/// A server in this process serving `origin_port`'s pages; its address, web hash, token.
+struct Served {
+    addr: std::net::SocketAddr,
+    hash: String,
+    token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), rekord_server::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+fn serve(rt: &tokio::runtime::Runtime, origin_port: u16) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().join("server"),
+        app: APP.into(),
+        ..Default::default()
+    };
+    config.web.origins = vec![format!("http://127.0.0.1:{origin_port}")];
+    config.limits.requests_per_second = 1_000_000;
+    let _guard = rt.enter();
+    let server = Server::bind(config).unwrap();
+    let addr = server.local_addr().unwrap();
+    let hash = server.web_certs().hashes().remove(0);
+    let token = server.store().issue("all", Trees::All, Trees::All).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    Served {
+        addr,
+        hash,
+        token,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+fn native(served: &Served) -> Db {
+    let db = Db::memory_synced(SyncConfig::new(served.addr, APP, &served.token)).unwrap();
+    db.wait_caught_up(Duration::from_secs(60)).unwrap();
+    db
+}
+
+fn create(parts: &rekord::Tree<Part>, name: String, qty: u32) -> Key<Part> {
+    let start = Instant::now();
+    loop {
+        match parts.create(&Part {
+            name: name.clone(),
+            qty,
+        }) {
+            Ok(k) => return k,
+            Err(rekord::Error::IdsExhausted) if start.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Latencies of `n` stamped creates arriving at `sub` (from another replica).
+fn receive(db: &Db, sub: &rekord::Subscription, n: usize) -> Vec<Duration> {
+    let parts = db.tree::<Part>().unwrap();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e = sub
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no event within a minute");
+        let now = epoch_us();
+        let Event::Record(r) = e else { continue };
+        if r.kind != EventKind::Created || !r.is_remote(db) {
+            continue;
+        }
+        let part = parts.get(Key::new(r.key.id, r.key.rev)).unwrap();
+        if let Some(t) = part
+            .name
+            .strip_prefix("t=")
+            .and_then(|t| t.parse::<f64>().ok())
+        {
+            out.push(Duration::from_secs_f64((now - t).max(0.0) / 1e6));
+        }
+    }
+    out
+}
+
+/// `n` stamped creates on `parts`, `gap` apart.
+fn send(parts: &rekord::Tree<Part>, n: usize, gap: Duration) {
+    for i in 0..n {
+        create(parts, format!("t={}", epoch_us()), i as u32);
+        std::thread::sleep(gap);
+    }
+}
+
+/// Fills the server with `n` parts at the transport level (1,000 per request).
+fn fill(rt: &tokio::runtime::Runtime, served: &Served, n: usize) {
+    let data = Part {
+        name: "bolt".into(),
+        qty: 1,
+    }
+    .__encode(Vec::new())
+    .unwrap();
+    rt.block_on(async {
+        let cfg = ClientConfig {
+            app: APP.into(),
+            client: [9; 16],
+            token: served.token.clone(),
+            pinned: None,
+            cursor: 0,
+            trees: vec![],
+            replica: 0,
+            history: Vec::new(),
+            last_entry: 0,
+        };
+        let mut s = rekord::net::connect(served.addr, &cfg, None).await.unwrap();
+        let schema = rekord::Schema::of::<Part>().to_ron().unwrap();
+        s.put_schema("parts", 1, &schema).await.unwrap();
+        let (start, _) = s.ranges(1_000_000).await.unwrap()[0];
+        for (op, chunk) in (0..n as u64).collect::<Vec<_>>().chunks(1000).enumerate() {
+            let changes = chunk
+                .iter()
+                .map(|i| Change {
+                    tree: "parts".into(),
+                    id: start + i,
+                    rev: 0,
+                    kind: ChangeKind::Put {
+                        version: 1,
+                        data: data.clone(),
+                    },
+                })
+                .collect();
+            s.changes((op as u128 + 1).to_le_bytes(), changes)
+                .await
+                .unwrap();
+        }
+        s.close().await;
+    });
+}
+
+fn main() {
+    let quick = std::env::var_os("REKORD_BENCH_QUICK").is_some();
+    let (n, records) = if quick {
+        (200, 10_000)
+    } else {
+        (1_000, 100_000)
+    };
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    );
+    let page_port = free_port();
+    let served = serve(&rt, page_port);
+    let (echo_port, echo_hash) = echo_server(&rt);
+    let mut page = Page::launch(page_port);
+
+    // Floors.
+    let mut raw = rt.block_on(raw_floor(n));
+    let echo = page.eval(&format!(
+        r#"const hex = {echo_hash:?};
+        const bytes = new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
+        const wt = new WebTransport("https://127.0.0.1:{echo_port}/echo",
+          {{ serverCertificateHashes: [{{ algorithm: "sha-256", value: bytes }}] }});
+        await wt.ready;
+        const s = await wt.createBidirectionalStream();
+        const w = s.writable.getWriter(), r = s.readable.getReader();
+        const out = [];
+        for (let i = 0; i < {n} + 50; i++) {{
+          const t = performance.now();
+          await w.write(new Uint8Array(8));
+          let got = 0;
+          while (got < 8) {{ const {{ value }} = await r.read(); got += value.length; }}
+          if (i >= 50) out.push(((performance.now() - t) * 1000).toFixed(1));
+        }}
+        wt.close();
+        return out.join(",");"#
+    ));
+    let mut echo = samples(&echo);
+    let mut fsync = fsync_floor(n);
+
+    // Propagation native -> native.
+    let (a, b) = (native(&served), native(&served));
+    let sub_b = b.subscribe();
+    let pa = a.tree::<Part>().unwrap();
+    create(&pa, "warm-up".into(), 0);
+    let gap = Duration::from_millis(2);
+    let receiver = {
+        let b = b.clone();
+        std::thread::spawn(move || receive(&b, &sub_b, n))
+    };
+    send(&pa, n, gap);
+    let mut n2n = receiver.join().unwrap();
+
+    // Native -> browser, and browser -> native.
+    let url = format!("https://127.0.0.1:{}/rekord", served.addr.port());
+    page.eval(&format!(
+        "window.db = await window.Synced.open('bench', {url:?}, {:?}, {APP:?}, {:?}, ''); \
+         while (!JSON.parse(window.db.status()).caught_up) await new Promise((r) => setTimeout(r, 10)); \
+         while (window.db.create_stamped(0) < 0) await new Promise((r) => setTimeout(r, 10)); \
+         return null;",
+        served.hash, served.token
+    ));
+    let page_thread = std::thread::spawn(move || {
+        let v = page.eval(&format!("return await window.db.remote_latencies({n});"));
+        (page, samples(&v))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    send(&pa, n, gap);
+    let (mut page, mut n2b) = page_thread.join().unwrap();
+    let sub_a = a.subscribe();
+    let receiver = {
+        let a = a.clone();
+        std::thread::spawn(move || receive(&a, &sub_a, n))
+    };
+    page.eval(&format!(
+        "for (let i = 0; i < {n}; i++) {{ window.db.create_stamped(i); \
+         await new Promise((r) => setTimeout(r, 2)); }} return null;"
+    ));
+    let mut b2n = receiver.join().unwrap();
+    drop((pa, a, b));
+    page.eval("window.db = null; return null;");
+
+    // Bulk sync into fresh replicas: the browser's, then a native one of the same run.
+    let bulk_served = serve(&rt, page_port);
+    fill(&rt, &bulk_served, records);
+    let bulk_url = format!("https://127.0.0.1:{}/rekord", bulk_served.addr.port());
+    let times = page.eval(&format!(
+        "const t0 = performance.now(); \
+         const db = await window.Synced.open('bulk', {bulk_url:?}, {:?}, {APP:?}, {:?}, ''); \
+         while (!(JSON.parse(db.status()).caught_up && db.count() >= {records})) \
+           await new Promise((r) => setTimeout(r, 5)); \
+         const t1 = performance.now(); await db.flush(); const t2 = performance.now(); \
+         return [t1 - t0, t2 - t0].join(',');",
+        bulk_served.hash, bulk_served.token
+    ));
+    let times: Vec<f64> = times
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(|t| t.parse::<f64>().unwrap() / 1000.0)
+        .collect();
+    let t = Instant::now();
+    let fresh = native(&bulk_served);
+    assert_eq!(fresh.tree::<Part>().unwrap().len().unwrap(), records as u64);
+    let native_bulk = t.elapsed().as_secs_f64();
+    drop(fresh);
+    drop(page);
+
+    for v in [
+        &mut raw, &mut echo, &mut fsync, &mut n2n, &mut n2b, &mut b2n,
+    ] {
+        v.sort();
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let p50 = |v: &[Duration]| us(percentile(v, 0.5));
+    let p99 = |v: &[Duration]| us(percentile(v, 0.99));
+    let native_floor = p50(&raw) + p50(&fsync);
+    let browser_floor = p50(&echo) + p50(&fsync);
+    println!(
+        "\n## web (issue 16): browser and native replicas on loopback, one run\n\n\
+         | floor | p50 | p99 |\n|---|---|---|\n\
+         | raw quinn round trip, native ({} samples) | {:.1} µs | {:.1} µs |\n\
+         | raw WebTransport echo round trip, from the page ({} samples) | {:.1} µs | {:.1} µs |\n\
+         | one durable redb commit (fsync) ({} samples) | {:.1} µs | {:.1} µs |\n\
+         | native floor: round trip + durable commit | {native_floor:.1} µs | |\n\
+         | browser floor: page round trip + durable commit | {browser_floor:.1} µs | |\n",
+        raw.len(),
+        p50(&raw),
+        p99(&raw),
+        echo.len(),
+        p50(&echo),
+        p99(&echo),
+        fsync.len(),
+        p50(&fsync),
+        p99(&fsync),
+    );
+    println!(
+        "| propagation (commit on A -> event on B) | p50 | p50 / floor | p99 |\n|---|---|---|---|"
+    );
+    for (name, v, floor, target) in [
+        ("native -> native", &n2n, native_floor, 1.3),
+        ("native -> browser", &n2b, browser_floor, 2.0),
+        ("browser -> native", &b2n, browser_floor, 2.0),
+    ] {
+        println!(
+            "| {name} ({} changes) | {:.1} µs | **{:.2}x** (target {target}x) | {:.1} µs |",
+            v.len(),
+            p50(v),
+            p50(v) / floor,
+            p99(v),
+        );
+    }
+    println!(
+        "\n| bulk sync of {records} records into a fresh replica | seconds | records/s |\n|---|---|---|\n\
+         | native (memory_synced, until caught up) | {native_bulk:.2} | {:.0} |\n\
+         | browser (open_browser_synced, until caught up) | {:.2} | {:.0} |\n\
+         | browser, until also stored in IndexedDB (flush) | {:.2} | {:.0} |",
+        records as f64 / native_bulk,
+        times[0],
+        records as f64 / times[0],
+        times[1],
+        records as f64 / times[1],
+    );
+    for s in [served, bulk_served] {
+        s.stop.send(()).unwrap();
+        rt.block_on(s.task).unwrap().unwrap();
+    }
+}
