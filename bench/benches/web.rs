@@ -398,6 +398,7 @@ fn main() {
         "window.db = await window.Synced.open('bench', {url:?}, {:?}, {APP:?}, {:?}, ''); \
          while (!JSON.parse(window.db.status()).caught_up) await new Promise((r) => setTimeout(r, 10)); \
          while (window.db.create_stamped(0) < 0) await new Promise((r) => setTimeout(r, 10)); \
+         window.db.remote_events(); \
          return null;",
         served.hash, served.token
     ));
@@ -490,6 +491,20 @@ fn main() {
             p50(v) / floor,
             p99(v),
         );
+    }
+    let deciles = |v: &[Duration]| {
+        (1..10)
+            .map(|d| format!("{:.0}", us(percentile(v, d as f64 / 10.0))))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!("\ndeciles (µs, p10 ... p90):");
+    for (name, v) in [
+        ("native -> native", &n2n),
+        ("native -> browser", &n2b),
+        ("browser -> native", &b2n),
+    ] {
+        println!("- {name}: {}", deciles(v));
     }
     println!(
         "\n| bulk sync of {records} records into a fresh replica | seconds | records/s |\n|---|---|---|\n\

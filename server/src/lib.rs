@@ -391,9 +391,42 @@ struct Shared {
     token_frames: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Who may open WebTransport sessions.
     web: Web,
+    /// The long-term certificate (DER) and key, which sign WebTransport announcements.
+    long_term: (Vec<u8>, rcgen::KeyPair),
+    /// The WebTransport certificates announced now (the one presented first).
+    announced: std::sync::RwLock<Vec<proto::WebCertificate>>,
 }
 
 impl Shared {
+    /// The signed announcement of the WebTransport certificates for `nonce`.
+    fn web_certificates(&self, nonce: &[u8; 32]) -> Result<Response, End> {
+        use rcgen::SigningKey as _;
+        let certificates = match self.announced.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let signed = proto::WebCertificates::signed(&self.server, nonce, &certificates);
+        let signature = self
+            .long_term
+            .1
+            .sign(&signed)
+            .map_err(|e| End::Internal(format!("cannot sign the announcement: {e}")))?;
+        Ok(Response::WebCertificates(proto::WebCertificates {
+            cert: self.long_term.0.clone(),
+            certificates,
+            signature,
+        }))
+    }
+
+    /// Announces `web`'s certificates from now on.
+    fn announce(&self, web: &WebCerts) {
+        let list = web.announced();
+        match self.announced.write() {
+            Ok(mut g) => *g = list,
+            Err(poisoned) => *poisoned.into_inner() = list,
+        }
+    }
+
     /// The part of the frame memory the sessions of `token` share, and its size in MiB: a
     /// quarter of the whole (at least what one frame needs, 15 MiB, when the whole is that
     /// large), so one token cannot keep the rest waiting.
@@ -657,6 +690,13 @@ impl Server {
             quiet: limits::Quiet::default(),
             token_frames: std::sync::Mutex::new(std::collections::HashMap::new()),
             web: config.web.clone(),
+            long_term: (
+                identity.cert_der.clone(),
+                rcgen::KeyPair::try_from(identity.key_der.as_slice()).map_err(|e| {
+                    ServerError::Identity(format!("the long-term key does not load: {e}"))
+                })?,
+            ),
+            announced: std::sync::RwLock::new(web_certs.announced()),
         });
         let flush_task = tokio::spawn(flusher(shared.clone()));
         let mut rotation = tokio::time::interval(web::ROTATION_CHECK);
@@ -714,7 +754,10 @@ impl Server {
                     admin_tasks.spawn(connection.serve(shared.store.clone(), hooks));
                 }
                 _ = rotation.tick() => {
-                    match web_certs.rotate(web::unix_now()) {
+                    let rotated = web_certs.rotate(web::unix_now());
+                    // A next certificate made (or one switched to) is announced at once.
+                    shared.announce(&web_certs);
+                    match rotated {
                         Ok(false) => {}
                         Ok(true) => match resolver.present(&web_certs) {
                             Ok(()) => tracing::info!(
@@ -1455,6 +1498,7 @@ async fn answer(
 ) -> Result<Response, End> {
     Ok(match body {
         Request::Ping => Response::Pong,
+        Request::WebCertificates { nonce } => shared.web_certificates(&nonce)?,
         Request::Ranges { want } => {
             if grant.write == Trees::Only(Vec::new()) {
                 return Ok(Response::Error(writes_nothing()));

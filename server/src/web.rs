@@ -323,14 +323,21 @@ impl WebCerts {
         Ok(true)
     }
 
-    /// Presents the next certificate now (made if there is none), whatever the current
-    /// one's age: `rekord-server web-rotate`, or a suspected key leak.
-    pub fn force_rotate(&mut self, now: u64) -> Result<(), ServerError> {
+    /// Makes the next certificate now if there is none (it is announced from then on, and
+    /// presented at the next switch).
+    pub fn prepare_next(&mut self, now: u64) -> Result<(), ServerError> {
         if self.next.is_none() {
             let next = WebCert::make(now)?;
             next.store(&self.dir, "next")?;
             self.next = Some(next);
         }
+        Ok(())
+    }
+
+    /// Presents the next certificate now (made if there is none), whatever the current
+    /// one's age (a suspected key leak).
+    pub fn force_rotate(&mut self, now: u64) -> Result<(), ServerError> {
+        self.prepare_next(now)?;
         self.switch(now)
     }
 
@@ -352,6 +359,18 @@ impl WebCerts {
         }
         self.current = next;
         Ok(())
+    }
+
+    /// The certificates as announced to replicas: the current one first.
+    pub fn announced(&self) -> Vec<rekord::proto::WebCertificate> {
+        use sha2::Digest as _;
+        std::iter::once(&self.current)
+            .chain(self.next.as_ref())
+            .map(|c| rekord::proto::WebCertificate {
+                hash: sha2::Sha256::digest(&c.cert_der).into(),
+                not_after: c.not_after,
+            })
+            .collect()
     }
 
     /// The hashes a page should name in `serverCertificateHashes`: the current

@@ -1175,7 +1175,7 @@ fn an_impostor_with_the_stolen_web_certificate_but_its_own_identity_is_refused()
     drop(impostor);
 }
 
-/// BUG (the gap docs/browser-trust.md plans to close with signed certificate
+/// Was a bug (the gap docs/browser-trust.md planned to close with signed certificate
 /// announcements; nothing says so to the user today): over WebTransport the pinned
 /// long-term fingerprint is not checked at all (`connect_web` keeps only the pin's UUID),
 /// so a replica configured with the full pin (UUID and fingerprint, as
@@ -1184,11 +1184,11 @@ fn an_impostor_with_the_stolen_web_certificate_but_its_own_identity_is_refused()
 /// the victim's WebTransport files and UUID but not its long-term key: a native replica
 /// refuses it, the WebTransport replica syncs with it (and hands it its token).
 ///
-/// Open: over WebTransport the pin is the UUID only (documented in docs/browser-trust.md and
-/// on `SyncConfig::web`) until the signed announcements land; this test is their target.
+/// Fixed by the signed announcements (`Request::WebCertificates`): the server signs its
+/// WebTransport certificates over the replica's nonce with its long-term key, and the
+/// replica checks that key's certificate against the pinned fingerprint.
 #[test]
-#[ignore = "known gap (issue 16): the long-term fingerprint is not checked over WebTransport yet"]
-fn an_impostor_without_the_long_term_key_is_trusted_over_webtransport() {
+fn an_impostor_without_the_long_term_key_is_refused_over_webtransport() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let (uuid, fingerprint, hashes) = identity(&data);

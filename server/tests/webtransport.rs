@@ -315,3 +315,53 @@ fn origins_not_allowed_are_refused_and_a_silent_session_is_closed() {
     });
     drop(server);
 }
+
+/// The server announces its WebTransport certificates signed with its long-term key; the
+/// replica keeps the hashes and names them next time: after a rotation, a replica whose
+/// configuration still names only the old hash connects with the one it learned.
+#[test]
+fn a_replica_learns_the_next_certificate_and_survives_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let (uuid, fingerprint, first) = identity(&data);
+    let now = rekord_server::web::unix_now();
+    // A next certificate exists (as in the last days of the current one).
+    let mut certs = rekord_server::WebCerts::load_or_create(&data, now).unwrap();
+    certs.prepare_next(now).unwrap();
+    let next = certs.hashes()[1].clone();
+    let token = token(&data);
+    let server = start(&data, "127.0.0.1:0");
+    let addr = server.addr;
+    let pin = rekord::net::Pin::parse(&uuid, &fingerprint).unwrap();
+    let path = dir.path().join("web.rekord");
+    let cfg = || web_config_at(addr, &token, &first).pin(pin.clone());
+    let db = Db::open_synced(&path, cfg()).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    drop(db);
+    server.kill();
+
+    // The rotation: the next certificate is presented, the old one is gone.
+    let mut certs = rekord_server::WebCerts::load_or_create(&data, now).unwrap();
+    certs.force_rotate(now).unwrap();
+    assert_eq!(certs.hashes(), vec![next.clone()]);
+    let server = start(&data, &addr.to_string());
+    // Configured with the old hash only: it connects with the learned one.
+    let db = Db::open_synced(&path, cfg()).unwrap();
+    db.wait_caught_up(LIMIT).unwrap();
+    drop(db);
+    // A replica that never met the server, with the same stale configuration: refused by
+    // TLS (nothing names the presented certificate).
+    let fresh = Db::memory_synced(cfg()).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let st = fresh.sync_status().unwrap();
+        if let Some(e) = st.last_error {
+            assert!(e.contains("certificate"), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no error reported");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!fresh.sync_status().unwrap().online);
+    drop(server);
+}

@@ -161,6 +161,10 @@ async fn establish(
         timeout,
     )
     .await
+    .map(|mut s| {
+        s.set_web();
+        s
+    })
 }
 
 /// The page's WebTransport session.

@@ -31,6 +31,8 @@
 //! - Connecting and the handshake are bounded in time ([`DEFAULT_TIMEOUT`], 10 s, unless
 //!   [`connect_timeout`] says otherwise); so is every request round trip of a [`Session`].
 
+#[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
+mod announce;
 #[cfg(target_arch = "wasm32")]
 mod browser;
 #[cfg(not(target_arch = "wasm32"))]
@@ -48,6 +50,8 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
+#[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
+pub use announce::verify_web_certificates;
 #[cfg(target_arch = "wasm32")]
 pub use browser::connect_browser;
 #[cfg(not(target_arch = "wasm32"))]
@@ -266,6 +270,9 @@ pub struct Session {
     /// A request's frame is partly written (its round trip was cut short by its timeout):
     /// the stream is unusable, and the session is closed.
     cut: bool,
+    /// Whether the session runs over WebTransport (the server showed its WebTransport
+    /// certificate, not its long-term one).
+    web: bool,
 }
 
 /// Bounds of a client connection.
@@ -339,6 +346,7 @@ impl Session {
             pushes: VecDeque::new(),
             sent: bytes.len() as u64,
             cut: false,
+            web: false,
             received: 0,
         };
         let answer = match session.read_frame().await {
@@ -375,6 +383,22 @@ impl Session {
     /// The server's answer to the hello.
     pub fn server_hello(&self) -> &ServerHello {
         &self.hello
+    }
+
+    /// Whether this session runs over WebTransport: the server presented its WebTransport
+    /// certificate, and its long-term identity is checked with
+    /// [`Request::WebCertificates`](crate::proto::Request::WebCertificates).
+    pub fn is_web(&self) -> bool {
+        self.web
+    }
+
+    /// Marks the session as one over WebTransport.
+    #[cfg_attr(
+        not(any(feature = "web-transport", target_arch = "wasm32")),
+        allow(dead_code)
+    )]
+    pub(crate) fn set_web(&mut self) {
+        self.web = true;
     }
 
     /// The server's address, as text (`IP:port`, or the URL of a WebTransport session).

@@ -143,6 +143,10 @@ async fn establish(
         options.timeout,
     )
     .await
+    .map(|mut s| {
+        s.set_web();
+        s
+    })
 }
 
 /// A WebTransport session (kept with its endpoint: dropping the endpoint ends it).

@@ -281,6 +281,56 @@ pub enum Request {
         /// Schema version.
         version: u32,
     },
+    /// Asks for the server's WebTransport certificates, signed with its long-term key over
+    /// `nonce` (fresh random bytes): a replica that reaches the server over WebTransport,
+    /// which shows it only the WebTransport certificate, checks the server's long-term
+    /// identity this way, and learns the hashes to name next time. Answered with
+    /// [`Response::WebCertificates`].
+    WebCertificates {
+        /// Fresh random bytes the signature must cover (no replayed answer passes).
+        nonce: [u8; 32],
+    },
+}
+
+/// The server's WebTransport certificates, signed with its long-term key
+/// ([`Request::WebCertificates`]).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct WebCertificates {
+    /// The server's long-term certificate (DER): what native replicas pin, and whose key
+    /// made `signature`.
+    pub cert: Vec<u8>,
+    /// The WebTransport certificates: the one presented now first, then the next one.
+    pub certificates: Vec<WebCertificate>,
+    /// ECDSA P-256 / SHA-256 signature (ASN.1 DER) of
+    /// [`WebCertificates::signed`]`(server, nonce)` with the key of `cert`.
+    pub signature: Vec<u8>,
+}
+
+/// One WebTransport certificate of [`WebCertificates`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub struct WebCertificate {
+    /// Its SHA-256 (what a page names in `serverCertificateHashes`).
+    pub hash: [u8; 32],
+    /// When it expires (seconds since the Unix epoch).
+    pub not_after: u64,
+}
+
+impl WebCertificates {
+    /// The bytes the signature covers: a domain tag, the server's UUID, the nonce, and
+    /// every certificate's hash and expiry.
+    pub fn signed(server: &Id, nonce: &[u8; 32], certificates: &[WebCertificate]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + certificates.len() * 40);
+        out.extend_from_slice(b"rekord web certificates v1\0");
+        out.extend_from_slice(server);
+        out.extend_from_slice(nonce);
+        for c in certificates {
+            out.extend_from_slice(&c.hash);
+            out.extend_from_slice(&c.not_after.to_le_bytes());
+        }
+        out
+    }
 }
 
 /// The answer to a [`Request`].
@@ -325,6 +375,8 @@ pub enum Response {
     /// after a rejected one are not processed and not answered; after a conflict, each
     /// later entry is answered with its own conflict, or [`EntryOutcome::Skipped`]).
     Entries(Vec<EntryOutcome>),
+    /// Answer to [`Request::WebCertificates`].
+    WebCertificates(WebCertificates),
 }
 
 /// One revision of a record as the server holds it ([`Response::Record`]).
@@ -711,7 +763,7 @@ impl Frame {
                     }
                     Ok(())
                 }
-                Request::Ping | Request::Ranges { .. } => Ok(()),
+                Request::Ping | Request::Ranges { .. } | Request::WebCertificates { .. } => Ok(()),
             },
             Frame::Response { body, .. } => match body {
                 Response::Ranges(r) => {
@@ -741,6 +793,18 @@ impl Frame {
                             ));
                         }
                         last = Some(r.rev);
+                    }
+                    Ok(())
+                }
+                Response::WebCertificates(w) => {
+                    // A certificate is a few hundred bytes; a signature about 72.
+                    if w.cert.len() > 16 << 10
+                        || w.signature.len() > 256
+                        || w.certificates.len() > 4
+                    {
+                        return Err(WireError::Invalid(
+                            "a certificate announcement is larger than any server makes".into(),
+                        ));
                     }
                     Ok(())
                 }

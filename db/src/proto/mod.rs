@@ -26,8 +26,9 @@ pub use message::*;
 /// with. Version 3: server histories (restores are noticed: [`ServerHello::history`],
 /// [`Request::Reclaim`], [`ClientHello::replica`]), the token's read rights in the hello,
 /// and returns as numbered outbox entries. Version 4: the hello's last entry number
-/// ([`Refusal::OlderCopy`]). Version 5: [`Refusal::TooManyReplicas`].
-pub const PROTOCOL_VERSION: u32 = 5;
+/// ([`Refusal::OlderCopy`]). Version 5: [`Refusal::TooManyReplicas`]. Version 6:
+/// [`Request::WebCertificates`].
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest frame accepted (16 MiB); larger lengths are refused before any allocation.
 pub const MAX_FRAME: u32 = 16 << 20;

@@ -8,7 +8,8 @@ mod restore;
 
 use super::outbox::{self, Entry};
 use super::{
-    CLIENT, COVERAGE, CURSOR, Coverage, MODE, PIN, REPLICA, SyncConfig, SyncStatus, UNKNOWN_REPLICA,
+    CLIENT, COVERAGE, CURSOR, Coverage, MODE, PIN, REPLICA, SyncConfig, SyncStatus,
+    UNKNOWN_REPLICA, WEB_HASHES,
 };
 use crate::db::{DbInner, read_u64};
 use crate::event::{Event, SyncEvent, lock};
@@ -865,7 +866,14 @@ impl Client {
             let stream = connector.connect().await?;
             return Ok(net::connect_stream(stream, hello, pin, self.config.timeout).await?);
         }
-        match &self.config.web_transport {
+        let learned = match &self.config.web_transport {
+            Some(target) => Some(net::WebTarget::new(
+                target.url.clone(),
+                self.web_hashes(&target.cert_hashes)?,
+            )),
+            None => None,
+        };
+        match &learned {
             #[cfg(target_arch = "wasm32")]
             Some(target) => Ok(net::connect_browser(target, hello, pin, options).await?),
             #[cfg(target_arch = "wasm32")]
@@ -1030,6 +1038,7 @@ impl Client {
     ) -> std::result::Result<std::convert::Infallible, End> {
         let hello = s.server_hello().clone();
         self.first_contact(s.pin(), hello.replica)?;
+        self.check_web_identity(s).await?;
         // A server restored from a backup (or any older copy of its file): reconcile from
         // the last change both histories share.
         let mine = {
@@ -1239,6 +1248,104 @@ impl Client {
                 Err(end)
             }
         }
+    }
+
+    /// Over WebTransport, where the server shows only its WebTransport certificate: it
+    /// proves its long-term identity by signing its certificate announcement over a fresh
+    /// nonce with its long-term key; the replica checks that against the pinned fingerprint
+    /// (or pins it, on first contact), and keeps the announced hashes to name next time.
+    async fn check_web_identity(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        if !s.is_web() {
+            return Ok(());
+        }
+        #[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
+        {
+            let nonce = random::<32>()?;
+            let announced = match s.request(Request::WebCertificates { nonce }).await? {
+                Response::WebCertificates(w) => w,
+                other => {
+                    return Err(End::Lost(format!(
+                        "the server answered a certificate request with {other:?}"
+                    )));
+                }
+            };
+            let server = s.server_hello().server;
+            let db = self.db()?;
+            let stored = {
+                let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+                let meta = txn.open_table(META).map_err(Error::from)?;
+                meta.get(PIN)
+                    .map_err(Error::from)?
+                    .map(|v| v.value().to_vec())
+            };
+            let stored_cert = stored
+                .as_ref()
+                .and_then(|b| b.get(16..))
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            let configured = self
+                .config
+                .pin
+                .as_ref()
+                .filter(|p| p.server == server && !p.cert.is_empty())
+                .map(|p| p.cert.clone());
+            let expected = stored_cert.clone().or(configured);
+            let fingerprint =
+                net::verify_web_certificates(&announced, &server, &nonce, expected.as_deref())
+                    .map_err(|why| {
+                        End::Refused(format!(
+                            "the server did not prove over WebTransport that it is the pinned \
+                             server ({why}); refusing a possible impostor"
+                        ))
+                    })?;
+            let hashes = announced
+                .certificates
+                .iter()
+                .map(|c| format!("{}:{}", hex(&c.hash), c.not_after))
+                .collect::<Vec<_>>()
+                .join(",");
+            let b = db.batch()?;
+            {
+                let mut meta = b.txn.open_table(META).map_err(Error::from)?;
+                if stored_cert.is_none() {
+                    let mut bytes = server.to_vec();
+                    bytes.extend_from_slice(fingerprint.as_bytes());
+                    meta.insert(PIN, bytes.as_slice()).map_err(Error::from)?;
+                }
+                meta.insert(WEB_HASHES, hashes.as_bytes())
+                    .map_err(Error::from)?;
+            }
+            b.commit()?;
+            Ok(())
+        }
+        #[cfg(not(any(feature = "web-transport", target_arch = "wasm32")))]
+        Err(End::Refused(
+            "a WebTransport session needs the crate feature `web-transport`".into(),
+        ))
+    }
+
+    /// The WebTransport certificate hashes to name: the configured ones, then those the
+    /// server last announced (signed) that have not expired.
+    fn web_hashes(&self, configured: &[String]) -> std::result::Result<Vec<String>, End> {
+        let mut hashes = configured.to_vec();
+        let db = self.db()?;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        let meta = txn.open_table(META).map_err(Error::from)?;
+        let now = outbox::now_ms() / 1000;
+        if let Some(v) = meta.get(WEB_HASHES).map_err(Error::from)? {
+            let text = String::from_utf8_lossy(v.value()).into_owned();
+            for item in text.split(',') {
+                let Some((hash, until)) = item.split_once(':') else {
+                    continue;
+                };
+                let live = until.parse::<u64>().is_ok_and(|u| u > now);
+                if live && !hashes.iter().any(|h| h.eq_ignore_ascii_case(hash)) {
+                    hashes.push(hash.to_owned());
+                }
+            }
+        }
+        Ok(hashes)
     }
 
     /// Stores the pin and holder number at first contact; checks them afterwards.
@@ -2208,6 +2315,15 @@ impl Client {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Bytes as lowercase hex.
+#[cfg_attr(
+    not(any(feature = "web-transport", target_arch = "wasm32")),
+    allow(dead_code)
+)]
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The subscription coverage stored in `rekord.meta` (`None` if none, or unreadable).

@@ -109,6 +109,9 @@ pub(crate) const REPLICA: &str = "sync.replica";
 /// `rekord.meta` key of the pinned server (16 bytes of UUID, then the certificate
 /// fingerprint as text).
 pub(crate) const PIN: &str = "sync.pin";
+/// `rekord.meta` key of the WebTransport certificates the server last announced, signed
+/// (`HASH:NOT_AFTER` text, comma-separated): named to the browser with the configured ones.
+pub(crate) const WEB_HASHES: &str = "sync.web_hashes";
 /// `rekord.meta` key of the cursor (u64 LE).
 pub(crate) const CURSOR: &str = "sync.cursor";
 /// The cursor as `txn` sees it (0 before the first applied change).
@@ -464,6 +467,11 @@ impl SyncConfig {
     /// A configuration reaching the server over WebTransport at `target` (how a browser
     /// replica reaches it), with defaults for everything else. In a browser this is the only
     /// transport; natively it needs the crate feature `web-transport`.
+    ///
+    /// Over WebTransport the server presents its rotating WebTransport certificate (checked
+    /// against `target`'s hashes, and the ones it announced last time), not the long-term
+    /// one; it proves the long-term identity by signing its certificate announcement, which
+    /// the replica checks against [`SyncConfig::pin`] (see `docs/browser-trust.md`).
     pub fn web(
         target: crate::net::WebTarget,
         app: impl Into<String>,
