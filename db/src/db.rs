@@ -455,6 +455,16 @@ impl Db {
                 reason,
             });
         }
+        if link.driven() {
+            return Err(Error::Offline {
+                what: "pushing the outbox",
+                reason: format!(
+                    "{} entries still waiting; the sync client is driven by the application, \
+                     so this looks once without waiting (poll Db::sync_status)",
+                    status.outbox
+                ),
+            });
+        }
         Err(Error::Offline {
             what: "pushing the outbox",
             reason: status.last_error.unwrap_or_else(|| {

@@ -348,6 +348,16 @@ fn a_browser_replica_syncs_with_a_native_one_through_a_real_server() {
         });
     }
 
+    // A second tab: the first syncs the database; opening it synced there too is refused
+    // with a clear error (one tab holds a synced database's connection).
+    let url = format!("https://127.0.0.1:{}/rekord", addr.port());
+    let second = page.send(serde_json::json!({"op": "eval2", "js": format!(
+        "await window.Synced.open('synced', {url:?}, {:?}, {APP:?}, {token:?}, {pin:?}); return null;",
+        hashes.join(",")
+    )}));
+    let e = second.expect_err("a second tab opened the synced database");
+    assert!(e.contains("open in another tab"), "{e}");
+
     // A bad token: refused, and the status says so.
     page.ok("window.db = null; return null;");
     page.open("bad-token", addr.port(), &hashes, "rk1_not_a_token", "");

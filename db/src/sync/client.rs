@@ -260,6 +260,11 @@ impl Link {
         Ok(())
     }
 
+    /// Whether the application drives the client ([`crate::Db::open_synced_driven`]).
+    pub(crate) fn driven(&self) -> bool {
+        self.driven
+    }
+
     pub(crate) fn status(&self) -> SyncStatus {
         lock(&self.status).clone()
     }
@@ -938,7 +943,8 @@ impl Client {
                 ..main.clone()
             };
             let mut s = self.dial(&hello, pin).await?;
-            self.first_contact(s.pin(), s.server_hello().replica)?;
+            let verified = self.check_web_identity(&mut s).await?;
+            self.first_contact(s.pin(), s.server_hello().replica, verified)?;
             // Everything first: a change this replica made itself later in the range
             // supersedes the older changes of others to the same record (its own changes
             // are not applied again: the record here already reflects them).
@@ -1037,8 +1043,10 @@ impl Client {
         s: &mut Session,
     ) -> std::result::Result<std::convert::Infallible, End> {
         let hello = s.server_hello().clone();
-        self.first_contact(s.pin(), hello.replica)?;
-        self.check_web_identity(s).await?;
+        // Over WebTransport the server proves its identity first: nothing of a first contact
+        // (holder number, pin) is stored from a server that fails to.
+        let verified = self.check_web_identity(s).await?;
+        self.first_contact(s.pin(), hello.replica, verified)?;
         // A server restored from a backup (or any older copy of its file): reconcile from
         // the last change both histories share.
         let mine = {
@@ -1254,9 +1262,14 @@ impl Client {
     /// proves its long-term identity by signing its certificate announcement over a fresh
     /// nonce with its long-term key; the replica checks that against the pinned fingerprint
     /// (or pins it, on first contact), and keeps the announced hashes to name next time.
-    async fn check_web_identity(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+    /// The long-term fingerprint it proved (`None` off WebTransport); stores only the
+    /// announced hashes ([`Client::first_contact`] stores the pin).
+    async fn check_web_identity(
+        &mut self,
+        s: &mut Session,
+    ) -> std::result::Result<Option<String>, End> {
         if !s.is_web() {
-            return Ok(());
+            return Ok(None);
         }
         #[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
         {
@@ -1306,18 +1319,13 @@ impl Client {
                 .collect::<Vec<_>>()
                 .join(",");
             let b = db.batch()?;
-            {
-                let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-                if stored_cert.is_none() {
-                    let mut bytes = server.to_vec();
-                    bytes.extend_from_slice(fingerprint.as_bytes());
-                    meta.insert(PIN, bytes.as_slice()).map_err(Error::from)?;
-                }
-                meta.insert(WEB_HASHES, hashes.as_bytes())
-                    .map_err(Error::from)?;
-            }
+            b.txn
+                .open_table(META)
+                .map_err(Error::from)?
+                .insert(WEB_HASHES, hashes.as_bytes())
+                .map_err(Error::from)?;
             b.commit()?;
-            Ok(())
+            Ok(Some(fingerprint))
         }
         #[cfg(not(any(feature = "web-transport", target_arch = "wasm32")))]
         Err(End::Refused(
@@ -1335,7 +1343,8 @@ impl Client {
         let now = outbox::now_ms() / 1000;
         if let Some(v) = meta.get(WEB_HASHES).map_err(Error::from)? {
             let text = String::from_utf8_lossy(v.value()).into_owned();
-            for item in text.split(',') {
+            // A server announces two; a damaged value is read no further than a few.
+            for item in text.split(',').take(8) {
                 let Some((hash, until)) = item.split_once(':') else {
                     continue;
                 };
@@ -1348,8 +1357,18 @@ impl Client {
         Ok(hashes)
     }
 
-    /// Stores the pin and holder number at first contact; checks them afterwards.
-    fn first_contact(&mut self, pin: Pin, replica: u32) -> std::result::Result<(), End> {
+    /// Stores the pin and holder number at first contact; checks them afterwards. `verified`:
+    /// the long-term fingerprint a WebTransport session proved (pinned rather than what the
+    /// session shows).
+    fn first_contact(
+        &mut self,
+        mut pin: Pin,
+        replica: u32,
+        verified: Option<String>,
+    ) -> std::result::Result<(), End> {
+        if let Some(fingerprint) = verified {
+            pin.cert = fingerprint;
+        }
         let db = self.db()?;
         let known = db.inner.replica.load(Ordering::Acquire);
         if known != UNKNOWN_REPLICA && known != replica {

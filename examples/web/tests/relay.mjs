@@ -5,6 +5,7 @@
 //   {"op": "eval", "js": "<async function body>"}  runs it in the page (`return` a value)
 //   {"op": "reload"}                                reloads the page (same profile, same data)
 //   {"op": "goto", "origin": "main" | "other"}      opens synced.html from the other origin
+//   {"op": "eval2", "js": "..."}                    runs it in a second tab of the main origin
 //   {"op": "close"}                                 closes the browser and exits
 //
 // PAGE_PORT and OTHER_PORT are the two origins' ports (the server allows only the first).
@@ -24,9 +25,22 @@ const page = await browser.newPage();
 page.on("pageerror", (e) => console.error(`page error: ${e}`));
 page.on("console", (m) => console.error(`console ${m.type()}: ${m.text()}`));
 
+let second = null;
+async function secondTab() {
+  if (!second) {
+    second = await browser.newPage();
+    second.on("pageerror", (e) => console.error(`second tab error: ${e}`));
+    await second.goto(`${origins.main}/synced.html`);
+    await second.waitForFunction("window.ready === true", { timeout: 60_000, polling: 50 });
+  }
+  return second;
+}
+
+// (Polled by time, not by animation frame: a tab behind another gets no frames.)
 async function open(origin) {
+  await page.bringToFront();
   await page.goto(`${origins[origin]}/synced.html`);
-  await page.waitForFunction("window.ready === true", { timeout: 60_000 });
+  await page.waitForFunction("window.ready === true", { timeout: 60_000, polling: 50 });
 }
 await open("main");
 const answer = (o) => process.stdout.write(JSON.stringify(o) + "\n");
@@ -40,9 +54,13 @@ for await (const line of createInterface({ input: process.stdin })) {
     if (cmd.op === "eval") {
       const value = await page.evaluate(`(async () => { ${cmd.js} })()`);
       answer({ ok: value ?? null });
+    } else if (cmd.op === "eval2") {
+      const tab = await secondTab();
+      const value = await tab.evaluate(`(async () => { ${cmd.js} })()`);
+      answer({ ok: value ?? null });
     } else if (cmd.op === "reload") {
       await page.reload();
-      await page.waitForFunction("window.ready === true", { timeout: 60_000 });
+      await page.waitForFunction("window.ready === true", { timeout: 60_000, polling: 50 });
       answer({ ok: null });
     } else if (cmd.op === "goto") {
       await open(cmd.origin);
