@@ -412,6 +412,7 @@ impl Shared {
             .sign(&signed)
             .map_err(|e| End::Internal(format!("cannot sign the announcement: {e}")))?;
         Ok(Response::WebCertificates(proto::WebCertificates {
+            server: self.server,
             cert: self.long_term.0.clone(),
             certificates,
             signature,
@@ -1151,16 +1152,35 @@ async fn session(
 ) -> Result<(), End> {
     let remote = conn.remote_address();
     let (mut send, mut recv, hello) = tokio::time::timeout_at(hello_by, async {
-        let (send, mut recv) = conn.accept_bi().await.map_err(End::Gone)?;
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(End::Gone)?;
         let mut reader = Inbound::new(&shared);
-        match reader.read_frame(&mut recv).await? {
-            Some(Frame::ClientHello(hello)) => Ok((send, (recv, reader), hello)),
-            Some(_) => Err(End::Protocol(
-                "the first frame must be a client hello".into(),
-            )),
-            None => Err(End::Gone(
-                "the client ended the stream before its hello".into(),
-            )),
+        let mut asked = false;
+        loop {
+            match reader.read_frame(&mut recv).await? {
+                Some(Frame::ClientHello(hello)) => return Ok((send, (recv, reader), hello)),
+                // Before its hello (which carries the token), a client may ask once for the
+                // signed certificate announcement: over WebTransport it proves the server's
+                // long-term identity before the token is sent.
+                Some(Frame::Request {
+                    id,
+                    body: Request::WebCertificates { nonce },
+                }) if !asked => {
+                    asked = true;
+                    let body = shared.web_certificates(&nonce)?;
+                    write_frame(&mut send, &Frame::Response { id, body }).await?;
+                }
+                Some(_) => {
+                    return Err(End::Protocol(
+                        "the first frame must be a client hello (or one certificate request)"
+                            .into(),
+                    ));
+                }
+                None => {
+                    return Err(End::Gone(
+                        "the client ended the stream before its hello".into(),
+                    ));
+                }
+            }
         }
     })
     .await

@@ -4,8 +4,7 @@
 //! The malicious servers are a WebTransport proxy in this process: it presents the victim's
 //! WebTransport certificate (a stolen WebTransport key: the attacker the announcements are
 //! meant to stop) and relays to the genuine server (in-process, `Server::local_connector`),
-//! rewriting frames. Tests marked `Was a bug` found a bug fixed since; the one known gap
-//! left (the token travels before the identity is proven) is ignored, with its reason.
+//! rewriting frames. Tests marked `Was a bug` found a bug fixed since.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "common/process.rs"]
@@ -526,11 +525,10 @@ fn a_refused_first_contact_pins_no_uuid() {
     );
 }
 
-/// BUG (design gap): the replica sends its token in the hello, before the server proves
+/// Was a bug (design gap), fixed: the server now proves its identity before the hello (`Request::WebCertificates` first on the stream). The replica sent its token in the hello, before the server proves
 /// its identity: an impostor with the stolen WebTransport key that is then refused (its
 /// own long-term key) has the token, and uses it against the genuine server.
 #[test]
-#[ignore = "known gap (issue 16, docs/browser-trust.md): the token travels in the hello, before the identity check"]
 fn a_refused_impostor_does_not_get_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::new(dir.path());

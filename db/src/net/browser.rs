@@ -149,7 +149,7 @@ async fn establish(
         server: [0; 16],
         cert: keep,
     };
-    Session::start(
+    Session::start_proving(
         Box::new(conn),
         Box::new(BrowserSend(writer)),
         Box::new(BrowserRecv {
@@ -159,12 +159,9 @@ async fn establish(
         cfg,
         pin,
         timeout,
+        true,
     )
     .await
-    .map(|mut s| {
-        s.set_web();
-        s
-    })
 }
 
 /// The page's WebTransport session.

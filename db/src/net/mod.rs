@@ -182,6 +182,14 @@ pub enum NetError {
         /// What went wrong, and what to check.
         reason: String,
     },
+    /// Over WebTransport, the server did not prove it holds the pinned long-term identity
+    /// (its signed announcement did not verify); refused before the hello, so no token was
+    /// sent.
+    #[error(
+        "the server did not prove over WebTransport that it is the pinned server ({0}); \
+         refusing a possible impostor"
+    )]
+    NotProven(String),
     /// The server presented another certificate than the one pinned at first contact.
     #[error(
         "the server's certificate is not the one pinned at first contact; refusing a possible impostor (pinned fingerprint {expected}, presented {found})"
@@ -273,6 +281,9 @@ pub struct Session {
     /// Whether the session runs over WebTransport (the server showed its WebTransport
     /// certificate, not its long-term one).
     web: bool,
+    /// Over WebTransport: the long-term fingerprint the server proved before the hello, and
+    /// its signed announcement.
+    web_identity: Option<(String, proto::WebCertificates)>,
 }
 
 /// Bounds of a client connection.
@@ -315,16 +326,30 @@ impl Session {
     /// Runs the handshake on a fresh stream: sends the hello, reads and checks the answer.
     /// `pin` carries what the transport verified (the certificate fingerprint); its server
     /// id is filled from the answer.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) async fn start(
         conn: Box<dyn ConnWire>,
-        mut send: Box<dyn SendWire>,
+        send: Box<dyn SendWire>,
         recv: Box<dyn RecvWire>,
         cfg: &ClientConfig,
         pin: Pin,
         timeout: Duration,
     ) -> Result<Session, NetError> {
-        let bytes = proto::encode(&client_hello(cfg))?;
-        send.write_all(&bytes).await.map_err(NetError::Closed)?;
+        Session::start_proving(conn, send, recv, cfg, pin, timeout, false).await
+    }
+
+    /// [`Session::start`]; with `prove` (WebTransport), the server first proves its
+    /// long-term identity ([`Request::WebCertificates`](crate::proto::Request::WebCertificates)
+    /// before the hello, which carries the token), checked against `pin`.
+    pub(crate) async fn start_proving(
+        conn: Box<dyn ConnWire>,
+        send: Box<dyn SendWire>,
+        recv: Box<dyn RecvWire>,
+        cfg: &ClientConfig,
+        pin: Pin,
+        timeout: Duration,
+        prove: bool,
+    ) -> Result<Session, NetError> {
         let mut session = Session {
             conn,
             send,
@@ -344,11 +369,27 @@ impl Session {
             next_id: 1,
             timeout,
             pushes: VecDeque::new(),
-            sent: bytes.len() as u64,
+            sent: 0,
             cut: false,
-            web: false,
+            web: prove,
+            web_identity: None,
             received: 0,
         };
+        if prove {
+            #[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
+            session.prove_identity(cfg.pinned).await?;
+            #[cfg(not(any(feature = "web-transport", target_arch = "wasm32")))]
+            return Err(NetError::NotProven(
+                "checking a WebTransport server needs the crate feature `web-transport`".into(),
+            ));
+        }
+        let bytes = proto::encode(&client_hello(cfg))?;
+        session
+            .send
+            .write_all(&bytes)
+            .await
+            .map_err(NetError::Closed)?;
+        session.sent += bytes.len() as u64;
         let answer = match session.read_frame().await {
             Ok(frame) => frame,
             Err(e) => {
@@ -358,6 +399,14 @@ impl Session {
         };
         match check_server(cfg, answer) {
             Ok(hello) => {
+                if let Some((_, announced)) = &session.web_identity
+                    && announced.server != hello.server
+                {
+                    session.conn.close(CLOSE_PROTOCOL, b"another server");
+                    return Err(NetError::NotProven(
+                        "the hello names another server than the signed announcement".into(),
+                    ));
+                }
                 session.pin.server = hello.server;
                 session.hello = hello;
                 Ok(session)
@@ -392,13 +441,61 @@ impl Session {
         self.web
     }
 
-    /// Marks the session as one over WebTransport.
-    #[cfg_attr(
-        not(any(feature = "web-transport", target_arch = "wasm32")),
-        allow(dead_code)
-    )]
-    pub(crate) fn set_web(&mut self) {
-        self.web = true;
+    /// Over WebTransport: the long-term certificate fingerprint the server proved before the
+    /// hello (signed with that certificate's key, over this session's nonce), and its signed
+    /// announcement of its WebTransport certificates.
+    pub fn web_identity(&self) -> Option<&(String, proto::WebCertificates)> {
+        self.web_identity.as_ref()
+    }
+
+    /// Before the hello: asks for the signed announcement and checks it against the pinned
+    /// server (`pinned`) and certificate (`self.pin.cert`, when not empty).
+    #[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
+    async fn prove_identity(&mut self, pinned: Option<Id>) -> Result<(), NetError> {
+        let nonce =
+            crate::sync::client::random::<32>().map_err(|e| NetError::NotProven(e.to_string()))?;
+        let request = Frame::Request {
+            id: 0,
+            body: Request::WebCertificates { nonce },
+        };
+        let bytes = proto::encode(&request)?;
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(NetError::Closed)?;
+        self.sent += bytes.len() as u64;
+        let announced = match self.read_frame().await? {
+            Frame::Response {
+                id: 0,
+                body: Response::WebCertificates(w),
+            } => w,
+            other => {
+                self.conn.close(CLOSE_PROTOCOL, b"unexpected frame");
+                return Err(NetError::Protocol(format!(
+                    "expected the server's signed certificate announcement, got {other:?}"
+                )));
+            }
+        };
+        let uuid = |id: &Id| uuid::Uuid::from_bytes(*id).to_string();
+        if let Some(pinned) = pinned
+            && pinned != announced.server
+        {
+            self.conn.close(CLOSE_NORMAL, b"another server");
+            return Err(NetError::NotProven(format!(
+                "it announces itself as server {}, the pinned one is {}",
+                uuid(&announced.server),
+                uuid(&pinned)
+            )));
+        }
+        let expected = (!self.pin.cert.is_empty()).then(|| self.pin.cert.clone());
+        let fingerprint =
+            verify_web_certificates(&announced, &announced.server, &nonce, expected.as_deref())
+                .map_err(|why| {
+                    self.conn.close(CLOSE_NORMAL, b"not proven");
+                    NetError::NotProven(why)
+                })?;
+        self.web_identity = Some((fingerprint, announced));
+        Ok(())
     }
 
     /// The server's address, as text (`IP:port`, or the URL of a WebTransport session).

@@ -134,19 +134,16 @@ async fn establish(
         server: [0; 16],
         cert: keep,
     };
-    Session::start(
+    Session::start_proving(
         Box::new(conn),
         Box::new(WebSend(send)),
         Box::new(WebRecv(recv)),
         cfg,
         pin,
         options.timeout,
+        true,
     )
     .await
-    .map(|mut s| {
-        s.set_web();
-        s
-    })
 }
 
 /// A WebTransport session (kept with its endpoint: dropping the endpoint ends it).

@@ -285,7 +285,8 @@ pub enum Request {
     /// `nonce` (fresh random bytes): a replica that reaches the server over WebTransport,
     /// which shows it only the WebTransport certificate, checks the server's long-term
     /// identity this way, and learns the hashes to name next time. Answered with
-    /// [`Response::WebCertificates`].
+    /// [`Response::WebCertificates`]. It may come first on the stream, before the hello
+    /// (once): the identity is then proven before the token is sent.
     WebCertificates {
         /// Fresh random bytes the signature must cover (no replayed answer passes).
         nonce: [u8; 32],
@@ -297,6 +298,8 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 pub struct WebCertificates {
+    /// The server's UUID (as its hello says; the signature covers it).
+    pub server: Id,
     /// The server's long-term certificate (DER): what native replicas pin, and whose key
     /// made `signature`.
     pub cert: Vec<u8>,

@@ -261,6 +261,7 @@ impl Link {
     }
 
     /// Whether the application drives the client ([`crate::Db::open_synced_driven`]).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn driven(&self) -> bool {
         self.driven
     }
@@ -552,9 +553,9 @@ enum End {
 impl From<NetError> for End {
     fn from(e: NetError) -> Self {
         match e {
-            NetError::Handshake(_) | NetError::CertificateMismatch { .. } => {
-                End::Refused(e.to_string())
-            }
+            NetError::Handshake(_)
+            | NetError::CertificateMismatch { .. }
+            | NetError::NotProven(_) => End::Refused(e.to_string()),
             other => End::Lost(other.to_string()),
         }
     }
@@ -1259,9 +1260,9 @@ impl Client {
     }
 
     /// Over WebTransport, where the server shows only its WebTransport certificate: it
-    /// proves its long-term identity by signing its certificate announcement over a fresh
-    /// nonce with its long-term key; the replica checks that against the pinned fingerprint
-    /// (or pins it, on first contact), and keeps the announced hashes to name next time.
+    /// proved its long-term identity before the hello by signing its certificate
+    /// announcement over a fresh nonce with its long-term key (checked against the pin by
+    /// the session); the announced hashes are kept to name next time.
     /// The long-term fingerprint it proved (`None` off WebTransport); stores only the
     /// announced hashes ([`Client::first_contact`] stores the pin).
     async fn check_web_identity(
@@ -1271,66 +1272,28 @@ impl Client {
         if !s.is_web() {
             return Ok(None);
         }
-        #[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
-        {
-            let nonce = random::<32>()?;
-            let announced = match s.request(Request::WebCertificates { nonce }).await? {
-                Response::WebCertificates(w) => w,
-                other => {
-                    return Err(End::Lost(format!(
-                        "the server answered a certificate request with {other:?}"
-                    )));
-                }
-            };
-            let server = s.server_hello().server;
-            let db = self.db()?;
-            let stored = {
-                let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-                let meta = txn.open_table(META).map_err(Error::from)?;
-                meta.get(PIN)
-                    .map_err(Error::from)?
-                    .map(|v| v.value().to_vec())
-            };
-            let stored_cert = stored
-                .as_ref()
-                .and_then(|b| b.get(16..))
-                .and_then(|c| std::str::from_utf8(c).ok())
-                .filter(|c| !c.is_empty())
-                .map(str::to_owned);
-            let configured = self
-                .config
-                .pin
-                .as_ref()
-                .filter(|p| p.server == server && !p.cert.is_empty())
-                .map(|p| p.cert.clone());
-            let expected = stored_cert.clone().or(configured);
-            let fingerprint =
-                net::verify_web_certificates(&announced, &server, &nonce, expected.as_deref())
-                    .map_err(|why| {
-                        End::Refused(format!(
-                            "the server did not prove over WebTransport that it is the pinned \
-                             server ({why}); refusing a possible impostor"
-                        ))
-                    })?;
-            let hashes = announced
-                .certificates
-                .iter()
-                .map(|c| format!("{}:{}", hex(&c.hash), c.not_after))
-                .collect::<Vec<_>>()
-                .join(",");
-            let b = db.batch()?;
-            b.txn
-                .open_table(META)
-                .map_err(Error::from)?
-                .insert(WEB_HASHES, hashes.as_bytes())
-                .map_err(Error::from)?;
-            b.commit()?;
-            Ok(Some(fingerprint))
-        }
-        #[cfg(not(any(feature = "web-transport", target_arch = "wasm32")))]
-        Err(End::Refused(
-            "a WebTransport session needs the crate feature `web-transport`".into(),
-        ))
+        // Proven before the hello (`Session::web_identity`, checked against the pin there).
+        let Some((fingerprint, announced)) = s.web_identity().cloned() else {
+            return Err(End::Lost(
+                "a WebTransport session without the server's signed announcement".into(),
+            ));
+        };
+        let hashes = announced
+            .certificates
+            .iter()
+            .take(8)
+            .map(|c| format!("{}:{}", hex(&c.hash), c.not_after))
+            .collect::<Vec<_>>()
+            .join(",");
+        let db = self.db()?;
+        let b = db.batch()?;
+        b.txn
+            .open_table(META)
+            .map_err(Error::from)?
+            .insert(WEB_HASHES, hashes.as_bytes())
+            .map_err(Error::from)?;
+        b.commit()?;
+        Ok(Some(fingerprint))
     }
 
     /// The WebTransport certificate hashes to name: the configured ones, then those the
