@@ -159,7 +159,7 @@ async fn establish(
         cfg,
         pin,
         timeout,
-        true,
+        super::Proof::Announced { presented: None },
     )
     .await
 }

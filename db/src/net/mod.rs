@@ -286,6 +286,23 @@ pub struct Session {
     web_identity: Option<(String, proto::WebCertificates)>,
 }
 
+/// Whether a session's server proves its long-term identity before the hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// No: the transport showed the long-term certificate (QUIC) or needs none (in-process).
+    None,
+    /// Yes (WebTransport), and the certificate the connection showed, when the transport
+    /// says (`None` in a browser), must be one the server announces.
+    #[cfg_attr(
+        not(any(feature = "web-transport", target_arch = "wasm32")),
+        allow(dead_code)
+    )]
+    Announced {
+        /// The SHA-256 of the certificate shown, as hex.
+        presented: Option<String>,
+    },
+}
+
 /// Bounds of a client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -335,12 +352,13 @@ impl Session {
         pin: Pin,
         timeout: Duration,
     ) -> Result<Session, NetError> {
-        Session::start_proving(conn, send, recv, cfg, pin, timeout, false).await
+        Session::start_proving(conn, send, recv, cfg, pin, timeout, Proof::None).await
     }
 
-    /// [`Session::start`]; with `prove` (WebTransport), the server first proves its
-    /// long-term identity ([`Request::WebCertificates`](crate::proto::Request::WebCertificates)
-    /// before the hello, which carries the token), checked against `pin`.
+    /// [`Session::start`]; with a `prove` other than [`Proof::None`] (WebTransport), the
+    /// server first proves its long-term identity
+    /// ([`Request::WebCertificates`](crate::proto::Request::WebCertificates) before the hello,
+    /// which carries the token), checked against `pin`.
     pub(crate) async fn start_proving(
         conn: Box<dyn ConnWire>,
         send: Box<dyn SendWire>,
@@ -348,7 +366,7 @@ impl Session {
         cfg: &ClientConfig,
         pin: Pin,
         timeout: Duration,
-        prove: bool,
+        prove: Proof,
     ) -> Result<Session, NetError> {
         let mut session = Session {
             conn,
@@ -371,17 +389,20 @@ impl Session {
             pushes: VecDeque::new(),
             sent: 0,
             cut: false,
-            web: prove,
+            web: prove != Proof::None,
             web_identity: None,
             received: 0,
         };
-        if prove {
+        if let Proof::Announced { presented } = prove {
             #[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
-            session.prove_identity(cfg.pinned).await?;
+            session.prove_identity(cfg.pinned, presented).await?;
             #[cfg(not(any(feature = "web-transport", target_arch = "wasm32")))]
-            return Err(NetError::NotProven(
-                "checking a WebTransport server needs the crate feature `web-transport`".into(),
-            ));
+            {
+                let _ = presented;
+                return Err(NetError::NotProven(
+                    "checking a WebTransport server needs the crate feature `web-transport`".into(),
+                ));
+            }
         }
         let bytes = proto::encode(&client_hello(cfg))?;
         session
@@ -451,7 +472,11 @@ impl Session {
     /// Before the hello: asks for the signed announcement and checks it against the pinned
     /// server (`pinned`) and certificate (`self.pin.cert`, when not empty).
     #[cfg(any(feature = "web-transport", target_arch = "wasm32"))]
-    async fn prove_identity(&mut self, pinned: Option<Id>) -> Result<(), NetError> {
+    async fn prove_identity(
+        &mut self,
+        pinned: Option<Id>,
+        presented: Option<String>,
+    ) -> Result<(), NetError> {
         let nonce =
             crate::sync::client::random::<32>().map_err(|e| NetError::NotProven(e.to_string()))?;
         let request = Frame::Request {
@@ -494,6 +519,25 @@ impl Session {
                     self.conn.close(CLOSE_NORMAL, b"not proven");
                     NetError::NotProven(why)
                 })?;
+        // The certificate this connection showed must be one the server signed for (a
+        // relay holding a WebTransport key the server no longer uses is refused). A browser
+        // does not say which it saw.
+        if let Some(presented) = presented {
+            let listed = announced.certificates.iter().any(|c| {
+                c.hash
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    == presented
+            });
+            if !listed {
+                self.conn.close(CLOSE_NORMAL, b"not proven");
+                return Err(NetError::NotProven(format!(
+                    "the certificate this connection showed ({presented}) is not one the \
+                     server announces"
+                )));
+            }
+        }
         self.web_identity = Some((fingerprint, announced));
         Ok(())
     }

@@ -118,6 +118,7 @@ async fn establish(
             return Err(connect_error(addr, e));
         }
     };
+    let presented = verifier.presented();
     let session = web_transport_quinn::Session::connect(conn, url)
         .await
         .map_err(|e| connect_error(addr, format!("the WebTransport session failed: {e}")))?;
@@ -141,7 +142,7 @@ async fn establish(
         cfg,
         pin,
         options.timeout,
-        true,
+        super::Proof::Announced { presented },
     )
     .await
 }
