@@ -588,7 +588,10 @@ fn odd_expiries_are_stored_as_signed_and_expired_ones_not_named() {
     let e = db.wait_caught_up(LIMIT).unwrap_err().to_string();
     assert!(e.contains("is not one the server announces"), "{e}");
     drop(db);
-    assert!(meta(&path, "sync.web_hashes").is_none(), "an unproven list was stored");
+    assert!(
+        meta(&path, "sync.web_hashes").is_none(),
+        "an unproven list was stored"
+    );
     rig.shutdown();
 }
 
