@@ -15,11 +15,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
-use common::{percentile, raw_bulk, raw_floor};
+use common::{fill, percentile, raw_bulk, raw_floor};
 
-use rekord::proto::handshake::{ClientConfig, Trees};
-use rekord::proto::{Change, ChangeKind};
-use rekord::{Db, Event, EventKind, Record, Retry, SyncConfig, Tree};
+use rekord::proto::handshake::Trees;
+use rekord::{Db, Event, EventKind, Retry, SyncConfig, Tree};
 use rekord_server::{Config, Server};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -188,48 +187,11 @@ fn propagation(rt: &tokio::runtime::Runtime, n: usize) -> (Vec<Duration>, Vec<Du
 /// synced client from opening to caught up. Returns (seconds, encoded record size).
 fn bulk(rt: &tokio::runtime::Runtime, n: usize) -> (f64, usize) {
     let r = start(rt);
-    let data = Item {
+    let item = Item {
         name: "bolt".into(),
         qty: 1,
-    }
-    .__encode(Vec::new())
-    .unwrap();
-    let size = data.len();
-    rt.block_on(async {
-        let cfg = ClientConfig {
-            app: "bench".into(),
-            client: [9; 16],
-            token: r.token.clone(),
-            pinned: None,
-            cursor: 0,
-            trees: vec![],
-            replica: 0,
-            history: Vec::new(),
-            last_entry: 0,
-        };
-        let mut s = rekord::net::connect(r.addr, &cfg, None).await.unwrap();
-        let schema = rekord::Schema::of::<Item>().to_ron().unwrap();
-        s.put_schema("items", 1, &schema).await.unwrap();
-        let (start, _) = s.ranges(1_000_000).await.unwrap()[0];
-        for (op, chunk) in (0..n as u64).collect::<Vec<_>>().chunks(1000).enumerate() {
-            let changes = chunk
-                .iter()
-                .map(|i| Change {
-                    tree: "items".into(),
-                    id: start + i,
-                    rev: 0,
-                    kind: ChangeKind::Put {
-                        version: 1,
-                        data: data.clone(),
-                    },
-                })
-                .collect();
-            s.changes((op as u128 + 1).to_le_bytes(), changes)
-                .await
-                .unwrap();
-        }
-        s.close().await;
-    });
+    };
+    let size = rt.block_on(fill(r.addr, "bench", &r.token, &item, n));
     let t = Instant::now();
     let fresh = client(&r);
     let secs = t.elapsed().as_secs_f64();

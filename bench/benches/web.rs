@@ -27,10 +27,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{percentile, raw_floor};
-use rekord::proto::handshake::{ClientConfig, Trees};
-use rekord::proto::{Change, ChangeKind};
-use rekord::{Db, Event, EventKind, Key, Record as _, SyncConfig};
+use common::{fill, percentile, raw_floor};
+use rekord::proto::handshake::Trees;
+use rekord::{Db, Event, EventKind, Key, SyncConfig};
 use rekord_server::{Config, Server};
 
 const APP: &str = "bench";
@@ -291,51 +290,6 @@ fn send(parts: &rekord::Tree<Part>, n: usize, gap: Duration) {
     }
 }
 
-/// Fills the server with `n` parts at the transport level (1,000 per request).
-fn fill(rt: &tokio::runtime::Runtime, served: &Served, n: usize) {
-    let data = Part {
-        name: "bolt".into(),
-        qty: 1,
-    }
-    .__encode(Vec::new())
-    .unwrap();
-    rt.block_on(async {
-        let cfg = ClientConfig {
-            app: APP.into(),
-            client: [9; 16],
-            token: served.token.clone(),
-            pinned: None,
-            cursor: 0,
-            trees: vec![],
-            replica: 0,
-            history: Vec::new(),
-            last_entry: 0,
-        };
-        let mut s = rekord::net::connect(served.addr, &cfg, None).await.unwrap();
-        let schema = rekord::Schema::of::<Part>().to_ron().unwrap();
-        s.put_schema("parts", 1, &schema).await.unwrap();
-        let (start, _) = s.ranges(1_000_000).await.unwrap()[0];
-        for (op, chunk) in (0..n as u64).collect::<Vec<_>>().chunks(1000).enumerate() {
-            let changes = chunk
-                .iter()
-                .map(|i| Change {
-                    tree: "parts".into(),
-                    id: start + i,
-                    rev: 0,
-                    kind: ChangeKind::Put {
-                        version: 1,
-                        data: data.clone(),
-                    },
-                })
-                .collect();
-            s.changes((op as u128 + 1).to_le_bytes(), changes)
-                .await
-                .unwrap();
-        }
-        s.close().await;
-    });
-}
-
 fn main() {
     let quick = std::env::var_os("REKORD_BENCH_QUICK").is_some();
     let (n, records) = if quick {
@@ -424,7 +378,17 @@ fn main() {
 
     // Bulk sync into fresh replicas: the browser's, then a native one of the same run.
     let bulk_served = serve(&rt, page_port);
-    fill(&rt, &bulk_served, records);
+    let bolt = Part {
+        name: "bolt".into(),
+        qty: 1,
+    };
+    rt.block_on(fill(
+        bulk_served.addr,
+        APP,
+        &bulk_served.token,
+        &bolt,
+        records,
+    ));
     let bulk_url = format!("https://127.0.0.1:{}/rekord", bulk_served.addr.port());
     let times = page.eval(&format!(
         "const t0 = performance.now(); \

@@ -106,3 +106,51 @@ pub async fn raw_bulk(n: usize, size: usize) -> f64 {
     conn.close(0u32.into(), b"done");
     secs
 }
+
+/// Fills the server at `addr` with `n` copies of `record` at the transport level (its
+/// schema first, then 1,000 creates per request), as the bulk-sync cases start; returns
+/// the record's encoded size.
+pub async fn fill<T: rekord::Record>(
+    addr: std::net::SocketAddr,
+    app: &str,
+    token: &str,
+    record: &T,
+    n: usize,
+) -> usize {
+    use rekord::proto::{Change, ChangeKind};
+    let data = record.__encode(Vec::new()).unwrap();
+    let cfg = rekord::proto::handshake::ClientConfig {
+        app: app.into(),
+        client: [9; 16],
+        token: token.into(),
+        pinned: None,
+        cursor: 0,
+        trees: vec![],
+        replica: 0,
+        history: Vec::new(),
+        last_entry: 0,
+    };
+    let mut s = rekord::net::connect(addr, &cfg, None).await.unwrap();
+    let schema = rekord::Schema::of::<T>().to_ron().unwrap();
+    s.put_schema(T::TREE, T::VERSION, &schema).await.unwrap();
+    let (start, _) = s.ranges(1_000_000).await.unwrap()[0];
+    for (op, chunk) in (0..n as u64).collect::<Vec<_>>().chunks(1000).enumerate() {
+        let changes = chunk
+            .iter()
+            .map(|i| Change {
+                tree: T::TREE.into(),
+                id: start + i,
+                rev: 0,
+                kind: ChangeKind::Put {
+                    version: T::VERSION,
+                    data: data.clone(),
+                },
+            })
+            .collect();
+        s.changes((op as u128 + 1).to_le_bytes(), changes)
+            .await
+            .unwrap();
+    }
+    s.close().await;
+    data.len()
+}
