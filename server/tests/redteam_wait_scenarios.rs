@@ -49,6 +49,12 @@ fn a_edits_while_waiting(env: &Env, qty: u32) {
     eprintln!("A after its edit while waiting: {:?} {st:?}", parts(&a));
     assert_eq!(st.rejected, 0, "waiting, not rejected");
     assert_eq!(st.outbox, 1, "waiting with the record, still to push");
+    assert_eq!(st.waiting, 1, "counted as waiting for the take-back");
+    let e = a.wait_pushed(Duration::from_millis(200)).unwrap_err();
+    assert!(
+        matches!(&e, Error::Offline { reason, .. } if reason.contains("taken back")),
+        "wait_pushed names the waiting write: {e}"
+    );
     assert_eq!(parts(&a)[0].3, qty);
 }
 
@@ -553,6 +559,14 @@ fn rw_wait_pushed_after_absorbed_edit() {
         !evs.iter().any(|e| e.starts_with("Pushed")),
         "no Pushed event for it: {evs:?}"
     );
+    assert_eq!(a.sync_status().unwrap().waiting, 1);
+    // B (the stale holder) reconciles while A stays online: A sees the return live, takes
+    // x back, and its waiting edit goes out.
+    env.b_returns_any();
+    a.wait_pushed(LIMIT).unwrap();
+    let st = a.sync_status().unwrap();
+    assert_eq!((st.outbox, st.waiting, st.rejected), (0, 0, 0), "{st:?}");
+    assert_eq!(env.server_x().map(|r| r.3), Some(51), "A's edit arrived");
 }
 
 // ---- S10: the recheck noted with the refusal (no restore) ----

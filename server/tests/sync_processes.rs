@@ -339,12 +339,16 @@ fn client_process() {
             ["status"] => {
                 let s = db.sync_status().unwrap();
                 say(format!(
-                    "status {} {} {} {} {}",
+                    "status {} {} {} {} {} waiting {} caught_up {} rejected {} error {:?}",
                     s.online,
                     s.outbox,
                     s.cursor,
                     s.replica.unwrap_or(0),
-                    s.conflicts
+                    s.conflicts,
+                    s.waiting,
+                    s.caught_up,
+                    s.rejected,
+                    s.last_error
                 ));
             }
             ["replica"] => say(format!("replica {}", db.replica())),
@@ -947,8 +951,17 @@ fn fault_run(default_ops: u32, rounds: u64) {
     // Heal the network; everyone pushes and comes back subscribed to all trees (widening
     // what a restart narrowed), then the replicas must agree.
     proxy.set(proxy::Faults::NONE);
-    for c in &mut clients {
-        c.ok("pushed");
+    for i in 0..clients.len() {
+        let answer = clients[i].ask("pushed");
+        if answer != "ok" {
+            // Say where everyone stands (a write waiting for another replica to give a
+            // borrow back shows as `waiting`).
+            let all: Vec<String> = clients.iter_mut().map(|c| c.ask("status")).collect();
+            panic!(
+                "{}: `pushed` answered {answer} (seed {seed}); status of A, B, C: {all:#?}",
+                clients[i].name
+            );
+        }
     }
     // Conflicts merged since each client's last start (counted before it restarts).
     let mut conflicts = 0u64;

@@ -441,10 +441,11 @@ pub(crate) fn start_with(
             .unwrap_or(0);
         (id, cursor, db.replica.load(Ordering::Acquire))
     };
-    let (outbox, outbox_bytes, rejected) = counts(db)?;
+    let (outbox, outbox_bytes, rejected, waiting) = counts(db)?;
     link.update(|s| {
         s.cursor = cursor;
         s.outbox = outbox;
+        s.waiting = waiting;
         s.outbox_bytes = outbox_bytes;
         s.rejected = rejected;
         s.replica = (replica != UNKNOWN_REPLICA).then_some(replica);
@@ -465,6 +466,7 @@ pub(crate) fn start_with(
         received_before: 0,
         interrupted: None,
         reclaiming: false,
+        reclaim_due: false,
         no_ids: false,
         rechecking: true,
     };
@@ -517,7 +519,7 @@ pub(crate) fn start_with(
 }
 
 /// Outbox entries and bytes, and rejected entries.
-fn counts(db: &DbInner) -> Result<(u64, u64, u64)> {
+fn counts(db: &DbInner) -> Result<(u64, u64, u64, u64)> {
     let txn = db.redb.begin_read()?;
     let table = txn.open_table(OUTBOX)?;
     let mut bytes = 0u64;
@@ -525,19 +527,21 @@ fn counts(db: &DbInner) -> Result<(u64, u64, u64)> {
         bytes += row?.1.value().len() as u64;
     }
     let mut outbox = table.len()?;
+    let mut waiting = 0;
     // Entries waiting for records to be taken back after a restore are still to push.
     match txn.open_table(DEFERRED) {
         Ok(deferred) => {
             for row in deferred.iter()? {
                 bytes += row?.1.value().len() as u64;
                 outbox += 1;
+                waiting += 1;
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(e.into()),
     }
     let rejected = txn.open_table(REJECTED)?.len()?;
-    Ok((outbox, bytes, rejected))
+    Ok((outbox, bytes, rejected, waiting))
 }
 
 /// Why a session ended.
@@ -589,6 +593,11 @@ struct Client {
     interrupted: Option<Interrupted>,
     /// Whether records wait to be taken back after a restore (`rekord.reclaim`).
     reclaiming: bool,
+    /// A record another replica held was returned while caught up (a
+    /// [`ChangeKind::Borrow`] to holder 0 applied by any path: a live push, a resync's
+    /// buffered pushes, a borrow's wait): the records waiting to be taken back are tried
+    /// again once the session loop is back in control.
+    reclaim_due: bool,
     /// Whether the server refused this session id ranges (a token that may write nothing).
     no_ids: bool,
     /// Whether records sent again after a restore wait to be fetched once caught up
@@ -1090,6 +1099,7 @@ impl Client {
         // stands (`reclaim_taken`); retried before, this replica's stale copy could be
         // resent over edits made while it was away.
         self.reclaiming = self.has_reclaims()?;
+        self.reclaim_due = false;
         if self.read_rights_grew(&hello.read)? {
             return Err(End::Lost(
                 "the token's read rights changed; reconnecting to fetch what the trees it may \
@@ -1155,22 +1165,15 @@ impl Client {
                     self.flush(s).await?;
                     self.ensure_ranges(s).await?;
                 }
-                Wakeup::Push(Ok(Some(push))) => {
-                    // Only once caught up: a borrow taken by another replica later in the
-                    // catch-up must be seen before taking a record back.
-                    let frees = self.reclaiming
-                        && self.caught_up
-                        && matches!(&push, Push::Changes(es) if es.iter().any(|e| {
-                            matches!(e.change.kind, ChangeKind::Borrow { holder: 0 })
-                        }));
-                    self.apply_ready(s, push).await?;
-                    if frees {
-                        self.retry_reclaims(s).await?;
-                    }
-                }
+                Wakeup::Push(Ok(Some(push))) => self.apply_ready(s, push).await?,
                 Wakeup::Push(Ok(None)) if lazy => self.make_durable()?,
                 Wakeup::Push(Ok(None)) => {
                     self.check_stale();
+                    // Quiet: records still waiting to be taken back are tried again (a
+                    // return is normally seen as a push; this is the backstop).
+                    if self.reclaiming && self.caught_up {
+                        self.reclaim_due = true;
+                    }
                     match crate::rt::timeout(self.config.idle_timeout.max(quiet), s.ping()).await {
                         Some(Ok(_)) => {}
                         Some(Err(e)) => return Err(e.into()),
@@ -1183,6 +1186,9 @@ impl Client {
                     }
                 }
                 Wakeup::Push(Err(e)) => return Err(e.into()),
+            }
+            if std::mem::take(&mut self.reclaim_due) {
+                self.retry_reclaims(s).await?;
             }
         }
     }
@@ -1787,9 +1793,11 @@ impl Client {
             .enumerate()
             .filter(|(k, o)| !sent_again(o) && !waited.contains(k))
             .count() as u64;
+        let deferred = waited.len() as u64;
         self.link.update(|st| {
             st.outbox = st.outbox.saturating_sub(settled);
             st.outbox_bytes = st.outbox_bytes.saturating_sub(freed);
+            st.waiting += deferred;
             st.rejected += rejected;
             st.last_sync = Some(crate::rt::system_now());
         });
@@ -2095,8 +2103,20 @@ impl Client {
                 // Whichever path applies the changes (live pushes, a resync's buffered
                 // ones, a borrow's wait), in the same commit as the cursor.
                 let took = self.reclaim_taken(&b, &fresh)?;
+                // Only once caught up: a borrow taken by another replica later in the
+                // catch-up must be seen before taking a record back (`CaughtUp` retries).
+                self.reclaim_due |= self.reclaiming
+                    && self.caught_up
+                    && fresh
+                        .iter()
+                        .any(|e| matches!(e.change.kind, ChangeKind::Borrow { holder: 0 }));
                 b.set_cursor(last);
                 b.commit()?;
+                if took {
+                    // Writes that waited with a record no longer waiting may have joined
+                    // the outbox again (`release_deferred`): sent now.
+                    self.link.enqueued(0, 0);
+                }
                 for event in skipped {
                     self.emit(event);
                 }

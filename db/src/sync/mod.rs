@@ -668,6 +668,12 @@ pub struct SyncStatus {
     /// Why the server gave this session no id ranges (a token that may write no tree), if
     /// it did not (see [`crate::Error::IdsRefused`]).
     pub ids_refused: Option<String>,
+    /// Outbox entries (counted in [`outbox`](Self::outbox)) that wait with records to be
+    /// taken back after the server was restored from a backup: the restored server says
+    /// another replica holds them, and they are sent once that replica gives the borrow
+    /// back when it reconnects (or set aside as rejected if another replica takes one
+    /// first). [`crate::Db::wait_pushed`] names them when it times out.
+    pub waiting: u64,
 }
 
 #[cfg(test)]

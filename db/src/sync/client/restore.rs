@@ -39,6 +39,8 @@ use std::sync::atomic::Ordering;
 pub(crate) struct Released {
     rejected: Vec<u64>,
     bytes: u64,
+    /// How many waiting writes went back to the outbox, to be sent again.
+    again: u64,
 }
 
 /// The most records a [`SyncEvent::Restored`] lists by name.
@@ -814,15 +816,21 @@ impl Client {
             );
             outbox::append(&b.txn, &again)?;
         }
+        released.again = again.len() as u64;
         Ok(released)
     }
 
     /// Reports the waiting writes [`Client::release_deferred`] rejected (once committed).
     pub(crate) fn report_released(&mut self, released: Released) {
+        let count = released.rejected.len() as u64;
+        if count + released.again > 0 {
+            self.link.update(|st| {
+                st.waiting = st.waiting.saturating_sub(count + released.again);
+            });
+        }
         if released.rejected.is_empty() {
             return;
         }
-        let count = released.rejected.len() as u64;
         self.link.update(|st| {
             st.outbox = st.outbox.saturating_sub(count);
             st.outbox_bytes = st.outbox_bytes.saturating_sub(released.bytes);
