@@ -468,7 +468,11 @@ impl Db {
         let reason = match status.last_error {
             Some(e) => e,
             None if status.waiting > 0 => format!(
-                "{} entries still waiting after {timeout:?}, {} of them with records to be                  taken back after the server was restored from a backup: the restored server                  says another replica holds them, and they are sent once it reconnects and                  gives the borrows back (SyncStatus::waiting)",
+                "{} entries still waiting after {timeout:?}, {} of them with records to be taken \
+                 back after the server was restored from a backup: the restored server says another \
+                 replica holds them, and they are sent once it reconnects and gives the borrows \
+                 back, or, for a record of a tree this replica does not subscribe to, once it \
+                 subscribes to that tree again (SyncStatus::waiting)",
                 status.outbox, status.waiting
             ),
             None => format!("{} entries still waiting after {timeout:?}", status.outbox),

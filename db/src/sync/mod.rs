@@ -672,7 +672,10 @@ pub struct SyncStatus {
     /// taken back after the server was restored from a backup: the restored server says
     /// another replica holds them, and they are sent once that replica gives the borrow
     /// back when it reconnects (or set aside as rejected if another replica takes one
-    /// first). [`crate::Db::wait_pushed`] names them when it times out.
+    /// first). A record of a tree this replica does not subscribe to waits until it
+    /// subscribes to that tree again: without its changes, the replica cannot tell whether
+    /// another one borrowed the record meanwhile. [`crate::Db::wait_pushed`] names them
+    /// when it times out.
     pub waiting: u64,
 }
 
