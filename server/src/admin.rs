@@ -68,6 +68,10 @@ pub trait Hooks: Send + Sync {
     /// Forces the return of a record's borrow and pushes the change to the sessions;
     /// returns the former holder.
     fn force_return(&self, tree: &str, id: u64) -> Result<Option<u32>, ServerError>;
+
+    /// The hashes of the WebTransport certificates the server presents and announces now
+    /// (current first), as `serverCertificateHashes` names them.
+    fn web_hashes(&self) -> Vec<String>;
 }
 
 /// A command for the server database.
@@ -103,6 +107,10 @@ pub enum AdminRequest {
         /// Record id.
         id: u64,
     },
+    /// The WebTransport certificate hashes the running server presents and announces
+    /// (what `rekord-server identity` prints while a server runs). Only a running server
+    /// answers it.
+    WebHashes,
 }
 
 /// The result of an [`AdminRequest`].
@@ -130,6 +138,8 @@ pub enum AdminReply {
         /// The former holder.
         holder: Option<u32>,
     },
+    /// The WebTransport certificate hashes of the running server, current first.
+    WebHashes(Vec<String>),
     /// The command failed (only sent over the socket; [`request`] turns it into
     /// [`ServerError::Remote`]).
     Error(String),
@@ -156,6 +166,11 @@ impl AdminRequest {
                         holder: taken.map(|(h, _)| h),
                     })
             }
+            AdminRequest::WebHashes => Err(ServerError::Admin(
+                "only a running server tells the WebTransport certificates it presents; \
+                 with none running, read them from the data directory (rekord-server identity)"
+                    .into(),
+            )),
         }
     }
 
@@ -170,6 +185,7 @@ impl AdminRequest {
             AdminRequest::ForceReturn { tree, id } => {
                 format!("force the return of record {id} of tree `{tree}`")
             }
+            AdminRequest::WebHashes => "tell the WebTransport certificate hashes".into(),
         }
     }
 }
@@ -447,6 +463,7 @@ mod unix {
             AdminRequest::ForceReturn { tree, id } => hooks
                 .force_return(&tree, id)
                 .map(|holder| AdminReply::ForceReturned { holder }),
+            AdminRequest::WebHashes => Ok(AdminReply::WebHashes(hooks.web_hashes())),
             other => other.execute(&store),
         })
         .await;

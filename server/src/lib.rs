@@ -1074,7 +1074,8 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
     // The connection closes with the session, whatever ended it: a WebTransport library
     // task would otherwise keep it open after the session (outside the limits, whose
     // ticket goes with this function).
-    let _close = CloseOnDrop(raw);
+    let close = CloseOnDrop(raw);
+    let closed_with_reason = matches!(ended, Err(ref e) if !matches!(e, End::Gone(_)));
     match ended {
         Ok(()) => tracing::debug!(%remote, "connection ended"),
         Err(End::Gone(reason)) => tracing::debug!(%remote, %reason, "connection lost"),
@@ -1100,7 +1101,18 @@ async fn handle(incoming: quinn::Incoming, mut ticket: limits::Ticket, shared: A
             );
         }
     }
+    // A WebTransport session's close (code and reason) goes out as a message on its
+    // request stream, written by a library task: the QUIC connection stays up until the
+    // client, having read it, closes, or for `WEB_CLOSE_GRACE` at most. Else the client
+    // would learn only that the connection closed, not why.
+    if closed_with_reason && matches!(conn, Peer::Web(_)) {
+        let _ = tokio::time::timeout(WEB_CLOSE_GRACE, close.0.closed()).await;
+    }
 }
+
+/// How long a WebTransport session's close message may take to reach the client before the
+/// connection closes under it.
+const WEB_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Closes a connection when dropped (a close after an earlier one changes nothing).
 struct CloseOnDrop(quinn::Connection);
@@ -1480,6 +1492,17 @@ async fn send_shared(
 }
 
 impl admin::Hooks for Shared {
+    fn web_hashes(&self) -> Vec<String> {
+        let announced = match self.announced.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        announced
+            .iter()
+            .map(|c| c.hash.iter().map(|b| format!("{b:02x}")).collect())
+            .collect()
+    }
+
     fn force_return(&self, tree: &str, id: u64) -> Result<Option<u32>, ServerError> {
         let done = {
             let _order = self.pushes();

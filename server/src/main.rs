@@ -324,16 +324,30 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
             let identity = Identity::load_or_create(&config.data)?;
             println!("uuid {}", identity.uuid);
             println!("fingerprint {}", identity.fingerprint());
-            // What a browser page names in `serverCertificateHashes` (current, then next).
-            // Read as they are when they exist: a running server alone rotates them.
-            let web = match rekord_server::WebCerts::load(&config.data)? {
-                Some(web) => web,
-                None => rekord_server::WebCerts::load_or_create(
-                    &config.data,
-                    rekord_server::web::unix_now(),
-                )?,
+            // What a browser page names in `serverCertificateHashes` (current, then next):
+            // a running server says what it presents (it alone rotates them then); with
+            // none running, this process holds the database (so none starts meanwhile) and
+            // applies the rotation a starting server would.
+            let hashes = match Store::open(&config.data) {
+                Ok(store) => {
+                    let web = rekord_server::WebCerts::load_or_create(
+                        &config.data,
+                        rekord_server::web::unix_now(),
+                    )?;
+                    drop(store);
+                    web.hashes()
+                }
+                #[cfg(unix)]
+                Err(ServerError::Busy(path)) => {
+                    match rekord_server::admin::request(&config.data, &AdminRequest::WebHashes)? {
+                        Some(AdminReply::WebHashes(hashes)) => hashes,
+                        Some(_) => return Err(unexpected()),
+                        None => return Err(ServerError::Busy(path)),
+                    }
+                }
+                Err(e) => return Err(e),
             };
-            for hash in web.hashes() {
+            for hash in hashes {
                 println!("web-hash {hash}");
             }
             Ok(())

@@ -194,7 +194,7 @@ impl WebCert {
         if !usable {
             tracing::warn!(
                 slot,
-                "a WebTransport certificate and its key do not match; making a new one"
+                "a WebTransport certificate and its key do not match; not using them"
             );
             return Ok(None);
         }
@@ -207,6 +207,18 @@ impl WebCert {
         crate::identity::write_file(&cert, &self.cert_der, false)?;
         crate::identity::write_file(&until, format!("{}\n", self.not_after).as_bytes(), false)
     }
+}
+
+/// Removes a slot's files (those that exist).
+fn remove_slot(dir: &Path, slot: &str) -> Result<(), ServerError> {
+    for path in slot_files(dir, slot) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ServerError::Io { path, source: e }),
+        }
+    }
+    Ok(())
 }
 
 fn slot_files(dir: &Path, slot: &str) -> [PathBuf; 3] {
@@ -256,18 +268,36 @@ impl WebCerts {
     /// Loads the certificates from `dir` (which must exist), making and storing what is
     /// missing or due ([`WebCerts::rotate`]).
     pub fn load_or_create(dir: &Path, now: u64) -> Result<Self, ServerError> {
-        let current = match WebCert::load(dir, "current")? {
-            Some(c) => c,
-            None => {
+        let latest = now + CERT_DAYS * DAY;
+        // A next certificate that expired, or that expires later than any made now could,
+        // is never announced nor presented.
+        let next =
+            WebCert::load(dir, "next")?.filter(|n| n.not_after > now && n.not_after <= latest);
+        let (current, next) = match (WebCert::load(dir, "current")?, next) {
+            (Some(c), next) => (c, next),
+            // No usable current certificate beside a valid next one (a crash inside a
+            // switch, which writes the next one over the current slot; a removed current
+            // slot): the switch completes, so replicas that learned the next one (it was
+            // announced) keep connecting.
+            (None, Some(next)) => {
+                tracing::warn!(
+                    "the current WebTransport certificate is missing or damaged; presenting \
+                     the next one, which replicas learned"
+                );
+                next.store(dir, "current")?;
+                remove_slot(dir, "next")?;
+                (next, None)
+            }
+            (None, None) => {
                 let c = WebCert::make(now)?;
                 c.store(dir, "current")?;
-                c
+                (c, None)
             }
         };
         let mut certs = Self {
             dir: dir.to_path_buf(),
             current,
-            next: WebCert::load(dir, "next")?,
+            next,
         };
         certs.rotate(now)?;
         Ok(certs)
@@ -300,7 +330,11 @@ impl WebCerts {
             self.switch(now)?;
             return Ok(true);
         }
-        if self.next.as_ref().is_some_and(|n| n.not_after > latest) {
+        if self
+            .next
+            .as_ref()
+            .is_some_and(|n| n.not_after > latest || n.not_after <= now)
+        {
             self.next = None;
         }
         let left = self.current.not_after.saturating_sub(now);
@@ -350,13 +384,7 @@ impl WebCerts {
         // Written over the current slot (its `until` last), then the next slot goes: a crash
         // in between leaves the new current one and a next equal to it, which is harmless.
         next.store(&self.dir, "current")?;
-        for path in slot_files(&self.dir, "next") {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ServerError::Io { path, source: e }),
-            }
-        }
+        remove_slot(&self.dir, "next")?;
         self.current = next;
         Ok(())
     }

@@ -200,6 +200,20 @@ pub enum NetError {
         /// The presented certificate's fingerprint.
         found: String,
     },
+    /// Over WebTransport (native client), the server presented a certificate whose hash is
+    /// none of those this replica was given ([`WebTarget`]) or learned from the server's
+    /// signed announcements.
+    #[error(
+        "the server's WebTransport certificate (hash {found}) is none of those this replica \
+         was given or learned ({expected}); name the `web-hash` lines `rekord-server identity` \
+         prints (not its fingerprint), and check that this is the right server"
+    )]
+    UnknownWebCertificate {
+        /// The hashes accepted.
+        expected: String,
+        /// The presented certificate's hash.
+        found: String,
+    },
     /// The handshake failed: the server refused this client, or its answer was not
     /// acceptable (another identity, application or protocol version).
     #[error(transparent)]

@@ -105,7 +105,7 @@ async fn establish(
             if let Some(found) = verifier.presented()
                 && !hashes.contains(&found)
             {
-                return Err(NetError::CertificateMismatch {
+                return Err(NetError::UnknownWebCertificate {
                     expected: hashes.join(" or "),
                     found,
                 });

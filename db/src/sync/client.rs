@@ -559,6 +559,7 @@ impl From<NetError> for End {
         match e {
             NetError::Handshake(_)
             | NetError::CertificateMismatch { .. }
+            | NetError::UnknownWebCertificate { .. }
             | NetError::NotProven(_) => End::Refused(e.to_string()),
             other => End::Lost(other.to_string()),
         }
