@@ -377,6 +377,25 @@ fn main() {
         );
         return;
     }
+    if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_PROPAGATION") {
+        // The raw floor and propagation alone, 3 interleaved rounds (for working on latency).
+        let rt = runtime();
+        let n: usize = n.parse().unwrap();
+        let (mut raw, mut prop) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            raw.extend(rt.block_on(raw_floor(1000)));
+            prop.extend(propagation(&rt, n / 3).0);
+        }
+        raw.sort();
+        prop.sort();
+        let (r, p) = (percentile(&raw, 0.5), percentile(&prop, 0.5));
+        println!(
+            "raw p50 {r:?}; propagation p50 {p:?} ({:.1}x), p99 {:?}",
+            p.as_secs_f64() / r.as_secs_f64(),
+            percentile(&prop, 0.99)
+        );
+        return;
+    }
     if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_RECONNECT") {
         let rt = runtime();
         let secs = reconnect(&rt, n.parse().unwrap());

@@ -525,7 +525,7 @@ async fn flusher(shared: Arc<Shared>) {
                 break;
             }
             let store = shared.store.clone();
-            match tokio::task::spawn_blocking(move || store.flush()).await {
+            match run_blocking(move || store.flush()).await {
                 Ok(Ok(())) => {
                     let sender = shared.pushes();
                     for flush in batch {
@@ -1526,10 +1526,26 @@ impl admin::Hooks for Shared {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, End> {
-    tokio::task::spawn_blocking(work)
+    run_blocking(work)
         .await
         .map_err(|e| End::Internal(e.to_string()))?
         .map_err(|e| End::Internal(e.to_string()))
+}
+
+/// Runs blocking `work` (database transactions) from async code. On a multi-threaded
+/// runtime it runs right here, the runtime handing this worker's other tasks to another
+/// thread meanwhile: no hop to the blocking pool and back on the path of every change
+/// (a change's propagation crosses two). Elsewhere (a current-thread runtime, where that
+/// is not possible) on the blocking pool.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return Ok(tokio::task::block_in_place(work));
+    }
+    tokio::task::spawn_blocking(work).await
 }
 
 /// The answer to one request of client `holder` whose token grants `grant`.

@@ -912,43 +912,44 @@ fn a_web_certificate_whose_key_does_not_match_is_made_again() {
 /// Was a bug: `rekord-server identity`, run while the server serves in the last days of a
 /// certificate, made a next certificate the running server never knew (it made its own and
 /// switched to that), so pages configured with the printed hashes were refused. Fixed:
-/// `identity` only reads the certificates (the serving server alone rotates them, and
-/// `rotate` takes a next one found on disk): every hash it prints is one the server has.
+/// while a server runs, `identity` asks it (admin socket) what it presents and announces,
+/// and writes nothing; with none running it applies the rotation the server would apply
+/// when it starts, so what it prints is what the server will present.
 #[test]
 fn identity_while_serving_prints_only_hashes_the_server_has() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let _ = identity(&data);
     let now = rekord_server::web::unix_now();
-    // The serving server's certificates (as `Server::bind` loads them): 10 days left.
-    let mut serving = WebCerts::load_or_create(&data, now).unwrap();
-    assert!(serving.next.is_none());
-    // The operator asks for the hashes in the certificate's last days (shown to `identity`,
-    // which runs on the real clock, through the file): nothing is made.
+    let server = ServerProcess::start_with(&data, "127.0.0.1:0", None, "info", &[]);
+    let presented = WebCerts::load(&data).unwrap().unwrap().current.hash();
+    // The files now say the certificate is in its last days: the serving server (which
+    // has it in memory, 10 days left) made no next one, and `identity` makes none either.
     std::fs::write(
         data.join("web-current.until"),
         format!("{}\n", now + 4 * DAY + DAY / 2),
     )
     .unwrap();
     let (_, _, printed) = identity(&data);
-    std::fs::write(
-        data.join("web-current.until"),
-        format!("{}\n", serving.current.not_after),
-    )
-    .unwrap();
-    assert_eq!(printed, vec![serving.current.hash()]);
+    assert_eq!(printed, vec![presented.clone()]);
     assert!(
         !data.join("web-next.der").exists(),
-        "identity made a certificate"
+        "identity made a certificate under a running server"
     );
-    // The server's hourly check makes the next one; `identity` then prints both, and the
-    // one the server switches to is among them.
-    let later = now + 5 * DAY + DAY / 2;
-    serving.rotate(later).unwrap();
+    drop(server);
+    // No server runs: `identity` rotates as a starting server would (a next certificate in
+    // the last five days), and prints both.
     let (_, _, printed) = identity(&data);
-    assert_eq!(printed, serving.hashes());
-    assert!(serving.rotate(serving.current.not_after - DAY).unwrap());
-    assert!(printed.contains(&serving.current.hash()));
+    assert_eq!(printed.len(), 2, "{printed:?}");
+    assert_eq!(printed[0], presented);
+    assert!(data.join("web-next.der").exists());
+    let server = ServerProcess::start_with(&data, "127.0.0.1:0", None, "info", &[]);
+    let (_, _, again) = identity(&data);
+    assert_eq!(
+        again, printed,
+        "the started server presents and announces what was printed"
+    );
+    drop(server);
 }
 
 /// Was a bug, fixed: a clock far in the future once (a wrong RTC at boot, corrected later) leaves the
