@@ -72,6 +72,10 @@ pub trait Hooks: Send + Sync {
     /// The hashes of the WebTransport certificates the server presents and announces now
     /// (current first), as `serverCertificateHashes` names them.
     fn web_hashes(&self) -> Vec<String>;
+
+    /// Presents a new WebTransport certificate now (see [`crate::WebCerts::force_rotate`]);
+    /// the hashes presented and announced after it.
+    fn rotate_web(&self) -> Result<Vec<String>, ServerError>;
 }
 
 /// A command for the server database.
@@ -111,6 +115,9 @@ pub enum AdminRequest {
     /// (what `rekord-server identity` prints while a server runs). Only a running server
     /// answers it.
     WebHashes,
+    /// Present a new WebTransport certificate now (see [`crate::WebCerts::force_rotate`]);
+    /// answered with [`AdminReply::WebHashes`].
+    RotateWeb,
 }
 
 /// The result of an [`AdminRequest`].
@@ -166,6 +173,14 @@ impl AdminRequest {
                         holder: taken.map(|(h, _)| h),
                     })
             }
+            AdminRequest::RotateWeb => {
+                // No server runs (this process holds the database): the files alone.
+                let dir = store.path().parent().unwrap_or(std::path::Path::new("."));
+                let now = crate::web::unix_now();
+                let mut certs = crate::WebCerts::load_or_create(dir, now)?;
+                certs.force_rotate(now)?;
+                Ok(AdminReply::WebHashes(certs.hashes()))
+            }
             AdminRequest::WebHashes => Err(ServerError::Admin(
                 "only a running server tells the WebTransport certificates it presents; \
                  with none running, read them from the data directory (rekord-server identity)"
@@ -186,6 +201,7 @@ impl AdminRequest {
                 format!("force the return of record {id} of tree `{tree}`")
             }
             AdminRequest::WebHashes => "tell the WebTransport certificate hashes".into(),
+            AdminRequest::RotateWeb => "rotate the WebTransport certificate".into(),
         }
     }
 }
@@ -464,6 +480,7 @@ mod unix {
                 .force_return(&tree, id)
                 .map(|holder| AdminReply::ForceReturned { holder }),
             AdminRequest::WebHashes => Ok(AdminReply::WebHashes(hooks.web_hashes())),
+            AdminRequest::RotateWeb => hooks.rotate_web().map(AdminReply::WebHashes),
             other => other.execute(&store),
         })
         .await;

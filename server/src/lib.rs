@@ -395,7 +395,13 @@ struct Shared {
     long_term: (Vec<u8>, rcgen::KeyPair),
     /// The WebTransport certificates announced now (the one presented first).
     announced: std::sync::RwLock<Vec<proto::WebCertificate>>,
+    /// Asks the serving loop (which owns the certificates) to rotate now; it answers on
+    /// the enclosed channel.
+    rotate_web: tokio::sync::mpsc::UnboundedSender<RotateReply>,
 }
+
+/// Where the serving loop answers a forced rotation: the hashes after it, or why not.
+type RotateReply = std::sync::mpsc::Sender<Result<Vec<String>, ServerError>>;
 
 impl Shared {
     /// The signed announcement of the WebTransport certificates for `nonce`.
@@ -674,6 +680,7 @@ impl Server {
         store.set_group_commit(true);
         store.set_limits(config.limits.replicas_per_token, config.limits.max_schemas);
         let gate = limits::Gate::new(config.limits.clone());
+        let (rotate_web, mut rotate_requests) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             app: config.app.clone(),
             server: *identity.uuid.as_bytes(),
@@ -698,6 +705,7 @@ impl Server {
                 })?,
             ),
             announced: std::sync::RwLock::new(web_certs.announced()),
+            rotate_web,
         });
         let flush_task = tokio::spawn(flusher(shared.clone()));
         let mut rotation = tokio::time::interval(web::ROTATION_CHECK);
@@ -753,6 +761,21 @@ impl Server {
                 connection = admin.accept() => {
                     let hooks: Arc<dyn admin::Hooks> = shared.clone();
                     admin_tasks.spawn(connection.serve(shared.store.clone(), hooks));
+                }
+                Some(reply) = rotate_requests.recv() => {
+                    let now = web::unix_now();
+                    let rotated = web_certs
+                        .force_rotate(now)
+                        .and_then(|()| resolver.present(&web_certs));
+                    shared.announce(&web_certs);
+                    let answer = rotated.map(|()| {
+                        tracing::warn!(
+                            hashes = ?web_certs.hashes(),
+                            "rotated the WebTransport certificate (admin command)"
+                        );
+                        web_certs.hashes()
+                    });
+                    let _ = reply.send(answer);
                 }
                 _ = rotation.tick() => {
                     let rotated = web_certs.rotate(web::unix_now());
@@ -1492,6 +1515,16 @@ async fn send_shared(
 }
 
 impl admin::Hooks for Shared {
+    fn rotate_web(&self) -> Result<Vec<String>, ServerError> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let gone = || ServerError::Admin("the server is shutting down".into());
+        self.rotate_web.send(reply).map_err(|_| gone())?;
+        // On a blocking thread (admin commands run there); the serving loop answers at once.
+        answer
+            .recv_timeout(admin::ADMIN_TIMEOUT)
+            .map_err(|_| gone())?
+    }
+
     fn web_hashes(&self) -> Vec<String> {
         let announced = match self.announced.read() {
             Ok(g) => g.clone(),

@@ -62,6 +62,10 @@ enum Command {
     /// WebTransport certificates browsers are presented (`web-hash` lines, current first;
     /// creating what does not exist yet).
     Identity,
+    /// Presents a new WebTransport certificate now (a suspected key leak): the next one if
+    /// there is one (replicas that connected in the last five days learned it), else a new
+    /// one; through the running server if there is one. Prints the `web-hash` lines.
+    RotateWebCertificate,
     /// Writes a consistent copy of server.redb to a new file, also while the server runs
     /// (it then writes the copy itself). Restore: stop the server, replace server.redb in
     /// the data directory by the copy, start the server.
@@ -346,6 +350,16 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
                     }
                 }
                 Err(e) => return Err(e),
+            };
+            for hash in hashes {
+                println!("web-hash {hash}");
+            }
+            Ok(())
+        }
+        Command::RotateWebCertificate => {
+            let AdminReply::WebHashes(hashes) = administer(&config.data, AdminRequest::RotateWeb)?
+            else {
+                return Err(unexpected());
             };
             for hash in hashes {
                 println!("web-hash {hash}");

@@ -601,3 +601,59 @@ fn rt16_a_wrong_webtransport_hash_is_reported_as_such_not_as_a_pin() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. A rotation forced by the administrator
+
+/// `rekord-server rotate-web-certificate` runs the command (through the admin socket
+/// while the server serves, on the files otherwise) and prints the hashes after it.
+fn rotate(data: &Path) -> Vec<String> {
+    let out = std::process::Command::new(process::BIN)
+        .arg("--data")
+        .arg(data)
+        .arg("rotate-web-certificate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("web-hash ").map(str::to_owned))
+        .collect()
+}
+
+/// A suspected leak of the WebTransport key: the administrator rotates while the server
+/// serves. The server presents the new certificate at once (no restart), `identity` prints
+/// it, a replica given the new hash connects and one holding only the old one is refused;
+/// with the server stopped the command works on the files, and the server presents that
+/// certificate when it starts.
+#[test]
+fn rt16_an_administrator_rotates_the_webtransport_certificate_live_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let (_, _, before) = identity(&data);
+    let tok = token(&data);
+    let server = ServerProcess::start_with(&data, "127.0.0.1:0", None, "info", &[]);
+    assert_eq!(presented(server.addr), before[0]);
+    let rotated = rotate(&data);
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    assert!(
+        !before.contains(&rotated[0]),
+        "a new certificate: {rotated:?} {before:?}"
+    );
+    assert_eq!(presented(server.addr), rotated[0], "presented at once");
+    assert_eq!(identity(&data).2, rotated);
+    connects(server.addr, &tok, &rotated).unwrap();
+    let old = connects(server.addr, &tok, &before).unwrap_err();
+    assert!(old.contains("WebTransport certificate"), "{old}");
+    drop(server);
+    let offline = rotate(&data);
+    assert!(!offline.contains(&rotated[0]), "{offline:?}");
+    let server = ServerProcess::start_with(&data, "127.0.0.1:0", None, "info", &[]);
+    assert_eq!(presented(server.addr), offline[0]);
+    connects(server.addr, &tok, &offline).unwrap();
+    drop(server);
+}
