@@ -467,6 +467,7 @@ pub(crate) fn start_with(
         interrupted: None,
         reclaiming: false,
         reclaim_due: false,
+        quiet_reclaim: (Instant::now(), QUIET_RECLAIM_FIRST),
         no_ids: false,
         rechecking: true,
     };
@@ -599,6 +600,11 @@ struct Client {
     /// buffered pushes, a borrow's wait): the records waiting to be taken back are tried
     /// again once the session loop is back in control.
     reclaim_due: bool,
+    /// When a quiet session next retries the records waiting to be taken back (the
+    /// backstop of `reclaim_due`), and the gap after that one: it doubles, up to
+    /// [`QUIET_RECLAIM_MAX`], so that records whose stale holder never comes back cost
+    /// little.
+    quiet_reclaim: (Instant, Duration),
     /// Whether the server refused this session id ranges (a token that may write nothing).
     no_ids: bool,
     /// Whether records sent again after a restore wait to be fetched once caught up
@@ -646,6 +652,12 @@ fn sent_again(outcome: &EntryOutcome) -> bool {
         EntryOutcome::Skipped | EntryOutcome::Rejected(RemoteError::Conflict(_))
     )
 }
+
+/// The first gap of the quiet retries of records waiting to be taken back.
+const QUIET_RECLAIM_FIRST: Duration = Duration::from_secs(15);
+
+/// The longest gap of the quiet retries of records waiting to be taken back.
+const QUIET_RECLAIM_MAX: Duration = Duration::from_secs(600);
 
 /// About how many bytes of outbox entries go into one request.
 const BATCH_BYTES: usize = 4 << 20;
@@ -1011,8 +1023,9 @@ impl Client {
                 // A replica that borrowed a record this one waits to take back, in changes
                 // the subscription missed: its version stands (fetched at `CaughtUp`).
                 self.reclaiming |= self.has_reclaims()?;
-                self.reclaim_taken(&b, chunk)?;
+                let taken = self.reclaim_taken(&b, chunk)?;
                 b.commit_for_sync()?;
+                self.report_taken(taken);
                 for event in skipped {
                     self.emit(event);
                 }
@@ -1101,6 +1114,7 @@ impl Client {
         // resent over edits made while it was away.
         self.reclaiming = self.has_reclaims()?;
         self.reclaim_due = false;
+        self.quiet_reclaim = (Instant::now() + QUIET_RECLAIM_FIRST, QUIET_RECLAIM_FIRST);
         if self.read_rights_grew(&hello.read)? {
             return Err(End::Lost(
                 "the token's read rights changed; reconnecting to fetch what the trees it may \
@@ -1172,8 +1186,11 @@ impl Client {
                     self.check_stale();
                     // Quiet: records still waiting to be taken back are tried again (a
                     // return is normally seen as a push; this is the backstop).
-                    if self.reclaiming && self.caught_up {
+                    let (at, gap) = self.quiet_reclaim;
+                    if self.reclaiming && self.caught_up && Instant::now() >= at {
                         self.reclaim_due = true;
+                        let gap = (gap * 2).min(QUIET_RECLAIM_MAX);
+                        self.quiet_reclaim = (Instant::now() + gap, gap);
                     }
                     match crate::rt::timeout(self.config.idle_timeout.max(quiet), s.ping()).await {
                         Some(Ok(_)) => {}
@@ -2103,16 +2120,28 @@ impl Client {
                 let skipped = b.apply_remote(&fresh)?;
                 // Whichever path applies the changes (live pushes, a resync's buffered
                 // ones, a borrow's wait), in the same commit as the cursor.
-                let took = self.reclaim_taken(&b, &fresh)?;
+                let taken = self.reclaim_taken(&b, &fresh)?;
+                let took = taken.took;
                 // Only once caught up: a borrow taken by another replica later in the
                 // catch-up must be seen before taking a record back (`CaughtUp` retries).
-                self.reclaim_due |= self.reclaiming
-                    && self.caught_up
-                    && fresh
-                        .iter()
-                        .any(|e| matches!(e.change.kind, ChangeKind::Borrow { holder: 0 }));
+                // Only the return of a record waiting here makes a retry worth it.
+                if self.reclaiming && self.caught_up && !self.reclaim_due {
+                    let reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
+                    for e in &fresh {
+                        if matches!(e.change.kind, ChangeKind::Borrow { holder: 0 })
+                            && reclaim
+                                .get((e.change.tree.as_str(), e.change.id))
+                                .map_err(Error::from)?
+                                .is_some()
+                        {
+                            self.reclaim_due = true;
+                            break;
+                        }
+                    }
+                }
                 b.set_cursor(last);
                 b.commit()?;
+                self.report_taken(taken);
                 if took {
                     // Writes that waited with a record no longer waiting may have joined
                     // the outbox again (`release_deferred`): sent now.

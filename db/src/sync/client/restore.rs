@@ -43,6 +43,16 @@ pub(crate) struct Released {
     again: u64,
 }
 
+/// What [`Client::reclaim_taken`] found in a batch of pushed changes, reported by
+/// [`Client::report_taken`] once the batch committed.
+#[derive(Default)]
+pub(crate) struct Taken {
+    /// Whether another replica took a record this one waited to take back.
+    pub(crate) took: bool,
+    superseded: Vec<SyncEvent>,
+    released: Released,
+}
+
 /// The most records a [`SyncEvent::Restored`] lists by name.
 const LOST_LISTED: usize = 1000;
 
@@ -598,10 +608,31 @@ impl Client {
             if !(self.config.trees.is_empty() || self.config.trees.contains(&tree)) {
                 continue;
             }
+            // Pushes received meanwhile first: a borrow another replica took since shows
+            // (`reclaim_taken` then forgets the record here, its version stands).
+            self.apply_received(s).await?;
+            if !self.waits_to_take_back(&tree, id)? {
+                continue;
+            }
             let steps = self
                 .decide(s, tree.clone(), id, true, Some(held), me, u64::MAX)
                 .await?;
             if steps.iter().any(|st| matches!(st, Step::Wait { .. })) {
+                continue;
+            }
+            // The server sends every push committed before it answers a request: what
+            // happened to the record between the fetch and the borrow is here now. Another
+            // replica that borrowed it meanwhile (and maybe edited and returned it) wins:
+            // nothing of this replica's copy is sent, and a borrow taken for the resend is
+            // given back (a return of what it does not hold changes nothing).
+            self.apply_received(s).await?;
+            if !self.waits_to_take_back(&tree, id)? {
+                let db = self.db()?;
+                let b = db.batch()?;
+                let (_, n, by) = outbox::enqueue(&b.txn, &[], &[(tree.clone(), id)])?;
+                b.commit_for_sync()?;
+                self.link.enqueued(n, by);
+                tracing::info!(%tree, id, "rekord sync: another replica took the record while this one took it back; giving the borrow back");
                 continue;
             }
             let db = self.db()?;
@@ -710,9 +741,9 @@ impl Client {
         &mut self,
         b: &crate::Batch<'_>,
         entries: &[crate::proto::Sequenced],
-    ) -> std::result::Result<bool, End> {
+    ) -> std::result::Result<Taken, End> {
         if !self.reclaiming {
-            return Ok(false);
+            return Ok(Taken::default());
         }
         let me = self.db()?.inner.replica.load(Ordering::Acquire);
         let mut reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
@@ -751,11 +782,19 @@ impl Client {
             self.release_deferred(b, &keys)?
         };
         self.rechecking |= took;
-        for event in superseded {
+        Ok(Taken {
+            took,
+            superseded,
+            released,
+        })
+    }
+
+    /// Reports what [`Client::reclaim_taken`] found, once its batch committed.
+    pub(crate) fn report_taken(&mut self, taken: Taken) {
+        for event in taken.superseded {
             self.emit(event);
         }
-        self.report_released(released);
-        Ok(took)
+        self.report_released(taken.released);
     }
 
     /// Goes through the writes waiting with records to be taken back (`rekord.deferred`),
@@ -846,6 +885,25 @@ impl Client {
                 entry,
                 reason: reason.clone(),
             });
+        }
+    }
+
+    /// Applies every push received so far (without waiting for more).
+    async fn apply_received(&mut self, s: &mut Session) -> std::result::Result<(), End> {
+        if let Some(push) = s.try_next_push()? {
+            Box::pin(self.apply_ready(s, push)).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether record `id` of `tree` still waits in `rekord.reclaim`.
+    fn waits_to_take_back(&self, tree: &str, id: u64) -> std::result::Result<bool, End> {
+        let db = self.db()?;
+        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+        match txn.open_table(RECLAIM) {
+            Ok(t) => Ok(t.get((tree, id)).map_err(Error::from)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(Error::from(e).into()),
         }
     }
 
