@@ -166,6 +166,26 @@ impl Env {
 
 /// The setup described in the module docs: ends with A waiting to take x back and closed.
 pub fn setup() -> Env {
+    let env = setup_restored();
+    {
+        // A comes back first: B (stale) holds x on the server: A waits.
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(parts(&a)[0].3, 50, "A keeps its edit while waiting");
+        let sx = env.server_x().unwrap();
+        assert_eq!(
+            (sx.3, sx.6 != 0),
+            (1, true),
+            "the server: qty 1, held (by B)"
+        );
+    }
+    env
+}
+
+/// The setup up to the restore: nobody has come back yet (the server says B holds x, qty
+/// 1; A's copy is qty 50, held by A).
+pub fn setup_restored() -> Env {
     trace();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
@@ -218,19 +238,6 @@ pub fn setup() -> Env {
     }
     let bk = env.bk.clone();
     env.restore(&bk);
-    {
-        // A comes back first: B (stale) holds x on the server: A waits.
-        let a = env.open(&env.pa);
-        settle(&[&a]);
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(parts(&a)[0].3, 50, "A keeps its edit while waiting");
-        let sx = env.server_x().unwrap();
-        assert_eq!(
-            (sx.3, sx.6 != 0),
-            (1, true),
-            "the server: qty 1, held (by B)"
-        );
-    }
     env
 }
 
