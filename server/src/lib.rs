@@ -1532,7 +1532,7 @@ impl admin::Hooks for Shared {
         };
         announced
             .iter()
-            .map(|c| c.hash.iter().map(|b| format!("{b:02x}")).collect())
+            .map(|c| rekord::net::hex(&c.hash))
             .collect()
     }
 

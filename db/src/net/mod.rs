@@ -99,9 +99,13 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// The SHA-256 fingerprint of a DER certificate, as 64 lowercase hex digits.
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    let digest = sha2::Sha256::digest(cert_der);
-    let mut out = String::with_capacity(64);
-    for b in digest.iter() {
+    hex(&sha2::Sha256::digest(cert_der))
+}
+
+/// Bytes as lowercase hex digits (fingerprints, WebTransport certificate hashes).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         // Writing to a String cannot fail.
         let _ = write!(out, "{b:02x}");
     }
@@ -537,13 +541,10 @@ impl Session {
         // relay holding a WebTransport key the server no longer uses is refused). A browser
         // does not say which it saw.
         if let Some(presented) = presented {
-            let listed = announced.certificates.iter().any(|c| {
-                c.hash
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-                    == presented
-            });
+            let listed = announced
+                .certificates
+                .iter()
+                .any(|c| hex(&c.hash) == presented);
             if !listed {
                 self.conn.close(CLOSE_NORMAL, b"not proven");
                 return Err(NetError::NotProven(format!(

@@ -1306,7 +1306,7 @@ impl Client {
             .certificates
             .iter()
             .take(8)
-            .map(|c| format!("{}:{}", hex(&c.hash), c.not_after))
+            .map(|c| format!("{}:{}", crate::net::hex(&c.hash), c.not_after))
             .collect::<Vec<_>>()
             .join(",");
         let db = self.db()?;
@@ -2347,15 +2347,6 @@ impl Client {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Bytes as lowercase hex.
-#[cfg_attr(
-    not(any(feature = "web-transport", target_arch = "wasm32")),
-    allow(dead_code)
-)]
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The subscription coverage stored in `rekord.meta` (`None` if none, or unreadable).
