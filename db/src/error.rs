@@ -461,6 +461,18 @@ pub enum Error {
         /// What is wrong.
         source: crate::storage::LoadError,
     },
+    /// The database was stored in this browser before, but its IndexedDB storage is gone:
+    /// the browser dropped it (Chromium deletes an origin's IndexedDB when it finds it
+    /// damaged on start, after being killed while writing for instance; its log then says
+    /// "IndexedDB recovering from a corrupted (and deleted) database"). Nothing was
+    /// opened in its place.
+    #[error(
+        "the database `{name}` was stored in this browser, but the browser has dropped its IndexedDB storage (Chromium deletes a site's IndexedDB it finds damaged on start); what was stored here is lost: Db::delete_browser acknowledges the loss and the next open starts empty (a synced database then fetches again what the server holds; writes it had not pushed are lost)"
+    )]
+    StoreLost {
+        /// The database name given to `Db::open_browser`.
+        name: String,
+    },
     /// A dynamic value given for a record of the tree does not fit its newest schema;
     /// nothing was written.
     #[error("not a valid record of tree `{tree}` (schema version {version}): {error}")]

@@ -300,6 +300,65 @@ async fn redteam_a_store_whose_marker_was_lost_is_refused() {
     assert!(refused, "blocks without a marker: {after}");
 }
 
+/// What Chromium does when it finds an origin's IndexedDB damaged on start (seen in the
+/// crash driver, `examples/web/tests/crash.mjs`): it deletes the whole database. rekord
+/// must say so, not open an empty database in its place.
+#[wasm_bindgen_test]
+async fn a_database_the_browser_dropped_is_refused_as_lost_until_deleted() {
+    let name = fresh("dropped");
+    // Never flushed: nothing noted, and a database deleted behind rekord's back is simply
+    // a new one.
+    let db = Db::open_browser(&name).await.unwrap();
+    drop(db);
+    settle(&name).await;
+    let db = Db::open_browser(&name).await.unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    for i in 0..50 {
+        parts.create(&part("kept", i)).unwrap();
+    }
+    db.flush().await.unwrap();
+    drop(parts);
+    drop(db);
+    settle(&name).await;
+    // The browser drops it (as Chromium's recovery does: the IndexedDB database is gone).
+    let req = web_sys::window()
+        .unwrap()
+        .indexed_db()
+        .unwrap()
+        .unwrap()
+        .delete_database(&format!("rekord:{name}"))
+        .unwrap();
+    wait(&req).await;
+    for _ in 0..2 {
+        match Db::open_browser(&name).await {
+            Err(Error::StoreLost { name: n }) => assert_eq!(n, name),
+            Err(e) => panic!("expected StoreLost, got {e}"),
+            Ok(db) => panic!(
+                "opened a dropped database as a new one with {} parts",
+                db.tree::<Part>().unwrap().keys().unwrap().len()
+            ),
+        }
+    }
+    let lost = Db::open_browser(&name).await.err().unwrap().to_string();
+    assert!(lost.contains("Db::delete_browser"), "{lost}");
+    // Acknowledged: a new, empty database, which is noted again once it stores a flush.
+    Db::delete_browser(&name).await.unwrap();
+    let db = Db::open_browser(&name).await.unwrap();
+    assert!(db.tree::<Part>().unwrap().keys().unwrap().is_empty());
+    db.tree::<Part>().unwrap().create(&part("new", 1)).unwrap();
+    db.flush().await.unwrap();
+    drop(db);
+    settle(&name).await;
+    let db = Db::open_browser(&name).await.unwrap();
+    assert_eq!(db.tree::<Part>().unwrap().keys().unwrap().len(), 1);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+    // Deleted on purpose: not a loss.
+    let db = Db::open_browser(&name).await.unwrap();
+    drop(db);
+    let _ = Db::delete_browser(&name).await;
+}
+
 #[wasm_bindgen_test]
 async fn redteam_hostile_values_are_refused_as_damaged() {
     let name = fresh("hostile");

@@ -529,3 +529,42 @@ fn rr_a_reconciles_after_the_stale_holder_resent_an_older_version() {
         "A's version stands"
     );
 }
+
+/// B returns x and goes away before A borrows it (B never learns of that borrow); after the
+/// restore A waits online to take x back and writes to it meanwhile (the write waits with
+/// the record); then B, the stale holder, resends its qty 2 and returns x. B's push
+/// replaces A's copy before A takes x back and sends its waiting write again, whose echo A
+/// skips: A must fetch x again, or it keeps B's version while everyone else has A's write.
+/// (Found by the fault test, seed 1796062597591090786: a revision removed everywhere but
+/// in the remover's copy.)
+#[test]
+fn rr_waiting_replica_writes_then_the_stale_holder_resends_and_returns() {
+    let env = setup_restored_with(true);
+    {
+        let a = env.open(&env.pa);
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        a.tree::<Part>()
+            .unwrap()
+            .update(env.x, |p| p.qty = 60)
+            .unwrap();
+        settle(&[&a]);
+        let st = a.sync_status().unwrap();
+        assert!(
+            st.waiting >= 1 && st.rejected == 0,
+            "A's write waits: {st:?}"
+        );
+        env.b_returns_any();
+        settle(&[&a]);
+        std::thread::sleep(Duration::from_millis(300));
+        settle(&[&a]);
+        assert!(
+            eventually(|| parts(&a)[0].3 == 60),
+            "A's copy: {:?}, the server's: {:?}",
+            parts(&a),
+            env.server_x()
+        );
+    }
+    let got = env.converge_all();
+    assert_eq!(got.map(|r| r.3), Some(60), "A's write stands");
+}

@@ -373,6 +373,7 @@ pub(crate) async fn start_flusher(
         _listeners: listeners,
         _lock: lock,
         tab: Some(tab),
+        witnessed: std::cell::Cell::new(false),
     };
     wasm_bindgen_futures::spawn_local(async move {
         flusher.run(closing.clone()).await;
@@ -504,6 +505,7 @@ async fn open_inner(
         _listeners: listeners,
         _lock: lock,
         tab: Some(tab),
+        witnessed: std::cell::Cell::new(false),
     };
     wasm_bindgen_futures::spawn_local(async move {
         flusher.run(closing.clone()).await;
@@ -687,6 +689,9 @@ struct Flusher {
     _lock: Option<WebLock>,
     /// The tab id: other tabs are told what each flush stored.
     tab: Option<u64>,
+    /// Whether this flusher has noted outside IndexedDB that the database is stored
+    /// ([`witness`]), after its first successful flush.
+    witnessed: std::cell::Cell<bool>,
 }
 
 impl Flusher {
@@ -794,6 +799,9 @@ impl Flusher {
                 Ok(()) => {
                     blocks::lock(&self.image).flushed(&flush);
                     *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    if !self.witnessed.replace(true) {
+                        witness::stored(&name_of(&self.idb));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -1025,6 +1033,7 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
     } else {
         Some(Marker::decode(&bytes_of(&marker)).map_err(damaged)?)
     };
+    let never_stored = marker.is_none();
     // Every stored block, a batch of keys and values at a time, each block copied straight
     // into its place in the image. The image's own checks refuse keys past its end.
     let mut loading = blocks::Loading::new(marker).map_err(damaged)?;
@@ -1065,7 +1074,58 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
             break;
         }
     }
-    loading.finish().map_err(damaged)
+    let image = loading.finish().map_err(damaged)?;
+    // Nothing stored (blocks without a marker are refused above as damaged), yet this
+    // origin noted that a flush stored it: the browser dropped it. Never opened as a new,
+    // empty database in its place.
+    if never_stored && witness::was_stored(name) {
+        return Err(Error::StoreLost {
+            name: name.to_owned(),
+        });
+    }
+    Ok(image)
+}
+
+/// A note kept outside IndexedDB, in the origin's `localStorage`, that a flush stored the
+/// database: Chromium deletes an origin's whole IndexedDB when it finds it damaged on
+/// start (after being killed while writing, for instance), and the database would
+/// otherwise open as a new, empty one. Without `localStorage` (a worker, a sandboxed
+/// frame) nothing is noted and such a loss is not told apart from a new database.
+mod witness {
+    use js_sys::Reflect;
+    use wasm_bindgen::{JsCast, JsValue};
+
+    fn storage() -> Option<web_sys::Storage> {
+        // Reading `localStorage` throws in a sandboxed frame: no note then.
+        Reflect::get(&js_sys::global(), &JsValue::from_str("localStorage"))
+            .ok()?
+            .dyn_into::<web_sys::Storage>()
+            .ok()
+    }
+
+    fn key(name: &str) -> String {
+        format!("rekord:stored:{name}")
+    }
+
+    /// Notes that a flush stored database `name`.
+    pub(super) fn stored(name: &str) {
+        if let Some(s) = storage() {
+            // A full localStorage only loses the note (and the loss's detection).
+            let _ = s.set_item(&key(name), "1");
+        }
+    }
+
+    /// Whether a flush stored database `name` here before.
+    pub(super) fn was_stored(name: &str) -> bool {
+        storage().is_some_and(|s| s.get_item(&key(name)).ok().flatten().is_some())
+    }
+
+    /// Forgets the note (the database was deleted on purpose).
+    pub(super) fn forget(name: &str) {
+        if let Some(s) = storage() {
+            let _ = s.remove_item(&key(name));
+        }
+    }
 }
 
 /// The bytes of a stored value (a `Uint8Array` or `ArrayBuffer`; anything else is empty).
@@ -1200,7 +1260,11 @@ async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
         }
         let taken = blocks::lock(&image).take_flush(js_block);
         match taken {
-            Some(flush) => store(&idb, &flush, Durability::Strict).await,
+            Some(flush) => {
+                store(&idb, &flush, Durability::Strict).await?;
+                witness::stored(name);
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -1219,7 +1283,9 @@ pub(crate) async fn delete(name: &str) -> Result<()> {
     let req = factory()?
         .delete_database(&idb_name(name))
         .map_err(|e| browser_error("deleting", &e))?;
-    request(&req, "deleting").await.map(drop)
+    request(&req, "deleting").await?;
+    witness::forget(name);
+    Ok(())
 }
 
 /// Waits until the database `name`, if it was dropped in this page, has stored its last
@@ -1258,7 +1324,9 @@ impl crate::Db {
     /// after the last completed flush, never part of a commit.
     ///
     /// [`Error::Locked`] if it is already open in this page; [`Error::StoreDamaged`] if the
-    /// stored blocks fail their checksums (nothing is changed then).
+    /// stored blocks fail their checksums (nothing is changed then); [`Error::StoreLost`]
+    /// if the browser dropped a database stored here before, instead of opening an empty
+    /// one in its place.
     ///
     /// [`Db::flush`]: crate::Db::flush
     pub async fn open_browser(name: &str) -> Result<crate::Db> {
@@ -1406,7 +1474,8 @@ impl crate::Db {
 
     /// Deletes the database `name` from this origin's IndexedDB. [`Error::Locked`] while it
     /// is open in this page or another tab; a database dropped a moment ago is first left
-    /// to store its last commits.
+    /// to store its last commits. After [`Error::StoreLost`], this acknowledges the loss:
+    /// the next open creates the database anew.
     pub async fn delete_browser(name: &str) -> Result<()> {
         delete(name).await
     }

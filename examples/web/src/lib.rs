@@ -87,6 +87,12 @@ impl Harness {
         })
     }
 
+    /// Deletes the harness database `name` (after the browser dropped it: the driver
+    /// acknowledges the loss and starts again).
+    pub async fn delete(name: String) -> Result<(), JsError> {
+        Db::delete_browser(&name).await.map_err(js)
+    }
+
     /// Checks that the database holds exactly the state of one commit (the head names the
     /// last commit, and commits `0..=seq` are all there with their payloads); returns the
     /// number of commits (the next sequence number).

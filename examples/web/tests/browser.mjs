@@ -8,7 +8,9 @@ export function profile() {
   return mkdtempSync(join(process.env.TMPDIR ?? "/tmp", "rekord-chrome-"));
 }
 
-export async function launch(userDataDir = profile()) {
+/** Starts Chromium on `userDataDir`; `log`: Chromium's own log in the profile
+ * (chrome_debug.log, also with CHROME_LOG=1), which says why it dropped a site's storage. */
+export async function launch(userDataDir = profile(), { log = false } = {}) {
   return puppeteer.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
@@ -29,6 +31,7 @@ export async function launch(userDataDir = profile()) {
       "--disable-default-apps",
       "--disable-breakpad",
       "--disable-features=OptimizationGuideModelDownloading,OptimizationHintsFetching,OptimizationTargetPrediction,OnDeviceModelPerformanceParams,AutofillServerCommunication,MediaRouter,Translate",
+      ...(log || process.env.CHROME_LOG === "1" ? ["--enable-logging", "--v=0"] : []),
     ],
   });
 }

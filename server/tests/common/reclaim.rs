@@ -186,6 +186,13 @@ pub fn setup() -> Env {
 /// The setup up to the restore: nobody has come back yet (the server says B holds x, qty
 /// 1; A's copy is qty 50, held by A).
 pub fn setup_restored() -> Env {
+    setup_restored_with(false)
+}
+
+/// [`setup_restored`]; with `b_away`, B closes right after returning x, before A borrows
+/// it: B never learns of A's borrow, and after the restore it resends its qty 2 (as the
+/// last to change x, it thinks) with the return.
+pub fn setup_restored_with(b_away: bool) -> Env {
     trace();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
@@ -211,30 +218,36 @@ pub fn setup_restored() -> Env {
     };
     {
         let a = env.open(&env.pa);
-        let b = env.open(&env.pb);
+        let mut b = Some(env.open(&env.pb));
         let c = env.open(&env.pc);
-        let tb = b.tree::<Part>().unwrap();
-        env.x = tb
-            .create(&Part {
-                name: "x".into(),
-                qty: 1,
-            })
-            .unwrap();
-        settle(&[&a, &b, &c]);
-        assert!(eventually(|| parts(&a).len() == 1 && parts(&c).len() == 1));
-        env.backup(&env.bk);
-        tb.update(env.x, |p| p.qty = 2).unwrap();
-        tb.return_borrow(env.x).unwrap();
-        settle(&[&b]);
+        {
+            let bd = b.as_ref().unwrap();
+            let tb = bd.tree::<Part>().unwrap();
+            env.x = tb
+                .create(&Part {
+                    name: "x".into(),
+                    qty: 1,
+                })
+                .unwrap();
+            settle(&[&a, bd, &c]);
+            assert!(eventually(|| parts(&a).len() == 1 && parts(&c).len() == 1));
+            env.backup(&env.bk);
+            tb.update(env.x, |p| p.qty = 2).unwrap();
+            tb.return_borrow(env.x).unwrap();
+            settle(&[bd]);
+        }
+        if b_away {
+            drop(b.take());
+        }
         let ta = a.tree::<Part>().unwrap();
         assert!(eventually(|| parts(&a)[0].6 == 0));
         ta.borrow(env.x).unwrap();
         ta.update(env.x, |p| p.qty = 50).unwrap();
         env.a_replica = a.replica();
-        settle(&[&a, &b, &c]);
-        assert!(eventually(|| [&a, &b, &c]
-            .iter()
-            .all(|d| parts(d)[0].3 == 50)));
+        let mut all = vec![&a, &c];
+        all.extend(b.as_ref());
+        settle(&all);
+        assert!(eventually(|| all.iter().all(|d| parts(d)[0].3 == 50)));
     }
     let bk = env.bk.clone();
     env.restore(&bk);

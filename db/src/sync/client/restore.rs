@@ -650,14 +650,9 @@ impl Client {
                         changes,
                         ret,
                     } => {
-                        // Fetched again after catching up, like the resends of the
-                        // reconciliation: the catch-up may replay older changes over it.
-                        b.txn
-                            .open_table(RECHECK)
-                            .map_err(Error::from)?
-                            .insert((tree.as_str(), id), ())
-                            .map_err(Error::from)?;
-                        self.rechecking = true;
+                        // Fetched again after catching up (the recheck below), like the
+                        // resends of the reconciliation: the catch-up may replay older
+                        // changes over it.
                         let returns = if ret { vec![(tree, id)] } else { Vec::new() };
                         let (_, n, by) = outbox::enqueue(&b.txn, &changes, &returns)?;
                         (entries, bytes) = (entries + n, bytes + by);
@@ -690,6 +685,18 @@ impl Client {
                 .map_err(Error::from)?
                 .remove((tree.as_str(), id))
                 .map_err(Error::from)?;
+            // Fetched again once the outbox settles, whatever the steps: the stale holder
+            // can resend and return the record between the fetch and the borrow (it held it
+            // already, so no borrow announces it), and its push replaced this replica's
+            // copy; the writes that waited here are sent again over it now, and this
+            // replica skips their echo. (A fault run ended with a revision this replica had
+            // removed back in its copy only.)
+            b.txn
+                .open_table(RECHECK)
+                .map_err(Error::from)?
+                .insert((tree.as_str(), id), ())
+                .map_err(Error::from)?;
+            self.rechecking = true;
             let released = if lost {
                 self.release_deferred(&b, &[(tree.clone(), id)])?
             } else {
