@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rekord::{Db, Key, SyncConfig};
+use rekord::{Db, Key, SyncConfig, SyncEvent};
 
 #[path = "common/process.rs"]
 mod process;
@@ -674,5 +674,79 @@ fn redteam_an_optimistic_record_made_after_the_backup_by_a_replica_that_stays_aw
     let fresh = converge(addr, &token, &[("A", &a)]);
     assert_eq!(note(&fresh, m), Some((8, 7)), "A's acknowledged edit of m");
     drop((a, fresh, b_path));
+    server.kill();
+}
+
+/// B makes an optimistic note m and many parts after the backup; A receives them and never
+/// edits m. After the restore A reconciles: m first (notes sort first; the server lost it:
+/// A adopts it as gone), then a fetch per part, a second or so. The application edits m
+/// meanwhile, after m was decided: that edit goes to the server, which re-makes m from it.
+/// A must not drop m from its own copy at the commit (the edit's echo is A's own and is
+/// never applied back). (The fault test, seed 1796062743116921381, ended with a note
+/// missing on the one replica that had edited it.) An edit that lands before m is decided
+/// leaves m to the merge: the test then passes without reaching the window.
+#[test]
+fn an_optimistic_edit_made_while_the_reconciliation_fetches_is_kept() {
+    trace();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let addr = server.addr;
+    let (a_path, b_path) = (tmp.path().join("a.rekord"), tmp.path().join("b.rekord"));
+    let backup_file = tmp.path().join("backup.redb");
+    let m;
+    const PARTS: usize = 3000;
+    {
+        let a = open(&a_path, addr, &token);
+        let b = open(&b_path, addr, &token);
+        backup(&data, &backup_file);
+        m = b
+            .tree::<Note>()
+            .unwrap()
+            .create(&Note { a: 7, b: 7 })
+            .unwrap();
+        b.write(|w| {
+            let mut t = w.tree::<Part>()?;
+            for i in 0..PARTS {
+                t.create(&Part {
+                    name: format!("p{i}"),
+                    qty: 1,
+                })?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        b.wait_pushed(LIMIT).unwrap();
+        assert!(eventually("A to see m and the parts", || note(&a, m)
+            .is_some()
+            && parts(&a).len() == PARTS));
+    }
+    let server = restore(server, &data, &backup_file);
+    let (a, events) =
+        Db::open_synced_subscribed(&a_path, config(addr, &token).timeout(LIMIT)).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let t = a.tree::<Note>().unwrap();
+    let start = std::time::Instant::now();
+    let mut edits = 0u32;
+    let mut restored = false;
+    while !restored && start.elapsed() < LIMIT {
+        if t.update(m, |x| x.a += 1).is_ok() {
+            edits += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        restored = events
+            .try_iter()
+            .any(|e| matches!(e, rekord::Event::Sync(SyncEvent::Restored { .. })));
+    }
+    assert!(restored, "A reported no restore");
+    eprintln!("{edits} edits of m while A reconciled");
+    a.wait_pushed(LIMIT).unwrap();
+    a.wait_caught_up(LIMIT).unwrap();
+    // A's copy of m is the server's: re-made from A's edit, or gone if the edits all came
+    // after A adopted it as gone.
+    let fresh = converge(addr, &token, &[("A", &a)]);
+    eprintln!("m as the server has it: {:?}", note(&fresh, m));
+    drop((a, fresh));
     server.kill();
 }

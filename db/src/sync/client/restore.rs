@@ -251,6 +251,8 @@ impl Client {
         let mut lost = Vec::new();
         let mut lost_count = 0u64;
         let mut waiting = 0u64;
+        // Records edited here since they were fetched: kept, fetched again later.
+        let mut kept = 0u64;
         let (mut entries, mut bytes) = (0u64, 0u64);
         let db = self.db()?;
         let mut b = db.batch()?;
@@ -297,6 +299,15 @@ impl Client {
                     revisions,
                     differed,
                 } => {
+                    if edited_since(&b.txn, &tree, id)? {
+                        b.txn
+                            .open_table(RECHECK)
+                            .map_err(Error::from)?
+                            .insert((tree.as_str(), id), ())
+                            .map_err(Error::from)?;
+                        kept += 1;
+                        continue;
+                    }
                     b.replace_record(&tree, id, holder, &revisions)?;
                     if differed {
                         lost_count += 1;
@@ -385,7 +396,7 @@ impl Client {
         self.link.enqueued(entries, bytes);
         self.report_released(released);
         self.reclaiming |= waiting > 0;
-        self.rechecking |= resent > 0;
+        self.rechecking |= resent > 0 || kept > 0;
         self.cursor = back;
         self.link.update(|st| st.cursor = back);
         let incomplete = floor > common;
@@ -675,7 +686,10 @@ impl Client {
                         drop(b);
                         self.fetch_schemas(s, &versions).await?;
                         b = db.batch()?;
-                        b.replace_record(&tree, id, holder, &revisions)?;
+                        // (Fetched again anyway: the recheck below.)
+                        if !edited_since(&b.txn, &tree, id)? {
+                            b.replace_record(&tree, id, holder, &revisions)?;
+                        }
                     }
                     Step::Wait { .. } => {}
                 }
@@ -1122,4 +1136,28 @@ fn resend_changes(tree: &str, id: u64, local: &[Local], server: &[Revision]) -> 
         }
     }
     out
+}
+
+/// Whether record `id` of `tree` has optimistic edits waiting in the outbox, read in the
+/// transaction about to adopt the server's version of it. `decide` leaves such a record to
+/// the merge, so one that has them now was edited after it was fetched (the application
+/// keeps writing while a reconciliation fetches): the edit goes to the server next, which
+/// merges it (re-making a record it lost). Adopting would undo it here only, and its echo,
+/// being this replica's own, is never applied back; the record is fetched again once the
+/// outbox settled instead (`rekord.recheck`, inserted by the caller). (A fault run ended
+/// with a note missing on the one replica that had edited it.)
+fn edited_since(
+    txn: &redb::WriteTransaction,
+    tree: &str,
+    id: u64,
+) -> std::result::Result<bool, End> {
+    let pending = match txn.open_table(PENDING) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(Error::from(e).into()),
+    };
+    Ok(pending
+        .get((tree, id))
+        .map_err(Error::from)?
+        .is_some_and(|v| PendingRow::decode(v.value()).count > 0))
 }
