@@ -427,7 +427,7 @@ impl Shared {
 
     /// Announces `web`'s certificates from now on.
     fn announce(&self, web: &WebCerts) {
-        let list = web.announced();
+        let list = announced(&self.web, web);
         match self.announced.write() {
             Ok(mut g) => *g = list,
             Err(poisoned) => *poisoned.into_inner() = list,
@@ -585,6 +585,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Server::bind(config)?.serve(shutdown).await
 }
 
+/// The WebTransport certificates to announce: the rotating ones, or none when the server
+/// presents a public certificate (`web.certificate`; browsers validate it by WebPKI, and a
+/// hash named to them would make them refuse it).
+fn announced(config: &web::Web, certs: &WebCerts) -> Vec<rekord::proto::WebCertificate> {
+    if config.certificate.is_some() {
+        Vec::new()
+    } else {
+        certs.announced()
+    }
+}
+
 impl Server {
     /// Loads (or creates) the identity and the database in the data directory, binds the
     /// admin socket (Unix; see [`admin`]) and the QUIC endpoint. Must be called inside a
@@ -596,7 +607,11 @@ impl Server {
         // After the database: its lock proves no other server uses this data directory.
         let admin = admin::Listener::bind(&config.data)?;
         let web_certs = WebCerts::load_or_create(&config.data, web::unix_now())?;
-        let resolver = Arc::new(web::Resolver::new(&identity, &web_certs)?);
+        let resolver = Arc::new(web::Resolver::new(
+            &identity,
+            &web_certs,
+            config.web.public_certificate()?,
+        )?);
         let server_config = tls_config(resolver.clone())?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
             ServerError::Bind {
@@ -704,7 +719,7 @@ impl Server {
                     ServerError::Identity(format!("the long-term key does not load: {e}"))
                 })?,
             ),
-            announced: std::sync::RwLock::new(web_certs.announced()),
+            announced: std::sync::RwLock::new(announced(&config.web, &web_certs)),
             rotate_web,
         });
         let flush_task = tokio::spawn(flusher(shared.clone()));
@@ -715,7 +730,11 @@ impl Server {
             uuid = %identity.uuid,
             fingerprint = %identity.fingerprint(),
             app = %config.app,
-            web_hashes = ?web_certs.hashes(),
+            web_hashes = ?announced(&config.web, &web_certs)
+                .iter()
+                .map(|c| rekord::net::hex(&c.hash))
+                .collect::<Vec<_>>(),
+            web_certificate = ?config.web.certificate,
             web_origins = ?config.web.origins,
             limits = ?config.limits,
             "rekord server serving"

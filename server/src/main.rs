@@ -51,6 +51,14 @@ enum Command {
         /// `web.origins`); may be given again, e.g. `--allow-origin https://app.example.com`.
         #[arg(long, value_name = "ORIGIN")]
         allow_origin: Vec<String>,
+        /// A certificate chain from a public CA (PEM) to present to WebTransport connections
+        /// instead of the rotating self-signed one (overrides `web.certificate`; needs
+        /// `--web-key`): browsers then validate it by WebPKI, with no hashes.
+        #[arg(long, value_name = "PEM", requires = "web_key")]
+        web_certificate: Option<PathBuf>,
+        /// The private key of `--web-certificate` (PEM; overrides `web.key`).
+        #[arg(long, value_name = "PEM", requires = "web_certificate")]
+        web_key: Option<PathBuf>,
     },
     /// Manages access tokens (through the running server if there is one).
     #[command(subcommand)]
@@ -245,11 +253,17 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
             app,
             limit,
             allow_origin,
+            web_certificate,
+            web_key,
         } => {
             for setting in &limit {
                 set_limit(&mut config.limits, setting)?;
             }
             config.web.origins.extend(allow_origin);
+            if web_certificate.is_some() {
+                config.web.certificate = web_certificate;
+                config.web.key = web_key;
+            }
             config.validate()?;
             if let Some(listen) = listen {
                 config.listen = listen;
@@ -351,8 +365,14 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
                 }
                 Err(e) => return Err(e),
             };
-            for hash in hashes {
-                println!("web-hash {hash}");
+            // A public certificate is validated by WebPKI: browsers are named no hash.
+            match &config.web.certificate {
+                Some(cert) => println!("web-certificate {}", cert.display()),
+                None => {
+                    for hash in hashes {
+                        println!("web-hash {hash}");
+                    }
+                }
             }
             Ok(())
         }

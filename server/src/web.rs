@@ -40,11 +40,15 @@ pub const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 
 const DAY: u64 = 24 * 3600;
 
-/// The `[web]` table of the configuration: who may open WebTransport sessions.
+/// The `[web]` table of the configuration: who may open WebTransport sessions, and
+/// optionally a certificate from a public certificate authority to present to them.
 ///
 /// ```toml
 /// [web]
 /// origins = ["https://app.example.com", "http://127.0.0.1:8080"]
+/// # Optional: browsers then validate the server by WebPKI, with no certificate hashes.
+/// certificate = "/etc/letsencrypt/live/sync.example.com/fullchain.pem"
+/// key = "/etc/letsencrypt/live/sync.example.com/privkey.pem"
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,11 +59,59 @@ pub struct Web {
     /// session without an `Origin` header does not come from a browser page and is not
     /// checked (it could claim any origin anyway).
     pub origins: Vec<String>,
+    /// A certificate chain from a public certificate authority (PEM, the server's
+    /// certificate first), presented to WebTransport connections instead of the rotating
+    /// self-signed certificate: browsers validate it by WebPKI, and the server announces
+    /// no certificate hashes. The server's identity is still proven by its long-term key
+    /// (the signed announcement and the UUID), so a CA-issued impostor is refused.
+    pub certificate: Option<PathBuf>,
+    /// The private key of [`Web::certificate`] (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key: Option<PathBuf>,
 }
 
 impl Web {
-    /// Checks the origins' shape (`scheme://host[:port]`, no path, or `*`).
+    /// The public certificate and its key ([`Web::certificate`]), loaded and checked; `None`
+    /// when none is configured.
+    pub fn public_certificate(&self) -> Result<Option<Arc<CertifiedKey>>, ServerError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (Some(cert), Some(key)) = (&self.certificate, &self.key) else {
+            return Ok(None);
+        };
+        let bad = |path: &Path, what: String| {
+            ServerError::Config(format!(
+                "web.certificate/web.key: {}: {what}",
+                path.display()
+            ))
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(cert, format!("not a readable PEM certificate chain ({e})")))?;
+        if chain.is_empty() {
+            return Err(bad(cert, "no certificate in it".into()));
+        }
+        let private = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| bad(key, format!("not a readable PEM private key ({e})")))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&private)
+            .map_err(|e| bad(key, format!("unusable key: {e}")))?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match().map_err(|e| {
+            bad(
+                key,
+                format!("the key does not belong to the certificate ({e})"),
+            )
+        })?;
+        Ok(Some(Arc::new(certified)))
+    }
+
+    /// Checks the origins' shape (`scheme://host[:port]`, no path, or `*`), and that a
+    /// certificate comes with its key.
     pub fn validate(&self) -> Result<(), ServerError> {
+        if self.certificate.is_some() != self.key.is_some() {
+            return Err(ServerError::Config(
+                "web.certificate and web.key go together: give both, or neither".into(),
+            ));
+        }
         for origin in &self.origins {
             if origin == "*" {
                 continue;
@@ -417,13 +469,21 @@ impl WebCerts {
 pub(crate) struct Resolver {
     native: Arc<CertifiedKey>,
     web: RwLock<Arc<CertifiedKey>>,
+    /// The configured public certificate ([`Web::certificate`]): presented to `h3`
+    /// connections instead of `web`.
+    public: Option<Arc<CertifiedKey>>,
 }
 
 impl Resolver {
-    pub(crate) fn new(identity: &Identity, web: &WebCerts) -> Result<Self, ServerError> {
+    pub(crate) fn new(
+        identity: &Identity,
+        web: &WebCerts,
+        public: Option<Arc<CertifiedKey>>,
+    ) -> Result<Self, ServerError> {
         Ok(Self {
             native: certified(&identity.cert_der, &identity.key_der)?,
             web: RwLock::new(web.current.certified()?),
+            public,
         })
     }
 
@@ -446,6 +506,9 @@ impl ResolvesServerCert for Resolver {
             native |= alpn == rekord::net::ALPN;
         }
         if h3 && !native {
+            if let Some(public) = &self.public {
+                return Some(public.clone());
+            }
             let key = match self.web.read() {
                 Ok(g) => g.clone(),
                 Err(poisoned) => poisoned.into_inner().clone(),

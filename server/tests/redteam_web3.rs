@@ -231,6 +231,7 @@ fn rt16_odd_origins_match_only_when_they_are_the_same_origin() {
             "https://app.example.com".into(),
             "http://127.0.0.1:8080".into(),
         ],
+        ..Web::default()
     };
     web.validate().unwrap();
     for ok in [
@@ -272,6 +273,7 @@ fn rt16_odd_origins_match_only_when_they_are_the_same_origin() {
     ] {
         let web = Web {
             origins: vec![origin.into()],
+            ..Web::default()
         };
         assert!(web.validate().is_err(), "{origin} accepted in web.origins");
     }
@@ -656,4 +658,59 @@ fn rt16_an_administrator_rotates_the_webtransport_certificate_live_and_offline()
     assert_eq!(presented(server.addr), offline[0]);
     connects(server.addr, &tok, &offline).unwrap();
     drop(server);
+}
+
+/// `web.certificate` and `web.key`: both or neither; an unreadable chain, an empty one, and
+/// a key of another certificate are refused at start with what is wrong, naming the file.
+#[test]
+fn a_public_certificate_is_checked_before_the_server_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_pem = |dir: &std::path::Path, name: &str| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["sync.example.com".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let (cert_a, key_a) = key_pem(dir.path(), "a");
+    let (_, key_b) = key_pem(dir.path(), "b");
+    let web = |c: Option<&std::path::Path>, k: Option<&std::path::Path>| Web {
+        certificate: c.map(Into::into),
+        key: k.map(Into::into),
+        ..Web::default()
+    };
+    let alone = web(Some(&cert_a), None).validate().unwrap_err().to_string();
+    assert!(alone.contains("go together"), "{alone}");
+    assert!(web(None, Some(&key_a)).validate().is_err());
+    let ok = web(Some(&cert_a), Some(&key_a));
+    ok.validate().unwrap();
+    assert!(ok.public_certificate().unwrap().is_some());
+    assert!(Web::default().public_certificate().unwrap().is_none());
+    let other = web(Some(&cert_a), Some(&key_b))
+        .public_certificate()
+        .unwrap_err()
+        .to_string();
+    assert!(other.contains("does not belong"), "{other}");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let empty = web(Some(&garbage), Some(&key_a))
+        .public_certificate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        empty.contains("garbage.pem") && empty.contains("no certificate"),
+        "{empty}"
+    );
+    let missing = web(Some(&dir.path().join("missing.pem")), Some(&key_a))
+        .public_certificate()
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("missing.pem"), "{missing}");
 }

@@ -32,6 +32,9 @@ export async function launch(userDataDir = profile(), { log = false } = {}) {
       "--disable-breakpad",
       "--disable-features=OptimizationGuideModelDownloading,OptimizationHintsFetching,OptimizationTargetPrediction,OnDeviceModelPerformanceParams,AutofillServerCommunication,MediaRouter,Translate",
       ...(log || process.env.CHROME_LOG === "1" ? ["--enable-logging", "--v=0"] : []),
+      // CHROME_ARGS: more flags, space-separated (a test trusting its own CA:
+      // --ignore-certificate-errors-spki-list=...).
+      ...(process.env.CHROME_ARGS ? process.env.CHROME_ARGS.split(" ").filter((a) => a) : []),
     ],
   });
 }
