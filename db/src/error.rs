@@ -461,13 +461,14 @@ pub enum Error {
         /// What is wrong.
         source: crate::storage::LoadError,
     },
-    /// The database was stored in this browser before, but its IndexedDB storage is gone:
-    /// the browser dropped it (Chromium deletes an origin's IndexedDB when it finds it
-    /// damaged on start, after being killed while writing for instance; its log then says
-    /// "IndexedDB recovering from a corrupted (and deleted) database"). Nothing was
-    /// opened in its place.
+    /// The database was stored in this browser before, but its IndexedDB storage is gone,
+    /// deleted outside rekord: by the browser (Chromium deletes an origin's IndexedDB when
+    /// it finds it damaged on start, after being killed while writing for instance; its
+    /// log then says "IndexedDB recovering from a corrupted (and deleted) database"), by
+    /// other code of the site (`indexedDB.deleteDatabase`), or by clearing the site's
+    /// IndexedDB alone. Nothing was opened in its place.
     #[error(
-        "the database `{name}` was stored in this browser, but the browser has dropped its IndexedDB storage (Chromium deletes a site's IndexedDB it finds damaged on start); what was stored here is lost: Db::delete_browser acknowledges the loss and the next open starts empty (a synced database then fetches again what the server holds; writes it had not pushed are lost)"
+        "the database `{name}` was stored in this browser, but its IndexedDB storage is gone, deleted outside rekord (Chromium deletes a site's IndexedDB it finds damaged on start; or the site's code or its user deleted it); what was stored here is lost: Db::delete_browser acknowledges the loss and the next open starts empty (a synced database then fetches again what the server holds; writes it had not pushed are lost)"
     )]
     StoreLost {
         /// The database name given to `Db::open_browser`.

@@ -1034,6 +1034,14 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
         Some(Marker::decode(&bytes_of(&marker)).map_err(damaged)?)
     };
     let never_stored = marker.is_none();
+    let deleted = if never_stored {
+        let mark = meta
+            .get(&JsValue::from_str(DELETED))
+            .map_err(|e| browser_error("loading", &e))?;
+        !request(&mark, "loading").await?.is_undefined()
+    } else {
+        false
+    };
     // Every stored block, a batch of keys and values at a time, each block copied straight
     // into its place in the image. The image's own checks refuse keys past its end.
     let mut loading = blocks::Loading::new(marker).map_err(damaged)?;
@@ -1078,7 +1086,10 @@ async fn load(idb: &IdbDatabase, name: &str) -> Result<Image> {
     // Nothing stored (blocks without a marker are refused above as damaged), yet this
     // origin noted that a flush stored it: the browser dropped it. Never opened as a new,
     // empty database in its place.
-    if never_stored && witness::was_stored(name) {
+    if never_stored && deleted {
+        // Deleted on purpose, maybe where the note was out of reach.
+        witness::forget(name);
+    } else if never_stored && witness::was_stored(name) {
         return Err(Error::StoreLost {
             name: name.to_owned(),
         });
@@ -1273,20 +1284,47 @@ async fn import_inner(name: &str, bytes: Vec<u8>) -> Result<()> {
     outcome
 }
 
-/// Deletes the stored database `name` (every block and the marker). Fails with
-/// [`Error::Locked`] while it is open in this page.
+/// Deletes the stored database `name` (every block and the marker; an empty IndexedDB
+/// database marked deleted stays). Fails with [`Error::Locked`] while it is open in this
+/// page.
 pub(crate) async fn delete(name: &str) -> Result<()> {
     wait_closed(name).await?;
     // Held while deleting: refused while another tab has the database open (its leader
     // holds the lock), and no tab opens it meanwhile.
     let _lock = WebLock::take_soon(name).await?;
-    let req = factory()?
-        .delete_database(&idb_name(name))
-        .map_err(|e| browser_error("deleting", &e))?;
-    request(&req, "deleting").await?;
+    // Emptied and marked deleted in one transaction, rather than deleted: the note that
+    // the database was stored (`witness`) may be out of this context's reach (a worker has
+    // no localStorage) or outlive a crash right after, and the mark tells the next open
+    // that the database was deleted on purpose. A database the browser dropped is gone
+    // whole, mark and all.
     witness::forget(name);
-    Ok(())
+    let idb = open_idb(name).await?;
+    let outcome = async {
+        let names = Array::of2(&"blocks".into(), &"meta".into());
+        let t = transaction_with_options(&idb, &names, &Object::new())
+            .map_err(|e| browser_error("deleting", &e))?;
+        let empty = |t: &IdbTransaction| -> std::result::Result<(), JsValue> {
+            t.object_store("blocks")?.clear()?;
+            let meta = t.object_store("meta")?;
+            meta.clear()?;
+            meta.put_with_key(&JsValue::TRUE, &JsValue::from_str(DELETED))?;
+            Ok(())
+        };
+        if let Err(e) = empty(&t) {
+            let _ = t.abort();
+            return Err(browser_error("deleting", &e));
+        }
+        complete(&t)
+            .await
+            .map_err(|e| browser_error("deleting", &e))
+    }
+    .await;
+    idb.close();
+    outcome
 }
+
+/// The key in `meta` of the mark [`delete`] leaves: the database was deleted on purpose.
+const DELETED: &str = "deleted";
 
 /// Waits until the database `name`, if it was dropped in this page, has stored its last
 /// flush and closed; [`Error::Locked`] if it is still open.

@@ -58,7 +58,7 @@ const reopen = async (page, round) => {
     }, relaxed);
   let opened = await open();
   if (opened.error !== undefined) {
-    if (!opened.error.includes("dropped its IndexedDB storage")) {
+    if (!opened.error.includes("IndexedDB storage is gone")) {
       throw new Error(`round ${round}: the reopen failed: ${opened.error}`);
     }
     const log = join(dir, "chrome_debug.log");

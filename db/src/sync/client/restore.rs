@@ -650,9 +650,7 @@ impl Client {
             let mut b = db.batch()?;
             let (mut entries, mut bytes) = (0u64, 0u64);
             // The server's version replaced this replica's: its waiting writes are refused.
-            let lost = steps
-                .iter()
-                .any(|st| matches!(st, Step::Adopt { differed: true, .. }));
+            let mut lost = false;
             for step in steps {
                 match step {
                     Step::Resend {
@@ -677,7 +675,7 @@ impl Client {
                         id,
                         holder,
                         revisions,
-                        ..
+                        differed,
                     } => {
                         let versions: Vec<(String, u32)> = revisions
                             .iter()
@@ -689,6 +687,7 @@ impl Client {
                         // (Fetched again anyway: the recheck below.)
                         if !edited_since(&b.txn, &tree, id)? {
                             b.replace_record(&tree, id, holder, &revisions)?;
+                            lost |= differed;
                         }
                     }
                     Step::Wait { .. } => {}
