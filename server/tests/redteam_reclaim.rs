@@ -498,14 +498,10 @@ fn rr_app_edits_while_waiting() {
 /// the server and A's own copy held here; C's later version must stand all the same (C
 /// borrowed after the restore), not A's pre-restore copy.
 ///
-/// Known bug, not fixed yet: A's reconciliation takes x back at once (a record held here is
-/// assumed changed by nobody else since) and resends its copy over C's (the server ends
-/// with qty 50 held by A). Deferring the decision to after the catch-up (where C's borrow
-/// shows) needs the catch-up to keep a waiting record's local copy, which it does not:
-/// it applies the stale holder's resend over it (see `restore_seams.rs`
-/// `redteam_two_replicas_resend_the_same_record_and_the_later_one_keeps_its_version`).
+/// (It used to take x back at once, a record held here being assumed changed by nobody else
+/// since, and resend its copy over C's. A tells C's state apart from a stale holder's
+/// resend by the states it saw before the restore, `rekord.journal_states`.)
 #[test]
-#[ignore = "known bug: a replica reconciling after another one borrowed, edited and returned the record resends its older copy over it"]
 fn rr_a_reconciles_after_another_replica_borrowed_edited_and_returned() {
     let env = setup_restored();
     env.b_returns();
@@ -515,13 +511,29 @@ fn rr_a_reconciles_after_another_replica_borrowed_edited_and_returned() {
     assert_eq!(qty_holder(got), Some((77, 0)), "C's version stands");
 }
 
-/// Control of the above: B (the stale holder) reconciled first, sending again its older
-/// version (qty 2) and returning x; nobody else borrowed it. A, coming back, takes x back
-/// after its catch-up: its newer version (qty 50) stands, held by A.
+/// Control of the above: B (the stale holder) reconciled first and returned x; nobody else
+/// borrowed it. A, coming back, takes x back after its catch-up: its newer version (qty 50)
+/// stands, held by A.
 #[test]
 fn rr_a_reconciles_after_the_stale_holder_resent_an_older_version() {
     let env = setup_restored();
     env.b_returns();
+    let got = env.converge_all();
+    assert_eq!(
+        qty_holder(got),
+        Some((50, env.a_replica)),
+        "A's version stands"
+    );
+}
+
+/// Control with a resend: B returned x and went away before A borrowed it, so after the
+/// restore B (the stale holder) sends again its qty 2, a state A saw before it took x, and
+/// returns x. A, coming back, still takes x back: its newer version (qty 50) stands.
+#[test]
+fn rr_a_reconciles_after_the_stale_holder_resent_a_state_it_saw() {
+    let env = setup_restored_with(true);
+    env.b_returns_any();
+    assert_eq!(qty_holder(env.server_x()).map(|q| q.0), Some(2), "B resent");
     let got = env.converge_all();
     assert_eq!(
         qty_holder(got),

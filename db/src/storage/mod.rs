@@ -69,6 +69,39 @@ pub(crate) const PENDING: TableDefinition<(&str, u64), &[u8]> =
 pub(crate) const JOURNAL: TableDefinition<(u64, &str, u64), u64> =
     TableDefinition::new("rekord.journal");
 
+/// `(seq, tree, id) -> digest` (synced databases), beside [`JOURNAL`]: the state each change
+/// of another replica left its record in here ([`record_digest`]). After a restore, a
+/// record held here that the server shows changed since the shared point by another replica
+/// is told apart by it: a state seen here before (a stale holder's resend of what this
+/// replica built on) is older than this replica's own version; one never seen was made in
+/// the restored history (another replica borrowed the record since) and stands. Pruned with
+/// the journal; `sync.journal_states_from` says from which sequence number it is complete.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) const JOURNAL_STATES: TableDefinition<(u64, &str, u64), u64> =
+    TableDefinition::new("rekord.journal_states");
+
+/// A digest of a record's state: each revision's number, schema version, release, state
+/// and bytes, in order (SHA-256, the first 8 bytes: stored, so it must not change).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) fn record_digest<'a>(
+    revisions: impl Iterator<Item = (u32, u32, bool, u32, &'a [u8])>,
+) -> u64 {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for (rev, version, released, state, data) in revisions {
+        h.update(rev.to_le_bytes());
+        h.update(version.to_le_bytes());
+        h.update([u8::from(released)]);
+        h.update(state.to_le_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// `(tree, id) -> milliseconds since the Unix epoch` (synced databases): records this
 /// replica held when the server was restored from a backup whose borrow the restored
 /// server gives to another replica (which returned it after the backup, and will return

@@ -134,6 +134,9 @@ pub(crate) const OPTIMISTIC_PREFIX: &str = "sync.optimistic.";
 
 /// `rekord.meta` key of the highest sequence number whose journal rows were pruned (u64 LE).
 pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
+/// `rekord.meta` key of the first sequence number `rekord.journal_states` has rows from
+/// (u64 LE; absent: it has none yet, a database from before it was kept).
+pub(crate) const JOURNAL_STATES_FROM: &str = "sync.journal_states_from";
 /// Meta key: the shared point of the last reconciliation that left records waiting
 /// (`rekord.reclaim`): optimistic records sent again later are edits based on it.
 pub(crate) const RECLAIM_COMMON: &str = "sync.reclaim_common";

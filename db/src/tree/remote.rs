@@ -9,7 +9,9 @@ use super::evolve;
 use crate::event::{EventKind, SyncEvent};
 use crate::proto::{ChangeKind, Sequenced};
 use crate::schema::dynamic;
-use crate::storage::{Header, JOURNAL, PENDING, SCHEMAS, id_range, pack, unpack};
+use crate::storage::{
+    Header, JOURNAL, JOURNAL_STATES, META, PENDING, SCHEMAS, id_range, pack, record_digest, unpack,
+};
 use crate::{Error, RawKey, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::sync::atomic::Ordering;
@@ -110,8 +112,40 @@ impl Batch<'_> {
             if let Some(event) = self.apply_one(entry)? {
                 skipped.push(event);
             }
+            if entry.origin != me && !matches!(change.kind, ChangeKind::Borrow { .. }) {
+                self.note_state(entry)?;
+            }
         }
         Ok(skipped)
+    }
+
+    /// Notes the state `entry` (another replica's change) left its record in
+    /// (`rekord.journal_states`, see there).
+    fn note_state(&mut self, entry: &Sequenced) -> Result<()> {
+        let change = &entry.change;
+        let digest = {
+            let state = self.db.tree_state(&change.tree);
+            let table = self.txn.open_table(state.def())?;
+            let mut revisions = Vec::new();
+            for row in table.range(id_range(change.id))? {
+                let (k, v) = row?;
+                revisions.push((unpack(k.value()).rev, v.value().to_vec()));
+            }
+            record_digest(revisions.iter().filter_map(|(rev, v)| {
+                Header::parse(v).map(|(h, data)| (*rev, h.version, h.released, h.state, data))
+            }))
+        };
+        self.txn
+            .open_table(JOURNAL_STATES)?
+            .insert((entry.seq, change.tree.as_str(), change.id), digest)?;
+        let mut meta = self.txn.open_table(META)?;
+        if meta.get(crate::sync::JOURNAL_STATES_FROM)?.is_none() {
+            meta.insert(
+                crate::sync::JOURNAL_STATES_FROM,
+                entry.seq.to_le_bytes().as_slice(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Applies one change; a data change whose bytes do not decode with this replica's

@@ -24,14 +24,14 @@ use crate::event::SyncEvent;
 use crate::net::Session;
 use crate::proto::{Change, ChangeKind, RemoteError, Request, Response, Revision};
 use crate::storage::{
-    DEFERRED, Header, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED,
-    table_name,
+    DEFERRED, Header, JOURNAL, JOURNAL_STATES, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM,
+    REJECTED, record_digest, table_name,
 };
 use crate::sync::outbox::{self, Entry, PendingRow};
 use crate::sync::{HISTORY, JOURNAL_FLOOR, RECLAIM_COMMON};
 use crate::{Error, Result};
 use redb::ReadableTable as _;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 /// What [`Client::release_deferred`] rejected: entry numbers and their bytes.
@@ -142,10 +142,11 @@ impl Client {
         let db = self.db()?;
         let me = db.inner.replica.load(Ordering::Acquire);
         let cursor = self.cursor;
-        let (touched, own, floor, ranges) = {
+        let (touched, own, floor, ranges, seen) = {
             let txn = db.inner.redb.begin_read().map_err(Error::from)?;
             let mut touched = BTreeSet::new();
             let mut own = HashSet::new();
+            let seen = seen_states(&txn, common)?;
             match txn.open_table(JOURNAL) {
                 Ok(journal) => {
                     for row in journal.range((common + 1, "", 0)..).map_err(Error::from)? {
@@ -177,7 +178,7 @@ impl Client {
                 Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
                 Err(e) => return Err(Error::from(e).into()),
             };
-            (touched, own, floor, ranges)
+            (touched, own, floor, ranges, seen)
         };
         // The id ranges first: records created with them (sent again below, or waiting in
         // the outbox) are accepted only from their owner.
@@ -226,10 +227,16 @@ impl Client {
             "rekord sync: the server was restored from a backup; reconciling"
         );
         let mut steps = Vec::new();
+        let none = HashSet::new();
         for (tree, id) in touched {
             let changed_here = own.contains(&(tree.clone(), id));
+            // The states of it this replica saw since the shared point (`None`: not
+            // known, a database from before they were kept).
+            let saw = seen
+                .as_ref()
+                .map(|m| m.get(&(tree.clone(), id)).unwrap_or(&none));
             steps.extend(
-                self.decide(s, tree, id, changed_here, None, me, common)
+                self.decide(s, tree, id, changed_here, None, saw, me, common)
                     .await?,
             );
         }
@@ -391,6 +398,11 @@ impl Client {
             journal
                 .retain_in((common + 1, "", 0).., |_, _| false)
                 .map_err(Error::from)?;
+            b.txn
+                .open_table(JOURNAL_STATES)
+                .map_err(Error::from)?
+                .retain_in((common + 1, "", 0).., |_, _| false)
+                .map_err(Error::from)?;
         }
         b.commit_for_sync()?;
         self.link.enqueued(entries, bytes);
@@ -432,6 +444,7 @@ impl Client {
         id: u64,
         changed_here: bool,
         waited: Option<bool>,
+        seen: Option<&HashSet<u64>>,
         me: u32,
         common: u64,
     ) -> std::result::Result<Vec<Step>, End> {
@@ -463,6 +476,28 @@ impl Client {
         let local = self.local_revisions(&tree, id)?;
         let stored_holder = local.last().map_or(0, |l| l.header.holder);
         let mut local_holder = stored_holder;
+        let same = local.len() == revisions.len()
+            && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
+        // A record held here that the server shows changed since the shared point by
+        // another replica: a stale holder's resend of a state this replica saw (and built
+        // on) before it took the record, or a change made in the restored history after
+        // another replica borrowed it, which is newer and stands. Told apart by the states
+        // this replica saw (`rekord.journal_states`); with none known, the first.
+        let superseded = waited.is_none()
+            && local_holder == me
+            && !same
+            && revisions.iter().any(|r| r.changed > common && r.by != me)
+            && seen.is_some_and(|seen| {
+                !seen.contains(&record_digest(
+                    revisions
+                        .iter()
+                        .map(|r| (r.rev, r.version, r.released, r.state, r.data.as_slice())),
+                ))
+            });
+        if superseded {
+            tracing::info!(%tree, id, "rekord sync: a record held here was changed since the restore by another replica; its version stands");
+            local_holder = 0;
+        }
         // Whether this replica held the record before the restore (then it keeps holding
         // it after sending it again; else it returns the borrow it takes to send it).
         // (Nobody keeps the borrow of an optimistic record: it is taken only to send it.)
@@ -485,10 +520,9 @@ impl Client {
         // The creator of a record the server lost makes it again, whoever held it since
         // (ids of its ranges are its own: no other replica may re-make them).
         let creator = revisions.is_empty() && changed_here && self.owns_id(id)?;
-        let mine =
-            local_holder == me || creator || (!newer_there && changed_here && local_holder == 0);
-        let same = local.len() == revisions.len()
-            && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
+        let mine = local_holder == me
+            || creator
+            || (!newer_there && changed_here && local_holder == 0 && !superseded);
         // (Also before re-making a record the server lost: its id may be from the range of a
         // replica that is not back, which the server accepts from the record's holder.)
         // An optimistic record changed here since the shared point: sent again as
@@ -626,7 +660,7 @@ impl Client {
                 continue;
             }
             let steps = self
-                .decide(s, tree.clone(), id, true, Some(held), me, u64::MAX)
+                .decide(s, tree.clone(), id, true, Some(held), None, me, u64::MAX)
                 .await?;
             if steps.iter().any(|st| matches!(st, Step::Wait { .. })) {
                 continue;
@@ -1046,8 +1080,12 @@ impl Client {
         let b = self.lazy_batch(&db)?;
         {
             let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
+            let mut states = b.txn.open_table(JOURNAL_STATES).map_err(Error::from)?;
             for (seq, tree, id) in &old {
                 journal
+                    .remove((*seq, tree.as_str(), *id))
+                    .map_err(Error::from)?;
+                states
                     .remove((*seq, tree.as_str(), *id))
                     .map_err(Error::from)?;
             }
@@ -1159,4 +1197,36 @@ fn edited_since(
         .get((tree, id))
         .map_err(Error::from)?
         .is_some_and(|v| PendingRow::decode(v.value()).count > 0))
+}
+
+/// The states each record was left in by other replicas' changes after `common`, as this
+/// replica applied them (`rekord.journal_states`); `None` when they are not known from
+/// `common` on (a database from before they were kept).
+fn seen_states(
+    txn: &redb::ReadTransaction,
+    common: u64,
+) -> std::result::Result<Option<HashMap<(String, u64), HashSet<u64>>>, End> {
+    let meta = txn.open_table(META).map_err(Error::from)?;
+    let from = meta
+        .get(crate::sync::JOURNAL_STATES_FROM)
+        .map_err(Error::from)?
+        .and_then(|v| read_u64(v.value()));
+    // Kept from a point after the shared one: an earlier state may be missing.
+    if from.is_none_or(|from| from > common + 1) {
+        return Ok(None);
+    }
+    let table = match txn.open_table(JOURNAL_STATES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(Error::from(e).into()),
+    };
+    let mut seen: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
+    for row in table.range((common + 1, "", 0)..).map_err(Error::from)? {
+        let (k, v) = row.map_err(Error::from)?;
+        let (_, tree, id) = k.value();
+        seen.entry((tree.to_owned(), id))
+            .or_default()
+            .insert(v.value());
+    }
+    Ok(Some(seen))
 }
