@@ -1199,13 +1199,13 @@ fn edited_since(
         .is_some_and(|v| PendingRow::decode(v.value()).count > 0))
 }
 
+/// Per record, the digests of the states other replicas' changes left it in here.
+type Seen = HashMap<(String, u64), HashSet<u64>>;
+
 /// The states each record was left in by other replicas' changes after `common`, as this
 /// replica applied them (`rekord.journal_states`); `None` when they are not known from
 /// `common` on (a database from before they were kept).
-fn seen_states(
-    txn: &redb::ReadTransaction,
-    common: u64,
-) -> std::result::Result<Option<HashMap<(String, u64), HashSet<u64>>>, End> {
+fn seen_states(txn: &redb::ReadTransaction, common: u64) -> std::result::Result<Option<Seen>, End> {
     let meta = txn.open_table(META).map_err(Error::from)?;
     let from = meta
         .get(crate::sync::JOURNAL_STATES_FROM)
@@ -1220,7 +1220,7 @@ fn seen_states(
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(Error::from(e).into()),
     };
-    let mut seen: HashMap<(String, u64), HashSet<u64>> = HashMap::new();
+    let mut seen = Seen::new();
     for row in table.range((common + 1, "", 0)..).map_err(Error::from)? {
         let (k, v) = row.map_err(Error::from)?;
         let (_, tree, id) = k.value();
