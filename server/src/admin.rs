@@ -76,6 +76,10 @@ pub trait Hooks: Send + Sync {
     /// Presents a new WebTransport certificate now (see [`crate::WebCerts::force_rotate`]);
     /// the hashes presented and announced after it.
     fn rotate_web(&self) -> Result<Vec<String>, ServerError>;
+
+    /// The public certificate presented to WebTransport connections instead of the
+    /// rotating one, if one is configured (`web.certificate`).
+    fn web_certificate(&self) -> Option<PathBuf>;
 }
 
 /// A command for the server database.
@@ -147,6 +151,9 @@ pub enum AdminReply {
     },
     /// The WebTransport certificate hashes of the running server, current first.
     WebHashes(Vec<String>),
+    /// The running server presents this certificate from a public CA to WebTransport
+    /// connections (`web.certificate`): browsers validate it by WebPKI, no hash is named.
+    WebCertificate(PathBuf),
     /// The command failed (only sent over the socket; [`request`] turns it into
     /// [`ServerError::Remote`]).
     Error(String),
@@ -479,8 +486,19 @@ mod unix {
             AdminRequest::ForceReturn { tree, id } => hooks
                 .force_return(&tree, id)
                 .map(|holder| AdminReply::ForceReturned { holder }),
-            AdminRequest::WebHashes => Ok(AdminReply::WebHashes(hooks.web_hashes())),
-            AdminRequest::RotateWeb => hooks.rotate_web().map(AdminReply::WebHashes),
+            AdminRequest::WebHashes => Ok(match hooks.web_certificate() {
+                Some(path) => AdminReply::WebCertificate(path),
+                None => AdminReply::WebHashes(hooks.web_hashes()),
+            }),
+            // (A public certificate's files are read again too.)
+            AdminRequest::RotateWeb => {
+                hooks
+                    .rotate_web()
+                    .map(|hashes| match hooks.web_certificate() {
+                        Some(path) => AdminReply::WebCertificate(path),
+                        None => AdminReply::WebHashes(hashes),
+                    })
+            }
             other => other.execute(&store),
         })
         .await;

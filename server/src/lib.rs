@@ -783,6 +783,7 @@ impl Server {
                 }
                 Some(reply) = rotate_requests.recv() => {
                     let now = web::unix_now();
+                    resolver.reload_public(&shared.web);
                     let rotated = web_certs
                         .force_rotate(now)
                         .and_then(|()| resolver.present(&web_certs));
@@ -797,6 +798,7 @@ impl Server {
                     let _ = reply.send(answer);
                 }
                 _ = rotation.tick() => {
+                    resolver.reload_public(&shared.web);
                     let rotated = web_certs.rotate(web::unix_now());
                     // A next certificate made (or one switched to) is announced at once.
                     shared.announce(&web_certs);
@@ -1542,6 +1544,10 @@ impl admin::Hooks for Shared {
         answer
             .recv_timeout(admin::ADMIN_TIMEOUT)
             .map_err(|_| gone())?
+    }
+
+    fn web_certificate(&self) -> Option<PathBuf> {
+        self.web.certificate.clone()
     }
 
     fn web_hashes(&self) -> Vec<String> {

@@ -359,6 +359,10 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
                 Err(ServerError::Busy(path)) => {
                     match rekord_server::admin::request(&config.data, &AdminRequest::WebHashes)? {
                         Some(AdminReply::WebHashes(hashes)) => hashes,
+                        Some(AdminReply::WebCertificate(path)) => {
+                            println!("web-certificate {}", path.display());
+                            return Ok(());
+                        }
                         Some(_) => return Err(unexpected()),
                         None => return Err(ServerError::Busy(path)),
                     }
@@ -377,12 +381,20 @@ fn main_inner(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::RotateWebCertificate => {
-            let AdminReply::WebHashes(hashes) = administer(&config.data, AdminRequest::RotateWeb)?
-            else {
-                return Err(unexpected());
-            };
-            for hash in hashes {
-                println!("web-hash {hash}");
+            match administer(&config.data, AdminRequest::RotateWeb)? {
+                // The rotating certificate is not what browsers are presented: not printed.
+                AdminReply::WebCertificate(path) => {
+                    println!("web-certificate {}", path.display());
+                }
+                AdminReply::WebHashes(hashes) => match &config.web.certificate {
+                    Some(path) => println!("web-certificate {}", path.display()),
+                    None => {
+                        for hash in hashes {
+                            println!("web-hash {hash}");
+                        }
+                    }
+                },
+                _ => return Err(unexpected()),
             }
             Ok(())
         }

@@ -69,6 +69,36 @@ pub struct Web {
     pub key: Option<PathBuf>,
 }
 
+/// Logs when the public certificate `der` (from `path`) has expired, or expires within two
+/// weeks: browsers refuse an expired one, and a renewal is read only at the hourly check
+/// or `rotate-web-certificate`.
+fn warn_expiry(path: &Path, der: &[u8]) {
+    use x509_cert::der::Decode as _;
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        tracing::warn!(certificate = %path.display(), "cannot read the public certificate's validity");
+        return;
+    };
+    let not_after = cert
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs();
+    let now = unix_now();
+    if not_after <= now {
+        tracing::error!(
+            certificate = %path.display(),
+            "the public WebTransport certificate has expired: browsers refuse every session; renew it (read again hourly and by rotate-web-certificate)"
+        );
+    } else if not_after - now < 14 * DAY {
+        tracing::warn!(
+            certificate = %path.display(),
+            days_left = (not_after - now) / DAY,
+            "the public WebTransport certificate expires soon; renew it (read again hourly and by rotate-web-certificate)"
+        );
+    }
+}
+
 impl Web {
     /// The public certificate and its key ([`Web::certificate`]), loaded and checked; `None`
     /// when none is configured.
@@ -94,6 +124,7 @@ impl Web {
             .map_err(|e| bad(key, format!("not a readable PEM private key ({e})")))?;
         let signing = rustls::crypto::ring::sign::any_supported_type(&private)
             .map_err(|e| bad(key, format!("unusable key: {e}")))?;
+        warn_expiry(cert, &chain[0]);
         let certified = CertifiedKey::new(chain, signing);
         certified.keys_match().map_err(|e| {
             bad(
@@ -471,7 +502,7 @@ pub(crate) struct Resolver {
     web: RwLock<Arc<CertifiedKey>>,
     /// The configured public certificate ([`Web::certificate`]): presented to `h3`
     /// connections instead of `web`.
-    public: Option<Arc<CertifiedKey>>,
+    public: RwLock<Option<Arc<CertifiedKey>>>,
 }
 
 impl Resolver {
@@ -483,8 +514,42 @@ impl Resolver {
         Ok(Self {
             native: certified(&identity.cert_der, &identity.key_der)?,
             web: RwLock::new(web.current.certified()?),
-            public,
+            public: RwLock::new(public),
         })
+    }
+
+    /// Reads the public certificate's files again (a renewal replaced them) and presents
+    /// what they hold from now on; a failure leaves the one presented now, and is logged.
+    pub(crate) fn reload_public(&self, config: &Web) {
+        if config.certificate.is_none() {
+            return;
+        }
+        match config.public_certificate() {
+            Ok(Some(key)) => {
+                let changed = {
+                    let g = match self.public.read() {
+                        Ok(g) => g,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    g.as_ref().is_none_or(|old| old.cert != key.cert)
+                };
+                if changed {
+                    tracing::warn!(
+                        certificate = ?config.certificate,
+                        "presenting the renewed public WebTransport certificate"
+                    );
+                    match self.public.write() {
+                        Ok(mut g) => *g = Some(key),
+                        Err(poisoned) => *poisoned.into_inner() = Some(key),
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot read the public WebTransport certificate again; the one presented stays"
+            ),
+        }
     }
 
     /// Presents `web`'s current certificate to new `h3` connections from now on.
@@ -506,8 +571,12 @@ impl ResolvesServerCert for Resolver {
             native |= alpn == rekord::net::ALPN;
         }
         if h3 && !native {
-            if let Some(public) = &self.public {
-                return Some(public.clone());
+            let public = match self.public.read() {
+                Ok(g) => g.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            if let Some(public) = public {
+                return Some(public);
             }
             let key = match self.web.read() {
                 Ok(g) => g.clone(),

@@ -436,13 +436,15 @@ fn ca_issued(dir: &Path) -> (PathBuf, PathBuf, String) {
 }
 
 /// A server that presents a certificate from a certificate authority (`--web-certificate`)
-/// is validated by the browser by WebPKI, with no certificate hashes at all; its identity
-/// is still checked: a server with a certificate from the same CA, but not the pinned
-/// identity, is refused. The page first knew the server with its rotating certificate (it
-/// learned the hashes): after the switch, with no hash configured, it falls back to WebPKI
-/// by itself. (The CA is made here: Chromium is told to accept the server certificate's
-/// key as it would a public CA's, with --ignore-certificate-errors-spki-list, and to allow
-/// QUIC to a root it does not know for the server's origin, --origin-to-force-quic-on.)
+/// is validated by the browser by WebPKI, with no certificate hashes at all
+/// (`WebTarget::webpki`); its identity is still checked: a server with a certificate from
+/// the same CA, but not the pinned identity, is refused. The page first knew the server
+/// with its rotating certificate (it learned the hashes): after the switch it keeps naming
+/// them, and is refused, until the application says WebPKI (no replica drops learned
+/// hashes on its own: a relay with a CA-issued certificate could then step in). (The CA is
+/// made here: Chromium is told to accept the server certificate's key as it would a public
+/// CA's, with --ignore-certificate-errors-spki-list, and to allow QUIC to a root it does not
+/// know for the server's origin, --origin-to-force-quic-on.)
 #[test]
 #[ignore = "needs the built web example, node and Chromium; .ci/run runs it"]
 fn a_browser_replica_trusts_a_public_certificate_through_webpki() {
@@ -502,6 +504,13 @@ fn a_browser_replica_trusts_a_public_certificate_through_webpki() {
     assert!(parts.get(Key::new(before, 0)).is_ok());
     page.reload();
     page.open("public", port, &[], &token, &pin);
+    page.wait_status("refused with the learned hashes", |s| {
+        !s["last_error"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(page.status()["online"], false, "no downgrade to WebPKI");
+    page.reload();
+    page.open("public", port, &["webpki".to_owned()], &token, &pin);
     page.wait_status("online through WebPKI", |s| s["online"] == true);
     let from_page = page.create("from the page", 3);
     eventually("the native replica to see the page's part", || {
@@ -518,7 +527,13 @@ fn a_browser_replica_trusts_a_public_certificate_through_webpki() {
     let _ = identity(&other_data);
     let other_token = process::token(&other_data);
     let impostor = public(&other_data, "127.0.0.1:0");
-    page.open("impostor", impostor.addr.port(), &[], &other_token, &pin);
+    page.open(
+        "impostor",
+        impostor.addr.port(),
+        &["webpki".to_owned()],
+        &other_token,
+        &pin,
+    );
     let st = page.wait_status("the impostor's refusal", |s| !s["refused"].is_null());
     assert!(st["refused"].as_str().unwrap().contains(&uuid), "{st}");
     drop(impostor);

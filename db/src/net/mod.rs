@@ -145,13 +145,18 @@ impl Pin {
 
 /// Where a server serves WebTransport: its URL and the SHA-256 hashes (hex, as
 /// `rekord-server identity` prints them on its `web-hash` lines) of the certificates to
-/// accept.
+/// accept, or [`WebTarget::webpki`] for a server with a certificate from a public CA.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebTarget {
     /// `https://HOST:PORT/PATH` (the path is free; the server serves every path).
     pub url: String,
-    /// Certificate hashes to accept (at least one).
+    /// Certificate hashes to accept; a synced replica adds those the server announced
+    /// (signed) last time.
     pub cert_hashes: Vec<String>,
+    /// The server presents a certificate from a public CA: the browser validates it by
+    /// WebPKI, and no hash is named, not even ones learned before (a browser that is named
+    /// a hash accepts no other certificate).
+    pub webpki: bool,
 }
 
 impl WebTarget {
@@ -160,6 +165,19 @@ impl WebTarget {
         Self {
             url: url.into(),
             cert_hashes,
+            webpki: false,
+        }
+    }
+
+    /// A target at `url` whose server presents a certificate from a public CA
+    /// (`[web] certificate`): validated by the browser's WebPKI, no hash named. Only the
+    /// application says so: a replica never drops the hashes it learned on its own (a
+    /// relay holding a CA-issued certificate for the name could then step in).
+    pub fn webpki(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            cert_hashes: Vec::new(),
+            webpki: true,
         }
     }
 }

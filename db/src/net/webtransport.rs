@@ -76,6 +76,14 @@ async fn establish(
     options: ConnectOptions,
 ) -> Result<Session, NetError> {
     let addr = target.addr().await?;
+    if target.webpki {
+        return Err(connect_error(
+            addr,
+            "the native WebTransport client accepts the server's rotating WebTransport \
+             certificate only (by its hash), not one from a public CA: reach such a server \
+             over rekord's own ALPN (SyncConfig::new), which pins its long-term certificate",
+        ));
+    }
     if target.cert_hashes.is_empty() {
         return Err(connect_error(
             addr,

@@ -895,6 +895,7 @@ impl Client {
             return Ok(net::connect_stream(stream, hello, pin, self.config.timeout).await?);
         }
         let learned = match &self.config.web_transport {
+            Some(target) if target.webpki => Some(target.clone()),
             Some(target) => Some(net::WebTarget::new(
                 target.url.clone(),
                 self.web_hashes(&target.cert_hashes)?,
@@ -903,27 +904,7 @@ impl Client {
         };
         match &learned {
             #[cfg(target_arch = "wasm32")]
-            Some(target) => match net::connect_browser(target, hello, pin, options).await {
-                // Only hashes the server announced (none configured), and the browser could
-                // not open the session with them: the server may present a certificate
-                // from a public CA now (it announces no hash then), which the browser
-                // validates only when no hash is named. Tried once that way; the first
-                // error stands if that fails too.
-                Err(e @ net::NetError::Unreachable { .. })
-                    if self
-                        .config
-                        .web_transport
-                        .as_ref()
-                        .is_some_and(|t| t.cert_hashes.is_empty())
-                        && !target.cert_hashes.is_empty() =>
-                {
-                    let webpki = net::WebTarget::new(target.url.clone(), Vec::new());
-                    net::connect_browser(&webpki, hello, pin, options)
-                        .await
-                        .map_err(|_| End::from(e))
-                }
-                other => Ok(other?),
-            },
+            Some(target) => Ok(net::connect_browser(target, hello, pin, options).await?),
             #[cfg(target_arch = "wasm32")]
             None => Err(End::Refused(
                 "a browser replica reaches its server over WebTransport: SyncConfig::web".into(),

@@ -38,8 +38,8 @@ fn key(id: f64) -> Key<Part> {
 #[wasm_bindgen]
 impl Synced {
     /// Opens (or creates) the synced database `name`, reaching the server at `url` (its
-    /// WebTransport certificate hashes comma-separated; `pin` is `UUID FINGERPRINT` or
-    /// empty) as application `app` with `token`.
+    /// WebTransport certificate hashes comma-separated, or `webpki` for a certificate from a
+    /// public CA; `pin` is `UUID FINGERPRINT` or empty) as application `app` with `token`.
     pub async fn open(
         name: String,
         url: String,
@@ -52,12 +52,17 @@ impl Synced {
         std::panic::set_hook(Box::new(|info| {
             web_sys::console::error_1(&format!("rekord panicked: {info}").into());
         }));
-        let hashes = hashes
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let mut config = SyncConfig::web(WebTarget::new(url, hashes), app, token)
+        let target = if hashes == "webpki" {
+            WebTarget::webpki(url)
+        } else {
+            let hashes = hashes
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect();
+            WebTarget::new(url, hashes)
+        };
+        let mut config = SyncConfig::web(target, app, token)
             .timeout(std::time::Duration::from_secs(3))
             .idle_timeout(std::time::Duration::from_secs(3))
             .retry(
