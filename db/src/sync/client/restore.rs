@@ -515,8 +515,9 @@ impl Client {
         // This replica's version is the one to keep: it holds the record, or changed it
         // last with nobody holding it (a removal, an optimistic edit, a returned borrow),
         // and nobody changed it since on the server.
-        // (A record held here was changed by nobody else since this replica took it: a
-        // newer change on the server can only be a stale holder's resend of an older one.)
+        // (A record held here whose server state is newer was either resent by a stale
+        // holder, older, or changed after the restore by a replica that borrowed it since:
+        // `superseded` above, then it is not held here any more.)
         // The creator of a record the server lost makes it again, whoever held it since
         // (ids of its ranges are its own: no other replica may re-make them).
         let creator = revisions.is_empty() && changed_here && self.owns_id(id)?;
