@@ -135,14 +135,20 @@ impl Batch<'_> {
                 Header::parse(v).map(|(h, data)| (*rev, h.version, h.released, h.state, data))
             }))
         };
+        self.note_digest(entry.seq, &change.tree, change.id, digest)
+    }
+
+    /// Notes that record `id` of `tree` was seen here in the state `digest`, which the
+    /// server's change `seq` left it in.
+    fn note_digest(&mut self, seq: u64, tree: &str, id: u64, digest: u64) -> Result<()> {
         self.txn
             .open_table(JOURNAL_STATES)?
-            .insert((entry.seq, change.tree.as_str(), change.id), digest)?;
+            .insert((seq, tree, id), digest)?;
         let mut meta = self.txn.open_table(META)?;
         if meta.get(crate::sync::JOURNAL_STATES_FROM)?.is_none() {
             meta.insert(
                 crate::sync::JOURNAL_STATES_FROM,
-                entry.seq.to_le_bytes().as_slice(),
+                seq.to_le_bytes().as_slice(),
             )?;
         }
         Ok(())
@@ -411,6 +417,16 @@ impl Batch<'_> {
         drop(table);
         for (key, kind, old, new) in events {
             self.pend(ti, key, kind, 0, old, new.as_deref());
+        }
+        // A state seen here, like those pushes bring (a resync, a grant outside the
+        // subscription): at the sequence number of its last data change.
+        if let Some(seq) = revisions.iter().map(|r| r.changed).max().filter(|s| *s > 0) {
+            let digest = record_digest(
+                revisions
+                    .iter()
+                    .map(|r| (r.rev, r.version, r.released, r.state, r.data.as_slice())),
+            );
+            self.note_digest(seq, tree, id, digest)?;
         }
         Ok(())
     }
