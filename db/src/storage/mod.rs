@@ -69,15 +69,17 @@ pub(crate) const PENDING: TableDefinition<(&str, u64), &[u8]> =
 pub(crate) const JOURNAL: TableDefinition<(u64, &str, u64), u64> =
     TableDefinition::new("rekord.journal");
 
-/// `(seq, tree, id) -> digest` (synced databases), beside [`JOURNAL`]: the state each change
-/// of another replica left its record in here ([`record_digest`]). After a restore, a
+/// `(seq, tree, id) -> (digest, origin)` (synced databases), beside [`JOURNAL`]: the state
+/// each change of another replica (`origin`, its holder number) left its record in here
+/// ([`record_digest`]). After a restore, a
 /// record held here that the server shows changed since the shared point by another replica
 /// is told apart by it: a state seen here before (a stale holder's resend of what this
-/// replica built on) is older than this replica's own version; one never seen was made in
-/// the restored history (another replica borrowed the record since) and stands. Pruned with
-/// the journal; `sync.journal_states_from` says from which sequence number it is complete.
+/// replica built on) is older than this replica's own version; one never seen (or seen made
+/// by another replica than the one the server names) was made in the restored history
+/// (another replica borrowed the record since) and stands. Pruned with the journal;
+/// `sync.journal_states_from` says from which sequence number it is complete.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-pub(crate) const JOURNAL_STATES: TableDefinition<(u64, &str, u64), u64> =
+pub(crate) const JOURNAL_STATES: TableDefinition<(u64, &str, u64), (u64, u32)> =
     TableDefinition::new("rekord.journal_states");
 
 /// A digest of a record's state: each revision's number, schema version, release, state

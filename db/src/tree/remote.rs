@@ -135,15 +135,29 @@ impl Batch<'_> {
                 Header::parse(v).map(|(h, data)| (*rev, h.version, h.released, h.state, data))
             }))
         };
-        self.note_digest(entry.seq, &change.tree, change.id, digest)
+        // The server names the replica of a revision's last data change (`Revision::by`):
+        // a release, a state or a removal is noted with origin 0, matched whoever the
+        // server names.
+        let origin = match change.kind {
+            ChangeKind::Put { .. } | ChangeKind::Edit { .. } => entry.origin,
+            _ => 0,
+        };
+        self.note_digest(entry.seq, &change.tree, change.id, digest, origin)
     }
 
     /// Notes that record `id` of `tree` was seen here in the state `digest`, which the
     /// server's change `seq` left it in.
-    fn note_digest(&mut self, seq: u64, tree: &str, id: u64, digest: u64) -> Result<()> {
+    fn note_digest(
+        &mut self,
+        seq: u64,
+        tree: &str,
+        id: u64,
+        digest: u64,
+        origin: u32,
+    ) -> Result<()> {
         self.txn
             .open_table(JOURNAL_STATES)?
-            .insert((seq, tree, id), digest)?;
+            .insert((seq, tree, id), (digest, origin))?;
         let mut meta = self.txn.open_table(META)?;
         if meta.get(crate::sync::JOURNAL_STATES_FROM)?.is_none() {
             meta.insert(
@@ -420,13 +434,17 @@ impl Batch<'_> {
         }
         // A state seen here, like those pushes bring (a resync, a grant outside the
         // subscription): at the sequence number of its last data change.
-        if let Some(seq) = revisions.iter().map(|r| r.changed).max().filter(|s| *s > 0) {
+        if let Some(last) = revisions
+            .iter()
+            .filter(|r| r.changed > 0)
+            .max_by_key(|r| r.changed)
+        {
             let digest = record_digest(
                 revisions
                     .iter()
                     .map(|r| (r.rev, r.version, r.released, r.state, r.data.as_slice())),
             );
-            self.note_digest(seq, tree, id, digest)?;
+            self.note_digest(last.changed, tree, id, digest, last.by)?;
         }
         Ok(())
     }

@@ -444,7 +444,7 @@ impl Client {
         id: u64,
         changed_here: bool,
         waited: Option<bool>,
-        seen: Option<&HashSet<u64>>,
+        seen: Option<&HashSet<(u64, u32)>>,
         me: u32,
         common: u64,
     ) -> std::result::Result<Vec<Step>, End> {
@@ -488,11 +488,18 @@ impl Client {
             && !same
             && revisions.iter().any(|r| r.changed > common && r.by != me)
             && seen.is_some_and(|seen| {
-                !seen.contains(&record_digest(
+                // Made by the replica the server names as the last to change it: one state
+                // that another replica made again later is not what this replica saw.
+                let by = revisions
+                    .iter()
+                    .max_by_key(|r| r.changed)
+                    .map_or(0, |r| r.by);
+                let digest = record_digest(
                     revisions
                         .iter()
                         .map(|r| (r.rev, r.version, r.released, r.state, r.data.as_slice())),
-                ))
+                );
+                !seen.contains(&(digest, by)) && !seen.contains(&(digest, 0))
             });
         if superseded {
             tracing::info!(%tree, id, "rekord sync: a record held here was changed since the restore by another replica; its version stands");
@@ -1200,8 +1207,8 @@ fn edited_since(
         .is_some_and(|v| PendingRow::decode(v.value()).count > 0))
 }
 
-/// Per record, the digests of the states other replicas' changes left it in here.
-type Seen = HashMap<(String, u64), HashSet<u64>>;
+/// Per record, the states other replicas' changes left it in here: (digest, origin).
+type Seen = HashMap<(String, u64), HashSet<(u64, u32)>>;
 
 /// The states each record was left in by other replicas' changes after `common`, as this
 /// replica applied them (`rekord.journal_states`); `None` when they are not known from
@@ -1212,8 +1219,14 @@ fn seen_states(txn: &redb::ReadTransaction, common: u64) -> std::result::Result<
         .get(crate::sync::JOURNAL_STATES_FROM)
         .map_err(Error::from)?
         .and_then(|v| read_u64(v.value()));
-    // Kept from a point after the shared one: an earlier state may be missing.
-    if from.is_none_or(|from| from > common + 1) {
+    // Kept from a point after the shared one, or pruned past it: an earlier state may be
+    // missing.
+    let floor = meta
+        .get(JOURNAL_FLOOR)
+        .map_err(Error::from)?
+        .and_then(|v| read_u64(v.value()))
+        .unwrap_or(0);
+    if from.is_none_or(|from| from > common + 1) || floor > common {
         return Ok(None);
     }
     let table = match txn.open_table(JOURNAL_STATES) {
