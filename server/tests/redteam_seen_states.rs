@@ -207,13 +207,12 @@ fn rs_second_restore_then_other_replica_edits() {
     assert_eq!(qty_holder(got), Some((77, 0)), "C's version stands");
 }
 
-/// State changes are not "changes" to the rule: the server's `changed`/`by` move with data
-/// (Put/Edit) only. x is released (rev 0) and held by B at the backup; after it B sets
-/// state 1 and returns x, A borrows it and sets state 5. After the restore B (online)
-/// returns x; C borrows it, sets state 7 (a state A never saw) and returns it. By the rule
-/// C's change, made in the restored history, stands; A resends its state 5 over it.
+/// A state change alone: x is released (rev 0) and held by B at the backup; after it B
+/// sets state 1 and returns x, A borrows it and sets state 5. After the restore B (online)
+/// returns x; C borrows it, sets state 7 (a state A never saw) and returns it: C's change,
+/// made in the restored history, stands. (The server dated revisions by data changes only,
+/// so A resent its state 5 over it; found by the red team.)
 #[test]
-#[ignore = "known limit: the server's changed/by move with data changes only, so a state change made after the restore is not told apart (README)"]
 fn rs_other_replica_changes_only_the_state() {
     trace();
     let tmp = tempfile::tempdir().unwrap();

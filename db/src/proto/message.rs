@@ -396,7 +396,8 @@ pub struct Revision {
     pub state: u32,
     /// The record bytes.
     pub data: Vec<u8>,
-    /// The sequence number of its last data change (0: not recorded).
+    /// The sequence number of its last change of data, release or state (0: not
+    /// recorded; servers before this dated data changes only).
     pub changed: u64,
     /// The holder number of the client that made that change.
     pub by: u32,

@@ -135,12 +135,12 @@ impl Batch<'_> {
                 Header::parse(v).map(|(h, data)| (*rev, h.version, h.released, h.state, data))
             }))
         };
-        // The server names the replica of a revision's last data change (`Revision::by`):
-        // a release, a state or a removal is noted with origin 0, matched whoever the
+        // The server names the replica of a revision's last change of data, release or
+        // state (`Revision::by`); a removal is noted with origin 0, matched whoever the
         // server names.
         let origin = match change.kind {
-            ChangeKind::Put { .. } | ChangeKind::Edit { .. } => entry.origin,
-            _ => 0,
+            ChangeKind::Remove => 0,
+            _ => entry.origin,
         };
         self.note_digest(entry.seq, &change.tree, change.id, digest, origin)
     }

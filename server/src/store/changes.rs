@@ -479,6 +479,12 @@ impl Tables<'_, '_> {
                     return Ok(Err(RemoteError::Released));
                 }
                 state.released = true;
+                // Dated like a data change (`Revision::changed`, `by`): a replica
+                // reconciling after a restore tells who changed the revision since.
+                // (An optimistic edit of a released revision is refused before any
+                // conflict check.)
+                let hlc = state.hlc;
+                state.changed(holder, seq, hlc);
             }
             ChangeKind::SetState(s) => {
                 if !state.released {
@@ -488,6 +494,8 @@ impl Tables<'_, '_> {
                     ))));
                 }
                 state.state = *s;
+                let hlc = state.hlc;
+                state.changed(holder, seq, hlc);
             }
         }
         self.records
