@@ -91,6 +91,7 @@ impl Batch<'_> {
                 journal.insert((e.seq, e.change.tree.as_str(), e.change.id), at | own)?;
             }
         }
+        let mut first_noted = None;
         for entry in entries {
             let change = &entry.change;
             if let ChangeKind::Edit { hlc, .. } = change.kind
@@ -114,6 +115,17 @@ impl Batch<'_> {
             }
             if entry.origin != me && !matches!(change.kind, ChangeKind::Borrow { .. }) {
                 self.note_state(entry)?;
+                first_noted.get_or_insert(entry.seq);
+            }
+        }
+        // The first push noted: every state pushes bring is noted from it on.
+        if let Some(seq) = first_noted {
+            let mut meta = self.txn.open_table(META)?;
+            if meta.get(crate::sync::JOURNAL_STATES_FROM)?.is_none() {
+                meta.insert(
+                    crate::sync::JOURNAL_STATES_FROM,
+                    seq.to_le_bytes().as_slice(),
+                )?;
             }
         }
         Ok(skipped)
@@ -158,13 +170,6 @@ impl Batch<'_> {
         self.txn
             .open_table(JOURNAL_STATES)?
             .insert((seq, tree, id), (digest, origin))?;
-        let mut meta = self.txn.open_table(META)?;
-        if meta.get(crate::sync::JOURNAL_STATES_FROM)?.is_none() {
-            meta.insert(
-                crate::sync::JOURNAL_STATES_FROM,
-                seq.to_le_bytes().as_slice(),
-            )?;
-        }
         Ok(())
     }
 

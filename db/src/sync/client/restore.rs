@@ -1015,15 +1015,11 @@ impl Client {
         // (Only optimistic edits have `rekord.pending` rows.)
         let db = self.db()?;
         let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        let pending = match txn.open_table(PENDING) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(Error::from(e).into()),
-        };
-        Ok(pending
-            .get((tree, id))
-            .map_err(Error::from)?
-            .is_some_and(|v| PendingRow::decode(v.value()).count > 0))
+        match txn.open_table(PENDING) {
+            Ok(t) => has_edits(&t, tree, id),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(Error::from(e).into()),
+        }
     }
 
     /// The stored revisions of record `id` of `tree`, oldest first.
@@ -1196,11 +1192,20 @@ fn edited_since(
     tree: &str,
     id: u64,
 ) -> std::result::Result<bool, End> {
-    let pending = match txn.open_table(PENDING) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-        Err(e) => return Err(Error::from(e).into()),
-    };
+    match txn.open_table(PENDING) {
+        Ok(t) => has_edits(&t, tree, id),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(Error::from(e).into()),
+    }
+}
+
+/// Whether `pending` (`rekord.pending`, in a read or a write transaction) has optimistic
+/// edits of record `id` of `tree` waiting.
+fn has_edits(
+    pending: &impl redb::ReadableTable<(&'static str, u64), &'static [u8]>,
+    tree: &str,
+    id: u64,
+) -> std::result::Result<bool, End> {
     Ok(pending
         .get((tree, id))
         .map_err(Error::from)?
