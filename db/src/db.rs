@@ -407,8 +407,18 @@ impl Db {
         config: crate::sync::SyncConfig,
         driven: bool,
     ) -> Result<(Db, Option<crate::sync::client::SyncDriver>)> {
+        Db::prepare_sync(&db.inner, &config)?;
+        let (link, driver) = crate::sync::client::start_with(&db.inner, config, driven)?;
+        // A fresh `DbInner` has no link yet.
+        let _ = db.inner.link.set(link);
+        Ok((db, driver))
+    }
+
+    /// Notes a synced database's optimistic trees and their merge strategies (before its
+    /// sync client starts, or in a browser tab that goes through the one syncing it).
+    pub(crate) fn prepare_sync(inner: &DbInner, config: &crate::sync::SyncConfig) -> Result<()> {
         if !config.merges.is_empty() {
-            let txn = db.inner.redb.begin_write()?;
+            let txn = inner.redb.begin_write()?;
             {
                 let mut meta = txn.open_table(META)?;
                 for (tree, merge) in &config.merges {
@@ -418,20 +428,39 @@ impl Db {
             }
             txn.commit()?;
         }
-        db.inner
+        inner
             .merges
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(config.merges.iter().cloned());
-        let (link, driver) = crate::sync::client::start_with(&db.inner, config, driven)?;
-        // A fresh `DbInner` has no link yet.
-        let _ = db.inner.link.set(link);
-        Ok((db, driver))
+        Ok(())
+    }
+
+    /// Starts the sync client of an open database that has none (a browser tab that
+    /// followed the one syncing it and now leads).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn start_sync_inner(
+        inner: &Arc<DbInner>,
+        config: crate::sync::SyncConfig,
+    ) -> Result<()> {
+        let (link, _) = crate::sync::client::start_with(inner, config, false)?;
+        inner.link.set(link).map_err(|_| Error::Browser {
+            operation: "starting the sync client",
+            message: "it runs already".into(),
+        })
     }
 
     /// The state of the sync client (`None` for a database that is not synced).
     pub fn sync_status(&self) -> Option<crate::sync::SyncStatus> {
-        self.inner.link.get().map(|l| l.status())
+        if let Some(link) = self.inner.link.get() {
+            return Some(link.status());
+        }
+        // A browser tab that goes through the one syncing the database: that one's.
+        #[cfg(target_arch = "wasm32")]
+        if let Some(tab) = self.inner.follower_tab() {
+            return crate::storage::tabs::relayed_status(tab);
+        }
+        None
     }
 
     /// Waits until every local write committed so far has been accepted by the server (the
@@ -1016,7 +1045,23 @@ impl DbInner {
         if let Some(link) = self.link.get() {
             return Some(link.timeout());
         }
+        #[cfg(target_arch = "wasm32")]
+        if let Some(tab) = self.follower_tab() {
+            return crate::storage::tabs::follower_timeout(tab);
+        }
         None
+    }
+
+    /// In a browser: the tab of a synced database that goes through the tab syncing it.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn follower_tab(&self) -> Option<u64> {
+        if !self.client || self.link.get().is_some() {
+            return None;
+        }
+        self.browser
+            .get()
+            .and_then(|h| h.tab())
+            .filter(|t| !crate::storage::tabs::leads(*t))
     }
 
     /// Asks the sync client for `ids` free ids and waits for them (bounded); whether they
@@ -1025,6 +1070,12 @@ impl DbInner {
     pub(crate) fn refill_ids(&self, ids: u64, until: crate::rt::Instant) -> Result<bool> {
         if let Some(link) = self.link.get() {
             return link.refill_ids(ids, until);
+        }
+        // A tab that goes through the one syncing the database asks it (the write fails
+        // now, and may be tried again once they came).
+        #[cfg(target_arch = "wasm32")]
+        if let Some(tab) = self.follower_tab() {
+            crate::storage::tabs::want_ids(tab);
         }
         let _ = (ids, until);
         Ok(false)
@@ -1035,6 +1086,10 @@ impl DbInner {
         if let Some(link) = self.link.get() {
             return link.write_through(tree);
         }
+        #[cfg(target_arch = "wasm32")]
+        if let Some(tab) = self.follower_tab() {
+            return crate::storage::tabs::follower_write_through(tab, tree);
+        }
         let _ = tree;
         false
     }
@@ -1043,6 +1098,16 @@ impl DbInner {
     pub(crate) fn require_online(&self) -> Result<()> {
         if let Some(link) = self.link.get() {
             return link.require_online();
+        }
+        #[cfg(target_arch = "wasm32")]
+        if self.follower_tab().is_some() {
+            return Err(Error::Offline {
+                what: "a write-through write",
+                reason: "this tab goes through another tab of the page's origin, which syncs \
+                         the database; a write-through write waits for the server, so make it \
+                         in that tab"
+                    .into(),
+            });
         }
         Ok(())
     }

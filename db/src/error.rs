@@ -348,8 +348,9 @@ pub enum Error {
         /// The limit in bytes.
         limit: u64,
     },
-    /// A synced browser database is open in another tab of this origin, which syncs it: one
-    /// tab holds a synced database's connection (the first that opened it).
+    /// No longer returned: a synced browser database opened in a second tab of the origin
+    /// goes through the tab that syncs it (see `Db::open_browser_synced`). Kept so that
+    /// code matching on it still builds.
     #[error(
         "the synced database `{name}` is open in another tab, which syncs it; use it there \
          (or close that tab, and open it here again)"

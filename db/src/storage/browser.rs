@@ -326,6 +326,16 @@ fn open_follower(
     ))
 }
 
+/// The database as stored in IndexedDB now: a copy in memory, for reading (a follower
+/// taking over a synced database reads its sync side).
+pub(crate) async fn stored_database(name: &str) -> Result<redb::Database> {
+    let idb = open_idb(name).await?;
+    let image = load(&idb, name).await;
+    idb.close();
+    let image = Arc::new(Mutex::new(image?));
+    redb_over(name, &image, None)
+}
+
 /// Makes a follower tab's copy the stored image and starts its flusher (the follower
 /// became the leader, holding `lock`); returns when that first flush is done.
 pub(crate) async fn start_flusher(
@@ -1403,8 +1413,14 @@ impl crate::Db {
     /// offline), borrows go to the server ([`Tree::borrow_async`](crate::Tree::borrow_async):
     /// a page never blocks), and other replicas' changes arrive as events.
     ///
-    /// One tab syncs a database: opened in a second tab of the origin while the first has
-    /// it, this fails with [`Error::SyncedElsewhere`]. A database made by
+    /// Several tabs of the origin share it: the first to open it (the leading tab) holds
+    /// the connection and syncs it; in the others every write goes through the leading
+    /// tab, borrows are asked through it ([`Tree::borrow_async`](crate::Tree::borrow_async)),
+    /// [`Db::sync_status`](crate::Db::sync_status) is its, and other replicas' changes
+    /// arrive as events as in it. Ids come from the leading tab's ranges. When the leading
+    /// tab closes or crashes, another takes over: it stores its copy and syncs from then
+    /// on, with nothing lost that either tab committed and the leading tab sent on (see
+    /// ARCHITECTURE.md). A database made by
     /// [`Db::open_browser`] cannot be opened synced, nor the other way round
     /// ([`Error::Mode`]).
     ///
@@ -1428,14 +1444,9 @@ impl crate::Db {
     ) -> Result<crate::Db> {
         let (redb, handle) = open(name, browser).await?;
         let tab = handle.tab();
-        if let Some(tab) = tab
-            && !tabs::leads(tab)
-        {
-            drop(handle);
-            drop(redb);
-            return Err(Error::SyncedElsewhere {
-                name: name.to_owned(),
-            });
+        let follower = tab.is_some_and(|t| !tabs::leads(t));
+        if let Some(tab) = tab {
+            tabs::set_synced(tab, &config);
         }
         let db = crate::Db::init(
             redb,
@@ -1447,6 +1458,12 @@ impl crate::Db {
         let _ = db.inner.browser.set(handle);
         if let Some(tab) = tab {
             tabs::attach(tab, &db.inner);
+        }
+        if follower {
+            // Another tab syncs it: this one goes through that one (and syncs it itself
+            // once that one is gone).
+            crate::Db::prepare_sync(&db.inner, &config)?;
+            return Ok(db);
         }
         crate::Db::start_sync(db, config)
     }

@@ -28,6 +28,13 @@
 //!
 //! Ids: the leader carves ranges of [`SPAN`] ids for followers from the top of the id
 //! space down (`tabs.top` in `rekord.meta`), never granting one twice.
+//!
+//! A synced database: the leader also runs the sync client, and followers go through it. A
+//! follower's entry carries what its commit gives the server ([`SyncPart`]), which the
+//! leader queues as its own; follower ids are carved from the leader's server-granted
+//! ranges; borrows and the sync status go over the channel. A follower taking over adopts
+//! the sync side of the stored image, with what the old leader's commits carried since
+//! ([`adopt`]); ARCHITECTURE.md tells the whole of it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -43,7 +50,9 @@ use super::blocks::{self, Image};
 use super::{Header, META, RANGES, SCHEMAS, id_range, pack, unpack};
 use crate::db::{DbInner, read_u64, state_bytes};
 use crate::event::EventKind;
+use crate::proto::{Change, ChangeKind};
 use crate::schema::{Schema, dynamic};
+use crate::sync::SyncStatus;
 use crate::tree::batch::Batch;
 use crate::{Error, RawKey, Result};
 use redb::ReadableTable as _;
@@ -53,6 +62,10 @@ pub(crate) const SPAN: u64 = 1 << 32;
 
 /// The `rekord.meta` key of the lowest id granted to a follower tab so far.
 const TOP: &str = "tabs.top";
+
+/// The `rekord.meta` key of the last leader commit (numbered for the tabs) in a synced
+/// database with followers.
+const SEQ: &str = "tabs.seq";
 
 /// How long a tab waits for a sign of the leader before it tries again (each message of a
 /// live leader waits this long again, up to [`WELCOME_MAX_MS`]: a large database takes a
@@ -65,13 +78,15 @@ const WELCOME_MAX_MS: f64 = 60_000.0;
 /// How many times a tab asks the leader (or tries to become it) before it gives up.
 pub(crate) const WELCOME_TRIES: u32 = 10;
 
-/// One record as stored: every revision, `(rev, header and data)`.
+/// One record as stored: every revision, `(rev, header and data)`, and the holder number
+/// of the replica whose change it was (the origin of its events).
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 pub(crate) struct TabRecord {
     tree: String,
     id: u64,
     revisions: Vec<(u32, Vec<u8>)>,
+    origin: u32,
 }
 
 /// A stored schema a commit's records need.
@@ -84,13 +99,128 @@ pub(crate) struct TabSchema {
 }
 
 /// What one commit changed, as other tabs apply it.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 pub(crate) struct Changes {
     records: Vec<TabRecord>,
     schemas: Vec<TabSchema>,
+    /// In a synced database: what the commit gives the server.
+    sync: Option<SyncPart>,
+}
+
+/// The sync side of a synced database's commit, as it goes between tabs.
+///
+/// A follower's entry carries the outbox changes and returned borrows its commit made
+/// (`outbox`, `returns`) and the `rekord.pending` rows of the records it edited
+/// optimistically (`pending`, based on what the follower saw); the leader queues them in its
+/// own outbox as if it had made the commit. A leader's commit carries the outbox rows it
+/// appended (`entries`, as stored, by number), the pending rows it left and its server
+/// cursor, which
+/// followers keep until the commit is stored: a follower taking over after a crash of the
+/// leader queues again the entries of the commits the stored image lacks.
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+pub(crate) struct SyncPart {
+    outbox: Vec<Change>,
+    returns: Vec<(String, u64)>,
+    pending: Vec<(String, u64, Vec<u8>)>,
+    entries: Vec<(u64, Vec<u8>)>,
+    cursor: u64,
+}
+
+/// What a synced leader tells its followers of its sync client.
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+struct TabStatus {
+    online: bool,
+    caught_up: bool,
+    cursor: u64,
+    outbox: u64,
+    outbox_bytes: u64,
+    processed_entry: u64,
+    rejected: u64,
+    conflicts: u64,
+    last_sync_ms: Option<u64>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    replica: Option<u32>,
+    last_error: Option<String>,
+    refused: Option<String>,
+    refills: u64,
+    ids_refused: Option<String>,
+    waiting: u64,
+}
+
+impl TabStatus {
+    fn of(st: &SyncStatus) -> TabStatus {
+        TabStatus {
+            online: st.online,
+            caught_up: st.caught_up,
+            cursor: st.cursor,
+            outbox: st.outbox,
+            outbox_bytes: st.outbox_bytes,
+            processed_entry: st.processed_entry,
+            rejected: st.rejected,
+            conflicts: st.conflicts,
+            last_sync_ms: st.last_sync.and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64)
+            }),
+            bytes_sent: st.bytes_sent,
+            bytes_received: st.bytes_received,
+            replica: st.replica,
+            last_error: st.last_error.clone(),
+            refused: st.refused.clone(),
+            refills: st.refills,
+            ids_refused: st.ids_refused.clone(),
+            waiting: st.waiting,
+        }
+    }
+
+    fn status(&self) -> SyncStatus {
+        SyncStatus {
+            online: self.online,
+            caught_up: self.caught_up,
+            cursor: self.cursor,
+            outbox: self.outbox,
+            outbox_bytes: self.outbox_bytes,
+            processed_entry: self.processed_entry,
+            rejected: self.rejected,
+            conflicts: self.conflicts,
+            last_sync: self
+                .last_sync_ms
+                .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            replica: self.replica,
+            last_error: self.last_error.clone(),
+            refused: self.refused.clone(),
+            refills: self.refills,
+            ids_refused: self.ids_refused.clone(),
+            waiting: self.waiting,
+        }
+    }
+}
+
+/// A leader's answer to a follower's borrow.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = rkyv)]
+enum BorrowAnswer {
+    Granted,
+    AlreadyBorrowed {
+        holder: u32,
+        holder_name: Option<String>,
+    },
+    Offline {
+        reason: String,
+    },
+    Refused {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 impl Changes {
@@ -100,7 +230,7 @@ impl Changes {
 }
 
 /// The messages between tabs.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(crate = rkyv)]
 enum Msg {
     /// A tab opening the database asks the leader for it.
@@ -133,6 +263,30 @@ enum Msg {
     Leader { tab: u64, seq: u64 },
     /// A follower waits for its entries to be stored: the leader flushes now.
     Flush,
+    /// A synced leader's sync client, as it is now.
+    Status { status: TabStatus },
+    /// A synced follower asks for the borrow of a record (its request `n`).
+    Borrow {
+        tab: u64,
+        n: u64,
+        tree: String,
+        id: u64,
+        rev: u32,
+    },
+    /// The leader's answer to request `n` of tab `to` (sent after the commit that holds a
+    /// granted borrow).
+    Borrowed {
+        to: u64,
+        n: u64,
+        answer: BorrowAnswer,
+    },
+    /// A synced leader's outbox: every entry below `below` is settled (the server answered
+    /// it and the leader acted on the answer), and the next entry will be `next`.
+    Settled { below: u64, next: u64 },
+    /// A synced follower ran out of ids.
+    Ids { tab: u64 },
+    /// More ids for tab `to`, carved from the leader's server-granted ranges.
+    Range { to: u64, range: (u64, u64) },
 }
 
 fn encode(msg: &Msg) -> Option<Vec<u8>> {
@@ -171,6 +325,8 @@ pub(crate) struct Tab {
     /// Whether [`join`] took its welcome: a later one (the hello was said again to a new
     /// leader, and both answered) keeps no copy of the database.
     welcomed: Rc<std::cell::Cell<bool>>,
+    /// A synced follower: the configuration its sync client starts with when it leads.
+    sync: RefCell<Option<crate::SyncConfig>>,
 }
 
 #[derive(Default)]
@@ -196,6 +352,24 @@ struct State {
     /// Why this tab's copy can no longer follow the leader.
     broken: Option<String>,
     closed: bool,
+    /// Whether the database is synced (the leader runs the sync client).
+    synced: bool,
+    /// A synced follower: the sync parts of the leader's commits not known to be stored
+    /// yet, by commit (what a takeover queues again if the stored image lacks them).
+    carried: VecDeque<(u64, SyncPart)>,
+    /// A synced follower: the leader's sync status, as last told, and when
+    /// (`Date.now()`).
+    status: Option<TabStatus>,
+    status_at: f64,
+    /// A synced follower: borrows waiting for the leader's answer, by request.
+    borrows: HashMap<u64, async_channel::Sender<BorrowAnswer>>,
+    next_borrow: u64,
+    /// A synced follower: the leader's outbox as last told (entries below the first are
+    /// settled; the second is the next entry's number). A synced leader: as last told.
+    outbox: (u64, u64),
+    /// When a synced follower last asked the leader for ids (`Date.now()`, 0: no question
+    /// waits).
+    asked_ids: f64,
 }
 
 thread_local! {
@@ -288,6 +462,7 @@ impl Tab {
             takeover: RefCell::new(None),
             welcome_image,
             welcomed,
+            sync: RefCell::new(None),
         });
         TABS.with(|t| t.borrow_mut().insert(tab.id, tab.clone()));
         Ok(tab)
@@ -428,7 +603,13 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
             | Msg::Hello { .. }
             | Msg::Entry { .. }
             | Msg::Refused { .. }
-            | Msg::Flush => {}
+            | Msg::Flush
+            | Msg::Status { .. }
+            | Msg::Borrow { .. }
+            | Msg::Borrowed { .. }
+            | Msg::Ids { .. }
+            | Msg::Settled { .. }
+            | Msg::Range { .. } => {}
             Msg::Stored { seq } => s.stored = s.stored.max(seq),
             // A new leader: the hello may have reached it before it led (and been left
             // unanswered), so it is said again.
@@ -461,7 +642,13 @@ pub(crate) fn use_range(redb: &redb::Database, range: (u64, u64)) -> Result<()> 
     {
         let mut ranges = txn.open_table(RANGES)?;
         ranges.retain(|_, _| false)?;
-        ranges.insert(range.0, range.1)?;
+        if range.0 < range.1 {
+            ranges.insert(range.0, range.1)?;
+        }
+        // A synced follower's optimistic edits are based on what it sees, not on the
+        // leader's waiting ones (which the leader keeps count of).
+        txn.open_table(crate::storage::PENDING)?
+            .retain(|_, _| false)?;
         let mut meta = txn.open_table(META)?;
         let commit = meta
             .get("state")?
@@ -530,11 +717,14 @@ pub(crate) fn captures(id: u64) -> bool {
     })
 }
 
-/// The records a batch changed (every revision, as the commit leaves them) and the
-/// schemas they are written with.
+/// The records a batch changed (every revision, as the commit leaves them), the schemas
+/// they are written with and, in a synced database, what the commit gives the server
+/// (`appended`: the outbox entries it added). Tab `id` commits it.
 pub(crate) fn capture(
+    id: u64,
     txn: &redb::WriteTransaction,
     core: &crate::tree::batch::Core,
+    appended: Option<(u64, u64)>,
 ) -> Result<Changes> {
     let mut seen = HashSet::new();
     let mut changes = Changes::default();
@@ -560,6 +750,7 @@ pub(crate) fn capture(
             tree: state.name.to_string(),
             id: p.key.id,
             revisions,
+            origin: p.origin,
         });
     }
     let schemas = txn.open_table(SCHEMAS)?;
@@ -572,7 +763,106 @@ pub(crate) fn capture(
             });
         }
     }
+    let Some(tab) = get(id) else {
+        return Ok(changes);
+    };
+    let (leader, synced, seq) = {
+        let s = tab.state.borrow();
+        (s.leader, s.synced, s.seq)
+    };
+    if !synced {
+        return Ok(changes);
+    }
+    // The records the commit edited optimistically: their pending rows go with it.
+    let mut edited: Vec<(String, u64)> = Vec::new();
+    for c in &core.outbox {
+        if matches!(c.kind, ChangeKind::Edit { .. }) && !edited.contains(&(c.tree.clone(), c.id)) {
+            edited.push((c.tree.clone(), c.id));
+        }
+    }
+    let mut part = SyncPart::default();
+    {
+        let mut pending = txn.open_table(crate::storage::PENDING)?;
+        for (tree, id) in &edited {
+            let row = pending
+                .get((tree.as_str(), *id))?
+                .map(|v| v.value().to_vec());
+            if let Some(row) = row {
+                if !leader {
+                    // A follower's rows mean nothing here (the leader keeps the real ones):
+                    // each of its entries starts from what the follower sees.
+                    pending.remove((tree.as_str(), *id))?;
+                }
+                part.pending.push((tree.clone(), *id, row));
+            }
+        }
+    }
+    if leader {
+        if let Some((first, last)) = appended {
+            let outbox = txn.open_table(crate::storage::OUTBOX)?;
+            for n in first..=last {
+                if let Some(v) = outbox.get(n)? {
+                    part.entries.push((n, v.value().to_vec()));
+                }
+            }
+        }
+        part.cursor = crate::sync::cursor_in(txn)?;
+        // The commit this will be: a takeover reading the stored image knows which
+        // commits it holds.
+        txn.open_table(META)?
+            .insert(SEQ, (seq + 1).to_le_bytes().as_slice())?;
+    } else {
+        part.outbox.clone_from(&core.outbox);
+        part.returns.clone_from(&core.returns);
+        // A follower sends nothing itself: its outbox keeps only what the leader had.
+        if let Some((first, last)) = appended {
+            let mut outbox = txn.open_table(crate::storage::OUTBOX)?;
+            for n in first..=last {
+                outbox.remove(n)?;
+            }
+        }
+    }
+    changes.sync = Some(part);
     Ok(changes)
+}
+
+/// A synced leader with followers: its outbox's first entry and next number, read in a
+/// commit's transaction (for [`outbox_moved`] once it committed).
+pub(crate) fn outbox_front(id: u64, txn: &redb::WriteTransaction) -> Result<Option<(u64, u64)>> {
+    let Some(tab) = get(id) else {
+        return Ok(None);
+    };
+    {
+        let s = tab.state.borrow();
+        if !(s.leader && s.synced && s.followers) {
+            return Ok(None);
+        }
+    }
+    let next = crate::sync::outbox::last_made(&txn.open_table(META)?)? + 1;
+    let first = txn
+        .open_table(crate::storage::OUTBOX)?
+        .first()?
+        .map_or(next, |(k, _)| k.value());
+    Ok(Some((first, next)))
+}
+
+/// A synced leader's commit moved its outbox: followers learn at once which entries are
+/// settled (a follower taking over does not send them again).
+pub(crate) fn outbox_moved(id: u64, front: (u64, u64)) {
+    let Some(tab) = get(id) else {
+        return;
+    };
+    {
+        let mut s = tab.state.borrow_mut();
+        if s.outbox == front {
+            return;
+        }
+        s.outbox = front;
+    }
+    tab.post(&Msg::Settled {
+        below: front.0,
+        next: front.1,
+    });
 }
 
 /// A commit of tab `id` that [`captures`] said to send: a leader sends it as its next
@@ -608,6 +898,205 @@ pub(crate) fn committed(id: u64, changes: Changes) {
                 changes,
                 seq: None,
             });
+        }
+    }
+}
+
+/// Marks tab `id`'s database as synced (before it commits anything) and keeps the
+/// configuration a follower's sync client starts with when it leads.
+pub(crate) fn set_synced(id: u64, config: &crate::SyncConfig) {
+    if let Some(tab) = get(id) {
+        tab.state.borrow_mut().synced = true;
+        *tab.sync.borrow_mut() = Some(config.clone());
+        if tab.state.borrow().leader {
+            wasm_bindgen_futures::spawn_local(relay_status(id));
+        }
+    }
+}
+
+/// The configuration of tab `id`'s sync client, if it is a synced follower.
+fn follower_config(id: u64) -> Option<crate::SyncConfig> {
+    let tab = get(id)?;
+    let s = tab.state.borrow();
+    if s.leader || !s.synced {
+        return None;
+    }
+    tab.sync.borrow().clone()
+}
+
+/// The request timeout of tab `id`, if it is a synced follower (its borrows and id
+/// requests wait this long for the leader).
+pub(crate) fn follower_timeout(id: u64) -> Option<std::time::Duration> {
+    follower_config(id).map(|c| c.timeout)
+}
+
+/// Whether writes to `tree` are write-through in tab `id`, a synced follower.
+pub(crate) fn follower_write_through(id: u64, tree: &str) -> bool {
+    follower_config(id).is_some_and(|c| {
+        let mode = c
+            .tree_write_modes
+            .iter()
+            .find(|(t, _)| t == tree)
+            .map_or(c.write_mode, |(_, m)| *m);
+        mode == crate::sync::WriteMode::Through
+    })
+}
+
+/// A synced follower: the leader's sync status as last told (before any: offline, saying
+/// why).
+pub(crate) fn relayed_status(id: u64) -> Option<SyncStatus> {
+    let tab = get(id)?;
+    let s = tab.state.borrow();
+    if s.leader || !s.synced {
+        return None;
+    }
+    let silent = js_sys::Date::now() - s.status_at;
+    Some(match &s.status {
+        // The leader tells at least every two seconds: one that stopped is gone (another
+        // tab takes over).
+        Some(st) if silent > STATUS_STALE_MS => SyncStatus {
+            online: false,
+            caught_up: false,
+            last_error: Some(format!(
+                "the tab that syncs the database has not answered for {:.1} s (closed or \
+                 crashed: another tab takes over)",
+                silent / 1000.0
+            )),
+            ..st.status()
+        },
+        Some(st) => st.status(),
+        None => SyncStatus {
+            last_error: Some(
+                "this tab follows the tab that syncs the database, which has not said how its \
+                 sync client is yet"
+                    .into(),
+            ),
+            ..SyncStatus::default()
+        },
+    })
+}
+
+/// How long a follower trusts the leader's last status.
+const STATUS_STALE_MS: f64 = 3000.0;
+
+/// A synced follower ran out of ids: asks the leader for more (again only after a second
+/// without an answer).
+pub(crate) fn want_ids(id: u64) {
+    let Some(tab) = get(id) else {
+        return;
+    };
+    {
+        let mut s = tab.state.borrow_mut();
+        let now = js_sys::Date::now();
+        if s.leader || !s.synced || now - s.asked_ids < 1000.0 {
+            return;
+        }
+        s.asked_ids = now;
+    }
+    tab.post(&Msg::Ids { tab: id });
+}
+
+/// A synced follower borrows through the leader's sync client: waits (at most `timeout`)
+/// for its answer. Once granted, this tab's copy shows the borrow (the commit that holds
+/// it comes before the answer).
+pub(crate) async fn borrow(
+    id: u64,
+    tree: &str,
+    key: RawKey,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let gone = || Error::Offline {
+        what: "borrowing",
+        reason: "the database was closed in this tab".into(),
+    };
+    let Some(tab) = get(id) else {
+        return Err(gone());
+    };
+    let (tx, rx) = async_channel::bounded(1);
+    let n = {
+        let mut s = tab.state.borrow_mut();
+        s.next_borrow += 1;
+        let n = s.next_borrow;
+        s.borrows.insert(n, tx);
+        n
+    };
+    tab.post(&Msg::Borrow {
+        tab: id,
+        n,
+        tree: tree.to_owned(),
+        id: key.id,
+        rev: key.rev,
+    });
+    drop(tab);
+    let ms = timeout.as_secs_f64() * 1000.0;
+    let answer = super::browser::race(rx.recv(), super::browser::sleep(ms)).await;
+    if let Some(tab) = get(id) {
+        tab.state.borrow_mut().borrows.remove(&n);
+    }
+    match answer {
+        Some(Ok(BorrowAnswer::Granted)) => Ok(()),
+        Some(Ok(BorrowAnswer::AlreadyBorrowed {
+            holder,
+            holder_name,
+        })) => Err(Error::AlreadyBorrowed {
+            tree: tree.to_owned(),
+            key,
+            holder,
+            holder_name,
+        }),
+        Some(Ok(BorrowAnswer::Offline { reason })) => Err(Error::Offline {
+            what: "borrowing",
+            reason,
+        }),
+        Some(Ok(BorrowAnswer::Refused { reason })) => Err(Error::Refused {
+            what: "borrowing",
+            reason,
+        }),
+        Some(Ok(BorrowAnswer::Failed { reason })) => Err(Error::Browser {
+            operation: "borrowing through the tab that syncs the database",
+            message: reason,
+        }),
+        Some(Err(_)) => Err(gone()),
+        None => Err(Error::Offline {
+            what: "borrowing",
+            reason: format!(
+                "the tab that syncs the database did not answer within {timeout:?} (it may \
+                 have closed: another tab takes over)"
+            ),
+        }),
+    }
+}
+
+/// How often a synced leader tells its followers how its sync client is.
+const STATUS_MS: f64 = 250.0;
+
+/// A synced leader's followers learn its sync status: when it changes, and every two
+/// seconds (for a follower that joined since).
+async fn relay_status(id: u64) {
+    let mut last: Option<TabStatus> = None;
+    let mut ticks = 0u32;
+    loop {
+        super::browser::sleep(STATUS_MS).await;
+        let Some(tab) = get(id) else {
+            return;
+        };
+        let Some(db) = tab.db() else {
+            continue;
+        };
+        if !tab.state.borrow().followers {
+            continue;
+        }
+        let Some(link) = db.link.get() else {
+            continue;
+        };
+        let status = TabStatus::of(&link.status());
+        ticks += 1;
+        if last.as_ref() != Some(&status) || ticks >= 8 {
+            ticks = 0;
+            tab.post(&Msg::Status {
+                status: status.clone(),
+            });
+            last = Some(status);
         }
     }
 }
@@ -775,6 +1264,12 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             origin,
             changes,
         } if !leader => {
+            if let Some(part) = &changes.sync {
+                let mut s = tab.state.borrow_mut();
+                if seq > s.stored && s.carried.back().is_none_or(|(q, _)| *q < seq) {
+                    s.carried.push_back((seq, part.clone()));
+                }
+            }
             let skip: HashSet<(String, u64)> = {
                 let mut s = tab.state.borrow_mut();
                 if let Some((t, n)) = origin
@@ -809,6 +1304,9 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             let mut s = tab.state.borrow_mut();
             s.stored = s.stored.max(seq);
             let stored = s.stored;
+            while s.carried.front().is_some_and(|(q, _)| *q <= stored) {
+                s.carried.pop_front();
+            }
             while s
                 .unacked
                 .front()
@@ -835,6 +1333,9 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             let resend: Vec<Msg> = {
                 let mut s = tab.state.borrow_mut();
                 s.seq = s.seq.max(seq);
+                while s.carried.front().is_some_and(|(q, _)| *q <= seq) {
+                    s.carried.pop_front();
+                }
                 s.unacked
                     .iter()
                     .filter(|u| u.seq.is_none())
@@ -852,12 +1353,143 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         }
         Msg::Welcome { range, .. } => {
             let mut s = tab.state.borrow_mut();
-            s.top = s.top.min(range.0);
+            if !s.synced {
+                s.top = s.top.min(range.0);
+            }
             s.followers = true;
+            Ok(())
+        }
+        Msg::Status { status } if !leader => {
+            if let Some(replica) = status.replica
+                && db.replica.load(std::sync::atomic::Ordering::Acquire) == 0
+            {
+                db.replica
+                    .store(replica, std::sync::atomic::Ordering::Release);
+            }
+            let mut s = tab.state.borrow_mut();
+            s.status = Some(status);
+            s.status_at = js_sys::Date::now();
+            Ok(())
+        }
+        Msg::Borrow {
+            tab: other,
+            n,
+            tree,
+            id,
+            rev,
+        } if leader => {
+            let link = db.link.get().cloned();
+            let me = tab.id;
+            wasm_bindgen_futures::spawn_local(async move {
+                let answer = match link {
+                    None => BorrowAnswer::Offline {
+                        reason: "the tab that syncs the database has not started its sync \
+                                 client yet"
+                            .into(),
+                    },
+                    Some(link) => match link.borrow(&tree, RawKey::new(id, rev)).await {
+                        Ok(()) => BorrowAnswer::Granted,
+                        Err(Error::AlreadyBorrowed {
+                            holder,
+                            holder_name,
+                            ..
+                        }) => BorrowAnswer::AlreadyBorrowed {
+                            holder,
+                            holder_name,
+                        },
+                        Err(Error::Offline { reason, .. }) => BorrowAnswer::Offline { reason },
+                        Err(Error::Refused { reason, .. }) => BorrowAnswer::Refused { reason },
+                        Err(e) => BorrowAnswer::Failed {
+                            reason: e.to_string(),
+                        },
+                    },
+                };
+                if let Some(tab) = get(me) {
+                    tab.post(&Msg::Borrowed {
+                        to: other,
+                        n,
+                        answer,
+                    });
+                }
+            });
+            Ok(())
+        }
+        Msg::Borrowed { to, n, answer } if to == tab.id => {
+            if let Some(w) = tab.state.borrow_mut().borrows.remove(&n) {
+                let _ = w.try_send(answer);
+            }
+            Ok(())
+        }
+        Msg::Settled { below, next } if !leader => {
+            let mut s = tab.state.borrow_mut();
+            s.outbox = (s.outbox.0.max(below), s.outbox.1.max(next));
+            Ok(())
+        }
+        Msg::Ids { tab: other } if leader => {
+            let range = carve_synced(&db)?;
+            tab.post(&Msg::Range { to: other, range });
+            Ok(())
+        }
+        Msg::Range { to, range } if to == tab.id => {
+            if range.0 < range.1 {
+                let b = Batch::begin(&db)?;
+                b.txn.open_table(RANGES)?.insert(range.0, range.1)?;
+                b.commit()?;
+            }
+            tab.state.borrow_mut().asked_ids = 0.0;
             Ok(())
         }
         _ => Ok(()),
     }
+}
+
+/// The most ids a synced follower gets at once.
+const SYNCED_SPAN: u64 = 1 << 16;
+
+/// Carves ids for a synced follower from the leader's server-granted ranges: the upper half
+/// of the free ids of the range with the most (at most [`SYNCED_SPAN`]); `(0, 0)` when
+/// there are too few (the follower asks again when it runs out; the leader's sync client
+/// asks the server for more as its own run low).
+fn carve_synced(db: &Arc<DbInner>) -> Result<(u64, u64)> {
+    let b = Batch::begin(db)?;
+    let next_id = b.writer.next_id;
+    let carved = {
+        let mut ranges = b.txn.open_table(RANGES)?;
+        let mut best: Option<(u64, u64, u64)> = None;
+        for row in ranges.iter()? {
+            let (s, e) = row?;
+            let (s, e) = (s.value(), e.value());
+            if e <= next_id {
+                continue;
+            }
+            let free = e - s.max(next_id);
+            if best.is_none_or(|(_, _, f)| free > f) {
+                best = Some((s, e, free));
+            }
+        }
+        match best {
+            Some((s, e, free)) if free >= 2 => {
+                let cut = e - (free / 2).min(SYNCED_SPAN);
+                ranges.remove(s)?;
+                if cut > s {
+                    ranges.insert(s, cut)?;
+                }
+                (cut, e)
+            }
+            _ => (0, 0),
+        }
+    };
+    b.commit()?;
+    if carved.0 < carved.1 {
+        let mut w = crate::event::lock(&db.writer);
+        if w.next_id < carved.0 {
+            w.range_end = w.range_end.min(carved.0);
+        } else if w.next_id < carved.1 {
+            w.next_id = carved.1;
+            w.range_end = 0;
+        }
+    }
+    Ok(carved)
 }
 
 /// Applies another tab's changes in one batch (`origin`: the follower entry a leader
@@ -873,12 +1505,30 @@ fn apply(
     for s in &changes.schemas {
         b.tab_schema(s)?;
     }
-    let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
+    let (replica, synced, leader) = {
+        let s = tab.state.borrow();
+        let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
+        (replica, s.synced, s.leader)
+    };
     for r in &changes.records {
         if skip.contains(&(r.tree.clone(), r.id)) {
             continue;
         }
-        b.tab_record(r, replica)?;
+        // In a synced database a change keeps the replica it came from (another replica's,
+        // through the leader's sync client, is remote here too).
+        let origin = if synced && r.origin != 0 {
+            r.origin
+        } else {
+            replica
+        };
+        b.tab_record(r, origin)?;
+    }
+    if let Some(part) = &changes.sync {
+        if leader && origin.is_some() {
+            b.relay(part)?;
+        } else if !leader {
+            b.follow(part)?;
+        }
     }
     let before = tab.state.borrow().seq;
     tab.state.borrow_mut().applying = Some(origin);
@@ -903,6 +1553,10 @@ fn apply(
 /// The leader's answer to a tab that opens the database: a range of ids of its own, and
 /// the database as of now.
 fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
+    if tab.state.borrow().synced {
+        let range = carve_synced(db)?;
+        return send_welcome(tab, db, other, range);
+    }
     let top = tab.state.borrow().top;
     let start = top.saturating_sub(SPAN);
     if start <= SPAN {
@@ -943,6 +1597,12 @@ fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
             w.range_end = 0;
         }
     }
+    tab.state.borrow_mut().top = start;
+    send_welcome(tab, db, other, (start, top))
+}
+
+/// Sends tab `other` the database as of now and its ids.
+fn send_welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64, range: (u64, u64)) -> Result<()> {
     let Some(handle) = db.browser.get() else {
         return Ok(());
     };
@@ -952,14 +1612,13 @@ fn welcome(tab: &Rc<Tab>, db: &Arc<DbInner>, other: u64) -> Result<()> {
     }
     let msg = {
         let mut s = tab.state.borrow_mut();
-        s.top = start;
         s.followers = true;
         Msg::Welcome {
             to: other,
             leader: tab.id,
             seq: s.seq,
             image: Vec::new(),
-            range: (start, top),
+            range,
             applied: s.applied.iter().map(|(a, b)| (*a, *b)).collect(),
         }
     };
@@ -1008,10 +1667,25 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
             Ok(()) => break,
         }
     }
+    // A synced database: the sync side of the stored image is taken, with what the old
+    // leader's commits since queued and this tab's own entries added (see `adopt`).
+    let synced = tab.state.borrow().synced;
+    if synced && let Err(e) = adopt(&tab, &db).await {
+        tracing::error!("rekord: taking over the sync of `{}`: {e}", tab.name);
+        let mut s = tab.state.borrow_mut();
+        let reason = format!("this tab could not take over syncing the database ({e})");
+        for (_, w) in s.waiters.drain(..) {
+            let _ = w.try_send(Err(broken(&reason)));
+        }
+        s.broken = Some(reason);
+        return;
+    }
     let own: Vec<(u64, Changes)> = {
         let mut s = tab.state.borrow_mut();
         s.leader = true;
         s.followers = true;
+        s.carried.clear();
+        s.status = None;
         s.unacked
             .iter()
             .filter(|u| u.seq.is_none())
@@ -1035,6 +1709,16 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
     let seq = tab.state.borrow().seq;
     tab.post(&Msg::Leader { tab: tab.id, seq });
     let outcome = super::browser::start_flusher(&tab.name, takeover, lock, tab.id).await;
+    if synced {
+        // Its image stored: this tab syncs the database from now on.
+        let config = tab.sync.borrow().clone();
+        if let Some(config) = config {
+            match crate::Db::start_sync_inner(&db, config) {
+                Ok(()) => wasm_bindgen_futures::spawn_local(relay_status(tab.id)),
+                Err(e) => tracing::error!("rekord: starting to sync `{}`: {e}", tab.name),
+            }
+        }
+    }
     let mut s = tab.state.borrow_mut();
     s.unacked.clear();
     for (_, w) in s.waiters.drain(..) {
@@ -1045,7 +1729,316 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
     }
 }
 
+/// A synced follower becoming the leader takes the sync side of the database as stored:
+/// its own copy has every record the old leader sent (and its own writes), but the sync
+/// client's tables only as the welcome gave them. The stored image's are what a reload
+/// after a crash of the old leader would resume from (the server answers entries it
+/// already processed as such, and sends again what the image's cursor lacks); to them
+/// come the outbox entries of the old leader's commits the image lacks (each commit
+/// carried them) and then this tab's own entries the old leader never applied. Ids any
+/// record here already has are taken out of the ranges.
+async fn adopt(tab: &Rc<Tab>, db: &Arc<DbInner>) -> Result<()> {
+    let stored = super::browser::stored_database(&tab.name).await?;
+    loop {
+        match adopt_stored(tab, db, &stored) {
+            Err(Error::BatchInProgress) => super::browser::sleep(2.0).await,
+            other => return other,
+        }
+    }
+}
+
+fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Result<()> {
+    use crate::storage::{
+        DEFERRED, JOURNAL, JOURNAL_STATES, OUTBOX, PENDING, RECHECK, RECLAIM, REJECTED,
+    };
+    use crate::sync::outbox::PendingRow;
+    let read = redb::ReadableDatabase::begin_read(stored)?;
+    let mut b = Batch::begin(db)?;
+    copy_table(&read, &b.txn, OUTBOX)?;
+    copy_table(&read, &b.txn, REJECTED)?;
+    copy_table(&read, &b.txn, PENDING)?;
+    copy_table(&read, &b.txn, JOURNAL)?;
+    copy_table(&read, &b.txn, JOURNAL_STATES)?;
+    copy_table(&read, &b.txn, RECLAIM)?;
+    copy_table(&read, &b.txn, RECHECK)?;
+    copy_table(&read, &b.txn, DEFERRED)?;
+    copy_table(&read, &b.txn, RANGES)?;
+    let (image_seq, image_next) = {
+        let mut meta = b.txn.open_table(META)?;
+        let mut mine = Vec::new();
+        for row in meta.iter()? {
+            let (k, _) = row?;
+            if k.value().starts_with("sync.") {
+                mine.push(k.value().to_owned());
+            }
+        }
+        for k in &mine {
+            meta.remove(k.as_str())?;
+        }
+        let theirs = read.open_table(META)?;
+        let (mut seq, mut next) = (0, 0);
+        for row in theirs.iter()? {
+            let (k, v) = row?;
+            let (k, v) = (k.value(), v.value());
+            if k.starts_with("sync.") {
+                meta.insert(k, v)?;
+            } else if k == SEQ {
+                seq = read_u64(v).unwrap_or(0);
+            } else if k == "state" {
+                next = read_u64(v).unwrap_or(0);
+            }
+        }
+        (seq, next)
+    };
+    let (carried, own): (Vec<SyncPart>, Vec<SyncPart>) = {
+        let s = tab.state.borrow();
+        (
+            s.carried
+                .iter()
+                .filter(|(q, _)| *q > image_seq)
+                .map(|(_, p)| p.clone())
+                .collect(),
+            s.unacked
+                .iter()
+                .filter(|u| u.seq.is_none())
+                .filter_map(|u| u.changes.sync.clone())
+                .collect(),
+        )
+    };
+    let (below, next) = tab.state.borrow().outbox;
+    {
+        // The old leader's entries under their own numbers (the server knows them so);
+        // those it settled are done: their outcome is in the records it sent.
+        let mut outbox = b.txn.open_table(OUTBOX)?;
+        let mut last = 0;
+        for part in &carried {
+            for (n, bytes) in &part.entries {
+                outbox.insert(*n, bytes.as_slice())?;
+                last = last.max(*n);
+            }
+        }
+        outbox.retain_in(..below, |_, _| false)?;
+        let mut meta = b.txn.open_table(META)?;
+        let made = crate::sync::outbox::last_made(&meta)?;
+        let next = next.max(last + 1).max(made + 1);
+        meta.insert(
+            crate::sync::outbox::NEXT_ENTRY,
+            next.to_le_bytes().as_slice(),
+        )?;
+    }
+    for part in &carried {
+        let mut pending = b.txn.open_table(PENDING)?;
+        for (tree, id, row) in &part.pending {
+            let new = PendingRow::decode(row);
+            let old = pending
+                .get((tree.as_str(), *id))?
+                .map(|v| PendingRow::decode(v.value()));
+            let row = match old {
+                // Edits from before the image still wait: their base stands.
+                Some(o) if o.count > 0 => PendingRow {
+                    floor: o.floor.max(new.floor),
+                    hlc: new.hlc,
+                    strategy: new.strategy,
+                    ..o
+                },
+                _ => new,
+            };
+            pending.insert((tree.as_str(), *id), row.encode().as_slice())?;
+        }
+    }
+    for part in &own {
+        b.relay(part)?;
+    }
+    recount_pending(&b)?;
+    let next = skip_used_ids(&b, image_next)?;
+    {
+        let mut meta = b.txn.open_table(META)?;
+        let commit = b.writer.commit;
+        meta.insert("state", state_bytes(next, commit).as_slice())?;
+        let seq = tab.state.borrow().seq;
+        meta.insert(SEQ, seq.to_le_bytes().as_slice())?;
+    }
+    b.commit()?;
+    let mut w = crate::event::lock(&db.writer);
+    w.next_id = next;
+    w.range_end = 0;
+    Ok(())
+}
+
+/// Makes table `def` in `to` what it is in `from`.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> Result<()> {
+    let mut dst = to.open_table(def)?;
+    dst.retain(|_, _| false)?;
+    let src = match from.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for row in src.iter()? {
+        let (k, v) = row?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+/// Sets each pending row's count of waiting edits to the optimistic edits the outbox
+/// holds for its record (after a takeover put entries together from several places).
+fn recount_pending(b: &Batch<'_>) -> Result<()> {
+    let mut counts: HashMap<(String, u64), u64> = HashMap::new();
+    let mut count = |changes: &[Change]| {
+        for c in changes {
+            if matches!(c.kind, ChangeKind::Edit { .. }) {
+                *counts.entry((c.tree.clone(), c.id)).or_default() += 1;
+            }
+        }
+    };
+    {
+        let outbox = b.txn.open_table(crate::storage::OUTBOX)?;
+        for row in outbox.iter()? {
+            let (_, v) = row?;
+            if let (_, crate::sync::outbox::Entry::Changes(cs)) =
+                crate::sync::outbox::decode(v.value())?
+            {
+                count(&cs);
+            }
+        }
+    }
+    count(&b.core.outbox);
+    let mut pending = b.txn.open_table(crate::storage::PENDING)?;
+    let mut rows = Vec::new();
+    for row in pending.iter()? {
+        let (k, v) = row?;
+        let (tree, id) = k.value();
+        rows.push((
+            tree.to_owned(),
+            id,
+            crate::sync::outbox::PendingRow::decode(v.value()),
+        ));
+    }
+    for (tree, id, mut row) in rows {
+        let n = counts.get(&(tree.clone(), id)).copied().unwrap_or(0);
+        if row.count != n {
+            row.count = n;
+            pending.insert((tree.as_str(), id), row.encode().as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes out of the id ranges every id up to the highest any record here has in each
+/// (the old leader's creates since the stored image); the next id to use.
+fn skip_used_ids(b: &Batch<'_>, next: u64) -> Result<u64> {
+    use redb::TableHandle as _;
+    let names: Vec<String> = b
+        .txn
+        .list_tables()?
+        .map(|h| h.name().to_owned())
+        .filter(|n| n.starts_with("t."))
+        .collect();
+    let mut ranges = b.txn.open_table(RANGES)?;
+    let mut all = Vec::new();
+    for row in ranges.iter()? {
+        let (s, e) = row?;
+        all.push((s.value(), e.value()));
+    }
+    let mut next = next;
+    for (s, e) in all {
+        let mut used: Option<u64> = None;
+        for name in &names {
+            let table = b.txn.open_table(crate::storage::DataTable::new(name))?;
+            let last = table
+                .range(pack(RawKey::new(s, 0))..pack(RawKey::new(e, 0)))?
+                .next_back();
+            if let Some(row) = last {
+                let id = unpack(row?.0.value()).id;
+                used = used.max(Some(id));
+            }
+        }
+        if let Some(m) = used {
+            ranges.remove(s)?;
+            if m + 1 < e {
+                ranges.insert(m + 1, e)?;
+            }
+            if next >= s && next <= m {
+                next = m + 1;
+            }
+        }
+    }
+    Ok(next)
+}
+
 impl Batch<'_> {
+    /// A synced leader applying a follower's entry: queues its outbox changes and returned
+    /// borrows as this commit's (so the sync client sends them as the leader's own), with
+    /// the pending rows of its optimistic edits merged into the leader's: edits already
+    /// waiting for a record keep their base (and common ancestor); the first one is based
+    /// on what the follower saw when it edited.
+    fn relay(&mut self, part: &SyncPart) -> Result<()> {
+        use crate::sync::outbox::PendingRow;
+        let mut outbox = part.outbox.clone();
+        {
+            let mut pending = self.txn.open_table(crate::storage::PENDING)?;
+            for (tree, id, theirs) in &part.pending {
+                let theirs = PendingRow::decode(theirs);
+                let edits = outbox
+                    .iter()
+                    .filter(|c| {
+                        c.tree == *tree && c.id == *id && matches!(c.kind, ChangeKind::Edit { .. })
+                    })
+                    .count() as u64;
+                let mine = pending
+                    .get((tree.as_str(), *id))?
+                    .map(|v| PendingRow::decode(v.value()));
+                let row = match mine {
+                    Some(mut m) if m.count > 0 => {
+                        m.count += edits;
+                        m.hlc = m.hlc.max(theirs.hlc);
+                        m.strategy.clone_from(&theirs.strategy);
+                        m
+                    }
+                    mine => {
+                        let floor = mine.map_or(0, |m| m.floor);
+                        PendingRow {
+                            count: edits,
+                            base: theirs.base.max(floor),
+                            floor,
+                            ..theirs
+                        }
+                    }
+                };
+                for c in outbox.iter_mut().filter(|c| c.tree == *tree && c.id == *id) {
+                    if let ChangeKind::Edit { base, hlc, .. } = &mut c.kind {
+                        *base = row.base;
+                        self.core.hlc = self.core.hlc.max(*hlc);
+                        self.core.hlc_moved = true;
+                    }
+                }
+                pending.insert((tree.as_str(), *id), row.encode().as_slice())?;
+            }
+        }
+        self.core.outbox.extend(outbox);
+        self.core.returns.extend(part.returns.iter().cloned());
+        Ok(())
+    }
+
+    /// A synced follower applying a leader's commit: its server cursor (what the
+    /// follower's optimistic edits are based on).
+    fn follow(&mut self, part: &SyncPart) -> Result<()> {
+        let mut meta = self.txn.open_table(META)?;
+        let cursor = meta
+            .get(crate::sync::CURSOR)?
+            .and_then(|v| read_u64(v.value()))
+            .unwrap_or(0);
+        if part.cursor > cursor {
+            meta.insert(crate::sync::CURSOR, part.cursor.to_le_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+
     /// Stores a schema another tab's records are written with, if this database does not
     /// have it; one of another shape under the same version is an error.
     fn tab_schema(&mut self, s: &TabSchema) -> Result<()> {

@@ -11,7 +11,7 @@ use crate::proto::{Change, ChangeKind};
 use crate::storage::{META, OUTBOX};
 
 /// `rekord.meta` key of the next outbox entry number (u64 LE).
-const NEXT_ENTRY: &str = "sync.next_entry";
+pub(crate) const NEXT_ENTRY: &str = "sync.next_entry";
 use crate::{Error, Result};
 use redb::{ReadableTable, WriteTransaction};
 

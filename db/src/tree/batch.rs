@@ -59,7 +59,7 @@ impl Drop for Reentrancy {
 /// shorthands that open the tree for one change.
 pub struct Batch<'db> {
     pub(crate) db: &'db DbInner,
-    writer: MutexGuard<'db, WriterState>,
+    pub(crate) writer: MutexGuard<'db, WriterState>,
     pub(crate) txn: WriteTransaction,
     pub(crate) core: Core,
     // Declared last: released after the writer lock.
@@ -99,7 +99,7 @@ pub(crate) struct Core {
     /// Changes for the outbox (synced databases).
     pub(crate) outbox: Vec<Change>,
     /// Borrows returned in this batch, sent after `outbox` (synced databases).
-    returns: Vec<(String, u64)>,
+    pub(crate) returns: Vec<(String, u64)>,
     /// The server cursor to store with this batch (remote changes applied).
     pub(crate) cursor: Option<u64>,
     /// Whether the outbox byte limit does not apply (the sync client's own batches).
@@ -435,10 +435,16 @@ impl<'db> Batch<'db> {
         // In the browser, with other tabs sharing the database: what they apply.
         #[cfg(target_arch = "wasm32")]
         let shared = match db.browser.get().and_then(|h| h.tab()) {
-            Some(tab) if !core.pending.is_empty() && crate::storage::tabs::captures(tab) => {
-                Some((tab, crate::storage::tabs::capture(&txn, &core)?))
-            }
+            Some(tab) if !core.pending.is_empty() && crate::storage::tabs::captures(tab) => Some((
+                tab,
+                crate::storage::tabs::capture(tab, &txn, &core, entries)?,
+            )),
             _ => None,
+        };
+        #[cfg(target_arch = "wasm32")]
+        let front = match db.browser.get().and_then(|h| h.tab()) {
+            Some(tab) => crate::storage::tabs::outbox_front(tab, &txn)?.map(|f| (tab, f)),
+            None => None,
         };
         if let Err(e) = txn.commit() {
             // Nothing changed: the caches admit again.
@@ -450,6 +456,10 @@ impl<'db> Batch<'db> {
         #[cfg(target_arch = "wasm32")]
         if let Some((tab, changes)) = shared {
             crate::storage::tabs::committed(tab, changes);
+        }
+        #[cfg(target_arch = "wasm32")]
+        if let Some((tab, front)) = front {
+            crate::storage::tabs::outbox_moved(tab, front);
         }
         // A durable commit makes every earlier lazy one durable too.
         writer.lazy = core.lazy;

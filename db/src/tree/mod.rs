@@ -253,6 +253,15 @@ impl<T: Record> Tree<T> {
             };
             return link.borrow(T::TREE, latest).await;
         }
+        // A browser tab that goes through the one syncing the database: through it.
+        #[cfg(target_arch = "wasm32")]
+        if let Some(tab) = self.db.inner.follower_tab() {
+            let Some(latest) = self.server_borrow_needed(key)? else {
+                return Ok(());
+            };
+            let timeout = self.db.inner.sync_timeout().unwrap_or_default();
+            return crate::storage::tabs::borrow(tab, T::TREE, latest, timeout).await;
+        }
         self.write(|t| t.borrow(key))
     }
 

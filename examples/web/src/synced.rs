@@ -79,8 +79,8 @@ impl Synced {
         Ok(Synced { db, parts, events })
     }
 
-    /// The sync state as JSON: online, caught_up, cursor, outbox, replica, last_error,
-    /// refused.
+    /// The sync state as JSON: online, caught_up, cursor, outbox, rejected, replica,
+    /// last_error, refused.
     pub fn status(&self) -> String {
         let Some(st) = self.db.sync_status() else {
             return "null".into();
@@ -90,11 +90,12 @@ impl Synced {
             None => "null".into(),
         };
         format!(
-            r#"{{"online":{},"caught_up":{},"cursor":{},"outbox":{},"replica":{},"last_error":{},"refused":{}}}"#,
+            r#"{{"online":{},"caught_up":{},"cursor":{},"outbox":{},"rejected":{},"replica":{},"last_error":{},"refused":{}}}"#,
             st.online,
             st.caught_up,
             st.cursor,
             st.outbox,
+            st.rejected,
             st.replica.map_or(-1, i64::from),
             text(&st.last_error),
             text(&st.refused),

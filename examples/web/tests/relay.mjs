@@ -6,6 +6,8 @@
 //   {"op": "reload"}                                reloads the page (same profile, same data)
 //   {"op": "goto", "origin": "main" | "other"}      opens synced.html from the other origin
 //   {"op": "eval2", "js": "..."}                    runs it in a second tab of the main origin
+//   {"op": "close_first"}                           closes the first tab (the second stays)
+//   {"op": "crash_first"}                           crashes the first tab's renderer
 //   {"op": "close"}                                 closes the browser and exits
 //
 // PAGE_PORT and OTHER_PORT are the two origins' ports (the server allows only the first).
@@ -58,6 +60,15 @@ for await (const line of createInterface({ input: process.stdin })) {
       const tab = await secondTab();
       const value = await tab.evaluate(`(async () => { ${cmd.js} })()`);
       answer({ ok: value ?? null });
+    } else if (cmd.op === "close_first") {
+      await page.close({ runBeforeUnload: false });
+      answer({ ok: null });
+    } else if (cmd.op === "crash_first") {
+      // (Not awaited: a crashed page never answers.)
+      const cdp = await page.createCDPSession();
+      cdp.send("Page.crash").catch(() => {});
+      await new Promise((r) => setTimeout(r, 100));
+      answer({ ok: null });
     } else if (cmd.op === "reload") {
       await page.reload();
       await page.waitForFunction("window.ready === true", { timeout: 60_000, polling: 50 });
