@@ -773,11 +773,20 @@ pub(crate) fn capture(
     if !synced {
         return Ok(changes);
     }
-    // The records the commit edited optimistically: their pending rows go with it.
+    // The records the commit edited optimistically (or merged: a leader's rewritten
+    // entries): their pending rows go with it.
     let mut edited: Vec<(String, u64)> = Vec::new();
     for c in &core.outbox {
         if matches!(c.kind, ChangeKind::Edit { .. }) && !edited.contains(&(c.tree.clone(), c.id)) {
             edited.push((c.tree.clone(), c.id));
+        }
+    }
+    if leader && !core.rewritten.is_empty() {
+        for (tree, id) in &seen {
+            let key = (tree.to_string(), *id);
+            if !edited.contains(&key) {
+                edited.push(key);
+            }
         }
     }
     let mut part = SyncPart::default();
@@ -798,14 +807,17 @@ pub(crate) fn capture(
         }
     }
     if leader {
-        if let Some((first, last)) = appended {
-            let outbox = txn.open_table(crate::storage::OUTBOX)?;
-            for n in first..=last {
-                if let Some(v) = outbox.get(n)? {
-                    part.entries.push((n, v.value().to_vec()));
-                }
+        let outbox = txn.open_table(crate::storage::OUTBOX)?;
+        let mut numbers: Vec<u64> = appended.map(|(a, b)| (a..=b).collect()).unwrap_or_default();
+        numbers.extend(core.rewritten.iter().copied());
+        numbers.sort_unstable();
+        numbers.dedup();
+        for n in numbers {
+            if let Some(v) = outbox.get(n)? {
+                part.entries.push((n, v.value().to_vec()));
             }
         }
+        drop(outbox);
         part.cursor = crate::sync::cursor_in(txn)?;
         // The commit this will be: a takeover reading the stored image knows which
         // commits it holds.
@@ -1751,7 +1763,6 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
     use crate::storage::{
         DEFERRED, JOURNAL, JOURNAL_STATES, OUTBOX, PENDING, RECHECK, RECLAIM, REJECTED,
     };
-    use crate::sync::outbox::PendingRow;
     let read = redb::ReadableDatabase::begin_read(stored)?;
     let mut b = Batch::begin(db)?;
     copy_table(&read, &b.txn, OUTBOX)?;
@@ -1826,24 +1837,14 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
             next.to_le_bytes().as_slice(),
         )?;
     }
-    for part in &carried {
+    {
+        // The old leader's pending rows as its commits left them (its own count is made
+        // right below, from the outbox as put together here).
         let mut pending = b.txn.open_table(PENDING)?;
-        for (tree, id, row) in &part.pending {
-            let new = PendingRow::decode(row);
-            let old = pending
-                .get((tree.as_str(), *id))?
-                .map(|v| PendingRow::decode(v.value()));
-            let row = match old {
-                // Edits from before the image still wait: their base stands.
-                Some(o) if o.count > 0 => PendingRow {
-                    floor: o.floor.max(new.floor),
-                    hlc: new.hlc,
-                    strategy: new.strategy,
-                    ..o
-                },
-                _ => new,
-            };
-            pending.insert((tree.as_str(), *id), row.encode().as_slice())?;
+        for part in &carried {
+            for (tree, id, row) in &part.pending {
+                pending.insert((tree.as_str(), *id), row.as_slice())?;
+            }
         }
     }
     for part in &own {

@@ -100,6 +100,9 @@ pub(crate) struct Core {
     pub(crate) outbox: Vec<Change>,
     /// Borrows returned in this batch, sent after `outbox` (synced databases).
     pub(crate) returns: Vec<(String, u64)>,
+    /// Outbox entries this batch wrote again under their numbers (a merged conflict):
+    /// carried to other tabs like new ones.
+    pub(crate) rewritten: Vec<u64>,
     /// The server cursor to store with this batch (remote changes applied).
     pub(crate) cursor: Option<u64>,
     /// Whether the outbox byte limit does not apply (the sync client's own batches).
@@ -137,6 +140,7 @@ impl<'db> Batch<'db> {
                 client: db.client,
                 outbox: Vec::new(),
                 returns: Vec::new(),
+                rewritten: Vec::new(),
                 cursor: None,
                 unlimited: false,
                 lazy: false,
@@ -435,10 +439,15 @@ impl<'db> Batch<'db> {
         // In the browser, with other tabs sharing the database: what they apply.
         #[cfg(target_arch = "wasm32")]
         let shared = match db.browser.get().and_then(|h| h.tab()) {
-            Some(tab) if !core.pending.is_empty() && crate::storage::tabs::captures(tab) => Some((
-                tab,
-                crate::storage::tabs::capture(tab, &txn, &core, entries)?,
-            )),
+            Some(tab)
+                if (!core.pending.is_empty() || !core.rewritten.is_empty())
+                    && crate::storage::tabs::captures(tab) =>
+            {
+                Some((
+                    tab,
+                    crate::storage::tabs::capture(tab, &txn, &core, entries)?,
+                ))
+            }
             _ => None,
         };
         #[cfg(target_arch = "wasm32")]

@@ -240,6 +240,7 @@ impl Batch<'_> {
                     let value = outbox::encode(&Entry::Changes(kept), at)?;
                     bytes_delta += value.len() as i64 - bytes.len() as i64;
                     table.insert(n, value.as_slice())?;
+                    self.core.rewritten.push(n);
                 }
             }
             // The entry itself, merged, goes again under its number.
@@ -250,6 +251,7 @@ impl Batch<'_> {
             let value = outbox::encode(&Entry::Changes(front), at)?;
             bytes_delta += value.len() as i64 - old;
             table.insert(entry, value.as_slice())?;
+            self.core.rewritten.push(entry);
         }
         {
             let mut pending = self.txn.open_table(PENDING)?;
