@@ -285,8 +285,13 @@ enum Msg {
     Settled { below: u64, next: u64 },
     /// A synced follower ran out of ids.
     Ids { tab: u64 },
-    /// More ids for tab `to`, carved from the leader's server-granted ranges.
-    Range { to: u64, range: (u64, u64) },
+    /// More ids for tab `to`, carved from the leader's server-granted ranges (and the
+    /// replica's holder number, which its records carry).
+    Range {
+        to: u64,
+        range: (u64, u64),
+        replica: u32,
+    },
 }
 
 fn encode(msg: &Msg) -> Option<Vec<u8>> {
@@ -367,6 +372,10 @@ struct State {
     /// A synced follower: the leader's outbox as last told (entries below the first are
     /// settled; the second is the next entry's number). A synced leader: as last told.
     outbox: (u64, u64),
+    /// A synced database: the ranges the leader carved for followers, as seen on the
+    /// channel (a takeover takes them out of the stored image's ranges, which may predate
+    /// them).
+    carved: Vec<(u64, u64)>,
     /// When a synced follower last asked the leader for ids (`Date.now()`, 0: no question
     /// waits).
     asked_ids: f64,
@@ -571,6 +580,7 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
                 ..
             } => {
                 s.top = s.top.min(range.0);
+                s.carved.push(range);
                 if to != tab.id {
                     continue;
                 }
@@ -1365,7 +1375,9 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         }
         Msg::Welcome { range, .. } => {
             let mut s = tab.state.borrow_mut();
-            if !s.synced {
+            if s.synced {
+                s.carved.push(range);
+            } else {
                 s.top = s.top.min(range.0);
             }
             s.followers = true;
@@ -1373,7 +1385,8 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         }
         Msg::Status { status } if !leader => {
             if let Some(replica) = status.replica
-                && db.replica.load(std::sync::atomic::Ordering::Acquire) == 0
+                && db.replica.load(std::sync::atomic::Ordering::Acquire)
+                    == crate::sync::UNKNOWN_REPLICA
             {
                 db.replica
                     .store(replica, std::sync::atomic::Ordering::Release);
@@ -1439,16 +1452,34 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         }
         Msg::Ids { tab: other } if leader => {
             let range = carve_synced(&db)?;
-            tab.post(&Msg::Range { to: other, range });
+            let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
+            tab.post(&Msg::Range {
+                to: other,
+                range,
+                replica,
+            });
             Ok(())
         }
-        Msg::Range { to, range } if to == tab.id => {
+        Msg::Range { to, range, replica } if to == tab.id => {
+            if replica != crate::sync::UNKNOWN_REPLICA
+                && db.replica.load(std::sync::atomic::Ordering::Acquire)
+                    == crate::sync::UNKNOWN_REPLICA
+            {
+                db.replica
+                    .store(replica, std::sync::atomic::Ordering::Release);
+            }
             if range.0 < range.1 {
                 let b = Batch::begin(&db)?;
                 b.txn.open_table(RANGES)?.insert(range.0, range.1)?;
                 b.commit()?;
             }
-            tab.state.borrow_mut().asked_ids = 0.0;
+            let mut s = tab.state.borrow_mut();
+            s.asked_ids = 0.0;
+            s.carved.push(range);
+            Ok(())
+        }
+        Msg::Range { range, .. } => {
+            tab.state.borrow_mut().carved.push(range);
             Ok(())
         }
         _ => Ok(()),
@@ -1851,7 +1882,8 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         b.relay(part)?;
     }
     recount_pending(&b)?;
-    let next = skip_used_ids(&b, image_next)?;
+    let carved = tab.state.borrow().carved.clone();
+    let next = skip_used_ids(&b, image_next, &carved)?;
     {
         let mut meta = b.txn.open_table(META)?;
         let commit = b.writer.commit;
@@ -1930,9 +1962,10 @@ fn recount_pending(b: &Batch<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Takes out of the id ranges every id up to the highest any record here has in each
-/// (the old leader's creates since the stored image); the next id to use.
-fn skip_used_ids(b: &Batch<'_>, next: u64) -> Result<u64> {
+/// Takes out of the id ranges the ranges carved for followers (the stored image may
+/// predate them) and every id up to the highest any record here has in each (the old
+/// leader's creates since the stored image); the next id to use.
+fn skip_used_ids(b: &Batch<'_>, next: u64, carved: &[(u64, u64)]) -> Result<u64> {
     use redb::TableHandle as _;
     let names: Vec<String> = b
         .txn
@@ -1941,6 +1974,25 @@ fn skip_used_ids(b: &Batch<'_>, next: u64) -> Result<u64> {
         .filter(|n| n.starts_with("t."))
         .collect();
     let mut ranges = b.txn.open_table(RANGES)?;
+    for &(c0, c1) in carved.iter().filter(|(c0, c1)| c0 < c1) {
+        let mut overlapping = Vec::new();
+        for row in ranges.iter()? {
+            let (s, e) = row?;
+            let (s, e) = (s.value(), e.value());
+            if s < c1 && e > c0 {
+                overlapping.push((s, e));
+            }
+        }
+        for (s, e) in overlapping {
+            ranges.remove(s)?;
+            if s < c0 {
+                ranges.insert(s, c0)?;
+            }
+            if e > c1 {
+                ranges.insert(c1, e)?;
+            }
+        }
+    }
     let mut all = Vec::new();
     for row in ranges.iter()? {
         let (s, e) = row?;
