@@ -1126,6 +1126,10 @@ impl DbInner {
         if let Some(link) = self.link.get() {
             return link.room(bytes);
         }
+        #[cfg(target_arch = "wasm32")]
+        if let Some(tab) = self.follower_tab() {
+            return crate::storage::tabs::follower_room(tab, bytes);
+        }
         let _ = bytes;
         Ok(())
     }

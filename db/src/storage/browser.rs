@@ -295,7 +295,7 @@ fn open_follower(
         }
     });
     let opened = redb_over(name, &image, Some(on_commit))
-        .and_then(|redb| tabs::use_range(&redb, joined.range).map(|()| redb));
+        .and_then(|redb| tabs::use_range(joined.tab, &redb, joined.range).map(|()| redb));
     let redb = match opened {
         Ok(redb) => redb,
         Err(e) => {

@@ -63,9 +63,10 @@ pub(crate) const SPAN: u64 = 1 << 32;
 /// The `rekord.meta` key of the lowest id granted to a follower tab so far.
 const TOP: &str = "tabs.top";
 
-/// The `rekord.meta` key of the last leader commit (numbered for the tabs) in a synced
-/// database with followers.
-const SEQ: &str = "tabs.seq";
+/// The `rekord.meta` key of a synced leader's commit count (every commit of the tab that
+/// syncs the database adds one): which of two copies of the database is newer, and which
+/// commits a copy holds.
+const COMMITS: &str = "tabs.commits";
 
 /// How long a tab waits for a sign of the leader before it tries again (each message of a
 /// live leader waits this long again, up to [`WELCOME_MAX_MS`]: a large database takes a
@@ -126,6 +127,20 @@ pub(crate) struct SyncPart {
     pending: Vec<(String, u64, Vec<u8>)>,
     entries: Vec<(u64, Vec<u8>)>,
     cursor: u64,
+    /// A leader's commit: its number in the leader's commit count ([`COMMITS`]).
+    n: u64,
+}
+
+/// The sync side of a follower's copy as the welcome gave it: what a takeover starts from
+/// when the stored image is older (the outbox and the other tables of the sync client are
+/// never changed in a follower; these are).
+#[derive(Debug, Clone, Default)]
+struct WelcomeSync {
+    commits: u64,
+    next: u64,
+    meta: Vec<(String, Vec<u8>)>,
+    pending: Vec<(String, u64, Vec<u8>)>,
+    ranges: Vec<(u64, u64)>,
 }
 
 /// What a synced leader tells its followers of its sync client.
@@ -361,7 +376,10 @@ struct State {
     synced: bool,
     /// A synced follower: the sync parts of the leader's commits not known to be stored
     /// yet, by commit (what a takeover queues again if the stored image lacks them).
-    carried: VecDeque<(u64, SyncPart)>,
+    carried: VecDeque<(u64, SyncPart, Vec<u64>)>,
+    /// A synced follower: the sync side of its copy as the welcome gave it (before this tab
+    /// changed its ranges and pending rows), which may be newer than the stored image.
+    welcome: Option<WelcomeSync>,
     /// A synced follower: the leader's sync status, as last told, and when
     /// (`Date.now()`).
     status: Option<TabStatus>,
@@ -646,9 +664,38 @@ pub(crate) fn forget(id: u64) {
     }
 }
 
-/// Makes a follower's copy use its own ids: `range` only, from its start.
-pub(crate) fn use_range(redb: &redb::Database, range: (u64, u64)) -> Result<()> {
+/// Makes follower `tab`'s copy use its own ids: `range` only, from its start (its sync
+/// side as the welcome gave it is kept first, for a takeover).
+pub(crate) fn use_range(tab: u64, redb: &redb::Database, range: (u64, u64)) -> Result<()> {
     let txn = redb.begin_write()?;
+    {
+        let mut welcome = WelcomeSync::default();
+        for row in txn.open_table(META)?.iter()? {
+            let (k, v) = row?;
+            let (k, v) = (k.value(), v.value());
+            if k.starts_with("sync.") {
+                welcome.meta.push((k.to_owned(), v.to_vec()));
+            } else if k == COMMITS {
+                welcome.commits = read_u64(v).unwrap_or(0);
+            } else if k == "state" {
+                welcome.next = read_u64(v).unwrap_or(0);
+            }
+        }
+        for row in txn.open_table(crate::storage::PENDING)?.iter()? {
+            let (k, v) = row?;
+            let (tree, id) = k.value();
+            welcome
+                .pending
+                .push((tree.to_owned(), id, v.value().to_vec()));
+        }
+        for row in txn.open_table(RANGES)?.iter()? {
+            let (s, e) = row?;
+            welcome.ranges.push((s.value(), e.value()));
+        }
+        if let Some(tab) = get(tab) {
+            tab.state.borrow_mut().welcome = Some(welcome);
+        }
+    }
     {
         let mut ranges = txn.open_table(RANGES)?;
         ranges.retain(|_, _| false)?;
@@ -735,6 +782,7 @@ pub(crate) fn capture(
     txn: &redb::WriteTransaction,
     core: &crate::tree::batch::Core,
     appended: Option<(u64, u64)>,
+    commits: Option<u64>,
 ) -> Result<Changes> {
     let mut seen = HashSet::new();
     let mut changes = Changes::default();
@@ -776,9 +824,9 @@ pub(crate) fn capture(
     let Some(tab) = get(id) else {
         return Ok(changes);
     };
-    let (leader, synced, seq) = {
+    let (leader, synced) = {
         let s = tab.state.borrow();
-        (s.leader, s.synced, s.seq)
+        (s.leader, s.synced)
     };
     if !synced {
         return Ok(changes);
@@ -829,10 +877,7 @@ pub(crate) fn capture(
         }
         drop(outbox);
         part.cursor = crate::sync::cursor_in(txn)?;
-        // The commit this will be: a takeover reading the stored image knows which
-        // commits it holds.
-        txn.open_table(META)?
-            .insert(SEQ, (seq + 1).to_le_bytes().as_slice())?;
+        part.n = commits.unwrap_or(0);
     } else {
         part.outbox.clone_from(&core.outbox);
         part.returns.clone_from(&core.returns);
@@ -848,24 +893,43 @@ pub(crate) fn capture(
     Ok(changes)
 }
 
-/// A synced leader with followers: its outbox's first entry and next number, read in a
-/// commit's transaction (for [`outbox_moved`] once it committed).
-pub(crate) fn outbox_front(id: u64, txn: &redb::WriteTransaction) -> Result<Option<(u64, u64)>> {
+/// A synced leader's outbox: its first entry and the next entry's number.
+pub(crate) type OutboxFront = (u64, u64);
+
+/// A commit of tab `id`, a synced leader: counted ([`COMMITS`], in its transaction), with
+/// its outbox's first entry and next number when followers follow (for [`outbox_moved`]
+/// once it committed).
+pub(crate) fn leader_commit(
+    id: u64,
+    txn: &redb::WriteTransaction,
+) -> Result<Option<(u64, Option<OutboxFront>)>> {
     let Some(tab) = get(id) else {
         return Ok(None);
     };
-    {
+    let followers = {
         let s = tab.state.borrow();
-        if !(s.leader && s.synced && s.followers) {
+        if !(s.leader && s.synced) {
             return Ok(None);
         }
+        s.followers
+    };
+    let mut meta = txn.open_table(META)?;
+    let n = meta
+        .get(COMMITS)?
+        .and_then(|v| read_u64(v.value()))
+        .unwrap_or(0)
+        + 1;
+    meta.insert(COMMITS, n.to_le_bytes().as_slice())?;
+    if !followers {
+        return Ok(Some((n, None)));
     }
-    let next = crate::sync::outbox::last_made(&txn.open_table(META)?)? + 1;
+    let next = crate::sync::outbox::last_made(&meta)? + 1;
+    drop(meta);
     let first = txn
         .open_table(crate::storage::OUTBOX)?
         .first()?
         .map_or(next, |(k, _)| k.value());
-    Ok(Some((first, next)))
+    Ok(Some((n, Some((first, next)))))
 }
 
 /// A synced leader's commit moved its outbox: followers learn at once which entries are
@@ -950,6 +1014,22 @@ fn follower_config(id: u64) -> Option<crate::SyncConfig> {
 /// requests wait this long for the leader).
 pub(crate) fn follower_timeout(id: u64) -> Option<std::time::Duration> {
     follower_config(id).map(|c| c.timeout)
+}
+
+/// Refuses a write in tab `id`, a synced follower, whose `bytes` of outbox entries would
+/// take the leading tab's outbox (as last told) over the configured limit: the leading tab
+/// would refuse it.
+pub(crate) fn follower_room(id: u64, bytes: u64) -> Result<()> {
+    let Some(limit) = follower_config(id).and_then(|c| c.max_outbox_bytes) else {
+        return Ok(());
+    };
+    let queued = get(id)
+        .and_then(|t| t.state.borrow().status.as_ref().map(|s| s.outbox_bytes))
+        .unwrap_or(0);
+    if queued.saturating_add(bytes) > limit {
+        return Err(Error::OutboxFull { queued, limit });
+    }
+    Ok(())
 }
 
 /// Whether writes to `tree` are write-through in tab `id`, a synced follower.
@@ -1288,8 +1368,9 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         } if !leader => {
             if let Some(part) = &changes.sync {
                 let mut s = tab.state.borrow_mut();
-                if seq > s.stored && s.carried.back().is_none_or(|(q, _)| *q < seq) {
-                    s.carried.push_back((seq, part.clone()));
+                if seq > s.stored && s.carried.back().is_none_or(|(q, _, _)| *q < seq) {
+                    let ids = changes.records.iter().map(|r| r.id).collect();
+                    s.carried.push_back((seq, part.clone(), ids));
                 }
             }
             let skip: HashSet<(String, u64)> = {
@@ -1326,7 +1407,7 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             let mut s = tab.state.borrow_mut();
             s.stored = s.stored.max(seq);
             let stored = s.stored;
-            while s.carried.front().is_some_and(|(q, _)| *q <= stored) {
+            while s.carried.front().is_some_and(|(q, _, _)| *q <= stored) {
                 s.carried.pop_front();
             }
             while s
@@ -1340,9 +1421,8 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             Ok(())
         }
         Msg::Refused { to, n, reason } if to == tab.id => {
-            let reason = format!(
-                "the leading tab refused a change made here (entry {n}: {reason}); another build of the application may be open in it"
-            );
+            let reason =
+                format!("the leading tab could not apply a change made here (entry {n}: {reason})");
             let mut s = tab.state.borrow_mut();
             for (_, w) in s.waiters.drain(..) {
                 let _ = w.try_send(Err(broken(&reason)));
@@ -1355,7 +1435,7 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             let resend: Vec<Msg> = {
                 let mut s = tab.state.borrow_mut();
                 s.seq = s.seq.max(seq);
-                while s.carried.front().is_some_and(|(q, _)| *q <= seq) {
+                while s.carried.front().is_some_and(|(q, _, _)| *q <= seq) {
                     s.carried.pop_front();
                 }
                 s.unacked
@@ -1795,50 +1875,68 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         DEFERRED, JOURNAL, JOURNAL_STATES, OUTBOX, PENDING, RECHECK, RECLAIM, REJECTED,
     };
     let read = redb::ReadableDatabase::begin_read(stored)?;
-    let mut b = Batch::begin(db)?;
-    copy_table(&read, &b.txn, OUTBOX)?;
-    copy_table(&read, &b.txn, REJECTED)?;
-    copy_table(&read, &b.txn, PENDING)?;
-    copy_table(&read, &b.txn, JOURNAL)?;
-    copy_table(&read, &b.txn, JOURNAL_STATES)?;
-    copy_table(&read, &b.txn, RECLAIM)?;
-    copy_table(&read, &b.txn, RECHECK)?;
-    copy_table(&read, &b.txn, DEFERRED)?;
-    copy_table(&read, &b.txn, RANGES)?;
-    let (image_seq, image_next) = {
-        let mut meta = b.txn.open_table(META)?;
-        let mut mine = Vec::new();
-        for row in meta.iter()? {
-            let (k, _) = row?;
-            if k.value().starts_with("sync.") {
-                mine.push(k.value().to_owned());
-            }
-        }
-        for k in &mine {
-            meta.remove(k.as_str())?;
-        }
-        let theirs = read.open_table(META)?;
-        let (mut seq, mut next) = (0, 0);
-        for row in theirs.iter()? {
+    let (image_commits, image_next) = {
+        let (mut commits, mut next) = (0, 0);
+        for row in read.open_table(META)?.iter()? {
             let (k, v) = row?;
-            let (k, v) = (k.value(), v.value());
-            if k.starts_with("sync.") {
-                meta.insert(k, v)?;
-            } else if k == SEQ {
-                seq = read_u64(v).unwrap_or(0);
-            } else if k == "state" {
-                next = read_u64(v).unwrap_or(0);
+            if k.value() == COMMITS {
+                commits = read_u64(v.value()).unwrap_or(0);
+            } else if k.value() == "state" {
+                next = read_u64(v.value()).unwrap_or(0);
             }
         }
-        (seq, next)
+        (commits, next)
     };
-    let (carried, own): (Vec<SyncPart>, Vec<SyncPart>) = {
+    let welcome = tab.state.borrow().welcome.clone().unwrap_or_default();
+    let mut b = Batch::begin(db)?;
+    // The newer of the stored image and the welcome copy is where the sync side starts.
+    let (base, base_next) = if image_commits >= welcome.commits {
+        copy_table(&read, &b.txn, OUTBOX)?;
+        copy_table(&read, &b.txn, REJECTED)?;
+        copy_table(&read, &b.txn, PENDING)?;
+        copy_table(&read, &b.txn, JOURNAL)?;
+        copy_table(&read, &b.txn, JOURNAL_STATES)?;
+        copy_table(&read, &b.txn, RECLAIM)?;
+        copy_table(&read, &b.txn, RECHECK)?;
+        copy_table(&read, &b.txn, DEFERRED)?;
+        copy_table(&read, &b.txn, RANGES)?;
+        let mut meta = b.txn.open_table(META)?;
+        clear_sync_meta(&mut meta)?;
+        for row in read.open_table(META)?.iter()? {
+            let (k, v) = row?;
+            if k.value().starts_with("sync.") {
+                meta.insert(k.value(), v.value())?;
+            }
+        }
+        (image_commits, image_next)
+    } else {
+        // This copy's own outbox and the sync client's other tables are the welcome's (a
+        // follower never changes them); what it changed comes back.
+        let mut meta = b.txn.open_table(META)?;
+        clear_sync_meta(&mut meta)?;
+        for (k, v) in &welcome.meta {
+            meta.insert(k.as_str(), v.as_slice())?;
+        }
+        let mut pending = b.txn.open_table(PENDING)?;
+        pending.retain(|_, _| false)?;
+        for (tree, id, row) in &welcome.pending {
+            pending.insert((tree.as_str(), *id), row.as_slice())?;
+        }
+        let mut ranges = b.txn.open_table(RANGES)?;
+        ranges.retain(|_, _| false)?;
+        for (start, end) in &welcome.ranges {
+            ranges.insert(*start, *end)?;
+        }
+        (welcome.commits, welcome.next)
+    };
+    let (carried, mut used, own): (Vec<SyncPart>, Vec<u64>, Vec<SyncPart>) = {
         let s = tab.state.borrow();
+        let after: Vec<_> = s.carried.iter().filter(|(_, p, _)| p.n > base).collect();
         (
-            s.carried
+            after.iter().map(|(_, p, _)| p.clone()).collect(),
+            after
                 .iter()
-                .filter(|(q, _)| *q > image_seq)
-                .map(|(_, p)| p.clone())
+                .flat_map(|(_, _, ids)| ids.iter().copied())
                 .collect(),
             s.unacked
                 .iter()
@@ -1848,6 +1946,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         )
     };
     let (below, next) = tab.state.borrow().outbox;
+    let mut last_commit = base;
     {
         // The old leader's entries under their own numbers (the server knows them so);
         // those it settled are done: their outcome is in the records it sent.
@@ -1858,6 +1957,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
                 outbox.insert(*n, bytes.as_slice())?;
                 last = last.max(*n);
             }
+            last_commit = last_commit.max(part.n);
         }
         outbox.retain_in(..below, |_, _| false)?;
         let mut meta = b.txn.open_table(META)?;
@@ -1867,9 +1967,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
             crate::sync::outbox::NEXT_ENTRY,
             next.to_le_bytes().as_slice(),
         )?;
-    }
-    {
-        // The old leader's pending rows as its commits left them (its own count is made
+        // The old leader's pending rows as its commits left them (their counts are made
         // right below, from the outbox as put together here).
         let mut pending = b.txn.open_table(PENDING)?;
         for part in &carried {
@@ -1883,18 +1981,37 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
     }
     recount_pending(&b)?;
     let carved = tab.state.borrow().carved.clone();
-    let next = skip_used_ids(&b, image_next, &carved)?;
+    // Ids of records the old leader's carried commits touched (a removed one leaves no
+    // record to find) and this tab's own entries' are used too.
+    for u in tab.state.borrow().unacked.iter() {
+        used.extend(u.changes.records.iter().map(|r| r.id));
+    }
+    let next = skip_used_ids(&b, base_next, &carved, &used)?;
     {
         let mut meta = b.txn.open_table(META)?;
         let commit = b.writer.commit;
         meta.insert("state", state_bytes(next, commit).as_slice())?;
-        let seq = tab.state.borrow().seq;
-        meta.insert(SEQ, seq.to_le_bytes().as_slice())?;
+        meta.insert(COMMITS, last_commit.to_le_bytes().as_slice())?;
     }
     b.commit()?;
     let mut w = crate::event::lock(&db.writer);
     w.next_id = next;
     w.range_end = 0;
+    Ok(())
+}
+
+/// Removes every `sync.*` key.
+fn clear_sync_meta(meta: &mut redb::Table<'_, &str, &[u8]>) -> Result<()> {
+    let mut mine = Vec::new();
+    for row in meta.iter()? {
+        let (k, _) = row?;
+        if k.value().starts_with("sync.") {
+            mine.push(k.value().to_owned());
+        }
+    }
+    for k in &mine {
+        meta.remove(k.as_str())?;
+    }
     Ok(())
 }
 
@@ -1963,9 +2080,9 @@ fn recount_pending(b: &Batch<'_>) -> Result<()> {
 }
 
 /// Takes out of the id ranges the ranges carved for followers (the stored image may
-/// predate them) and every id up to the highest any record here has in each (the old
-/// leader's creates since the stored image); the next id to use.
-fn skip_used_ids(b: &Batch<'_>, next: u64, carved: &[(u64, u64)]) -> Result<u64> {
+/// predate them) and every id up to the highest any record here has in each, or `used`
+/// names (the old leader's creates since the stored image); the next id to use.
+fn skip_used_ids(b: &Batch<'_>, next: u64, carved: &[(u64, u64)], used: &[u64]) -> Result<u64> {
     use redb::TableHandle as _;
     let names: Vec<String> = b
         .txn
@@ -2000,7 +2117,7 @@ fn skip_used_ids(b: &Batch<'_>, next: u64, carved: &[(u64, u64)]) -> Result<u64>
     }
     let mut next = next;
     for (s, e) in all {
-        let mut used: Option<u64> = None;
+        let mut used: Option<u64> = used.iter().copied().filter(|i| (s..e).contains(i)).max();
         for name in &names {
             let table = b.txn.open_table(crate::storage::DataTable::new(name))?;
             let last = table

@@ -436,6 +436,16 @@ impl<'db> Batch<'db> {
                 state.cache.bump(keys);
             }
         }
+        // In the browser, a synced database's leading tab counts its commits and tells
+        // its followers how its outbox moves.
+        #[cfg(target_arch = "wasm32")]
+        let (commits, front) = match db.browser.get().and_then(|h| h.tab()) {
+            Some(tab) => match crate::storage::tabs::leader_commit(tab, &txn)? {
+                Some((n, front)) => (Some(n), front.map(|f| (tab, f))),
+                None => (None, None),
+            },
+            None => (None, None),
+        };
         // In the browser, with other tabs sharing the database: what they apply.
         #[cfg(target_arch = "wasm32")]
         let shared = match db.browser.get().and_then(|h| h.tab()) {
@@ -445,15 +455,10 @@ impl<'db> Batch<'db> {
             {
                 Some((
                     tab,
-                    crate::storage::tabs::capture(tab, &txn, &core, entries)?,
+                    crate::storage::tabs::capture(tab, &txn, &core, entries, commits)?,
                 ))
             }
             _ => None,
-        };
-        #[cfg(target_arch = "wasm32")]
-        let front = match db.browser.get().and_then(|h| h.tab()) {
-            Some(tab) => crate::storage::tabs::outbox_front(tab, &txn)?.map(|f| (tab, f)),
-            None => None,
         };
         if let Err(e) = txn.commit() {
             // Nothing changed: the caches admit again.

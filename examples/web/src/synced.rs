@@ -12,11 +12,23 @@ fn js(e: rekord::Error) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// A note edited without borrows by every replica: concurrent edits of different fields
+/// merge (three-way), those of the same field keep the later one.
+#[rekord::record(tree = "docs", merge = "three-way")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    /// One field.
+    pub a: u32,
+    /// Another.
+    pub b: u32,
+}
+
 /// A synced parts list in this tab.
 #[wasm_bindgen]
 pub struct Synced {
     db: Db,
     parts: Tree<Part>,
+    docs: Tree<Doc>,
     events: rekord::Subscription,
 }
 
@@ -76,7 +88,13 @@ impl Synced {
         let db = Db::open_browser_synced(&name, config).await.map_err(js)?;
         let events = db.subscribe();
         let parts = db.tree::<Part>().map_err(js)?;
-        Ok(Synced { db, parts, events })
+        let docs = db.tree::<Doc>().map_err(js)?;
+        Ok(Synced {
+            db,
+            parts,
+            docs,
+            events,
+        })
     }
 
     /// The sync state as JSON: online, caught_up, cursor, outbox, rejected, replica,
@@ -136,6 +154,38 @@ impl Synced {
     /// Returns part `id`'s borrow.
     pub fn give_back(&self, id: f64) -> Result<(), JsError> {
         self.parts.return_borrow(key(id)).map_err(js)
+    }
+
+    /// Creates a doc; its id (`-1` while this replica has no ids).
+    pub fn create_doc(&self, a: u32, b: u32) -> Result<f64, JsError> {
+        match self.docs.create(&Doc { a, b }) {
+            Ok(k) => Ok(k.id() as f64),
+            Err(rekord::Error::IdsExhausted) => Ok(-1.0),
+            Err(e) => Err(js(e)),
+        }
+    }
+
+    /// Sets field `a` or `b` of doc `id` (no borrow: an optimistic edit).
+    pub fn edit_doc(&self, id: f64, field: String, value: u32) -> Result<(), JsError> {
+        self.docs
+            .update(Key::new(id as u64, 0), |d| {
+                if field == "a" {
+                    d.a = value;
+                } else {
+                    d.b = value;
+                }
+            })
+            .map_err(js)
+    }
+
+    /// `a b` of doc `id`, or `null`.
+    pub fn get_doc(&self, id: f64) -> Result<Option<String>, JsError> {
+        let k = Key::new(id as u64, 0);
+        if !self.docs.contains(k).map_err(js)? {
+            return Ok(None);
+        }
+        let d = self.docs.get(k).map_err(js)?;
+        Ok(Some(format!("{} {}", d.a, d.b)))
     }
 
     /// How many parts this replica has.
