@@ -394,6 +394,9 @@ struct State {
     /// channel (a takeover takes them out of the stored image's ranges, which may predate
     /// them).
     carved: Vec<(u64, u64)>,
+    /// A synced tab that took over: the commit count its sync side started from (a former
+    /// leader's later commit that arrives after the takeover is applied then).
+    adopted: Option<u64>,
     /// When a synced follower last asked the leader for ids (`Date.now()`, 0: no question
     /// waits).
     asked_ids: f64,
@@ -1078,6 +1081,10 @@ pub(crate) fn relayed_status(id: u64) -> Option<SyncStatus> {
     })
 }
 
+/// How long a synced follower taking over waits for the channel to be quiet (the old
+/// leader's last messages may come after the lock).
+const TAKEOVER_QUIET_MS: f64 = 50.0;
+
 /// How long a follower trusts the leader's last status.
 const STATUS_STALE_MS: f64 = 3000.0;
 
@@ -1403,6 +1410,9 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             }
             Ok(())
         }
+        Msg::Commit {
+            origin, changes, ..
+        } if leader => late_commit(tab, &db, origin, &changes),
         Msg::Stored { seq } if !leader => {
             let mut s = tab.state.borrow_mut();
             s.stored = s.stored.max(seq);
@@ -1564,6 +1574,64 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// A commit of a former leader that arrived after this tab took over (the lock and the
+/// channel take different paths): in a synced database, one its sync side did not start
+/// from is applied now, its outbox entries queued as this tab's (they were never sent:
+/// the old leader sends only what it stored, and the takeover started from what it
+/// stored).
+fn late_commit(
+    tab: &Rc<Tab>,
+    db: &Arc<DbInner>,
+    origin: Option<(u64, u64)>,
+    changes: &Changes,
+) -> Result<()> {
+    let Some(part) = &changes.sync else {
+        return Ok(());
+    };
+    {
+        let s = tab.state.borrow();
+        let Some(base) = s.adopted else {
+            return Ok(());
+        };
+        if part.n <= base {
+            return Ok(());
+        }
+        if let Some((t, n)) = origin
+            && (t == tab.id || s.applied.get(&t).is_some_and(|a| *a >= n))
+        {
+            return Ok(());
+        }
+    }
+    tracing::info!(
+        "rekord: a commit of the tab that synced `{}` before came after the takeover: applied",
+        tab.name
+    );
+    let mut relayed = SyncPart {
+        pending: part.pending.clone(),
+        ..SyncPart::default()
+    };
+    for (_, bytes) in &part.entries {
+        match crate::sync::outbox::decode(bytes)?.1 {
+            crate::sync::outbox::Entry::Changes(list) => relayed.outbox.extend(list),
+            crate::sync::outbox::Entry::Return { tree, id } => relayed.returns.push((tree, id)),
+        }
+    }
+    let mut b = Batch::begin(db)?;
+    for schema in &changes.schemas {
+        b.tab_schema(schema)?;
+    }
+    let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
+    for r in &changes.records {
+        b.tab_record(r, if r.origin != 0 { r.origin } else { replica })?;
+    }
+    b.relay(&relayed)?;
+    b.commit()?;
+    if let Some((t, n)) = origin {
+        tab.state.borrow_mut().applied.insert(t, n);
+    }
+    Ok(())
 }
 
 /// The most ids a synced follower gets at once.
@@ -1761,9 +1829,16 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
     // Everything the old leader sent is applied first (its last commits may still be in
     // flight when the lock is let go): then this copy holds them, and the numbering of
     // commits goes on from the last one.
+    // (The lock and the old leader's last messages come by different paths: a quiet
+    // channel for a while is the sign they are all here.)
+    let quiet = if tab.state.borrow().synced {
+        TAKEOVER_QUIET_MS
+    } else {
+        30.0
+    };
     loop {
         if !tab.busy.get() && tab.inbox.is_empty() {
-            super::browser::sleep(30.0).await;
+            super::browser::sleep(quiet).await;
             if !tab.busy.get() && tab.inbox.is_empty() {
                 break;
             }
@@ -1929,6 +2004,24 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         }
         (welcome.commits, welcome.next)
     };
+    if base == image_commits && image_commits > welcome.commits {
+        // The stored image is newer than the welcome copy: commits of the old leader this
+        // tab never heard of (their messages came late, or never) are in it. Its records
+        // are taken, but for those this tab changed itself or heard of in later commits.
+        let mut newer: HashSet<u64> = HashSet::new();
+        {
+            let s = tab.state.borrow();
+            for (_, p, ids) in &s.carried {
+                if p.n > base {
+                    newer.extend(ids.iter().copied());
+                }
+            }
+            for u in &s.unacked {
+                newer.extend(u.changes.records.iter().map(|r| r.id));
+            }
+        }
+        take_records(&mut b, &read, &newer)?;
+    }
     let (carried, mut used, own): (Vec<SyncPart>, Vec<u64>, Vec<SyncPart>) = {
         let s = tab.state.borrow();
         let after: Vec<_> = s.carried.iter().filter(|(_, p, _)| p.n > base).collect();
@@ -1994,9 +2087,87 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         meta.insert(COMMITS, last_commit.to_le_bytes().as_slice())?;
     }
     b.commit()?;
+    tab.state.borrow_mut().adopted = Some(last_commit);
     let mut w = crate::event::lock(&db.writer);
     w.next_id = next;
     w.range_end = 0;
+    Ok(())
+}
+
+/// Makes every record of this copy what it is in the stored image (`read`), but for the
+/// records `keep` names (with events for what changes); the image's schemas come first.
+fn take_records(
+    b: &mut Batch<'_>,
+    read: &redb::ReadTransaction,
+    keep: &HashSet<u64>,
+) -> Result<()> {
+    use redb::TableHandle as _;
+    let mut schemas = Vec::new();
+    if let Ok(table) = read.open_table(SCHEMAS) {
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (tree, version) = k.value();
+            schemas.push(TabSchema {
+                tree: tree.to_owned(),
+                version,
+                text: v.value().to_owned(),
+            });
+        }
+    }
+    for schema in &schemas {
+        b.tab_schema(schema)?;
+    }
+    let mut names: Vec<String> = read
+        .list_tables()?
+        .map(|h| h.name().to_owned())
+        .chain(b.txn.list_tables()?.map(|h| h.name().to_owned()))
+        .filter(|n| n.starts_with("t."))
+        .collect();
+    names.sort();
+    names.dedup();
+    let replica = b.db.replica.load(std::sync::atomic::Ordering::Acquire);
+    for name in names {
+        let def = crate::storage::DataTable::new(&name);
+        let theirs: Vec<(u128, Vec<u8>)> = match read.open_table(def) {
+            Ok(t) => t
+                .iter()?
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<std::result::Result<_, _>>()?,
+            Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mine: Vec<(u128, Vec<u8>)> = {
+            let t = b.txn.open_table(def)?;
+            t.iter()?
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<std::result::Result<_, _>>()?
+        };
+        let by_id = |v: &[(u128, Vec<u8>)]| {
+            let mut m: std::collections::BTreeMap<u64, Vec<(u32, Vec<u8>)>> =
+                std::collections::BTreeMap::new();
+            for (k, value) in v {
+                let key = unpack(*k);
+                m.entry(key.id).or_default().push((key.rev, value.clone()));
+            }
+            m
+        };
+        let (theirs, mine) = (by_id(&theirs), by_id(&mine));
+        let tree = name.strip_prefix("t.").unwrap_or(&name).to_owned();
+        let ids: std::collections::BTreeSet<u64> =
+            theirs.keys().chain(mine.keys()).copied().collect();
+        for id in ids {
+            if keep.contains(&id) || theirs.get(&id) == mine.get(&id) {
+                continue;
+            }
+            let record = TabRecord {
+                tree: tree.clone(),
+                id,
+                revisions: theirs.get(&id).cloned().unwrap_or_default(),
+                origin: replica,
+            };
+            b.tab_record(&record, replica)?;
+        }
+    }
     Ok(())
 }
 

@@ -1556,6 +1556,23 @@ impl Client {
                 }
             }
             self.make_durable()?;
+            // In a browser "durable" is stored in IndexedDB: nothing is sent before it is
+            // (the entries, and the settling of earlier ones, whose answers the server
+            // forgets at this request). Otherwise a crash of the tab before its next flush
+            // leaves a stored copy older than what the server has of it: refused as an
+            // older copy for good, and in a tab taking over, entry numbers used again.
+            #[cfg(target_arch = "wasm32")]
+            {
+                let db = self.db()?;
+                if let Some(h) = db.inner.browser.get() {
+                    h.flush().await.map_err(|e| {
+                        End::Lost(format!(
+                            "the outbox waits: what it sends is stored first, and storing \
+                             failed ({e})"
+                        ))
+                    })?;
+                }
+            }
             let before = s.bytes_sent();
             let answer = s
                 .request(Request::Entries {
