@@ -46,7 +46,12 @@
 //!   commit, lazy ones included: a replica killed before such a commit became durable
 //!   applies the same server changes again after reopening, so subscribers and indexers of
 //!   a synced database may see a remote change twice across a crash (never out of order,
-//!   never missing).
+//!   never missing). In a browser, durable means stored in IndexedDB: the sync client
+//!   waits for a flush before every outbox request (the entries and the settling of
+//!   earlier ones are then stored), so a crash of the tab never leaves a stored copy
+//!   older than what the server has of it (which the server would refuse as an older
+//!   copy of the replica). This puts a flush on the path of every change a browser
+//!   replica sends (BENCHMARKS.md).
 //! - **Closing.** Dropping the application's last handle ([`crate::Db`] or a
 //!   [`crate::Tree`]) stops the sync thread, makes its commits durable and closes the file
 //!   before the drop returns: the same file can be opened again at once, and
