@@ -679,7 +679,7 @@ fn follower_runs_out_of_ids() {
 /// Three tabs write; the leader crashes; the new leader writes and crashes; the last tab
 /// leads. Each crash comes right after a burst of every tab.
 #[test]
-#[ignore = "red team: needs the built web example, node and Chromium"]
+#[ignore = "open: failed once in CI (32 of 200 writes missing at native on a loaded 2-core machine); crashes tabs that may still hold unflushed writes, see the issue 16 notes"]
 fn takeovers_in_a_row() {
     let mut s = setup();
     let name = "chain";
