@@ -450,6 +450,19 @@ impl Db {
         })
     }
 
+    /// In a browser: whether this tab leads the database (it holds the database's Web Lock,
+    /// stores it in IndexedDB and, for a synced database, runs the sync client). With
+    /// several tabs open, one leads and the others go through it; when it closes or
+    /// crashes, another takes over. Always `true` for a database opened without sharing.
+    #[cfg(target_arch = "wasm32")]
+    pub fn leads_tab(&self) -> bool {
+        self.inner
+            .browser
+            .get()
+            .and_then(|h| h.tab())
+            .is_none_or(crate::storage::tabs::leads)
+    }
+
     /// The state of the sync client (`None` for a database that is not synced).
     pub fn sync_status(&self) -> Option<crate::sync::SyncStatus> {
         if let Some(link) = self.inner.link.get() {

@@ -1445,9 +1445,8 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             let resend: Vec<Msg> = {
                 let mut s = tab.state.borrow_mut();
                 s.seq = s.seq.max(seq);
-                while s.carried.front().is_some_and(|(q, _, _)| *q <= seq) {
-                    s.carried.pop_front();
-                }
+                // The carried commits stay until the new leader says they are stored: it
+                // may die before it stored anything, and a takeover after it needs them.
                 s.unacked
                     .iter()
                     .filter(|u| u.seq.is_none())
@@ -1884,13 +1883,24 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
         s.followers = true;
         s.carried.clear();
         s.status = None;
+        // A synced database: the outbox entries of these writes went with the first
+        // commit (`adopt`); their records go now, each commit carried under that commit's
+        // number (a takeover after this tab keeps the records with the entries).
+        let part = synced.then(|| SyncPart {
+            n: s.adopted.map_or(0, |a| a + 1),
+            ..SyncPart::default()
+        });
         s.unacked
             .iter()
             .filter(|u| u.seq.is_none())
-            .map(|u| (u.n, u.changes.clone()))
+            .map(|u| {
+                let mut changes = u.changes.clone();
+                changes.sync.clone_from(&part);
+                (u.n, changes)
+            })
             .collect()
     };
-    // Its own entries the old leader did not send on: sent as its commits.
+    // Its own writes the old leader did not send on: sent as its commits.
     for (n, changes) in own {
         let msg = {
             let mut s = tab.state.borrow_mut();
@@ -2086,7 +2096,20 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         meta.insert("state", state_bytes(next, commit).as_slice())?;
         meta.insert(COMMITS, last_commit.to_le_bytes().as_slice())?;
     }
-    b.commit()?;
+    // This commit is the new leader's first: counted and sent as a leader's (the entries
+    // it queued for this tab's own writes go with it, and every other tab carries them
+    // until they are stored, in case this tab dies before it stores anything). No message
+    // is handled between here and the end of `take_over` (no await), which makes the rest
+    // of the tab a leader.
+    {
+        let mut s = tab.state.borrow_mut();
+        s.leader = true;
+        s.followers = true;
+    }
+    if let Err(e) = b.commit() {
+        tab.state.borrow_mut().leader = false;
+        return Err(e);
+    }
     tab.state.borrow_mut().adopted = Some(last_commit);
     let mut w = crate::event::lock(&db.writer);
     w.next_id = next;

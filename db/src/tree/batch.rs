@@ -450,7 +450,9 @@ impl<'db> Batch<'db> {
         #[cfg(target_arch = "wasm32")]
         let shared = match db.browser.get().and_then(|h| h.tab()) {
             Some(tab)
-                if (!core.pending.is_empty() || !core.rewritten.is_empty())
+                if (!core.pending.is_empty()
+                    || !core.rewritten.is_empty()
+                    || entries.is_some())
                     && crate::storage::tabs::captures(tab) =>
             {
                 Some((

@@ -97,6 +97,11 @@ impl Synced {
         })
     }
 
+    /// Whether this tab leads the database (stores it and runs its sync client).
+    pub fn leads(&self) -> bool {
+        self.db.leads_tab()
+    }
+
     /// The sync state as JSON: online, caught_up, cursor, outbox, rejected, replica,
     /// last_error, refused.
     pub fn status(&self) -> String {
