@@ -1,4 +1,4 @@
-// Red-team relay, round 2 (a copy of redteam_relay.mjs with "evals" and "new_many"): like relay.mjs, but with any number of
+// Relay for the red-team tests of tabs sharing a synced database (server/tests/common/tabs.rs): like relay.mjs, but with any number of
 // tabs of the main origin. One JSON command per line on stdin, one answer per line.
 //   {"op": "new", "tab": i}            opens tab i at synced.html (waits for window.ready)
 //   {"op": "eval", "tab": i, "js": ..} runs an async function body in tab i
