@@ -462,12 +462,20 @@ fn two_tabs_share_a_synced_database_and_the_second_takes_over() {
         s["online"] == true && s["replica"] == replica
     });
     assert_eq!(st["caught_up"], true, "{st}");
+    // It hears the first tab's sync events from now on.
+    assert_eq!(page.ok("return window.db.sync_events();"), "");
 
     phase("Its writes go through the first tab to t");
     // Its writes go through the first tab to the server.
     let washer = page.create("washer", 3);
     eventually("the second tab's create at the native replica", || {
         parts.get(Key::new(washer, 0)).is_ok_and(|p| p.qty == 3)
+    });
+    // The first tab's sync client reported the push: the second tab heard it.
+    let mut heard = String::new();
+    eventually("the push's sync event in the second tab", || {
+        heard.push_str(page.ok("return window.db.sync_events();").as_str().unwrap());
+        heard.lines().any(|l| l == "Pushed")
     });
     assert_eq!(
         i64::from(parts.meta(Key::new(washer, 0)).unwrap().holder),

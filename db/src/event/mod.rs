@@ -41,7 +41,7 @@ impl Event {
 }
 
 /// What the sync client of a synced database reports (see `Db::open_synced`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum SyncEvent {
     /// Connected and authenticated; catch-up from the local cursor starts.
@@ -175,7 +175,7 @@ pub enum SyncEvent {
 }
 
 /// A merged conflict ([`SyncEvent::Conflict`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Conflict {
     /// Tree.
@@ -389,4 +389,75 @@ impl Subscribers {
 /// completes or leaves the structure as it was.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sync events go between browser tabs as RON: every kind comes back as it was.
+    #[test]
+    fn sync_events_round_trip_through_ron() {
+        let key = crate::RawKey::new(7, 1);
+        let events = vec![
+            SyncEvent::Connected { head: 3 },
+            SyncEvent::Disconnected {
+                reason: "gone \"quoted\"".into(),
+                retry_in: std::time::Duration::from_millis(1500),
+            },
+            SyncEvent::Refused {
+                reason: "bad token".into(),
+            },
+            SyncEvent::Progress { cursor: 1, head: 9 },
+            SyncEvent::CaughtUp { cursor: 9 },
+            SyncEvent::Restored {
+                common: 2,
+                cursor: 5,
+                resent: 1,
+                lost: vec![("parts".into(), 4)],
+                lost_count: 1,
+                incomplete: false,
+            },
+            SyncEvent::OutboxStale {
+                age: std::time::Duration::from_secs(60),
+                entries: 2,
+            },
+            SyncEvent::BorrowRevoked {
+                tree: "parts".into(),
+                id: 4,
+            },
+            SyncEvent::Pushed { seq: 10, outbox: 0 },
+            SyncEvent::Conflict(Box::new(Conflict {
+                tree: "docs".into(),
+                key,
+                strategy: "three-way".into(),
+                winner: crate::sync::Winner::Merged,
+                mine: "(a: 1)".into(),
+                theirs: "(a: 2)".into(),
+                outcome: "(a: 2)".into(),
+                other: 3,
+                kept: Some(key),
+            })),
+            SyncEvent::Rejected {
+                entry: 4,
+                reason: "no".into(),
+            },
+            SyncEvent::Superseded {
+                tree: "parts".into(),
+                id: 4,
+                holder: 2,
+            },
+            SyncEvent::Skipped {
+                tree: "parts".into(),
+                key,
+                seq: 11,
+                reason: "schema".into(),
+            },
+        ];
+        for e in events {
+            let text = ron::to_string(&e).unwrap();
+            let back: SyncEvent = ron::from_str(&text).unwrap();
+            assert_eq!(back, e, "{text}");
+        }
+    }
 }

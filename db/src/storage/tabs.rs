@@ -307,6 +307,9 @@ enum Msg {
         range: (u64, u64),
         replica: u32,
     },
+    /// A synced leader's sync client reported `event` (a [`crate::SyncEvent`] in RON):
+    /// followers deliver it to their subscribers too.
+    Sync { event: String },
 }
 
 fn encode(msg: &Msg) -> Option<Vec<u8>> {
@@ -640,7 +643,8 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
             | Msg::Borrowed { .. }
             | Msg::Ids { .. }
             | Msg::Settled { .. }
-            | Msg::Range { .. } => {}
+            | Msg::Range { .. }
+            | Msg::Sync { .. } => {}
             Msg::Stored { seq } => s.stored = s.stored.max(seq),
             // A new leader: the hello may have reached it before it led (and been left
             // unanswered), so it is said again.
@@ -1229,6 +1233,23 @@ pub(crate) fn stored(id: u64, seq: u64) {
     }
 }
 
+/// A synced leader's sync client reported `event`: its followers' subscribers get it too.
+pub(crate) fn sync_event(id: u64, event: &crate::SyncEvent) {
+    let Some(tab) = get(id) else {
+        return;
+    };
+    {
+        let s = tab.state.borrow();
+        if !(s.leader && s.synced && s.followers) {
+            return;
+        }
+    }
+    match ron::to_string(event) {
+        Ok(event) => tab.post(&Msg::Sync { event }),
+        Err(e) => tracing::warn!("rekord: a sync event could not be sent to other tabs: {e}"),
+    }
+}
+
 /// Whether tab `id` leads (stores the database).
 pub(crate) fn leads(id: u64) -> bool {
     get(id).is_some_and(|t| t.state.borrow().leader)
@@ -1569,6 +1590,14 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         }
         Msg::Range { range, .. } => {
             tab.state.borrow_mut().carved.push(range);
+            Ok(())
+        }
+        Msg::Sync { event } if !leader => {
+            match ron::from_str::<crate::SyncEvent>(&event) {
+                Ok(event) => db.deliver(&[crate::Event::Sync(event)]),
+                // A tab of another build may send an event this one does not know.
+                Err(e) => tracing::debug!("rekord: a sync event from the leading tab: {e}"),
+            }
             Ok(())
         }
         _ => Ok(()),

@@ -758,6 +758,11 @@ impl Client {
 
     fn emit(&self, event: SyncEvent) {
         if let Some(db) = self.db.upgrade() {
+            // In a browser, the other tabs sharing the database hear it too.
+            #[cfg(target_arch = "wasm32")]
+            if let Some(tab) = db.browser.get().and_then(|h| h.tab()) {
+                crate::storage::tabs::sync_event(tab, &event);
+            }
             db.deliver(&[Event::Sync(event)]);
         }
     }

@@ -226,7 +226,7 @@ fn typed<T: Record>(dynamic: &dyn Fn(Side<'_>) -> Result<Value>, side: Side<'_>)
 }
 
 /// Which side a merge kept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Winner {
     /// This replica's side, as it was.

@@ -30,6 +30,8 @@ pub struct Synced {
     parts: Tree<Part>,
     docs: Tree<Doc>,
     events: rekord::Subscription,
+    /// Sync events, once asked for (see [`Synced::sync_events`]).
+    sync: std::cell::RefCell<Option<rekord::Subscription>>,
 }
 
 /// Microseconds since the Unix epoch, from the page's high-resolution clock
@@ -94,6 +96,7 @@ impl Synced {
             parts,
             docs,
             events,
+            sync: Default::default(),
         })
     }
 
@@ -255,5 +258,26 @@ impl Synced {
             }
         }
         Ok(out)
+    }
+
+    /// The sync events heard since the last call (in a tab that goes through another, the
+    /// leading tab's), as their kinds, one per line (`Connected`, `Pushed`, ...). The first
+    /// call starts listening (and answers nothing).
+    pub fn sync_events(&self) -> String {
+        let mut out = String::new();
+        let mut sync = self.sync.borrow_mut();
+        let Some(sync) = sync.as_ref() else {
+            *sync = Some(self.db.subscribe());
+            return out;
+        };
+        while let Some(e) = sync.try_next() {
+            if let Event::Sync(s) = e {
+                let text = format!("{s:?}");
+                let kind: String = text.chars().take_while(|c| c.is_alphanumeric()).collect();
+                out.push_str(&kind);
+                out.push('\n');
+            }
+        }
+        out
     }
 }
