@@ -388,21 +388,6 @@ fn tabs_opening_at_once() {
     assert!(bad.is_empty(), "{bad:?}");
 }
 
-/// JS run in a tab before it opens the database: every message its BroadcastChannels
-/// receive reaches the handler `ms` later (in order), as when the browser delivers the
-/// channel's messages later than the Web Lock's release (different IPC paths, no ordering).
-fn slow_channel_js(ms: u32) -> String {
-    format!(
-        r#"const d = Object.getOwnPropertyDescriptor(BroadcastChannel.prototype, 'onmessage');
-        Object.defineProperty(BroadcastChannel.prototype, 'onmessage', {{
-            configurable: true,
-            get() {{ return d.get.call(this); }},
-            set(f) {{ d.set.call(this, f ? (e) => setTimeout(() => f(e), {ms}) : f); }},
-        }});
-        return null;"#
-    )
-}
-
 /// Round 1's `follower_burst_then_leader_closed`, with the follower's channel `ms` slow.
 fn slow_burst(ms: u32, crash: bool) -> Vec<String> {
     let mut s = setup();
@@ -537,14 +522,6 @@ fn reload_right_after_writes_alone() {
 }
 
 // ---- round 3 (session 15): a new leader that dies before it stored ---------------------
-
-/// JS that makes every IndexedDB write of this tab fail (a disk that refuses): a leader's
-/// flusher never stores, so a takeover after it finds the stored image of the leader
-/// before.
-const STORAGE_REFUSES: &str = r#"IDBObjectStore.prototype.put = function () {
-        throw new DOMException('red team: storage refused', 'QuotaExceededError');
-    };
-    return null;"#;
 
 /// Tab 0 leads and freezes; tabs 1 and 2 write while no tab leads. Tab 1 takes over (its
 /// own writes and tab 2's, sent again to it, become its commits) but can store nothing,

@@ -268,9 +268,14 @@ enum Msg {
         seq: u64,
         origin: Option<(u64, u64)>,
         changes: Changes,
+        /// A commit of an earlier leader (numbered so) that reached this leader after it
+        /// took over, applied here with its outbox entries numbered again: followers that
+        /// carry that commit drop it (this one carries it now).
+        replaces: Option<u64>,
     },
-    /// The leader stored its commits up to `seq`.
-    Stored { seq: u64 },
+    /// The leader stored its commits up to `seq`: its own (numbered above `own_from`) and
+    /// every earlier leader's it applied (up to `old`).
+    Stored { seq: u64, own_from: u64, old: u64 },
     /// The leader cannot apply entry `n` of tab `to` (another build of the application with
     /// a different schema).
     Refused { to: u64, n: u64, reason: String },
@@ -359,6 +364,12 @@ struct State {
     seq: u64,
     /// The last leader commit stored.
     stored: u64,
+    /// A leader: its own commits are numbered above this. A follower: the last storing
+    /// leader's (see [`Msg::Stored`]).
+    own_from: u64,
+    /// A leader: every commit of an earlier leader numbered up to this is applied here. A
+    /// follower: the last storing leader's.
+    old: u64,
     /// Whether a follower ever joined (a leader sends its commits only then).
     followers: bool,
     /// Set while this tab applies another tab's changes (with the entry a leader applies).
@@ -379,7 +390,9 @@ struct State {
     synced: bool,
     /// A synced follower: the sync parts of the leader's commits not known to be stored
     /// yet, by commit (what a takeover queues again if the stored image lacks them).
-    carried: VecDeque<(u64, SyncPart, Vec<u64>)>,
+    carried: VecDeque<Carried>,
+    /// A synced leader applying an earlier leader's late commit (numbered so).
+    replacing: Option<u64>,
     /// A synced follower: the sync side of its copy as the welcome gave it (before this tab
     /// changed its ranges and pending rows), which may be newer than the stored image.
     welcome: Option<WelcomeSync>,
@@ -403,6 +416,51 @@ struct State {
     /// When a synced follower last asked the leader for ids (`Date.now()`, 0: no question
     /// waits).
     asked_ids: f64,
+}
+
+/// A leader commit a synced follower keeps until a store holds it.
+#[derive(Debug, Clone)]
+struct Carried {
+    seq: u64,
+    part: SyncPart,
+    /// The ids of the records it changed.
+    ids: Vec<u64>,
+    /// What it changed, when this tab did not apply it: a late commit of an earlier leader
+    /// (the tab leading now applies those and sends them on as its own; a takeover applies
+    /// those that never came so).
+    unapplied: Option<Changes>,
+}
+
+impl State {
+    /// A follower: whether the last storing leader's image holds commit `q`.
+    fn covers(&self, q: u64) -> bool {
+        q <= self.stored && (q > self.own_from || q <= self.old)
+    }
+
+    /// A follower: leader commits are stored (see [`Msg::Stored`]); what that store holds
+    /// is no longer carried, and this tab's entries in it are done.
+    fn note_stored(&mut self, seq: u64, own_from: u64, old: u64) {
+        if own_from < self.own_from {
+            // An earlier leader's store, heard late: a later leader's image replaced it.
+            return;
+        }
+        if own_from > self.own_from {
+            (self.own_from, self.old, self.stored) = (own_from, old, seq);
+        } else {
+            self.stored = self.stored.max(seq);
+            self.old = self.old.max(old);
+        }
+        let carried = std::mem::take(&mut self.carried);
+        self.carried = carried
+            .into_iter()
+            .filter(|c| !self.covers(c.seq))
+            .collect();
+        let unacked = std::mem::take(&mut self.unacked);
+        self.unacked = unacked
+            .into_iter()
+            .filter(|u| !u.seq.is_some_and(|q| self.covers(q)))
+            .collect();
+    }
 }
 
 thread_local! {
@@ -554,6 +612,7 @@ pub(crate) fn lead(name: &str, top: u64) -> Result<u64> {
         let mut s = tab.state.borrow_mut();
         s.leader = true;
         s.top = top;
+        begin_epoch(&mut s);
     }
     Ok(tab.id)
 }
@@ -645,7 +704,7 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
             | Msg::Settled { .. }
             | Msg::Range { .. }
             | Msg::Sync { .. } => {}
-            Msg::Stored { seq } => s.stored = s.stored.max(seq),
+            Msg::Stored { seq, own_from, old } => s.note_stored(seq, own_from, old),
             // A new leader: the hello may have reached it before it led (and been left
             // unanswered), so it is said again.
             Msg::Leader { .. } => {
@@ -972,6 +1031,7 @@ pub(crate) fn committed(id: u64, changes: Changes) {
             seq: s.seq,
             origin,
             changes,
+            replaces: s.replacing,
         };
         drop(s);
         tab.post(&msg);
@@ -1088,6 +1148,38 @@ pub(crate) fn relayed_status(id: u64) -> Option<SyncStatus> {
 /// How long a synced follower taking over waits for the channel to be quiet (the old
 /// leader's last messages may come after the lock).
 const TAKEOVER_QUIET_MS: f64 = 50.0;
+
+/// The low bits of a leader commit number that count a leader's commits; the high bits are
+/// the leader's epoch. A leader numbers its commits from an epoch above every number it has
+/// seen and no earlier than its start (in ms since 2020): a tab taking over may not have heard
+/// the old leader's last commits yet, and its own must never be taken for those by tabs that
+/// did (they skip commits numbered at or below the last they applied).
+const EPOCH_BITS: u32 = 23;
+
+/// The first commit number of a leader that has seen numbers up to `seen`.
+fn epoch_start(seen: u64) -> u64 {
+    const SINCE_2020_MS: f64 = 1_577_836_800_000.0;
+    // Below 2^41 ms (the year 2089): shifted, it fits a u64.
+    let now = (js_sys::Date::now() - SINCE_2020_MS).clamp(0.0, ((1u64 << 41) - 1) as f64) as u64;
+    ((seen >> EPOCH_BITS) + 1).max(now) << EPOCH_BITS
+}
+
+/// A tab leads from now on: its commits are numbered in a new epoch.
+fn begin_epoch(s: &mut State) {
+    s.old = s.seq;
+    s.seq = epoch_start(s.seq);
+    s.own_from = s.seq;
+}
+
+/// How far past every outbox entry number it knows a tab taking over numbers its own
+/// entries: the old leader's last commits may not have reached it yet (their entries keep
+/// their numbers, below this tab's).
+const TAKEOVER_ENTRY_GAP: u64 = 1 << 20;
+
+/// How many ids of its range a tab taking over leaves to the old leader's creates it has
+/// not heard of yet (a burst written right before the crash; a heuristic bound: a longer
+/// burst whose messages all come after the takeover could meet this tab's creates).
+const TAKEOVER_ID_GAP: u64 = 1024;
 
 /// How long a follower trusts the leader's last status.
 const STATUS_STALE_MS: f64 = 3000.0;
@@ -1225,10 +1317,14 @@ pub(crate) fn stored(id: u64, seq: u64) {
         let followers = {
             let mut s = tab.state.borrow_mut();
             s.stored = s.stored.max(seq);
-            s.followers
+            (s.followers, s.own_from, s.old)
         };
-        if followers {
-            tab.post(&Msg::Stored { seq });
+        if followers.0 {
+            tab.post(&Msg::Stored {
+                seq,
+                own_from: followers.1,
+                old: followers.2,
+            });
         }
     }
 }
@@ -1393,12 +1489,26 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             seq,
             origin,
             changes,
+            replaces,
         } if !leader => {
             if let Some(part) = &changes.sync {
                 let mut s = tab.state.borrow_mut();
-                if seq > s.stored && s.carried.back().is_none_or(|(q, _, _)| *q < seq) {
-                    let ids = changes.records.iter().map(|r| r.id).collect();
-                    s.carried.push_back((seq, part.clone(), ids));
+                if let Some(x) = replaces {
+                    s.carried.retain(|c| c.seq != x);
+                }
+                // A late commit of an earlier leader too (numbered below what came since):
+                // kept until a store covers it, with its changes (not applied here: the
+                // leader applies it and sends it on).
+                if !s.covers(seq) && !s.carried.iter().any(|c| c.seq == seq) {
+                    let late = seq <= s.seq
+                        && origin.is_none_or(|(t, _)| t != tab.id)
+                        && replaces.is_none();
+                    s.carried.push_back(Carried {
+                        seq,
+                        part: part.clone(),
+                        ids: changes.records.iter().map(|r| r.id).collect(),
+                        unapplied: late.then(|| changes.clone()),
+                    });
                 }
             }
             let skip: HashSet<(String, u64)> = {
@@ -1425,29 +1535,21 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             };
             apply(tab, &db, &changes, &skip, None)?;
             let mut s = tab.state.borrow_mut();
-            s.seq = seq;
+            s.seq = s.seq.max(seq);
             if let Some((t, n)) = origin {
                 s.applied.insert(t, n);
             }
             Ok(())
         }
         Msg::Commit {
-            origin, changes, ..
-        } if leader => late_commit(tab, &db, origin, &changes),
-        Msg::Stored { seq } if !leader => {
+            seq,
+            origin,
+            changes,
+            ..
+        } if leader => late_commit(tab, &db, seq, origin, &changes),
+        Msg::Stored { seq, own_from, old } if !leader => {
             let mut s = tab.state.borrow_mut();
-            s.stored = s.stored.max(seq);
-            let stored = s.stored;
-            while s.carried.front().is_some_and(|(q, _, _)| *q <= stored) {
-                s.carried.pop_front();
-            }
-            while s
-                .unacked
-                .front()
-                .is_some_and(|u| u.seq.is_some_and(|q| q <= stored))
-            {
-                s.unacked.pop_front();
-            }
+            s.note_stored(seq, own_from, old);
             settle_waiters(&mut s);
             Ok(())
         }
@@ -1612,6 +1714,7 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
 fn late_commit(
     tab: &Rc<Tab>,
     db: &Arc<DbInner>,
+    seq: u64,
     origin: Option<(u64, u64)>,
     changes: &Changes,
 ) -> Result<()> {
@@ -1619,16 +1722,19 @@ fn late_commit(
         return Ok(());
     };
     {
-        let s = tab.state.borrow();
+        let mut s = tab.state.borrow_mut();
         let Some(base) = s.adopted else {
             return Ok(());
         };
-        if part.n <= base {
-            return Ok(());
-        }
-        if let Some((t, n)) = origin
-            && (t == tab.id || s.applied.get(&t).is_some_and(|a| *a >= n))
-        {
+        // Held here already: in the copy this tab took over with, or as the entry of the
+        // tab that made it.
+        let held = part.n <= base
+            || origin
+                .is_some_and(|(t, n)| t == tab.id || s.applied.get(&t).is_some_and(|a| *a >= n));
+        if held {
+            if seq < s.own_from {
+                s.old = s.old.max(seq);
+            }
             return Ok(());
         }
     }
@@ -1655,9 +1761,17 @@ fn late_commit(
         b.tab_record(r, if r.origin != 0 { r.origin } else { replica })?;
     }
     b.relay(&relayed)?;
-    b.commit()?;
+    // Sent on as this leader's commit, which replaces it in the tabs that carry it.
+    tab.state.borrow_mut().replacing = Some(seq);
+    let done = b.commit();
+    let mut s = tab.state.borrow_mut();
+    s.replacing = None;
+    done?;
+    if seq < s.own_from {
+        s.old = s.old.max(seq);
+    }
     if let Some((t, n)) = origin {
-        tab.state.borrow_mut().applied.insert(t, n);
+        s.applied.insert(t, n);
     }
     Ok(())
 }
@@ -1762,6 +1876,7 @@ fn apply(
             seq: s.seq,
             origin,
             changes: Changes::default(),
+            replaces: None,
         };
         drop(s);
         tab.post(&msg);
@@ -1908,6 +2023,9 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
     }
     let own: Vec<(u64, Changes)> = {
         let mut s = tab.state.borrow_mut();
+        if !synced {
+            begin_epoch(&mut s);
+        }
         s.leader = true;
         s.followers = true;
         s.carried.clear();
@@ -1939,6 +2057,7 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
                 seq: s.seq,
                 origin: Some((tab.id, n)),
                 changes,
+                replaces: None,
             }
         };
         tab.post(&msg);
@@ -2050,9 +2169,9 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         let mut newer: HashSet<u64> = HashSet::new();
         {
             let s = tab.state.borrow();
-            for (_, p, ids) in &s.carried {
-                if p.n > base {
-                    newer.extend(ids.iter().copied());
+            for c in &s.carried {
+                if c.part.n > base {
+                    newer.extend(c.ids.iter().copied());
                 }
             }
             for u in &s.unacked {
@@ -2061,15 +2180,37 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         }
         take_records(&mut b, &read, &newer)?;
     }
+    // The late commits of an earlier leader that this tab carried without applying (the
+    // leader that should have sent them on did not): applied now, in order.
+    {
+        let mut late: Vec<Carried> = tab
+            .state
+            .borrow()
+            .carried
+            .iter()
+            .filter(|c| c.part.n > base && c.unapplied.is_some())
+            .cloned()
+            .collect();
+        late.sort_by_key(|c| c.seq);
+        let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
+        for c in &late {
+            if let Some(changes) = &c.unapplied {
+                for schema in &changes.schemas {
+                    b.tab_schema(schema)?;
+                }
+                for r in &changes.records {
+                    b.tab_record(r, if r.origin != 0 { r.origin } else { replica })?;
+                }
+            }
+        }
+    }
     let (carried, mut used, own): (Vec<SyncPart>, Vec<u64>, Vec<SyncPart>) = {
         let s = tab.state.borrow();
-        let after: Vec<_> = s.carried.iter().filter(|(_, p, _)| p.n > base).collect();
+        let mut after: Vec<&Carried> = s.carried.iter().filter(|c| c.part.n > base).collect();
+        after.sort_by_key(|c| c.seq);
         (
-            after.iter().map(|(_, p, _)| p.clone()).collect(),
-            after
-                .iter()
-                .flat_map(|(_, _, ids)| ids.iter().copied())
-                .collect(),
+            after.iter().map(|c| c.part.clone()).collect(),
+            after.iter().flat_map(|c| c.ids.iter().copied()).collect(),
             s.unacked
                 .iter()
                 .filter(|u| u.seq.is_none())
@@ -2094,7 +2235,12 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         outbox.retain_in(..below, |_, _| false)?;
         let mut meta = b.txn.open_table(META)?;
         let made = crate::sync::outbox::last_made(&meta)?;
-        let next = next.max(last + 1).max(made + 1);
+        // Past every number known here, with room for those of the old leader's commits
+        // still on their way (they keep their numbers).
+        let next = next
+            .max(last + 1)
+            .max(made + 1)
+            .saturating_add(TAKEOVER_ENTRY_GAP);
         meta.insert(
             crate::sync::outbox::NEXT_ENTRY,
             next.to_le_bytes().as_slice(),
@@ -2119,6 +2265,22 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         used.extend(u.changes.records.iter().map(|r| r.id));
     }
     let next = skip_used_ids(&b, base_next, &carved, &used)?;
+    // The old leader's last commits may still be on their way, with records it created
+    // from where it stood in its range: this tab's own creates start further on.
+    let next = {
+        let ranges = b.txn.open_table(RANGES)?;
+        let containing = match ranges.range(..=next)?.next_back() {
+            Some(row) => {
+                let (_, e) = row?;
+                Some(e.value())
+            }
+            None => None,
+        };
+        match containing {
+            Some(end) if end > next => next.saturating_add(TAKEOVER_ID_GAP).min(end),
+            _ => next,
+        }
+    };
     {
         let mut meta = b.txn.open_table(META)?;
         let commit = b.writer.commit;
@@ -2132,6 +2294,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
     // of the tab a leader.
     {
         let mut s = tab.state.borrow_mut();
+        begin_epoch(&mut s);
         s.leader = true;
         s.followers = true;
     }
@@ -2180,47 +2343,77 @@ fn take_records(
     let replica = b.db.replica.load(std::sync::atomic::Ordering::Acquire);
     for name in names {
         let def = crate::storage::DataTable::new(&name);
-        let theirs: Vec<(u128, Vec<u8>)> = match read.open_table(def) {
-            Ok(t) => t
-                .iter()?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
-                .collect::<std::result::Result<_, _>>()?,
-            Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        let tree = name.strip_prefix("t.").unwrap_or(&name).to_owned();
+        let theirs = match read.open_table(def) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        let mine: Vec<(u128, Vec<u8>)> = {
-            let t = b.txn.open_table(def)?;
-            t.iter()?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
-                .collect::<std::result::Result<_, _>>()?
-        };
-        let by_id = |v: &[(u128, Vec<u8>)]| {
-            let mut m: std::collections::BTreeMap<u64, Vec<(u32, Vec<u8>)>> =
-                std::collections::BTreeMap::new();
-            for (k, value) in v {
-                let key = unpack(*k);
-                m.entry(key.id).or_default().push((key.rev, value.clone()));
-            }
-            m
-        };
-        let (theirs, mine) = (by_id(&theirs), by_id(&mine));
-        let tree = name.strip_prefix("t.").unwrap_or(&name).to_owned();
-        let ids: std::collections::BTreeSet<u64> =
-            theirs.keys().chain(mine.keys()).copied().collect();
-        for id in ids {
-            if keep.contains(&id) || theirs.get(&id) == mine.get(&id) {
-                continue;
-            }
-            let record = TabRecord {
-                tree: tree.clone(),
-                id,
-                revisions: theirs.get(&id).cloned().unwrap_or_default(),
-                origin: replica,
+        // Id by id through both tables in key order (one record's revisions in memory at a
+        // time, whatever the size of the tree).
+        let mut from = 0u64;
+        loop {
+            let mine_next = {
+                let t = b.txn.open_table(def)?;
+                next_id(&t, from)?
             };
-            b.tab_record(&record, replica)?;
+            let theirs_next = match &theirs {
+                Some(t) => next_id(t, from)?,
+                None => None,
+            };
+            let id = match (mine_next, theirs_next) {
+                (None, None) => break,
+                (Some(a), Some(c)) => a.min(c),
+                (Some(a), None) | (None, Some(a)) => a,
+            };
+            let theirs_revs = match &theirs {
+                Some(t) => revisions(t, id)?,
+                None => Vec::new(),
+            };
+            let mine_revs = {
+                let t = b.txn.open_table(def)?;
+                revisions(&t, id)?
+            };
+            if !keep.contains(&id) && theirs_revs != mine_revs {
+                let record = TabRecord {
+                    tree: tree.clone(),
+                    id,
+                    revisions: theirs_revs,
+                    origin: replica,
+                };
+                b.tab_record(&record, replica)?;
+            }
+            match id.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
         }
     }
     Ok(())
+}
+
+/// The first record id at or after `from` in `table`.
+fn next_id(
+    table: &impl redb::ReadableTable<u128, &'static [u8]>,
+    from: u64,
+) -> Result<Option<u64>> {
+    Ok(match table.range(pack(RawKey::new(from, 0))..)?.next() {
+        Some(row) => Some(unpack(row?.0.value()).id),
+        None => None,
+    })
+}
+
+/// Every revision of record `id` in `table`, in order.
+fn revisions(
+    table: &impl redb::ReadableTable<u128, &'static [u8]>,
+    id: u64,
+) -> Result<Vec<(u32, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for row in table.range(id_range(id))? {
+        let (k, v) = row?;
+        out.push((unpack(k.value()).rev, v.value().to_vec()));
+    }
+    Ok(out)
 }
 
 /// Removes every `sync.*` key.

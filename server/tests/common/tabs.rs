@@ -411,3 +411,34 @@ pub fn server_log(s: &Setup) {
 pub fn online(st: &serde_json::Value) -> bool {
     st["online"] == true && st["outbox"] == 0 && st["caught_up"] == true
 }
+
+/// JS that makes every IndexedDB write of this tab fail while `window.__refuse` is true
+/// (set here): a leader's flusher never stores.
+pub const STORAGE_REFUSES: &str = r#"if (!window.__put) {
+        window.__put = IDBObjectStore.prototype.put;
+        IDBObjectStore.prototype.put = function (...a) {
+            if (window.__refuse) {
+                throw new DOMException('red team: storage refused', 'QuotaExceededError');
+            }
+            return window.__put.apply(this, a);
+        };
+    }
+    window.__refuse = true;
+    return null;"#;
+
+/// JS that lets this tab store again (after [`STORAGE_REFUSES`]).
+pub const STORAGE_WORKS: &str = "window.__refuse = false; return null;";
+
+/// JS run in a tab before it opens the database: every message its BroadcastChannels
+/// receive reaches the handler `ms` later (in order).
+pub fn slow_channel_js(ms: u32) -> String {
+    format!(
+        r#"const d = Object.getOwnPropertyDescriptor(BroadcastChannel.prototype, 'onmessage');
+        Object.defineProperty(BroadcastChannel.prototype, 'onmessage', {{
+            configurable: true,
+            get() {{ return d.get.call(this); }},
+            set(f) {{ d.set.call(this, f ? (e) => setTimeout(() => f(e), {ms}) : f); }},
+        }});
+        return null;"#
+    )
+}
