@@ -35,8 +35,8 @@ pub(super) fn head_of(
     Ok(log.last()?.map_or(0, |(k, _)| k.value()))
 }
 
-/// Schemas parsed during one request, by (tree, version) (parsing RON costs more than
-/// checking a record).
+/// Stored schemas parsed, by (tree, version) (parsing RON costs more than checking a
+/// record): [`Store`]'s cache.
 pub(super) type Parsed = std::collections::HashMap<(String, u32), rekord::Schema>;
 
 /// Checks and applies `changes` in `txn`, logging each under the next sequence number
@@ -569,7 +569,7 @@ impl Store {
             &mut seq,
             &mut entries,
             &mut created,
-            &mut Parsed::new(),
+            &mut self.parsed(),
         )? {
             Err(e) => {
                 txn.abort()?;

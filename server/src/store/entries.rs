@@ -182,7 +182,7 @@ impl Store {
         batch: &[Vec<Change>],
     ) -> Result<(Vec<EntryOutcome>, Vec<Sequenced>), ServerError> {
         let mut limit = batch.len();
-        let mut parsed = Parsed::new();
+        let mut parsed = self.parsed();
         // The refusal of entry `limit`, found by an earlier round.
         let mut refusal: Option<RemoteError> = None;
         loop {

@@ -180,6 +180,10 @@ pub struct Store {
     replicas_per_token: std::sync::atomic::AtomicU32,
     /// [`crate::Limits::max_schemas`].
     max_schemas: std::sync::atomic::AtomicU32,
+    /// The stored schemas parsed so far, by (tree, version): a stored schema never changes
+    /// (see `put_schema`), and parsing its RON for every request cost more than the rest of
+    /// applying a one-change entry. At most `max_schemas` of them.
+    parsed: std::sync::Mutex<Parsed>,
 }
 
 macro_rules! from_redb {
@@ -206,6 +210,14 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> ServerError {
 }
 
 impl Store {
+    /// The cache of parsed schemas (writers hold it while they apply; a panic while it was
+    /// held leaves at worst a schema not cached yet).
+    fn parsed(&self) -> std::sync::MutexGuard<'_, Parsed> {
+        self.parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Opens (creating if needed) `server.redb` in `data_dir`, with every table present.
     pub fn open(data_dir: &Path) -> Result<Self, ServerError> {
         crate::datadir::prepare(data_dir)?;
@@ -249,6 +261,7 @@ impl Store {
                 crate::Limits::default().replicas_per_token,
             ),
             max_schemas: std::sync::atomic::AtomicU32::new(crate::Limits::default().max_schemas),
+            parsed: std::sync::Mutex::new(Parsed::new()),
         })
     }
 
