@@ -68,6 +68,31 @@ const TOP: &str = "tabs.top";
 /// commits a copy holds.
 const COMMITS: &str = "tabs.commits";
 
+/// The `rekord.meta` keys of the leader that made a copy's last commit: its own commits
+/// are numbered from `tabs.own_from`, and it had applied every earlier leader's commit up
+/// to `tabs.old` (see [`Msg::Stored`]): which carried commits a stored image holds.
+const OWN_FROM: &str = "tabs.own_from";
+const OLD: &str = "tabs.old";
+
+/// How far a tab taking over moves the commit count ([`COMMITS`]) past every count it
+/// knows: the old leader's commits it has not heard yet keep theirs, below.
+const TAKEOVER_COMMIT_GAP: u64 = 1 << 20;
+
+/// What the copy a tab took over from holds of other leaders' commits.
+#[derive(Debug, Clone, Copy, Default)]
+struct BaseCover {
+    own_from: u64,
+    old: u64,
+    commits: u64,
+}
+
+impl BaseCover {
+    /// Whether the copy holds leader commit `seq` (commit count `n`).
+    fn holds(&self, seq: u64, n: u64) -> bool {
+        seq <= self.old || (seq > self.own_from && n <= self.commits)
+    }
+}
+
 /// How long a tab waits for a sign of the leader before it tries again (each message of a
 /// live leader waits this long again, up to [`WELCOME_MAX_MS`]: a large database takes a
 /// while to copy).
@@ -137,6 +162,8 @@ pub(crate) struct SyncPart {
 #[derive(Debug, Clone, Default)]
 struct WelcomeSync {
     commits: u64,
+    /// What the welcome copy holds of leader commits (from its `tabs.*` keys).
+    cover: BaseCover,
     next: u64,
     meta: Vec<(String, Vec<u8>)>,
     pending: Vec<(String, u64, Vec<u8>)>,
@@ -302,7 +329,14 @@ enum Msg {
     },
     /// A synced leader's outbox: every entry below `below` is settled (the server answered
     /// it and the leader acted on the answer), and the next entry will be `next`.
-    Settled { below: u64, next: u64 },
+    Settled {
+        below: u64,
+        next: u64,
+        /// Numbers that a leader taking over left free for the old leader's commits it had
+        /// not heard (see [`TAKEOVER_ENTRY_GAP`]): `below` says nothing of them, and their
+        /// entries were never sent.
+        windows: Vec<(u64, u64)>,
+    },
     /// A synced follower ran out of ids.
     Ids { tab: u64 },
     /// More ids for tab `to`, carved from the leader's server-granted ranges (and the
@@ -393,6 +427,12 @@ struct State {
     carried: VecDeque<Carried>,
     /// A synced leader applying an earlier leader's late commit (numbered so).
     replacing: Option<u64>,
+    /// A synced database: the entry numbers leaders taking over left free (see
+    /// [`Msg::Settled`]).
+    windows: Vec<(u64, u64)>,
+    /// A leader: entries of other tabs that came ahead of an earlier one of theirs, by tab
+    /// and number, with when they came (`Date.now()`).
+    early: HashMap<u64, std::collections::BTreeMap<u64, (Changes, f64)>>,
     /// A synced follower: the sync side of its copy as the welcome gave it (before this tab
     /// changed its ranges and pending rows), which may be newer than the stored image.
     welcome: Option<WelcomeSync>,
@@ -413,6 +453,8 @@ struct State {
     /// A synced tab that took over: the commit count its sync side started from (a former
     /// leader's later commit that arrives after the takeover is applied then).
     adopted: Option<u64>,
+    /// A synced tab that took over: what its base held (see [`BaseCover`]).
+    adopted_cover: BaseCover,
     /// When a synced follower last asked the leader for ids (`Date.now()`, 0: no question
     /// waits).
     asked_ids: f64,
@@ -743,6 +785,10 @@ pub(crate) fn use_range(tab: u64, redb: &redb::Database, range: (u64, u64)) -> R
                 welcome.meta.push((k.to_owned(), v.to_vec()));
             } else if k == COMMITS {
                 welcome.commits = read_u64(v).unwrap_or(0);
+            } else if k == OWN_FROM {
+                welcome.cover.own_from = read_u64(v).unwrap_or(0);
+            } else if k == OLD {
+                welcome.cover.old = read_u64(v).unwrap_or(0);
             } else if k == "state" {
                 welcome.next = read_u64(v).unwrap_or(0);
             }
@@ -758,6 +804,7 @@ pub(crate) fn use_range(tab: u64, redb: &redb::Database, range: (u64, u64)) -> R
             let (s, e) = row?;
             welcome.ranges.push((s.value(), e.value()));
         }
+        welcome.cover.commits = welcome.commits;
         if let Some(tab) = get(tab) {
             tab.state.borrow_mut().welcome = Some(welcome);
         }
@@ -986,6 +1033,11 @@ pub(crate) fn leader_commit(
         .unwrap_or(0)
         + 1;
     meta.insert(COMMITS, n.to_le_bytes().as_slice())?;
+    {
+        let s = tab.state.borrow();
+        meta.insert(OWN_FROM, s.own_from.to_le_bytes().as_slice())?;
+        meta.insert(OLD, s.old.to_le_bytes().as_slice())?;
+    }
     if !followers {
         return Ok(Some((n, None)));
     }
@@ -1011,9 +1063,11 @@ pub(crate) fn outbox_moved(id: u64, front: (u64, u64)) {
         }
         s.outbox = front;
     }
+    let windows = tab.state.borrow().windows.clone();
     tab.post(&Msg::Settled {
         below: front.0,
         next: front.1,
+        windows,
     });
 }
 
@@ -1449,6 +1503,10 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         return Ok(());
     };
     let leader = tab.state.borrow().leader;
+    if leader && !tab.state.borrow().early.is_empty() {
+        // Entries that waited long enough for an earlier one are applied now.
+        apply_early(tab, &db);
+    }
     match msg {
         Msg::Hello { tab: other } if leader => welcome(tab, &db, other),
         Msg::Flush if leader => {
@@ -1462,27 +1520,24 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             n,
             changes,
         } if leader => {
-            if tab
-                .state
-                .borrow()
-                .applied
-                .get(&other)
-                .is_some_and(|a| *a >= n)
-            {
+            let last = tab.state.borrow().applied.get(&other).copied().unwrap_or(0);
+            if n <= last {
                 return Ok(());
             }
-            match apply(tab, &db, &changes, &HashSet::new(), Some((other, n))) {
-                Ok(()) => {}
-                Err(Error::BatchInProgress) => return Err(Error::BatchInProgress),
-                Err(e) => {
-                    tab.post(&Msg::Refused {
-                        to: other,
-                        n,
-                        reason: e.to_string(),
-                    });
-                }
+            if n > last + 1 {
+                // Ahead of an entry of that tab not applied yet (it sends again what no
+                // leader took once it hears of a new leader, after what it wrote
+                // meanwhile; or a commit of the old leader that applied it is on its way):
+                // kept until the gap fills, applied in order.
+                let mut s = tab.state.borrow_mut();
+                s.early
+                    .entry(other)
+                    .or_default()
+                    .insert(n, (changes, js_sys::Date::now()));
+                return Ok(());
             }
-            tab.state.borrow_mut().applied.insert(other, n);
+            apply_entry(tab, &db, other, n, &changes)?;
+            apply_early(tab, &db);
             Ok(())
         }
         Msg::Commit {
@@ -1521,10 +1576,14 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
                         u.seq = Some(seq);
                     }
                     s.seq = s.seq.max(seq);
-                    s.applied.insert(t, n);
+                    note_applied(&mut s, t, n);
                     return Ok(());
                 }
                 if seq <= s.seq {
+                    // Late (carried above, applied by a takeover if no leader sends it on).
+                    if let Some((t, n)) = origin {
+                        note_applied(&mut s, t, n);
+                    }
                     return Ok(());
                 }
                 s.unacked
@@ -1537,7 +1596,7 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             let mut s = tab.state.borrow_mut();
             s.seq = s.seq.max(seq);
             if let Some((t, n)) = origin {
-                s.applied.insert(t, n);
+                note_applied(&mut s, t, n);
             }
             Ok(())
         }
@@ -1546,7 +1605,11 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             origin,
             changes,
             ..
-        } if leader => late_commit(tab, &db, seq, origin, &changes),
+        } if leader => {
+            late_commit(tab, &db, seq, origin, &changes)?;
+            apply_early(tab, &db);
+            Ok(())
+        }
         Msg::Stored { seq, own_from, old } if !leader => {
             let mut s = tab.state.borrow_mut();
             s.note_stored(seq, own_from, old);
@@ -1657,9 +1720,18 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             }
             Ok(())
         }
-        Msg::Settled { below, next } if !leader => {
+        Msg::Settled {
+            below,
+            next,
+            windows,
+        } if !leader => {
             let mut s = tab.state.borrow_mut();
             s.outbox = (s.outbox.0.max(below), s.outbox.1.max(next));
+            for w in windows {
+                if !s.windows.contains(&w) {
+                    s.windows.push(w);
+                }
+            }
             Ok(())
         }
         Msg::Ids { tab: other } if leader => {
@@ -1719,21 +1791,24 @@ fn late_commit(
     changes: &Changes,
 ) -> Result<()> {
     let Some(part) = &changes.sync else {
-        return Ok(());
+        return late_plain(tab, db, seq, changes);
     };
     {
         let mut s = tab.state.borrow_mut();
-        let Some(base) = s.adopted else {
+        if s.adopted.is_none() {
             return Ok(());
-        };
+        }
         // Held here already: in the copy this tab took over with, or as the entry of the
         // tab that made it.
-        let held = part.n <= base
+        let held = s.adopted_cover.holds(seq, part.n)
             || origin
                 .is_some_and(|(t, n)| t == tab.id || s.applied.get(&t).is_some_and(|a| *a >= n));
         if held {
             if seq < s.own_from {
                 s.old = s.old.max(seq);
+            }
+            if let Some((t, n)) = origin {
+                note_applied(&mut s, t, n);
             }
             return Ok(());
         }
@@ -1761,18 +1836,154 @@ fn late_commit(
         b.tab_record(r, if r.origin != 0 { r.origin } else { replica })?;
     }
     b.relay(&relayed)?;
-    // Sent on as this leader's commit, which replaces it in the tabs that carry it.
-    tab.state.borrow_mut().replacing = Some(seq);
+    // Sent on as this leader's commit, which replaces it in the tabs that carry it (and
+    // whose `tabs.old` says it holds it).
+    let before = {
+        let mut s = tab.state.borrow_mut();
+        s.replacing = Some(seq);
+        let before = s.old;
+        if seq < s.own_from {
+            s.old = s.old.max(seq);
+        }
+        before
+    };
     let done = b.commit();
     let mut s = tab.state.borrow_mut();
     s.replacing = None;
+    if done.is_err() {
+        s.old = before;
+    }
     done?;
-    if seq < s.own_from {
-        s.old = s.old.max(seq);
-    }
     if let Some((t, n)) = origin {
-        s.applied.insert(t, n);
+        note_applied(&mut s, t, n);
     }
+    Ok(())
+}
+
+/// The leader applies entry `n` of tab `other` (refused: the tab is told).
+fn apply_entry(
+    tab: &Rc<Tab>,
+    db: &Arc<DbInner>,
+    other: u64,
+    n: u64,
+    changes: &Changes,
+) -> Result<()> {
+    match apply(tab, db, changes, &HashSet::new(), Some((other, n))) {
+        Ok(()) => {}
+        Err(Error::BatchInProgress) => return Err(Error::BatchInProgress),
+        Err(e) => {
+            tab.post(&Msg::Refused {
+                to: other,
+                n,
+                reason: e.to_string(),
+            });
+        }
+    }
+    note_applied(&mut tab.state.borrow_mut(), other, n);
+    Ok(())
+}
+
+/// Entry `n` of tab `t` is applied here (or was, by an earlier leader).
+fn note_applied(s: &mut State, t: u64, n: u64) {
+    let a = s.applied.entry(t).or_insert(0);
+    *a = (*a).max(n);
+}
+
+/// How long an entry that came ahead of an earlier one of its tab waits for it before it is
+/// applied anyway (the earlier one may never come: its tab was reloaded meanwhile).
+const EARLY_WAIT_MS: f64 = 3000.0;
+
+/// The leader applies the entries that came ahead of others and no longer wait: the gap
+/// before them filled, or they waited [`EARLY_WAIT_MS`]. A batch the application holds
+/// leaves them for the next message.
+fn apply_early(tab: &Rc<Tab>, db: &Arc<DbInner>) {
+    loop {
+        let next = {
+            let mut s = tab.state.borrow_mut();
+            let now = js_sys::Date::now();
+            let mut found = None;
+            let tabs: Vec<u64> = s.early.keys().copied().collect();
+            for t in tabs {
+                let last = s.applied.get(&t).copied().unwrap_or(0);
+                let Some(queue) = s.early.get_mut(&t) else {
+                    continue;
+                };
+                while queue.first_key_value().is_some_and(|(n, _)| *n <= last) {
+                    queue.pop_first();
+                }
+                let due = queue
+                    .first_key_value()
+                    .is_some_and(|(n, (_, at))| *n == last + 1 || now - at > EARLY_WAIT_MS);
+                if due && let Some((n, (changes, _))) = queue.pop_first() {
+                    found = Some((t, n, changes));
+                }
+                if queue.is_empty() {
+                    s.early.remove(&t);
+                }
+                if found.is_some() {
+                    break;
+                }
+            }
+            found
+        };
+        let Some((t, n, changes)) = next else {
+            return;
+        };
+        if n > tab.state.borrow().applied.get(&t).copied().unwrap_or(0) + 1 {
+            tracing::warn!(
+                "rekord: a change of another tab waited {EARLY_WAIT_MS} ms for an earlier one \
+                 that never came: applied without it"
+            );
+        }
+        if apply_entry(tab, db, t, n, &changes).is_err() {
+            // Held by a batch of the application: put back, for the next message.
+            tab.state
+                .borrow_mut()
+                .early
+                .entry(t)
+                .or_default()
+                .insert(n, (changes, js_sys::Date::now()));
+            return;
+        }
+    }
+}
+
+/// [`late_commit`] of a database that is not synced: a commit of the tab that led before,
+/// numbered above what this tab had applied when it took over, is applied now (other tabs
+/// may hold it; the stored image must too) and sent on as this leader's.
+fn late_plain(tab: &Rc<Tab>, db: &Arc<DbInner>, seq: u64, changes: &Changes) -> Result<()> {
+    {
+        let s = tab.state.borrow();
+        if s.synced || seq <= s.old || seq >= s.own_from || changes.records.is_empty() {
+            return Ok(());
+        }
+    }
+    tracing::info!(
+        "rekord: a commit of the tab that stored `{}` before came after the takeover: applied",
+        tab.name
+    );
+    let mut b = Batch::begin(db)?;
+    for schema in &changes.schemas {
+        b.tab_schema(schema)?;
+    }
+    let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
+    for r in &changes.records {
+        b.tab_record(r, replica)?;
+    }
+    let before = {
+        let mut s = tab.state.borrow_mut();
+        s.replacing = Some(seq);
+        let before = s.old;
+        s.old = s.old.max(seq);
+        before
+    };
+    let done = b.commit();
+    let mut s = tab.state.borrow_mut();
+    s.replacing = None;
+    if done.is_err() {
+        s.old = before;
+    }
+    done?;
     Ok(())
 }
 
@@ -2108,19 +2319,29 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         DEFERRED, JOURNAL, JOURNAL_STATES, OUTBOX, PENDING, RECHECK, RECLAIM, REJECTED,
     };
     let read = redb::ReadableDatabase::begin_read(stored)?;
-    let (image_commits, image_next) = {
-        let (mut commits, mut next) = (0, 0);
+    let (image_commits, image_next, image_cover) = {
+        let (mut next, mut cover) = (0, BaseCover::default());
         for row in read.open_table(META)?.iter()? {
             let (k, v) = row?;
-            if k.value() == COMMITS {
-                commits = read_u64(v.value()).unwrap_or(0);
-            } else if k.value() == "state" {
-                next = read_u64(v.value()).unwrap_or(0);
+            let value = read_u64(v.value()).unwrap_or(0);
+            match k.value() {
+                COMMITS => cover.commits = value,
+                OWN_FROM => cover.own_from = value,
+                OLD => cover.old = value,
+                "state" => next = value,
+                _ => {}
             }
         }
-        (commits, next)
+        (cover.commits, next, cover)
     };
     let welcome = tab.state.borrow().welcome.clone().unwrap_or_default();
+    // What the base holds: carried commits it holds are not put back.
+    let cover = if image_commits >= welcome.commits {
+        image_cover
+    } else {
+        welcome.cover
+    };
+    let held = |c: &Carried| cover.holds(c.seq, c.part.n);
     let mut b = Batch::begin(db)?;
     // The newer of the stored image and the welcome copy is where the sync side starts.
     let (base, base_next) = if image_commits >= welcome.commits {
@@ -2169,10 +2390,8 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         let mut newer: HashSet<u64> = HashSet::new();
         {
             let s = tab.state.borrow();
-            for c in &s.carried {
-                if c.part.n > base {
-                    newer.extend(c.ids.iter().copied());
-                }
+            for c in s.carried.iter().filter(|c| !held(c)) {
+                newer.extend(c.ids.iter().copied());
             }
             for u in &s.unacked {
                 newer.extend(u.changes.records.iter().map(|r| r.id));
@@ -2188,7 +2407,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
             .borrow()
             .carried
             .iter()
-            .filter(|c| c.part.n > base && c.unapplied.is_some())
+            .filter(|c| !held(c) && c.unapplied.is_some())
             .cloned()
             .collect();
         late.sort_by_key(|c| c.seq);
@@ -2206,7 +2425,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
     }
     let (carried, mut used, own): (Vec<SyncPart>, Vec<u64>, Vec<SyncPart>) = {
         let s = tab.state.borrow();
-        let mut after: Vec<&Carried> = s.carried.iter().filter(|c| c.part.n > base).collect();
+        let mut after: Vec<&Carried> = s.carried.iter().filter(|c| !held(c)).collect();
         after.sort_by_key(|c| c.seq);
         (
             after.iter().map(|c| c.part.clone()).collect(),
@@ -2220,13 +2439,27 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
     };
     let (below, next) = tab.state.borrow().outbox;
     let mut last_commit = base;
+    let mut renumbered = SyncPart::default();
     {
         // The old leader's entries under their own numbers (the server knows them so);
         // those it settled are done: their outcome is in the records it sent.
+        // Entries numbered in the room a leader left when it took over were made by the
+        // leader before it and never sent (that leader had not heard of them): numbered
+        // again as this tab's (the server may have seen higher numbers since).
+        let windows = tab.state.borrow().windows.clone();
         let mut outbox = b.txn.open_table(OUTBOX)?;
         let mut last = 0;
         for part in &carried {
             for (n, bytes) in &part.entries {
+                if windows.iter().any(|(a, z)| (*a..*z).contains(n)) {
+                    match crate::sync::outbox::decode(bytes)?.1 {
+                        crate::sync::outbox::Entry::Changes(list) => renumbered.outbox.extend(list),
+                        crate::sync::outbox::Entry::Return { tree, id } => {
+                            renumbered.returns.push((tree, id));
+                        }
+                    }
+                    continue;
+                }
                 outbox.insert(*n, bytes.as_slice())?;
                 last = last.max(*n);
             }
@@ -2236,11 +2469,10 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         let mut meta = b.txn.open_table(META)?;
         let made = crate::sync::outbox::last_made(&meta)?;
         // Past every number known here, with room for those of the old leader's commits
-        // still on their way (they keep their numbers).
-        let next = next
-            .max(last + 1)
-            .max(made + 1)
-            .saturating_add(TAKEOVER_ENTRY_GAP);
+        // still on their way (they keep their numbers; a later takeover numbers them again).
+        let known = next.max(last + 1).max(made + 1);
+        let next = known.saturating_add(TAKEOVER_ENTRY_GAP);
+        tab.state.borrow_mut().windows.push((known, next));
         meta.insert(
             crate::sync::outbox::NEXT_ENTRY,
             next.to_le_bytes().as_slice(),
@@ -2254,6 +2486,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
             }
         }
     }
+    b.relay(&renumbered)?;
     for part in &own {
         b.relay(part)?;
     }
@@ -2285,6 +2518,9 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         let mut meta = b.txn.open_table(META)?;
         let commit = b.writer.commit;
         meta.insert("state", state_bytes(next, commit).as_slice())?;
+        // Past every count known here, with room for the old leader's commits still on
+        // their way (they keep theirs).
+        last_commit = last_commit.saturating_add(TAKEOVER_COMMIT_GAP);
         meta.insert(COMMITS, last_commit.to_le_bytes().as_slice())?;
     }
     // This commit is the new leader's first: counted and sent as a leader's (the entries
@@ -2302,7 +2538,11 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         tab.state.borrow_mut().leader = false;
         return Err(e);
     }
-    tab.state.borrow_mut().adopted = Some(last_commit);
+    {
+        let mut s = tab.state.borrow_mut();
+        s.adopted = Some(last_commit);
+        s.adopted_cover = cover;
+    }
     let mut w = crate::event::lock(&db.writer);
     w.next_id = next;
     w.range_end = 0;

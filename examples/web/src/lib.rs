@@ -200,6 +200,11 @@ impl Shared {
         self.db.flush().await.map_err(js)
     }
 
+    /// Whether this tab leads the database (stores it).
+    pub fn leads(&self) -> bool {
+        self.db.leads_tab()
+    }
+
     /// Whether record `n` of `writer` is here (with its payload intact).
     pub fn has(&self, writer: u32, n: u32) -> Result<bool, JsError> {
         Ok(self.numbers(writer)?.contains(&n))

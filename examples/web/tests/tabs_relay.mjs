@@ -1,6 +1,7 @@
 // Relay for the red-team tests of tabs sharing a synced database (server/tests/common/tabs.rs): like relay.mjs, but with any number of
 // tabs of the main origin. One JSON command per line on stdin, one answer per line.
-//   {"op": "new", "tab": i}            opens tab i at synced.html (waits for window.ready)
+//   {"op": "new", "tab": i}            opens tab i at $PAGE (default synced.html; or at "page"),
+//                                      waits for window.ready
 //   {"op": "eval", "tab": i, "js": ..} runs an async function body in tab i
 //   {"op": "crash", "tab": i}          crashes tab i's renderer
 //   {"op": "close_tab", "tab": i}      closes tab i
@@ -17,11 +18,11 @@ const main = await serve(root, Number(process.env.PAGE_PORT ?? 0));
 const origin = `http://127.0.0.1:${main.address().port}`;
 const browser = await launch(profile());
 const tabs = [];
-async function openTab(i) {
+async function openTab(i, page) {
   const p = await browser.newPage();
   p.on("pageerror", (e) => console.error(`tab ${i} error: ${e}`));
   p.on("console", (m) => console.error(`tab ${i} console ${m.type()}: ${m.text()}`));
-  await p.goto(`${origin}/synced.html`);
+  await p.goto(`${origin}/${page ?? process.env.PAGE ?? "synced.html"}`);
   await p.waitForFunction("window.ready === true", { timeout: 60_000, polling: 50 });
   tabs[i] = p;
 }
@@ -34,7 +35,7 @@ for await (const line of createInterface({ input: process.stdin })) {
     const cmd = JSON.parse(line);
     const t = cmd.tab ?? 0;
     if (cmd.op === "new") {
-      await openTab(t);
+      await openTab(t, cmd.page);
       answer({ ok: null });
     } else if (cmd.op === "eval") {
       const v = await tabs[t].evaluate(`(async () => { ${cmd.js} })()`);

@@ -52,12 +52,14 @@ impl Tabs {
         hashes: Vec<String>,
         token: String,
         pin: String,
+        page: &str,
     ) -> Tabs {
         let tmp = repo().join("target/chrome-tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         let mut child = Command::new("node")
             .arg(repo().join("examples/web/tests/tabs_relay.mjs"))
             .env("PAGE_PORT", page_port.to_string())
+            .env("PAGE", page)
             .env("TMPDIR", &tmp)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -218,6 +220,12 @@ pub struct Setup {
 }
 
 pub fn setup() -> Setup {
+    setup_page("synced.html")
+}
+
+/// [`setup`], with every tab opening `page` of `examples/web/www` (`harness.html`: a
+/// database shared by tabs, not synced).
+pub fn setup_page(page: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let (uuid, fingerprint, hashes) = identity(&data);
@@ -234,6 +242,7 @@ pub fn setup() -> Setup {
         hashes,
         token,
         format!("{uuid} {fingerprint}"),
+        page,
     );
     Setup {
         dir,
