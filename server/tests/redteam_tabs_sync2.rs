@@ -499,7 +499,10 @@ fn offline_leader_writes_then_crash_with_a_slow_channel() {
     assert!(all.is_empty(), "{all:#?}");
 }
 
-/// Control: one tab alone writes 10 parts and is reloaded at once (no takeover).
+/// Control: one tab alone writes 10 parts, flushes and is reloaded at once (no takeover).
+/// (Without the flush the last writes may be lost, as documented: a reload stores what it
+/// can on `pagehide`, with no guarantee. Without it, this test failed once in about ten
+/// runs on a loaded machine; that run's output was not kept.)
 #[test]
 #[ignore = "red team: needs the built web example, node and Chromium"]
 fn reload_right_after_writes_alone() {
@@ -509,6 +512,7 @@ fn reload_right_after_writes_alone() {
     s.tabs.wait_status(0, "tab 0 online", online);
     let mut made = s.tabs.burst(0, "pre", 30);
     made.extend(s.tabs.burst(0, "post", 10));
+    s.tabs.ok(0, "await window.db.flush(); return null;");
     s.tabs.op("reload", 0);
     s.tabs.open(0, name);
     let st = s

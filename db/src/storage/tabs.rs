@@ -433,6 +433,9 @@ struct State {
     /// A leader: entries of other tabs that came ahead of an earlier one of theirs, by tab
     /// and number, with when they came (`Date.now()`).
     early: HashMap<u64, std::collections::BTreeMap<u64, (Changes, f64)>>,
+    /// A leader: entries of other tabs it went past after waiting for them (see
+    /// [`Gap`]), by tab.
+    gaps: HashMap<u64, Gap>,
     /// A synced follower: the sync side of its copy as the welcome gave it (before this tab
     /// changed its ranges and pending rows), which may be newer than the stored image.
     welcome: Option<WelcomeSync>,
@@ -459,6 +462,17 @@ struct State {
     /// waits).
     asked_ids: f64,
 }
+
+/// Entries of a tab that a leader went past (a later one waited [`EARLY_WAIT_MS`] for them):
+/// when one still comes, it is applied but for the records the later ones changed.
+#[derive(Debug, Default)]
+struct Gap {
+    missing: std::collections::BTreeSet<u64>,
+    after: HashSet<(String, u64)>,
+}
+
+/// The most entry numbers of one tab a leader remembers going past.
+const GAP_MAX: u64 = 100_000;
 
 /// A leader commit a synced follower keeps until a store holds it.
 #[derive(Debug, Clone)]
@@ -1522,6 +1536,42 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         } if leader => {
             let last = tab.state.borrow().applied.get(&other).copied().unwrap_or(0);
             if n <= last {
+                // One the leader went past after waiting for it: applied now, but for the
+                // records later entries of that tab changed.
+                let skip = {
+                    let mut s = tab.state.borrow_mut();
+                    match s.gaps.get_mut(&other) {
+                        Some(g) if g.missing.contains(&n) => Some(g.after.clone()),
+                        _ => None,
+                    }
+                };
+                if let Some(skip) = skip {
+                    // What it sends the server for those records goes too (the later
+                    // entries sent their newer state already).
+                    let mut changes = changes;
+                    if let Some(part) = changes.sync.as_mut() {
+                        let gone = |tree: &str, id: u64| skip.contains(&(tree.to_owned(), id));
+                        part.outbox.retain(|c| !gone(&c.tree, c.id));
+                        part.returns.retain(|(tree, id)| !gone(tree, *id));
+                        part.pending.retain(|(tree, id, _)| !gone(tree, *id));
+                    }
+                    match apply(tab, &db, &changes, &skip, Some((other, n))) {
+                        Err(Error::BatchInProgress) => return Err(Error::BatchInProgress),
+                        Err(e) => tab.post(&Msg::Refused {
+                            to: other,
+                            n,
+                            reason: e.to_string(),
+                        }),
+                        Ok(()) => {}
+                    }
+                    let mut s = tab.state.borrow_mut();
+                    if let Some(g) = s.gaps.get_mut(&other) {
+                        g.missing.remove(&n);
+                        if g.missing.is_empty() {
+                            s.gaps.remove(&other);
+                        }
+                    }
+                }
                 return Ok(());
             }
             if n > last + 1 {
@@ -1534,6 +1584,8 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
                     .entry(other)
                     .or_default()
                     .insert(n, (changes, js_sys::Date::now()));
+                drop(s);
+                schedule_early(tab.id);
                 return Ok(());
             }
             apply_entry(tab, &db, other, n, &changes)?;
@@ -1614,6 +1666,11 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             let mut s = tab.state.borrow_mut();
             s.note_stored(seq, own_from, old);
             settle_waiters(&mut s);
+            Ok(())
+        }
+        Msg::Refused { to, n, .. } if to != tab.id => {
+            // The leader is done with that entry: one taking over does not wait for it.
+            note_applied(&mut tab.state.borrow_mut(), to, n);
             Ok(())
         }
         Msg::Refused { to, n, reason } if to == tab.id => {
@@ -1879,8 +1936,26 @@ fn apply_entry(
             });
         }
     }
-    note_applied(&mut tab.state.borrow_mut(), other, n);
+    let mut s = tab.state.borrow_mut();
+    note_applied(&mut s, other, n);
+    if let Some(g) = s.gaps.get_mut(&other) {
+        g.after.extend(changes.keys());
+    }
     Ok(())
+}
+
+/// Runs [`apply_early`] for tab `id` once the wait of the entries kept now is over (no
+/// message may come meanwhile).
+fn schedule_early(id: u64) {
+    wasm_bindgen_futures::spawn_local(async move {
+        super::browser::sleep(EARLY_WAIT_MS + 50.0).await;
+        if let Some(tab) = get(id)
+            && tab.state.borrow().leader
+            && let Some(db) = tab.db()
+        {
+            apply_early(&tab, &db);
+        }
+    });
 }
 
 /// Entry `n` of tab `t` is applied here (or was, by an earlier leader).
@@ -1929,20 +2004,27 @@ fn apply_early(tab: &Rc<Tab>, db: &Arc<DbInner>) {
         let Some((t, n, changes)) = next else {
             return;
         };
-        if n > tab.state.borrow().applied.get(&t).copied().unwrap_or(0) + 1 {
+        let last = tab.state.borrow().applied.get(&t).copied().unwrap_or(0);
+        if n > last + 1 {
             tracing::warn!(
                 "rekord: a change of another tab waited {EARLY_WAIT_MS} ms for an earlier one \
-                 that never came: applied without it"
+                 that never came: applied without it (the earlier one is applied if it comes)"
             );
+            let mut s = tab.state.borrow_mut();
+            let g = s.gaps.entry(t).or_default();
+            let from = (last + 1).max(n.saturating_sub(GAP_MAX));
+            g.missing.extend(from..n);
         }
         if apply_entry(tab, db, t, n, &changes).is_err() {
-            // Held by a batch of the application: put back, for the next message.
+            // Held by a batch of the application: put back, for the next message or the
+            // timer.
             tab.state
                 .borrow_mut()
                 .early
                 .entry(t)
                 .or_default()
-                .insert(n, (changes, js_sys::Date::now()));
+                .insert(n, (changes, 0.0));
+            schedule_early(tab.id);
             return;
         }
     }
