@@ -16,22 +16,6 @@ mod tabs;
 use std::time::{Duration, Instant};
 use tabs::*;
 
-const FREEZE: &str = "setTimeout(() => { while (true) {} }, 0); return null;";
-
-/// Polls the live tabs `live` until one leads; that one.
-fn wait_leader(s: &mut Setup, live: &[usize]) -> usize {
-    let start = Instant::now();
-    loop {
-        for &t in live {
-            if s.tabs.ok(t, "return window.db.leads();") == true {
-                return t;
-            }
-        }
-        assert!(start.elapsed() < LIMIT, "no tab of {live:?} took over");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until tab `t` has at least `n` parts.
 fn wait_count(s: &mut Setup, t: usize, n: u64) {
     let start = Instant::now();

@@ -16,20 +16,6 @@ mod tabs;
 use std::time::{Duration, Instant};
 use tabs::*;
 
-/// Polls the live tabs `live` until one leads; that one.
-fn wait_leader(s: &mut Setup, live: &[usize]) -> usize {
-    let start = Instant::now();
-    loop {
-        for &t in live {
-            if s.tabs.ok(t, "return window.db.leads();") == true {
-                return t;
-            }
-        }
-        assert!(start.elapsed() < LIMIT, "no tab of {live:?} took over");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Checks the last tab and native against `made`; every other tab in `others` must have
 /// the same parts as the last one.
 fn check_end(

@@ -15,20 +15,6 @@ mod tabs;
 use std::time::{Duration, Instant};
 use tabs::*;
 
-/// Polls the live tabs `live` until one leads; that one.
-fn wait_leader(s: &mut Setup, live: &[usize]) -> usize {
-    let start = Instant::now();
-    loop {
-        for &t in live {
-            if s.tabs.ok(t, "return window.db.leads();") == true {
-                return t;
-            }
-        }
-        assert!(start.elapsed() < LIMIT, "no tab of {live:?} took over");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Like [`slow_channel_js`], but the delay is `window.__delay` ms when a message comes
 /// (0 at first: the tab opens on time; raise it after).
 const SWITCHABLE_SLOW: &str = r#"window.__delay = 0;
@@ -45,8 +31,6 @@ fn slow_now(ms: u32) -> String {
 }
 
 /// Freezes tab `t`'s main thread for good (it hears nothing more; crash it afterwards).
-const FREEZE: &str = "setTimeout(() => { while (true) {} }, 0); return null;";
-
 /// Which of `made` native lacks (or has with other content), waiting at most `secs`.
 fn native_lacks(s: &Setup, made: &[(u64, String, u32)], secs: u64) -> Vec<String> {
     let start = Instant::now();

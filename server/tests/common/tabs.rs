@@ -451,3 +451,20 @@ pub fn slow_channel_js(ms: u32) -> String {
         return null;"#
     )
 }
+
+/// JS that freezes a tab for good (it keeps its Web Lock; close it with `close_tab`).
+pub const FREEZE: &str = "setTimeout(() => { while (true) {} }, 0); return null;";
+
+/// Polls the live tabs `live` until one leads; that one.
+pub fn wait_leader(s: &mut Setup, live: &[usize]) -> usize {
+    let start = Instant::now();
+    loop {
+        for &t in live {
+            if s.tabs.ok(t, "return window.db.leads();") == true {
+                return t;
+            }
+        }
+        assert!(start.elapsed() < LIMIT, "no tab of {live:?} took over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
