@@ -234,19 +234,39 @@ pub(crate) async fn open(name: &str, options: BrowserOptions) -> Result<(redb::D
         // first.
         wait_closed(name).await?;
     }
+    // The tab that asked the leader and got no answer yet (it asks again: the answer to the
+    // first question may come late).
+    let mut asking = None;
+    let forget = |asking: Option<u64>| {
+        if let Some(id) = asking {
+            tabs::forget(id);
+        }
+    };
     for _ in 0..tabs::WELCOME_TRIES {
         if !open_here || OPEN.with(|o| o.borrow().get(name).is_none_or(|c| c.closed.get())) {
             // The leader: the only tab that writes to IndexedDB.
             match WebLock::take(name).await {
-                Ok(lock) => return open_leader(name, options, lock).await,
+                Ok(lock) => {
+                    forget(asking);
+                    return open_leader(name, options, lock).await;
+                }
                 Err(Error::Locked { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    forget(asking);
+                    return Err(e);
+                }
             }
         }
-        if let Some(joined) = tabs::join(name).await? {
-            return open_follower(name, options, joined);
+        match tabs::join(name, asking).await {
+            Ok(tabs::Join::Joined(joined)) => return open_follower(name, options, joined),
+            Ok(tabs::Join::NoAnswer(id)) => asking = Some(id),
+            Err(e) => {
+                forget(asking);
+                return Err(e);
+            }
         }
     }
+    forget(asking);
     Err(Error::Locked {
         path: format!("indexeddb:{name}"),
         source: redb::DatabaseError::DatabaseAlreadyOpen,

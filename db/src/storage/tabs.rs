@@ -375,6 +375,9 @@ pub(crate) struct Tab {
     channel: BroadcastChannel,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     inbox: async_channel::Receiver<Msg>,
+    /// This tab's own inbox, for messages it hands itself (a follower taking over: the
+    /// entries of other tabs it carried, see [`State::others`]).
+    requeue: async_channel::Sender<Msg>,
     /// Whether [`run`] holds a message it has not finished with.
     busy: std::cell::Cell<bool>,
     state: RefCell<State>,
@@ -410,6 +413,11 @@ struct State {
     applying: Option<Option<(u64, u64)>>,
     /// This follower's entries not yet stored, oldest first.
     unacked: VecDeque<Unacked>,
+    /// A follower: other tabs' entries that no leader applied yet (as far as this tab
+    /// heard), by tab and number. A tab that dies right after it wrote (a follower whose
+    /// leader is gone, or a tab in the middle of taking over) held its writes only in its
+    /// memory and on the channel: the tab taking over after it applies them from here.
+    others: std::collections::BTreeMap<(u64, u64), Changes>,
     next_n: u64,
     /// The last entry applied, per tab.
     applied: HashMap<u64, u64>,
@@ -548,6 +556,7 @@ impl Tab {
     fn new(name: &str) -> Result<Rc<Tab>> {
         let channel = BroadcastChannel::new(&channel_name(name)).map_err(|e| tab_error(&e))?;
         let (tx, inbox) = async_channel::unbounded();
+        let requeue = tx.clone();
         let id = random_id();
         let welcome_image = Rc::new(RefCell::new(None));
         let slot = welcome_image.clone();
@@ -600,6 +609,7 @@ impl Tab {
             channel,
             _on_message: on_message,
             inbox,
+            requeue,
             busy: std::cell::Cell::new(false),
             state: RefCell::new(State {
                 top: u64::MAX,
@@ -680,26 +690,35 @@ pub(crate) struct Joined {
     pub(crate) range: (u64, u64),
 }
 
-/// Asks the leader of `name` for the database. `Ok(None)` when no leader answered within a
-/// second (it may be gone: the caller tries to take the lock again).
-pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
-    let tab = Tab::new(name)?;
+/// What [`join`] got.
+pub(crate) enum Join {
+    /// The leader's copy of the database.
+    Joined(Joined),
+    /// No answer within a second (the leader may be gone: the caller tries to take the lock
+    /// again): the tab that asked, which asks again (its first answer may still come: a
+    /// busy leader, or a page slow to hear the channel) until [`forget`] it.
+    NoAnswer(u64),
+}
+
+/// Asks the leader of `name` for the database, as tab `again` (which asked before and got
+/// no answer) or as a new tab.
+pub(crate) async fn join(name: &str, again: Option<u64>) -> Result<Join> {
+    let tab = match again.and_then(get) {
+        Some(tab) => tab,
+        None => Tab::new(name)?,
+    };
     tab.post(&Msg::Hello { tab: tab.id });
     let start = js_sys::Date::now();
     let mut deadline = start + WELCOME_WAIT_MS;
     loop {
         let left = deadline - js_sys::Date::now();
         if left <= 0.0 {
-            forget(tab.id);
-            return Ok(None);
+            return Ok(Join::NoAnswer(tab.id));
         }
         let msg = match super::browser::race(tab.inbox.recv(), super::browser::sleep(left)).await {
             Some(Ok(msg)) => msg,
             None => continue,
-            Some(Err(_)) => {
-                forget(tab.id);
-                return Ok(None);
-            }
+            Some(Err(_)) => return Ok(Join::NoAnswer(tab.id)),
         };
         if matches!(
             msg,
@@ -741,7 +760,7 @@ pub(crate) async fn join(name: &str) -> Result<Option<Joined>> {
                         message: format!("no memory for a copy of the database: {e}"),
                     }
                 })?;
-                return Ok(Some(Joined {
+                return Ok(Join::Joined(Joined {
                     tab: tab.id,
                     image,
                     range,
@@ -1668,6 +1687,18 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
             settle_waiters(&mut s);
             Ok(())
         }
+        Msg::Entry {
+            tab: other,
+            n,
+            changes,
+        } if !leader && other != tab.id => {
+            // Kept until a leader's commit says it applied it (see `State::others`).
+            let mut s = tab.state.borrow_mut();
+            if n > s.applied.get(&other).copied().unwrap_or(0) {
+                s.others.insert((other, n), changes);
+            }
+            Ok(())
+        }
         Msg::Refused { to, n, .. } if to != tab.id => {
             // The leader is done with that entry: one taking over does not wait for it.
             note_applied(&mut tab.state.borrow_mut(), to, n);
@@ -1893,8 +1924,18 @@ fn late_commit(
         b.tab_record(r, if r.origin != 0 { r.origin } else { replica })?;
     }
     b.relay(&relayed)?;
-    // Sent on as this leader's commit, which replaces it in the tabs that carry it (and
-    // whose `tabs.old` says it holds it).
+    commit_replacing(tab, b, seq)?;
+    if let Some((t, n)) = origin {
+        note_applied(&mut tab.state.borrow_mut(), t, n);
+    }
+    Ok(())
+}
+
+/// Commits `b`, which applies an earlier leader's commit `seq` that came after this tab
+/// took over: sent on as this leader's commit, which replaces it in the tabs that carry it,
+/// and `tabs.old` (written by the commit) says this image holds it. A failed commit leaves
+/// `old` as it was.
+fn commit_replacing(tab: &Rc<Tab>, b: Batch, seq: u64) -> Result<()> {
     let before = {
         let mut s = tab.state.borrow_mut();
         s.replacing = Some(seq);
@@ -1910,11 +1951,7 @@ fn late_commit(
     if done.is_err() {
         s.old = before;
     }
-    done?;
-    if let Some((t, n)) = origin {
-        note_applied(&mut s, t, n);
-    }
-    Ok(())
+    done
 }
 
 /// The leader applies entry `n` of tab `other` (refused: the tab is told).
@@ -1962,6 +1999,8 @@ fn schedule_early(id: u64) {
 fn note_applied(s: &mut State, t: u64, n: u64) {
     let a = s.applied.entry(t).or_insert(0);
     *a = (*a).max(n);
+    let a = *a;
+    s.others.retain(|&(o, m), _| o != t || m > a);
 }
 
 /// How long an entry that came ahead of an earlier one of its tab waits for it before it is
@@ -2052,21 +2091,8 @@ fn late_plain(tab: &Rc<Tab>, db: &Arc<DbInner>, seq: u64, changes: &Changes) -> 
     for r in &changes.records {
         b.tab_record(r, replica)?;
     }
-    let before = {
-        let mut s = tab.state.borrow_mut();
-        s.replacing = Some(seq);
-        let before = s.old;
-        s.old = s.old.max(seq);
-        before
-    };
-    let done = b.commit();
-    let mut s = tab.state.borrow_mut();
-    s.replacing = None;
-    if done.is_err() {
-        s.old = before;
-    }
-    done?;
-    Ok(())
+    // (`seq` is below `own_from`, checked above.)
+    commit_replacing(tab, b, seq)
 }
 
 /// The most ids a synced follower gets at once.
@@ -2354,6 +2380,17 @@ async fn take_over(tab: Rc<Tab>, lock: Option<super::browser::WebLock>) {
             }
         };
         tab.post(&msg);
+    }
+    // Entries of other tabs no leader applied: this tab applies them now, in order, as if
+    // they had just come (a tab alive sends its own again when it hears of this leader;
+    // the second copy of an entry is ignored).
+    let others = std::mem::take(&mut tab.state.borrow_mut().others);
+    for ((other, n), changes) in others {
+        let _ = tab.requeue.try_send(Msg::Entry {
+            tab: other,
+            n,
+            changes,
+        });
     }
     let seq = tab.state.borrow().seq;
     tab.post(&Msg::Leader { tab: tab.id, seq });
