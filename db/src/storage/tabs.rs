@@ -74,6 +74,25 @@ const COMMITS: &str = "tabs.commits";
 const OWN_FROM: &str = "tabs.own_from";
 const OLD: &str = "tabs.old";
 
+/// A synced leader's `rekord.meta` key prefix for the last entry of each tab it applied
+/// (`tabs.applied.<tab>`), written in the commit that applies it: a takeover from that image
+/// knows which entries it holds (and does not apply the copies other tabs kept again).
+const APPLIED: &str = "tabs.applied.";
+
+/// Notes in `txn` (a synced leader's commit) that it applies entry `n` of tab `t`.
+fn store_applied(txn: &redb::WriteTransaction, t: u64, n: u64) -> Result<()> {
+    let key = format!("{APPLIED}{t}");
+    let mut meta = txn.open_table(META)?;
+    let last = meta
+        .get(key.as_str())?
+        .and_then(|v| read_u64(v.value()))
+        .unwrap_or(0);
+    if n > last {
+        meta.insert(key.as_str(), n.to_le_bytes().as_slice())?;
+    }
+    Ok(())
+}
+
 /// How far a tab taking over moves the commit count ([`COMMITS`]) past every count it
 /// knows: the old leader's commits it has not heard yet keep theirs, below.
 const TAKEOVER_COMMIT_GAP: u64 = 1 << 20;
@@ -1924,6 +1943,9 @@ fn late_commit(
         b.tab_record(r, if r.origin != 0 { r.origin } else { replica })?;
     }
     b.relay(&relayed)?;
+    if let Some((t, n)) = origin {
+        store_applied(&b.txn, t, n)?;
+    }
     commit_replacing(tab, b, seq)?;
     if let Some((t, n)) = origin {
         note_applied(&mut tab.state.borrow_mut(), t, n);
@@ -2174,6 +2196,12 @@ fn apply(
             replica
         };
         b.tab_record(r, origin)?;
+    }
+    if synced
+        && leader
+        && let Some((t, n)) = origin
+    {
+        store_applied(&b.txn, t, n)?;
     }
     if let Some(part) = &changes.sync {
         if leader && origin.is_some() {
@@ -2438,6 +2466,7 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         DEFERRED, JOURNAL, JOURNAL_STATES, OUTBOX, PENDING, RECHECK, RECLAIM, REJECTED,
     };
     let read = redb::ReadableDatabase::begin_read(stored)?;
+    let mut image_applied = Vec::new();
     let (image_commits, image_next, image_cover) = {
         let (mut next, mut cover) = (0, BaseCover::default());
         for row in read.open_table(META)?.iter()? {
@@ -2448,7 +2477,11 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
                 OWN_FROM => cover.own_from = value,
                 OLD => cover.old = value,
                 "state" => next = value,
-                _ => {}
+                k => {
+                    if let Some(t) = k.strip_prefix(APPLIED).and_then(|t| t.parse().ok()) {
+                        image_applied.push((t, value));
+                    }
+                }
             }
         }
         (cover.commits, next, cover)
@@ -2461,6 +2494,14 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         welcome.cover
     };
     let held = |c: &Carried| cover.holds(c.seq, c.part.n);
+    if image_commits >= welcome.commits {
+        // The image's commits may have applied entries whose commits this tab has not heard
+        // yet: those are held, not applied again from the copies tabs kept.
+        let mut s = tab.state.borrow_mut();
+        for (t, n) in image_applied {
+            note_applied(&mut s, t, n);
+        }
+    }
     let mut b = Batch::begin(db)?;
     // The newer of the stored image and the welcome copy is where the sync side starts.
     let (base, base_next) = if image_commits >= welcome.commits {
