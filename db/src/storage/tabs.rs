@@ -2590,13 +2590,21 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         (
             after.iter().map(|c| c.part.clone()).collect(),
             after.iter().flat_map(|c| c.ids.iter().copied()).collect(),
+            // (Not those an earlier leader applied and stored in the image: their commits
+            // may not have come yet, but their entries are queued in the base.)
             s.unacked
                 .iter()
                 .filter(|u| u.seq.is_none())
+                .filter(|u| u.n > s.applied.get(&tab.id).copied().unwrap_or(0))
                 .filter_map(|u| u.changes.sync.clone())
                 .collect(),
         )
     };
+    // This tab's own entries are applied by this commit: a takeover from its image knows.
+    let own_last = tab.state.borrow().unacked.iter().map(|u| u.n).max();
+    if let Some(n) = own_last {
+        store_applied(&b.txn, tab.id, n)?;
+    }
     let (below, next) = tab.state.borrow().outbox;
     let mut last_commit = base;
     let mut renumbered = SyncPart::default();
