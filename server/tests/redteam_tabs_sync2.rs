@@ -327,16 +327,6 @@ fn takeovers_in_a_row() {
     assert!(bad.is_empty(), "{bad:?}");
 }
 
-/// JS that delays the answer to opening IndexedDB by `window.__openDelay` ms (0 at first).
-const SLOW_OPEN: &str = r#"window.__openDelay = 0;
-    const d = Object.getOwnPropertyDescriptor(IDBRequest.prototype, 'onsuccess');
-    Object.defineProperty(IDBOpenDBRequest.prototype, 'onsuccess', {
-        configurable: true,
-        get() { return d.get.call(this); },
-        set(f) { const ms = window.__openDelay; d.set.call(this, f && ms > 0 ? (e) => setTimeout(() => f(e), ms) : f); },
-    });
-    return null;"#;
-
 /// The CI failure of `takeovers_in_a_row` on 0c0114b2 (20 writes of the second new leader
 /// lost): a tab that writes while it takes over and crashes before it finished held those
 /// writes only in its memory and on the channel, where no follower kept them. Here tab 1

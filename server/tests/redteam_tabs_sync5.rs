@@ -15,42 +15,6 @@ mod tabs;
 use std::time::{Duration, Instant};
 use tabs::*;
 
-/// Like [`slow_channel_js`], but the delay is `window.__delay` ms when a message comes
-/// (0 at first: the tab opens on time; raise it after).
-const SWITCHABLE_SLOW: &str = r#"window.__delay = 0;
-    const d = Object.getOwnPropertyDescriptor(BroadcastChannel.prototype, 'onmessage');
-    Object.defineProperty(BroadcastChannel.prototype, 'onmessage', {
-        configurable: true,
-        get() { return d.get.call(this); },
-        set(f) { d.set.call(this, f ? (e) => { if (window.__delay > 0) setTimeout(() => f(e), window.__delay); else f(e); } : f); },
-    });
-    return null;"#;
-
-fn slow_now(ms: u32) -> String {
-    format!("window.__delay = {ms}; return null;")
-}
-
-/// Freezes tab `t`'s main thread for good (it hears nothing more; crash it afterwards).
-/// Which of `made` native lacks (or has with other content), waiting at most `secs`.
-fn native_lacks(s: &Setup, made: &[(u64, String, u32)], secs: u64) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        let n = native_parts(&s.parts);
-        let lack: Vec<String> = made
-            .iter()
-            .filter(|(id, name, q)| !n.iter().any(|(i, nm, qq)| i == id && nm == name && qq == q))
-            .map(|(id, name, q)| {
-                let at = n.iter().find(|(i, _, _)| i == id);
-                format!("{id} {name} {q} (native {at:?})")
-            })
-            .collect();
-        if lack.is_empty() || start.elapsed() > Duration::from_secs(secs) {
-            return lack;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Tab 0 leads, tab 1 is next in line, tab 2 hears the channel `ms` late. Tab 2 writes
 /// `held` creates while tab 0 is frozen (tab 0 never applies them), tab 0 crashes, tab 1
 /// takes over, tab 2 writes `after` creates at once: they reach tab 1 ahead of the held

@@ -16,50 +16,6 @@ mod tabs;
 use std::time::{Duration, Instant};
 use tabs::*;
 
-/// Like [`slow_channel_js`], but the delay is `window.__delay` ms (0 at first).
-const SWITCHABLE_SLOW: &str = r#"window.__delay = 0;
-    const d = Object.getOwnPropertyDescriptor(BroadcastChannel.prototype, 'onmessage');
-    Object.defineProperty(BroadcastChannel.prototype, 'onmessage', {
-        configurable: true,
-        get() { return d.get.call(this); },
-        set(f) { d.set.call(this, f ? (e) => { if (window.__delay > 0) setTimeout(() => f(e), window.__delay); else f(e); } : f); },
-    });
-    return null;"#;
-
-fn slow_now(ms: u32) -> String {
-    format!("window.__delay = {ms}; return null;")
-}
-
-/// Delays this tab's IndexedDB open by `window.__openDelay` ms (copied from sync2).
-const SLOW_OPEN: &str = r#"window.__openDelay = 0;
-    const d = Object.getOwnPropertyDescriptor(IDBRequest.prototype, 'onsuccess');
-    Object.defineProperty(IDBOpenDBRequest.prototype, 'onsuccess', {
-        configurable: true,
-        get() { return d.get.call(this); },
-        set(f) { const ms = window.__openDelay; d.set.call(this, f && ms > 0 ? (e) => setTimeout(() => f(e), ms) : f); },
-    });
-    return null;"#;
-
-/// Which of `made` native lacks (or has with other content), waiting at most `secs`.
-fn native_lacks(s: &Setup, made: &[(u64, String, u32)], secs: u64) -> Vec<String> {
-    let start = Instant::now();
-    loop {
-        let n = native_parts(&s.parts);
-        let lack: Vec<String> = made
-            .iter()
-            .filter(|(id, name, q)| !n.iter().any(|(i, nm, qq)| i == id && nm == name && qq == q))
-            .map(|(id, name, q)| {
-                let at = n.iter().find(|(i, _, _)| i == id);
-                format!("{id} {name} {q} (native {at:?})")
-            })
-            .collect();
-        if lack.is_empty() || start.elapsed() > Duration::from_secs(secs) {
-            return lack;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Checks the last tab and native against `made` (creates only); every tab in `others`
 /// must agree; the server's change log must hold exactly one change per create.
 fn check_end(
