@@ -282,6 +282,21 @@ fn receive(db: &Db, sub: &rekord::Subscription, n: usize) -> Vec<Duration> {
     out
 }
 
+/// `n` samples (µs, comma-separated) of one small commit in the page (a harness
+/// database, strict or relaxed) until IndexedDB has stored it.
+fn page_eval_flush(page: &mut Page, relaxed: bool, n: usize) -> serde_json::Value {
+    page.eval(&format!(
+        "const {{ Harness }} = await import(new URL('./pkg/rekord_web_example.js', location.href).href); \
+         const h = await Harness.open('idb-floor-{relaxed}', {relaxed}, 500); \
+         const out = []; \
+         for (let i = 0; i < {n} + 20; i++) {{ \
+           const t = performance.now(); h.commit(64); await h.flush(); \
+           if (i >= 20) out.push(((performance.now() - t) * 1000).toFixed(1)); \
+           await new Promise((r) => setTimeout(r, 2)); }} \
+         h.free(); return out.join(',');"
+    ))
+}
+
 /// `n` stamped creates on `parts`, `gap` apart.
 fn send(parts: &rekord::Tree<Part>, n: usize, gap: Duration) {
     for i in 0..n {
@@ -373,8 +388,33 @@ fn main() {
          await new Promise((r) => setTimeout(r, 2)); }} return null;"
     ));
     let mut b2n = receiver.join().unwrap();
+    page.eval("window.db = null; return null;");
+
+    // Browser -> native again, the browser's replica stored with relaxed durability.
+    page.eval(&format!(
+        "window.db = await window.Synced.open('bench-relaxed', {url:?}, {:?}, {APP:?}, {:?}, '', true); \
+         while (!JSON.parse(window.db.status()).caught_up) await new Promise((r) => setTimeout(r, 10)); \
+         while (window.db.create_stamped(0) < 0) await new Promise((r) => setTimeout(r, 10)); \
+         return null;",
+        served.hash, served.token
+    ));
+    let sub_a = a.subscribe();
+    let receiver = {
+        let a = a.clone();
+        std::thread::spawn(move || receive(&a, &sub_a, n))
+    };
+    page.eval(&format!(
+        "for (let i = 0; i < {n}; i++) {{ window.db.create_stamped(i); \
+         await new Promise((r) => setTimeout(r, 2)); }} return null;"
+    ));
+    let mut b2n_relaxed = receiver.join().unwrap();
     drop((pa, a, b));
     page.eval("window.db = null; return null;");
+
+    // What a browser replica adds before it sends: storing a small commit in IndexedDB
+    // (the outbox is stored before it is sent), strict and relaxed.
+    let mut idb_strict = samples(&page_eval_flush(&mut page, false, n));
+    let mut idb_relaxed = samples(&page_eval_flush(&mut page, true, n));
 
     // Bulk sync into fresh replicas: the browser's, then a native one of the same run.
     let bulk_served = serve(&rt, page_port);
@@ -413,7 +453,15 @@ fn main() {
     drop(page);
 
     for v in [
-        &mut raw, &mut echo, &mut fsync, &mut n2n, &mut n2b, &mut b2n,
+        &mut raw,
+        &mut echo,
+        &mut fsync,
+        &mut n2n,
+        &mut n2b,
+        &mut b2n,
+        &mut b2n_relaxed,
+        &mut idb_strict,
+        &mut idb_relaxed,
     ] {
         v.sort();
     }
@@ -429,7 +477,9 @@ fn main() {
          | raw WebTransport echo round trip, from the page ({} samples) | {:.1} µs | {:.1} µs |\n\
          | one durable redb commit (fsync) ({} samples) | {:.1} µs | {:.1} µs |\n\
          | native floor: round trip + durable commit | {native_floor:.1} µs | |\n\
-         | browser floor: page round trip + durable commit | {browser_floor:.1} µs | |\n",
+         | browser floor: page round trip + durable commit | {browser_floor:.1} µs | |\n\
+         | one small commit stored in IndexedDB, strict, from the page ({} samples) | {:.1} µs | {:.1} µs |\n\
+         | the same, relaxed ({} samples) | {:.1} µs | {:.1} µs |\n",
         raw.len(),
         p50(&raw),
         p99(&raw),
@@ -439,6 +489,12 @@ fn main() {
         fsync.len(),
         p50(&fsync),
         p99(&fsync),
+        idb_strict.len(),
+        p50(&idb_strict),
+        p99(&idb_strict),
+        idb_relaxed.len(),
+        p50(&idb_relaxed),
+        p99(&idb_relaxed),
     );
     println!(
         "| propagation (commit on A -> event on B) | p50 | p50 / floor | p99 |\n|---|---|---|---|"
@@ -447,6 +503,12 @@ fn main() {
         ("native -> native", &n2n, native_floor, 1.3),
         ("native -> browser", &n2b, browser_floor, 2.0),
         ("browser -> native", &b2n, browser_floor, 2.0),
+        (
+            "browser (relaxed) -> native",
+            &b2n_relaxed,
+            browser_floor,
+            2.0,
+        ),
     ] {
         println!(
             "| {name} ({} changes) | {:.1} µs | **{:.2}x** (target {target}x) | {:.1} µs |",
@@ -467,8 +529,20 @@ fn main() {
         ("native -> native", &n2n),
         ("native -> browser", &n2b),
         ("browser -> native", &b2n),
+        ("browser (relaxed) -> native", &b2n_relaxed),
     ] {
         println!("- {name}: {}", deciles(v));
+    }
+    // A browser replica stores what it sends first: with that store counted, its floor.
+    for (name, v, store) in [
+        ("browser -> native", &b2n, &idb_strict),
+        ("browser (relaxed) -> native", &b2n_relaxed, &idb_relaxed),
+    ] {
+        let floor = browser_floor + p50(store);
+        println!(
+            "- {name}: floor with the page's IndexedDB store {floor:.1} µs, p50 / that floor {:.2}x",
+            p50(v) / floor
+        );
     }
     println!(
         "\n| bulk sync of {records} records into a fresh replica | seconds | records/s |\n|---|---|---|\n\

@@ -1,6 +1,6 @@
 //! A synced browser replica for the browser-sync tests and benchmark
 //! (`server/tests/browser_sync.rs` drives it through `tests/relay.mjs`): a parts list opened
-//! with [`Db::open_browser_synced`], reaching `rekord-server` over the page's WebTransport.
+//! with [`Db::open_browser_synced_with`], reaching `rekord-server` over the page's WebTransport.
 
 use rekord::net::{Pin, WebTarget};
 use rekord::{Db, Event, EventKind, Key, SyncConfig, Tree};
@@ -53,7 +53,8 @@ fn key(id: f64) -> Key<Part> {
 impl Synced {
     /// Opens (or creates) the synced database `name`, reaching the server at `url` (its
     /// WebTransport certificate hashes comma-separated, or `webpki` for a certificate from a
-    /// public CA; `pin` is `UUID FINGERPRINT` or empty) as application `app` with `token`.
+    /// public CA; `pin` is `UUID FINGERPRINT` or empty) as application `app` with `token`;
+    /// `relaxed` (optional, default false) stores it with relaxed durability.
     pub async fn open(
         name: String,
         url: String,
@@ -61,6 +62,7 @@ impl Synced {
         app: String,
         token: String,
         pin: String,
+        relaxed: Option<bool>,
     ) -> Result<Synced, JsError> {
         // A panic's message reaches the console (the driver prints it), not only "unreachable".
         std::panic::set_hook(Box::new(|info| {
@@ -87,7 +89,17 @@ impl Synced {
         if let Some((uuid, fingerprint)) = pin.split_once(' ') {
             config = config.pin(Pin::parse(uuid, fingerprint).map_err(js)?);
         }
-        let db = Db::open_browser_synced(&name, config).await.map_err(js)?;
+        let browser = rekord::BrowserOptions {
+            durability: if relaxed.unwrap_or(false) {
+                rekord::Durability::Relaxed
+            } else {
+                rekord::Durability::Strict
+            },
+            ..Default::default()
+        };
+        let db = Db::open_browser_synced_with(&name, config, rekord::DbOptions::default(), browser)
+            .await
+            .map_err(js)?;
         let events = db.subscribe();
         let parts = db.tree::<Part>().map_err(js)?;
         let docs = db.tree::<Doc>().map_err(js)?;
