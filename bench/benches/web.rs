@@ -408,6 +408,22 @@ fn main() {
          await new Promise((r) => setTimeout(r, 2)); }} return null;"
     ));
     let mut b2n_relaxed = receiver.join().unwrap();
+    // And strict again at a change every 10 ms: one change at a time, no queue behind the
+    // store (at a change every 2 ms the page stores about as fast as it writes).
+    let sub_a = a.subscribe();
+    let receiver = {
+        let a = a.clone();
+        std::thread::spawn(move || receive(&a, &sub_a, n))
+    };
+    page.eval(&format!(
+        "window.db = null; \
+         window.db = await window.Synced.open('bench-slow', {url:?}, {:?}, {APP:?}, {:?}, ''); \
+         while (!JSON.parse(window.db.status()).caught_up) await new Promise((r) => setTimeout(r, 10)); \
+         for (let i = 0; i < {n}; i++) {{ window.db.create_stamped(i); \
+         await new Promise((r) => setTimeout(r, 10)); }} return null;",
+        served.hash, served.token
+    ));
+    let mut b2n_slow = receiver.join().unwrap();
     drop((pa, a, b));
     page.eval("window.db = null; return null;");
 
@@ -460,6 +476,7 @@ fn main() {
         &mut n2b,
         &mut b2n,
         &mut b2n_relaxed,
+        &mut b2n_slow,
         &mut idb_strict,
         &mut idb_relaxed,
     ] {
@@ -509,6 +526,12 @@ fn main() {
             browser_floor,
             2.0,
         ),
+        (
+            "browser -> native, a change every 10 ms",
+            &b2n_slow,
+            browser_floor,
+            2.0,
+        ),
     ] {
         println!(
             "| {name} ({} changes) | {:.1} µs | **{:.2}x** (target {target}x) | {:.1} µs |",
@@ -530,6 +553,7 @@ fn main() {
         ("native -> browser", &n2b),
         ("browser -> native", &b2n),
         ("browser (relaxed) -> native", &b2n_relaxed),
+        ("browser -> native, a change every 10 ms", &b2n_slow),
     ] {
         println!("- {name}: {}", deciles(v));
     }
@@ -537,6 +561,11 @@ fn main() {
     for (name, v, store) in [
         ("browser -> native", &b2n, &idb_strict),
         ("browser (relaxed) -> native", &b2n_relaxed, &idb_relaxed),
+        (
+            "browser -> native, a change every 10 ms",
+            &b2n_slow,
+            &idb_strict,
+        ),
     ] {
         let floor = browser_floor + p50(store);
         println!(
