@@ -999,7 +999,7 @@ pub(crate) fn capture(
     // The records the commit edited optimistically (or merged: a leader's rewritten
     // entries): their pending rows go with it.
     let mut edited: Vec<(String, u64)> = Vec::new();
-    for c in &core.outbox {
+    for c in core.outbox.iter().chain(core.relayed.iter().flatten()) {
         if matches!(c.kind, ChangeKind::Edit { .. }) && !edited.contains(&(c.tree.clone(), c.id)) {
             edited.push((c.tree.clone(), c.id));
         }
@@ -2607,7 +2607,9 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
     }
     let (below, next) = tab.state.borrow().outbox;
     let mut last_commit = base;
-    let mut renumbered = SyncPart::default();
+    // One part per entry: each stays an entry of its own (together they may be more than
+    // one request carries).
+    let mut renumbered: Vec<SyncPart> = Vec::new();
     {
         // The old leader's entries under their own numbers (the server knows them so);
         // those it settled are done: their outcome is in the records it sent.
@@ -2620,18 +2622,35 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         for part in &carried {
             for (n, bytes) in &part.entries {
                 if windows.iter().any(|(a, z)| (*a..*z).contains(n)) {
-                    match crate::sync::outbox::decode(bytes)?.1 {
-                        crate::sync::outbox::Entry::Changes(list) => renumbered.outbox.extend(list),
-                        crate::sync::outbox::Entry::Return { tree, id } => {
-                            renumbered.returns.push((tree, id));
-                        }
-                    }
+                    renumbered.push(match crate::sync::outbox::decode(bytes)?.1 {
+                        crate::sync::outbox::Entry::Changes(outbox) => SyncPart {
+                            outbox,
+                            ..SyncPart::default()
+                        },
+                        crate::sync::outbox::Entry::Return { tree, id } => SyncPart {
+                            returns: vec![(tree, id)],
+                            ..SyncPart::default()
+                        },
+                    });
                     continue;
                 }
                 outbox.insert(*n, bytes.as_slice())?;
                 last = last.max(*n);
             }
             last_commit = last_commit.max(part.n);
+        }
+        // Their journal rows went with the old leader's commit that settled them, which
+        // the base may not hold: noted again, under a number not known here (a restore of
+        // the server before their pushes come back must send the records again).
+        {
+            let mut journal = b.txn.open_table(crate::storage::JOURNAL)?;
+            let at = (crate::sync::outbox::now_ms() << 1) | 1;
+            for row in outbox.range(..below)? {
+                let (_, v) = row?;
+                for (tree, id) in crate::sync::outbox::keys(v.value())? {
+                    journal.insert((crate::sync::UNKNOWN_SEQ, tree.as_str(), id), at)?;
+                }
+            }
         }
         outbox.retain_in(..below, |_, _| false)?;
         let mut meta = b.txn.open_table(META)?;
@@ -2654,7 +2673,9 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
             }
         }
     }
-    b.relay(&renumbered)?;
+    for part in &renumbered {
+        b.relay(part)?;
+    }
     for part in &own {
         b.relay(part)?;
     }
@@ -2882,6 +2903,9 @@ fn recount_pending(b: &Batch<'_>) -> Result<()> {
         }
     }
     count(&b.core.outbox);
+    for group in &b.core.relayed {
+        count(group);
+    }
     let mut pending = b.txn.open_table(crate::storage::PENDING)?;
     let mut rows = Vec::new();
     for row in pending.iter()? {
@@ -3014,7 +3038,11 @@ impl Batch<'_> {
                 pending.insert((tree.as_str(), *id), row.encode().as_slice())?;
             }
         }
-        self.core.outbox.extend(outbox);
+        // An entry of its own, as the other tab made it (several relayed at once may be
+        // more than one request carries).
+        if !outbox.is_empty() {
+            self.core.relayed.push(outbox);
+        }
         self.core.returns.extend(part.returns.iter().cloned());
         Ok(())
     }

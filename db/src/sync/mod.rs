@@ -139,6 +139,12 @@ pub(crate) const OPTIMISTIC_PREFIX: &str = "sync.optimistic.";
 
 /// `rekord.meta` key of the highest sequence number whose journal rows were pruned (u64 LE).
 pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
+/// The sequence number of a `rekord.journal` row whose change's number is not known here
+/// yet: a tab taking over learns that the leader before it settled entries whose journal
+/// rows the stored image may not hold. Such a row counts as after any restore point
+/// (a restore before the change comes back sends the record again), and goes when the
+/// change's own push brings its real number (`tree/remote.rs`) or with a reconciliation.
+pub(crate) const UNKNOWN_SEQ: u64 = u64::MAX;
 /// `rekord.meta` key of the first sequence number `rekord.journal_states` has rows from
 /// (u64 LE; absent: it has none yet, a database from before it was kept).
 pub(crate) const JOURNAL_STATES_FROM: &str = "sync.journal_states_from";

@@ -263,10 +263,34 @@ pub(crate) fn too_large(changes: &[Change], stored: u64) -> Option<crate::Error>
     })
 }
 
+/// Queues `changes` as one entry and each of `returns` as one; the first entry's number,
+/// how many, and their bytes.
 pub(crate) fn enqueue(
     txn: &WriteTransaction,
     changes: &[Change],
     returns: &[(String, u64)],
+) -> Result<(u64, u64, u64)> {
+    enqueue_groups(txn, changes, &[], returns, false)
+}
+
+/// A batch's commit: [`enqueue`], with each of `relayed` (other tabs' entries a leader
+/// sends on) an entry of its own after `changes`, and every entry refused at the door when
+/// no request could carry it ([`too_large`]).
+pub(crate) fn enqueue_checked(
+    txn: &WriteTransaction,
+    changes: &[Change],
+    relayed: &[Vec<Change>],
+    returns: &[(String, u64)],
+) -> Result<(u64, u64, u64)> {
+    enqueue_groups(txn, changes, relayed, returns, true)
+}
+
+fn enqueue_groups(
+    txn: &WriteTransaction,
+    changes: &[Change],
+    relayed: &[Vec<Change>],
+    returns: &[(String, u64)],
+    check: bool,
 ) -> Result<(u64, u64, u64)> {
     let at = now_ms();
     let mut bytes = 0u64;
@@ -279,8 +303,13 @@ pub(crate) fn enqueue(
         .unwrap_or(1);
     let first = next;
     let mut table = txn.open_table(OUTBOX)?;
-    if !changes.is_empty() {
-        let value = encode(&Entry::Changes(changes.to_vec()), at)?;
+    let groups = std::iter::once(changes).chain(relayed.iter().map(Vec::as_slice));
+    for group in groups.filter(|g| !g.is_empty()) {
+        let value = encode(&Entry::Changes(group.to_vec()), at)?;
+        // Refused at the door: an entry no request could carry would block the outbox.
+        if check && let Some(e) = too_large(group, value.len() as u64) {
+            return Err(e);
+        }
         bytes += value.len() as u64;
         table.insert(next, value.as_slice())?;
         next += 1;
@@ -296,11 +325,7 @@ pub(crate) fn enqueue(
         next += 1;
     }
     meta.insert(NEXT_ENTRY, next.to_le_bytes().as_slice())?;
-    Ok((
-        first,
-        u64::from(!changes.is_empty()) + returns.len() as u64,
-        bytes,
-    ))
+    Ok((first, next - first, bytes))
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ pub(crate) struct Core {
     client: bool,
     /// Changes for the outbox (synced databases).
     pub(crate) outbox: Vec<Change>,
+    /// Other tabs' entries a leader sends on as its own (`storage::tabs`): each stays an
+    /// entry of its own after `outbox` (together they may be more than one request carries).
+    pub(crate) relayed: Vec<Vec<Change>>,
     /// Borrows returned in this batch, sent after `outbox` (synced databases).
     pub(crate) returns: Vec<(String, u64)>,
     /// Outbox entries this batch wrote again under their numbers (a merged conflict):
@@ -139,6 +142,7 @@ impl<'db> Batch<'db> {
                 replica: db.replica.load(Ordering::Acquire),
                 client: db.client,
                 outbox: Vec::new(),
+                relayed: Vec::new(),
                 returns: Vec::new(),
                 rewritten: Vec::new(),
                 cursor: None,
@@ -404,19 +408,17 @@ impl<'db> Batch<'db> {
                 meta.insert(crate::sync::HLC, core.hlc.to_le_bytes().as_slice())?;
             }
         }
-        let (first, queued, bytes) = if !core.outbox.is_empty() || !core.returns.is_empty() {
-            crate::sync::outbox::enqueue(&txn, &core.outbox, &core.returns)?
+        // (An entry no request could carry is refused at the door: it would block the
+        // outbox. Refusing aborts the transaction: nothing of the batch happens.)
+        let (first, queued, bytes) = if !core.outbox.is_empty()
+            || !core.relayed.is_empty()
+            || !core.returns.is_empty()
+        {
+            crate::sync::outbox::enqueue_checked(&txn, &core.outbox, &core.relayed, &core.returns)?
         } else {
             (0, 0, 0)
         };
         let entries = (queued > 0).then(|| (first, first + queued - 1));
-        if queued > 0 {
-            // Refused at the door: an entry no request could carry would block the outbox.
-            // (Refusing here aborts the transaction: nothing of the batch happens.)
-            if let Some(e) = crate::sync::outbox::too_large(&core.outbox, bytes) {
-                return Err(e);
-            }
-        }
         if queued > 0 && !core.unlimited {
             // Refusing here aborts the transaction: nothing of the batch happens.
             db.outbox_room(bytes)?;

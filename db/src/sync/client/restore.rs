@@ -1078,9 +1078,16 @@ impl Client {
             }
             old
         };
-        let Some(top) = old.iter().map(|k| k.0).max() else {
+        if old.is_empty() {
             return Ok(());
-        };
+        }
+        // (A row of an unknown number says nothing of which numbers are covered.)
+        let top = old
+            .iter()
+            .map(|k| k.0)
+            .filter(|&seq| seq != crate::sync::UNKNOWN_SEQ)
+            .max()
+            .unwrap_or(0);
         let b = self.lazy_batch(&db)?;
         {
             let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
