@@ -1924,14 +1924,13 @@ fn late_commit(
         "rekord: a commit of the tab that synced `{}` before came after the takeover: applied",
         tab.name
     );
-    let mut relayed = SyncPart {
-        pending: part.pending.clone(),
-        ..SyncPart::default()
-    };
+    // Each entry of the commit stays an entry of its own (a takeover's first commit may
+    // carry more than one request can).
+    let (mut groups, mut returns) = (Vec::new(), Vec::new());
     for (_, bytes) in &part.entries {
         match crate::sync::outbox::decode(bytes)?.1 {
-            crate::sync::outbox::Entry::Changes(list) => relayed.outbox.extend(list),
-            crate::sync::outbox::Entry::Return { tree, id } => relayed.returns.push((tree, id)),
+            crate::sync::outbox::Entry::Changes(list) => groups.push(list),
+            crate::sync::outbox::Entry::Return { tree, id } => returns.push((tree, id)),
         }
     }
     let mut b = Batch::begin(db)?;
@@ -1942,7 +1941,7 @@ fn late_commit(
     for r in &changes.records {
         b.tab_record(r, if r.origin != 0 { r.origin } else { replica })?;
     }
-    b.relay(&relayed)?;
+    b.relay_entries(groups, &returns, &part.pending)?;
     if let Some((t, n)) = origin {
         store_applied(&b.txn, t, n)?;
     }
@@ -2996,14 +2995,26 @@ impl Batch<'_> {
     /// waiting for a record keep their base (and common ancestor); the first one is based
     /// on what the follower saw when it edited.
     fn relay(&mut self, part: &SyncPart) -> Result<()> {
+        self.relay_entries(vec![part.outbox.clone()], &part.returns, &part.pending)
+    }
+
+    /// [`Batch::relay`] of several entries of one commit (`groups`, each an entry of its
+    /// own: together they may be more than one request carries), with that commit's
+    /// returned borrows and pending rows.
+    fn relay_entries(
+        &mut self,
+        mut groups: Vec<Vec<Change>>,
+        returns: &[(String, u64)],
+        rows: &[(String, u64, Vec<u8>)],
+    ) -> Result<()> {
         use crate::sync::outbox::PendingRow;
-        let mut outbox = part.outbox.clone();
         {
             let mut pending = self.txn.open_table(crate::storage::PENDING)?;
-            for (tree, id, theirs) in &part.pending {
+            for (tree, id, theirs) in rows {
                 let theirs = PendingRow::decode(theirs);
-                let edits = outbox
+                let edits = groups
                     .iter()
+                    .flatten()
                     .filter(|c| {
                         c.tree == *tree && c.id == *id && matches!(c.kind, ChangeKind::Edit { .. })
                     })
@@ -3028,7 +3039,11 @@ impl Batch<'_> {
                         }
                     }
                 };
-                for c in outbox.iter_mut().filter(|c| c.tree == *tree && c.id == *id) {
+                for c in groups
+                    .iter_mut()
+                    .flatten()
+                    .filter(|c| c.tree == *tree && c.id == *id)
+                {
                     if let ChangeKind::Edit { base, hlc, .. } = &mut c.kind {
                         *base = row.base;
                         self.core.hlc = self.core.hlc.max(*hlc);
@@ -3038,12 +3053,10 @@ impl Batch<'_> {
                 pending.insert((tree.as_str(), *id), row.encode().as_slice())?;
             }
         }
-        // An entry of its own, as the other tab made it (several relayed at once may be
-        // more than one request carries).
-        if !outbox.is_empty() {
-            self.core.relayed.push(outbox);
-        }
-        self.core.returns.extend(part.returns.iter().cloned());
+        self.core
+            .relayed
+            .extend(groups.into_iter().filter(|g| !g.is_empty()));
+        self.core.returns.extend(returns.iter().cloned());
         Ok(())
     }
 

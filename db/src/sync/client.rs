@@ -2200,6 +2200,7 @@ impl Client {
                 if self.reclaiming && !self.caught_up {
                     Box::pin(self.retry_reclaims(s)).await?;
                 }
+                self.drop_unknown_journal_rows()?;
                 self.caught_up = true;
                 self.head = head;
                 let cursor = self.cursor;
@@ -2207,6 +2208,51 @@ impl Client {
                 self.emit(SyncEvent::CaughtUp { cursor });
             }
         }
+        Ok(())
+    }
+
+    /// Caught up: every change the server holds of a tree this replica receives came back
+    /// with its real number, so the journal rows noted under [`crate::sync::UNKNOWN_SEQ`]
+    /// (a tab taking over) of those trees go; those of other trees stay until a
+    /// reconciliation.
+    fn drop_unknown_journal_rows(&mut self) -> std::result::Result<(), End> {
+        let db = self.db()?;
+        let unknown = crate::sync::UNKNOWN_SEQ;
+        let keys: Vec<(String, u64)> = {
+            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
+            let journal = match txn.open_table(JOURNAL) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(Error::from(e).into()),
+            };
+            let coverage = stored_coverage(&txn.open_table(META).map_err(Error::from)?)?;
+            let receives = |tree: &str| match &coverage {
+                Some(c) => c.is_live(tree),
+                None => self.config.trees.is_empty() || self.config.trees.iter().any(|t| t == tree),
+            };
+            let mut keys = Vec::new();
+            for row in journal.range((unknown, "", 0)..).map_err(Error::from)? {
+                let (k, _) = row.map_err(Error::from)?;
+                let (_, tree, id) = k.value();
+                if receives(tree) {
+                    keys.push((tree.to_owned(), id));
+                }
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let b = self.lazy_batch(&db)?;
+        {
+            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
+            for (tree, id) in &keys {
+                journal
+                    .remove((unknown, tree.as_str(), *id))
+                    .map_err(Error::from)?;
+            }
+        }
+        b.commit()?;
         Ok(())
     }
 

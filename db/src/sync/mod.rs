@@ -142,8 +142,9 @@ pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
 /// The sequence number of a `rekord.journal` row whose change's number is not known here
 /// yet: a tab taking over learns that the leader before it settled entries whose journal
 /// rows the stored image may not hold. Such a row counts as after any restore point
-/// (a restore before the change comes back sends the record again), and goes when the
-/// change's own push brings its real number (`tree/remote.rs`) or with a reconciliation.
+/// (a restore before the change comes back sends the record again), and goes once the
+/// replica is caught up (every change of a tree it receives came back with its real
+/// number; rows of trees it does not receive stay) or with a reconciliation.
 pub(crate) const UNKNOWN_SEQ: u64 = u64::MAX;
 /// `rekord.meta` key of the first sequence number `rekord.journal_states` has rows from
 /// (u64 LE; absent: it has none yet, a database from before it was kept).

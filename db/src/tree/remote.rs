@@ -89,14 +89,6 @@ impl Batch<'_> {
             for e in entries {
                 let own = u64::from(e.origin == me);
                 journal.insert((e.seq, e.change.tree.as_str(), e.change.id), at | own)?;
-                if e.origin == me {
-                    // Its real number is known now (see `UNKNOWN_SEQ`).
-                    journal.remove((
-                        crate::sync::UNKNOWN_SEQ,
-                        e.change.tree.as_str(),
-                        e.change.id,
-                    ))?;
-                }
             }
         }
         let mut first_noted = None;
