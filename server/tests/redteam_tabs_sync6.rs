@@ -101,37 +101,6 @@ fn check_end(
     bad
 }
 
-/// Opens the database in tab `t` without waiting (`window.__opened` / `window.__openErr`).
-fn open_bg(s: &mut Setup, t: usize, name: &str) {
-    let js = format!(
-        "window.__opened = false; window.__openErr = null; (async () => {{ try {{ {} window.__opened = true; }} catch (e) {{ window.__openErr = String(e); }} }})(); return null;",
-        s.tabs.open_js(name)
-    );
-    s.tabs.ok(t, &js);
-}
-
-/// Waits for [`open_bg`] in tab `t`: Ok(()) or the error.
-fn wait_open(s: &mut Setup, t: usize, secs: u64) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        let v = s.tabs.ok(
-            t,
-            "return JSON.stringify([window.__opened, window.__openErr]);",
-        );
-        let v: serde_json::Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
-        if v[0] == true {
-            return Ok(());
-        }
-        if !v[1].is_null() {
-            return Err(v[1].to_string());
-        }
-        if start.elapsed() > Duration::from_secs(secs) {
-            return Err("timed out".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Tab 0 leads; tab 3 writes `held` while tab 0 is frozen (tabs 1 and 2 keep them); tab 0 is
 /// closed; the first new leader crashes `crash_ms` after it leads; the other takes over.
 /// Tab 3 writes before and after. Everything once at native.

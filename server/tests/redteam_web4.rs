@@ -73,36 +73,6 @@ fn native_full(s: &Setup) -> Vec<(u64, String, u32, u32)> {
     out
 }
 
-/// Opens the database in tab `t` without waiting (`window.__opened` / `window.__openErr`).
-fn open_bg(s: &mut Setup, t: usize, name: &str) {
-    let js = format!(
-        "window.__opened = false; window.__openErr = null; (async () => {{ try {{ {} window.__opened = true; }} catch (e) {{ window.__openErr = String(e); }} }})(); return null;",
-        s.tabs.open_js(name)
-    );
-    s.tabs.ok(t, &js);
-}
-
-fn wait_open(s: &mut Setup, t: usize, secs: u64) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        let v = s.tabs.ok(
-            t,
-            "return JSON.stringify([window.__opened, window.__openErr]);",
-        );
-        let v: serde_json::Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
-        if v[0] == true {
-            return Ok(());
-        }
-        if !v[1].is_null() {
-            return Err(v[1].to_string());
-        }
-        if start.elapsed() > Duration::from_secs(secs) {
-            return Err("timed out".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A tab's status, waited for at most `secs` to satisfy `f`; Err(last status) otherwise.
 fn wait_st(
     s: &mut Setup,

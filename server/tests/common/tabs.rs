@@ -515,3 +515,34 @@ pub fn native_lacks(s: &Setup, made: &[(u64, String, u32)], secs: u64) -> Vec<St
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Opens the database in tab `t` without waiting (`window.__opened` / `window.__openErr`).
+pub fn open_bg(s: &mut Setup, t: usize, name: &str) {
+    let js = format!(
+        "window.__opened = false; window.__openErr = null; (async () => {{ try {{ {} window.__opened = true; }} catch (e) {{ window.__openErr = String(e); }} }})(); return null;",
+        s.tabs.open_js(name)
+    );
+    s.tabs.ok(t, &js);
+}
+
+/// Waits for [`open_bg`] in tab `t`: Ok(()) or the error.
+pub fn wait_open(s: &mut Setup, t: usize, secs: u64) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let v = s.tabs.ok(
+            t,
+            "return JSON.stringify([window.__opened, window.__openErr]);",
+        );
+        let v: serde_json::Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
+        if v[0] == true {
+            return Ok(());
+        }
+        if !v[1].is_null() {
+            return Err(v[1].to_string());
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            return Err("timed out".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
