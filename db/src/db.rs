@@ -737,7 +737,7 @@ impl Db {
                 _ => {}
             }
             if mode == Mode::Client {
-                replica = crate::sync::client::init_meta(&mut meta, created)?;
+                replica = crate::sync::local::init_meta(&mut meta, created)?;
             }
         }
         if mode == Mode::Client {

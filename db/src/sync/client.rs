@@ -6,22 +6,16 @@
 
 mod restore;
 
-use super::outbox::{self, Entry};
-use super::{
-    CLIENT, COVERAGE, CURSOR, Coverage, MODE, PIN, REPLICA, SyncConfig, SyncStatus,
-    UNKNOWN_REPLICA, WEB_HASHES,
-};
-use crate::db::{DbInner, read_u64};
-use crate::event::{Event, SyncEvent, lock};
+use super::local::{Local, Write};
+use super::outbox;
+use super::{Coverage, SyncConfig, SyncStatus, UNKNOWN_REPLICA};
+use crate::db::DbInner;
+use crate::event::{SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
 use crate::proto::{ChangeKind, EntryOutcome, Push, RemoteError, Request, Response, Sequenced};
 use crate::rt::Instant;
-use crate::storage::{
-    DEFERRED, JOURNAL, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM, REJECTED, SCHEMAS,
-};
 use crate::{Error, RawKey, Result};
-use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -234,13 +228,7 @@ impl Link {
                     .into(),
             });
         }
-        let txn = db.redb.begin_read()?;
-        let rejected = txn
-            .open_table(REJECTED)?
-            .range(first..=last)?
-            .next()
-            .is_some();
-        if rejected {
+        if super::local::rejected_among(db, first, last)? {
             let reasons = lock(&self.reasons);
             let mut why: Vec<&str> = reasons
                 .range(first..=last)
@@ -381,19 +369,6 @@ fn unit_random() -> f64 {
     })
 }
 
-/// Prepares the client-mode bookkeeping of a database being initialized.
-pub(crate) fn init_meta(meta: &mut redb::Table<'_, &str, &[u8]>, created: bool) -> Result<u32> {
-    if created {
-        meta.insert(MODE, b"client".as_slice())?;
-        meta.insert(CLIENT, random::<16>()?.as_slice())?;
-        meta.insert(CURSOR, 0u64.to_le_bytes().as_slice())?;
-    }
-    let replica = meta
-        .get(REPLICA)?
-        .and_then(|v| v.value().first_chunk::<4>().map(|b| u32::from_le_bytes(*b)));
-    Ok(replica.unwrap_or(UNKNOWN_REPLICA))
-}
-
 /// The sync client of a database opened with [`crate::Db::open_synced_driven`]: a future to
 /// run on the application's executor (it ends when the database closes).
 pub type SyncDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
@@ -426,28 +401,17 @@ pub(crate) fn start_with(
         ids_wanted: std::sync::atomic::AtomicU64::new(0),
         driven,
     });
-    let (client_id, cursor, replica) = {
-        let txn = db.redb.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let id = meta
-            .get(CLIENT)?
-            .and_then(|v| v.value().first_chunk::<16>().copied())
-            .ok_or_else(|| Error::CorruptMeta {
-                reason: "the synced database has no client identity".into(),
-            })?;
-        let cursor = meta
-            .get(CURSOR)?
-            .and_then(|v| read_u64(v.value()))
-            .unwrap_or(0);
-        (id, cursor, db.replica.load(Ordering::Acquire))
+    let (start, replica) = {
+        let local = Local::new(db.clone());
+        (local.start()?, local.replica())
     };
-    let (outbox, outbox_bytes, rejected, waiting) = counts(db)?;
+    let cursor = start.cursor;
     link.update(|s| {
         s.cursor = cursor;
-        s.outbox = outbox;
-        s.waiting = waiting;
-        s.outbox_bytes = outbox_bytes;
-        s.rejected = rejected;
+        s.outbox = start.outbox;
+        s.waiting = start.waiting;
+        s.outbox_bytes = start.outbox_bytes;
+        s.rejected = start.rejected;
         s.replica = (replica != UNKNOWN_REPLICA).then_some(replica);
     });
     let client = Client {
@@ -455,7 +419,7 @@ pub(crate) fn start_with(
         link: link.clone(),
         config,
         commands: commands_rx,
-        client_id,
+        client_id: start.client,
         cursor,
         head: 0,
         caught_up: false,
@@ -483,7 +447,7 @@ pub(crate) fn start_with(
         };
         let _ = crate::rt::first(client.run(), stopped).await;
         if let Some(db) = weak.upgrade()
-            && let Err(e) = crate::tree::batch::Batch::make_durable(&db)
+            && let Err(e) = Local::new(db).make_durable()
         {
             tracing::warn!(error = %e, "rekord sync: cannot make the last commits durable");
         }
@@ -517,32 +481,6 @@ pub(crate) fn start_with(
     #[cfg(target_arch = "wasm32")]
     wasm_bindgen_futures::spawn_local(drive());
     Ok((link, None))
-}
-
-/// Outbox entries and bytes, and rejected entries.
-fn counts(db: &DbInner) -> Result<(u64, u64, u64, u64)> {
-    let txn = db.redb.begin_read()?;
-    let table = txn.open_table(OUTBOX)?;
-    let mut bytes = 0u64;
-    for row in table.iter()? {
-        bytes += row?.1.value().len() as u64;
-    }
-    let mut outbox = table.len()?;
-    let mut waiting = 0;
-    // Entries waiting for records to be taken back after a restore are still to push.
-    match txn.open_table(DEFERRED) {
-        Ok(deferred) => {
-            for row in deferred.iter()? {
-                bytes += row?.1.value().len() as u64;
-                outbox += 1;
-                waiting += 1;
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let rejected = txn.open_table(REJECTED)?.len()?;
-    Ok((outbox, bytes, rejected, waiting))
 }
 
 /// Why a session ended.
@@ -623,26 +561,12 @@ struct Interrupted {
     reason: String,
 }
 
-/// An outbox entry the server refused with a conflict, and the server's version.
-struct Conflicted {
-    entry: u64,
-    current: Box<crate::proto::Current>,
-}
+/// Outbox entries the server refused with a conflict (entry, and the server's version).
+type Conflicts = Vec<(u64, Box<crate::proto::Current>)>;
 
-/// What settling outbox entries left to do: records to resync (refused changes) and a
-/// conflict to merge.
-type Settled = (Vec<(String, u64)>, Vec<Conflicted>);
-
-/// Whether record `key` waits in `rekord.reclaim` to be taken back after a restore.
-fn waits(
-    reclaim: &impl ReadableTable<(&'static str, u64), u64>,
-    key: &(String, u64),
-) -> std::result::Result<bool, End> {
-    Ok(reclaim
-        .get((key.0.as_str(), key.1))
-        .map_err(Error::from)?
-        .is_some())
-}
+/// What settling outbox entries left to do: records to resync (refused changes) and
+/// conflicts to merge.
+type Settled = (Vec<(String, u64)>, Conflicts);
 
 /// Whether the entry of this outcome stays in the outbox and is sent again (a conflict,
 /// once merged, or an entry skipped after one).
@@ -672,11 +596,9 @@ enum Wakeup {
 }
 
 impl Client {
-    fn db(&self) -> std::result::Result<crate::Db, End> {
-        self.db
-            .upgrade()
-            .map(crate::Db::internal)
-            .ok_or(End::Closed)
+    /// The database, through the sync client's interface to it ([`Local`]).
+    fn db(&self) -> std::result::Result<Local, End> {
+        self.db.upgrade().map(Local::new).ok_or(End::Closed)
     }
 
     /// A batch for the sync client's own bookkeeping (applied server changes, settled
@@ -684,8 +606,8 @@ impl Client {
     /// atomically with the data it covers, so a crash loses at most a suffix of such commits,
     /// which are fetched (or resent, idempotently) again. The application's own writes stay
     /// durable, and each of them makes the earlier lazy commits durable too.
-    fn lazy_batch<'d>(&mut self, db: &'d crate::Db) -> Result<crate::Batch<'d>> {
-        let mut b = db.batch()?;
+    fn lazy_write<'d>(&mut self, db: &'d Local) -> Result<Write<'d>> {
+        let mut b = db.write()?;
         if self.last_durable.elapsed() < LAZY_DURABILITY {
             b.lazy();
         } else {
@@ -702,8 +624,7 @@ impl Client {
     /// answers as a duplicate, with nothing left to merge: its copy would stay the unmerged
     /// one for good.
     fn make_durable(&mut self) -> std::result::Result<(), End> {
-        let db = self.db()?;
-        if crate::tree::batch::Batch::make_durable(&db.inner)? {
+        if self.db()?.make_durable()? {
             self.last_durable = Instant::now();
         }
         Ok(())
@@ -711,7 +632,7 @@ impl Client {
 
     /// Whether a lazy commit is not durable yet.
     fn lazy_pending(&self) -> bool {
-        self.db.upgrade().is_some_and(|db| lock(&db.writer).lazy)
+        self.db().is_ok_and(|db| db.lazy_pending())
     }
 
     /// Publishes the byte counters, this session's included.
@@ -732,17 +653,10 @@ impl Client {
         if self.stale_reported {
             return;
         }
-        let Some(db) = self.db.upgrade() else {
+        let Ok(db) = self.db() else {
             return;
         };
-        let oldest = (|| -> Result<Option<u64>> {
-            let txn = db.redb.begin_read()?;
-            let table = txn.open_table(OUTBOX)?;
-            Ok(match table.first()? {
-                Some((_, v)) => Some(outbox::decode(v.value())?.0),
-                None => None,
-            })
-        })();
+        let oldest = db.oldest_entry_at();
         drop(db);
         let Ok(Some(at)) = oldest else {
             return;
@@ -757,13 +671,8 @@ impl Client {
     }
 
     fn emit(&self, event: SyncEvent) {
-        if let Some(db) = self.db.upgrade() {
-            // In a browser, the other tabs sharing the database hear it too.
-            #[cfg(target_arch = "wasm32")]
-            if let Some(tab) = db.browser.get().and_then(|h| h.tab()) {
-                crate::storage::tabs::sync_event(tab, &event);
-            }
-            db.deliver(&[Event::Sync(event)]);
+        if let Ok(db) = self.db() {
+            db.emit(event);
         }
     }
 
@@ -838,27 +747,12 @@ impl Client {
     }
 
     async fn connect(&mut self) -> std::result::Result<Session, End> {
-        let db = self.db()?;
-        let (cursor, pin, history, last_entry) = {
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let meta = txn.open_table(META).map_err(Error::from)?;
-            let history = restore::stored_history(&meta)?;
-            let cursor = meta
-                .get(CURSOR)
-                .map_err(Error::from)?
-                .and_then(|v| read_u64(v.value()))
-                .unwrap_or(0);
-            let pin = meta.get(PIN).map_err(Error::from)?.and_then(|v| {
-                let (server, cert) = v.value().split_first_chunk::<16>()?;
-                Some(Pin {
-                    server: *server,
-                    cert: String::from_utf8(cert.to_vec()).ok()?,
-                })
-            });
-            let last_entry = outbox::last_made(&meta)?;
-            (cursor, pin, history, last_entry)
-        };
-        drop(db);
+        let super::local::HelloState {
+            cursor,
+            pin,
+            history,
+            last_entry,
+        } = self.db()?.hello_state()?;
         self.cursor = cursor;
         let pin = match (pin, &self.config.pin) {
             // Pinned by UUID only so far: the configured fingerprint of that server counts.
@@ -877,7 +771,7 @@ impl Client {
             cursor,
             trees: self.config.trees.clone(),
             replica: {
-                let r = self.db()?.inner.replica.load(Ordering::Acquire);
+                let r = self.db()?.replica();
                 if r == UNKNOWN_REPLICA { 0 } else { r }
             },
             history,
@@ -935,10 +829,7 @@ impl Client {
         pin: Option<&Pin>,
     ) -> std::result::Result<(), End> {
         let (old, next, from, unstored) = {
-            let db = self.db()?;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let meta = txn.open_table(META).map_err(Error::from)?;
-            let stored = stored_coverage(&meta)?;
+            let stored = self.db()?.coverage()?;
             let unstored = stored.is_none();
             // A new database, or one from before coverage was kept: its cursor covers this
             // subscription.
@@ -994,7 +885,7 @@ impl Client {
                     }
                 }
             }
-            let me = self.db()?.inner.replica.load(Ordering::Acquire);
+            let me = self.db()?.replica();
             let is_data = |e: &Sequenced| !matches!(e.change.kind, ChangeKind::Borrow { .. });
             let mut last_own: std::collections::HashMap<(&str, u64, u32), u64> =
                 std::collections::HashMap::new();
@@ -1024,7 +915,7 @@ impl Client {
                     .collect();
                 self.fetch_schemas(&mut s, &versions).await?;
                 let db = self.db()?;
-                let mut b = db.batch()?;
+                let mut b = db.write()?;
                 let skipped = b.apply_remote(chunk)?;
                 // A replica that borrowed a record this one waits to take back, in changes
                 // the subscription missed: its version stands (fetched at `CaughtUp`).
@@ -1040,8 +931,8 @@ impl Client {
         }
         if unstored || from.is_some() || next != old {
             let db = self.db()?;
-            let b = db.batch()?;
-            store_coverage(&mut b.txn.open_table(META).map_err(Error::from)?, &next)?;
+            let b = db.write()?;
+            b.store_coverage(&next)?;
             b.commit_for_sync()?;
         }
         Ok(())
@@ -1079,12 +970,7 @@ impl Client {
         self.first_contact(s.pin(), hello.replica, verified)?;
         // A server restored from a backup (or any older copy of its file): reconcile from
         // the last change both histories share.
-        let mine = {
-            let db = self.db()?;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let meta = txn.open_table(META).map_err(Error::from)?;
-            restore::stored_history(&meta)?
-        };
+        let mine = self.db()?.history()?;
         // The server knows its whole lineage (a client may have been away for more starts
         // than a hello carries); an older answer without it is computed here.
         let common = match hello
@@ -1106,11 +992,8 @@ impl Client {
             }
         } else if mine != hello.history {
             let db = self.db()?;
-            let b = db.batch()?;
-            restore::store_history(
-                &mut b.txn.open_table(META).map_err(Error::from)?,
-                &hello.history,
-            )?;
+            let b = db.write()?;
+            b.store_history(&hello.history)?;
             b.commit_for_sync()?;
         }
         self.prune_journal()?;
@@ -1223,30 +1106,14 @@ impl Client {
     fn read_rights_grew(&mut self, read: &Option<Vec<String>>) -> std::result::Result<bool, End> {
         let read = super::Readable::from_hello(read);
         let db = self.db()?;
-        let b = db.batch()?;
-        let changed = {
-            let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-            let Some(mut c) = stored_coverage(&meta)? else {
-                return Ok(false);
-            };
-            if c.read == read {
-                return Ok(false);
+        let b = db.write()?;
+        match b.note_read_rights(read, &self.config.trees)? {
+            None => Ok(false),
+            Some(changed) => {
+                b.commit()?;
+                Ok(changed)
             }
-            let known = c.read != super::Readable::Unknown;
-            c.read = read;
-            let target = Coverage::effective(&self.config.trees, &c.read);
-            if !known {
-                // What this replica received so far was limited by these rights already.
-                c.live = target;
-                store_coverage(&mut meta, &c)?;
-                false
-            } else {
-                store_coverage(&mut meta, &c)?;
-                target != c.live
-            }
-        };
-        b.commit()?;
-        Ok(changed)
+        }
     }
 
     /// Asks the server for a borrow and answers the application. A borrow the loss of the
@@ -1316,12 +1183,8 @@ impl Client {
             .collect::<Vec<_>>()
             .join(",");
         let db = self.db()?;
-        let b = db.batch()?;
-        b.txn
-            .open_table(META)
-            .map_err(Error::from)?
-            .insert(WEB_HASHES, hashes.as_bytes())
-            .map_err(Error::from)?;
+        let b = db.write()?;
+        b.store_announced_hashes(&hashes)?;
         b.commit()?;
         Ok(Some(fingerprint))
     }
@@ -1330,12 +1193,8 @@ impl Client {
     /// server last announced (signed) that have not expired.
     fn web_hashes(&self, configured: &[String]) -> std::result::Result<Vec<String>, End> {
         let mut hashes = configured.to_vec();
-        let db = self.db()?;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        let meta = txn.open_table(META).map_err(Error::from)?;
         let now = outbox::now_ms() / 1000;
-        if let Some(v) = meta.get(WEB_HASHES).map_err(Error::from)? {
-            let text = String::from_utf8_lossy(v.value()).into_owned();
+        if let Some(text) = self.db()?.announced_hashes()? {
             // A server announces two; a damaged value is read no further than a few.
             for item in text.split(',').take(8) {
                 let Some((hash, until)) = item.split_once(':') else {
@@ -1363,7 +1222,7 @@ impl Client {
             pin.cert = fingerprint;
         }
         let db = self.db()?;
-        let known = db.inner.replica.load(Ordering::Acquire);
+        let known = db.replica();
         if known != UNKNOWN_REPLICA && known != replica {
             return Err(End::Refused(format!(
                 "the server knows this client as holder {replica}, but its borrows here are \
@@ -1371,38 +1230,20 @@ impl Client {
             )));
         }
         if known == UNKNOWN_REPLICA {
-            let b = db.batch()?;
-            {
-                let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-                meta.insert(REPLICA, replica.to_le_bytes().as_slice())
-                    .map_err(Error::from)?;
-                let mut bytes = pin.server.to_vec();
-                bytes.extend_from_slice(pin.cert.as_bytes());
-                meta.insert(PIN, bytes.as_slice()).map_err(Error::from)?;
-            }
+            let b = db.write()?;
+            b.store_first_contact(replica, &pin)?;
             b.commit()?;
-            db.inner.replica.store(replica, Ordering::Release);
+            db.set_replica(replica);
             self.link.update(|s| s.replica = Some(replica));
         } else if !pin.cert.is_empty() {
             // Pinned by UUID only so far (first contact over WebTransport, which proves
             // another certificate): the long-term certificate is pinned from now on.
-            let stored = {
-                let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-                let meta = txn.open_table(META).map_err(Error::from)?;
-                meta.get(PIN)
-                    .map_err(Error::from)?
-                    .map(|v| v.value().to_vec())
-            };
-            if let Some(stored) = stored
-                && stored.len() == 16
+            if let Some(mut bytes) = db.stored_pin()?
+                && bytes.len() == 16
             {
-                let b = db.batch()?;
-                {
-                    let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-                    let mut bytes = stored;
-                    bytes.extend_from_slice(pin.cert.as_bytes());
-                    meta.insert(PIN, bytes.as_slice()).map_err(Error::from)?;
-                }
+                let b = db.write()?;
+                bytes.extend_from_slice(pin.cert.as_bytes());
+                b.store_pin(&bytes)?;
                 b.commit()?;
             }
         }
@@ -1433,16 +1274,7 @@ impl Client {
 
     /// Ids left in this replica's ranges.
     fn free_ids(&self) -> std::result::Result<u64, End> {
-        let db = self.db()?;
-        let next = lock(&db.inner.writer).next_id;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        let ranges = txn.open_table(RANGES).map_err(Error::from)?;
-        let mut left = 0u64;
-        for row in ranges.iter().map_err(Error::from)? {
-            let (start, end) = row.map_err(Error::from)?;
-            left = left.saturating_add(end.value().saturating_sub(start.value().max(next)));
-        }
-        Ok(left)
+        Ok(self.db()?.free_ids()?)
     }
 
     /// Asks the server for a range of `want` ids and stores it. A token that may write no
@@ -1464,13 +1296,8 @@ impl Client {
             Err(e) => return Err(e.into()),
         };
         let db = self.db()?;
-        let b = db.batch()?;
-        {
-            let mut ranges = b.txn.open_table(RANGES).map_err(Error::from)?;
-            for (start, end) in granted {
-                ranges.insert(start, end).map_err(Error::from)?;
-            }
-        }
+        let b = db.write()?;
+        b.add_ranges(&granted)?;
         b.commit()?;
         Ok(())
     }
@@ -1479,57 +1306,11 @@ impl Client {
     async fn flush(&mut self, s: &mut Session) -> std::result::Result<(), End> {
         let max_entries = self.config.batch_size.clamp(1, crate::proto::MAX_ENTRIES);
         loop {
-            // The next run of up to `max_entries` consecutive entries (changes and
-            // returns, all numbered: a resent one is answered with its first outcome) of at
-            // most about `BATCH_BYTES`.
-            let (first, run, oversized) = {
-                let db = self.db()?;
-                let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-                let table = txn.open_table(OUTBOX).map_err(Error::from)?;
-                let mut first = 0;
-                let mut run: Vec<Vec<crate::proto::Change>> = Vec::new();
-                let mut oversized = None;
-                let mut bytes = 0usize;
-                for row in table.iter().map_err(Error::from)? {
-                    let (k, v) = row.map_err(Error::from)?;
-                    let n = k.value();
-                    if run.is_empty() {
-                        first = n;
-                    } else if n != first + run.len() as u64
-                        || run.len() >= max_entries
-                        || bytes + v.value().len() > BATCH_BYTES
-                    {
-                        break;
-                    }
-                    match outbox::decode(v.value())?.1 {
-                        // An entry no request can carry (written by a version that did not
-                        // check sizes at commit): set aside below, alone.
-                        Entry::Changes(changes)
-                            if let Some(e) =
-                                outbox::too_large(&changes, v.value().len() as u64) =>
-                        {
-                            if run.is_empty() {
-                                oversized = Some(e.to_string());
-                            }
-                            break;
-                        }
-                        Entry::Changes(changes) => {
-                            bytes += v.value().len();
-                            run.push(changes);
-                        }
-                        Entry::Return { tree, id } => {
-                            bytes += v.value().len();
-                            run.push(vec![crate::proto::Change {
-                                tree,
-                                id,
-                                rev: 0,
-                                kind: ChangeKind::Borrow { holder: 0 },
-                            }]);
-                        }
-                    }
-                }
-                (first, run, oversized)
-            };
+            let super::local::Run {
+                first,
+                entries: run,
+                oversized,
+            } = self.db()?.outbox_run(max_entries, BATCH_BYTES)?;
             if let Some(reason) = oversized {
                 // Reported and kept aside like a write the server refused, so that later
                 // entries and incoming changes keep flowing.
@@ -1567,17 +1348,12 @@ impl Client {
             // leaves a stored copy older than what the server has of it: refused as an
             // older copy for good, and in a tab taking over, entry numbers used again.
             #[cfg(target_arch = "wasm32")]
-            {
-                let db = self.db()?;
-                if let Some(h) = db.inner.browser.get() {
-                    h.flush().await.map_err(|e| {
-                        End::Lost(format!(
-                            "the outbox waits: what it sends is stored first, and storing \
-                             failed ({e})"
-                        ))
-                    })?;
-                }
-            }
+            self.db()?.stored_in_browser().await.map_err(|e| {
+                End::Lost(format!(
+                    "the outbox waits: what it sends is stored first, and storing failed \
+                     ({e})"
+                ))
+            })?;
             let before = s.bytes_sent();
             let answer = s
                 .request(Request::Entries {
@@ -1612,209 +1388,23 @@ impl Client {
         }
     }
 
-    /// Removes outbox entries `first, first + 1, ...` that the server processed (one per
-    /// outcome): accepted ones go, rejected ones are kept aside in `rekord.outbox_rejected`,
-    /// except one refused with a conflict, which is returned for [`Client::resolve`]. Returns
-    /// the records to resync and that conflict.
+    /// Settles outbox entries `first, first + 1, ...` that the server processed, one per
+    /// outcome ([`Write::settle`]), and reports them. Returns the records to resync and the
+    /// conflicts to merge ([`Client::resolve`]).
     fn settle(
         &mut self,
         first: u64,
         outcomes: &[EntryOutcome],
     ) -> std::result::Result<Settled, End> {
-        let mut refused: Vec<(String, u64)> = Vec::new();
-        let mut conflicts = Vec::new();
-        // Outcomes (by index) of entries that wait with records to be taken back.
-        let mut waited: Vec<usize> = Vec::new();
         let db = self.db()?;
-        let b = self.lazy_batch(&db)?;
-        let mut freed = 0u64;
-        let left = {
-            let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
-            let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
-            let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
-            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
-            // A refused record is fetched again (`resync`, right after this); noted here
-            // too, in the commit that sets the entry aside, so that a session ending before
-            // that fetch completes still fetches it once caught up.
-            let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
-            let mut reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
-            let mut deferred = b.txn.open_table(DEFERRED).map_err(Error::from)?;
-            let any_pending = !pending.is_empty().map_err(Error::from)?;
-            for (k, outcome) in outcomes.iter().enumerate() {
-                let n = first + k as u64;
-                tracing::trace!(
-                    entry = n,
-                    outcome = match outcome {
-                        EntryOutcome::Applied { .. } => "applied",
-                        EntryOutcome::Duplicate => "duplicate",
-                        EntryOutcome::Skipped => "skipped",
-                        EntryOutcome::Rejected(RemoteError::Conflict(_)) => "conflict",
-                        EntryOutcome::Rejected(_) => "rejected",
-                    },
-                    "rekord sync: entry outcome"
-                );
-                match outcome {
-                    EntryOutcome::Rejected(RemoteError::Conflict(current)) => {
-                        // The entry stays (the merge rewrites it) and its optimistic edits
-                        // stay counted as pending.
-                        conflicts.push(Conflicted {
-                            entry: n,
-                            current: current.clone(),
-                        });
-                        continue;
-                    }
-                    // Sent again later.
-                    EntryOutcome::Skipped => continue,
-                    _ => {}
-                }
-                let entry = table
-                    .remove(n)
-                    .map_err(Error::from)?
-                    .map(|v| v.value().to_vec());
-                let Some(entry) = entry else {
-                    continue;
-                };
-                freed += entry.len() as u64;
-                if let EntryOutcome::Applied { seq } = outcome {
-                    // Noted now, not only when the change comes back as a push: a restore
-                    // of the server in between must not lose it.
-                    let keys = outbox::keys(&entry)?;
-                    let count = keys.len() as u64;
-                    let at = outbox::now_ms() << 1;
-                    for (i, (tree, id)) in keys.iter().enumerate() {
-                        let seq = seq.saturating_sub(count - 1 - i as u64);
-                        journal
-                            .insert((seq, tree.as_str(), *id), at | 1)
-                            .map_err(Error::from)?;
-                    }
-                }
-                let rejected = matches!(outcome, EntryOutcome::Rejected(_));
-                let decoded_return = if self.reclaiming {
-                    Some(outbox::decode(&entry)?.1)
-                } else {
-                    None
-                };
-                let waited_return = match decoded_return {
-                    Some(Entry::Return { tree, id }) => {
-                        let at = reclaim
-                            .get((tree.as_str(), id))
-                            .map_err(Error::from)?
-                            .map(|v| v.value());
-                        at.map(|at| (tree, id, at))
-                    }
-                    _ => None,
-                };
-                if let Some((tree, id, at)) = waited_return {
-                    // The application returned a record it waits to take back (the server,
-                    // which gives it to another replica, takes the return as a no-op): the
-                    // borrow is returned after the record is sent again.
-                    reclaim
-                        .insert((tree.as_str(), id), at & !1)
-                        .map_err(Error::from)?;
-                }
-                if !rejected && !any_pending {
-                    continue;
-                }
-                let decoded = outbox::decode(&entry)?.1;
-                // Records waiting to be taken back after a restore (`rekord.reclaim`): the
-                // server refuses their writes until this replica has their borrows again.
-                // An entry that changes one of them waits with it, whole (other records it
-                // changes too: a batch stays one), in `rekord.deferred`: neither set aside
-                // nor reported, its local changes kept; it is sent again once they are
-                // taken back, or rejected if another replica takes one first.
-                let borrow_refusal = matches!(
-                    outcome,
-                    EntryOutcome::Rejected(
-                        RemoteError::NotBorrowed | RemoteError::AlreadyBorrowed { .. }
-                    )
-                );
-                if borrow_refusal {
-                    let keys = outbox::keys(&entry)?;
-                    let mut any_waits = false;
-                    for key in &keys {
-                        any_waits |= waits(&reclaim, key)?;
-                    }
-                    let optimistic = matches!(&decoded, Entry::Changes(cs)
-                        if cs.iter().any(|c| matches!(c.kind, ChangeKind::Edit { .. })));
-                    if any_waits && !optimistic {
-                        deferred.insert(n, entry.as_slice()).map_err(Error::from)?;
-                        // Still to push: counted in the outbox.
-                        freed -= entry.len() as u64;
-                        tracing::debug!(
-                            entry = n,
-                            "rekord sync: a write to a record waiting to be taken back after the \
-                             restore waits with it"
-                        );
-                        waited.push(k);
-                        continue;
-                    }
-                }
-                let changes = match decoded {
-                    Entry::Changes(changes) => changes,
-                    Entry::Return { tree, id } => {
-                        let key = (tree, id);
-                        if rejected && !refused.contains(&key) && !waits(&reclaim, &key)? {
-                            recheck
-                                .insert((key.0.as_str(), id), ())
-                                .map_err(Error::from)?;
-                            refused.push(key);
-                        }
-                        Vec::new()
-                    }
-                };
-                // Sequence numbers of the entry's changes (consecutive, the last one's given).
-                let last_seq = match outcome {
-                    EntryOutcome::Applied { seq } => Some(*seq),
-                    _ => None,
-                };
-                let count = changes.len() as u64;
-                for (i, c) in changes.iter().enumerate() {
-                    let ChangeKind::Edit { version, data, .. } = &c.kind else {
-                        continue;
-                    };
-                    let key = (c.tree.as_str(), c.id);
-                    let row = pending
-                        .get(key)
-                        .map_err(Error::from)?
-                        .map(|v| outbox::PendingRow::decode(v.value()));
-                    let Some(mut row) = row else {
-                        continue;
-                    };
-                    row.count = row.count.saturating_sub(1);
-                    if !rejected {
-                        // Accepted: the common ancestor of the edits still waiting, and
-                        // newer than any pushed change before it.
-                        row.base_value = crate::storage::Header::draft_value(*version, data);
-                        if let Some(last) = last_seq {
-                            let seq = last.saturating_sub(count - 1 - i as u64);
-                            row.floor = row.floor.max(seq);
-                        }
-                    }
-                    if row.count == 0 && (rejected || row.floor <= self.cursor) {
-                        pending.remove(key).map_err(Error::from)?;
-                    } else {
-                        pending
-                            .insert(key, row.encode().as_slice())
-                            .map_err(Error::from)?;
-                    }
-                }
-                if rejected {
-                    aside.insert(n, entry.as_slice()).map_err(Error::from)?;
-                    for c in changes {
-                        let key = (c.tree, c.id);
-                        // A waiting record keeps its copy (sent again once taken back).
-                        if refused.contains(&key) || waits(&reclaim, &key)? {
-                            continue;
-                        }
-                        recheck
-                            .insert((key.0.as_str(), key.1), ())
-                            .map_err(Error::from)?;
-                        refused.push(key);
-                    }
-                }
-            }
-            table.len().map_err(Error::from)?
-        };
+        let b = self.lazy_write(&db)?;
+        let super::local::Settled {
+            refused,
+            conflicts,
+            waited,
+            freed,
+            left,
+        } = b.settle(first, outcomes, self.cursor, self.reclaiming)?;
         b.commit()?;
         if !refused.is_empty() {
             self.rechecking = true;
@@ -1873,28 +1463,28 @@ impl Client {
     async fn resolve(
         &mut self,
         s: &mut Session,
-        conflicts: Vec<Conflicted>,
+        conflicts: Conflicts,
     ) -> std::result::Result<(), End> {
         if conflicts.is_empty() {
             return Ok(());
         }
         let mut versions = Vec::new();
-        for c in &conflicts {
-            versions.push((c.current.tree.clone(), c.current.version));
-            if let Some((v, _)) = &c.current.base {
-                versions.push((c.current.tree.clone(), *v));
+        for (_, current) in &conflicts {
+            versions.push((current.tree.clone(), current.version));
+            if let Some((v, _)) = &current.base {
+                versions.push((current.tree.clone(), *v));
             }
         }
         self.fetch_schemas(s, &versions).await?;
         let db = self.db()?;
         // Lazily durable: after a crash the entries are still the unmerged ones, which the
         // server refuses again, and the merges are made again.
-        let mut b = self.lazy_batch(&db)?;
+        let mut b = self.lazy_write(&db)?;
         let mut events = Vec::with_capacity(conflicts.len());
         let mut delta = 0i64;
-        for c in conflicts {
-            let merge = db.inner.merge_for(&c.current.tree)?;
-            if let Some(resolved) = b.resolve_conflict(c.entry, &c.current, merge)? {
+        for (entry, current) in conflicts {
+            let merge = db.merge_for(&current.tree)?;
+            if let Some(resolved) = b.resolve_conflict(entry, &current, merge)? {
                 delta += resolved.bytes_delta;
                 events.push(resolved.event);
             }
@@ -1979,36 +1569,24 @@ impl Client {
                 .collect();
             self.fetch_schemas(s, &versions).await?;
             let db = self.db()?;
-            let mut b = db.batch()?;
+            let mut b = db.write()?;
             // A local write made since the fetch (or waiting from before it) shows here and
             // goes to the server next: the fetched version would undo it here only, while
             // the server takes it (its push, being this replica's own, is not applied
             // again). A refusal of that write resyncs the record then.
             // It is fetched again once nothing waits for it (`rekord.recheck`).
-            if outbox::touches(&b.txn, &tree, id)? {
+            if b.outbox_touches(&tree, id)? {
                 tracing::debug!(%tree, id, "rekord sync: a refetched record has local writes waiting; kept");
-                b.txn
-                    .open_table(RECHECK)
-                    .map_err(Error::from)?
-                    .insert((tree.as_str(), id), ())
-                    .map_err(Error::from)?;
+                b.note_recheck(&tree, id)?;
                 b.commit_for_sync()?;
                 self.rechecking = true;
                 continue;
             }
             b.replace_record(&tree, id, holder, &revisions)?;
-            b.txn
-                .open_table(RECHECK)
-                .map_err(Error::from)?
-                .remove((tree.as_str(), id))
-                .map_err(Error::from)?;
+            b.clear_recheck(&tree, id)?;
             // The server's version replaced the copy this replica waited to take the record
             // back with: nothing is left to resend, so it no longer waits.
-            b.txn
-                .open_table(crate::storage::RECLAIM)
-                .map_err(Error::from)?
-                .remove((tree.as_str(), id))
-                .map_err(Error::from)?;
+            b.clear_reclaim(&tree, id)?;
             b.commit()?;
         }
         Ok(())
@@ -2024,15 +1602,7 @@ impl Client {
         if self.uploaded.contains(&key) {
             return Ok(());
         }
-        let text = {
-            let db = self.db()?;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let schemas = txn.open_table(SCHEMAS).map_err(Error::from)?;
-            schemas
-                .get((tree, version))
-                .map_err(Error::from)?
-                .map(|v| v.value().to_owned())
-        };
+        let text = self.db()?.schema(tree, version)?;
         if let Some(text) = text {
             match s.put_schema(tree, version, &text).await {
                 Ok(()) => {}
@@ -2051,22 +1621,7 @@ impl Client {
         s: &mut Session,
         versions: &[(String, u32)],
     ) -> std::result::Result<(), End> {
-        let mut needed: Vec<(String, u32)> = Vec::new();
-        {
-            let db = self.db()?;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let schemas = txn.open_table(SCHEMAS).map_err(Error::from)?;
-            for key in versions {
-                if !needed.contains(key)
-                    && schemas
-                        .get((key.0.as_str(), key.1))
-                        .map_err(Error::from)?
-                        .is_none()
-                {
-                    needed.push(key.clone());
-                }
-            }
-        }
+        let needed = self.db()?.missing_schemas(versions)?;
         for (tree, version) in needed {
             let request = Request::Schema {
                 tree: tree.clone(),
@@ -2089,19 +1644,8 @@ impl Client {
                 )));
             }
             let db = self.db()?;
-            let b = db.batch()?;
-            {
-                let mut schemas = b.txn.open_table(SCHEMAS).map_err(Error::from)?;
-                if schemas
-                    .get((tree.as_str(), version))
-                    .map_err(Error::from)?
-                    .is_none()
-                {
-                    schemas
-                        .insert((tree.as_str(), version), text.as_str())
-                        .map_err(Error::from)?;
-                }
-            }
+            let b = db.write()?;
+            b.store_schema(&tree, version, &text)?;
             b.commit()?;
         }
         Ok(())
@@ -2139,7 +1683,7 @@ impl Client {
                         kind = e.change.kind.name(), "rekord sync: applying a pushed change"
                     );
                 }
-                let mut b = self.lazy_batch(&db)?;
+                let mut b = self.lazy_write(&db)?;
                 let skipped = b.apply_remote(&fresh)?;
                 // Whichever path applies the changes (live pushes, a resync's buffered
                 // ones, a borrow's wait), in the same commit as the cursor.
@@ -2148,19 +1692,12 @@ impl Client {
                 // Only once caught up: a borrow taken by another replica later in the
                 // catch-up must be seen before taking a record back (`CaughtUp` retries).
                 // Only the return of a record waiting here makes a retry worth it.
-                if self.reclaiming && self.caught_up && !self.reclaim_due {
-                    let reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
-                    for e in &fresh {
-                        if matches!(e.change.kind, ChangeKind::Borrow { holder: 0 })
-                            && reclaim
-                                .get((e.change.tree.as_str(), e.change.id))
-                                .map_err(Error::from)?
-                                .is_some()
-                        {
-                            self.reclaim_due = true;
-                            break;
-                        }
-                    }
+                if self.reclaiming
+                    && self.caught_up
+                    && !self.reclaim_due
+                    && b.returns_a_waiting_record(&fresh)?
+                {
+                    self.reclaim_due = true;
                 }
                 b.set_cursor(last);
                 b.commit()?;
@@ -2217,41 +1754,20 @@ impl Client {
     /// reconciliation.
     fn drop_unknown_journal_rows(&mut self) -> std::result::Result<(), End> {
         let db = self.db()?;
-        let unknown = crate::sync::UNKNOWN_SEQ;
-        let keys: Vec<(String, u64)> = {
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let journal = match txn.open_table(JOURNAL) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(Error::from(e).into()),
-            };
-            let coverage = stored_coverage(&txn.open_table(META).map_err(Error::from)?)?;
-            let receives = |tree: &str| match &coverage {
-                Some(c) => c.is_live(tree),
-                None => self.config.trees.is_empty() || self.config.trees.iter().any(|t| t == tree),
-            };
-            let mut keys = Vec::new();
-            for row in journal.range((unknown, "", 0)..).map_err(Error::from)? {
-                let (k, _) = row.map_err(Error::from)?;
-                let (_, tree, id) = k.value();
-                if receives(tree) {
-                    keys.push((tree.to_owned(), id));
-                }
-            }
-            keys
-        };
+        let mut keys = db.unknown_journal_rows()?;
         if keys.is_empty() {
             return Ok(());
         }
-        let b = self.lazy_batch(&db)?;
-        {
-            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
-            for (tree, id) in &keys {
-                journal
-                    .remove((unknown, tree.as_str(), *id))
-                    .map_err(Error::from)?;
-            }
+        let coverage = db.coverage()?;
+        keys.retain(|(tree, _)| match &coverage {
+            Some(c) => c.is_live(tree),
+            None => self.config.trees.is_empty() || self.config.trees.iter().any(|t| t == tree),
+        });
+        if keys.is_empty() {
+            return Ok(());
         }
+        let b = self.lazy_write(&db)?;
+        b.drop_unknown_journal_rows(&keys)?;
         b.commit()?;
         Ok(())
     }
@@ -2285,32 +1801,16 @@ impl Client {
 
     /// Records this replica holds whose borrow `entries` take back by force (origin 0).
     fn revoked_borrows(&self, entries: &[Sequenced]) -> Vec<(String, u64)> {
-        let Some(db) = self.db.upgrade() else {
+        let Ok(db) = self.db() else {
             return Vec::new();
         };
-        let me = db.replica.load(Ordering::Acquire);
+        let me = db.replica();
         let mut out = Vec::new();
         for e in entries {
             if e.origin != 0 || e.change.kind != (ChangeKind::Borrow { holder: 0 }) {
                 continue;
             }
-            let held = (|| -> Result<bool> {
-                let txn = db.redb.begin_read()?;
-                let state = db.tree_state(&e.change.tree);
-                let table = match txn.open_table(state.def()) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-                    Err(e) => return Err(e.into()),
-                };
-                let latest = table
-                    .range(crate::storage::id_range(e.change.id))?
-                    .next_back()
-                    .transpose()?;
-                Ok(latest.is_some_and(|(_, v)| {
-                    crate::storage::Header::parse(v.value()).is_some_and(|(h, _)| h.holder == me)
-                }))
-            })();
-            if held.unwrap_or(false) {
+            if db.holds(&e.change.tree, e.change.id, me).unwrap_or(false) {
                 out.push((e.change.tree.clone(), e.change.id));
             }
         }
@@ -2339,45 +1839,16 @@ impl Client {
                 // The copy here is the server's as of the grant: changes of others up to it,
                 // met later (when the tree joins the subscription), are older and skipped.
                 let db = self.db()?;
-                let b = db.batch()?;
-                {
-                    let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
-                    let row = pending
-                        .get((tree, key.id))
-                        .map_err(Error::from)?
-                        .map(|v| outbox::PendingRow::decode(v.value()));
-                    let row = match row {
-                        Some(mut r) => {
-                            r.floor = r.floor.max(seq);
-                            r
-                        }
-                        None => outbox::PendingRow {
-                            count: 0,
-                            base: seq,
-                            hlc: 0,
-                            floor: seq,
-                            strategy: String::new(),
-                            base_value: Vec::new(),
-                        },
-                    };
-                    pending
-                        .insert((tree, key.id), row.encode().as_slice())
-                        .map_err(Error::from)?;
-                    // No push brings this grant: noted for a restore of the server.
-                    b.txn
-                        .open_table(JOURNAL)
-                        .map_err(Error::from)?
-                        .insert((seq, tree, key.id), (outbox::now_ms() << 1) | 1)
-                        .map_err(Error::from)?;
-                }
+                let b = db.write()?;
+                b.note_unpushed_grant(tree, key.id, seq)?;
                 b.commit()?;
                 Ok(Ok(()))
             }
             // Held already (by the server's word): make sure it shows here.
             Ok(0) => {
                 let db = self.db()?;
-                let me = db.inner.replica.load(Ordering::Acquire);
-                let mut b = db.batch()?;
+                let me = db.replica();
+                let mut b = db.write()?;
                 b.apply_borrow(tree, key.id, me)?;
                 b.commit()?;
                 Ok(Ok(()))
@@ -2416,25 +1887,6 @@ impl Client {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// The subscription coverage stored in `rekord.meta` (`None` if none, or unreadable).
-fn stored_coverage(
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Option<Coverage>> {
-    Ok(meta
-        .get(COVERAGE)?
-        .and_then(|v| std::str::from_utf8(v.value()).ok().map(str::to_owned))
-        .and_then(|text| ron::from_str::<Coverage>(&text).ok()))
-}
-
-/// Stores the subscription coverage in `rekord.meta`.
-fn store_coverage(meta: &mut redb::Table<'_, &str, &[u8]>, c: &Coverage) -> Result<()> {
-    let text = ron::to_string(c).map_err(|e| Error::CorruptMeta {
-        reason: format!("cannot encode the subscription coverage: {e}"),
-    })?;
-    meta.insert(COVERAGE, text.as_bytes())?;
-    Ok(())
 }
 
 /// The error a borrow fails with when the server refuses this client or cannot be reached.

@@ -97,6 +97,7 @@
 //! so the local copy is what every other replica has.
 
 pub(crate) mod client;
+pub(crate) mod local;
 pub use client::SyncDriver;
 pub mod merge;
 pub(crate) mod outbox;

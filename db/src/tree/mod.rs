@@ -5,7 +5,7 @@ pub(crate) mod cache;
 pub(crate) mod evolve;
 // Used by the sync client, which is native-only.
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-mod conflict;
+pub(crate) mod conflict;
 pub(crate) mod dynamic;
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 mod remote;

@@ -19,29 +19,12 @@
 //! point on.
 
 use super::{Client, End};
-use crate::db::read_u64;
 use crate::event::SyncEvent;
 use crate::net::Session;
 use crate::proto::{Change, ChangeKind, RemoteError, Request, Response, Revision};
-use crate::storage::{
-    DEFERRED, Header, JOURNAL, JOURNAL_STATES, META, OUTBOX, PENDING, RANGES, RECHECK, RECLAIM,
-    REJECTED, record_digest, table_name,
-};
-use crate::sync::outbox::{self, Entry, PendingRow};
-use crate::sync::{HISTORY, JOURNAL_FLOOR, RECLAIM_COMMON};
-use crate::{Error, Result};
-use redb::ReadableTable as _;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::Ordering;
-
-/// What [`Client::release_deferred`] rejected: entry numbers and their bytes.
-#[derive(Default)]
-pub(crate) struct Released {
-    rejected: Vec<u64>,
-    bytes: u64,
-    /// How many waiting writes went back to the outbox, to be sent again.
-    again: u64,
-}
+use crate::sync::local::{Journal, LocalRevision, Released, Write, digest};
+use crate::sync::outbox;
+use std::collections::HashSet;
 
 /// What [`Client::reclaim_taken`] found in a batch of pushed changes, reported by
 /// [`Client::report_taken`] once the batch committed.
@@ -55,53 +38,6 @@ pub(crate) struct Taken {
 
 /// The most records a [`SyncEvent::Restored`] lists by name.
 const LOST_LISTED: usize = 1000;
-
-/// Reads the stored lineage (`sync.history`).
-pub(crate) fn stored_history(
-    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Vec<(u64, u64)>> {
-    let Some(v) = meta.get(HISTORY)? else {
-        return Ok(Vec::new());
-    };
-    Ok(v.value()
-        .chunks_exact(16)
-        .filter_map(|c| {
-            let (a, b) = c.split_first_chunk::<8>()?;
-            Some((u64::from_le_bytes(*a), read_u64(b)?))
-        })
-        .collect())
-}
-
-/// Stores the lineage.
-pub(crate) fn store_history(
-    meta: &mut redb::Table<'_, &str, &[u8]>,
-    lineage: &[(u64, u64)],
-) -> Result<()> {
-    let mut bytes = Vec::with_capacity(lineage.len() * 16);
-    for (id, base) in lineage {
-        bytes.extend_from_slice(&id.to_le_bytes());
-        bytes.extend_from_slice(&base.to_le_bytes());
-    }
-    meta.insert(HISTORY, bytes.as_slice())?;
-    Ok(())
-}
-
-/// One record's revision as stored here.
-struct Local {
-    rev: u32,
-    header: Header,
-    data: Vec<u8>,
-}
-
-impl Local {
-    fn same_as(&self, r: &Revision) -> bool {
-        self.rev == r.rev
-            && self.header.released == r.released
-            && self.header.state == r.state
-            && self.header.version == r.version
-            && self.data == r.data
-    }
-}
 
 /// What to do with one record.
 enum Step {
@@ -140,46 +76,16 @@ impl Client {
         lineage: &[(u64, u64)],
     ) -> std::result::Result<bool, End> {
         let db = self.db()?;
-        let me = db.inner.replica.load(Ordering::Acquire);
+        let me = db.replica();
         let cursor = self.cursor;
-        let (touched, own, floor, ranges, seen) = {
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let mut touched = BTreeSet::new();
-            let mut own = HashSet::new();
-            let seen = seen_states(&txn, common)?;
-            match txn.open_table(JOURNAL) {
-                Ok(journal) => {
-                    for row in journal.range((common + 1, "", 0)..).map_err(Error::from)? {
-                        let (k, v) = row.map_err(Error::from)?;
-                        let (_, tree, id) = k.value();
-                        let key = (tree.to_owned(), id);
-                        if v.value() & 1 == 1 {
-                            own.insert(key.clone());
-                        }
-                        touched.insert(key);
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(Error::from(e).into()),
-            }
-            let meta = txn.open_table(META).map_err(Error::from)?;
-            let floor = meta
-                .get(JOURNAL_FLOOR)
-                .map_err(Error::from)?
-                .and_then(|v| read_u64(v.value()))
-                .unwrap_or(0);
-            let ranges: Vec<(u64, u64)> = match txn.open_table(RANGES) {
-                Ok(t) => t
-                    .iter()
-                    .map_err(Error::from)?
-                    .map(|r| r.map(|(a, b)| (a.value(), b.value())))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(Error::from)?,
-                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
-                Err(e) => return Err(Error::from(e).into()),
-            };
-            (touched, own, floor, ranges, seen)
-        };
+        let Journal {
+            touched,
+            own,
+            floor,
+            ranges,
+            seen,
+        } = db.journal_since(common)?;
+
         // The id ranges first: records created with them (sent again below, or waiting in
         // the outbox) are accepted only from their owner.
         for chunk in ranges.chunks(crate::proto::MAX_RECLAIM) {
@@ -215,8 +121,8 @@ impl Client {
             // A new history that lost nothing this replica knows of (the server restarted,
             // or was restored from a backup newer than anything this replica saw). Ranges
             // granted after the backup may still be unused here: registered above.
-            let b = db.batch()?;
-            store_history(&mut b.txn.open_table(META).map_err(Error::from)?, lineage)?;
+            let b = db.write()?;
+            b.store_history(lineage)?;
             b.commit_for_sync()?;
             return Ok(false);
         }
@@ -262,10 +168,10 @@ impl Client {
         let mut kept = 0u64;
         let (mut entries, mut bytes) = (0u64, 0u64);
         let db = self.db()?;
-        let mut b = db.batch()?;
+        let mut b = db.write()?;
         // What is sent again goes before what waits in the outbox (which may change the
         // same records further): the waiting entries get new numbers after it.
-        let waiting_entries = outbox::take_all(&b.txn)?;
+        let waiting_entries = b.take_outbox()?;
         for step in steps {
             match step {
                 Step::Resend {
@@ -274,29 +180,18 @@ impl Client {
                     changes,
                     ret,
                 } => {
-                    b.txn
-                        .open_table(RECHECK)
-                        .map_err(Error::from)?
-                        .insert((tree.as_str(), id), ())
-                        .map_err(Error::from)?;
+                    b.note_recheck(&tree, id)?;
                     let returns = if ret { vec![(tree, id)] } else { Vec::new() };
-                    let (_, n, by) = outbox::enqueue(&b.txn, &changes, &returns)?;
+                    let (n, by) = b.enqueue(&changes, &returns)?;
                     (entries, bytes) = (entries + n, bytes + by);
                     resent += 1;
                 }
                 Step::Return { tree, id } => {
-                    let (_, n, by) = outbox::enqueue(&b.txn, &[], &[(tree, id)])?;
+                    let (n, by) = b.enqueue(&[], &[(tree, id)])?;
                     (entries, bytes) = (entries + n, bytes + by);
                 }
                 Step::Wait { tree, id, held } => {
-                    b.txn
-                        .open_table(RECLAIM)
-                        .map_err(Error::from)?
-                        .insert(
-                            (tree.as_str(), id),
-                            (outbox::now_ms() << 1) | u64::from(held),
-                        )
-                        .map_err(Error::from)?;
+                    b.note_reclaim(&tree, id, held)?;
                     waiting += 1;
                 }
                 Step::Adopt {
@@ -306,12 +201,8 @@ impl Client {
                     revisions,
                     differed,
                 } => {
-                    if edited_since(&b.txn, &tree, id)? {
-                        b.txn
-                            .open_table(RECHECK)
-                            .map_err(Error::from)?
-                            .insert((tree.as_str(), id), ())
-                            .map_err(Error::from)?;
+                    if edited_since(&b, &tree, id)? {
+                        b.note_recheck(&tree, id)?;
                         kept += 1;
                         continue;
                     }
@@ -325,85 +216,10 @@ impl Client {
                 }
             }
         }
-        outbox::append(&b.txn, &waiting_entries)?;
+        b.append_outbox(&waiting_entries)?;
         // Writes that waited for records no longer waiting (a second restore) go again.
         let released = self.release_deferred(&b, &[])?;
-        b.set_cursor(back);
-        {
-            let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-            if let Some(mut c) = super::stored_coverage(&meta)? {
-                c.rest = c.rest.min(back);
-                c.left.values_mut().for_each(|at| *at = (*at).min(back));
-                super::store_coverage(&mut meta, &c)?;
-            }
-            store_history(&mut meta, lineage)?;
-            if waiting > 0 {
-                meta.insert(RECLAIM_COMMON, common.to_le_bytes().as_slice())
-                    .map_err(Error::from)?;
-            }
-        }
-        {
-            // Optimistic edits based on changes the server lost are based on the shared
-            // point instead (a change made since by another replica is then a conflict,
-            // merged as usual).
-            let mut pending = b.txn.open_table(PENDING).map_err(Error::from)?;
-            let mut rows = Vec::new();
-            for row in pending.iter().map_err(Error::from)? {
-                let (k, v) = row.map_err(Error::from)?;
-                let (tree, id) = k.value();
-                rows.push(((tree.to_owned(), id), PendingRow::decode(v.value())));
-            }
-            for ((tree, id), mut row) in rows {
-                if row.base > back || row.floor > back {
-                    // An edit of this replica accepted past the shared point (`floor`) is
-                    // in the version its edits start from, and the restored server lost
-                    // it: that version is no longer a common ancestor (this replica's own
-                    // change would look unchanged to a merge), so a merge takes the
-                    // server's version at the shared point. A version others made past it
-                    // stays the ancestor: this replica did not change what they did.
-                    if row.floor > back {
-                        row.base_value = Vec::new();
-                    }
-                    row.base = row.base.min(back);
-                    row.floor = row.floor.min(back);
-                    pending
-                        .insert((tree.as_str(), id), row.encode().as_slice())
-                        .map_err(Error::from)?;
-                }
-            }
-            let mut table = b.txn.open_table(OUTBOX).map_err(Error::from)?;
-            let mut rewrite = Vec::new();
-            for row in table.iter().map_err(Error::from)? {
-                let (k, v) = row.map_err(Error::from)?;
-                let (at, entry) = outbox::decode(v.value())?;
-                if let Entry::Changes(mut changes) = entry {
-                    let mut moved = false;
-                    for c in &mut changes {
-                        if let ChangeKind::Edit { base, .. } = &mut c.kind
-                            && *base > back
-                        {
-                            *base = back;
-                            moved = true;
-                        }
-                    }
-                    if moved {
-                        rewrite.push((k.value(), outbox::encode(&Entry::Changes(changes), at)?));
-                    }
-                }
-            }
-            for (n, bytes) in rewrite {
-                table.insert(n, bytes.as_slice()).map_err(Error::from)?;
-            }
-            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
-            journal
-                .retain_in((common + 1, "", 0).., |_, _| false)
-                .map_err(Error::from)?;
-            b.txn
-                .open_table(JOURNAL_STATES)
-                .map_err(Error::from)?
-                .retain_in((common + 1, "", 0).., |_, _| false)
-                .map_err(Error::from)?;
-        }
+        b.rewind(common, back, lineage, waiting > 0)?;
         b.commit_for_sync()?;
         self.link.enqueued(entries, bytes);
         self.report_released(released);
@@ -469,11 +285,11 @@ impl Client {
         // An optimistic record with edits waiting in the outbox: they carry this replica's
         // version, and the server merges them with its own (three-way, from the version
         // they started from); nothing to send or take here.
-        if self.optimistic_pending(&tree, id)? {
+        if self.db()?.optimistic_pending(&tree, id)? {
             tracing::debug!(%tree, id, "rekord sync: reconciling a record: left to the merge");
             return Ok(Vec::new());
         }
-        let local = self.local_revisions(&tree, id)?;
+        let local = self.db()?.revisions(&tree, id)?;
         let stored_holder = local.last().map_or(0, |l| l.header.holder);
         let mut local_holder = stored_holder;
         let same = local.len() == revisions.len()
@@ -494,11 +310,7 @@ impl Client {
                     .iter()
                     .max_by_key(|r| r.changed)
                     .map_or(0, |r| r.by);
-                let digest = record_digest(
-                    revisions
-                        .iter()
-                        .map(|r| (r.rev, r.version, r.released, r.state, r.data.as_slice())),
-                );
+                let digest = digest(&revisions);
                 !seen.contains(&(digest, by)) && !seen.contains(&(digest, 0))
             });
         if superseded {
@@ -508,7 +320,7 @@ impl Client {
         // Whether this replica held the record before the restore (then it keeps holding
         // it after sending it again; else it returns the borrow it takes to send it).
         // (Nobody keeps the borrow of an optimistic record: it is taken only to send it.)
-        let optimistic = self.db()?.inner.is_optimistic(&tree)?;
+        let optimistic = self.db()?.is_optimistic(&tree)?;
         let held = !optimistic && waited.unwrap_or(local_holder == me);
         if waited.is_some() {
             // Waited for: the stale holder's return reached this replica as a push (holder
@@ -527,7 +339,7 @@ impl Client {
         // `superseded` above, then it is not held here any more.)
         // The creator of a record the server lost makes it again, whoever held it since
         // (ids of its ranges are its own: no other replica may re-make them).
-        let creator = revisions.is_empty() && changed_here && self.owns_id(id)?;
+        let creator = revisions.is_empty() && changed_here && self.db()?.owns_id(id)?;
         let mine = local_holder == me
             || creator
             || (!newer_there && changed_here && local_holder == 0 && !superseded);
@@ -541,7 +353,7 @@ impl Client {
         // one).
         if optimistic && !same && changed_here {
             let base = match waited {
-                Some(_) => self.reclaim_common()?,
+                Some(_) => self.db()?.reclaim_common()?,
                 None => common,
             };
             if let Some(changes) = as_edits(resend_changes(&tree, id, &local, &revisions), base) {
@@ -637,24 +449,9 @@ impl Client {
     /// borrow it now gets (a record another replica borrowed meanwhile is forgotten when
     /// that borrow arrives, see [`Client::reclaim_taken`]).
     pub(crate) async fn retry_reclaims(&mut self, s: &mut Session) -> std::result::Result<(), End> {
-        let keys: Vec<(String, u64, bool)> = {
-            let db = self.db()?;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            match txn.open_table(RECLAIM) {
-                Ok(t) => t
-                    .iter()
-                    .map_err(Error::from)?
-                    .map(|r| {
-                        r.map(|(k, v)| (k.value().0.to_owned(), k.value().1, v.value() & 1 == 1))
-                    })
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(Error::from)?,
-                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
-                Err(e) => return Err(Error::from(e).into()),
-            }
-        };
+        let keys = self.db()?.reclaims()?;
         self.reclaiming = !keys.is_empty();
-        let me = self.db()?.inner.replica.load(Ordering::Acquire);
+        let me = self.db()?.replica();
         for (tree, id, held) in keys {
             // A tree outside the subscription stays waiting: this replica does not see who
             // borrows its records meanwhile, so it cannot tell whether its copy still stands.
@@ -681,15 +478,15 @@ impl Client {
             self.apply_received(s).await?;
             if !self.waits_to_take_back(&tree, id)? {
                 let db = self.db()?;
-                let b = db.batch()?;
-                let (_, n, by) = outbox::enqueue(&b.txn, &[], &[(tree.clone(), id)])?;
+                let b = db.write()?;
+                let (n, by) = b.enqueue(&[], &[(tree.clone(), id)])?;
                 b.commit_for_sync()?;
                 self.link.enqueued(n, by);
                 tracing::info!(%tree, id, "rekord sync: another replica took the record while this one took it back; giving the borrow back");
                 continue;
             }
             let db = self.db()?;
-            let mut b = db.batch()?;
+            let mut b = db.write()?;
             let (mut entries, mut bytes) = (0u64, 0u64);
             // The server's version replaced this replica's: its waiting writes are refused.
             let mut lost = false;
@@ -705,11 +502,11 @@ impl Client {
                         // resends of the reconciliation: the catch-up may replay older
                         // changes over it.
                         let returns = if ret { vec![(tree, id)] } else { Vec::new() };
-                        let (_, n, by) = outbox::enqueue(&b.txn, &changes, &returns)?;
+                        let (n, by) = b.enqueue(&changes, &returns)?;
                         (entries, bytes) = (entries + n, bytes + by);
                     }
                     Step::Return { tree, id } => {
-                        let (_, n, by) = outbox::enqueue(&b.txn, &[], &[(tree, id)])?;
+                        let (n, by) = b.enqueue(&[], &[(tree, id)])?;
                         (entries, bytes) = (entries + n, bytes + by);
                     }
                     Step::Adopt {
@@ -725,9 +522,9 @@ impl Client {
                             .collect();
                         drop(b);
                         self.fetch_schemas(s, &versions).await?;
-                        b = db.batch()?;
+                        b = db.write()?;
                         // (Fetched again anyway: the recheck below.)
-                        if !edited_since(&b.txn, &tree, id)? {
+                        if !edited_since(&b, &tree, id)? {
                             b.replace_record(&tree, id, holder, &revisions)?;
                             lost |= differed;
                         }
@@ -735,22 +532,14 @@ impl Client {
                     Step::Wait { .. } => {}
                 }
             }
-            b.txn
-                .open_table(RECLAIM)
-                .map_err(Error::from)?
-                .remove((tree.as_str(), id))
-                .map_err(Error::from)?;
+            b.clear_reclaim(&tree, id)?;
             // Fetched again once the outbox settles, whatever the steps: the stale holder
             // can resend and return the record between the fetch and the borrow (it held it
             // already, so no borrow announces it), and its push replaced this replica's
             // copy; the writes that waited here are sent again over it now, and this
             // replica skips their echo. (A fault run ended with a revision this replica had
             // removed back in its copy only.)
-            b.txn
-                .open_table(RECHECK)
-                .map_err(Error::from)?
-                .insert((tree.as_str(), id), ())
-                .map_err(Error::from)?;
+            b.note_recheck(&tree, id)?;
             self.rechecking = true;
             let released = if lost {
                 self.release_deferred(&b, &[(tree.clone(), id)])?
@@ -769,20 +558,7 @@ impl Client {
     /// catch-up from the shared point replays older changes of other replicas over them
     /// (and skips this replica's own resend, as changes of its own are).
     pub(crate) async fn recheck(&mut self, s: &mut Session) -> std::result::Result<(), End> {
-        let keys: Vec<(String, u64)> = {
-            let db = self.db()?;
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            match txn.open_table(RECHECK) {
-                Ok(t) => t
-                    .iter()
-                    .map_err(Error::from)?
-                    .map(|r| r.map(|(k, _)| (k.value().0.to_owned(), k.value().1)))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(Error::from)?,
-                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
-                Err(e) => return Err(Error::from(e).into()),
-            }
-        };
+        let keys = self.db()?.rechecks()?;
         if keys.is_empty() {
             self.rechecking = false;
             return Ok(());
@@ -801,43 +577,23 @@ impl Client {
     /// version under the other's borrow for good. Returns whether any was forgotten.
     pub(crate) fn reclaim_taken(
         &mut self,
-        b: &crate::Batch<'_>,
+        b: &Write<'_>,
         entries: &[crate::proto::Sequenced],
     ) -> std::result::Result<Taken, End> {
         if !self.reclaiming {
             return Ok(Taken::default());
         }
-        let me = self.db()?.inner.replica.load(Ordering::Acquire);
-        let mut reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
-        let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
-        let mut took = false;
+        let me = self.db()?.replica();
+        let taken = b.forget_taken(entries, me)?;
+        let took = !taken.is_empty();
         let mut superseded = Vec::new();
-        for e in entries {
-            let key = (e.change.tree.as_str(), e.change.id);
-            if let ChangeKind::Borrow { holder } = e.change.kind
-                && holder != 0
-                && holder != me
-                && reclaim.remove(key).map_err(Error::from)?.is_some()
-            {
-                tracing::info!(tree = %e.change.tree, id = e.change.id, holder,
-                    "rekord sync: another replica took the record this one waited to take back; fetching its version");
-                recheck.insert(key, ()).map_err(Error::from)?;
-                took = true;
-                superseded.push(SyncEvent::Superseded {
-                    tree: e.change.tree.clone(),
-                    id: e.change.id,
-                    holder,
-                });
-            }
+        let mut keys = Vec::new();
+        for (tree, id, holder) in taken {
+            tracing::info!(%tree, id, holder,
+                "rekord sync: another replica took the record this one waited to take back; fetching its version");
+            keys.push((tree.clone(), id));
+            superseded.push(SyncEvent::Superseded { tree, id, holder });
         }
-        drop((reclaim, recheck));
-        let keys: Vec<(String, u64)> = superseded
-            .iter()
-            .filter_map(|e| match e {
-                SyncEvent::Superseded { tree, id, .. } => Some((tree.clone(), *id)),
-                _ => None,
-            })
-            .collect();
         let released = if keys.is_empty() {
             Released::default()
         } else {
@@ -866,58 +622,11 @@ impl Client {
     /// again, under a new number.
     pub(crate) fn release_deferred(
         &mut self,
-        b: &crate::Batch<'_>,
+        b: &Write<'_>,
         superseded: &[(String, u64)],
     ) -> std::result::Result<Released, End> {
-        let mut deferred = b.txn.open_table(DEFERRED).map_err(Error::from)?;
-        let reclaim = b.txn.open_table(RECLAIM).map_err(Error::from)?;
-        let mut rows = Vec::new();
-        for row in deferred.iter().map_err(Error::from)? {
-            let (k, v) = row.map_err(Error::from)?;
-            rows.push((k.value(), v.value().to_vec()));
-        }
-        let mut released = Released::default();
-        if rows.is_empty() {
-            return Ok(released);
-        }
-        let mut aside = b.txn.open_table(REJECTED).map_err(Error::from)?;
-        let mut recheck = b.txn.open_table(RECHECK).map_err(Error::from)?;
-        let mut again = Vec::new();
-        for (n, bytes) in rows {
-            let keys = outbox::keys(&bytes)?;
-            if keys.iter().any(|k| superseded.contains(k)) {
-                deferred.remove(n).map_err(Error::from)?;
-                aside.insert(n, bytes.as_slice()).map_err(Error::from)?;
-                for (tree, id) in &keys {
-                    if !super::waits(&reclaim, &(tree.clone(), *id))? {
-                        recheck
-                            .insert((tree.as_str(), *id), ())
-                            .map_err(Error::from)?;
-                        self.rechecking = true;
-                    }
-                }
-                released.rejected.push(n);
-                released.bytes += bytes.len() as u64;
-            } else {
-                let mut waiting = false;
-                for k in &keys {
-                    waiting |= super::waits(&reclaim, k)?;
-                }
-                if !waiting {
-                    deferred.remove(n).map_err(Error::from)?;
-                    again.push(bytes);
-                }
-            }
-        }
-        drop((deferred, reclaim, aside, recheck));
-        if !again.is_empty() {
-            tracing::debug!(
-                entries = again.len(),
-                "rekord sync: writes that waited for records taken back are sent again"
-            );
-            outbox::append(&b.txn, &again)?;
-        }
-        released.again = again.len() as u64;
+        let released = b.release_deferred(superseded)?;
+        self.rechecking |= released.recheck;
         Ok(released)
     }
 
@@ -960,98 +669,12 @@ impl Client {
 
     /// Whether record `id` of `tree` still waits in `rekord.reclaim`.
     fn waits_to_take_back(&self, tree: &str, id: u64) -> std::result::Result<bool, End> {
-        let db = self.db()?;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        match txn.open_table(RECLAIM) {
-            Ok(t) => Ok(t.get((tree, id)).map_err(Error::from)?.is_some()),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-            Err(e) => Err(Error::from(e).into()),
-        }
+        Ok(self.db()?.waits_to_take_back(tree, id)?)
     }
 
     /// Whether `rekord.reclaim` holds records waiting to be taken back.
     pub(crate) fn has_reclaims(&self) -> std::result::Result<bool, End> {
-        let db = self.db()?;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        match txn.open_table(RECLAIM) {
-            Ok(t) => Ok(redb::ReadableTableMetadata::len(&t).map_err(Error::from)? > 0),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-            Err(e) => Err(Error::from(e).into()),
-        }
-    }
-
-    /// Whether `id` is from one of this replica's id ranges.
-    fn owns_id(&self, id: u64) -> std::result::Result<bool, End> {
-        let db = self.db()?;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        let ranges = match txn.open_table(RANGES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(Error::from(e).into()),
-        };
-        let row = ranges.range(..=id).map_err(Error::from)?.next_back();
-        Ok(match row {
-            Some(r) => id < r.map_err(Error::from)?.1.value(),
-            None => false,
-        })
-    }
-
-    /// Whether record `id` of optimistic tree `tree` has edits waiting in the outbox.
-    /// The shared point of the reconciliation that left records waiting
-    /// ([`RECLAIM_COMMON`]; 0 when unknown: edits based on it meet any change as a
-    /// conflict, and the merge decides).
-    fn reclaim_common(&self) -> std::result::Result<u64, End> {
-        let db = self.db()?;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        let meta = txn.open_table(META).map_err(Error::from)?;
-        Ok(meta
-            .get(RECLAIM_COMMON)
-            .map_err(Error::from)?
-            .and_then(|v| read_u64(v.value()))
-            .unwrap_or(0))
-    }
-
-    fn optimistic_pending(&self, tree: &str, id: u64) -> std::result::Result<bool, End> {
-        // (Only optimistic edits have `rekord.pending` rows.)
-        let db = self.db()?;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        match txn.open_table(PENDING) {
-            Ok(t) => has_edits(&t, tree, id),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-            Err(e) => Err(Error::from(e).into()),
-        }
-    }
-
-    /// The stored revisions of record `id` of `tree`, oldest first.
-    fn local_revisions(&self, tree: &str, id: u64) -> std::result::Result<Vec<Local>, End> {
-        let db = self.db()?;
-        let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-        let name = table_name(tree);
-        let def = crate::storage::DataTable::new(&name);
-        let table = match txn.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(Error::from(e).into()),
-        };
-        let mut out = Vec::new();
-        for row in table
-            .range(crate::storage::id_range(id))
-            .map_err(Error::from)?
-        {
-            let (k, v) = row.map_err(Error::from)?;
-            let key = crate::storage::unpack(k.value());
-            let (header, data) = Header::parse(v.value()).ok_or_else(|| Error::Corrupt {
-                tree: tree.to_owned(),
-                key,
-                reason: "invalid value header".into(),
-            })?;
-            out.push(Local {
-                rev: key.rev,
-                header,
-                data: data.to_vec(),
-            });
-        }
-        Ok(out)
+        Ok(self.db()?.has_reclaims()?)
     }
 
     /// Prunes journal rows older than [`crate::sync::SyncConfig::journal_retention`].
@@ -1060,24 +683,7 @@ impl Client {
             u64::try_from(self.config.journal_retention.as_millis()).unwrap_or(u64::MAX),
         );
         let db = self.db()?;
-        let old: Vec<(u64, String, u64)> = {
-            let txn = db.inner.redb.begin_read().map_err(Error::from)?;
-            let journal = match txn.open_table(JOURNAL) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(Error::from(e).into()),
-            };
-            let mut old = Vec::new();
-            for row in journal.iter().map_err(Error::from)? {
-                let (k, v) = row.map_err(Error::from)?;
-                if v.value() >> 1 >= horizon || old.len() >= 100_000 {
-                    break;
-                }
-                let (seq, tree, id) = k.value();
-                old.push((seq, tree.to_owned(), id));
-            }
-            old
-        };
+        let old = db.journal_rows_before(horizon)?;
         if old.is_empty() {
             return Ok(());
         }
@@ -1088,27 +694,8 @@ impl Client {
             .filter(|&seq| seq != crate::sync::UNKNOWN_SEQ)
             .max()
             .unwrap_or(0);
-        let b = self.lazy_batch(&db)?;
-        {
-            let mut journal = b.txn.open_table(JOURNAL).map_err(Error::from)?;
-            let mut states = b.txn.open_table(JOURNAL_STATES).map_err(Error::from)?;
-            for (seq, tree, id) in &old {
-                journal
-                    .remove((*seq, tree.as_str(), *id))
-                    .map_err(Error::from)?;
-                states
-                    .remove((*seq, tree.as_str(), *id))
-                    .map_err(Error::from)?;
-            }
-            let mut meta = b.txn.open_table(META).map_err(Error::from)?;
-            let floor = meta
-                .get(JOURNAL_FLOOR)
-                .map_err(Error::from)?
-                .and_then(|v| read_u64(v.value()))
-                .unwrap_or(0);
-            meta.insert(JOURNAL_FLOOR, floor.max(top).to_le_bytes().as_slice())
-                .map_err(Error::from)?;
-        }
+        let b = self.lazy_write(&db)?;
+        b.prune_journal(&old, top)?;
         b.commit()?;
         Ok(())
     }
@@ -1137,7 +724,12 @@ fn as_edits(changes: Vec<Change>, base: u64) -> Option<Vec<Change>> {
         .collect()
 }
 
-fn resend_changes(tree: &str, id: u64, local: &[Local], server: &[Revision]) -> Vec<Change> {
+fn resend_changes(
+    tree: &str,
+    id: u64,
+    local: &[LocalRevision],
+    server: &[Revision],
+) -> Vec<Change> {
     let change = |rev: u32, kind: ChangeKind| Change {
         tree: tree.to_owned(),
         id,
@@ -1194,65 +786,6 @@ fn resend_changes(tree: &str, id: u64, local: &[Local], server: &[Revision]) -> 
 /// being this replica's own, is never applied back; the record is fetched again once the
 /// outbox settled instead (`rekord.recheck`, inserted by the caller). (A fault run ended
 /// with a note missing on the one replica that had edited it.)
-fn edited_since(
-    txn: &redb::WriteTransaction,
-    tree: &str,
-    id: u64,
-) -> std::result::Result<bool, End> {
-    match txn.open_table(PENDING) {
-        Ok(t) => has_edits(&t, tree, id),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-        Err(e) => Err(Error::from(e).into()),
-    }
-}
-
-/// Whether `pending` (`rekord.pending`, in a read or a write transaction) has optimistic
-/// edits of record `id` of `tree` waiting.
-fn has_edits(
-    pending: &impl redb::ReadableTable<(&'static str, u64), &'static [u8]>,
-    tree: &str,
-    id: u64,
-) -> std::result::Result<bool, End> {
-    Ok(pending
-        .get((tree, id))
-        .map_err(Error::from)?
-        .is_some_and(|v| PendingRow::decode(v.value()).count > 0))
-}
-
-/// Per record, the states other replicas' changes left it in here: (digest, origin).
-type Seen = HashMap<(String, u64), HashSet<(u64, u32)>>;
-
-/// The states each record was left in by other replicas' changes after `common`, as this
-/// replica applied them (`rekord.journal_states`); `None` when they are not known from
-/// `common` on (a database from before they were kept).
-fn seen_states(txn: &redb::ReadTransaction, common: u64) -> std::result::Result<Option<Seen>, End> {
-    let meta = txn.open_table(META).map_err(Error::from)?;
-    let from = meta
-        .get(crate::sync::JOURNAL_STATES_FROM)
-        .map_err(Error::from)?
-        .and_then(|v| read_u64(v.value()));
-    // Kept from a point after the shared one, or pruned past it: an earlier state may be
-    // missing.
-    let floor = meta
-        .get(JOURNAL_FLOOR)
-        .map_err(Error::from)?
-        .and_then(|v| read_u64(v.value()))
-        .unwrap_or(0);
-    if from.is_none_or(|from| from > common + 1) || floor > common {
-        return Ok(None);
-    }
-    let table = match txn.open_table(JOURNAL_STATES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(Error::from(e).into()),
-    };
-    let mut seen = Seen::new();
-    for row in table.range((common + 1, "", 0)..).map_err(Error::from)? {
-        let (k, v) = row.map_err(Error::from)?;
-        let (_, tree, id) = k.value();
-        seen.entry((tree.to_owned(), id))
-            .or_default()
-            .insert(v.value());
-    }
-    Ok(Some(seen))
+fn edited_since(b: &Write<'_>, tree: &str, id: u64) -> std::result::Result<bool, End> {
+    Ok(b.edited(tree, id)?)
 }
