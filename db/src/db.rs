@@ -408,7 +408,11 @@ impl Db {
         driven: bool,
     ) -> Result<(Db, Option<crate::sync::client::SyncDriver>)> {
         Db::prepare_sync(&db.inner, &config)?;
-        let (link, driver) = crate::sync::client::start_with(&db.inner, config, driven)?;
+        let (link, driver) = crate::sync::client::start_with(
+            crate::sync::local::Handle::new(&db.inner),
+            config,
+            driven,
+        )?;
         // A fresh `DbInner` has no link yet.
         let _ = db.inner.link.set(link);
         Ok((db, driver))
@@ -443,7 +447,8 @@ impl Db {
         inner: &Arc<DbInner>,
         config: crate::sync::SyncConfig,
     ) -> Result<()> {
-        let (link, _) = crate::sync::client::start_with(inner, config, false)?;
+        let (link, _) =
+            crate::sync::client::start_with(crate::sync::local::Handle::new(inner), config, false)?;
         inner.link.set(link).map_err(|_| Error::Browser {
             operation: "starting the sync client",
             message: "it runs already".into(),
@@ -1128,7 +1133,9 @@ impl DbInner {
     /// Waits until the server processed outbox entries `first..=last` (write-through).
     pub(crate) fn await_entries(&self, first: u64, last: u64) -> Result<()> {
         if let Some(link) = self.link.get() {
-            return link.await_entries(self, first, last);
+            return link.await_entries(first, last, || {
+                crate::sync::local::rejected_among(self, first, last)
+            });
         }
         let _ = (first, last);
         Ok(())

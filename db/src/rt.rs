@@ -80,3 +80,20 @@ pub async fn first<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Out
     })
     .await
 }
+
+/// Random bytes from the operating system (through the TLS library's source), or the
+/// browser's `crypto.getRandomValues`.
+pub(crate) fn random<const N: usize>() -> crate::Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    let failed = |_| crate::Error::CorruptMeta {
+        reason: "the operating system gave no random bytes for the client identity".into(),
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    quinn::rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut buf)
+        .map_err(failed)?;
+    #[cfg(target_arch = "wasm32")]
+    getrandom::getrandom(&mut buf).map_err(failed)?;
+    Ok(buf)
+}

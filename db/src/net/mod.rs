@@ -513,8 +513,7 @@ impl Session {
         pinned: Option<Id>,
         presented: Option<String>,
     ) -> Result<(), NetError> {
-        let nonce =
-            crate::sync::client::random::<32>().map_err(|e| NetError::NotProven(e.to_string()))?;
+        let nonce = crate::rt::random::<32>().map_err(|e| NetError::NotProven(e.to_string()))?;
         let request = Frame::Request {
             id: 0,
             body: Request::WebCertificates { nonce },

@@ -6,10 +6,9 @@
 
 mod restore;
 
-use super::local::{Local, Write};
+use super::local::{Handle, Local, Write};
 use super::outbox;
 use super::{Coverage, SyncConfig, SyncStatus, UNKNOWN_REPLICA};
-use crate::db::DbInner;
 use crate::event::{SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
 use crate::proto::handshake::{ClientConfig, HandshakeError};
@@ -18,7 +17,7 @@ use crate::rt::Instant;
 use crate::{Error, RawKey, Result};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// What the application asks of the sync thread.
@@ -199,8 +198,14 @@ impl Link {
     }
 
     /// Waits until the server processed outbox entries `first..=last`, at most the request
-    /// timeout; a refusal of any of them is [`Error::Refused`].
-    pub(crate) fn await_entries(&self, db: &DbInner, first: u64, last: u64) -> Result<()> {
+    /// timeout; a refusal of any of them is [`Error::Refused`] (`rejected`: whether the
+    /// database set any of them aside as refused).
+    pub(crate) fn await_entries(
+        &self,
+        first: u64,
+        last: u64,
+        rejected: impl FnOnce() -> Result<bool>,
+    ) -> Result<()> {
         let (done, status) = self.wait(self.timeout, |s| {
             s.processed_entry >= last || s.refused.is_some()
         });
@@ -228,7 +233,7 @@ impl Link {
                     .into(),
             });
         }
-        if super::local::rejected_among(db, first, last)? {
+        if rejected()? {
             let reasons = lock(&self.reasons);
             let mut why: Vec<&str> = reasons
                 .range(first..=last)
@@ -346,25 +351,8 @@ impl Link {
     }
 }
 
-/// Random bytes from the operating system (through the TLS library's source), or the
-/// browser's `crypto.getRandomValues`.
-pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
-    let mut buf = [0u8; N];
-    let failed = |_| Error::CorruptMeta {
-        reason: "the operating system gave no random bytes for the client identity".into(),
-    };
-    #[cfg(not(target_arch = "wasm32"))]
-    quinn::rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut buf)
-        .map_err(failed)?;
-    #[cfg(target_arch = "wasm32")]
-    getrandom::getrandom(&mut buf).map_err(failed)?;
-    Ok(buf)
-}
-
 fn unit_random() -> f64 {
-    random::<8>().map_or(0.5, |b| {
+    crate::rt::random::<8>().map_or(0.5, |b| {
         (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
     })
 }
@@ -376,7 +364,7 @@ pub type SyncDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 /// Starts the sync client of `db`: on a thread of its own (a task in a browser), or, when
 /// `driven`, as the returned future for the application to run.
 pub(crate) fn start_with(
-    db: &Arc<DbInner>,
+    db: Handle,
     config: SyncConfig,
     driven: bool,
 ) -> Result<(Arc<Link>, Option<SyncDriver>)> {
@@ -402,7 +390,10 @@ pub(crate) fn start_with(
         driven,
     });
     let (start, replica) = {
-        let local = Local::new(db.clone());
+        let local = db.get().ok_or_else(|| Error::Offline {
+            what: "starting the sync client",
+            reason: "the database closed".into(),
+        })?;
         (local.start()?, local.replica())
     };
     let cursor = start.cursor;
@@ -415,7 +406,7 @@ pub(crate) fn start_with(
         s.replica = (replica != UNKNOWN_REPLICA).then_some(replica);
     });
     let client = Client {
-        db: Arc::downgrade(db),
+        db: db.clone(),
         link: link.clone(),
         config,
         commands: commands_rx,
@@ -435,7 +426,7 @@ pub(crate) fn start_with(
         no_ids: false,
         rechecking: true,
     };
-    let weak = Arc::downgrade(db);
+    let weak = db;
     let done_link = link.clone();
     // The client until the database closes; then what the server acknowledged (settled
     // entries, merges, applied changes) becomes durable now, not at some later commit.
@@ -446,8 +437,8 @@ pub(crate) fn start_with(
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
         };
         let _ = crate::rt::first(client.run(), stopped).await;
-        if let Some(db) = weak.upgrade()
-            && let Err(e) = Local::new(db).make_durable()
+        if let Some(db) = weak.get()
+            && let Err(e) = db.make_durable()
         {
             tracing::warn!(error = %e, "rekord sync: cannot make the last commits durable");
         }
@@ -512,7 +503,7 @@ impl From<Error> for End {
 }
 
 struct Client {
-    db: Weak<DbInner>,
+    db: Handle,
     link: Arc<Link>,
     config: SyncConfig,
     commands: async_channel::Receiver<Command>,
@@ -598,7 +589,7 @@ enum Wakeup {
 impl Client {
     /// The database, through the sync client's interface to it ([`Local`]).
     fn db(&self) -> std::result::Result<Local, End> {
-        self.db.upgrade().map(Local::new).ok_or(End::Closed)
+        self.db.get().ok_or(End::Closed)
     }
 
     /// A batch for the sync client's own bookkeeping (applied server changes, settled

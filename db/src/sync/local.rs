@@ -34,11 +34,28 @@ use crate::storage::{
 use crate::{Error, Result};
 use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 /// A live handle on the replica's database, for the sync client.
 pub(crate) struct Local(crate::Db);
+
+/// What the sync client holds of its database: a weak handle, which never keeps a closed
+/// database open ([`Handle::get`] is `None` once it closed).
+#[derive(Clone)]
+pub(crate) struct Handle(Weak<DbInner>);
+
+impl Handle {
+    /// The handle of `db`.
+    pub(crate) fn new(db: &Arc<DbInner>) -> Self {
+        Handle(Arc::downgrade(db))
+    }
+
+    /// The database, unless it closed.
+    pub(crate) fn get(&self) -> Option<Local> {
+        self.0.upgrade().map(Local::new)
+    }
+}
 
 /// One local transaction of the sync client (see the module documentation).
 pub(crate) struct Write<'d>(crate::Batch<'d>);
@@ -237,7 +254,7 @@ fn has_edits(
 pub(crate) fn init_meta(meta: &mut redb::Table<'_, &str, &[u8]>, created: bool) -> Result<u32> {
     if created {
         meta.insert(MODE, b"client".as_slice())?;
-        meta.insert(CLIENT, super::client::random::<16>()?.as_slice())?;
+        meta.insert(CLIENT, crate::rt::random::<16>()?.as_slice())?;
         meta.insert(CURSOR, 0u64.to_le_bytes().as_slice())?;
     }
     let replica = meta
@@ -246,7 +263,7 @@ pub(crate) fn init_meta(meta: &mut redb::Table<'_, &str, &[u8]>, created: bool) 
     Ok(replica.unwrap_or(UNKNOWN_REPLICA))
 }
 
-/// Whether any of outbox entries `first..=last` was refused for good.
+/// Whether any of outbox entries `first..=last` of `db` was refused for good.
 pub(crate) fn rejected_among(db: &DbInner, first: u64, last: u64) -> Result<bool> {
     let txn = db.redb.begin_read()?;
     Ok(txn
@@ -1342,8 +1359,9 @@ impl<'d> Write<'d> {
 
 #[cfg(test)]
 mod tests {
-    /// The protocol side names no table, transaction or lock of the database: everything
-    /// it reads or writes goes through [`super::Local`] and [`super::Write`].
+    /// The protocol side names no table, transaction or lock of the database, nor its
+    /// `db` and `tree` modules: everything it reads or writes goes through
+    /// [`super::Local`] and [`super::Write`].
     #[test]
     fn the_protocol_side_reaches_the_database_only_through_this_module() {
         let files = [
@@ -1360,6 +1378,9 @@ mod tests {
             ".batch()",
             ".inner.",
             "Batch",
+            "DbInner",
+            "crate::db",
+            "crate::tree",
         ];
         for (file, text) in files {
             for needle in past_the_interface {
