@@ -987,7 +987,7 @@ impl Client {
             b.store_history(&hello.history)?;
             b.commit_for_sync()?;
         }
-        self.prune_journal()?;
+        self.prune_journal(hello.head)?;
         // Records waiting to be taken back are retried once caught up (`CaughtUp`): a
         // replica that borrowed one meanwhile shows in the catch-up, and its version then
         // stands (`reclaim_taken`); retried before, this replica's stale copy could be

@@ -677,8 +677,9 @@ impl Client {
         Ok(self.db()?.has_reclaims()?)
     }
 
-    /// Prunes journal rows older than [`crate::sync::SyncConfig::journal_retention`].
-    pub(crate) fn prune_journal(&mut self) -> std::result::Result<(), End> {
+    /// Prunes journal rows older than [`crate::sync::SyncConfig::journal_retention`];
+    /// `head`: the server's, as this session's hello gave it.
+    pub(crate) fn prune_journal(&mut self, head: u64) -> std::result::Result<(), End> {
         let horizon = outbox::now_ms().saturating_sub(
             u64::try_from(self.config.journal_retention.as_millis()).unwrap_or(u64::MAX),
         );
@@ -687,13 +688,21 @@ impl Client {
         if old.is_empty() {
             return Ok(());
         }
-        // (A row of an unknown number says nothing of which numbers are covered.)
+        let unknown = crate::sync::UNKNOWN_SEQ;
         let top = old
             .iter()
             .map(|k| k.0)
-            .filter(|&seq| seq != crate::sync::UNKNOWN_SEQ)
+            .filter(|&seq| seq != unknown)
             .max()
             .unwrap_or(0);
+        // A row of an unknown number (a tab that took over) stands for a change the server
+        // settled before the row was made, in this history (a reconciliation removes such
+        // rows): numbered at most its head now. The journal is complete only after that.
+        let top = if old.iter().any(|k| k.0 == unknown) {
+            top.max(head)
+        } else {
+            top
+        };
         let b = self.lazy_write(&db)?;
         b.prune_journal(&old, top)?;
         b.commit()?;

@@ -1,0 +1,119 @@
+//! The journal floor (`sync.journal_floor`) when retention prunes a journal row of an
+//! unknown sequence number (`sync::UNKNOWN_SEQ`: a browser tab that took over notes one for
+//! each outbox entry the old leader settled, whose number it does not know). Such a row
+//! stands for a change the server numbered at most its head when the row was pruned; once
+//! it is gone, a restore to a point before that head must say its reconciliation may be
+//! incomplete (`SyncEvent::Restored::incomplete`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use rekord::{Db, Event, SyncEvent};
+
+#[path = "common/process.rs"]
+mod process;
+use process::{ServerProcess, config, token};
+
+#[path = "common/restore.rs"]
+mod shared;
+use shared::{Note, Part, WAIT, open_with};
+
+const JOURNAL: redb::TableDefinition<(u64, &str, u64), u64> =
+    redb::TableDefinition::new("rekord.journal");
+
+fn settle(db: &Db) {
+    db.wait_pushed(WAIT).unwrap();
+    db.wait_caught_up(WAIT).unwrap();
+}
+
+#[test]
+fn a_pruned_row_of_an_unknown_number_marks_the_journal_incomplete_up_to_the_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let addr = server.addr;
+    let pa = tmp.path().join("a.rekord");
+    let bk = tmp.path().join("bk.redb");
+    let retention = Duration::from_secs(1);
+    // A receives `parts` only; B writes both trees.
+    let acfg = || {
+        config(addr, &token)
+            .trees(["parts"])
+            .journal_retention(retention)
+    };
+    let b = Db::memory_synced(config(addr, &token)).unwrap();
+    b.wait_caught_up(WAIT).unwrap();
+    let (pb, nb) = (b.tree::<Part>().unwrap(), b.tree::<Note>().unwrap());
+    let p1 = {
+        let a = open_with(&pa, acfg());
+        let p1 = pb
+            .create(&Part {
+                name: "p1".into(),
+                qty: 1,
+            })
+            .unwrap();
+        settle(&b);
+        nb.create(&Note { a: 1, b: 1 }).unwrap();
+        settle(&b);
+        let head = b.sync_status().unwrap().cursor;
+        assert!(shared::eventually("A to receive p1", || {
+            a.tree::<Part>().unwrap().len().unwrap() == 1
+        }));
+        process::backup(&data, &bk);
+        // Past the backup, in a tree A does not receive: the server's head moves on, A's
+        // journal does not.
+        nb.create(&Note { a: 2, b: 2 }).unwrap();
+        settle(&b);
+        assert!(b.sync_status().unwrap().cursor > head);
+        drop(a);
+        p1
+    };
+    // A row of an unknown number in A's journal, made long ago (as a takeover notes one).
+    {
+        let file = redb::Database::open(&pa).unwrap();
+        let txn = file.begin_write().unwrap();
+        {
+            let mut journal = txn.open_table(JOURNAL).unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            let at = ((now - 60_000) << 1) | 1;
+            journal
+                .insert((u64::MAX, "parts", p1.raw().id), at)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    std::thread::sleep(retention + Duration::from_millis(500));
+    // A's next session prunes every row (all older than the retention), that one too.
+    let a = open_with(&pa, acfg());
+    a.wait_caught_up(WAIT).unwrap();
+    // A change after that, which A journals: the restore below has a record to reconcile.
+    pb.update(p1, |p| p.qty = 2).unwrap();
+    settle(&b);
+    assert!(shared::eventually("A to receive the update", || {
+        a.tree::<Part>().unwrap().get(p1).is_ok_and(|p| p.qty == 2)
+    }));
+    let sub = a.subscribe();
+    let server = process::restore(server, &data, &bk);
+    let restored = loop {
+        match sub.recv_timeout(WAIT) {
+            Some(Event::Sync(SyncEvent::Restored {
+                common, incomplete, ..
+            })) => break (common, incomplete),
+            Some(_) => {}
+            None => panic!("A did not reconcile with the restored server"),
+        }
+    };
+    drop(server);
+    // The pruned row's change may have had any number up to the head at its pruning, past
+    // the shared point: the journal may lack a record changed after it.
+    assert!(
+        restored.1,
+        "the reconciliation from {} says its journal is complete, though a row of an unknown \
+         number past it was pruned",
+        restored.0
+    );
+}
