@@ -1,9 +1,10 @@
 //! The journal floor (`sync.journal_floor`) when retention prunes a journal row of an
 //! unknown sequence number (`sync::UNKNOWN_SEQ`: a browser tab that took over notes one for
 //! each outbox entry the old leader settled, whose number it does not know). Such a row
-//! stands for a change the server numbered at most its head when the row was pruned; once
-//! it is gone, a restore to a point before that head must say its reconciliation may be
-//! incomplete (`SyncEvent::Restored::incomplete`).
+//! stands for a change the server numbered at most its head when the row was pruned. Of a
+//! tree the replica does not receive, once it is gone, a restore to a point before that
+//! head must say its reconciliation may be incomplete (`SyncEvent::Restored::incomplete`);
+//! of a tree it receives, the change comes back with its number, and nothing is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -28,6 +29,31 @@ fn settle(db: &Db) {
 
 #[test]
 fn a_pruned_row_of_an_unknown_number_marks_the_journal_incomplete_up_to_the_head() {
+    let (common, incomplete) = restore_after_pruning_an_unknown_row("notes");
+    // The pruned row's change may have had any number up to the head at its pruning, past
+    // the shared point: the journal may lack a record changed after it.
+    assert!(
+        incomplete,
+        "the reconciliation from {common} says its journal is complete, though a row of an \
+         unknown number of a tree not received, past it, was pruned"
+    );
+}
+
+#[test]
+fn a_pruned_row_of_an_unknown_number_of_a_received_tree_keeps_the_journal_complete() {
+    let (common, incomplete) = restore_after_pruning_an_unknown_row("parts");
+    assert!(
+        !incomplete,
+        "the reconciliation from {common} says its journal is incomplete, though the only \
+         pruned row past it was of a tree whose changes come back with their numbers"
+    );
+}
+
+/// A receives `parts` only, B writes `parts` and `notes`. A row of an unknown number of
+/// `tree` is put in A's journal, dated long ago; A's next session prunes it; the server is
+/// then restored to a backup before its head at that time. Returns A's `Restored`'s shared
+/// point and `incomplete`.
+fn restore_after_pruning_an_unknown_row(tree: &str) -> (u64, bool) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
     let token = token(&data);
@@ -45,7 +71,7 @@ fn a_pruned_row_of_an_unknown_number_marks_the_journal_incomplete_up_to_the_head
     let b = Db::memory_synced(config(addr, &token)).unwrap();
     b.wait_caught_up(WAIT).unwrap();
     let (pb, nb) = (b.tree::<Part>().unwrap(), b.tree::<Note>().unwrap());
-    let p1 = {
+    let (p1, n1) = {
         let a = open_with(&pa, acfg());
         let p1 = pb
             .create(&Part {
@@ -54,7 +80,7 @@ fn a_pruned_row_of_an_unknown_number_marks_the_journal_incomplete_up_to_the_head
             })
             .unwrap();
         settle(&b);
-        nb.create(&Note { a: 1, b: 1 }).unwrap();
+        let n1 = nb.create(&Note { a: 1, b: 1 }).unwrap();
         settle(&b);
         let head = b.sync_status().unwrap().cursor;
         assert!(shared::eventually("A to receive p1", || {
@@ -67,7 +93,7 @@ fn a_pruned_row_of_an_unknown_number_marks_the_journal_incomplete_up_to_the_head
         settle(&b);
         assert!(b.sync_status().unwrap().cursor > head);
         drop(a);
-        p1
+        (p1, n1)
     };
     // A row of an unknown number in A's journal, made long ago (as a takeover notes one).
     {
@@ -81,7 +107,18 @@ fn a_pruned_row_of_an_unknown_number_marks_the_journal_incomplete_up_to_the_head
                 .as_millis() as u64;
             let at = ((now - 60_000) << 1) | 1;
             journal
-                .insert((u64::MAX, "parts", p1.raw().id), at)
+                .insert(
+                    (
+                        u64::MAX,
+                        tree,
+                        if tree == "parts" {
+                            p1.raw().id
+                        } else {
+                            n1.raw().id
+                        },
+                    ),
+                    at,
+                )
                 .unwrap();
         }
         txn.commit().unwrap();
@@ -108,12 +145,5 @@ fn a_pruned_row_of_an_unknown_number_marks_the_journal_incomplete_up_to_the_head
         }
     };
     drop(server);
-    // The pruned row's change may have had any number up to the head at its pruning, past
-    // the shared point: the journal may lack a record changed after it.
-    assert!(
-        restored.1,
-        "the reconciliation from {} says its journal is complete, though a row of an unknown \
-         number past it was pruned",
-        restored.0
-    );
+    restored
 }

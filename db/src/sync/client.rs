@@ -1750,10 +1750,7 @@ impl Client {
             return Ok(());
         }
         let coverage = db.coverage()?;
-        keys.retain(|(tree, _)| match &coverage {
-            Some(c) => c.is_live(tree),
-            None => self.config.trees.is_empty() || self.config.trees.iter().any(|t| t == tree),
-        });
+        keys.retain(|(tree, _)| self.receives(coverage.as_ref(), tree));
         if keys.is_empty() {
             return Ok(());
         }
@@ -1761,6 +1758,15 @@ impl Client {
         b.drop_unknown_journal_rows(&keys)?;
         b.commit()?;
         Ok(())
+    }
+
+    /// Whether this replica receives the changes of `tree` (per the stored subscription
+    /// coverage, else the configured subscription).
+    fn receives(&self, coverage: Option<&Coverage>, tree: &str) -> bool {
+        match coverage {
+            Some(c) => c.is_live(tree),
+            None => self.config.trees.is_empty() || self.config.trees.iter().any(|t| t == tree),
+        }
     }
 
     /// Applies `first` and every push already received after it, consecutive changes in

@@ -20,8 +20,9 @@
 
 use super::outbox::{self, Entry, PendingRow};
 use super::{
-    CLIENT, COVERAGE, CURSOR, Coverage, HISTORY, JOURNAL_FLOOR, JOURNAL_STATES_FROM, MODE, PIN,
-    RECLAIM_COMMON, REPLICA, UNKNOWN_REPLICA, UNKNOWN_SEQ, WEB_HASHES,
+    CLIENT, COVERAGE, CURSOR, Coverage, HISTORY, JOURNAL_FLOOR, JOURNAL_STATES_FROM,
+    JOURNAL_UNKNOWN_FLOOR, MODE, PIN, RECLAIM_COMMON, REPLICA, UNKNOWN_REPLICA, UNKNOWN_SEQ,
+    WEB_HASHES,
 };
 use crate::db::{DbInner, read_u64};
 use crate::event::{Event, SyncEvent, lock};
@@ -640,7 +641,10 @@ impl Local {
             }
         }
         let meta = txn.open_table(META)?;
-        let floor = meta_u64(&meta, JOURNAL_FLOOR)?.unwrap_or(0);
+        // (Rows of an unknown number that were pruned stood for changes up to the second.)
+        let floor = meta_u64(&meta, JOURNAL_FLOOR)?
+            .unwrap_or(0)
+            .max(meta_u64(&meta, JOURNAL_UNKNOWN_FLOOR)?.unwrap_or(0));
         let ranges: Vec<(u64, u64)> = match optional(&txn, RANGES)? {
             Some(t) => t
                 .iter()?
@@ -1014,8 +1018,14 @@ impl<'d> Write<'d> {
     }
 
     /// Removes journal rows `old` (and their states), and raises the journal floor to
-    /// `top`.
-    pub(crate) fn prune_journal(&self, old: &[(u64, String, u64)], top: u64) -> Result<()> {
+    /// `top` and the floor of rows of an unknown number to `unknown_top` (see
+    /// [`JOURNAL_UNKNOWN_FLOOR`]).
+    pub(crate) fn prune_journal(
+        &self,
+        old: &[(u64, String, u64)],
+        top: u64,
+        unknown_top: u64,
+    ) -> Result<()> {
         let mut journal = self.txn().open_table(JOURNAL)?;
         let mut states = self.txn().open_table(JOURNAL_STATES)?;
         for (seq, tree, id) in old {
@@ -1025,6 +1035,13 @@ impl<'d> Write<'d> {
         let mut meta = self.txn().open_table(META)?;
         let floor = meta_u64(&meta, JOURNAL_FLOOR)?.unwrap_or(0);
         meta.insert(JOURNAL_FLOOR, floor.max(top).to_le_bytes().as_slice())?;
+        if unknown_top > 0 {
+            let floor = meta_u64(&meta, JOURNAL_UNKNOWN_FLOOR)?.unwrap_or(0);
+            meta.insert(
+                JOURNAL_UNKNOWN_FLOOR,
+                floor.max(unknown_top).to_le_bytes().as_slice(),
+            )?;
+        }
         Ok(())
     }
 
@@ -1298,6 +1315,14 @@ impl<'d> Write<'d> {
             store_history(&mut meta, lineage)?;
             if waiting {
                 meta.insert(RECLAIM_COMMON, common.to_le_bytes().as_slice())?;
+            }
+            // Pruned rows of an unknown number stood for changes of the old history: those
+            // past the shared point are gone with it (this reconciliation reported them),
+            // and the journal past it is made again from the new history's changes.
+            if let Some(floor) = meta_u64(&meta, JOURNAL_UNKNOWN_FLOOR)?
+                && floor > common
+            {
+                meta.insert(JOURNAL_UNKNOWN_FLOOR, common.to_le_bytes().as_slice())?;
             }
         }
         // Optimistic edits based on changes the server lost are based on the shared point

@@ -140,6 +140,11 @@ pub(crate) const OPTIMISTIC_PREFIX: &str = "sync.optimistic.";
 
 /// `rekord.meta` key of the highest sequence number whose journal rows were pruned (u64 LE).
 pub(crate) const JOURNAL_FLOOR: &str = "sync.journal_floor";
+/// `rekord.meta` key of the highest sequence number a pruned journal row of an unknown
+/// number ([`UNKNOWN_SEQ`]) may have stood for (u64 LE): the server's head when it was
+/// pruned. Only whether a reconciliation's journal is complete counts it (such a row has no
+/// states in `rekord.journal_states`, so the seen states keep [`JOURNAL_FLOOR`]).
+pub(crate) const JOURNAL_UNKNOWN_FLOOR: &str = "sync.journal_unknown_floor";
 /// The sequence number of a `rekord.journal` row whose change's number is not known here
 /// yet: a tab taking over learns that the leader before it settled entries whose journal
 /// rows the stored image may not hold. Such a row counts as after any restore point

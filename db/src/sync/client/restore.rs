@@ -696,15 +696,22 @@ impl Client {
             .max()
             .unwrap_or(0);
         // A row of an unknown number (a tab that took over) stands for a change the server
-        // settled before the row was made, in this history (a reconciliation removes such
-        // rows): numbered at most its head now. The journal is complete only after that.
-        let top = if old.iter().any(|k| k.0 == unknown) {
-            top.max(head)
+        // settled before the row was made, in this history (a reconciliation would have
+        // removed the row): numbered at most its head now. Of a tree this replica receives,
+        // the change comes back with its number (this session's catch-up, or one before it
+        // whose rows are here); of another tree, the journal is complete only after the
+        // head.
+        let coverage = db.coverage()?;
+        let unknown_top = if old
+            .iter()
+            .any(|(seq, tree, _)| *seq == unknown && !self.receives(coverage.as_ref(), tree))
+        {
+            head
         } else {
-            top
+            0
         };
         let b = self.lazy_write(&db)?;
-        b.prune_journal(&old, top)?;
+        b.prune_journal(&old, top, unknown_top)?;
         b.commit()?;
         Ok(())
     }
