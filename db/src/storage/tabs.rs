@@ -2502,6 +2502,22 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         }
     }
     let mut b = Batch::begin(db)?;
+    // The ids this tab has left of its own: a synced follower's ranges are only those the
+    // leaders carved for it (its welcome cleared the rest), and it takes them upward from
+    // its next id (every id below, of a record removed since too, is used). No other tab
+    // takes them: they stay this tab's when it leads.
+    let own_free: Vec<(u64, u64)> = {
+        let from = b.writer.next_id;
+        let mut free = Vec::new();
+        for row in b.txn.open_table(RANGES)?.iter()? {
+            let (s, e) = row?;
+            let (s, e) = (s.value().max(from), e.value());
+            if s < e {
+                free.push((s, e));
+            }
+        }
+        free
+    };
     // The newer of the stored image and the welcome copy is where the sync side starts.
     let (base, base_next) = if image_commits >= welcome.commits {
         copy_table(&read, &b.txn, OUTBOX)?;
@@ -2685,23 +2701,10 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
     for u in tab.state.borrow().unacked.iter() {
         used.extend(u.changes.records.iter().map(|r| r.id));
     }
-    let next = skip_used_ids(&b, base_next, &carved, &used)?;
+    let next = skip_used_ids(&b, base_next, &carved, &own_free, &used)?;
     // The old leader's last commits may still be on their way, with records it created
-    // from where it stood in its range: this tab's own creates start further on.
-    let next = {
-        let ranges = b.txn.open_table(RANGES)?;
-        let containing = match ranges.range(..=next)?.next_back() {
-            Some(row) => {
-                let (_, e) = row?;
-                Some(e.value())
-            }
-            None => None,
-        };
-        match containing {
-            Some(end) if end > next => next.saturating_add(TAKEOVER_ID_GAP).min(end),
-            _ => next,
-        }
-    };
+    // from where it stood: this tab's own creates keep out of their way.
+    let next = leave_gap(&b, next, &own_free)?;
     {
         let mut meta = b.txn.open_table(META)?;
         let commit = b.writer.commit;
@@ -2722,8 +2725,15 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         s.leader = true;
         s.followers = true;
     }
+    // The commit stores the writer's next id (as it was, were it left: below the ranges
+    // now, and a reload of this image would start there).
+    let before = (b.writer.next_id, b.writer.range_end);
+    b.writer.next_id = next;
+    b.writer.range_end = 0;
     if let Err(e) = b.commit() {
         tab.state.borrow_mut().leader = false;
+        let mut w = crate::event::lock(&db.writer);
+        (w.next_id, w.range_end) = before;
         return Err(e);
     }
     {
@@ -2731,9 +2741,6 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         s.adopted = Some(last_commit);
         s.adopted_cover = cover;
     }
-    let mut w = crate::event::lock(&db.writer);
-    w.next_id = next;
-    w.range_end = 0;
     Ok(())
 }
 
@@ -2926,10 +2933,58 @@ fn recount_pending(b: &Batch<'_>) -> Result<()> {
     Ok(())
 }
 
+/// A tab taking over: the old leader's creates not heard of yet (a burst right before it
+/// went) took ids upward from `from`, where the known ones end, through its ranges: every
+/// id of those ranges below `from` and the next [`TAKEOVER_ID_GAP`] above are taken out.
+/// The ids this tab has left of its own ranges (`own`, which no other tab takes, in the
+/// ranges since [`skip_used_ids`]) stay. The next id to use: the lowest left. (Without its
+/// own ids, a follower that took over offline had only what the old leader left of its
+/// range, which carving for every tab makes short, often shorter than the gap: it could
+/// create nothing until the server was back.)
+fn leave_gap(b: &Batch<'_>, from: u64, own: &[(u64, u64)]) -> Result<u64> {
+    let is_own = |s: u64, e: u64| own.iter().any(|&(o0, o1)| s >= o0 && e <= o1);
+    let mut ranges = b.txn.open_table(RANGES)?;
+    let mut all = Vec::new();
+    for row in ranges.iter()? {
+        let (s, e) = row?;
+        all.push((s.value(), e.value()));
+    }
+    let mut gap = TAKEOVER_ID_GAP;
+    let mut skipped_to = from;
+    for (s, e) in all {
+        if is_own(s, e) || e <= s {
+            continue;
+        }
+        let start = s.max(from);
+        let take = gap.min(e.saturating_sub(start));
+        gap -= take;
+        let keep = start + take;
+        if keep != s {
+            ranges.remove(s)?;
+            if keep < e {
+                ranges.insert(keep, e)?;
+            }
+            skipped_to = skipped_to.max(keep);
+        }
+    }
+    let lowest = match ranges.iter()?.next() {
+        Some(row) => Some(row?.0.value()),
+        None => None,
+    };
+    Ok(lowest.unwrap_or(skipped_to))
+}
+
 /// Takes out of the id ranges the ranges carved for followers (the stored image may
-/// predate them) and every id up to the highest any record here has in each, or `used`
-/// names (the old leader's creates since the stored image); the next id to use.
-fn skip_used_ids(b: &Batch<'_>, next: u64, carved: &[(u64, u64)], used: &[u64]) -> Result<u64> {
+/// predate them), puts back this tab's own ids left (`own`), and takes out every id up to
+/// the highest any record here has in each, or `used` names (the old leader's creates since
+/// the stored image); the next id to use.
+fn skip_used_ids(
+    b: &Batch<'_>,
+    next: u64,
+    carved: &[(u64, u64)],
+    own: &[(u64, u64)],
+    used: &[u64],
+) -> Result<u64> {
     use redb::TableHandle as _;
     let names: Vec<String> = b
         .txn
@@ -2956,6 +3011,11 @@ fn skip_used_ids(b: &Batch<'_>, next: u64, carved: &[(u64, u64)], used: &[u64]) 
                 ranges.insert(c1, e)?;
             }
         }
+    }
+    // This tab's own ids left (its share of the carved ranges, out now) come back, to be
+    // checked against the records here like the rest.
+    for &(s, e) in own {
+        ranges.insert(s, e)?;
     }
     let mut all = Vec::new();
     for row in ranges.iter()? {

@@ -54,7 +54,9 @@ impl Synced {
     /// Opens (or creates) the synced database `name`, reaching the server at `url` (its
     /// WebTransport certificate hashes comma-separated, or `webpki` for a certificate from a
     /// public CA; `pin` is `UUID FINGERPRINT` or empty) as application `app` with `token`;
-    /// `relaxed` (optional, default false) stores it with relaxed durability.
+    /// `relaxed` (optional, default false) stores it with relaxed durability; `range_size`
+    /// (optional) is how many ids it asks the server for at a time.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         name: String,
         url: String,
@@ -63,6 +65,7 @@ impl Synced {
         token: String,
         pin: String,
         relaxed: Option<bool>,
+        range_size: Option<f64>,
     ) -> Result<Synced, JsError> {
         // A panic's message reaches the console (the driver prints it), not only "unreachable".
         std::panic::set_hook(Box::new(|info| {
@@ -86,6 +89,9 @@ impl Synced {
                     .initial(std::time::Duration::from_millis(50))
                     .max(std::time::Duration::from_millis(500)),
             );
+        if let Some(ids) = range_size {
+            config = config.range_size(ids as u64);
+        }
         if let Some((uuid, fingerprint)) = pin.split_once(' ') {
             config = config.pin(Pin::parse(uuid, fingerprint).map_err(js)?);
         }

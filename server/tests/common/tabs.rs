@@ -127,6 +127,14 @@ impl Tabs {
         self.ok(tab, &js);
     }
 
+    /// [`Tabs::open`], asking the server for `ids` ids at a time.
+    pub fn open_ranged(&mut self, tab: usize, name: &str, ids: u64) {
+        let js = self
+            .open_js(name)
+            .replace(");", &format!(", false, {ids});"));
+        self.ok(tab, &format!("{js} return null;"));
+    }
+
     pub fn status(&mut self, tab: usize) -> serde_json::Value {
         let text = self.ok(tab, "return window.db.status();");
         serde_json::from_str(text.as_str().unwrap()).unwrap()
