@@ -23,8 +23,22 @@ pub fn system_now() -> std::time::SystemTime {
     return std::time::UNIX_EPOCH + Duration::from_secs_f64(js_sys::Date::now().max(0.0) / 1000.0);
 }
 
-/// Waits `duration`.
+/// Now, on the clock of the code that asks: a sync engine's (`sync::engine::Engine`, native)
+/// while it runs the sync client (the time its caller gave it), else the machine's.
+pub fn now() -> Instant {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(clock) = virt::current() {
+        return clock.now();
+    }
+    Instant::now()
+}
+
+/// Waits `duration` (on a sync engine's clock while it runs the sync client).
 pub async fn sleep(duration: Duration) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(clock) = virt::current() {
+        return clock.sleep(duration).await;
+    }
     #[cfg(not(target_arch = "wasm32"))]
     tokio::time::sleep(duration).await;
     #[cfg(target_arch = "wasm32")]
@@ -38,8 +52,9 @@ pub async fn sleep(duration: Duration) {
 /// `work`, unless `duration` passes first (`None`). `work` is dropped then.
 pub async fn timeout<T>(duration: Duration, work: impl Future<Output = T>) -> Option<T> {
     #[cfg(not(target_arch = "wasm32"))]
-    return tokio::time::timeout(duration, work).await.ok();
-    #[cfg(target_arch = "wasm32")]
+    if virt::current().is_none() {
+        return tokio::time::timeout(duration, work).await.ok();
+    }
     {
         let mut work = pin!(work);
         let mut timer = pin!(sleep(duration));
@@ -96,4 +111,147 @@ pub(crate) fn random<const N: usize>() -> crate::Result<[u8; N]> {
     #[cfg(target_arch = "wasm32")]
     getrandom::getrandom(&mut buf).map_err(failed)?;
     Ok(buf)
+}
+
+/// The clock of an [`Engine`](crate::sync::engine::Engine): the time its caller last gave
+/// it, and the timers the code it runs waits on (the earliest is when it wants to run
+/// again). Set for the thread only while the engine runs that code.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) mod virt {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::task::{Poll, Waker};
+    use std::time::Duration;
+
+    use super::Instant;
+
+    /// A clock its owner moves.
+    #[derive(Debug)]
+    pub(crate) struct Clock {
+        state: Mutex<State>,
+    }
+
+    #[derive(Debug)]
+    struct State {
+        now: Instant,
+        next_timer: u64,
+        /// Waiting timers: deadline and number (unique) to the task to wake.
+        timers: BTreeMap<(Instant, u64), Waker>,
+    }
+
+    thread_local! {
+        static CURRENT: RefCell<Option<Arc<Clock>>> = const { RefCell::new(None) };
+    }
+
+    /// The clock of the engine running on this thread now, if any.
+    pub(crate) fn current() -> Option<Arc<Clock>> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Runs `f` with `clock` as this thread's clock (the one before comes back after).
+    pub(crate) fn with<T>(clock: &Arc<Clock>, f: impl FnOnce() -> T) -> T {
+        struct Restore(Option<Arc<Clock>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let before = self.0.take();
+                CURRENT.with(|c| *c.borrow_mut() = before);
+            }
+        }
+        let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(clock.clone())));
+        f()
+    }
+
+    impl Clock {
+        pub(crate) fn new(now: Instant) -> Arc<Clock> {
+            Arc::new(Clock {
+                state: Mutex::new(State {
+                    now,
+                    next_timer: 0,
+                    timers: BTreeMap::new(),
+                }),
+            })
+        }
+
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            // The state stays whole if a holder panicked: every change is one assignment.
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        pub(crate) fn now(&self) -> Instant {
+            self.state().now
+        }
+
+        /// Moves the clock to `now` (never back) and wakes the timers due.
+        pub(crate) fn advance(&self, now: Instant) {
+            let due: Vec<Waker> = {
+                let mut s = self.state();
+                if now > s.now {
+                    s.now = now;
+                }
+                let now = s.now;
+                let later = s.timers.split_off(&(now, u64::MAX));
+                std::mem::replace(&mut s.timers, later)
+                    .into_values()
+                    .collect()
+            };
+            for waker in due {
+                waker.wake();
+            }
+        }
+
+        /// When the earliest waiting timer is due.
+        pub(crate) fn next_deadline(&self) -> Option<Instant> {
+            self.state().timers.keys().next().map(|(at, _)| *at)
+        }
+
+        pub(crate) fn sleep(self: &Arc<Self>, duration: Duration) -> Sleep {
+            let deadline = self.now().checked_add(duration);
+            Sleep {
+                clock: self.clone(),
+                deadline,
+                timer: None,
+            }
+        }
+    }
+
+    /// A timer of a [`Clock`] (`deadline` `None`: never, past what an instant can say).
+    pub(crate) struct Sleep {
+        clock: Arc<Clock>,
+        deadline: Option<Instant>,
+        timer: Option<u64>,
+    }
+
+    impl std::future::Future for Sleep {
+        type Output = ();
+
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+            let this = &mut *self;
+            let mut s = this.clock.state();
+            let Some(deadline) = this.deadline else {
+                return Poll::Pending;
+            };
+            if let Some(n) = this.timer {
+                s.timers.remove(&(deadline, n));
+            }
+            if s.now >= deadline {
+                this.timer = None;
+                return Poll::Ready(());
+            }
+            let n = *this.timer.get_or_insert_with(|| {
+                s.next_timer += 1;
+                s.next_timer
+            });
+            s.timers.insert((deadline, n), cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    impl Drop for Sleep {
+        fn drop(&mut self) {
+            if let (Some(deadline), Some(n)) = (self.deadline, self.timer) {
+                self.clock.state().timers.remove(&(deadline, n));
+            }
+        }
+    }
 }

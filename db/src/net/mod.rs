@@ -581,9 +581,9 @@ impl Session {
 
     /// Sends [`Request::Ping`] and waits for the pong; returns the round-trip time.
     pub async fn ping(&mut self) -> Result<Duration, NetError> {
-        let start = crate::rt::Instant::now();
+        let start = crate::rt::now();
         match self.request(Request::Ping).await? {
-            Response::Pong => Ok(start.elapsed()),
+            Response::Pong => Ok(crate::rt::now().saturating_duration_since(start)),
             other => Err(NetError::Protocol(format!(
                 "expected a pong, got {other:?}"
             ))),

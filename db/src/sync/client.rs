@@ -415,14 +415,14 @@ pub(crate) fn start_with(
         head: 0,
         caught_up: false,
         uploaded: HashSet::new(),
-        last_durable: Instant::now(),
+        last_durable: crate::rt::now(),
         stale_reported: false,
         sent_before: 0,
         received_before: 0,
         interrupted: None,
         reclaiming: false,
         reclaim_due: false,
-        quiet_reclaim: (Instant::now(), QUIET_RECLAIM_FIRST),
+        quiet_reclaim: (crate::rt::now(), QUIET_RECLAIM_FIRST),
         no_ids: false,
         rechecking: true,
     };
@@ -599,10 +599,10 @@ impl Client {
     /// durable, and each of them makes the earlier lazy commits durable too.
     fn lazy_write<'d>(&mut self, db: &'d Local) -> Result<Write<'d>> {
         let mut b = db.write()?;
-        if self.last_durable.elapsed() < LAZY_DURABILITY {
+        if crate::rt::now().saturating_duration_since(self.last_durable) < LAZY_DURABILITY {
             b.lazy();
         } else {
-            self.last_durable = Instant::now();
+            self.last_durable = crate::rt::now();
         }
         Ok(b)
     }
@@ -616,7 +616,7 @@ impl Client {
     /// one for good.
     fn make_durable(&mut self) -> std::result::Result<(), End> {
         if self.db()?.make_durable()? {
-            self.last_durable = Instant::now();
+            self.last_durable = crate::rt::now();
         }
         Ok(())
     }
@@ -682,7 +682,7 @@ impl Client {
                     // server refuses this client or its deadline passed; until then the
                     // client keeps reconnecting for it.
                     let give_up = self.interrupted.as_ref().is_some_and(|i| {
-                        matches!(end, End::Refused(_)) || Instant::now() >= i.deadline
+                        matches!(end, End::Refused(_)) || crate::rt::now() >= i.deadline
                     });
                     if give_up && let Some(i) = self.interrupted.take() {
                         let error = match &end {
@@ -702,7 +702,7 @@ impl Client {
             let mut delay = self.config.retry.delay(attempt, unit_random());
             if let Some(i) = &self.interrupted {
                 // Try once more right at the deadline of an interrupted borrow, at the latest.
-                delay = delay.min(i.deadline.saturating_duration_since(Instant::now()));
+                delay = delay.min(i.deadline.saturating_duration_since(crate::rt::now()));
             }
             attempt = attempt.saturating_add(1);
             tracing::debug!(%reason, ?delay, "rekord sync: offline");
@@ -994,7 +994,7 @@ impl Client {
         // resent over edits made while it was away.
         self.reclaiming = self.has_reclaims()?;
         self.reclaim_due = false;
-        self.quiet_reclaim = (Instant::now() + QUIET_RECLAIM_FIRST, QUIET_RECLAIM_FIRST);
+        self.quiet_reclaim = (crate::rt::now() + QUIET_RECLAIM_FIRST, QUIET_RECLAIM_FIRST);
         if self.read_rights_grew(&hello.read)? {
             return Err(End::Lost(
                 "the token's read rights changed; reconnecting to fetch what the trees it may \
@@ -1053,7 +1053,7 @@ impl Client {
             match wakeup {
                 Wakeup::Command(None) => return Err(End::Closed),
                 Wakeup::Command(Some(Command::Borrow { tree, key, reply })) => {
-                    let deadline = Instant::now() + self.config.timeout;
+                    let deadline = crate::rt::now() + self.config.timeout;
                     self.answer_borrow(s, tree, key, reply, deadline).await?;
                 }
                 Wakeup::Outbox => {
@@ -1067,10 +1067,10 @@ impl Client {
                     // Quiet: records still waiting to be taken back are tried again (a
                     // return is normally seen as a push; this is the backstop).
                     let (at, gap) = self.quiet_reclaim;
-                    if self.reclaiming && self.caught_up && Instant::now() >= at {
+                    if self.reclaiming && self.caught_up && crate::rt::now() >= at {
                         self.reclaim_due = true;
                         let gap = (gap * 2).min(QUIET_RECLAIM_MAX);
-                        self.quiet_reclaim = (Instant::now() + gap, gap);
+                        self.quiet_reclaim = (crate::rt::now() + gap, gap);
                     }
                     match crate::rt::timeout(self.config.idle_timeout.max(quiet), s.ping()).await {
                         Some(Ok(_)) => {}
@@ -1124,7 +1124,7 @@ impl Client {
                 let _ = reply.try_send(answer);
                 Ok(())
             }
-            Err(End::Lost(reason)) if Instant::now() < deadline && !reply.is_closed() => {
+            Err(End::Lost(reason)) if crate::rt::now() < deadline && !reply.is_closed() => {
                 tracing::debug!(%reason, %tree, %key, "rekord sync: a borrow was interrupted; asking again after reconnecting");
                 self.interrupted = Some(Interrupted {
                     tree,
@@ -1853,9 +1853,9 @@ impl Client {
             Ok(seq) => {
                 // The grant arrives as a logged change after every older one (a return
                 // by the previous holder, say): apply the log up to it, in order.
-                let deadline = Instant::now() + self.config.timeout;
+                let deadline = crate::rt::now() + self.config.timeout;
                 while self.cursor < seq {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let left = deadline.saturating_duration_since(crate::rt::now());
                     match s.next_push(left).await? {
                         Some(push) => self.apply(s, push).await?,
                         None => {

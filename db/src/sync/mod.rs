@@ -97,6 +97,8 @@
 //! so the local copy is what every other replica has.
 
 pub(crate) mod client;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod engine;
 pub(crate) mod local;
 pub use client::SyncDriver;
 pub mod merge;
