@@ -173,6 +173,8 @@ struct Pair {
     sim: Sim,
     conn: Option<u64>,
     down: bool,
+    /// The server gets every frame, but its answers are lost.
+    deaf: bool,
     /// Prints every frame the server gets (`FRAME hex`, for a parent process).
     print: bool,
     /// Connections the engine asked for.
@@ -186,6 +188,7 @@ impl Pair {
             sim,
             conn: None,
             down: false,
+            deaf: false,
             print: false,
             connects: 0,
         }
@@ -213,7 +216,11 @@ impl Pair {
                     if self.print {
                         print_frame(&frame);
                     }
-                    for answer in self.sim.answer(&frame) {
+                    let answers = self.sim.answer(&frame);
+                    if self.deaf {
+                        continue;
+                    }
+                    for answer in answers {
                         self.engine.handle_frame(conn, &answer).unwrap();
                     }
                 }
@@ -401,20 +408,15 @@ fn a_silent_server_times_out_when_the_engine_said_and_it_reconnects() {
     assert_eq!(sent.len(), 1, "reached the server once: {sent:?}");
 }
 
-#[test]
-fn an_exit_between_a_push_and_its_answer_resends_the_same_entry_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.rekord");
-    let t0 = Instant::now();
-    let mut pair = Pair::open(&path, Sim::new(), t0);
-    pair.settle();
-    let id = pair.create("washer", 9);
-    // The server applies the entry, but its answer and echo never arrive: the frames the
-    // engine sends are handed to the server by hand, and the answers dropped.
-    // (Its schema goes first, answered.)
-    let mut pushed = 0;
+/// Creates a part and runs the engine until it pushed the create: the server applies it,
+/// but its answer and echo never arrive (its schema goes first, answered).
+fn push_and_lose_the_answer(pair: &mut Pair) {
+    pair.create("washer", 9);
     while let Some(out) = pair.engine.poll_output() {
         if let Output::Send { conn, frame } = out {
+            if pair.print {
+                print_frame(&frame);
+            }
             let answers = pair.sim.answer(&frame);
             if matches!(
                 frame,
@@ -423,23 +425,27 @@ fn an_exit_between_a_push_and_its_answer_resends_the_same_entry_once() {
                     ..
                 }
             ) {
-                pushed += 1;
-                continue;
+                return;
             }
             for answer in answers {
                 pair.engine.handle_frame(conn, &answer).unwrap();
             }
         }
     }
-    assert_eq!(pushed, 1);
-    assert_eq!(pair.sim.applied, 1);
-    // The application exits here, the answer still on its way (dropped, not closed: the
-    // client never hears it).
-    let Pair { engine, sim, .. } = pair;
-    drop(engine);
+    panic!("the create was never pushed");
+}
 
-    let t1 = t0 + Duration::from_secs(1);
-    let mut pair = Pair::open(&path, sim, t1);
+/// Opens the replica at `path` again against `sim` (which applied its push and heard
+/// `before` frames): the entry is sent again once, under its number, and answered
+/// without being applied again.
+fn reopen_and_check_the_resend(path: &Path, sim: Sim) {
+    assert_eq!(
+        sim.applied, 1,
+        "the server applied the push: {:?}",
+        sim.heard
+    );
+    let before = sim.heard.len();
+    let mut pair = Pair::open(path, sim, Instant::now());
     pair.settle();
     let st = pair.status();
     assert!(st.online && st.outbox == 0, "{st:?}");
@@ -447,21 +453,32 @@ fn an_exit_between_a_push_and_its_answer_resends_the_same_entry_once() {
         pair.sim.applied, 1,
         "the retry was answered, not applied again"
     );
-    let resent: Vec<&String> = pair
-        .sim
-        .heard
+    let after: Vec<&String> = pair.sim.heard[before..]
         .iter()
-        .filter(|h| h.starts_with("entries from 1"))
+        .filter(|h| h.starts_with("entries"))
         .collect();
     assert_eq!(
-        resent.len(),
-        2,
-        "sent before the crash and once after: {resent:?}"
+        after,
+        ["entries from 1: [\"put parts/1000\"]"],
+        "resent once, same number"
     );
     let parts = pair.engine.db().unwrap().tree::<Part>().unwrap();
-    let p = parts.get(rekord::Key::new(id, 0)).unwrap();
+    let p = parts.get(rekord::Key::new(1000, 0)).unwrap();
     assert_eq!((p.name.as_str(), p.qty), ("washer", 9));
     assert_eq!(st.cursor, 1, "the catch-up sent the echo: {st:?}");
+}
+
+#[test]
+fn an_exit_between_a_push_and_its_answer_resends_the_same_entry_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.rekord");
+    let mut pair = Pair::open(&path, Sim::new(), Instant::now());
+    pair.settle();
+    push_and_lose_the_answer(&mut pair);
+    // The application exits here (the engine dropped, not closed: it never hears).
+    let Pair { engine, sim, .. } = pair;
+    drop(engine);
+    reopen_and_check_the_resend(&path, sim);
 }
 
 #[test]
@@ -517,27 +534,8 @@ fn crash_after_the_push(path: &Path) -> ! {
     let mut pair = Pair::open(path, Sim::new(), Instant::now());
     pair.print = true;
     pair.settle();
-    pair.create("washer", 9);
-    while let Some(out) = pair.engine.poll_output() {
-        if let Output::Send { conn, frame } = out {
-            print_frame(&frame);
-            let answers = pair.sim.answer(&frame);
-            if matches!(
-                frame,
-                Frame::Request {
-                    body: Request::Entries { .. },
-                    ..
-                }
-            ) {
-                // Sent; the server applies it; the process dies before the answer.
-                std::process::abort();
-            }
-            for answer in answers {
-                pair.engine.handle_frame(conn, &answer).unwrap();
-            }
-        }
-    }
-    panic!("the create was never pushed");
+    push_and_lose_the_answer(&mut pair);
+    std::process::abort();
 }
 
 #[test]
@@ -561,36 +559,128 @@ fn a_crash_between_a_push_and_its_answer_resends_the_same_entry_once() {
     assert!(!out.status.success(), "the child was to die");
     // The server as the child left it: every frame it got, answered again.
     let mut sim = Sim::new();
-    let frames = parse_frames(&String::from_utf8_lossy(&out.stdout));
-    for frame in &frames {
+    for frame in &parse_frames(&String::from_utf8_lossy(&out.stdout)) {
         sim.answer(frame);
     }
-    assert_eq!(
-        sim.applied, 1,
-        "the server applied the push: {:?}",
-        sim.heard
-    );
-    let before = sim.heard.len();
+    reopen_and_check_the_resend(&path, sim);
+}
 
-    let mut pair = Pair::open(&path, sim, Instant::now());
-    pair.settle();
-    let st = pair.status();
-    assert!(st.online && st.outbox == 0, "{st:?}");
-    assert_eq!(
-        pair.sim.applied, 1,
-        "the retry was answered, not applied again"
-    );
-    let after: Vec<&String> = pair.sim.heard[before..]
-        .iter()
-        .filter(|h| h.starts_with("entries"))
-        .collect();
-    assert_eq!(
-        after,
-        ["entries from 1: [\"put parts/1000\"]"],
-        "resent once, same number"
-    );
-    let parts = pair.engine.db().unwrap().tree::<Part>().unwrap();
-    let p = parts.get(rekord::Key::new(1000, 0)).unwrap();
-    assert_eq!((p.name.as_str(), p.qty), ("washer", 9));
-    assert_eq!(st.cursor, 1, "the catch-up sent the echo: {st:?}");
+/// What the proptest below does to a replica and its network.
+#[derive(Debug, Clone)]
+enum Step {
+    /// The application creates this many parts.
+    Create(u8),
+    /// The network drops every frame for this many virtual milliseconds.
+    Outage(u16),
+    /// The server gets and applies what the replica sends, but its answers are lost, for
+    /// this many virtual milliseconds.
+    Deaf(u16),
+    /// The connection breaks (the driver says it closed).
+    Break,
+    /// Virtual time passes (milliseconds), the network up.
+    Wait(u16),
+    /// The application exits (the engine dropped) and opens the database again.
+    Reopen,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (1u8..5).prop_map(Step::Create),
+        1 => (1u16..5_000).prop_map(Step::Outage),
+        2 => (1u16..5_000).prop_map(Step::Deaf),
+        1 => Just(Step::Break),
+        2 => (0u16..3_000).prop_map(Step::Wait),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    /// Against a model (the parts the application created): whatever the outages, broken
+    /// connections and exits, once the network is up every part reaches the server exactly
+    /// once, under an id of its own, and the replica's outbox empties.
+    #[test]
+    fn every_create_reaches_the_server_once_whatever_the_network_does(
+        steps in proptest::collection::vec(step(), 1..24)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.rekord");
+        let mut now = Instant::now();
+        let mut pair = Pair::open(&path, Sim::new(), now);
+        pair.settle();
+        let mut model: BTreeMap<u64, String> = BTreeMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            match step {
+                Step::Create(n) => {
+                    let parts = pair.engine.db().unwrap().tree::<Part>().unwrap();
+                    for j in 0..*n {
+                        let name = format!("part {i}.{j}");
+                        match parts.create(&Part { name: name.clone(), qty: j.into() }) {
+                            Ok(k) => {
+                                proptest::prop_assert!(model.insert(k.id(), name).is_none());
+                            }
+                            // Offline before the first range: no ids yet.
+                            Err(rekord::Error::IdsExhausted) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    pair.settle();
+                }
+                Step::Outage(ms) => {
+                    pair.down = true;
+                    pair.run_for(Duration::from_millis((*ms).into()));
+                    pair.down = false;
+                }
+                Step::Deaf(ms) => {
+                    pair.deaf = true;
+                    let parts = pair.engine.db().unwrap().tree::<Part>().unwrap();
+                    if let Ok(k) = parts.create(&Part { name: format!("deaf {i}"), qty: 0 }) {
+                        model.insert(k.id(), format!("deaf {i}"));
+                    }
+                    pair.run_for(Duration::from_millis((*ms).into()));
+                    pair.deaf = false;
+                }
+                Step::Break => {
+                    if let Some(conn) = pair.conn.take() {
+                        pair.engine.handle_closed(conn);
+                        pair.settle();
+                    }
+                }
+                Step::Wait(ms) => pair.run_for(Duration::from_millis((*ms).into())),
+                Step::Reopen => {
+                    let Pair { engine, sim, .. } = pair;
+                    now = engine.now();
+                    drop(engine);
+                    pair = Pair::open(&path, sim, now);
+                    pair.settle();
+                }
+            }
+        }
+        // The network up for a virtual minute: everything settles.
+        pair.down = false;
+        pair.run_for(Duration::from_secs(60));
+        let st = pair.status();
+        proptest::prop_assert!(st.online && st.outbox == 0, "{:?}", st);
+        let mut on_server: BTreeMap<u64, u32> = BTreeMap::new();
+        for s in &pair.sim.log {
+            if matches!(s.change.kind, ChangeKind::Put { .. }) {
+                *on_server.entry(s.change.id).or_default() += 1;
+            }
+        }
+        let twice: Vec<_> = on_server.iter().filter(|(_, n)| **n > 1).collect();
+        proptest::prop_assert!(twice.is_empty(), "applied twice: {:?}", twice);
+        let created: Vec<u64> = model.keys().copied().collect();
+        let got: Vec<u64> = on_server.keys().copied().collect();
+        proptest::prop_assert_eq!(created, got);
+        let parts = pair.engine.db().unwrap().tree::<Part>().unwrap();
+        for (id, name) in &model {
+            proptest::prop_assert_eq!(&parts.get(rekord::Key::new(*id, 0)).unwrap().name, name);
+        }
+    }
 }

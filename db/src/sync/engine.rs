@@ -127,7 +127,7 @@ impl Engine {
             driver: Some(driver),
             clock,
             net,
-            woken: Arc::new(Woken(AtomicBool::new(true))),
+            woken: Arc::new(Woken(AtomicBool::new(true), Mutex::new(None))),
             outputs: VecDeque::new(),
         };
         engine.run();
@@ -162,6 +162,13 @@ impl Engine {
     /// last call, or an input woke it): call [`Engine::poll_output`].
     pub fn wants_to_run(&self) -> bool {
         self.woken.0.load(Ordering::Acquire) || self.net.has_output()
+    }
+
+    /// `waker` is woken whenever the client has work to run that did not come through a
+    /// call of the driver (the application wrote, or a borrow waits): a driver that
+    /// sleeps until [`Engine::poll_timeout`] or input wakes for it then.
+    pub fn set_waker(&mut self, waker: Waker) {
+        *self.woken.1.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
     }
 
     /// Time passed: the clock moves to `now` (never back) and the client runs what became
@@ -249,16 +256,24 @@ fn closed() -> Error {
     }
 }
 
-/// Set when the client must run (its waker).
-struct Woken(AtomicBool);
+/// Set when the client must run (its waker); wakes the driver's waker too.
+struct Woken(AtomicBool, Mutex<Option<Waker>>);
 
 impl Wake for Woken {
     fn wake(self: Arc<Self>) {
-        self.0.store(true, Ordering::Release);
+        self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.0.store(true, Ordering::Release);
+        let driver = self
+            .1
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(waker) = driver {
+            waker.wake();
+        }
     }
 }
 
