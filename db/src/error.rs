@@ -399,7 +399,7 @@ pub enum Error {
         "cannot import records into a synced replica: import into a standalone database, or write them through the untyped API (create) so the server takes them"
     )]
     ImportIntoReplica,
-    /// The records given to [`crate::Db::import_records`] could not all be read; nothing
+    /// The records given to [`crate::Db::import`] could not all be read; nothing
     /// was written.
     #[error("import stopped, nothing was written: {reason}")]
     ImportAborted {

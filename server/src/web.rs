@@ -3,7 +3,7 @@
 //! A browser cannot open a raw QUIC connection, but it speaks WebTransport (HTTP/3 over
 //! QUIC). The server's one QUIC endpoint offers two ALPNs: rekord's own
 //! ([`rekord::net::ALPN`]) and `h3`. A connection that negotiated `h3` becomes a WebTransport
-//! session ([`accept`]): its `Origin` is checked against [`Web::origins`], and its first
+//! session (`accept`): its `Origin` is checked against [`Web::origins`], and its first
 //! bidirectional stream then carries exactly the frames a native connection's stream
 //! carries, under the same handshake and the same rules.
 //!
@@ -11,7 +11,7 @@
 //! `serverCertificateHashes`, and only an ECDSA P-256 certificate valid for less than 14
 //! days. So `h3` connections present a *WebTransport certificate* ([`WebCerts`]) of
 //! [`CERT_DAYS`] days that the server rotates, while `rekord/1` connections keep presenting
-//! the long-term identity native clients pin (rustls picks by ALPN: [`Resolver`]). See
+//! the long-term identity native clients pin (rustls picks by ALPN: `Resolver`). See
 //! `docs/browser-trust.md` for how a browser replica learns the hashes.
 
 use std::path::{Path, PathBuf};

@@ -493,7 +493,7 @@ impl Session {
 
     /// Whether this session runs over WebTransport: the server presented its WebTransport
     /// certificate, and its long-term identity is checked with
-    /// [`Request::WebCertificates`](crate::proto::Request::WebCertificates).
+    /// [`crate::proto::Request::WebCertificates`].
     pub fn is_web(&self) -> bool {
         self.web
     }
