@@ -853,10 +853,7 @@ impl Db {
     /// the deadline; a run of `f` started before it finishes); this is why `f` is `FnMut`.
     /// [`Error::IdsExhausted`] means the server could not be reached in that time.
     pub fn write<R>(&self, mut f: impl FnMut(&mut Batch<'_>) -> Result<R>) -> Result<R> {
-        let deadline = self
-            .inner
-            .sync_timeout()
-            .map(|t| crate::rt::Instant::now() + t);
+        let deadline = self.inner.sync_timeout().map(crate::rt::after);
         loop {
             let mut b = self.batch()?;
             match f(&mut b) {

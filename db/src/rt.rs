@@ -33,6 +33,15 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
+/// [`now`] plus `duration`, or as far as an instant goes (a timeout of centuries is no
+/// timeout, not a panic).
+pub fn after(duration: Duration) -> Instant {
+    let now = now();
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Waits `duration` (on a sync engine's clock while it runs the sync client).
 pub async fn sleep(duration: Duration) {
     #[cfg(not(target_arch = "wasm32"))]

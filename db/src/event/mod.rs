@@ -301,7 +301,8 @@ impl Subscription {
     /// async code. (Not on wasm32, where blocking is not allowed.)
     #[cfg(not(target_arch = "wasm32"))]
     pub fn recv_timeout(&self, timeout: std::time::Duration) -> Option<Event> {
-        let deadline = std::time::Instant::now() + timeout;
+        // (A timeout past what an instant can say is none.)
+        let deadline = std::time::Instant::now().checked_add(timeout);
         let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut cx = Context::from_waker(&waker);
         let recv = self.rx.recv();
@@ -310,7 +311,9 @@ impl Subscription {
             if let Poll::Ready(r) = recv.as_mut().poll(&mut cx) {
                 return r.ok();
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.map_or(std::time::Duration::MAX, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
             if left.is_zero() {
                 return None;
             }

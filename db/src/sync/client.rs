@@ -263,7 +263,7 @@ impl Link {
         lock(&self.status).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
         f(&mut lock(&self.status));
         self.changed.notify_all();
     }
@@ -280,13 +280,16 @@ impl Link {
             let status = lock(&self.status).clone();
             return (done(&status), status);
         }
-        let deadline = Instant::now() + timeout;
+        // (A timeout past what an instant can say is none.)
+        let deadline = Instant::now().checked_add(timeout);
         let mut status = lock(&self.status);
         loop {
             if done(&status) {
                 return (true, status.clone());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return (false, status.clone());
             }
@@ -409,7 +412,7 @@ pub(crate) fn start_with(
         db: db.clone(),
         link: link.clone(),
         config,
-        commands: commands_rx,
+        commands: commands_rx.clone(),
         client_id: start.client,
         cursor,
         head: 0,
@@ -437,12 +440,21 @@ pub(crate) fn start_with(
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
         };
         let _ = crate::rt::first(client.run(), stopped).await;
+        // Commands still queued (a borrow asked as the database closed) are answered: their
+        // reply channels close, and their callers hear that the client stopped.
+        commands_rx.close();
+        while let Ok(command) = commands_rx.try_recv() {
+            drop(command);
+        }
         if let Some(db) = weak.get()
             && let Err(e) = db.make_durable()
         {
             tracing::warn!(error = %e, "rekord sync: cannot make the last commits durable");
         }
-        done_link.update(|s| s.online = false);
+        done_link.update(|s| {
+            s.online = false;
+            s.caught_up = false;
+        });
     };
     if driven {
         return Ok((link, Some(Box::pin(drive()))));
@@ -994,7 +1006,7 @@ impl Client {
         // resent over edits made while it was away.
         self.reclaiming = self.has_reclaims()?;
         self.reclaim_due = false;
-        self.quiet_reclaim = (crate::rt::now() + QUIET_RECLAIM_FIRST, QUIET_RECLAIM_FIRST);
+        self.quiet_reclaim = (crate::rt::after(QUIET_RECLAIM_FIRST), QUIET_RECLAIM_FIRST);
         if self.read_rights_grew(&hello.read)? {
             return Err(End::Lost(
                 "the token's read rights changed; reconnecting to fetch what the trees it may \
@@ -1053,7 +1065,7 @@ impl Client {
             match wakeup {
                 Wakeup::Command(None) => return Err(End::Closed),
                 Wakeup::Command(Some(Command::Borrow { tree, key, reply })) => {
-                    let deadline = crate::rt::now() + self.config.timeout;
+                    let deadline = crate::rt::after(self.config.timeout);
                     self.answer_borrow(s, tree, key, reply, deadline).await?;
                 }
                 Wakeup::Outbox => {
@@ -1070,7 +1082,7 @@ impl Client {
                     if self.reclaiming && self.caught_up && crate::rt::now() >= at {
                         self.reclaim_due = true;
                         let gap = (gap * 2).min(QUIET_RECLAIM_MAX);
-                        self.quiet_reclaim = (crate::rt::now() + gap, gap);
+                        self.quiet_reclaim = (crate::rt::after(gap), gap);
                     }
                     match crate::rt::timeout(self.config.idle_timeout.max(quiet), s.ping()).await {
                         Some(Ok(_)) => {}
@@ -1251,6 +1263,18 @@ impl Client {
             if asked > 0 && left < asked && !self.no_ids {
                 let more = (asked - left).max(want);
                 self.grant(s, more).await?;
+                if self.free_ids()? <= left {
+                    // The server granted nothing this replica can use (none, or ids below
+                    // where it stands): not asked again in this session.
+                    let reason = "the server granted no usable record ids".to_owned();
+                    tracing::warn!("rekord sync: {reason}");
+                    self.no_ids = true;
+                    self.link.update(|st| {
+                        st.ids_refused = Some(reason);
+                        st.refills += 1;
+                    });
+                    return Ok(());
+                }
                 continue;
             }
             if asked > 0 {
@@ -1346,6 +1370,7 @@ impl Client {
                 ))
             })?;
             let before = s.bytes_sent();
+            let sent = run.len();
             let answer = s
                 .request(Request::Entries {
                     first,
@@ -1354,7 +1379,8 @@ impl Client {
                 .await?;
             let sent_bytes = s.bytes_sent() - before;
             let outcomes = match answer {
-                Response::Entries(o) if !o.is_empty() => o,
+                // (More outcomes than entries would settle entries never sent.)
+                Response::Entries(o) if !o.is_empty() && o.len() <= sent => o,
                 other => {
                     return Err(End::Lost(format!(
                         "the server answered outbox entries with {other:?}"
@@ -1853,7 +1879,7 @@ impl Client {
             Ok(seq) => {
                 // The grant arrives as a logged change after every older one (a return
                 // by the previous holder, say): apply the log up to it, in order.
-                let deadline = crate::rt::now() + self.config.timeout;
+                let deadline = crate::rt::after(self.config.timeout);
                 while self.cursor < seq {
                     let left = deadline.saturating_duration_since(crate::rt::now());
                     match s.next_push(left).await? {

@@ -161,7 +161,7 @@ impl Engine {
     /// Whether the client has work it has not run yet (the application wrote since the
     /// last call, or an input woke it): call [`Engine::poll_output`].
     pub fn wants_to_run(&self) -> bool {
-        self.woken.0.load(Ordering::Acquire) || self.net.has_output()
+        self.woken.0.load(Ordering::Acquire) || !self.outputs.is_empty() || self.net.has_output()
     }
 
     /// `waker` is woken whenever the client has work to run that did not come through a
@@ -181,10 +181,21 @@ impl Engine {
     /// The server sent `frame` on connection `conn` (ignored if the client is done with
     /// that connection).
     pub fn handle_frame(&mut self, conn: u64, frame: &Frame) -> Result<()> {
-        let bytes = crate::proto::encode(frame).map_err(|e| Error::Offline {
-            what: "handing a frame to the sync engine",
-            reason: e.to_string(),
-        })?;
+        let bytes = match crate::proto::encode(frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // The connection cannot carry on without it (the client would miss what it
+                // says): it ends, and the client connects again from where it stands.
+                if self.net.end(conn) {
+                    self.outputs.push_back(Output::Close { conn });
+                }
+                self.run();
+                return Err(Error::Offline {
+                    what: "handing a frame to the sync engine",
+                    reason: format!("{e}; the connection was closed"),
+                });
+            }
+        };
         self.net.deliver(conn, bytes);
         self.run();
         Ok(())
@@ -202,6 +213,12 @@ impl Engine {
     /// last of them). Handles of the database the application still holds (a `Tree`) see
     /// a database without sync from then on.
     pub fn close(mut self) -> Vec<Output> {
+        self.stop();
+        self.outputs.drain(..).collect()
+    }
+
+    /// Stops the client (see [`Engine::close`]).
+    fn stop(&mut self) {
         if let Some(link) = &self.link {
             link.stop();
         }
@@ -215,7 +232,6 @@ impl Engine {
         self.driver = None;
         self.pump();
         self.db = None;
-        self.outputs.drain(..).collect()
     }
 
     /// Runs the client until it waits, then collects what it wrote to its connection.
@@ -231,9 +247,27 @@ impl Engine {
             };
             let waker = Waker::from(self.woken.clone());
             let mut cx = Context::from_waker(&waker);
-            let done = virt::with(&self.clock, || driver.as_mut().poll(&mut cx)).is_ready();
-            if done {
-                self.driver = None;
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                virt::with(&self.clock, || driver.as_mut().poll(&mut cx))
+            }));
+            match polled {
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Ready(())) => self.driver = None,
+                Err(_) => {
+                    // A bug in the client: it is gone (a panicked future cannot be polled
+                    // again), and the database says so instead of the engine panicking on.
+                    self.driver = None;
+                    if let Some(link) = &self.link {
+                        link.update(|st| {
+                            st.online = false;
+                            st.caught_up = false;
+                            st.last_error = Some(
+                                "the sync client stopped on an internal error (a panic);                                  open the database again"
+                                    .into(),
+                            );
+                        });
+                    }
+                }
             }
             // What it wrote may have made room (or the client finished): look again.
             self.pump();
@@ -241,10 +275,41 @@ impl Engine {
     }
 
     /// Moves frames between the client's stream and the driver: connects, sends, closes.
+    /// Frames of a connection that ended before the driver took them are dropped (a
+    /// driver that polls seldom does not pile up dead connections' frames).
     fn pump(&mut self) {
         let woke = self.net.pump(&mut self.outputs);
         if woke {
             self.woken.0.store(true, Ordering::Release);
+        }
+        let open = self.net.open_conn();
+        // A connection opened and closed before the driver heard of it: neither is said.
+        let unseen: std::collections::HashSet<u64> = self
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Connect { conn } => Some(*conn),
+                _ => None,
+            })
+            .filter(|c| {
+                self.outputs
+                    .iter()
+                    .any(|o| matches!(o, Output::Close { conn } if conn == c))
+            })
+            .collect();
+        self.outputs.retain(|o| match o {
+            Output::Send { conn, .. } => Some(*conn) == open,
+            Output::Connect { conn } | Output::Close { conn } => !unseen.contains(conn),
+        });
+    }
+}
+
+impl Drop for Engine {
+    /// As [`Engine::close`]: the client stops (queued borrows are answered, handles the
+    /// application still holds say offline).
+    fn drop(&mut self) {
+        if self.driver.is_some() {
+            self.stop();
         }
     }
 }
@@ -323,6 +388,24 @@ impl Net {
         if s.conn == conn && s.pipe.is_some() {
             s.inbound.extend(bytes);
         }
+    }
+
+    /// The number of the connection open now, if one is.
+    fn open_conn(&self) -> Option<u64> {
+        let s = self.state();
+        s.pipe.is_some().then_some(s.conn)
+    }
+
+    /// Ends connection `conn` from the engine's side; whether it was open.
+    fn end(&self, conn: u64) -> bool {
+        let mut s = self.state();
+        if s.conn != conn || s.pipe.is_none() {
+            return false;
+        }
+        s.pipe = None;
+        s.inbound.clear();
+        s.reader = FrameReader::new();
+        true
     }
 
     fn close(&self, conn: u64) {

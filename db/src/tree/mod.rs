@@ -155,11 +155,7 @@ impl<T: Record> Tree<T> {
     /// [`Error::IdsExhausted`] only when it is not.
     pub fn create(&self, record: &T) -> Result<Key<T>> {
         // Other writers may take the ids fetched for this one: ask again until the timeout.
-        let deadline = self
-            .db
-            .inner
-            .sync_timeout()
-            .map(|t| crate::rt::Instant::now() + t);
+        let deadline = self.db.inner.sync_timeout().map(crate::rt::after);
         loop {
             let mut b = self.db.batch()?;
             let r = b.tree::<T>()?.create(record);
