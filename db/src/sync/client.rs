@@ -1599,6 +1599,30 @@ impl Client {
                 self.rechecking = true;
                 continue;
             }
+            // Writes that wait with the record to be taken back after a restore were made
+            // on this copy too: replaced, it would lose them here only, while they are sent
+            // later (the server takes them, this replica skips their echo).
+            if b.deferred_touches(&tree, id)? {
+                if holder == db.replica() {
+                    // This replica holds it now (its application borrowed it): taken
+                    // back. Its waiting writes go now, over its copy, fetched again once
+                    // they settle.
+                    tracing::debug!(%tree, id, "rekord sync: a refetched record this replica holds again had writes waiting; sent");
+                    b.clear_reclaim(&tree, id)?;
+                    b.note_recheck(&tree, id)?;
+                    let released = self.release_deferred(&b, &[])?;
+                    b.commit_for_sync()?;
+                    self.report_released(released);
+                    self.rechecking = true;
+                } else {
+                    // Still waiting: kept, and fetched again once nothing waits for it
+                    // (the take-back, or another replica's borrow, decides).
+                    tracing::debug!(%tree, id, "rekord sync: a refetched record has writes waiting with it; kept");
+                    b.note_recheck(&tree, id)?;
+                    b.commit_for_sync()?;
+                }
+                continue;
+            }
             b.replace_record(&tree, id, holder, &revisions)?;
             b.clear_recheck(&tree, id)?;
             // The server's version replaced the copy this replica waited to take the record

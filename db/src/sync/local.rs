@@ -881,6 +881,26 @@ impl<'d> Write<'d> {
         outbox::touches(self.txn(), tree, id)
     }
 
+    /// Whether a write waiting with a record to be taken back (`rekord.deferred`) touches
+    /// record `id` of `tree`, read in this transaction.
+    pub(crate) fn deferred_touches(&self, tree: &str, id: u64) -> Result<bool> {
+        let deferred = match self.txn().open_table(DEFERRED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        for row in deferred.iter()? {
+            let (_, v) = row?;
+            if outbox::keys(v.value())?
+                .iter()
+                .any(|(t, i)| t == tree && *i == id)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether record `id` of `tree` has optimistic edits waiting in the outbox, read in
     /// this transaction.
     pub(crate) fn edited(&self, tree: &str, id: u64) -> Result<bool> {
