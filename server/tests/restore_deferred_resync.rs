@@ -124,6 +124,8 @@ fn a_waiting_write_is_sent_when_its_replica_borrows_the_record_back() {
         }
         drop(a);
         t.borrow(x).unwrap();
+        // B holds X again: its waiting write goes now, without waiting for a reconnect.
+        b.wait_pushed(LIMIT).unwrap();
         eprintln!(
             "B after borrowing X: qty {:?} holder {:?}, status {:?}",
             qty(&b, x),
@@ -132,7 +134,7 @@ fn a_waiting_write_is_sent_when_its_replica_borrows_the_record_back() {
         );
     }
     let b = open(&b_path, addr, &token);
-    let _ = b.wait_pushed(LIMIT);
+    b.wait_pushed(LIMIT).unwrap();
     b.wait_caught_up(LIMIT).unwrap();
     let a = open(&a_path, addr, &token);
     a.wait_caught_up(LIMIT).unwrap();

@@ -1602,7 +1602,7 @@ impl Client {
             // Writes that wait with the record to be taken back after a restore were made
             // on this copy too: replaced, it would lose them here only, while they are sent
             // later (the server takes them, this replica skips their echo).
-            if b.deferred_touches(&tree, id)? {
+            if b.waits_with_writes(&tree, id)? {
                 if holder == db.replica() {
                     // This replica holds it now (its application borrowed it): taken
                     // back. Its waiting writes go now, over its copy, fetched again once
@@ -1614,6 +1614,8 @@ impl Client {
                     b.commit_for_sync()?;
                     self.report_released(released);
                     self.rechecking = true;
+                    // (The outbox loop sends them: woken, as for any write.)
+                    self.link.enqueued(0, 0);
                 } else {
                     // Still waiting: kept, and fetched again once nothing waits for it
                     // (the take-back, or another replica's borrow, decides).

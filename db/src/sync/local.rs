@@ -881,9 +881,18 @@ impl<'d> Write<'d> {
         outbox::touches(self.txn(), tree, id)
     }
 
-    /// Whether a write waiting with a record to be taken back (`rekord.deferred`) touches
-    /// record `id` of `tree`, read in this transaction.
-    pub(crate) fn deferred_touches(&self, tree: &str, id: u64) -> Result<bool> {
+    /// Whether record `id` of `tree` waits to be taken back and a write waiting with it
+    /// (`rekord.deferred`) touches it, read in this transaction.
+    pub(crate) fn waits_with_writes(&self, tree: &str, id: u64) -> Result<bool> {
+        match self.txn().open_table(RECLAIM) {
+            Ok(t) => {
+                if !waits(&t, &(tree.to_owned(), id))? {
+                    return Ok(false);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
         let deferred = match self.txn().open_table(DEFERRED) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
@@ -1297,6 +1306,13 @@ impl<'d> Write<'d> {
                 if !waiting {
                     deferred.remove(n)?;
                     again.push(bytes);
+                    // Fetched again once it settles: a refetch while it waited may have
+                    // replaced the copy it was made on (its echo, this replica's own, is
+                    // not applied).
+                    for (tree, id) in &keys {
+                        recheck.insert((tree.as_str(), *id), ())?;
+                        released.recheck = true;
+                    }
                 }
             }
         }
