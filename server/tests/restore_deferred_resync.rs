@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rekord::{Db, Key, SyncConfig};
+use rekord::{Db, SyncConfig};
 
 #[path = "common/process.rs"]
 mod process;
@@ -18,7 +18,7 @@ use process::{ServerProcess, backup, restore, token};
 
 #[path = "common/restore.rs"]
 mod shared;
-use shared::{Part, converge_with, eventually, open_with, parts, trace};
+use shared::{Part, converge_with, create, eventually, holder, open_with, parts, qty, trace};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -26,28 +26,6 @@ fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
     process::config(addr, token)
         .range_size(3)
         .timeout(Duration::from_secs(10))
-}
-
-fn create(db: &Db, name: &str, qty: u32) -> Key<Part> {
-    db.tree::<Part>()
-        .unwrap()
-        .create(&Part {
-            name: name.into(),
-            qty,
-        })
-        .unwrap()
-}
-
-fn qty(db: &Db, k: Key<Part>) -> Option<u32> {
-    let t = db.tree::<Part>().unwrap();
-    let latest = t.latest(k.id()).unwrap()?;
-    Some(t.get(latest).unwrap().qty)
-}
-
-fn holder(db: &Db, k: Key<Part>) -> Option<u32> {
-    let t = db.tree::<Part>().unwrap();
-    let latest = t.latest(k.id()).unwrap()?;
-    Some(t.meta(latest).unwrap().holder)
 }
 
 fn open(path: &Path, addr: std::net::SocketAddr, token: &str) -> Db {

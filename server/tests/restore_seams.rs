@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rekord::{Db, Key, SyncConfig, SyncEvent};
+use rekord::{Db, SyncConfig, SyncEvent};
 
 #[path = "common/process.rs"]
 mod process;
@@ -17,7 +17,8 @@ use process::{BIN, ServerProcess, backup, restore, revoke, token};
 #[path = "common/restore.rs"]
 mod shared;
 use shared::{
-    Note, Part, converge_with, eventually, note, notes, open_with, parts, set_note, trace,
+    Note, Part, converge_with, create, eventually, holder, note, notes, open_with, parts, qty,
+    set_note, trace,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -26,28 +27,6 @@ fn config(addr: std::net::SocketAddr, token: &str) -> SyncConfig {
     process::config(addr, token)
         .range_size(3)
         .timeout(Duration::from_secs(10))
-}
-
-fn create(db: &Db, name: &str, qty: u32) -> Key<Part> {
-    db.tree::<Part>()
-        .unwrap()
-        .create(&Part {
-            name: name.into(),
-            qty,
-        })
-        .unwrap()
-}
-
-fn qty(db: &Db, k: Key<Part>) -> Option<u32> {
-    let t = db.tree::<Part>().unwrap();
-    let latest = t.latest(k.id()).unwrap()?;
-    Some(t.get(latest).unwrap().qty)
-}
-
-fn holder(db: &Db, k: Key<Part>) -> Option<u32> {
-    let t = db.tree::<Part>().unwrap();
-    let latest = t.latest(k.id()).unwrap()?;
-    Some(t.meta(latest).unwrap().holder)
 }
 
 fn open(path: &Path, addr: std::net::SocketAddr, token: &str) -> Db {

@@ -408,14 +408,9 @@ impl Net {
         true
     }
 
+    /// The driver closed connection `conn` (no need to tell it).
     fn close(&self, conn: u64) {
-        let mut s = self.state();
-        if s.conn == conn {
-            // (The driver closed it: no need to tell it.)
-            s.pipe = None;
-            s.inbound.clear();
-            s.reader = FrameReader::new();
-        }
+        self.end(conn);
     }
 
     /// Moves bytes both ways without waiting; whether any reached the client or left it.

@@ -142,3 +142,28 @@ pub fn note(db: &Db, k: Key<Note>) -> Option<(u32, u32)> {
     let n = t.get(latest).unwrap();
     Some((n.a, n.b))
 }
+
+/// Creates part `name` (`qty`) in `db`.
+pub fn create(db: &Db, name: &str, qty: u32) -> Key<Part> {
+    db.tree::<Part>()
+        .unwrap()
+        .create(&Part {
+            name: name.into(),
+            qty,
+        })
+        .unwrap()
+}
+
+/// The quantity of the latest revision of part `k` in `db`, if it has one.
+pub fn qty(db: &Db, k: Key<Part>) -> Option<u32> {
+    let t = db.tree::<Part>().unwrap();
+    let latest = t.latest(k.id()).unwrap()?;
+    Some(t.get(latest).unwrap().qty)
+}
+
+/// The holder of the latest revision of part `k` in `db`, if it has one.
+pub fn holder(db: &Db, k: Key<Part>) -> Option<u32> {
+    let t = db.tree::<Part>().unwrap();
+    let latest = t.latest(k.id()).unwrap()?;
+    Some(t.meta(latest).unwrap().holder)
+}
