@@ -15,7 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
-use common::{fill, percentile, raw_bulk, raw_floor};
+use common::{fill, percentile, raw_bulk, raw_floor, raw_relay};
 
 use rekord::proto::handshake::Trees;
 use rekord::{Db, Event, EventKind, Retry, SyncConfig, Tree};
@@ -381,17 +381,26 @@ fn main() {
         // The raw floor and propagation alone, 3 interleaved rounds (for working on latency).
         let rt = runtime();
         let n: usize = n.parse().unwrap();
-        let (mut raw, mut prop) = (Vec::new(), Vec::new());
+        let (mut raw, mut prop, mut relay) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
             raw.extend(rt.block_on(raw_floor(1000)));
             prop.extend(propagation(&rt, n / 3).0);
+            relay.extend(raw_relay(&rt, n / 3, Duration::from_millis(1)));
         }
         raw.sort();
         prop.sort();
-        let (r, p) = (percentile(&raw, 0.5), percentile(&prop, 0.5));
+        relay.sort();
+        let (r, p, l) = (
+            percentile(&raw, 0.5),
+            percentile(&prop, 0.5),
+            percentile(&relay, 0.5),
+        );
         println!(
-            "raw p50 {r:?}; propagation p50 {p:?} ({:.1}x), p99 {:?}",
+            "raw p50 {r:?}; raw relay (A -> durable commit -> B) p50 {l:?}, p99 {:?}; \
+             propagation p50 {p:?} ({:.1}x raw, {:.2}x relay), p99 {:?}",
+            percentile(&relay, 0.99),
             p.as_secs_f64() / r.as_secs_f64(),
+            p.as_secs_f64() / l.as_secs_f64(),
             percentile(&prop, 0.99)
         );
         return;

@@ -27,7 +27,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{fill, percentile, raw_floor};
+use common::{fill, percentile, raw_floor, raw_relay};
 use rekord::proto::handshake::Trees;
 use rekord::{Db, Event, EventKind, Key, SyncConfig};
 use rekord_server::{Config, Server};
@@ -347,6 +347,8 @@ fn main() {
     ));
     let mut echo = samples(&echo);
     let mut fsync = fsync_floor(n);
+    // The same work as a native propagation done raw (a relay that commits durably).
+    let mut relay = raw_relay(&rt, n, Duration::from_millis(2));
 
     // Propagation native -> native.
     let (a, b) = (native(&served), native(&served));
@@ -472,6 +474,7 @@ fn main() {
         &mut raw,
         &mut echo,
         &mut fsync,
+        &mut relay,
         &mut n2n,
         &mut n2b,
         &mut b2n,
@@ -495,6 +498,7 @@ fn main() {
          | one durable redb commit (fsync) ({} samples) | {:.1} µs | {:.1} µs |\n\
          | native floor: round trip + durable commit | {native_floor:.1} µs | |\n\
          | browser floor: page round trip + durable commit | {browser_floor:.1} µs | |\n\
+         | raw relay: A -> durable commit -> B over raw quinn, threads as replicas' ({} samples) | {:.1} µs | {:.1} µs |\n\
          | one small commit stored in IndexedDB, strict, from the page ({} samples) | {:.1} µs | {:.1} µs |\n\
          | the same, relaxed ({} samples) | {:.1} µs | {:.1} µs |\n",
         raw.len(),
@@ -506,6 +510,9 @@ fn main() {
         fsync.len(),
         p50(&fsync),
         p99(&fsync),
+        relay.len(),
+        p50(&relay),
+        p99(&relay),
         idb_strict.len(),
         p50(&idb_strict),
         p99(&idb_strict),
@@ -541,6 +548,11 @@ fn main() {
             p99(v),
         );
     }
+    println!(
+        "- native -> native / the raw relay doing the same work: **{:.2}x** (p50), {:.2}x (p99)",
+        p50(&n2n) / p50(&relay),
+        p99(&n2n) / p99(&relay),
+    );
     let deciles = |v: &[Duration]| {
         (1..10)
             .map(|d| format!("{:.0}", us(percentile(v, d as f64 / 10.0))))
@@ -549,6 +561,7 @@ fn main() {
     };
     println!("\ndeciles (µs, p10 ... p90):");
     for (name, v) in [
+        ("raw relay", &relay),
         ("native -> native", &n2n),
         ("native -> browser", &n2b),
         ("browser -> native", &b2n),

@@ -1495,6 +1495,144 @@ fn an_exit_right_after_a_merge_keeps_the_merge() {
     }
 }
 
+/// Another replica's edit of doc `id` setting b = 7, based on the server's head.
+fn others_edit(sim: &Sim, id: u64) -> Change {
+    Change {
+        tree: "docs".into(),
+        id,
+        rev: 0,
+        kind: ChangeKind::Edit {
+            base: sim.head(),
+            hlc: 1,
+            version: 1,
+            data: Doc { a: 0, b: 7 }.__encode(Vec::new()).unwrap(),
+        },
+    }
+}
+
+/// Whether `frame` pushes an optimistic edit.
+fn pushes_an_edit(frame: &Frame) -> Option<u64> {
+    match frame {
+        Frame::Request {
+            body: Request::Entries { entries, .. },
+            ..
+        } => entries
+            .iter()
+            .flatten()
+            .find(|c| matches!(c.kind, ChangeKind::Edit { .. }))
+            .map(|c| c.id),
+        _ => None,
+    }
+}
+
+/// The child of [`a_crash_right_after_a_merge_keeps_the_merge`]: every frame the server
+/// answers is printed (`FRAME hex`); the process dies right after the client merged the
+/// conflict of its edit (the merge committed, its entry about to go).
+fn crash_right_after_a_merge(path: &Path) -> ! {
+    use std::io::Write as _;
+    let mut pair = Pair::open(path, Sim::new(), Instant::now());
+    pair.tamper = Some(Box::new(|frame: &Frame, answers: Vec<Frame>| {
+        let bytes = rekord::proto::encode(frame).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "FRAME {hex}").unwrap();
+        out.flush().unwrap();
+        answers
+    }));
+    pair.settle();
+    let docs = pair.engine.db().unwrap().tree::<Doc>().unwrap();
+    let key = docs.create(&Doc { a: 0, b: 0 }).unwrap();
+    pair.settle();
+    let change = others_edit(&pair.sim, key.id());
+    pair.sim.inject(OTHER, change);
+    docs.update(key, |d| d.a = 5).unwrap();
+    let mut seen = 0;
+    let merged = pair.settle_until(|f| {
+        if is_entries(f) {
+            seen += 1;
+        }
+        seen == 2
+    });
+    assert!(merged.is_some(), "the merged edit was about to go");
+    std::process::abort();
+}
+
+/// As [`an_exit_right_after_a_merge_keeps_the_merge`], but the process dies (a child
+/// aborted right after the merge, before its entry reaches the server): reopened against
+/// the server the child left, the replica and the server end with the merge.
+#[test]
+fn a_crash_right_after_a_merge_keeps_the_merge() {
+    if let Ok(path) = std::env::var("REKORD_ENGINE_MERGE_CRASH_CHILD") {
+        crash_right_after_a_merge(Path::new(&path));
+    }
+    let (_dir, path) = fresh();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_crash_right_after_a_merge_keeps_the_merge",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("REKORD_ENGINE_MERGE_CRASH_CHILD", &path)
+        .output()
+        .unwrap();
+    // Killed by its abort (no exit code), not failed on a check of its own.
+    assert!(
+        out.status.code().is_none(),
+        "the child was to die after the merge: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server as the child left it: its frames answered again, the other replica's
+    // edit logged where it was (before the child's edit arrived).
+    let mut reader = rekord::proto::FrameReader::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(hex) = line.strip_prefix("FRAME ") {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            reader.push(&bytes);
+        }
+    }
+    let mut sim = Sim::new();
+    // (An optimistic tree's create goes as an edit too: the second edit is the update.)
+    let (mut edits, mut doc) = (0, None);
+    while let Some(frame) = reader.next_frame().unwrap() {
+        if let Some(id) = pushes_an_edit(&frame) {
+            edits += 1;
+            if edits == 2 {
+                let change = others_edit(&sim, id);
+                sim.inject(OTHER, change);
+                doc = Some(id);
+            }
+        }
+        sim.answer(&frame);
+    }
+    let id = doc.expect("the child pushed its edit");
+    assert!(
+        sim.log.iter().all(|s| s.origin != REPLICA
+            || !matches!(&s.change.kind, ChangeKind::Edit { data, .. }
+                if *data != Doc { a: 0, b: 0 }.__encode(Vec::new()).unwrap())),
+        "the child's edit was refused, not applied: {:?}",
+        sim.heard
+    );
+    let mut pair = Pair::open(&path, sim, Instant::now());
+    pair.settle();
+    pair.run_for(Duration::from_secs(5));
+    let st = pair.status();
+    assert!(st.online && st.outbox == 0, "{st:?}");
+    let (_, _, _, data) = pair.sim.latest("docs", id, u64::MAX).unwrap();
+    let docs = pair.engine.db().unwrap().tree::<Doc>().unwrap();
+    let here = docs.get(Key::new(id, 0)).unwrap();
+    assert_eq!(here, Doc { a: 5, b: 7 }, "the replica");
+    assert_eq!(
+        data,
+        Doc { a: 5, b: 7 }.__encode(Vec::new()).unwrap(),
+        "the server"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Timers
 // ---------------------------------------------------------------------------------------

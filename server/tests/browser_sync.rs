@@ -339,9 +339,27 @@ fn a_browser_replica_syncs_with_a_native_one_through_a_real_server() {
         Err(Error::AlreadyBorrowed { .. })
     ));
 
-    // The server dies while the page writes: the writes wait in the outbox, stored in
-    // IndexedDB (flushed), kept across a reload, and arrive once the server is back.
+    // The server dies while the page writes (a create every 5 ms, some sent and not yet
+    // answered when it dies), and the page writes on once it noticed: the writes wait in
+    // the outbox, stored in IndexedDB (flushed), kept across a reload, and arrive once the
+    // server is back.
+    page.ok("window.writing = (async () => { const ids = []; \
+           for (let i = 0; i < 60; i++) { \
+             let id = window.db.create(`during ${i}`, i); \
+             while (id < 0) { await new Promise((r) => setTimeout(r, 5)); \
+                              id = window.db.create(`during ${i}`, i); } \
+             ids.push(id); await new Promise((r) => setTimeout(r, 5)); } \
+           return ids; })(); return null;");
+    std::thread::sleep(Duration::from_millis(120));
     server.kill();
+    let during: Vec<u64> = page
+        .ok("return await window.writing;")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as u64)
+        .collect();
+    assert_eq!(during.len(), 60);
     page.wait_status("the page to notice the server is gone", |s| {
         s["online"] == false
     });
@@ -367,6 +385,16 @@ fn a_browser_replica_syncs_with_a_native_one_through_a_real_server() {
                 .get(Key::new(*id, 0))
                 .is_ok_and(|p| p.name == format!("offline {i}"))
         });
+    }
+    for (i, id) in during.iter().enumerate() {
+        eventually(
+            "a write made as the server died at the native replica",
+            || {
+                parts
+                    .get(Key::new(*id, 0))
+                    .is_ok_and(|p| p.name == format!("during {i}"))
+            },
+        );
     }
 
     // A second tab opens it too (it goes through the first: see

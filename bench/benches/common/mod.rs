@@ -154,3 +154,129 @@ pub async fn fill<T: rekord::Record>(
     s.close().await;
     data.len()
 }
+
+/// The raw floor of a propagation doing the same work as rekord's, with none of rekord's:
+/// sender A and receiver B are each a thread with its own runtime and quinn connection
+/// (as a replica's sync thread is); a relay on `rt`'s workers reads A's 8-byte message,
+/// commits 64 bytes durably to a redb file (fsync), and writes the message to B. Each of
+/// `n` samples (after 20 for warm-up, `gap` apart) is timed from the caller's thread
+/// handing the message to A until a thread waiting on B has it: the same hand-offs as an
+/// application's commit reaching another replica's subscriber.
+pub fn raw_relay(rt: &tokio::runtime::Runtime, n: usize, gap: Duration) -> Vec<Duration> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        ck.signing_key.serialize_der(),
+    ));
+    let server_cfg = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("relay.redb")).unwrap();
+    let (server, addr) = {
+        let _guard = rt.enter();
+        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        (server, addr)
+    };
+    // The relay: the first connection is A's, the second B's.
+    let relay = rt.spawn(async move {
+        let a = server.accept().await.unwrap().await.unwrap();
+        let b = server.accept().await.unwrap().await.unwrap();
+        let (_, mut from_a) = a.accept_bi().await.unwrap();
+        let (mut to_b, _) = b.accept_bi().await.unwrap();
+        let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+        let mut buf = [0u8; 8];
+        let mut i = 0u64;
+        while from_a.read_exact(&mut buf).await.is_ok() {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(table)
+                .unwrap()
+                .insert(i, [7u8; 64].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+            i += 1;
+            if to_b.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        drop((a, b));
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client_cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+    let connect = move |cfg: quinn::ClientConfig| {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(cfg);
+        let conn = ep.connect(addr, "localhost").unwrap();
+        (ep, conn)
+    };
+    let thread_rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // A: sends what the caller hands it.
+    let (to_a, mut a_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let (a_ready_tx, a_ready) = std::sync::mpsc::channel::<()>();
+    let a_cfg = client_cfg.clone();
+    let a_thread = std::thread::spawn(move || {
+        thread_rt().block_on(async move {
+            let (_ep, connecting) = connect(a_cfg);
+            let conn = connecting.await.unwrap();
+            let (mut send, _recv) = conn.open_bi().await.unwrap();
+            // (A stream is announced by its first bytes: the warm-up message.)
+            a_ready_tx.send(()).unwrap();
+            while let Some(i) = a_rx.recv().await {
+                send.write_all(&i.to_le_bytes()).await.unwrap();
+            }
+            send.finish().unwrap();
+            conn.closed().await;
+        })
+    });
+    a_ready.recv().unwrap();
+    // Only after A's connection: the relay takes the first as A's.
+    std::thread::sleep(Duration::from_millis(50));
+    // B: hands what arrives to the caller's waiting thread.
+    let (b_tx, b_rx) = std::sync::mpsc::channel::<(u64, Instant)>();
+    let b_thread = std::thread::spawn(move || {
+        thread_rt().block_on(async move {
+            let (_ep, connecting) = connect(client_cfg);
+            let conn = connecting.await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            // Announces the stream (the relay accepts it when its first bytes arrive).
+            send.write_all(&[0]).await.unwrap();
+            let mut buf = [0u8; 8];
+            while recv.read_exact(&mut buf).await.is_ok() {
+                if b_tx
+                    .send((u64::from_le_bytes(buf), Instant::now()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    });
+    let waiter = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(n + 20);
+        while got.len() < n + 20 {
+            let (i, _) = b_rx.recv().unwrap();
+            got.push((i, Instant::now()));
+        }
+        got
+    });
+    let mut sent = Vec::with_capacity(n + 20);
+    for i in 0..(n + 20) as u64 {
+        sent.push(Instant::now());
+        to_a.send(i).unwrap();
+        std::thread::sleep(gap);
+    }
+    let got = waiter.join().unwrap();
+    drop(to_a);
+    a_thread.join().unwrap();
+    rt.block_on(relay).unwrap();
+    b_thread.join().unwrap();
+    got.iter()
+        .skip(20)
+        .map(|(i, at)| at.duration_since(sent[*i as usize]))
+        .collect()
+}
