@@ -297,6 +297,50 @@ fn page_eval_flush(page: &mut Page, relaxed: bool, n: usize) -> serde_json::Valu
     ))
 }
 
+/// Whether a page's commit and its store in IndexedDB get slower as its database grows:
+/// `n` small commits (each stored before the next), the mean of each tenth in order
+/// (`REKORD_BENCH_ONLY_IDB=n`).
+fn idb_growth(page_port: u16, n: usize) {
+    let mut page = Page::launch(page_port);
+    let v = page.eval(&format!(
+        "const {{ Harness }} = await import(new URL('./pkg/rekord_web_example.js', location.href).href); \
+         const h = await Harness.open('idb-growth', false, 500); \
+         const out = []; \
+         for (let i = 0; i < {n}; i++) {{ \
+           const t0 = performance.now(); h.commit(64); const t1 = performance.now(); \
+           await h.flush(); const t2 = performance.now(); \
+           out.push(((t1 - t0) * 1000).toFixed(1) + ':' + ((t2 - t1) * 1000).toFixed(1)); }} \
+         const batches = []; \
+         for (const k of [1, 2, 4, 8, 16, 32, 64]) {{ \
+           let total = 0; \
+           for (let r = 0; r < 20; r++) {{ \
+             for (let j = 0; j < k; j++) h.commit(64); \
+             const t = performance.now(); await h.flush(); total += performance.now() - t; }} \
+           batches.push(k + ' commits: ' + (total / 20 * 1000).toFixed(0) + ' µs'); }} \
+         h.free(); return out.join(',') + ';' + batches.join(', ');"
+    ));
+    let (v, batches) = v.as_str().unwrap().split_once(';').unwrap();
+    println!("one store after k commits, mean of 20: {batches}");
+    let pairs: Vec<(f64, f64)> = v
+        .split(',')
+        .map(|p| {
+            let (c, f) = p.split_once(':').unwrap();
+            (c.parse().unwrap(), f.parse().unwrap())
+        })
+        .collect();
+    let tenth = (pairs.len() / 10).max(1);
+    println!("commits stored one by one in IndexedDB, mean per tenth of {n}, in order:");
+    for (i, chunk) in pairs.chunks(tenth).enumerate() {
+        let k = chunk.len() as f64;
+        println!(
+            "- {:>2}: commit {:.1} µs, store {:.1} µs",
+            i,
+            chunk.iter().map(|p| p.0).sum::<f64>() / k,
+            chunk.iter().map(|p| p.1).sum::<f64>() / k
+        );
+    }
+}
+
 /// `n` stamped creates on `parts`, `gap` apart.
 fn send(parts: &rekord::Tree<Part>, n: usize, gap: Duration) {
     for i in 0..n {
@@ -320,6 +364,10 @@ fn main() {
             .unwrap(),
     );
     let page_port = free_port();
+    if let Ok(n) = std::env::var("REKORD_BENCH_ONLY_IDB") {
+        idb_growth(page_port, n.parse().unwrap());
+        return;
+    }
     let served = serve(&rt, page_port);
     let (echo_port, echo_hash) = echo_server(&rt);
     let mut page = Page::launch(page_port);
@@ -470,6 +518,26 @@ fn main() {
     drop(fresh);
     drop(page);
 
+    // Arrival order, before sorting: whether a row's latency grows through the run (a
+    // queue building up) or only spreads.
+    let tenths = |v: &[Duration]| {
+        v.chunks((v.len() / 10).max(1))
+            .map(|c| {
+                format!(
+                    "{:.0}",
+                    c.iter().map(|d| d.as_secs_f64() * 1e6).sum::<f64>() / c.len() as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let in_order = [
+        ("native -> native", tenths(&n2n)),
+        ("native -> browser", tenths(&n2b)),
+        ("browser -> native", tenths(&b2n)),
+        ("browser (relaxed) -> native", tenths(&b2n_relaxed)),
+        ("browser -> native, a change every 10 ms", tenths(&b2n_slow)),
+    ];
     for v in [
         &mut raw,
         &mut echo,
@@ -559,6 +627,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" / ")
     };
+    println!("\nmean of each tenth of the changes, in the order they arrived (µs):");
+    for (name, t) in &in_order {
+        println!("- {name}: {t}");
+    }
     println!("\ndeciles (µs, p10 ... p90):");
     for (name, v) in [
         ("raw relay", &relay),

@@ -599,6 +599,11 @@ impl Image {
         })
     }
 
+    /// Whether commits are left to store (the next [`Image::take_flush`] has something).
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || self.delete_from.is_some()
+    }
+
     /// The flush taken last was stored.
     pub(crate) fn flushed<B>(&mut self, flush: &Flush<B>) {
         self.in_flight = false;

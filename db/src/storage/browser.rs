@@ -737,6 +737,8 @@ impl Flusher {
         let mut waiters: Vec<async_channel::Sender<Result<()>>> = Vec::new();
         let mut dropped = false;
         let mut attempts_at_close = 0;
+        // Commits made while the last store ran are still to store: no waiting.
+        let mut more = false;
         loop {
             let wait = deadline.map(|d| {
                 let left = (d - js_sys::Date::now()).max(0.0);
@@ -747,6 +749,7 @@ impl Flusher {
                 }
             });
             let kick = match wait {
+                _ if std::mem::take(&mut more) => None,
                 None => Some(self.kicks.recv().await.map_err(|_| ())),
                 Some(wait) => race(self.kicks.recv(), sleep(wait))
                     .await
@@ -781,16 +784,25 @@ impl Flusher {
                 }
             }
             let seq = self.tab.and_then(tabs::seq);
-            let outcome = self.flush_all().await;
-            if let (Ok(()), Some(tab), Some(seq)) = (&outcome, self.tab, seq) {
+            // One store answers every request that came before it: it holds everything
+            // committed until it was taken. Commits made while it ran are stored next,
+            // without holding up those requests (a writer that commits faster than a
+            // store takes would otherwise keep them waiting until it pauses).
+            let outcome = self.flush_once().await;
+            if let (Ok(_), Some(tab), Some(seq)) = (&outcome, self.tab, seq) {
                 tabs::stored(tab, seq);
             }
             for w in waiters.drain(..) {
                 let _ = w.try_send(outcome.as_ref().map(|_| ()).map_err(again));
             }
             match outcome {
-                Ok(()) => {
+                Ok(left) => {
                     backoff = 0.0;
+                    if left {
+                        more = true;
+                        deadline.get_or_insert(js_sys::Date::now());
+                        continue;
+                    }
                     deadline = None;
                     if dropped {
                         break;
@@ -818,30 +830,33 @@ impl Flusher {
         self.idb.close();
     }
 
-    /// Stores every staged commit; on failure the blocks stay staged for the next attempt.
-    async fn flush_all(&self) -> Result<()> {
-        loop {
-            let taken = blocks::lock(&self.image).take_flush(js_block);
-            let Some(flush) = taken else {
-                return Ok(());
-            };
-            match store(&self.idb, &flush, self.options.durability).await {
-                Ok(()) => {
-                    blocks::lock(&self.image).flushed(&flush);
-                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    if !self.witnessed.replace(true) {
-                        witness::stored(&name_of(&self.idb));
-                    }
+    /// Stores every commit staged so far (one IndexedDB transaction); whether commits made
+    /// meanwhile are left to store. On failure the blocks stay staged for the next attempt.
+    async fn flush_once(&self) -> Result<bool> {
+        let taken = blocks::lock(&self.image).take_flush(js_block);
+        let Some(flush) = taken else {
+            return Ok(false);
+        };
+        match store(&self.idb, &flush, self.options.durability).await {
+            Ok(()) => {
+                let left = {
+                    let mut image = blocks::lock(&self.image);
+                    image.flushed(&flush);
+                    image.is_dirty()
+                };
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if !self.witnessed.replace(true) {
+                    witness::stored(&name_of(&self.idb));
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        "rekord: a flush to IndexedDB failed (the last flushed state is kept; retried): {e}"
-                    );
-                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(e.to_string());
-                    blocks::lock(&self.image).failed(flush, js_block_data);
-                    return Err(e);
-                }
+                Ok(left)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "rekord: a flush to IndexedDB failed (the last flushed state is kept; retried): {e}"
+                );
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                blocks::lock(&self.image).failed(flush, js_block_data);
+                Err(e)
             }
         }
     }
