@@ -750,6 +750,13 @@ impl Flusher {
             });
             let kick = match wait {
                 _ if std::mem::take(&mut more) => None,
+                // Closing, after a failed store: the kicks' channel may have no sender
+                // left (no hide listeners, as in a worker), and a closed channel would end
+                // every wait at once, spending the attempts at close within milliseconds.
+                Some(wait) if dropped => {
+                    sleep(wait).await;
+                    None
+                }
                 None => Some(self.kicks.recv().await.map_err(|_| ())),
                 Some(wait) => race(self.kicks.recv(), sleep(wait))
                     .await
@@ -800,7 +807,6 @@ impl Flusher {
                     backoff = 0.0;
                     if left {
                         more = true;
-                        deadline.get_or_insert(js_sys::Date::now());
                         continue;
                     }
                     deadline = None;
