@@ -161,6 +161,49 @@ async fn redteam_a_failed_last_flush_at_drop_loses_commits_silently() {
     Db::delete_browser(&name).await.unwrap();
 }
 
+/// The same without hide listeners (`FlushPolicy::on_hide` off, as in a worker, which has
+/// no such events): the closing flusher's channel then has no sender left, and a closed
+/// channel ended each of its back-off waits at once, so its attempts ran back to back.
+/// They are spaced by the back-off (500 ms, doubling): the reopen waits that long.
+#[wasm_bindgen_test]
+async fn a_failed_last_flush_without_hide_listeners_is_retried_with_back_off() {
+    let name = fresh("closefail-nohide");
+    let options = BrowserOptions {
+        flush: FlushPolicy {
+            on_hide: false,
+            ..FlushPolicy::default()
+        },
+        ..BrowserOptions::default()
+    };
+    let db = Db::open_browser_with(&name, DbOptions::default(), options)
+        .await
+        .unwrap();
+    let parts = db.tree::<Part>().unwrap();
+    parts.create(&part("a", 1)).unwrap();
+    db.flush().await.unwrap();
+    inject_quota_failures(true);
+    parts.create(&part("b", 2)).unwrap();
+    drop(parts);
+    let start = js_sys::Date::now();
+    drop(db);
+    let reopened = Db::open_browser(&name).await;
+    let waited = js_sys::Date::now() - start;
+    let tried = attempts();
+    inject_quota_failures(false);
+    let e = reopened.expect_err("a reopen after a failed last flush reported nothing");
+    assert!(e.to_string().contains("lost"), "{e}");
+    let db = Db::open_browser(&name).await.unwrap();
+    assert_eq!(db.tree::<Part>().unwrap().keys().unwrap().len(), 1);
+    drop(db);
+    Db::delete_browser(&name).await.unwrap();
+    // Five attempts at close, 500 + 1,000 + 2,000 + 4,000 ms apart.
+    assert!(tried <= 6.0, "{tried} attempts");
+    assert!(
+        waited >= 5_000.0,
+        "the attempts at close ran within {waited} ms: no back-off"
+    );
+}
+
 #[wasm_bindgen_test]
 async fn redteam_drop_with_a_tree_alive_then_reopen() {
     // A Tree (or a clone of the Db) keeps the database open: a reopen follows it, as a
