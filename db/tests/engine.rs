@@ -16,6 +16,10 @@ use rekord::proto::{
 use rekord::sync::engine::{Engine, Output};
 use rekord::{Event, SyncConfig};
 
+#[path = "common/frame_log.rs"]
+mod frame_log;
+use frame_log::{parse_frames, print_frame};
+
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
@@ -271,29 +275,6 @@ impl Pair {
             .unwrap();
         key.id()
     }
-}
-
-fn print_frame(frame: &Frame) {
-    use std::io::Write as _;
-    let bytes = rekord::proto::encode(frame).unwrap();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "FRAME {hex}").unwrap();
-    out.flush().unwrap();
-}
-
-fn parse_frames(stdout: &str) -> Vec<Frame> {
-    let mut reader = rekord::proto::FrameReader::new();
-    for line in stdout.lines() {
-        if let Some(hex) = line.strip_prefix("FRAME ") {
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
-            reader.push(&bytes);
-        }
-    }
-    std::iter::from_fn(|| reader.next_frame().unwrap()).collect()
 }
 
 /// The first session: hello, schema, ids, and a create pushed, applied and echoed.

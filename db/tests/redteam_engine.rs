@@ -23,6 +23,10 @@ use rekord::proto::{
 use rekord::sync::engine::{Engine, Output};
 use rekord::{Event, Key, Record as _, SyncConfig, SyncEvent};
 
+#[path = "common/frame_log.rs"]
+mod frame_log;
+use frame_log::{parse_frames, print_frame};
+
 #[rekord::record(tree = "parts", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
@@ -1529,14 +1533,9 @@ fn pushes_an_edit(frame: &Frame) -> Option<u64> {
 /// answers is printed (`FRAME hex`); the process dies right after the client merged the
 /// conflict of its edit (the merge committed, its entry about to go).
 fn crash_right_after_a_merge(path: &Path) -> ! {
-    use std::io::Write as _;
     let mut pair = Pair::open(path, Sim::new(), Instant::now());
     pair.tamper = Some(Box::new(|frame: &Frame, answers: Vec<Frame>| {
-        let bytes = rekord::proto::encode(frame).unwrap();
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "FRAME {hex}").unwrap();
-        out.flush().unwrap();
+        print_frame(frame);
         answers
     }));
     pair.settle();
@@ -1585,20 +1584,10 @@ fn a_crash_right_after_a_merge_keeps_the_merge() {
     );
     // The server as the child left it: its frames answered again, the other replica's
     // edit logged where it was (before the child's edit arrived).
-    let mut reader = rekord::proto::FrameReader::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(hex) = line.strip_prefix("FRAME ") {
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
-            reader.push(&bytes);
-        }
-    }
     let mut sim = Sim::new();
     // (An optimistic tree's create goes as an edit too: the second edit is the update.)
     let (mut edits, mut doc) = (0, None);
-    while let Some(frame) = reader.next_frame().unwrap() {
+    for frame in parse_frames(&String::from_utf8_lossy(&out.stdout)) {
         if let Some(id) = pushes_an_edit(&frame) {
             edits += 1;
             if edits == 2 {
