@@ -447,6 +447,13 @@ impl Db {
         inner: &Arc<DbInner>,
         config: crate::sync::SyncConfig,
     ) -> Result<()> {
+        // Checked first: a second client started here could never be stopped.
+        if inner.link.get().is_some() {
+            return Err(Error::Browser {
+                operation: "starting the sync client",
+                message: "it runs already".into(),
+            });
+        }
         let (link, _) =
             crate::sync::client::start_with(crate::sync::local::Handle::new(inner), config, false)?;
         inner.link.set(link).map_err(|_| Error::Browser {

@@ -23,10 +23,9 @@ pub fn system_now() -> std::time::SystemTime {
     return std::time::UNIX_EPOCH + Duration::from_secs_f64(js_sys::Date::now().max(0.0) / 1000.0);
 }
 
-/// Now, on the clock of the code that asks: a sync engine's (`sync::engine::Engine`, native)
+/// Now, on the clock of the code that asks: a sync engine's (`sync::engine::Engine`)
 /// while it runs the sync client (the time its caller gave it), else the machine's.
 pub fn now() -> Instant {
-    #[cfg(not(target_arch = "wasm32"))]
     if let Some(clock) = virt::current() {
         return clock.now();
     }
@@ -44,7 +43,6 @@ pub fn after(duration: Duration) -> Instant {
 
 /// Waits `duration` (on a sync engine's clock while it runs the sync client).
 pub async fn sleep(duration: Duration) {
-    #[cfg(not(target_arch = "wasm32"))]
     if let Some(clock) = virt::current() {
         return clock.sleep(duration).await;
     }
@@ -52,8 +50,9 @@ pub async fn sleep(duration: Duration) {
     tokio::time::sleep(duration).await;
     #[cfg(target_arch = "wasm32")]
     {
-        // setTimeout takes milliseconds as an i32 (about 24 days at most).
-        let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+        // setTimeout takes milliseconds as an i32 (about 24 days at most); rounded up, so the
+        // wait is never shorter than asked (a timer that woke early would wait again).
+        let ms = u32::try_from(duration.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
         gloo_timers::future::TimeoutFuture::new(ms.min(i32::MAX as u32)).await;
     }
 }
@@ -125,7 +124,6 @@ pub(crate) fn random<const N: usize>() -> crate::Result<[u8; N]> {
 /// The clock of an [`Engine`](crate::sync::engine::Engine): the time its caller last gave
 /// it, and the timers the code it runs waits on (the earliest is when it wants to run
 /// again). Set for the thread only while the engine runs that code.
-#[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod virt {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
@@ -139,6 +137,10 @@ pub(crate) mod virt {
     #[derive(Debug)]
     pub(crate) struct Clock {
         state: Mutex<State>,
+        /// Whether it never reads behind the machine's clock (a real driver's: time spent
+        /// inside a run, say blocked on a commit, counts), or only moves when told (a
+        /// test's simulated time).
+        live: bool,
     }
 
     #[derive(Debug)]
@@ -172,13 +174,26 @@ pub(crate) mod virt {
     }
 
     impl Clock {
+        /// A clock at `now` that moves only when told (`Engine::open`, native).
+        #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
         pub(crate) fn new(now: Instant) -> Arc<Clock> {
+            Clock::make(now, false)
+        }
+
+        /// A clock that never reads behind the machine's (its timers still fire when it is
+        /// told the time): the built-in driver's.
+        pub(crate) fn live() -> Arc<Clock> {
+            Clock::make(Instant::now(), true)
+        }
+
+        fn make(now: Instant, live: bool) -> Arc<Clock> {
             Arc::new(Clock {
                 state: Mutex::new(State {
                     now,
                     next_timer: 0,
                     timers: BTreeMap::new(),
                 }),
+                live,
             })
         }
 
@@ -188,7 +203,12 @@ pub(crate) mod virt {
         }
 
         pub(crate) fn now(&self) -> Instant {
-            self.state().now
+            let told = self.state().now;
+            if self.live {
+                told.max(Instant::now())
+            } else {
+                told
+            }
         }
 
         /// Moves the clock to `now` (never back) and wakes the timers due.
@@ -236,6 +256,7 @@ pub(crate) mod virt {
 
         fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
             let this = &mut *self;
+            let now = this.clock.now();
             let mut s = this.clock.state();
             let Some(deadline) = this.deadline else {
                 return Poll::Pending;
@@ -243,7 +264,7 @@ pub(crate) mod virt {
             if let Some(n) = this.timer {
                 s.timers.remove(&(deadline, n));
             }
-            if s.now >= deadline {
+            if now >= deadline {
                 this.timer = None;
                 return Poll::Ready(());
             }

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use rekord::net::Proved;
 use rekord::proto::{
     Change, ChangeKind, Current, EntryOutcome, Frame, PROTOCOL_VERSION, Push, Refusal, RemoteError,
     Request, Response, Revision, Sequenced, ServerHello,
@@ -369,11 +370,13 @@ impl Pair {
         for _ in 0..20_000 {
             let out = self.engine.poll_output()?;
             match out {
-                Output::Connect { conn } => {
+                Output::Connect { conn, dial } => {
                     self.connects += 1;
                     if self.down {
                         self.engine.handle_closed(conn);
                     } else {
+                        self.engine
+                            .handle_connected(conn, Proved::trusted(dial.pin.as_ref()));
                         self.conn = Some(conn);
                     }
                 }
@@ -395,11 +398,12 @@ impl Pair {
                         self.engine.handle_frame(conn, &answer).unwrap();
                     }
                 }
-                Output::Close { conn } => {
+                Output::Close { conn, .. } => {
                     if self.conn == Some(conn) {
                         self.conn = None;
                     }
                 }
+                Output::Transmit { .. } => unreachable!("an engine that hands frames"),
             }
         }
         panic!("the engine never stopped sending");

@@ -1,6 +1,6 @@
 //! The sans-IO sync engine ([`rekord::sync::engine::Engine`]) driven over real QUIC: this
-//! test is the driver (a quinn endpoint that pins the server's certificate, one stream per
-//! connection, the machine's clock), beside an ordinary native replica, against a real
+//! test is the driver (it opens what the engine dials with `rekord::net::open`, one stream
+//! per connection, the machine's clock; frames one at a time), beside an ordinary native replica, against a real
 //! server on loopback. The engine itself has no socket: it asks for connections, hands
 //! frames to send, takes what arrived and says when it wants to run again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use common::{APP, Running};
-use rekord::net::{ALPN, PinnedVerifier, SERVER_NAME};
+use rekord::net::{ConnWire, DialTarget, RecvWire, SendWire};
 use rekord::proto::FrameReader;
 use rekord::sync::engine::{Engine, Output};
 use rekord::{Db, Key, SyncConfig};
@@ -30,15 +30,14 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// One open connection of the engine.
 struct Open {
     conn: u64,
-    quic: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    wire: Box<dyn ConnWire>,
+    send: Box<dyn SendWire>,
+    recv: Box<dyn RecvWire>,
     reader: FrameReader,
-    /// Keeps the connection's endpoint alive.
-    _endpoint: quinn::Endpoint,
 }
 
-/// The driver: QUIC with rekord's ALPN, the server's certificate pinned.
+/// The driver: opens what the engine dials with `rekord::net::open` (QUIC with rekord's
+/// ALPN, the pinned certificate checked).
 struct Quic {
     /// Woken by the engine when the application gave its client work.
     wake: Arc<tokio::sync::Notify>,
@@ -49,70 +48,47 @@ struct Quic {
 }
 
 impl Quic {
-    async fn connect(&self) -> Result<(quinn::Endpoint, quinn::Connection), String> {
-        use quinn::rustls;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(PinnedVerifier::new(Some(self.fingerprint.clone())));
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-        let connecting = endpoint
-            .connect(self.addr, SERVER_NAME)
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(Duration::from_millis(500), connecting)
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok((endpoint, conn))
-    }
-
     /// Does what the engine asks, then waits (at most a millisecond, or until the engine's
     /// deadline) for bytes from the server, and gives the engine the time.
     async fn step(&mut self, engine: &mut Engine) {
         while let Some(out) = engine.poll_output() {
             match out {
-                Output::Connect { conn } => {
+                Output::Connect { conn, dial } => {
                     self.connects += 1;
-                    let opened = match self.connect().await {
-                        Ok((endpoint, quic)) => match quic.open_bi().await {
-                            Ok((send, recv)) => Some(Open {
-                                conn,
-                                quic,
-                                send,
-                                recv,
-                                reader: FrameReader::new(),
-                                _endpoint: endpoint,
-                            }),
-                            Err(_) => None,
-                        },
-                        Err(_) => None,
-                    };
-                    if opened.is_none() {
-                        engine.handle_closed(conn);
+                    // The engine asks for the configured server, its certificate pinned.
+                    assert_eq!(dial.target, DialTarget::Quic(self.addr));
+                    assert_eq!(
+                        dial.pin.as_ref().map(|p| p.cert.as_str()),
+                        Some(self.fingerprint.as_str())
+                    );
+                    match rekord::net::open(&dial).await {
+                        Ok(wire) => {
+                            if engine.handle_connected(conn, wire.proved) {
+                                self.open = Some(Open {
+                                    conn,
+                                    wire: wire.conn,
+                                    send: wire.send,
+                                    recv: wire.recv,
+                                    reader: FrameReader::new(),
+                                });
+                            }
+                        }
+                        Err(e) => engine.handle_failed(conn, e),
                     }
-                    self.open = opened;
                 }
                 Output::Send { conn, frame } => {
                     if let Some(open) = self.open.as_mut().filter(|o| o.conn == conn) {
                         let bytes = rekord::proto::encode(&frame).unwrap();
-                        if open.send.write_all(&bytes).await.is_err() {
+                        if let Err(e) = open.send.write_all(&bytes).await {
                             self.open = None;
-                            engine.handle_closed(conn);
+                            engine.handle_failed(conn, rekord::net::NetError::Closed(e));
                         }
                     }
                 }
-                Output::Close { conn } => {
+                Output::Transmit { .. } => unreachable!("an engine that hands frames"),
+                Output::Close { conn, code, reason } => {
                     if let Some(open) = self.open.take_if(|o| o.conn == conn) {
-                        open.quic.close(0u32.into(), b"done");
+                        open.wire.close(code, &reason);
                     }
                 }
             }
@@ -130,7 +106,10 @@ impl Quic {
         let open = self.open.as_mut();
         let read = async move {
             match open {
-                Some(open) => Some(open.recv.read_chunk(64 * 1024, true).await),
+                Some(open) => {
+                    let got = open.recv.read_into(&mut open.reader).await;
+                    Some((open.conn, got))
+                }
                 None => std::future::pending().await,
             }
         };
@@ -142,19 +121,16 @@ impl Quic {
             () = tokio::time::sleep(Duration::from_millis(5)) => None,
         };
         match got {
-            Some(Ok(Some(chunk))) => {
+            Some((conn, Ok(Some(_)))) => {
                 if let Some(open) = self.open.as_mut() {
-                    open.reader.push(&chunk.bytes);
-                    let conn = open.conn;
                     while let Some(frame) = open.reader.next_frame().unwrap() {
                         engine.handle_frame(conn, &frame).unwrap();
                     }
                 }
             }
-            Some(_) => {
-                if let Some(open) = self.open.take() {
-                    engine.handle_closed(open.conn);
-                }
+            Some((conn, _)) => {
+                self.open = None;
+                engine.handle_closed(conn);
             }
             None => {}
         }
@@ -218,7 +194,7 @@ async fn an_engine_driven_over_quic_syncs_borrows_and_survives_a_server_restart(
     // A: the engine, driven here.
     let mut a = Engine::open(dir.path().join("a.rekord"), config(), Instant::now()).unwrap();
     let wake = Arc::new(tokio::sync::Notify::new());
-    a.set_waker(Waker::from(Arc::new(Wake(wake.clone()))));
+    a.set_waker(&Waker::from(Arc::new(Wake(wake.clone()))));
     let mut quic = Quic {
         wake,
         addr,

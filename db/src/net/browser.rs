@@ -15,7 +15,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{ReadableStreamDefaultReader, WritableStreamDefaultWriter};
 
 use super::wire::{ConnWire, RecvWire, SendWire, WireFuture};
-use super::{ConnectOptions, NetError, Pin, Session, WebTarget};
+use super::{ConnectOptions, NetError, Pin, Proved, Session, WebTarget, Wire};
 use crate::proto::FrameReader;
 use crate::proto::handshake::ClientConfig;
 
@@ -87,10 +87,11 @@ pub async fn connect_browser(
         cfg.pinned = Some(pin.server);
     }
     let timeout = options.timeout;
-    // The browser checked the WebTransport certificate, not the long-term one native
-    // clients pin: the pin to keep is the one given, else none yet.
-    let keep = pin.map(|p| p.cert.clone()).unwrap_or_default();
-    match crate::rt::timeout(timeout, establish(target, &cfg, keep, timeout)).await {
+    let establish = async {
+        let wire = open_browser(target, pin, options).await?;
+        Session::start_on(wire, &cfg, timeout).await
+    };
+    match crate::rt::timeout(timeout, establish).await {
         Some(result) => result,
         None => Err(NetError::Timeout {
             what: "connecting and the handshake",
@@ -99,12 +100,27 @@ pub async fn connect_browser(
     }
 }
 
-async fn establish(
+/// The page's WebTransport session to `target` (the browser checks the certificate against
+/// the target's hashes, or through the web's CAs), with its stream open; the server proves
+/// its long-term identity (`pin`'s UUID) in the session. Bounded by `options.timeout`.
+pub(super) async fn open_browser(
     target: &WebTarget,
-    cfg: &ClientConfig,
-    keep: String,
-    timeout: std::time::Duration,
-) -> Result<Session, NetError> {
+    pin: Option<&Pin>,
+    options: ConnectOptions,
+) -> Result<Wire, NetError> {
+    match crate::rt::timeout(options.timeout, open_page(target, pin)).await {
+        Some(result) => result,
+        None => Err(NetError::Timeout {
+            what: "connecting",
+            after: options.timeout,
+        }),
+    }
+}
+
+async fn open_page(target: &WebTarget, pin: Option<&Pin>) -> Result<Wire, NetError> {
+    // The browser checked the WebTransport certificate, not the long-term one native
+    // clients pin: the pin to keep is the one given, else none yet.
+    let keep = pin.map(|p| p.cert.clone()).unwrap_or_default();
     let options = Object::new();
     if !target.cert_hashes.is_empty() {
         let hashes = js_sys::Array::new();
@@ -141,27 +157,21 @@ async fn establish(
     let writer = writable
         .get_writer()
         .map_err(|e| NetError::Closed(text(&e)))?;
-    let conn = BrowserConn {
-        transport,
-        url: target.url.clone(),
-    };
-    let pin = Pin {
-        server: [0; 16],
-        cert: keep,
-    };
-    Session::start_proving(
-        Box::new(conn),
-        Box::new(BrowserSend(writer)),
-        Box::new(BrowserRecv {
+    Ok(Wire {
+        conn: Box::new(BrowserConn {
+            transport,
+            url: target.url.clone(),
+        }),
+        send: Box::new(BrowserSend(writer)),
+        recv: Box::new(BrowserRecv {
             reader,
             pending: None,
         }),
-        cfg,
-        pin,
-        timeout,
-        super::Proof::Announced { presented: None },
-    )
-    .await
+        proved: Proved {
+            cert: keep,
+            proof: super::Proof::Announced { presented: None },
+        },
+    })
 }
 
 /// The page's WebTransport session.

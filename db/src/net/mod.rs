@@ -322,6 +322,135 @@ pub struct Session {
     web_identity: Option<(String, proto::WebCertificates)>,
 }
 
+/// What a sync client asks of its transport when it connects: where its server is, what it
+/// pinned of it, and the bounds of the connection. A [`sync engine`](crate::sync::engine)
+/// hands it to its driver ([`crate::sync::engine::Output::Connect`]), which opens the
+/// connection with [`open`] (or a transport of its own that checks as much).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dial {
+    /// Where the server is.
+    pub target: DialTarget,
+    /// What this replica pinned of its server: the transport checks the certificate's
+    /// fingerprint (natively over rekord's ALPN); the session checks the UUID.
+    pub pin: Option<Pin>,
+    /// Bounds of the connection.
+    pub options: ConnectOptions,
+}
+
+/// Where a [`Dial`] goes.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DialTarget {
+    /// rekord's ALPN over QUIC, at this address (native).
+    Quic(SocketAddr),
+    /// WebTransport at this target (a browser, or natively with the `web-transport` feature).
+    Web(WebTarget),
+    /// A stream of the configured [`SyncConfig::connector`](crate::SyncConfig::connector)
+    /// (native: an in-process server, or a pipe a test controls).
+    Stream,
+}
+
+/// A connection opened for a [`Dial`]: the stream a session runs over, and what the
+/// transport proved of the server.
+pub struct Wire {
+    /// The connection.
+    pub conn: Box<dyn ConnWire>,
+    /// Its stream's sending half.
+    pub send: Box<dyn SendWire>,
+    /// Its stream's receiving half.
+    pub recv: Box<dyn RecvWire>,
+    /// What the transport proved of the server.
+    pub proved: Proved,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("remote", &self.conn.remote())
+            .field("proved", &self.proved)
+            .finish()
+    }
+}
+
+/// What a transport proved of the server when it opened a [`Wire`]: the certificate it
+/// checked (natively over rekord's ALPN, the one to pin), and whether the server must still
+/// prove its long-term identity in the session (WebTransport). Made by [`open`] only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proved {
+    pub(crate) cert: String,
+    pub(crate) proof: Proof,
+}
+
+impl Proved {
+    /// What a stream trusted as the server's proves (an in-process server, a simulated
+    /// one): nothing; `pin`'s certificate, if any, is what the session keeps.
+    pub fn trusted(pin: Option<&Pin>) -> Proved {
+        Proved {
+            cert: pin.map(|p| p.cert.clone()).unwrap_or_default(),
+            proof: Proof::None,
+        }
+    }
+}
+
+/// Opens the connections of a sync client that does not open its own: a sync engine's, whose
+/// driver does.
+pub(crate) trait Dialer: Send + Sync {
+    /// A connection for `dial`, once the driver opened it.
+    fn open(self: std::sync::Arc<Self>, dial: Dial) -> WireFuture<'static, Result<Wire, NetError>>;
+}
+
+/// Opens a connection for `dial` over its transport: QUIC with the certificate pinned,
+/// WebTransport with the server's certificate hashes, bounded by `dial.options.timeout`.
+/// [`DialTarget::Stream`] needs the connector: natively, [`open_with`].
+pub async fn open(dial: &Dial) -> Result<Wire, NetError> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return open_with(dial, None).await;
+    #[cfg(target_arch = "wasm32")]
+    match &dial.target {
+        DialTarget::Web(target) => {
+            browser::open_browser(target, dial.pin.as_ref(), dial.options).await
+        }
+        other => Err(NetError::Closed(format!(
+            "a browser reaches its server over WebTransport only, not {other:?}"
+        ))),
+    }
+}
+
+/// [`open`], with the streams of `connector` for [`DialTarget::Stream`] (native).
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn open_with(dial: &Dial, connector: Option<&Connector>) -> Result<Wire, NetError> {
+    let timeout = dial.options.timeout;
+    let opening = async {
+        match &dial.target {
+            DialTarget::Quic(addr) => quic::open_quic(*addr, dial.pin.as_ref(), dial.options).await,
+            #[cfg(feature = "web-transport")]
+            DialTarget::Web(target) => {
+                webtransport::open_web(target, dial.pin.as_ref(), dial.options).await
+            }
+            #[cfg(not(feature = "web-transport"))]
+            DialTarget::Web(_) => Err(NetError::Closed(
+                "WebTransport natively needs the crate feature `web-transport`".into(),
+            )),
+            DialTarget::Stream => match connector {
+                Some(connector) => {
+                    let stream = connector.connect().await?;
+                    Ok(stream::stream_wire(stream, dial.pin.as_ref()))
+                }
+                None => Err(NetError::Closed(
+                    "no connector to open a stream with (SyncConfig::connector)".into(),
+                )),
+            },
+        }
+    };
+    match crate::rt::timeout(timeout, opening).await {
+        Some(result) => result,
+        None => Err(NetError::Timeout {
+            what: "connecting",
+            after: timeout,
+        }),
+    }
+}
+
 /// Whether a session's server proves its long-term identity before the hello.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Proof {
@@ -376,10 +505,39 @@ impl ConnectOptions {
 }
 
 impl Session {
+    /// Runs the handshake over `wire` (opened by [`open`]) with `cfg`, its pinned UUID
+    /// checked; bounded by `timeout` like every request of the session.
+    pub async fn start_on(
+        wire: Wire,
+        cfg: &ClientConfig,
+        timeout: Duration,
+    ) -> Result<Session, NetError> {
+        let pin = Pin {
+            server: [0; 16],
+            cert: wire.proved.cert,
+        };
+        let start = Session::start_proving(
+            wire.conn,
+            wire.send,
+            wire.recv,
+            cfg,
+            pin,
+            timeout,
+            wire.proved.proof,
+        );
+        match crate::rt::timeout(timeout, start).await {
+            Some(result) => result,
+            None => Err(NetError::Timeout {
+                what: "the handshake",
+                after: timeout,
+            }),
+        }
+    }
+
     /// Runs the handshake on a fresh stream: sends the hello, reads and checks the answer.
     /// `pin` carries what the transport verified (the certificate fingerprint); its server
     /// id is filled from the answer.
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) async fn start(
         conn: Box<dyn ConnWire>,
         send: Box<dyn SendWire>,

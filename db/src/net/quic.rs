@@ -13,8 +13,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::wire::{ConnWire, RecvWire, SendWire, WireFuture};
 use super::{
-    ALPN, CLOSE_PROTOCOL, ConnectOptions, DEFAULT_TIMEOUT, KEEP_ALIVE, NetError, Pin, SERVER_NAME,
-    Session, fingerprint,
+    ALPN, CLOSE_PROTOCOL, ConnectOptions, DEFAULT_TIMEOUT, KEEP_ALIVE, NetError, Pin, Proof,
+    Proved, SERVER_NAME, Session, Wire, fingerprint,
 };
 use crate::proto::FrameReader;
 use crate::proto::handshake::ClientConfig;
@@ -235,7 +235,22 @@ async fn establish(
     pin: Option<&Pin>,
     options: ConnectOptions,
 ) -> Result<Session, NetError> {
-    let timeout = options.timeout;
+    let wire = open_quic(addr, pin, options).await?;
+    let pin = Pin {
+        server: [0; 16],
+        cert: wire.proved.cert,
+    };
+    Session::start(wire.conn, wire.send, wire.recv, cfg, pin, options.timeout).await
+}
+
+/// A connection to the server at `addr` over rekord's ALPN, its certificate checked against
+/// `pin`'s (any, on first contact: the one presented is what the session pins), with its
+/// stream open.
+pub(super) async fn open_quic(
+    addr: SocketAddr,
+    pin: Option<&Pin>,
+    options: ConnectOptions,
+) -> Result<Wire, NetError> {
     // An empty fingerprint: pinned by UUID only so far (first contact over WebTransport).
     let pinned = pin.map(|p| p.cert.clone()).filter(|c| !c.is_empty());
     let verifier = Arc::new(PinnedVerifier::new(pinned.clone()));
@@ -271,23 +286,18 @@ async fn establish(
         .open_bi()
         .await
         .map_err(|e| NetError::Closed(e.to_string()))?;
-    let wire = QuicConn {
-        _endpoint: endpoint,
-        conn,
-    };
-    let pin = Pin {
-        server: [0; 16],
-        cert,
-    };
-    Session::start(
-        Box::new(wire),
-        Box::new(QuicSend(send)),
-        Box::new(QuicRecv(recv)),
-        cfg,
-        pin,
-        timeout,
-    )
-    .await
+    Ok(Wire {
+        conn: Box::new(QuicConn {
+            _endpoint: endpoint,
+            conn,
+        }),
+        send: Box::new(QuicSend(send)),
+        recv: Box::new(QuicRecv(recv)),
+        proved: Proved {
+            cert,
+            proof: Proof::None,
+        },
+    })
 }
 
 /// A native connection (kept with its endpoint: dropping the endpoint ends it).

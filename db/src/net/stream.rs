@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::wire::{ConnWire, RecvWire, SendWire, WireFuture};
-use super::{NetError, Pin, Session};
+use super::{NetError, Pin, Proved, Session, Wire};
 use crate::proto::FrameReader;
 use crate::proto::handshake::ClientConfig;
 
@@ -39,25 +39,18 @@ pub async fn connect_stream(
     if let Some(pin) = pin {
         cfg.pinned = Some(pin.server);
     }
+    Session::start_on(stream_wire(stream, pin), &cfg, timeout).await
+}
+
+/// `stream` as a session's [`Wire`]: trusted as the server's (what `pin` says of its
+/// certificate is what the session keeps).
+pub(super) fn stream_wire(stream: Box<dyn ByteStream>, pin: Option<&Pin>) -> Wire {
     let (read, write) = tokio::io::split(stream);
-    let pin = Pin {
-        server: [0; 16],
-        cert: pin.map(|p| p.cert.clone()).unwrap_or_default(),
-    };
-    let start = Session::start(
-        Box::new(StreamConn),
-        Box::new(StreamSend(write)),
-        Box::new(StreamRecv(read)),
-        &cfg,
-        pin,
-        timeout,
-    );
-    match crate::rt::timeout(timeout, start).await {
-        Some(result) => result,
-        None => Err(NetError::Timeout {
-            what: "the handshake",
-            after: timeout,
-        }),
+    Wire {
+        conn: Box::new(StreamConn),
+        send: Box::new(StreamSend(write)),
+        recv: Box::new(StreamRecv(read)),
+        proved: Proved::trusted(pin),
     }
 }
 

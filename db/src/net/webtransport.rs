@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::quic::{PinnedVerifier, REFUSED_AT_LIMIT, client_endpoint, connect_error, read_error};
 use super::wire::{ConnWire, RecvWire, SendWire, WireFuture};
-use super::{ConnectOptions, NetError, Pin, Session, WebTarget};
+use super::{ConnectOptions, NetError, Pin, Proved, Session, WebTarget, Wire};
 use crate::proto::FrameReader;
 use crate::proto::handshake::ClientConfig;
 
@@ -56,11 +56,11 @@ pub async fn connect_web(
     if let Some(pin) = pin {
         cfg.pinned = Some(pin.server);
     }
-    // What a WebTransport session proves is the WebTransport certificate, not the long-term
-    // one native clients pin: the pin to keep is the one given, else none yet (a later
-    // native connection pins the long-term certificate).
-    let keep = pin.map(|p| p.cert.clone()).unwrap_or_default();
-    match crate::rt::timeout(timeout, establish(target, &cfg, keep, options)).await {
+    let establish = async {
+        let wire = open_web(target, pin, options).await?;
+        Session::start_on(wire, &cfg, timeout).await
+    };
+    match crate::rt::timeout(timeout, establish).await {
         Some(result) => result,
         None => Err(NetError::Timeout {
             what: "connecting and the handshake",
@@ -69,12 +69,17 @@ pub async fn connect_web(
     }
 }
 
-async fn establish(
+/// A WebTransport session to `target`, its certificate one of the target's hashes, with its
+/// stream open; the server proves its long-term identity (`pin`'s UUID) in the session.
+pub(super) async fn open_web(
     target: &WebTarget,
-    cfg: &ClientConfig,
-    keep: String,
+    pin: Option<&Pin>,
     options: ConnectOptions,
-) -> Result<Session, NetError> {
+) -> Result<Wire, NetError> {
+    // What a WebTransport session proves is the WebTransport certificate, not the long-term
+    // one native clients pin: the pin to keep is the one given, else none yet (a later
+    // native connection pins the long-term certificate).
+    let keep = pin.map(|p| p.cert.clone()).unwrap_or_default();
     let addr = target.addr().await?;
     if target.webpki {
         return Err(connect_error(
@@ -134,25 +139,19 @@ async fn establish(
         .open_bi()
         .await
         .map_err(|e| NetError::Closed(e.to_string()))?;
-    let conn = WebConn {
-        _endpoint: endpoint,
-        session,
-        url: target.url.clone(),
-    };
-    let pin = Pin {
-        server: [0; 16],
-        cert: keep,
-    };
-    Session::start_proving(
-        Box::new(conn),
-        Box::new(WebSend(send)),
-        Box::new(WebRecv(recv)),
-        cfg,
-        pin,
-        options.timeout,
-        super::Proof::Announced { presented },
-    )
-    .await
+    Ok(Wire {
+        conn: Box::new(WebConn {
+            _endpoint: endpoint,
+            session,
+            url: target.url.clone(),
+        }),
+        send: Box::new(WebSend(send)),
+        recv: Box::new(WebRecv(recv)),
+        proved: Proved {
+            cert: keep,
+            proof: super::Proof::Announced { presented },
+        },
+    })
 }
 
 /// A WebTransport session (kept with its endpoint: dropping the endpoint ends it).

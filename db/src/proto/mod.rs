@@ -269,6 +269,12 @@ impl FrameReader {
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
+
+    /// Takes every byte buffered and not yet taken as a frame: a reader used as the buffer
+    /// of a relay that forwards bytes as they arrive (a sync engine's driver).
+    pub fn take_bytes(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
 }
 
 /// Where the server history a client synced with (`mine`, its lineage) and the server's

@@ -368,9 +368,19 @@ pub type SyncDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 /// `driven`, as the returned future for the application to run.
 pub(crate) fn start_with(
     db: Handle,
-    config: SyncConfig,
+    mut config: SyncConfig,
     driven: bool,
 ) -> Result<(Arc<Link>, Option<SyncDriver>)> {
+    // On its own, the client runs in a sync engine whose driver opens its connections.
+    let net = (!driven).then(|| {
+        let net = super::engine::Net::new(false);
+        config.dialer = Some(net.clone());
+        net
+    });
+    #[cfg(not(target_arch = "wasm32"))]
+    let streams = config.connector.clone();
+    #[cfg(target_arch = "wasm32")]
+    let streams = super::driver::NoStreams;
     let (commands, commands_rx) = async_channel::unbounded();
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let link = Arc::new(Link {
@@ -456,9 +466,16 @@ pub(crate) fn start_with(
             s.caught_up = false;
         });
     };
-    if driven {
+    let Some(net) = net else {
         return Ok((link, Some(Box::pin(drive()))));
-    }
+    };
+    let engine_link = link.clone();
+    let run = move || {
+        let clock = crate::rt::virt::Clock::live();
+        let engine =
+            super::engine::Engine::driving(Box::pin(drive()), Some(engine_link), net, clock);
+        super::driver::run(engine, streams)
+    };
     #[cfg(not(target_arch = "wasm32"))]
     {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -473,7 +490,8 @@ pub(crate) fn start_with(
             .name("rekord-sync".into())
             .spawn(move || {
                 *lock(&thread_link.thread_id) = Some(std::thread::current().id());
-                runtime.block_on(drive());
+                // The engine is made on the runtime: its first run may start what needs one.
+                runtime.block_on(async move { run().await });
             })
             .map_err(|e| Error::Offline {
                 what: "starting the sync client",
@@ -482,7 +500,7 @@ pub(crate) fn start_with(
         *lock(&link.thread) = Some(handle);
     }
     #[cfg(target_arch = "wasm32")]
-    wasm_bindgen_futures::spawn_local(drive());
+    wasm_bindgen_futures::spawn_local(async move { run().await });
     Ok((link, None))
 }
 
@@ -784,41 +802,70 @@ impl Client {
         self.dial(&hello, pin.as_ref()).await
     }
 
-    /// Connects with `hello` over the configured transport.
+    /// Connects with `hello` over the configured transport (opened by the engine's driver
+    /// when the client runs in one).
     async fn dial(
         &self,
         hello: &ClientConfig,
         pin: Option<&Pin>,
     ) -> std::result::Result<Session, End> {
         let options = net::ConnectOptions::default().timeout(self.config.timeout);
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(connector) = &self.config.connector {
-            let stream = connector.connect().await?;
-            return Ok(net::connect_stream(stream, hello, pin, self.config.timeout).await?);
+        let target = self.dial_target()?;
+        // The pinned server identity travels in the hello and is checked by the session.
+        let mut hello = hello.clone();
+        if let Some(pin) = pin {
+            hello.pinned = Some(pin.server);
         }
-        let learned = match &self.config.web_transport {
-            Some(target) if target.webpki => Some(target.clone()),
-            Some(target) => Some(net::WebTarget::new(
+        let dial = net::Dial {
+            target,
+            pin: pin.cloned(),
+            options,
+        };
+        let timeout = self.config.timeout;
+        let connecting = async {
+            let wire = match &self.config.dialer {
+                Some(dialer) => dialer.clone().open(dial).await?,
+                #[cfg(not(target_arch = "wasm32"))]
+                None => net::open_with(&dial, self.config.connector.as_ref()).await?,
+                #[cfg(target_arch = "wasm32")]
+                None => net::open(&dial).await?,
+            };
+            Session::start_on(wire, &hello, timeout).await
+        };
+        match crate::rt::timeout(timeout, connecting).await {
+            Some(session) => Ok(session?),
+            None => Err(NetError::Timeout {
+                what: "connecting and the handshake",
+                after: timeout,
+            }
+            .into()),
+        }
+    }
+
+    /// Where the configured transport goes.
+    fn dial_target(&self) -> std::result::Result<net::DialTarget, End> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.config.connector.is_some() {
+            return Ok(net::DialTarget::Stream);
+        }
+        #[cfg(all(not(feature = "web-transport"), not(target_arch = "wasm32")))]
+        if self.config.web_transport.is_some() {
+            return Err(End::Refused(
+                "SyncConfig::web_transport needs the crate feature `web-transport` natively".into(),
+            ));
+        }
+        match &self.config.web_transport {
+            Some(target) if target.webpki => Ok(net::DialTarget::Web(target.clone())),
+            Some(target) => Ok(net::DialTarget::Web(net::WebTarget::new(
                 target.url.clone(),
                 self.web_hashes(&target.cert_hashes)?,
-            )),
-            None => None,
-        };
-        match &learned {
-            #[cfg(target_arch = "wasm32")]
-            Some(target) => Ok(net::connect_browser(target, hello, pin, options).await?),
+            ))),
             #[cfg(target_arch = "wasm32")]
             None => Err(End::Refused(
                 "a browser replica reaches its server over WebTransport: SyncConfig::web".into(),
             )),
-            #[cfg(all(feature = "web-transport", not(target_arch = "wasm32")))]
-            Some(target) => Ok(net::connect_web(target, hello, pin, options).await?),
-            #[cfg(all(not(feature = "web-transport"), not(target_arch = "wasm32")))]
-            Some(_) => Err(End::Refused(
-                "SyncConfig::web_transport needs the crate feature `web-transport` natively".into(),
-            )),
             #[cfg(not(target_arch = "wasm32"))]
-            None => Ok(net::connect_with(self.config.server, hello, pin, options).await?),
+            None => Ok(net::DialTarget::Quic(self.config.server)),
         }
     }
 

@@ -7,8 +7,15 @@
 //!
 //! Inside, it is the same client every replica runs (the protocol's procedures are written
 //! as async code, see ARCHITECTURE.md): it runs on the engine's own clock ([`crate::rt`]
-//! reads it while the engine runs the client), and its session talks over an in-memory
-//! stream whose far end the engine turns into frames.
+//! reads it while the engine runs the client), and its session's stream is the engine's:
+//! what the client writes comes out as [`Output::Send`] (or [`Output::Transmit`]), what the
+//! driver hands in is what it reads. Connecting is the driver's: [`Output::Connect`] says
+//! where and what to check ([`Dial`]); [`crate::net::open`] opens such a connection, and
+//! the driver reports what it proved ([`Engine::handle_connected`]).
+//!
+//! Every synced database runs its client through an engine: natively on its sync thread
+//! (QUIC through quinn, tokio's clock), in a browser as a task of the page (the page's
+//! WebTransport, its timers); see [`crate::sync::driver`].
 //!
 //! ```no_run
 //! # fn main() -> rekord::Result<()> {
@@ -22,12 +29,16 @@
 //! loop {
 //!     while let Some(out) = engine.poll_output() {
 //!         match out {
-//!             Output::Connect { conn } => { /* open a transport for `conn` */ }
+//!             Output::Connect { conn, dial } => {
+//!                 /* open a connection for `dial` (`rekord::net::open`), then
+//!                 `engine.handle_connected(conn, wire.proved)` */
+//!             }
 //!             Output::Send { conn, frame } => { /* send `frame` on `conn` */ }
-//!             Output::Close { conn } => { /* close `conn` */ }
+//!             Output::Transmit { conn, bytes } => { /* send `bytes` on `conn` */ }
+//!             Output::Close { conn, code, reason } => { /* close `conn` */ }
 //!         }
 //!     }
-//!     // ... hand what arrived to `engine.handle_frame`, and at
+//!     // ... hand what arrived to `engine.handle_frame` (or `handle_bytes`), and at
 //!     // `engine.poll_timeout()` call `engine.handle_timeout`:
 //!     now += Duration::from_millis(10);
 //!     engine.handle_timeout(now);
@@ -38,25 +49,24 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::future::Future as _;
-use std::path::Path;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-
-use crate::net::{ByteStream, Connect, NetError, WireFuture};
+use crate::net::{
+    CLOSE_NORMAL, CLOSE_PROTOCOL, ConnWire, Dial, NetError, Proved, RecvWire, SendWire, Wire,
+    WireFuture,
+};
 use crate::proto::{Frame, FrameReader};
 use crate::rt::Instant;
 use crate::rt::virt::{self, Clock};
-use crate::sync::SyncConfig;
-use crate::sync::client::SyncDriver;
+use crate::sync::client::{Link, SyncDriver};
 use crate::{Db, Error, Result};
 
-/// How many bytes each direction of a connection holds before the writer waits.
-const PIPE: usize = 1 << 20;
+/// How many bytes the engine holds for the client before [`Engine::wants_bytes`] says no.
+const ROOM: usize = 1 << 20;
 
 /// How many times one call runs the client at most before it returns (the client yields
 /// only when it waits on something; this bounds a call should it keep waking itself).
@@ -65,36 +75,51 @@ const MAX_ROUNDS: usize = 10_000;
 /// What an [`Engine`] asks of its driver.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Open a connection to the server, numbered `conn` (a new one replaces the one
-    /// before, which the engine closed). If it cannot be opened, say so with
-    /// [`Engine::handle_closed`].
+    /// Open a connection for `dial`, numbered `conn` (a new one replaces the one before,
+    /// which the engine closed). Say what became of it: [`Engine::handle_connected`] with
+    /// what the transport proved, or [`Engine::handle_failed`].
     Connect {
         /// The connection's number.
         conn: u64,
+        /// Where, and what to check ([`crate::net::open`] does both).
+        dial: Dial,
     },
-    /// Send `frame` to the server on connection `conn`.
+    /// Send `frame` to the server on connection `conn` (an engine made by
+    /// [`Engine::open`]).
     Send {
         /// The connection's number.
         conn: u64,
         /// What to send.
         frame: Frame,
     },
-    /// Close connection `conn`: the client is done with it.
+    /// Send `bytes` (whole frames, encoded) to the server on connection `conn` (an engine
+    /// that hands bytes, as the built-in drivers run it).
+    Transmit {
+        /// The connection's number.
+        conn: u64,
+        /// What to send.
+        bytes: Vec<u8>,
+    },
+    /// Close connection `conn` with an application `code` (`rekord::net::CLOSE_*`) and
+    /// `reason`, after what was sent on it: the client is done with it.
     Close {
         /// The connection's number.
         conn: u64,
+        /// The application close code.
+        code: u32,
+        /// Why, as text for the server's log.
+        reason: Vec<u8>,
     },
 }
 
 /// A synced database whose sync client runs only when its driver calls (see the module).
 pub struct Engine {
     db: Option<Db>,
-    link: Option<Arc<crate::sync::client::Link>>,
+    link: Option<Arc<Link>>,
     driver: Option<SyncDriver>,
     clock: Arc<Clock>,
     net: Arc<Net>,
     woken: Arc<Woken>,
-    outputs: VecDeque<Output>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -102,36 +127,56 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("running", &self.driver.is_some())
             .field("now", &self.clock.now())
-            .field("outputs", &self.outputs.len())
+            .field("outputs", &self.net.state().outputs.len())
             .finish()
     }
 }
 
 impl Engine {
-    /// Opens (or creates) the synced database at `path` with `config` (its server address
-    /// and transport are not used: the driver connects), at time `now`; runs the client up
-    /// to its first wait.
-    pub fn open(path: impl AsRef<Path>, config: SyncConfig, now: Instant) -> Result<Engine> {
-        let net = Arc::new(Net::default());
-        let config = config.connector(net.clone());
+    /// Opens (or creates) the synced database at `path` with `config` (its transport is the
+    /// driver's: [`Output::Connect`] says where the config points), at time `now`; runs the
+    /// client up to its first wait. Frames come out as [`Output::Send`]. (Native: in a
+    /// browser the database opens with its synced constructor, which runs an engine.)
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(
+        path: impl AsRef<std::path::Path>,
+        mut config: crate::SyncConfig,
+        now: Instant,
+    ) -> Result<Engine> {
+        let net = Net::new(true);
+        config.dialer = Some(net.clone());
         let clock = Clock::new(now);
         // The client's first steps (its start reads the database) run on the engine's clock.
         let (db, driver) = virt::with(&clock, || Db::open_synced_driven(path, config))?;
-        // Polled without tokio's cooperative budget: a driver on a tokio task would otherwise
-        // see the in-memory stream pause, as if the client had nothing to say.
-        let driver: SyncDriver = Box::pin(tokio::task::unconstrained(driver));
         let link = db.inner.link.get().cloned();
+        let mut engine = Engine::driving(driver, link, net, clock);
+        engine.db = Some(db);
+        Ok(engine)
+    }
+
+    /// The engine of a client made to run over `net` (its dialer) on `clock`: the sync
+    /// thread's and the browser task's (see [`crate::sync::driver`]). It does not hold the
+    /// database: the application does, and closing it stops the client.
+    pub(crate) fn driving(
+        driver: SyncDriver,
+        link: Option<Arc<Link>>,
+        net: Arc<Net>,
+        clock: Arc<Clock>,
+    ) -> Engine {
+        // Polled without tokio's cooperative budget: a driver on a tokio task would otherwise
+        // see the client's channels pause, as if it had nothing to do.
+        #[cfg(not(target_arch = "wasm32"))]
+        let driver: SyncDriver = Box::pin(tokio::task::unconstrained(driver));
         let mut engine = Engine {
-            db: Some(db),
+            db: None,
             link,
             driver: Some(driver),
             clock,
             net,
             woken: Arc::new(Woken(AtomicBool::new(true), Mutex::new(None))),
-            outputs: VecDeque::new(),
         };
         engine.run();
-        Ok(engine)
+        engine
     }
 
     /// The database: write and read through it as through any synced one (a borrow's or a
@@ -155,57 +200,104 @@ impl Engine {
     /// The next thing the driver should do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.run();
-        self.outputs.pop_front()
+        self.net.state().outputs.pop_front()
     }
 
     /// Whether the client has work it has not run yet (the application wrote since the
     /// last call, or an input woke it): call [`Engine::poll_output`].
     pub fn wants_to_run(&self) -> bool {
-        self.woken.0.load(Ordering::Acquire) || !self.outputs.is_empty() || self.net.has_output()
+        self.woken.0.load(Ordering::Acquire) || !self.net.state().outputs.is_empty()
+    }
+
+    /// Whether the client still runs (it stops when the database closes; the last outputs
+    /// may still be waiting in [`Engine::poll_output`]).
+    pub fn is_running(&self) -> bool {
+        self.driver.is_some()
+    }
+
+    /// Whether the engine takes more bytes from the server now: a driver reads its
+    /// connection only while it does (what the client has not read yet stays bounded, and
+    /// the transport's flow control holds the server back).
+    pub fn wants_bytes(&self) -> bool {
+        self.net.state().inbound_len < ROOM
     }
 
     /// `waker` is woken whenever the client has work to run that did not come through a
     /// call of the driver (the application wrote, or a borrow waits): a driver that
     /// sleeps until [`Engine::poll_timeout`] or input wakes for it then.
-    pub fn set_waker(&mut self, waker: Waker) {
-        *self.woken.1.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+    pub fn set_waker(&mut self, waker: &Waker) {
+        let mut slot = self.woken.1.lock().unwrap_or_else(PoisonError::into_inner);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
     }
 
     /// Time passed: the clock moves to `now` (never back) and the client runs what became
-    /// due.
+    /// due. A driver gives the time before each input too: the client reads the clock.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock.advance(now);
         self.run();
     }
 
+    /// Moves the clock to `now` (never back) without running the client: a driver that
+    /// hands in an input next lets the client see the input and the time together (an
+    /// answer that arrived wins over the timeout that became due meanwhile).
+    pub fn set_time(&mut self, now: Instant) {
+        self.clock.advance(now);
+    }
+
+    /// Connection `conn` is open: `proved` is what its transport proved of the server
+    /// ([`crate::net::Wire::proved`]). `false` if the client no longer wants it (close it).
+    pub fn handle_connected(&mut self, conn: u64, proved: Proved) -> bool {
+        let taken = self.net.connected(conn, proved);
+        self.input();
+        taken
+    }
+
+    /// Connection `conn` could not be opened, or failed: `error` says why (the client
+    /// reports it and connects again after its back-off, or stops if it was refused).
+    pub fn handle_failed(&mut self, conn: u64, error: NetError) {
+        self.net.failed(conn, Some(error));
+        self.input();
+    }
+
+    /// Connection `conn` closed (the server ended it), or could not be opened.
+    pub fn handle_closed(&mut self, conn: u64) {
+        self.net.failed(conn, None);
+        self.input();
+    }
+
+    /// The server sent `bytes` on connection `conn` (any cut of its frames; ignored if the
+    /// client is done with that connection).
+    pub fn handle_bytes(&mut self, conn: u64, bytes: Vec<u8>) {
+        self.net.deliver(conn, bytes);
+        self.input();
+    }
+
     /// The server sent `frame` on connection `conn` (ignored if the client is done with
     /// that connection).
     pub fn handle_frame(&mut self, conn: u64, frame: &Frame) -> Result<()> {
-        let bytes = match crate::proto::encode(frame) {
-            Ok(bytes) => bytes,
+        match crate::proto::encode(frame) {
+            Ok(bytes) => {
+                self.handle_bytes(conn, bytes);
+                Ok(())
+            }
             Err(e) => {
                 // The connection cannot carry on without it (the client would miss what it
                 // says): it ends, and the client connects again from where it stands.
-                if self.net.end(conn) {
-                    self.outputs.push_back(Output::Close { conn });
-                }
-                self.run();
-                return Err(Error::Offline {
+                self.net.failed(
+                    conn,
+                    Some(NetError::Closed(format!(
+                        "a frame could not be handed in: {e}"
+                    ))),
+                );
+                self.input();
+                Err(Error::Offline {
                     what: "handing a frame to the sync engine",
                     reason: format!("{e}; the connection was closed"),
-                });
+                })
             }
-        };
-        self.net.deliver(conn, bytes);
-        self.run();
-        Ok(())
-    }
-
-    /// Connection `conn` closed, or could not be opened: the client sees its stream end
-    /// (and connects again after its back-off).
-    pub fn handle_closed(&mut self, conn: u64) {
-        self.net.close(conn);
-        self.run();
+        }
     }
 
     /// Closes the database the way a process exits: the client stops, makes what the
@@ -214,7 +306,7 @@ impl Engine {
     /// a database without sync from then on.
     pub fn close(mut self) -> Vec<Output> {
         self.stop();
-        self.outputs.drain(..).collect()
+        self.net.state().outputs.drain(..).collect()
     }
 
     /// Stops the client (see [`Engine::close`]).
@@ -230,14 +322,18 @@ impl Engine {
             self.run();
         }
         self.driver = None;
-        self.pump();
         self.db = None;
     }
 
-    /// Runs the client until it waits, then collects what it wrote to its connection.
+    /// An input changed what the client waits on: it runs.
+    fn input(&mut self) {
+        self.woken.0.store(true, Ordering::Release);
+        self.run();
+    }
+
+    /// Runs the client until it waits.
     fn run(&mut self) {
         for _ in 0..MAX_ROUNDS {
-            self.pump();
             let woken = self.woken.0.swap(false, Ordering::AcqRel);
             if !woken {
                 break;
@@ -262,45 +358,15 @@ impl Engine {
                             st.online = false;
                             st.caught_up = false;
                             st.last_error = Some(
-                                "the sync client stopped on an internal error (a panic);                                  open the database again"
+                                "the sync client stopped on an internal error (a panic); \
+                                 open the database again"
                                     .into(),
                             );
                         });
                     }
                 }
             }
-            // What it wrote may have made room (or the client finished): look again.
-            self.pump();
         }
-    }
-
-    /// Moves frames between the client's stream and the driver: connects, sends, closes.
-    /// Frames of a connection that ended before the driver took them are dropped (a
-    /// driver that polls seldom does not pile up dead connections' frames).
-    fn pump(&mut self) {
-        let woke = self.net.pump(&mut self.outputs);
-        if woke {
-            self.woken.0.store(true, Ordering::Release);
-        }
-        let open = self.net.open_conn();
-        // A connection opened and closed before the driver heard of it: neither is said.
-        let unseen: std::collections::HashSet<u64> = self
-            .outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Connect { conn } => Some(*conn),
-                _ => None,
-            })
-            .filter(|c| {
-                self.outputs
-                    .iter()
-                    .any(|o| matches!(o, Output::Close { conn } if conn == c))
-            })
-            .collect();
-        self.outputs.retain(|o| match o {
-            Output::Send { conn, .. } => Some(*conn) == open,
-            Output::Connect { conn } | Output::Close { conn } => !unseen.contains(conn),
-        });
     }
 }
 
@@ -342,179 +408,341 @@ impl Wake for Woken {
     }
 }
 
-/// The engine's side of the client's connections.
-#[derive(Default)]
-struct Net {
+/// The engine's side of the client's connections: the client's dialer, and the stream its
+/// session reads and writes. The client waits on it only inside the engine's runs, and
+/// every input from the driver runs the client again, so its futures need no waker.
+pub(crate) struct Net {
     state: Mutex<NetState>,
+    /// Whether what the client writes comes out as frames ([`Output::Send`]) or bytes.
+    frames: bool,
 }
 
 #[derive(Default)]
 struct NetState {
     /// The number of the latest connection.
     conn: u64,
-    /// The engine's end of the latest connection, while open.
-    pipe: Option<DuplexStream>,
-    /// Frames the client wrote, as they arrive.
-    reader: FrameReader,
-    /// Bytes from the driver not yet in the pipe.
-    inbound: VecDeque<u8>,
-    /// Connections opened and closed that the driver has not heard of, in order.
-    events: VecDeque<Output>,
+    phase: Phase,
+    /// What the driver is asked to do, in order.
+    outputs: VecDeque<Output>,
+    /// What the client wrote, as frames come whole (engines that hand frames).
+    written: FrameReader,
+    /// What the server sent that the client has not read.
+    inbound: VecDeque<Vec<u8>>,
+    inbound_len: usize,
 }
 
-impl NetState {
-    /// The latest connection is over: the driver hears so.
-    fn end(&mut self) {
-        if self.pipe.take().is_some() {
-            self.events.push_back(Output::Close { conn: self.conn });
-        }
-        self.inbound.clear();
-        self.reader = FrameReader::new();
-    }
+/// Where the latest connection stands.
+#[derive(Default)]
+enum Phase {
+    /// None open.
+    #[default]
+    Idle,
+    /// Asked for; what became of it once the driver said.
+    Dialing(Option<std::result::Result<Proved, NetError>>),
+    /// Open; how it ended once it did (`Some(None)`: the server ended the stream).
+    Open(Option<Option<String>>),
 }
 
 impl Net {
+    pub(crate) fn new(frames: bool) -> Arc<Net> {
+        Arc::new(Net {
+            state: Mutex::new(NetState::default()),
+            frames,
+        })
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, NetState> {
         // Every field stays whole if a holder panicked (each change is one step).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn has_output(&self) -> bool {
-        !self.state().events.is_empty()
+    fn connected(&self, conn: u64, proved: Proved) -> bool {
+        let mut s = self.state();
+        if s.conn == conn && matches!(s.phase, Phase::Dialing(None)) {
+            s.phase = Phase::Dialing(Some(Ok(proved)));
+            return true;
+        }
+        false
+    }
+
+    fn failed(&self, conn: u64, error: Option<NetError>) {
+        let mut s = self.state();
+        if s.conn != conn {
+            return;
+        }
+        match &mut s.phase {
+            Phase::Dialing(result @ None) => {
+                *result = Some(Err(error.unwrap_or_else(|| {
+                    NetError::Closed("the connection could not be opened".into())
+                })));
+            }
+            Phase::Open(ended @ None) => {
+                *ended = Some(error.map(|e| match e {
+                    NetError::Closed(reason) => reason,
+                    other => other.to_string(),
+                }));
+            }
+            _ => {}
+        }
     }
 
     fn deliver(&self, conn: u64, bytes: Vec<u8>) {
         let mut s = self.state();
-        if s.conn == conn && s.pipe.is_some() {
-            s.inbound.extend(bytes);
+        if s.conn == conn && matches!(s.phase, Phase::Open(None)) && !bytes.is_empty() {
+            s.inbound_len += bytes.len();
+            s.inbound.push_back(bytes);
         }
-    }
-
-    /// The number of the connection open now, if one is.
-    fn open_conn(&self) -> Option<u64> {
-        let s = self.state();
-        s.pipe.is_some().then_some(s.conn)
-    }
-
-    /// Ends connection `conn` from the engine's side; whether it was open.
-    fn end(&self, conn: u64) -> bool {
-        let mut s = self.state();
-        if s.conn != conn || s.pipe.is_none() {
-            return false;
-        }
-        s.pipe = None;
-        s.inbound.clear();
-        s.reader = FrameReader::new();
-        true
-    }
-
-    /// The driver closed connection `conn` (no need to tell it).
-    fn close(&self, conn: u64) {
-        self.end(conn);
-    }
-
-    /// Moves bytes both ways without waiting; whether any reached the client or left it.
-    fn pump(&self, outputs: &mut VecDeque<Output>) -> bool {
-        let mut s = self.state();
-        // What the client wrote first (it may be gone, its last frames still in the pipe).
-        let mut moved = s.read_client();
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut ended = false;
-        let NetState { pipe, inbound, .. } = &mut *s;
-        if let Some(pipe) = pipe.as_mut() {
-            while !inbound.is_empty() {
-                let (front, _) = inbound.as_slices();
-                match unbudgeted(&mut cx, |cx| Pin::new(&mut *pipe).poll_write(cx, front)) {
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        inbound.drain(..n);
-                        moved = true;
-                    }
-                    Poll::Ready(_) => {
-                        ended = true;
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
-            }
-        }
-        if ended {
-            s.end();
-        }
-        outputs.extend(s.events.drain(..));
-        moved
     }
 }
 
 impl NetState {
-    /// Reads what the client wrote to the latest connection and queues its frames; ends
-    /// the connection when the client did (or wrote what is not a frame). Whether any
-    /// bytes came.
-    fn read_client(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut moved = false;
-        let mut ended = false;
-        let conn = self.conn;
-        let NetState {
-            pipe,
-            reader,
-            events,
-            ..
-        } = self;
-        let Some(pipe) = pipe.as_mut() else {
-            return false;
-        };
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let mut read = ReadBuf::new(&mut buf);
-            match unbudgeted(&mut cx, |cx| Pin::new(&mut *pipe).poll_read(cx, &mut read)) {
-                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
-                    reader.push(read.filled());
-                    moved = true;
-                }
-                Poll::Ready(_) => {
-                    ended = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
+    /// The client is done with connection `conn` (the latest): the driver closes it, or
+    /// never hears of it if it has not taken the `Connect` yet.
+    fn close(&mut self, conn: u64, code: u32, reason: &[u8]) {
+        if self.conn != conn || matches!(self.phase, Phase::Idle) {
+            return;
         }
-        loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => events.push_back(Output::Send { conn, frame }),
-                Ok(None) => break,
-                Err(e) => {
-                    // The client wrote what it cannot have meant: end the connection.
-                    tracing::warn!(error = %e, "rekord sync engine: a frame of the client");
-                    ended = true;
-                    break;
-                }
-            }
+        self.phase = Phase::Idle;
+        self.inbound.clear();
+        self.inbound_len = 0;
+        self.written = FrameReader::new();
+        let unseen = self
+            .outputs
+            .iter()
+            .any(|o| matches!(o, Output::Connect { conn: c, .. } if *c == conn));
+        if unseen {
+            self.outputs.retain(|o| match o {
+                Output::Connect { conn: c, .. }
+                | Output::Send { conn: c, .. }
+                | Output::Transmit { conn: c, .. }
+                | Output::Close { conn: c, .. } => *c != conn,
+            });
+        } else {
+            self.outputs.push_back(Output::Close {
+                conn,
+                code,
+                reason: reason.to_vec(),
+            });
         }
-        if ended {
-            self.end();
-        }
-        moved
     }
 }
 
-/// Polls `f` once outside tokio's cooperative budget (which would make the in-memory
-/// stream look empty or full to a caller on a tokio task that spent it).
-fn unbudgeted<T>(cx: &mut Context<'_>, f: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-    let mut fut = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(f)));
-    fut.as_mut().poll(cx)
+/// The client's dialer: a connection is what the driver opens for it.
+impl crate::net::Dialer for Net {
+    fn open(
+        self: Arc<Self>,
+        dial: Dial,
+    ) -> WireFuture<'static, std::result::Result<Wire, NetError>> {
+        let conn = {
+            let mut s = self.state();
+            let before = s.conn;
+            s.close(before, CLOSE_NORMAL, b"replaced");
+            s.conn += 1;
+            let conn = s.conn;
+            s.phase = Phase::Dialing(None);
+            s.outputs.push_back(Output::Connect { conn, dial });
+            conn
+        };
+        Box::pin(Dialing {
+            net: Some(self),
+            conn,
+        })
+    }
 }
 
-impl Connect for Net {
-    fn connect(&self) -> WireFuture<'static, std::result::Result<Box<dyn ByteStream>, NetError>> {
-        let (ours, theirs) = tokio::io::duplex(PIPE);
-        let mut s = self.state();
-        // The last frames of the connection before go out before it closes.
-        s.read_client();
-        s.end();
-        s.conn += 1;
-        let conn = s.conn;
-        s.events.push_back(Output::Connect { conn });
-        s.pipe = Some(ours);
-        Box::pin(async move { Ok(Box::new(theirs) as Box<dyn ByteStream>) })
+/// The client waits for its connection: the driver's word on it.
+struct Dialing {
+    net: Option<Arc<Net>>,
+    conn: u64,
+}
+
+impl Future for Dialing {
+    type Output = std::result::Result<Wire, NetError>;
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(net) = self.net.clone() else {
+            return Poll::Ready(Err(NetError::Closed("the connection was closed".into())));
+        };
+        let conn = self.conn;
+        let mut s = net.state();
+        if s.conn != conn {
+            drop(s);
+            self.net = None;
+            return Poll::Ready(Err(NetError::Closed("the connection was replaced".into())));
+        }
+        let result = match &mut s.phase {
+            Phase::Dialing(result) => match result.take() {
+                Some(result) => result,
+                None => return Poll::Pending,
+            },
+            _ => Err(NetError::Closed("the connection was closed".into())),
+        };
+        s.phase = match &result {
+            Ok(_) => Phase::Open(None),
+            Err(_) => Phase::Idle,
+        };
+        drop(s);
+        self.net = None;
+        Poll::Ready(result.map(|proved| Wire {
+            conn: Box::new(EngineConn {
+                net: net.clone(),
+                conn,
+            }),
+            send: Box::new(EngineSend {
+                net: net.clone(),
+                conn,
+            }),
+            recv: Box::new(EngineRecv { net, conn }),
+            proved,
+        }))
+    }
+}
+
+impl Drop for Dialing {
+    /// Given up before the driver said (the client's timeout): the driver closes it.
+    fn drop(&mut self) {
+        if let Some(net) = self.net.take() {
+            let mut s = net.state();
+            if s.conn == self.conn && matches!(s.phase, Phase::Dialing(_)) {
+                s.close(self.conn, CLOSE_NORMAL, b"gave up");
+            }
+        }
+    }
+}
+
+/// The connection of a session the engine runs.
+struct EngineConn {
+    net: Arc<Net>,
+    conn: u64,
+}
+
+impl std::fmt::Debug for EngineConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EngineConn({})", self.conn)
+    }
+}
+
+impl ConnWire for EngineConn {
+    fn close(&self, code: u32, reason: &[u8]) {
+        self.net.state().close(self.conn, code, reason);
+    }
+
+    // The driver waits for the close (the client does not wait on the network).
+    fn closed(&self) -> WireFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn remote(&self) -> String {
+        "the sync engine's driver".into()
+    }
+}
+
+impl Drop for EngineConn {
+    /// A session dropped without closing: the connection closes, as a dropped QUIC
+    /// connection does.
+    fn drop(&mut self) {
+        self.net.state().close(self.conn, CLOSE_NORMAL, b"");
+    }
+}
+
+/// The sending half of a session's stream: what it writes is the driver's to send.
+struct EngineSend {
+    net: Arc<Net>,
+    conn: u64,
+}
+
+impl std::fmt::Debug for EngineSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EngineSend({})", self.conn)
+    }
+}
+
+impl SendWire for EngineSend {
+    fn write_all<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+    ) -> WireFuture<'a, std::result::Result<(), String>> {
+        let written = self.write(bytes);
+        Box::pin(async move { written })
+    }
+
+    // The driver closes the connection after what was sent on it.
+    fn finish(&mut self) {}
+}
+
+impl EngineSend {
+    fn write(&self, bytes: &[u8]) -> std::result::Result<(), String> {
+        let mut s = self.net.state();
+        if s.conn != self.conn || !matches!(s.phase, Phase::Open(None)) {
+            return Err("the connection is closed".into());
+        }
+        let conn = self.conn;
+        if !self.net.frames {
+            if let Some(Output::Transmit {
+                conn: c,
+                bytes: queued,
+            }) = s.outputs.back_mut()
+                && *c == conn
+            {
+                queued.extend_from_slice(bytes);
+            } else {
+                s.outputs.push_back(Output::Transmit {
+                    conn,
+                    bytes: bytes.to_vec(),
+                });
+            }
+            return Ok(());
+        }
+        s.written.push(bytes);
+        loop {
+            match s.written.next_frame() {
+                Ok(Some(frame)) => s.outputs.push_back(Output::Send { conn, frame }),
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // The client wrote what it cannot have meant: the connection ends.
+                    tracing::warn!(error = %e, "rekord sync engine: a frame of the client");
+                    s.close(conn, CLOSE_PROTOCOL, b"malformed frame");
+                    return Err(format!("the client wrote a malformed frame: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// The receiving half of a session's stream: what the driver handed in.
+struct EngineRecv {
+    net: Arc<Net>,
+    conn: u64,
+}
+
+impl std::fmt::Debug for EngineRecv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EngineRecv({})", self.conn)
+    }
+}
+
+impl RecvWire for EngineRecv {
+    fn read_into<'a>(
+        &'a mut self,
+        reader: &'a mut FrameReader,
+    ) -> WireFuture<'a, std::result::Result<Option<usize>, String>> {
+        // Cancel-safe: bytes leave the queue only in the poll that returns them.
+        Box::pin(std::future::poll_fn(move |_cx| {
+            let mut s = self.net.state();
+            if s.conn != self.conn {
+                return Poll::Ready(Err("the connection was closed".into()));
+            }
+            if let Some(bytes) = s.inbound.pop_front() {
+                s.inbound_len -= bytes.len();
+                reader.push(&bytes);
+                return Poll::Ready(Ok(Some(bytes.len())));
+            }
+            match &s.phase {
+                Phase::Open(None) => Poll::Pending,
+                Phase::Open(Some(None)) => Poll::Ready(Ok(None)),
+                Phase::Open(Some(Some(reason))) => Poll::Ready(Err(reason.clone())),
+                _ => Poll::Ready(Err("the connection was closed".into())),
+            }
+        }))
     }
 }
