@@ -284,9 +284,11 @@ fn late_updates_of_the_records_the_new_leader_changes() {
     assert!(all.is_empty(), "{all:#?}");
 }
 
-/// THE DOCUMENTED LIMIT (TAKEOVER_ID_GAP): tab 0 creates `n` parts in one go and crashes;
-/// tab 1 hears the channel `ms` late, takes over and creates at once. Reports whether ids
-/// were handed out twice and what is lost.
+/// Tab 0 creates `n` parts in one go and crashes; tab 1 hears the channel `ms` late, takes
+/// over and creates at once. Reports whether ids were handed out twice and what is lost.
+/// (Once a documented limit: a takeover left the old leader only 1,024 ids of its ranges,
+/// and a longer burst heard after the takeover met the new leader's creates, in about one
+/// run of five. A takeover now gives up every id of the old leader's ranges.)
 fn over_the_id_gap(n: u32, ms: u32) -> Vec<String> {
     let mut s = setup();
     let name = "id-gap";
@@ -314,7 +316,7 @@ fn over_the_id_gap(n: u32, ms: u32) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "red team: documented limit (TAKEOVER_ID_GAP); needs node and Chromium"]
+#[ignore = "red team: needs the built web example, node and Chromium"]
 fn a_burst_larger_than_the_id_gap() {
     let mut all = Vec::new();
     for (n, ms) in [(900u32, 800u32), (2000, 800)] {

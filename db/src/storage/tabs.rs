@@ -1282,11 +1282,6 @@ fn begin_epoch(s: &mut State) {
 /// their numbers, below this tab's).
 const TAKEOVER_ENTRY_GAP: u64 = 1 << 20;
 
-/// How many ids of its range a tab taking over leaves to the old leader's creates it has
-/// not heard of yet (a burst written right before the crash; a heuristic bound: a longer
-/// burst whose messages all come after the takeover could meet this tab's creates).
-const TAKEOVER_ID_GAP: u64 = 1024;
-
 /// How long a follower trusts the leader's last status.
 const STATUS_STALE_MS: f64 = 3000.0;
 
@@ -2934,13 +2929,16 @@ fn recount_pending(b: &Batch<'_>) -> Result<()> {
 }
 
 /// A tab taking over: the old leader's creates not heard of yet (a burst right before it
-/// went) took ids upward from `from`, where the known ones end, through its ranges: every
-/// id of those ranges below `from` and the next [`TAKEOVER_ID_GAP`] above are taken out.
-/// The ids this tab has left of its own ranges (`own`, which no other tab takes, in the
-/// ranges since [`skip_used_ids`]) stay. The next id to use: the lowest left. (Without its
-/// own ids, a follower that took over offline had only what the old leader left of its
-/// range, which carving for every tab makes short, often shorter than the gap: it could
-/// create nothing until the server was back.)
+/// went, of any length) took ids upward from where the known ones end, through its ranges.
+/// Every id of every range that is not this tab's own is taken out, so no create of the old
+/// leader, however late its message, can meet one of this tab's. The ids this tab has left
+/// of its own ranges (`own`: carved for it, which no other tab takes, in the ranges since
+/// [`skip_used_ids`]) stay; what the old leader left unused of its ranges is given up (ids
+/// are plentiful; a collision is not recoverable). The next id to use: the lowest left, or,
+/// with none left, `from` past every range taken out (the writer then has no range and
+/// creates wait for the server's next grant, a clear out-of-ids error offline). (An earlier
+/// rule left only 1,024 ids to the old leader: a longer burst arriving after the takeover
+/// met this tab's creates, `redteam_tabs_sync4::a_burst_larger_than_the_id_gap`.)
 fn leave_gap(b: &Batch<'_>, from: u64, own: &[(u64, u64)]) -> Result<u64> {
     let is_own = |s: u64, e: u64| own.iter().any(|&(o0, o1)| s >= o0 && e <= o1);
     let mut ranges = b.txn.open_table(RANGES)?;
@@ -2949,23 +2947,13 @@ fn leave_gap(b: &Batch<'_>, from: u64, own: &[(u64, u64)]) -> Result<u64> {
         let (s, e) = row?;
         all.push((s.value(), e.value()));
     }
-    let mut gap = TAKEOVER_ID_GAP;
     let mut skipped_to = from;
     for (s, e) in all {
-        if is_own(s, e) || e <= s {
+        if is_own(s, e) {
             continue;
         }
-        let start = s.max(from);
-        let take = gap.min(e.saturating_sub(start));
-        gap -= take;
-        let keep = start + take;
-        if keep != s {
-            ranges.remove(s)?;
-            if keep < e {
-                ranges.insert(keep, e)?;
-            }
-            skipped_to = skipped_to.max(keep);
-        }
+        ranges.remove(s)?;
+        skipped_to = skipped_to.max(e);
     }
     let lowest = match ranges.iter()?.next() {
         Some(row) => Some(row?.0.value()),
