@@ -408,11 +408,8 @@ impl Db {
         driven: bool,
     ) -> Result<(Db, Option<crate::sync::client::SyncDriver>)> {
         Db::prepare_sync(&db.inner, &config)?;
-        let (link, driver) = crate::sync::client::start_with(
-            crate::sync::local::Handle::new(&db.inner),
-            config,
-            driven,
-        )?;
+        let (link, driver) =
+            crate::sync::client::start_with(crate::replica::handle(&db.inner), config, driven)?;
         // A fresh `DbInner` has no link yet.
         let _ = db.inner.link.set(link);
         Ok((db, driver))
@@ -455,7 +452,7 @@ impl Db {
             });
         }
         let (link, _) =
-            crate::sync::client::start_with(crate::sync::local::Handle::new(inner), config, false)?;
+            crate::sync::client::start_with(crate::replica::handle(inner), config, false)?;
         inner.link.set(link).map_err(|_| Error::Browser {
             operation: "starting the sync client",
             message: "it runs already".into(),
@@ -749,7 +746,7 @@ impl Db {
                 _ => {}
             }
             if mode == Mode::Client {
-                replica = crate::sync::local::init_meta(&mut meta, created)?;
+                replica = crate::replica::init_meta(&mut meta, created)?;
             }
         }
         if mode == Mode::Client {
@@ -799,6 +796,12 @@ impl Db {
             closer: Some(Arc::new(Closer(inner.clone()))),
             inner,
         }
+    }
+
+    /// The application side of its sync client, if it has one.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn sync_link(&self) -> Option<Arc<crate::sync::client::Link>> {
+        self.inner.link.get().cloned()
     }
 
     /// A handle for the database's own threads: it does not keep the sync thread running.
@@ -1138,7 +1141,7 @@ impl DbInner {
     pub(crate) fn await_entries(&self, first: u64, last: u64) -> Result<()> {
         if let Some(link) = self.link.get() {
             return link.await_entries(first, last, || {
-                crate::sync::local::rejected_among(self, first, last)
+                crate::replica::rejected_among(self, first, last)
             });
         }
         let _ = (first, last);

@@ -3,7 +3,7 @@
 //! panics when a property does not hold (the fuzzer's signal), never on input alone.
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
-use crate::sync::outbox::{self, PendingRow};
+use crate::storage::outbox::{self, PendingRow};
 
 /// An outbox row read back from disk: any bytes decode or are an error; what decodes
 /// encodes to bytes that decode to the same entry.

@@ -12,6 +12,7 @@ mod key;
 pub mod net;
 pub mod proto;
 mod record;
+mod replica;
 pub mod rt;
 pub mod schema;
 pub mod storage;

@@ -24,6 +24,21 @@ pub fn system_now() -> std::time::SystemTime {
 }
 
 /// Now, on the clock of the code that asks: a sync engine's (`sync::engine::Engine`)
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // `Date.now()`: milliseconds, a whole number of them (never negative in practice).
+        js_sys::Date::now().max(0.0) as u64
+    }
+}
+
 /// while it runs the sync client (the time its caller gave it), else the machine's.
 pub fn now() -> Instant {
     if let Some(clock) = virt::current() {

@@ -33,6 +33,7 @@
 use redb::TableDefinition;
 
 pub(crate) mod blocks;
+pub(crate) mod outbox;
 pub use blocks::{BLOCK_SIZE, LoadError};
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
@@ -82,26 +83,16 @@ pub(crate) const JOURNAL: TableDefinition<(u64, &str, u64), u64> =
 pub(crate) const JOURNAL_STATES: TableDefinition<(u64, &str, u64), (u64, u32)> =
     TableDefinition::new("rekord.journal_states");
 
-/// A digest of a record's state: each revision's number, schema version, release, state
-/// and bytes, in order (SHA-256, the first 8 bytes: stored, so it must not change).
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-pub(crate) fn record_digest<'a>(
-    revisions: impl Iterator<Item = (u32, u32, bool, u32, &'a [u8])>,
-) -> u64 {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for (rev, version, released, state, data) in revisions {
-        h.update(rev.to_le_bytes());
-        h.update(version.to_le_bytes());
-        h.update([u8::from(released)]);
-        h.update(state.to_le_bytes());
-        h.update((data.len() as u64).to_le_bytes());
-        h.update(data);
-    }
-    let d = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&d[..8]);
-    u64::from_le_bytes(first)
+pub(crate) use crate::sync::local::record_digest;
+
+/// The cursor as `txn` sees it (0 before the first applied change).
+pub(crate) fn cursor_in(txn: &redb::WriteTransaction) -> crate::Result<u64> {
+    use redb::ReadableTable as _;
+    Ok(txn
+        .open_table(META)?
+        .get(crate::sync::CURSOR)?
+        .and_then(|v| crate::db::read_u64(v.value()))
+        .unwrap_or(0))
 }
 
 /// `(tree, id) -> milliseconds since the Unix epoch` (synced databases): records this

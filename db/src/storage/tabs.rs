@@ -1041,7 +1041,7 @@ pub(crate) fn capture(
             }
         }
         drop(outbox);
-        part.cursor = crate::sync::cursor_in(txn)?;
+        part.cursor = crate::storage::cursor_in(txn)?;
         part.n = commits.unwrap_or(0);
     } else {
         part.outbox.clone_from(&core.outbox);
@@ -1093,7 +1093,7 @@ pub(crate) fn leader_commit(
     if !followers {
         return Ok(Some((n, None)));
     }
-    let next = crate::sync::outbox::last_made(&meta)? + 1;
+    let next = crate::storage::outbox::last_made(&meta)? + 1;
     drop(meta);
     let first = txn
         .open_table(crate::storage::OUTBOX)?
@@ -1923,9 +1923,9 @@ fn late_commit(
     // carry more than one request can).
     let (mut groups, mut returns) = (Vec::new(), Vec::new());
     for (_, bytes) in &part.entries {
-        match crate::sync::outbox::decode(bytes)?.1 {
-            crate::sync::outbox::Entry::Changes(list) => groups.push(list),
-            crate::sync::outbox::Entry::Return { tree, id } => returns.push((tree, id)),
+        match crate::storage::outbox::decode(bytes)?.1 {
+            crate::storage::outbox::Entry::Changes(list) => groups.push(list),
+            crate::storage::outbox::Entry::Return { tree, id } => returns.push((tree, id)),
         }
     }
     let mut b = Batch::begin(db)?;
@@ -2632,12 +2632,12 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         for part in &carried {
             for (n, bytes) in &part.entries {
                 if windows.iter().any(|(a, z)| (*a..*z).contains(n)) {
-                    renumbered.push(match crate::sync::outbox::decode(bytes)?.1 {
-                        crate::sync::outbox::Entry::Changes(outbox) => SyncPart {
+                    renumbered.push(match crate::storage::outbox::decode(bytes)?.1 {
+                        crate::storage::outbox::Entry::Changes(outbox) => SyncPart {
                             outbox,
                             ..SyncPart::default()
                         },
-                        crate::sync::outbox::Entry::Return { tree, id } => SyncPart {
+                        crate::storage::outbox::Entry::Return { tree, id } => SyncPart {
                             returns: vec![(tree, id)],
                             ..SyncPart::default()
                         },
@@ -2654,24 +2654,24 @@ fn adopt_stored(tab: &Rc<Tab>, db: &Arc<DbInner>, stored: &redb::Database) -> Re
         // the server before their pushes come back must send the records again).
         {
             let mut journal = b.txn.open_table(crate::storage::JOURNAL)?;
-            let at = (crate::sync::outbox::now_ms() << 1) | 1;
+            let at = (crate::rt::now_ms() << 1) | 1;
             for row in outbox.range(..below)? {
                 let (_, v) = row?;
-                for (tree, id) in crate::sync::outbox::keys(v.value())? {
+                for (tree, id) in crate::storage::outbox::keys(v.value())? {
                     journal.insert((crate::sync::UNKNOWN_SEQ, tree.as_str(), id), at)?;
                 }
             }
         }
         outbox.retain_in(..below, |_, _| false)?;
         let mut meta = b.txn.open_table(META)?;
-        let made = crate::sync::outbox::last_made(&meta)?;
+        let made = crate::storage::outbox::last_made(&meta)?;
         // Past every number known here, with room for those of the old leader's commits
         // still on their way (they keep their numbers; a later takeover numbers them again).
         let known = next.max(last + 1).max(made + 1);
         let next = known.saturating_add(TAKEOVER_ENTRY_GAP);
         tab.state.borrow_mut().windows.push((known, next));
         meta.insert(
-            crate::sync::outbox::NEXT_ENTRY,
+            crate::storage::outbox::NEXT_ENTRY,
             next.to_le_bytes().as_slice(),
         )?;
         // The old leader's pending rows as its commits left them (their counts are made
@@ -2896,8 +2896,8 @@ fn recount_pending(b: &Batch<'_>) -> Result<()> {
         let outbox = b.txn.open_table(crate::storage::OUTBOX)?;
         for row in outbox.iter()? {
             let (_, v) = row?;
-            if let (_, crate::sync::outbox::Entry::Changes(cs)) =
-                crate::sync::outbox::decode(v.value())?
+            if let (_, crate::storage::outbox::Entry::Changes(cs)) =
+                crate::storage::outbox::decode(v.value())?
             {
                 count(&cs);
             }
@@ -2915,7 +2915,7 @@ fn recount_pending(b: &Batch<'_>) -> Result<()> {
         rows.push((
             tree.to_owned(),
             id,
-            crate::sync::outbox::PendingRow::decode(v.value()),
+            crate::storage::outbox::PendingRow::decode(v.value()),
         ));
     }
     for (tree, id, mut row) in rows {
@@ -3055,7 +3055,7 @@ impl Batch<'_> {
         returns: &[(String, u64)],
         rows: &[(String, u64, Vec<u8>)],
     ) -> Result<()> {
-        use crate::sync::outbox::PendingRow;
+        use crate::storage::outbox::PendingRow;
         {
             let mut pending = self.txn.open_table(crate::storage::PENDING)?;
             for (tree, id, theirs) in rows {

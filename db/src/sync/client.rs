@@ -7,7 +7,6 @@
 mod restore;
 
 use super::local::{Handle, Local, Write};
-use super::outbox;
 use super::{Coverage, SyncConfig, SyncStatus, UNKNOWN_REPLICA};
 use crate::event::{SyncEvent, lock};
 use crate::net::{self, NetError, Pin, Session};
@@ -618,7 +617,7 @@ enum Wakeup {
 
 impl Client {
     /// The database, through the sync client's interface to it ([`Local`]).
-    fn db(&self) -> std::result::Result<Local, End> {
+    fn db(&self) -> std::result::Result<Box<dyn Local>, End> {
         self.db.get().ok_or(End::Closed)
     }
 
@@ -627,7 +626,7 @@ impl Client {
     /// atomically with the data it covers, so a crash loses at most a suffix of such commits,
     /// which are fetched (or resent, idempotently) again. The application's own writes stay
     /// durable, and each of them makes the earlier lazy commits durable too.
-    fn lazy_write<'d>(&mut self, db: &'d Local) -> Result<Write<'d>> {
+    fn lazy_write<'d>(&mut self, db: &'d dyn Local) -> Result<Box<dyn Write + 'd>> {
         let mut b = db.write()?;
         if crate::rt::now().saturating_duration_since(self.last_durable) < LAZY_DURABILITY {
             b.lazy();
@@ -682,7 +681,7 @@ impl Client {
         let Ok(Some(at)) = oldest else {
             return;
         };
-        let age = Duration::from_millis(outbox::now_ms().saturating_sub(at));
+        let age = Duration::from_millis(crate::rt::now_ms().saturating_sub(at));
         if age > max {
             self.stale_reported = true;
             let entries = self.link.status().outbox;
@@ -970,7 +969,7 @@ impl Client {
                 // A replica that borrowed a record this one waits to take back, in changes
                 // the subscription missed: its version stands (fetched at `CaughtUp`).
                 self.reclaiming |= self.has_reclaims()?;
-                let taken = self.reclaim_taken(&b, chunk)?;
+                let taken = self.reclaim_taken(&*b, chunk)?;
                 b.commit_for_sync()?;
                 self.report_taken(taken);
                 for event in skipped {
@@ -1243,7 +1242,7 @@ impl Client {
     /// server last announced (signed) that have not expired.
     fn web_hashes(&self, configured: &[String]) -> std::result::Result<Vec<String>, End> {
         let mut hashes = configured.to_vec();
-        let now = outbox::now_ms() / 1000;
+        let now = crate::rt::now_ms() / 1000;
         if let Some(text) = self.db()?.announced_hashes()? {
             // A server announces two; a damaged value is read no further than a few.
             for item in text.split(',').take(8) {
@@ -1461,7 +1460,7 @@ impl Client {
         outcomes: &[EntryOutcome],
     ) -> std::result::Result<Settled, End> {
         let db = self.db()?;
-        let b = self.lazy_write(&db)?;
+        let b = self.lazy_write(&*db)?;
         let super::local::Settled {
             refused,
             conflicts,
@@ -1543,7 +1542,7 @@ impl Client {
         let db = self.db()?;
         // Lazily durable: after a crash the entries are still the unmerged ones, which the
         // server refuses again, and the merges are made again.
-        let mut b = self.lazy_write(&db)?;
+        let mut b = self.lazy_write(&*db)?;
         let mut events = Vec::with_capacity(conflicts.len());
         let mut delta = 0i64;
         for (entry, current) in conflicts {
@@ -1657,7 +1656,7 @@ impl Client {
                     tracing::debug!(%tree, id, "rekord sync: a refetched record this replica holds again had writes waiting; sent");
                     b.clear_reclaim(&tree, id)?;
                     b.note_recheck(&tree, id)?;
-                    let released = self.release_deferred(&b, &[])?;
+                    let released = self.release_deferred(&*b, &[])?;
                     b.commit_for_sync()?;
                     self.report_released(released);
                     self.rechecking = true;
@@ -1773,11 +1772,11 @@ impl Client {
                         kind = e.change.kind.name(), "rekord sync: applying a pushed change"
                     );
                 }
-                let mut b = self.lazy_write(&db)?;
+                let mut b = self.lazy_write(&*db)?;
                 let skipped = b.apply_remote(&fresh)?;
                 // Whichever path applies the changes (live pushes, a resync's buffered
                 // ones, a borrow's wait), in the same commit as the cursor.
-                let taken = self.reclaim_taken(&b, &fresh)?;
+                let taken = self.reclaim_taken(&*b, &fresh)?;
                 let took = taken.took;
                 // Only once caught up: a borrow taken by another replica later in the
                 // catch-up must be seen before taking a record back (`CaughtUp` retries).
@@ -1853,7 +1852,7 @@ impl Client {
         if keys.is_empty() {
             return Ok(());
         }
-        let b = self.lazy_write(&db)?;
+        let b = self.lazy_write(&*db)?;
         b.drop_unknown_journal_rows(&keys)?;
         b.commit()?;
         Ok(())

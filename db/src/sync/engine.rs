@@ -148,7 +148,7 @@ impl Engine {
         let clock = Clock::new(now);
         // The client's first steps (its start reads the database) run on the engine's clock.
         let (db, driver) = virt::with(&clock, || Db::open_synced_driven(path, config))?;
-        let link = db.inner.link.get().cloned();
+        let link = db.sync_link();
         let mut engine = Engine::driving(driver, link, net, clock);
         engine.db = Some(db);
         Ok(engine)

@@ -102,7 +102,6 @@ pub mod engine;
 pub(crate) mod local;
 pub use client::SyncDriver;
 pub mod merge;
-pub(crate) mod outbox;
 
 pub use merge::{Hlc, Merge, Winner};
 
@@ -122,15 +121,6 @@ pub(crate) const PIN: &str = "sync.pin";
 pub(crate) const WEB_HASHES: &str = "sync.web_hashes";
 /// `rekord.meta` key of the cursor (u64 LE).
 pub(crate) const CURSOR: &str = "sync.cursor";
-/// The cursor as `txn` sees it (0 before the first applied change).
-pub(crate) fn cursor_in(txn: &redb::WriteTransaction) -> crate::Result<u64> {
-    use redb::ReadableTable as _;
-    Ok(txn
-        .open_table(crate::storage::META)?
-        .get(CURSOR)?
-        .and_then(|v| crate::db::read_u64(v.value()))
-        .unwrap_or(0))
-}
 
 /// `rekord.meta` key of the lineage of the server history this replica synced with (pairs
 /// of u64 LE: history id, base), as the server last told it.

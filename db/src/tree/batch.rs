@@ -410,14 +410,17 @@ impl<'db> Batch<'db> {
         }
         // (An entry no request could carry is refused at the door: it would block the
         // outbox. Refusing aborts the transaction: nothing of the batch happens.)
-        let (first, queued, bytes) = if !core.outbox.is_empty()
-            || !core.relayed.is_empty()
-            || !core.returns.is_empty()
-        {
-            crate::sync::outbox::enqueue_checked(&txn, &core.outbox, &core.relayed, &core.returns)?
-        } else {
-            (0, 0, 0)
-        };
+        let (first, queued, bytes) =
+            if !core.outbox.is_empty() || !core.relayed.is_empty() || !core.returns.is_empty() {
+                crate::storage::outbox::enqueue_checked(
+                    &txn,
+                    &core.outbox,
+                    &core.relayed,
+                    &core.returns,
+                )?
+            } else {
+                (0, 0, 0)
+            };
         let entries = (queued > 0).then(|| (first, first + queued - 1));
         if queued > 0 && !core.unlimited {
             // Refusing here aborts the transaction: nothing of the batch happens.
@@ -805,13 +808,13 @@ impl<T> BatchTree<'_, T> {
             Some((h, data)) => (h.version, data.to_vec()),
             None => (self.version, Vec::new()),
         };
-        self.core.hlc = crate::sync::merge::hlc_next(self.core.hlc, crate::sync::outbox::now_ms());
+        self.core.hlc = crate::sync::merge::hlc_next(self.core.hlc, crate::rt::now_ms());
         self.core.hlc_moved = true;
         let hlc = self.core.hlc;
         let mut pending = self.txn.open_table(PENDING)?;
         let row = pending
             .get((&*self.state.name, key.id))?
-            .map(|v| crate::sync::outbox::PendingRow::decode(v.value()));
+            .map(|v| crate::storage::outbox::PendingRow::decode(v.value()));
         let row = match row {
             Some(mut row) if row.count > 0 => {
                 row.count += 1;
@@ -823,9 +826,9 @@ impl<T> BatchTree<'_, T> {
                 // The first edit waiting: based on the newest server version the record
                 // here reflects: the last applied server change, or this replica's own
                 // newer accepted edit.
-                let cursor = crate::sync::cursor_in(self.txn)?;
+                let cursor = crate::storage::cursor_in(self.txn)?;
                 let floor = row.map_or(0, |r| r.floor);
-                crate::sync::outbox::PendingRow {
+                crate::storage::outbox::PendingRow {
                     count: 1,
                     base: cursor.max(floor),
                     hlc,

@@ -5,19 +5,12 @@ use super::evolve;
 use crate::event::{Conflict, EventKind};
 use crate::proto::{Change, ChangeKind, Current};
 use crate::schema::dynamic;
+use crate::storage::outbox::{self, Entry};
 use crate::storage::{HEADER_LEN, Header, OUTBOX, PENDING, SCHEMAS, pack};
+use crate::sync::local::Resolved;
 use crate::sync::merge::{Merge, Side, Stamped, Winner, hlc_next};
-use crate::sync::outbox::{self, Entry};
 use crate::{Error, RawKey, Result};
 use redb::ReadableTable;
-
-/// What resolving one conflict did to the outbox.
-pub(crate) struct Resolved {
-    /// The event to report.
-    pub(crate) event: Conflict,
-    /// Change of the outbox's size in bytes (entries rewritten).
-    pub(crate) bytes_delta: i64,
-}
 
 impl Batch<'_> {
     /// Resolves the conflict the server reported for outbox entry `entry` (still in the
@@ -246,7 +239,7 @@ impl Batch<'_> {
             // The entry itself, merged, goes again under its number.
             let (at, old) = match table.get(entry)? {
                 Some(v) => (outbox::decode(v.value())?.0, v.value().len() as i64),
-                None => (outbox::now_ms(), 0),
+                None => (crate::rt::now_ms(), 0),
             };
             let value = outbox::encode(&Entry::Changes(front), at)?;
             bytes_delta += value.len() as i64 - old;
@@ -300,8 +293,8 @@ impl Batch<'_> {
                             .open_table(state.def())?
                             .insert(pack(k), value.as_slice())?;
                         self.pend(ti, k, EventKind::Created, me, None, Some(&value));
-                        let cursor = crate::sync::cursor_in(&self.txn)?;
-                        self.core.hlc = hlc_next(self.core.hlc, outbox::now_ms());
+                        let cursor = crate::storage::cursor_in(&self.txn)?;
+                        self.core.hlc = hlc_next(self.core.hlc, crate::rt::now_ms());
                         self.core.outbox.push(Change {
                             tree: tree.to_owned(),
                             id,

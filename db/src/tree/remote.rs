@@ -70,7 +70,7 @@ impl Batch<'_> {
                     let c = &e.change;
                     if e.origin != me
                         && pending.get((c.tree.as_str(), c.id))?.is_some_and(|v| {
-                            crate::sync::outbox::PendingRow::decode(v.value()).holds_back(e.seq)
+                            crate::storage::outbox::PendingRow::decode(v.value()).holds_back(e.seq)
                         })
                     {
                         held.insert(e.seq);
@@ -78,13 +78,13 @@ impl Batch<'_> {
                 }
                 // Rows without waiting edits go once the cursor passed their floor.
                 if let Some(last) = entries.last().map(|e| e.seq) {
-                    pending.retain(|_, v| !crate::sync::outbox::PendingRow::done_at(v, last))?;
+                    pending.retain(|_, v| !crate::storage::outbox::PendingRow::done_at(v, last))?;
                 }
             }
             held
         };
         {
-            let at = crate::sync::outbox::now_ms() << 1;
+            let at = crate::rt::now_ms() << 1;
             let mut journal = self.txn.open_table(JOURNAL)?;
             for e in entries {
                 let own = u64::from(e.origin == me);

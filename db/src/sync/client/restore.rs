@@ -23,7 +23,6 @@ use crate::event::SyncEvent;
 use crate::net::Session;
 use crate::proto::{Change, ChangeKind, RemoteError, Request, Response, Revision};
 use crate::sync::local::{Journal, LocalRevision, Released, Write, digest};
-use crate::sync::outbox;
 use std::collections::HashSet;
 
 /// What [`Client::reclaim_taken`] found in a batch of pushed changes, reported by
@@ -201,7 +200,7 @@ impl Client {
                     revisions,
                     differed,
                 } => {
-                    if edited_since(&b, &tree, id)? {
+                    if edited_since(&*b, &tree, id)? {
                         b.note_recheck(&tree, id)?;
                         kept += 1;
                         continue;
@@ -218,7 +217,7 @@ impl Client {
         }
         b.append_outbox(&waiting_entries)?;
         // Writes that waited for records no longer waiting (a second restore) go again.
-        let released = self.release_deferred(&b, &[])?;
+        let released = self.release_deferred(&*b, &[])?;
         b.rewind(common, back, lineage, waiting > 0)?;
         b.commit_for_sync()?;
         self.link.enqueued(entries, bytes);
@@ -290,7 +289,7 @@ impl Client {
             return Ok(Vec::new());
         }
         let local = self.db()?.revisions(&tree, id)?;
-        let stored_holder = local.last().map_or(0, |l| l.header.holder);
+        let stored_holder = local.last().map_or(0, |l| l.holder);
         let mut local_holder = stored_holder;
         let same = local.len() == revisions.len()
             && local.iter().zip(&revisions).all(|(l, r)| l.same_as(r));
@@ -524,7 +523,7 @@ impl Client {
                         self.fetch_schemas(s, &versions).await?;
                         b = db.write()?;
                         // (Fetched again anyway: the recheck below.)
-                        if !edited_since(&b, &tree, id)? {
+                        if !edited_since(&*b, &tree, id)? {
                             b.replace_record(&tree, id, holder, &revisions)?;
                             lost |= differed;
                         }
@@ -542,9 +541,9 @@ impl Client {
             b.note_recheck(&tree, id)?;
             self.rechecking = true;
             let released = if lost {
-                self.release_deferred(&b, &[(tree.clone(), id)])?
+                self.release_deferred(&*b, &[(tree.clone(), id)])?
             } else {
-                self.release_deferred(&b, &[])?
+                self.release_deferred(&*b, &[])?
             };
             b.commit_for_sync()?;
             self.link.enqueued(entries, bytes);
@@ -577,7 +576,7 @@ impl Client {
     /// version under the other's borrow for good. Returns whether any was forgotten.
     pub(crate) fn reclaim_taken(
         &mut self,
-        b: &Write<'_>,
+        b: &dyn Write,
         entries: &[crate::proto::Sequenced],
     ) -> std::result::Result<Taken, End> {
         if !self.reclaiming {
@@ -622,7 +621,7 @@ impl Client {
     /// again, under a new number.
     pub(crate) fn release_deferred(
         &mut self,
-        b: &Write<'_>,
+        b: &dyn Write,
         superseded: &[(String, u64)],
     ) -> std::result::Result<Released, End> {
         let released = b.release_deferred(superseded)?;
@@ -680,7 +679,7 @@ impl Client {
     /// Prunes journal rows older than [`crate::sync::SyncConfig::journal_retention`];
     /// `head`: the server's, as this session's hello gave it.
     pub(crate) fn prune_journal(&mut self, head: u64) -> std::result::Result<(), End> {
-        let horizon = outbox::now_ms().saturating_sub(
+        let horizon = crate::rt::now_ms().saturating_sub(
             u64::try_from(self.config.journal_retention.as_millis()).unwrap_or(u64::MAX),
         );
         let db = self.db()?;
@@ -710,7 +709,7 @@ impl Client {
         } else {
             0
         };
-        let b = self.lazy_write(&db)?;
+        let b = self.lazy_write(&*db)?;
         b.prune_journal(&old, top, unknown_top)?;
         b.commit()?;
         Ok(())
@@ -760,9 +759,9 @@ fn resend_changes(
         }
         match theirs {
             // Released there with the same data: only the state can differ.
-            Some(r) if r.released && r.data == l.data && r.version == l.header.version => {
-                if l.header.released && l.header.state != r.state {
-                    out.push(change(l.rev, ChangeKind::SetState(l.header.state)));
+            Some(r) if r.released && r.data == l.data && r.version == l.version => {
+                if l.released && l.state != r.state {
+                    out.push(change(l.rev, ChangeKind::SetState(l.state)));
                 }
                 continue;
             }
@@ -774,16 +773,16 @@ fn resend_changes(
             out.push(change(
                 l.rev,
                 ChangeKind::Put {
-                    version: l.header.version,
+                    version: l.version,
                     data: l.data.clone(),
                 },
             ));
         }
-        if l.header.released && !theirs.is_some_and(|r| r.released) {
+        if l.released && !theirs.is_some_and(|r| r.released) {
             out.push(change(l.rev, ChangeKind::Release));
         }
-        if l.header.released && l.header.state != 0 {
-            out.push(change(l.rev, ChangeKind::SetState(l.header.state)));
+        if l.released && l.state != 0 {
+            out.push(change(l.rev, ChangeKind::SetState(l.state)));
         }
     }
     for r in server.iter().rev() {
@@ -802,6 +801,6 @@ fn resend_changes(
 /// being this replica's own, is never applied back; the record is fetched again once the
 /// outbox settled instead (`rekord.recheck`, inserted by the caller). (A fault run ended
 /// with a note missing on the one replica that had edited it.)
-fn edited_since(b: &Write<'_>, tree: &str, id: u64) -> std::result::Result<bool, End> {
+fn edited_since(b: &dyn Write, tree: &str, id: u64) -> std::result::Result<bool, End> {
     Ok(b.edited(tree, id)?)
 }

@@ -220,21 +220,6 @@ impl PendingRow {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        // `Date.now()`: milliseconds, a whole number of them (never negative in practice).
-        js_sys::Date::now().max(0.0) as u64
-    }
-}
-
 /// Appends the entries of one committed batch inside its transaction; returns the first
 /// entry's number, how many, and their bytes.
 /// The largest stored outbox entry one request can carry: a frame, less room for the
@@ -292,7 +277,7 @@ fn enqueue_groups(
     returns: &[(String, u64)],
     check: bool,
 ) -> Result<(u64, u64, u64)> {
-    let at = now_ms();
+    let at = crate::rt::now_ms();
     let mut bytes = 0u64;
     // Entry numbers are never reused (they are the op ids the server remembers), so the
     // next one is kept in the metadata, not derived from the (emptied) table.
