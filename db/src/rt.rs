@@ -23,7 +23,6 @@ pub fn system_now() -> std::time::SystemTime {
     return std::time::UNIX_EPOCH + Duration::from_secs_f64(js_sys::Date::now().max(0.0) / 1000.0);
 }
 
-/// Now, on the clock of the code that asks: a sync engine's (`sync::engine::Engine`)
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
     #[cfg(not(target_arch = "wasm32"))]
@@ -39,6 +38,7 @@ pub(crate) fn now_ms() -> u64 {
     }
 }
 
+/// Now, on the clock of the code that asks: a sync engine's (`sync::engine::Engine`)
 /// while it runs the sync client (the time its caller gave it), else the machine's.
 pub fn now() -> Instant {
     if let Some(clock) = virt::current() {

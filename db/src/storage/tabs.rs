@@ -1838,6 +1838,12 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
         }
         Msg::Ids { tab: other } if leader => {
             let range = carve_synced(&db)?;
+            // What it has left may now be under half a range: its sync client asks the
+            // server for more (it looked only after the leader's own writes before, so a
+            // follower of an idle leader ran out while online).
+            if let Some(link) = db.link.get() {
+                link.wake();
+            }
             let replica = db.replica.load(std::sync::atomic::Ordering::Acquire);
             tab.post(&Msg::Range {
                 to: other,
@@ -1855,9 +1861,7 @@ fn handle(tab: &Rc<Tab>, msg: Msg) -> Result<()> {
                     .store(replica, std::sync::atomic::Ordering::Release);
             }
             if range.0 < range.1 {
-                let b = Batch::begin(&db)?;
-                b.txn.open_table(RANGES)?.insert(range.0, range.1)?;
-                b.commit()?;
+                take_range(&db, range)?;
             }
             let mut s = tab.state.borrow_mut();
             s.asked_ids = 0.0;
@@ -2158,6 +2162,43 @@ fn carve_synced(db: &Arc<DbInner>) -> Result<(u64, u64)> {
         }
     }
     Ok(carved)
+}
+
+/// A follower takes the ids the leader carved for it. A later carve is the upper half of
+/// what the leader has left, below the ids this tab took before, while a tab takes ids only
+/// upward from its next one (`alloc_id`): so the ids below its next one (used, or passed
+/// by) leave its ranges and its next id moves down to the new range. (Without the move the
+/// new range was never used: a follower of an idle leader was out of ids while online,
+/// `redteam_takeover_ids::an_idle_leader_leaves_a_follower_without_ids`.)
+fn take_range(db: &Arc<DbInner>, range: (u64, u64)) -> Result<()> {
+    let b = Batch::begin(db)?;
+    let next = b.writer.next_id;
+    {
+        let mut ranges = b.txn.open_table(RANGES)?;
+        if range.1 <= next {
+            let mut below = Vec::new();
+            for row in ranges.range(..next)? {
+                let (s, e) = row?;
+                below.push((s.value(), e.value()));
+            }
+            for (s, e) in below {
+                ranges.remove(s)?;
+                if e > next {
+                    ranges.insert(next, e)?;
+                }
+            }
+        }
+        ranges.insert(range.0, range.1)?;
+    }
+    b.commit()?;
+    if range.1 <= next {
+        let mut w = crate::event::lock(&db.writer);
+        if w.next_id == next {
+            w.next_id = range.0;
+            w.range_end = 0;
+        }
+    }
+    Ok(())
 }
 
 /// Applies another tab's changes in one batch (`origin`: the follower entry a leader

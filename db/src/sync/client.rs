@@ -68,6 +68,13 @@ impl Link {
         self.timeout
     }
 
+    /// Wakes the sync client to look at its ids again (a leading tab carved some of its own
+    /// for another tab: it asks the server for more when fewer than half a range are left).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// In a browser: asks the sync client for at least `ids` more free ids, without waiting
     /// (`false`: the write that needs them fails with [`Error::IdsExhausted`] and may be
     /// tried again once they came).
