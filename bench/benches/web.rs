@@ -174,6 +174,190 @@ fn echo_server(rt: &tokio::runtime::Runtime) -> (u16, String) {
     (port, hash)
 }
 
+/// The raw relay with the page at one end: the same work as a propagation between a native
+/// replica and a browser one, done with none of rekord. A native peer (a thread with its own
+/// runtime and quinn connection, as a replica's sync thread) and the page (its own
+/// `WebTransport`, as a browser replica's connection) each reach a relay on this process's
+/// runtime, which reads an 8-byte stamp (µs since the epoch) from one, commits 64 bytes
+/// durably to a redb file and writes the stamp to the other; the receiver's clock minus the
+/// stamp is the sample. `to_page`: the native peer sends and the page receives, else the
+/// other way. `n` stamps, `gap` apart.
+fn page_relay(
+    rt: &tokio::runtime::Runtime,
+    page: &mut Page,
+    n: usize,
+    gap: Duration,
+    to_page: bool,
+) -> Vec<Duration> {
+    // The page's side: WebTransport with a certificate Chromium accepts by hash.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(10);
+    let cert = params.self_signed(&key).unwrap();
+    let hash = rekord::net::fingerprint(cert.der());
+    let der = quinn::rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+    let web_key = quinn::rustls::pki_types::PrivateKeyDer::Pkcs8(
+        quinn::rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+    );
+    let web = rt.block_on(async {
+        web_transport_quinn::ServerBuilder::new()
+            .with_addr("127.0.0.1:0".parse().unwrap())
+            .with_certificate(vec![der.clone()], web_key.clone_key())
+            .unwrap()
+    });
+    let web_port = web.local_addr().unwrap().port();
+    // The native side: raw quinn, the same certificate.
+    let server_cfg = quinn::ServerConfig::with_single_cert(vec![der.clone()], web_key).unwrap();
+    let quic = {
+        let _guard = rt.enter();
+        quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
+    };
+    let quic_addr = quic.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("relay.redb")).unwrap();
+    let relay = rt.spawn(async move {
+        let mut web = web;
+        let session = web.accept().await.unwrap().ok().await.unwrap();
+        let (mut page_send, mut page_recv) = session.accept_bi().await.unwrap();
+        let mut hello = [0u8; 8];
+        page_recv.read_exact(&mut hello).await.unwrap();
+        let conn = quic.accept().await.unwrap().await.unwrap();
+        let (mut quic_send, mut quic_recv) = conn.accept_bi().await.unwrap();
+        quic_recv.read_exact(&mut hello).await.unwrap();
+        let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+        let mut buf = [0u8; 8];
+        for i in 0..n as u64 {
+            let read = if to_page {
+                quic_recv.read_exact(&mut buf).await.is_ok()
+            } else {
+                page_recv.read_exact(&mut buf).await.is_ok()
+            };
+            if !read {
+                break;
+            }
+            let txn = db.begin_write().unwrap();
+            txn.open_table(table)
+                .unwrap()
+                .insert(i, [7u8; 64].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+            let written = if to_page {
+                page_send.write_all(&buf).await.is_ok()
+            } else {
+                quic_send.write_all(&buf).await.is_ok()
+            };
+            if !written {
+                break;
+            }
+        }
+        // Both stay open until the receiver has read everything: it closes first.
+        let limit = Duration::from_secs(30);
+        if to_page {
+            let _ = tokio::time::timeout(limit, session.closed()).await;
+            conn.close(0u32.into(), b"done");
+        } else {
+            let _ = tokio::time::timeout(limit, conn.closed()).await;
+            session.close(0, b"done");
+        }
+        drop((page_send, quic_send));
+    });
+    page.eval(&format!(
+        r#"const hex = {hash:?};
+        const bytes = new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
+        const wt = new WebTransport("https://127.0.0.1:{web_port}/relay",
+          {{ serverCertificateHashes: [{{ algorithm: "sha-256", value: bytes }}] }});
+        await wt.ready;
+        const s = await wt.createBidirectionalStream();
+        window.relay = {{ wt, w: s.writable.getWriter(), r: s.readable.getReader() }};
+        // The relay ends the session when the run is over: not an error of the page.
+        for (const p of [wt.closed, window.relay.w.closed, window.relay.r.closed]) p.catch(() => {{}});
+        await window.relay.w.write(new Uint8Array(8));
+        return null;"#
+    ));
+    let mut roots = quinn::rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client_cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+    let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+    let native_peer = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                ep.set_default_client_config(client_cfg);
+                let conn = ep.connect(quic_addr, "127.0.0.1").unwrap().await.unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&[0u8; 8]).await.unwrap();
+                ready_tx.send(()).unwrap();
+                let mut out = Vec::with_capacity(n);
+                if to_page {
+                    // Let the page start reading first.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    for _ in 0..n {
+                        send.write_all(&(epoch_us() as u64).to_le_bytes())
+                            .await
+                            .unwrap();
+                        tokio::time::sleep(gap).await;
+                    }
+                    // The relay closes once the page has read everything.
+                    let _ = tokio::time::timeout(Duration::from_secs(30), conn.closed()).await;
+                } else {
+                    let mut buf = [0u8; 8];
+                    for _ in 0..n {
+                        recv.read_exact(&mut buf).await.unwrap();
+                        let sent = u64::from_le_bytes(buf) as f64;
+                        out.push(Duration::from_secs_f64((epoch_us() - sent).max(0.0) / 1e6));
+                    }
+                }
+                conn.close(0u32.into(), b"done");
+                ep.wait_idle().await;
+                out
+            })
+    });
+    ready.recv().unwrap();
+    let gap_ms = gap.as_secs_f64() * 1e3;
+    let samples_out = if to_page {
+        let v = page.eval(&format!(
+            r#"const {{ r }} = window.relay; const out = [];
+            let buf = new Uint8Array(0);
+            while (out.length < {n}) {{
+              const {{ value }} = await r.read();
+              const at = (performance.timeOrigin + performance.now()) * 1000;
+              const joined = new Uint8Array(buf.length + value.length);
+              joined.set(buf); joined.set(value, buf.length); buf = joined;
+              while (buf.length >= 8) {{
+                const sent = Number(new DataView(buf.buffer, buf.byteOffset, 8).getBigUint64(0, true));
+                out.push((at - sent).toFixed(1));
+                buf = buf.slice(8);
+              }}
+            }}
+            window.relay.wt.close(); window.relay = null;
+            return out.join(",");"#
+        ));
+        native_peer.join().unwrap();
+        samples(&v)
+    } else {
+        page.eval(&format!(
+            r#"const {{ w }} = window.relay;
+            for (let i = 0; i < {n}; i++) {{
+              const stamp = BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000));
+              const b = new Uint8Array(8); new DataView(b.buffer).setBigUint64(0, stamp, true);
+              await w.write(b);
+              await new Promise((r) => setTimeout(r, {gap_ms}));
+            }}
+            return null;"#
+        ));
+        let out = native_peer.join().unwrap();
+        page.eval("window.relay.wt.close(); window.relay = null; return null;");
+        out
+    };
+    rt.block_on(relay).unwrap();
+    samples_out
+}
+
 /// The raw cost of one durable commit: a small redb transaction with the default
 /// (immediate) durability, on this disk.
 fn fsync_floor(n: usize) -> Vec<Duration> {
@@ -397,6 +581,9 @@ fn main() {
     let mut fsync = fsync_floor(n);
     // The same work as a native propagation done raw (a relay that commits durably).
     let mut relay = raw_relay(&rt, n, Duration::from_millis(2));
+    // And with the page at one end, both ways.
+    let mut relay_n2b = page_relay(&rt, &mut page, n, Duration::from_millis(2), true);
+    let mut relay_b2n = page_relay(&rt, &mut page, n, Duration::from_millis(2), false);
 
     // Propagation native -> native.
     let (a, b) = (native(&served), native(&served));
@@ -543,6 +730,8 @@ fn main() {
         &mut echo,
         &mut fsync,
         &mut relay,
+        &mut relay_n2b,
+        &mut relay_b2n,
         &mut n2n,
         &mut n2b,
         &mut b2n,
@@ -567,6 +756,8 @@ fn main() {
          | native floor: round trip + durable commit | {native_floor:.1} µs | |\n\
          | browser floor: page round trip + durable commit | {browser_floor:.1} µs | |\n\
          | raw relay: A -> durable commit -> B over raw quinn, threads as replicas' ({} samples) | {:.1} µs | {:.1} µs |\n\
+         | raw relay: native A -> durable commit -> the page over WebTransport ({} samples) | {:.1} µs | {:.1} µs |\n\
+         | raw relay: the page -> durable commit -> native B ({} samples) | {:.1} µs | {:.1} µs |\n\
          | one small commit stored in IndexedDB, strict, from the page ({} samples) | {:.1} µs | {:.1} µs |\n\
          | the same, relaxed ({} samples) | {:.1} µs | {:.1} µs |\n",
         raw.len(),
@@ -581,6 +772,12 @@ fn main() {
         relay.len(),
         p50(&relay),
         p99(&relay),
+        relay_n2b.len(),
+        p50(&relay_n2b),
+        p99(&relay_n2b),
+        relay_b2n.len(),
+        p50(&relay_b2n),
+        p99(&relay_b2n),
         idb_strict.len(),
         p50(&idb_strict),
         p99(&idb_strict),
@@ -621,6 +818,26 @@ fn main() {
         p50(&n2n) / p50(&relay),
         p99(&n2n) / p99(&relay),
     );
+    println!(
+        "- native -> browser / the raw relay to the page: **{:.2}x** (p50), {:.2}x (p99)",
+        p50(&n2b) / p50(&relay_n2b),
+        p99(&n2b) / p99(&relay_n2b),
+    );
+    for (name, v, store) in [
+        ("browser -> native", &b2n, &idb_strict),
+        (
+            "browser -> native, a change every 10 ms",
+            &b2n_slow,
+            &idb_strict,
+        ),
+    ] {
+        println!(
+            "- {name} / the raw relay from the page: **{:.2}x** (p50); with the page's IndexedDB store added to the relay ({:.1} µs): {:.2}x",
+            p50(v) / p50(&relay_b2n),
+            p50(&relay_b2n) + p50(store),
+            p50(v) / (p50(&relay_b2n) + p50(store)),
+        );
+    }
     let deciles = |v: &[Duration]| {
         (1..10)
             .map(|d| format!("{:.0}", us(percentile(v, d as f64 / 10.0))))
@@ -634,6 +851,8 @@ fn main() {
     println!("\ndeciles (µs, p10 ... p90):");
     for (name, v) in [
         ("raw relay", &relay),
+        ("raw relay to the page", &relay_n2b),
+        ("raw relay from the page", &relay_b2n),
         ("native -> native", &n2n),
         ("native -> browser", &n2b),
         ("browser -> native", &b2n),
