@@ -135,9 +135,13 @@ fn samples(v: &serde_json::Value) -> Vec<Duration> {
         .collect()
 }
 
-/// A WebTransport echo server (web-transport-quinn, the certificate Chromium accepts by
-/// hash): the raw floor of a page's round trip. Its port and certificate hash.
-fn echo_server(rt: &tokio::runtime::Runtime) -> (u16, String) {
+/// A certificate Chromium accepts by hash (`serverCertificateHashes`: ECDSA P-256, valid
+/// under 14 days) for 127.0.0.1: the certificate, its key and its hash.
+fn web_cert() -> (
+    quinn::rustls::pki_types::CertificateDer<'static>,
+    quinn::rustls::pki_types::PrivateKeyDer<'static>,
+    String,
+) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
     let now = time::OffsetDateTime::now_utc();
@@ -149,6 +153,13 @@ fn echo_server(rt: &tokio::runtime::Runtime) -> (u16, String) {
     let key = quinn::rustls::pki_types::PrivateKeyDer::Pkcs8(
         quinn::rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
     );
+    (der, key, hash)
+}
+
+/// A WebTransport echo server (web-transport-quinn, the certificate Chromium accepts by
+/// hash): the raw floor of a page's round trip. Its port and certificate hash.
+fn echo_server(rt: &tokio::runtime::Runtime) -> (u16, String) {
+    let (der, key, hash) = web_cert();
     let server = rt.block_on(async {
         web_transport_quinn::ServerBuilder::new()
             .with_addr("127.0.0.1:0".parse().unwrap())
@@ -190,17 +201,7 @@ fn page_relay(
     to_page: bool,
 ) -> Vec<Duration> {
     // The page's side: WebTransport with a certificate Chromium accepts by hash.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(10);
-    let cert = params.self_signed(&key).unwrap();
-    let hash = rekord::net::fingerprint(cert.der());
-    let der = quinn::rustls::pki_types::CertificateDer::from(cert.der().to_vec());
-    let web_key = quinn::rustls::pki_types::PrivateKeyDer::Pkcs8(
-        quinn::rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
-    );
+    let (der, web_key, hash) = web_cert();
     let web = rt.block_on(async {
         web_transport_quinn::ServerBuilder::new()
             .with_addr("127.0.0.1:0".parse().unwrap())
