@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use rekord::{Db, Error, Key, SyncConfig};
@@ -64,21 +64,15 @@ fn a_granted_borrow_survives_an_abort_right_after_borrow_returns() {
     other.wait_caught_up(LIMIT).unwrap();
     for round in 0..5 {
         let path = tmp.path().join(format!("r{round}.rekord"));
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "borrow_child_process",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(
-                CHILD_ENV,
-                format!("{}|{}|{token}", path.display(), server.addr),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = process::child(
+            "borrow_child_process",
+            CHILD_ENV,
+            format!("{}|{}|{token}", path.display(), server.addr),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         let mut said = String::new();
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
             let line = line.unwrap();

@@ -3,17 +3,9 @@
 //! inside the client counts as time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rekord::net::{ByteStream, Connect, NetError, WireFuture};
-use rekord::proto::handshake::Trees;
 use rekord::{Db, Error, Event, Key, SyncConfig, SyncEvent};
-use rekord_server::{Config, LocalConnector, Server};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const APP: &str = "workshop";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -31,122 +23,20 @@ pub struct Tool {
     pub name: String,
 }
 
-/// The server's in-process connector, counting the streams it opened and those still
-/// alive (a stream is gone once both its halves are dropped, which is when the server's
-/// session sees its end).
-struct Counting {
-    server: LocalConnector,
-    opened: Arc<AtomicUsize>,
-    alive: Arc<AtomicUsize>,
-}
+#[path = "common/local.rs"]
+mod local;
 
-struct Counted {
-    inner: tokio::io::DuplexStream,
-    alive: Arc<AtomicUsize>,
-}
+use local::{Counting, InProcess};
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.alive.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Connect for Counting {
-    fn connect(&self) -> WireFuture<'static, Result<Box<dyn ByteStream>, NetError>> {
-        let stream = self
-            .server
-            .connect()
-            .map(|inner| {
-                self.opened.fetch_add(1, Ordering::SeqCst);
-                self.alive.fetch_add(1, Ordering::SeqCst);
-                Box::new(Counted {
-                    inner,
-                    alive: self.alive.clone(),
-                }) as Box<dyn ByteStream>
-            })
-            .map_err(|e| NetError::Closed(e.to_string()));
-        Box::pin(async move { stream })
-    }
-}
-
-struct Served {
-    connector: Arc<Counting>,
-    token: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), rekord_server::ServerError>>,
-}
+type Served = InProcess<Counting>;
 
 fn serve(dir: &std::path::Path) -> Served {
-    let server = Server::bind(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        app: APP.into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let token = server.store().issue("all", Trees::All, Trees::All).unwrap();
-    let connector = Arc::new(Counting {
-        server: server.local_connector(),
-        opened: Arc::new(AtomicUsize::new(0)),
-        alive: Arc::new(AtomicUsize::new(0)),
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-    Served {
-        connector,
-        token,
-        stop,
-        task,
-    }
+    local::serve(dir, APP, Counting::new)
 }
 
 impl Served {
     fn config(&self) -> SyncConfig {
-        SyncConfig::new("0.0.0.0:0".parse().unwrap(), APP, &self.token)
-            .connector(self.connector.clone())
-    }
-
-    fn alive(&self) -> usize {
-        self.connector.alive.load(Ordering::SeqCst)
-    }
-
-    fn opened(&self) -> usize {
-        self.connector.opened.load(Ordering::SeqCst)
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
+        self.base_config()
     }
 }
 

@@ -7,14 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rekord::net::{ByteStream, Connect, NetError, WireFuture};
-use rekord::proto::handshake::Trees;
 use rekord::{Db, Error, Event, Key, SyncConfig, SyncEvent};
-use rekord_server::{Config, LocalConnector, Server};
+use rekord_server::LocalConnector;
 use tokio::time::Instant;
 
 const APP: &str = "workshop";
@@ -53,49 +51,22 @@ impl Connect for Link {
     }
 }
 
+#[path = "common/local.rs"]
+mod local;
+
 /// A server in this process, and a token for every tree.
-struct Served {
-    link: Arc<Link>,
-    token: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), rekord_server::ServerError>>,
-}
+type Served = local::InProcess<Link>;
 
 fn serve(dir: &Path) -> Served {
-    let server = Server::bind(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        app: APP.into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let token = server.store().issue("all", Trees::All, Trees::All).unwrap();
-    let link = Arc::new(Link {
-        server: server.local_connector(),
+    local::serve(dir, APP, |server| Link {
+        server,
         up: AtomicBool::new(true),
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-    Served {
-        link,
-        token,
-        stop,
-        task,
-    }
+    })
 }
 
 impl Served {
     fn config(&self) -> SyncConfig {
-        SyncConfig::new("0.0.0.0:0".parse().unwrap(), APP, &self.token)
-            .connector(self.link.clone())
-            .timeout(Duration::from_secs(5))
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
+        self.base_config().timeout(Duration::from_secs(5))
     }
 }
 
@@ -225,7 +196,7 @@ async fn an_hour_offline_costs_no_wall_time_and_loses_nothing() {
             let virtual_start = Instant::now();
             // The network goes down: B, reopened, cannot connect, and writes for an hour
             // (of virtual time: each retry's backoff passes at once).
-            served.link.up.store(false, Ordering::SeqCst);
+            served.connector.up.store(false, Ordering::SeqCst);
             drop(pb);
             drop(b);
             drive_b.await.unwrap();
@@ -243,7 +214,7 @@ async fn an_hour_offline_costs_no_wall_time_and_loses_nothing() {
             assert!(Instant::now() - virtual_start >= Duration::from_secs(3600));
             assert!(!b.sync_status().unwrap().online);
             assert_eq!(b.sync_status().unwrap().outbox, 50);
-            served.link.up.store(true, Ordering::SeqCst);
+            served.connector.up.store(true, Ordering::SeqCst);
             until("B's outbox drains", || {
                 b.sync_status().is_some_and(|s| s.online && s.outbox == 0)
             })
@@ -292,13 +263,13 @@ async fn exit_right_after_a_merge_then_reopen_converges() {
                 a.sync_status().unwrap().outbox == 0
             })
             .await;
-            served.link.up.store(false, Ordering::SeqCst);
+            served.connector.up.store(false, Ordering::SeqCst);
             let (b, drive_b) = replica(&pb_path, served.config());
             let sub = b.subscribe();
             let db_ = b.tree::<Doc>().unwrap();
             db_.update(doc, |d| d.b = 1).unwrap();
             // Back online: the server refuses B's edit with a conflict, B merges...
-            served.link.up.store(true, Ordering::SeqCst);
+            served.connector.up.store(true, Ordering::SeqCst);
             let start = Instant::now();
             loop {
                 let merged = std::iter::from_fn(|| sub.try_next())

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rekord::{Db, Error};
@@ -108,31 +108,24 @@ fn a_client_process_aborting_at_random_instants_loses_and_duplicates_nothing() {
     let token = token(&data);
     let server = ServerProcess::start(&data, "127.0.0.1:0");
     let path = tmp.path().join("a.rekord");
-    let exe = std::env::current_exe().unwrap();
     let mut reported = Vec::new();
     let mut rng = Rng(0x5eed_d21f);
     for round in 0..12u64 {
         let seed = rng.next();
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "redteam_driver_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(
-                CHILD_ENV,
-                format!(
-                    "{}|{}|{}|{seed}|{round}",
-                    path.display(),
-                    server.addr,
-                    token
-                ),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = process::child(
+            "redteam_driver_child",
+            CHILD_ENV,
+            format!(
+                "{}|{}|{}|{seed}|{round}",
+                path.display(),
+                server.addr,
+                token
+            ),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

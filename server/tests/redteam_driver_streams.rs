@@ -5,17 +5,10 @@
 //! reaches the server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rekord::net::{ByteStream, Connect, NetError, WireFuture};
-use rekord::proto::handshake::Trees;
 use rekord::{Db, Error, SyncConfig};
-use rekord_server::{Config, LocalConnector, Server};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const APP: &str = "workshop";
 const LIMIT: Duration = Duration::from_secs(60);
@@ -27,134 +20,20 @@ pub struct Part {
     pub qty: u32,
 }
 
-/// Streams numbered from 0 in the order opened; those below `stall_below` carry nothing
-/// more: neither way (`mode` 0), or only the client's writes (`mode` 1).
-struct Counting {
-    server: LocalConnector,
-    opened: Arc<AtomicUsize>,
-    alive: Arc<AtomicUsize>,
-    stall_below: Arc<AtomicUsize>,
-    /// 0: stall reads and writes; 1: writes only.
-    mode: Arc<AtomicUsize>,
-}
+#[path = "common/local.rs"]
+mod local;
 
-struct Counted {
-    inner: tokio::io::DuplexStream,
-    index: usize,
-    alive: Arc<AtomicUsize>,
-    stall_below: Arc<AtomicUsize>,
-    mode: Arc<AtomicUsize>,
-}
+use local::{Counting, InProcess};
 
-impl Counted {
-    fn stalled(&self) -> bool {
-        self.index < self.stall_below.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.alive.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.stalled() && self.mode.load(Ordering::SeqCst) == 0 {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.stalled() {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.stalled() {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Connect for Counting {
-    fn connect(&self) -> WireFuture<'static, Result<Box<dyn ByteStream>, NetError>> {
-        let stream = self
-            .server
-            .connect()
-            .map(|inner| {
-                let index = self.opened.fetch_add(1, Ordering::SeqCst);
-                self.alive.fetch_add(1, Ordering::SeqCst);
-                Box::new(Counted {
-                    inner,
-                    index,
-                    alive: self.alive.clone(),
-                    stall_below: self.stall_below.clone(),
-                    mode: self.mode.clone(),
-                }) as Box<dyn ByteStream>
-            })
-            .map_err(|e| NetError::Closed(e.to_string()));
-        Box::pin(async move { stream })
-    }
-}
-
-struct Served {
-    connector: Arc<Counting>,
-    token: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), rekord_server::ServerError>>,
-}
+type Served = InProcess<Counting>;
 
 fn serve(dir: &std::path::Path) -> Served {
-    let server = Server::bind(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        app: APP.into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let token = server.store().issue("all", Trees::All, Trees::All).unwrap();
-    let connector = Arc::new(Counting {
-        server: server.local_connector(),
-        opened: Arc::new(AtomicUsize::new(0)),
-        alive: Arc::new(AtomicUsize::new(0)),
-        stall_below: Arc::new(AtomicUsize::new(0)),
-        mode: Arc::new(AtomicUsize::new(0)),
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-    Served {
-        connector,
-        token,
-        stop,
-        task,
-    }
+    local::serve(dir, APP, Counting::new)
 }
 
 impl Served {
     fn config(&self) -> SyncConfig {
-        SyncConfig::new("0.0.0.0:0".parse().unwrap(), APP, &self.token)
-            .connector(self.connector.clone())
+        self.base_config()
             .timeout(Duration::from_millis(600))
             .idle_timeout(Duration::from_millis(400))
             .retry(
@@ -162,22 +41,6 @@ impl Served {
                     .initial(Duration::from_millis(10))
                     .max(Duration::from_millis(50)),
             )
-    }
-    fn alive(&self) -> usize {
-        self.connector.alive.load(Ordering::SeqCst)
-    }
-    fn opened(&self) -> usize {
-        self.connector.opened.load(Ordering::SeqCst)
-    }
-    /// Every stream open now stops carrying bytes.
-    fn stall_all(&self) {
-        self.connector
-            .stall_below
-            .store(self.opened(), Ordering::SeqCst);
-    }
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
     }
 }
 

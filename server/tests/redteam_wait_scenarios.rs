@@ -289,23 +289,16 @@ fn spawn_editor(env: &Env) -> Child {
 }
 
 fn spawn_child(path: &Path, addr: std::net::SocketAddr, token: &str, id: &str) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "rw_child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(
-            CHILD_ENV,
-            format!("{}|{}|{}|{}", path.display(), addr, token, id),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = process::child(
+        "rw_child_process",
+        CHILD_ENV,
+        format!("{}|{}|{}|{}", path.display(), addr, token, id),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     loop {

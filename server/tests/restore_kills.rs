@@ -5,7 +5,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use rekord::{Db, Key, SyncConfig};
@@ -71,29 +71,25 @@ fn spawn(
     addr: std::net::SocketAddr,
     token: &str,
 ) -> (Child, BufReader<std::process::ChildStdout>) {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "redteam_client_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, format!("{}|{}|{}", path.display(), addr, token))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(match std::env::var_os("REDTEAM_CHILD_LOG") {
-            Some(f) => Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(f)
-                    .unwrap(),
-            ),
-            None => Stdio::null(),
-        })
-        .spawn()
-        .unwrap();
+    let mut child = process::child(
+        "redteam_client_process",
+        CHILD_ENV,
+        format!("{}|{}|{}", path.display(), addr, token),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(match std::env::var_os("REDTEAM_CHILD_LOG") {
+        Some(f) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    })
+    .spawn()
+    .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     loop {

@@ -298,20 +298,16 @@ fn redteam_s6_client_process() {
 }
 
 fn spawn(path: &Path, addr: std::net::SocketAddr, token: &str) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "redteam_s6_client_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, format!("{}|{}|{}", path.display(), addr, token))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = process::child(
+        "redteam_s6_client_process",
+        CHILD_ENV,
+        format!("{}|{}|{}", path.display(), addr, token),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     loop {

@@ -331,14 +331,7 @@ fn foreign_writer_child() {
 fn an_unclean_file_of_another_application_is_refused_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("other-app.redb");
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "foreign_writer_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(FOREIGN_CHILD, &path)
+    let status = process::child("foreign_writer_child", FOREIGN_CHILD, &path)
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();

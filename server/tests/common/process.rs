@@ -197,3 +197,14 @@ pub fn identity(data: &Path) -> (String, String, Vec<String>) {
     let fingerprint = field("fingerprint ").remove(0);
     (uuid, fingerprint, field("web-hash "))
 }
+
+/// This test binary, run again to execute only its test `test` (a child process's part,
+/// which reads its role from the environment variable `env`, set to `spec`). Standard input,
+/// output and error are left for the caller to set.
+pub fn child(test: &str, env: &str, spec: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, spec);
+    command
+}
