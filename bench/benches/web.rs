@@ -5,6 +5,10 @@
 //! on loopback); bulk sync of 100,000 records into a fresh browser replica beside a fresh
 //! native one.
 //!
+//! A propagation sample starts before A's create begins, so it includes A's own commit; the
+//! native senders' rows are also given from the end of A's commit (each create's duration
+//! taken off its sample), the instant the change exists on A.
+//!
 //! The floor of propagation is one round trip plus one durable commit (the server commits a
 //! change durably before anyone hears of it); ratios are to that floor of the same run.
 //! Browser timestamps are `performance.timeOrigin + performance.now()` (microsecond-grained:
@@ -526,12 +530,28 @@ fn idb_growth(page_port: u16, n: usize) {
     }
 }
 
-/// `n` stamped creates on `parts`, `gap` apart.
-fn send(parts: &rekord::Tree<Part>, n: usize, gap: Duration) {
+/// `n` stamped creates on `parts`, `gap` apart; how long each create took (the stamp is
+/// taken before it begins).
+fn send(parts: &rekord::Tree<Part>, n: usize, gap: Duration) -> Vec<Duration> {
+    let mut took = Vec::with_capacity(n);
     for i in 0..n {
+        let t = Instant::now();
         create(parts, format!("t={}", epoch_us()), i as u32);
+        took.push(t.elapsed());
         std::thread::sleep(gap);
     }
+    took
+}
+
+/// `latencies` (stamped before each create, in the order the creates were made: one
+/// sender, and the server keeps its order) measured from the end of each create instead.
+fn from_commit(latencies: &[Duration], took: &[Duration]) -> Vec<Duration> {
+    assert_eq!(latencies.len(), took.len(), "one latency per create");
+    latencies
+        .iter()
+        .zip(took)
+        .map(|(l, t)| l.saturating_sub(*t))
+        .collect()
 }
 
 fn main() {
@@ -596,8 +616,9 @@ fn main() {
         let b = b.clone();
         std::thread::spawn(move || receive(&b, &sub_b, n))
     };
-    send(&pa, n, gap);
+    let took_n2n = send(&pa, n, gap);
     let mut n2n = receiver.join().unwrap();
+    let mut n2n_committed = from_commit(&n2n, &took_n2n);
 
     // Native -> browser, and browser -> native.
     let url = format!("https://127.0.0.1:{}/rekord", served.addr.port());
@@ -614,8 +635,9 @@ fn main() {
         (page, samples(&v))
     });
     std::thread::sleep(Duration::from_millis(200));
-    send(&pa, n, gap);
+    let took_n2b = send(&pa, n, gap);
     let (mut page, mut n2b) = page_thread.join().unwrap();
+    let mut n2b_committed = from_commit(&n2b, &took_n2b);
     let sub_a = a.subscribe();
     let receiver = {
         let a = a.clone();
@@ -735,6 +757,8 @@ fn main() {
         &mut relay_b2n,
         &mut n2n,
         &mut n2b,
+        &mut n2n_committed,
+        &mut n2b_committed,
         &mut b2n,
         &mut b2n_relaxed,
         &mut b2n_slow,
@@ -792,6 +816,18 @@ fn main() {
     for (name, v, floor, target) in [
         ("native -> native", &n2n, native_floor, 1.3),
         ("native -> browser", &n2b, browser_floor, 2.0),
+        (
+            "native -> native, from the end of A's commit",
+            &n2n_committed,
+            native_floor,
+            1.3,
+        ),
+        (
+            "native -> browser, from the end of A's commit",
+            &n2b_committed,
+            browser_floor,
+            2.0,
+        ),
         ("browser -> native", &b2n, browser_floor, 2.0),
         (
             "browser (relaxed) -> native",
