@@ -1138,6 +1138,14 @@ impl local::Write for Txn<'_> {
             {
                 meta.insert(JOURNAL_UNKNOWN_FLOOR, common.to_le_bytes().as_slice())?;
             }
+            // So are the pruned rows of known numbers past it: the journal past the shared
+            // point is the new history's only (rows below go, rows from the cursor on come
+            // with the changes received again), complete until retention prunes it.
+            if let Some(floor) = meta_u64(&meta, JOURNAL_FLOOR)?
+                && floor > common
+            {
+                meta.insert(JOURNAL_FLOOR, common.to_le_bytes().as_slice())?;
+            }
         }
         // Optimistic edits based on changes the server lost are based on the shared point
         // instead (a change made since by another replica is then a conflict, merged as

@@ -152,3 +152,101 @@ fn restore_after_pruning_an_unknown_row(tree: &str) -> (u64, bool) {
     drop(server);
     restored
 }
+
+/// The journal floor after a reconciliation: the rows past the shared point are gone with
+/// the old history, and the new history's rows past it are journaled as they arrive, so a
+/// later restore to a point between the shared point and the old floor has a complete
+/// journal. (The floor stayed where pruning under the old history had raised it, and every
+/// such later restore said its reconciliation may be incomplete.)
+#[test]
+fn a_restore_after_a_reconciliation_that_lowered_the_journal_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let token = token(&data);
+    let server = ServerProcess::start(&data, "127.0.0.1:0");
+    let addr = server.addr;
+    let pa = tmp.path().join("a.rekord");
+    let (bk1, bk2) = (tmp.path().join("bk1.redb"), tmp.path().join("bk2.redb"));
+    let retention = Duration::from_secs(4);
+    let acfg = || {
+        config(addr, &token).journal_retention(retention).retry(
+            rekord::Retry::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(100)),
+        )
+    };
+    let b = Db::memory_synced(config(addr, &token)).unwrap();
+    b.wait_caught_up(WAIT).unwrap();
+    let pb = b.tree::<Part>().unwrap();
+    let a = open_with(&pa, acfg());
+    let p1 = pb
+        .create(&Part {
+            name: "p1".into(),
+            qty: 1,
+        })
+        .unwrap();
+    settle(&b);
+    assert!(shared::eventually("A to receive p1", || {
+        a.tree::<Part>().unwrap().len().unwrap() == 1
+    }));
+    process::backup(&data, &bk1);
+    // Three changes past the first backup, which A journals and, once older than the
+    // retention, prunes (its next session): the floor rises to the third's number.
+    for qty in 2..5 {
+        pb.update(p1, |p| p.qty = qty).unwrap();
+        settle(&b);
+    }
+    assert!(shared::eventually("A to receive the updates", || {
+        a.tree::<Part>().unwrap().get(p1).is_ok_and(|p| p.qty == 4)
+    }));
+    drop(a);
+    std::thread::sleep(retention + Duration::from_millis(500));
+    let a = open_with(&pa, acfg());
+    let sub = a.subscribe();
+    let restored = |sub: &rekord::Subscription| loop {
+        match sub.recv_timeout(WAIT) {
+            Some(Event::Sync(SyncEvent::Restored {
+                common, incomplete, ..
+            })) => break (common, incomplete),
+            Some(_) => {}
+            None => panic!("A did not reconcile with the restored server"),
+        }
+    };
+    // The first restore: pruned rows past its shared point, rightly incomplete.
+    let server = process::restore(server, &data, &bk1);
+    let (first, incomplete) = restored(&sub);
+    assert!(
+        incomplete,
+        "rows past the shared point {first} were pruned, yet the journal is called complete"
+    );
+    a.wait_caught_up(WAIT).unwrap();
+    settle(&b);
+    // The new history: a change A journals, a backup, one more change.
+    let p2 = pb
+        .create(&Part {
+            name: "p2".into(),
+            qty: 1,
+        })
+        .unwrap();
+    settle(&b);
+    assert!(shared::eventually("A to receive p2", || {
+        a.tree::<Part>().unwrap().get(p2).is_ok()
+    }));
+    process::backup(&data, &bk2);
+    pb.update(p2, |p| p.qty = 2).unwrap();
+    settle(&b);
+    assert!(shared::eventually("A to receive p2's update", || {
+        a.tree::<Part>().unwrap().get(p2).is_ok_and(|p| p.qty == 2)
+    }));
+    // The second restore, to a point past the first's shared point and below the old
+    // floor, well within the retention: every row past it is here.
+    let server = process::restore(server, &data, &bk2);
+    let (second, incomplete) = restored(&sub);
+    assert!(second > first, "{second} after {first}");
+    assert!(
+        !incomplete,
+        "the reconciliation from {second} says its journal may be incomplete, though no row \
+         past it was pruned (the first restore's shared point was {first})"
+    );
+    drop(server);
+}

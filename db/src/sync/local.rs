@@ -441,7 +441,8 @@ pub(crate) trait Write {
     /// A reconciliation's rewind to shared point `common` (the cursor going back to
     /// `back`): the subscription coverage goes back with the cursor, the new `lineage` is
     /// stored (and the shared point, when records wait to be taken back), optimistic
-    /// edits based past it are based on it instead, and journal rows past it go.
+    /// edits based past it are based on it instead, and journal rows past it go (the journal
+    /// floors come down to it).
     fn rewind(
         &mut self,
         common: u64,
