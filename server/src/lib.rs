@@ -148,8 +148,14 @@
 //!   shares its predecessor's changes), and moves the id allocator and the holder numbers
 //!   past anything the previous run can have handed out (by 2^44 ids and 2^20 holder
 //!   numbers on the first start of a file written by `backup`, by 2^40 and 2^10 on every
-//!   other start). So sequence numbers of the lost history are never mistaken for the new
-//!   history's, and no id range or holder number is granted twice.
+//!   other start), and past the data directory's high-water marks (the file `allocated`:
+//!   the end of every id range and the holder number past every one this directory's
+//!   server ever handed out, raised durably before each grant; a restore replaces
+//!   `server.redb` only, so the marks remember what the lost history handed out, also
+//!   over many starts or when one backup is restored twice). So sequence numbers of the
+//!   lost history are never mistaken for the new history's, and no id range or holder
+//!   number is granted twice. (Restored into another data directory, without the marks,
+//!   the gaps alone keep this while fewer were handed out between backup and restore.)
 //! - **Replicas reconcile.** Every hello carries the lineage; a replica that synced with a
 //!   history the server no longer descends from ([`rekord::SyncEvent::Restored`]) sends
 //!   again what it changed after the last shared change (its records as they are, with the

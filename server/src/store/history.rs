@@ -12,7 +12,14 @@ use super::*;
 /// are wider ([`RESTORE_ID_GAP`], [`RESTORE_HOLDER_GAP`]); other openings use
 /// [`START_ID_GAP`] and [`START_HOLDER_GAP`] (a file copied by other means and restored is
 /// safe while fewer ids and clients were handed out between copy and restore).
-pub(super) fn open_history(txn: &redb::WriteTransaction, path: &Path) -> Result<(), ServerError> {
+/// The allocators also start past `marks`, the data directory's high-water marks (see
+/// `allocated`): what this directory's server handed out on any file, which a restored
+/// copy cannot know.
+pub(super) fn open_history(
+    txn: &redb::WriteTransaction,
+    path: &Path,
+    marks: super::allocated::Marks,
+) -> Result<(), ServerError> {
     let mut history = txn.open_table(HISTORY)?;
     let mut meta = txn.open_table(META)?;
     let restored = meta.remove(RESTORE_PENDING)?.is_some();
@@ -28,16 +35,18 @@ pub(super) fn open_history(txn: &redb::WriteTransaction, path: &Path) -> Result<
         (START_ID_GAP, START_HOLDER_GAP)
     };
     let next_id = meta.get("next_id")?.map(|g| g.value());
-    if let Some(next_id) = next_id {
-        let end = next_id.saturating_add(id_gap);
+    if next_id.is_some() || marks.ids > 0 {
+        let from = next_id.unwrap_or(FIRST_ID);
+        let end = from.max(marks.ids).saturating_add(id_gap);
         meta.insert("next_id", end)?;
-        txn.open_table(LOST_IDS)?.insert(next_id, end)?;
+        txn.open_table(LOST_IDS)?.insert(from, end)?;
     }
     let next_holder = meta.get("next_holder")?.map(|g| g.value());
-    if let Some(next_holder) = next_holder {
+    if next_holder.is_some() || marks.holders > 0 {
+        let from = next_holder.unwrap_or(u64::from(FIRST_HOLDER));
         meta.insert(
             "next_holder",
-            next_holder
+            from.max(marks.holders)
                 .saturating_add(holder_gap)
                 .min(u64::from(u32::MAX)),
         )?;

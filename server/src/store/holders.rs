@@ -118,6 +118,8 @@ impl Store {
                         ServerError::Database("every holder number is taken".into())
                     })?;
                     meta.insert("next_holder", next + 1)?;
+                    // Past the high-water mark first: a restored copy starts past it.
+                    self.raise_marks(0, next + 1)?;
                     holders.insert(key, n)?;
                     n
                 }

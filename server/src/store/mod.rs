@@ -32,6 +32,7 @@ use rekord::proto::{Change, ChangeKind, EntryOutcome, Refusal, RemoteError, Revi
 
 use crate::ServerError;
 
+mod allocated;
 mod borrows;
 mod changes;
 mod entries;
@@ -184,6 +185,10 @@ pub struct Store {
     /// (see `put_schema`), and parsing its RON for every request cost more than the rest of
     /// applying a one-change entry. At most `max_schemas` of them.
     parsed: std::sync::Mutex<Parsed>,
+    /// The data directory (where the allocators' high-water marks are kept).
+    dir: PathBuf,
+    /// The allocators' high-water marks, as stored (see `allocated`).
+    marks: std::sync::Mutex<allocated::Marks>,
 }
 
 macro_rules! from_redb {
@@ -251,7 +256,8 @@ impl Store {
         txn.open_table(ENTRIES)?;
         txn.open_table(LOST_IDS)?;
         migrate_outcomes(&txn)?;
-        open_history(&txn, &path)?;
+        let marks = allocated::Marks::load(data_dir)?;
+        open_history(&txn, &path, marks)?;
         txn.commit()?;
         Ok(Self {
             db,
@@ -262,6 +268,8 @@ impl Store {
             ),
             max_schemas: std::sync::atomic::AtomicU32::new(crate::Limits::default().max_schemas),
             parsed: std::sync::Mutex::new(Parsed::new()),
+            dir: data_dir.to_path_buf(),
+            marks: std::sync::Mutex::new(marks),
         })
     }
 
@@ -594,6 +602,82 @@ mod tests {
         let third = Store::open(again.path()).unwrap().history().unwrap();
         assert_eq!(third.len(), 2);
         assert_ne!(third[1].0, lineage2[1].0);
+    }
+
+    /// Puts `copy` back as the database of `dir` (a restore in place: the data directory
+    /// and its other files stay).
+    fn restore_in_place(dir: &Path, copy: &Path) -> Store {
+        std::fs::copy(copy, dir.join(DB_FILE)).unwrap();
+        Store::open(dir).unwrap()
+    }
+
+    #[test]
+    fn one_backup_restored_twice_hands_out_no_id_or_holder_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("backup.redb");
+        let store = Store::open(dir.path()).unwrap();
+        store.issue("all", Trees::All, Trees::All).unwrap();
+        store.grant_range(2, 10).unwrap();
+        store.backup(&copy).unwrap();
+        drop(store);
+        // The first restore hands out a range and a holder number to a new client.
+        let first = restore_in_place(dir.path(), &copy);
+        let range = first.grant_range(2, 1000).unwrap();
+        let holder = first.connect([7; 16], "all").unwrap();
+        drop(first);
+        // The same backup again (a restore retried): both start from the same counters.
+        let second = restore_in_place(dir.path(), &copy);
+        let again = second.grant_range(3, 1000).unwrap();
+        assert!(
+            again.0 >= range.1,
+            "the second restore granted {again:?}, the first {range:?}"
+        );
+        let other = second.connect([8; 16], "all").unwrap();
+        assert!(other > holder, "holder {other} after {holder}");
+        // The client of the first restore's history takes its range back.
+        assert_eq!(second.reclaim(2, &[range]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn many_starts_between_a_backup_and_its_restore_hand_out_no_id_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("backup.redb");
+        let store = Store::open(dir.path()).unwrap();
+        store.grant_range(2, 10).unwrap();
+        store.backup(&copy).unwrap();
+        drop(store);
+        // Each start moves the allocator by START_ID_GAP; after 16 of them the server
+        // grants where a restore's gap (RESTORE_ID_GAP) from the backup's counter lands.
+        let mut last = (0, 0);
+        for _ in 0..(RESTORE_ID_GAP / START_ID_GAP + 1) {
+            let store = Store::open(dir.path()).unwrap();
+            last = store.grant_range(2, 10).unwrap();
+        }
+        let restored = restore_in_place(dir.path(), &copy);
+        let fresh = restored.grant_range(3, 10).unwrap();
+        assert!(fresh.0 >= last.1, "granted {fresh:?} after {last:?}");
+        // The lost history's last range is one a client of it may take back.
+        assert_eq!(restored.reclaim(2, &[last]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_damaged_high_water_file_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.grant_range(2, 10).unwrap();
+        drop(store);
+        let marks = dir.path().join(allocated::FILE);
+        let text = std::fs::read_to_string(&marks).unwrap();
+        assert!(text.starts_with("ids "), "{text}");
+        std::fs::write(&marks, "ids twelve\n").unwrap();
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a damaged high-water file was accepted")
+        };
+        let said = e.to_string();
+        assert!(
+            said.contains("damaged") && said.contains("restored"),
+            "{said}"
+        );
     }
 
     #[rekord::record(tree = "t", version = 1)]

@@ -21,6 +21,8 @@ impl Store {
             txn.open_table(RANGES)?.insert((holder, start), end)?;
             (start, end)
         };
+        // Past the high-water mark first: a restored copy starts past it.
+        self.raise_marks(range.1, 0)?;
         txn.commit()?;
         Ok(range)
     }
