@@ -138,6 +138,11 @@ async fn open_page(target: &WebTarget, pin: Option<&Pin>) -> Result<Wire, NetErr
     }
     let transport = JsWebTransport::new(&target.url, &options)
         .map_err(|e| unreachable(target, format!("no WebTransport session: {}", text(&e))))?;
+    // Closed unless handed over: a session given up on (the attempt timed out, or failed
+    // past this point) must not stay open in the browser. Chromium keeps an abandoned
+    // handshake going, and later attempts to the same server wait behind those (a tab
+    // then never reconnected after an outage of a few seconds).
+    let mut abandon = Abandon(Some(transport.clone()));
     // A failed session also rejects `closed`: awaited here, so it is no unhandled rejection.
     let closed = JsFuture::from(transport.closed());
     wasm_bindgen_futures::spawn_local(async move {
@@ -157,6 +162,7 @@ async fn open_page(target: &WebTarget, pin: Option<&Pin>) -> Result<Wire, NetErr
     let writer = writable
         .get_writer()
         .map_err(|e| NetError::Closed(text(&e)))?;
+    abandon.0 = None;
     Ok(Wire {
         conn: Box::new(BrowserConn {
             transport,
@@ -174,11 +180,31 @@ async fn open_page(target: &WebTarget, pin: Option<&Pin>) -> Result<Wire, NetErr
     })
 }
 
+/// Closes a WebTransport session being opened if the attempt ends without handing it
+/// over (also when the attempt's future is dropped at its timeout).
+struct Abandon(Option<JsWebTransport>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(transport) = self.0.take() {
+            let _ = transport.close(&JsValue::UNDEFINED);
+        }
+    }
+}
+
 /// The page's WebTransport session.
 #[derive(Debug)]
 struct BrowserConn {
     transport: JsWebTransport,
     url: String,
+}
+
+/// A session no one holds any more is closed (as a QUIC connection is once its last
+/// handle is dropped); closing one already closed does nothing.
+impl Drop for BrowserConn {
+    fn drop(&mut self) {
+        let _ = self.transport.close(&JsValue::UNDEFINED);
+    }
 }
 
 impl ConnWire for BrowserConn {
@@ -213,7 +239,12 @@ impl SendWire for BrowserSend {
     }
 
     fn finish(&mut self) {
-        let _ = self.0.close();
+        // Awaited beside: a stream the session's end errored rejects the close, which must
+        // not be an unhandled rejection.
+        let closed = JsFuture::from(self.0.close());
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = closed.await;
+        });
     }
 }
 

@@ -1465,6 +1465,11 @@ impl crate::Db {
     /// [`Db::open_browser`] cannot be opened synced, nor the other way round
     /// ([`Error::Mode`]).
     ///
+    /// The leading tab stores the database before it connects (the replica's identity,
+    /// made with a new database, must outlive the tab before the server grants it
+    /// anything): if the browser refuses to store it, the open fails with
+    /// [`Error::QuotaExceeded`] or [`Error::Browser`].
+    ///
     /// [`Db::open_browser`]: crate::Db::open_browser
     pub async fn open_browser_synced(name: &str, config: crate::SyncConfig) -> Result<crate::Db> {
         crate::Db::open_browser_synced_with(
@@ -1506,6 +1511,10 @@ impl crate::Db {
             crate::Db::prepare_sync(&db.inner, &config)?;
             return Ok(db);
         }
+        // Stored before the server first hears of it: the replica's identity (made with a
+        // new database). A tab that died before its first store would come back as another
+        // replica, and what the server granted the lost one (a borrow) stayed its forever.
+        db.flush().await?;
         crate::Db::start_sync(db, config)
     }
 
