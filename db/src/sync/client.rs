@@ -62,6 +62,15 @@ pub(crate) struct Link {
 /// How many refusal reasons [`Link`] keeps for write-through writers.
 const REASONS_KEPT: usize = 1024;
 
+/// How long a browser's connection attempt may take to open before the client gives up on
+/// it (its handshake then is bounded by the client's timeout, as natively). Chromium holds
+/// a page's WebTransport handshakes back after failed ones (each failure counts for minutes;
+/// the wait grows to a minute, times up to 1.5), and a handshake given up on counts as one
+/// more failure: a tab that gave up at its short timeout never reconnected after an outage
+/// of a few seconds, each attempt cancelled before the browser started it.
+#[cfg(target_arch = "wasm32")]
+const BROWSER_OPEN_WAIT: Duration = Duration::from_secs(100);
+
 impl Link {
     /// The bound on each request to the server ([`SyncConfig::timeout`]).
     pub(crate) fn timeout(&self) -> Duration {
@@ -815,7 +824,16 @@ impl Client {
         hello: &ClientConfig,
         pin: Option<&Pin>,
     ) -> std::result::Result<Session, End> {
-        let options = net::ConnectOptions::default().timeout(self.config.timeout);
+        // A browser's connection may take longer to open than the client waits for an
+        // answer: see [`BROWSER_OPEN_WAIT`].
+        #[cfg(target_arch = "wasm32")]
+        let (open_for, bound) = {
+            let open_for = self.config.timeout.max(BROWSER_OPEN_WAIT);
+            (open_for, open_for.saturating_add(self.config.timeout))
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        let (open_for, bound) = (self.config.timeout, self.config.timeout);
+        let options = net::ConnectOptions::default().timeout(open_for);
         let target = self.dial_target()?;
         // The pinned server identity travels in the hello and is checked by the session.
         let mut hello = hello.clone();
@@ -838,11 +856,11 @@ impl Client {
             };
             Session::start_on(wire, &hello, timeout).await
         };
-        match crate::rt::timeout(timeout, connecting).await {
+        match crate::rt::timeout(bound, connecting).await {
             Some(session) => Ok(session?),
             None => Err(NetError::Timeout {
                 what: "connecting and the handshake",
-                after: timeout,
+                after: bound,
             }
             .into()),
         }
