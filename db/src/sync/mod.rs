@@ -410,6 +410,9 @@ pub struct SyncConfig {
     /// Bound on connecting and on each request (default 10 s). A request's answer must
     /// arrive whole within it, and a catch-up's answers can be megabytes: on a slow link
     /// keep it long (a 24 MiB catch-up with 2 s, in a debug build, was cut off 15 times).
+    /// In a browser, opening the connection may take up to 100 s (Chromium holds a page's
+    /// WebTransport handshakes back after failed ones; an attempt given up on would count as
+    /// one more failure); the handshake after it has this bound.
     pub timeout: Duration,
     /// Refuse local writes ([`crate::Error::OutboxFull`], nothing changed) once the outbox
     /// holds this many bytes (default `None`: no limit).
