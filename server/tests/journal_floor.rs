@@ -22,6 +22,19 @@ use shared::{Note, Part, WAIT, open_with};
 const JOURNAL: redb::TableDefinition<(u64, &str, u64), u64> =
     redb::TableDefinition::new("rekord.journal");
 
+/// The shared point and `incomplete` of the next reconciliation `sub` hears of.
+fn restored(sub: &rekord::Subscription) -> (u64, bool) {
+    loop {
+        match sub.recv_timeout(WAIT) {
+            Some(Event::Sync(SyncEvent::Restored {
+                common, incomplete, ..
+            })) => return (common, incomplete),
+            Some(_) => {}
+            None => panic!("A did not reconcile with the restored server"),
+        }
+    }
+}
+
 fn settle(db: &Db) {
     db.wait_pushed(WAIT).unwrap();
     db.wait_caught_up(WAIT).unwrap();
@@ -140,15 +153,7 @@ fn restore_after_pruning_an_unknown_row(tree: &str) -> (u64, bool) {
     }));
     let sub = a.subscribe();
     let server = process::restore(server, &data, &bk);
-    let restored = loop {
-        match sub.recv_timeout(WAIT) {
-            Some(Event::Sync(SyncEvent::Restored {
-                common, incomplete, ..
-            })) => break (common, incomplete),
-            Some(_) => {}
-            None => panic!("A did not reconcile with the restored server"),
-        }
-    };
+    let restored = restored(&sub);
     drop(server);
     restored
 }
@@ -203,15 +208,6 @@ fn a_restore_after_a_reconciliation_that_lowered_the_journal_is_complete() {
     std::thread::sleep(retention + Duration::from_millis(500));
     let a = open_with(&pa, acfg());
     let sub = a.subscribe();
-    let restored = |sub: &rekord::Subscription| loop {
-        match sub.recv_timeout(WAIT) {
-            Some(Event::Sync(SyncEvent::Restored {
-                common, incomplete, ..
-            })) => break (common, incomplete),
-            Some(_) => {}
-            None => panic!("A did not reconcile with the restored server"),
-        }
-    };
     // The first restore: pruned rows past its shared point, rightly incomplete.
     let server = process::restore(server, &data, &bk1);
     let (first, incomplete) = restored(&sub);

@@ -42,13 +42,6 @@ use rekord::Key;
 use std::time::{Duration, Instant};
 use tabs::*;
 
-fn restart(s: &mut Setup) {
-    if let Some(old) = s.server.take() {
-        old.kill();
-    }
-    s.server = Some(start(&s.data, &s.addr.to_string(), s.page_port));
-}
-
 /// Native creates part `name` (qty) and gives its borrow back; its id.
 fn native_free_part(s: &Setup, name: &str, qty: u32) -> u64 {
     let k = s
@@ -289,7 +282,7 @@ fn rt23_tab_borrows_right_after_natives_offline_edit_arrives() {
     if r == "ok" {
         bad.push("the tab borrowed while the server was down".into());
     }
-    restart(&mut s);
+    s.restart();
     // The tab tries at once, over and over, and changes the quantity as soon as it has it.
     let js = format!(
         r#"const t0 = Date.now(); const errs = [];
@@ -364,7 +357,7 @@ fn rt23_tab_holds_across_a_kill_and_restart_while_native_tries() {
     } else if native_borrow(&s, id, 1).is_ok() {
         bad.push("native borrowed while the server was down".into());
     }
-    restart(&mut s);
+    s.restart();
     if no_native {
         std::thread::sleep(Duration::from_secs(5));
     }
@@ -473,7 +466,7 @@ fn rt23_token_revoked_while_the_tab_is_connected() {
     );
     made.extend(after);
     // A restart ends the session: the tab must be refused, say why, and keep its writes.
-    restart(&mut s);
+    s.restart();
     let offline = s.tabs.burst(0, "refused", 3);
     made.extend(offline.iter().cloned());
     s.tabs.ok(0, "await window.db.flush(); return null;");
@@ -623,7 +616,7 @@ fn rt23_tab_reloaded_while_the_server_is_down_reconnects() {
     let down: u64 = std::env::var("RT23_DOWN_MS").map_or(1500, |v| v.parse().unwrap());
     std::thread::sleep(Duration::from_millis(down));
     eprintln!("reloaded, server down: {}", s.tabs.status(0));
-    restart(&mut s);
+    s.restart();
     // RT23_WRITE_DURING=<ms>: the tab writes (one create every 50 ms) for that long right
     // after the server is back, while it reconnects.
     let during: u64 = std::env::var("RT23_WRITE_DURING").map_or(0, |v| v.parse().unwrap());
@@ -690,7 +683,7 @@ fn outage(down_ms: u64) -> Vec<String> {
     std::thread::sleep(Duration::from_millis(down_ms));
     let wt = s.tabs.ok(0, "return JSON.stringify(window.__wt);");
     eprintln!("down {down_ms} ms: {} ; sessions {wt}", s.tabs.status(0));
-    restart(&mut s);
+    s.restart();
     let start = Instant::now();
     let mut st = s.tabs.status(0);
     while !online(&st) && start.elapsed() < Duration::from_secs(60) {

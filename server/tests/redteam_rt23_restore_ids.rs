@@ -28,23 +28,6 @@ use rekord::Db;
 use std::time::{Duration, Instant};
 use tabs::*;
 
-/// Kills the server and starts it again on the same address (and origin).
-fn restart(s: &mut Setup) {
-    if let Some(old) = s.server.take() {
-        old.kill();
-    }
-    s.server = Some(start(&s.data, &s.addr.to_string(), s.page_port));
-}
-
-/// Kills the server, puts the backup `from` in place of its database, starts it again.
-fn restore_from(s: &mut Setup, from: &std::path::Path) {
-    if let Some(old) = s.server.take() {
-        old.kill();
-    }
-    std::fs::copy(from, s.data.join("server.redb")).unwrap();
-    s.server = Some(start(&s.data, &s.addr.to_string(), s.page_port));
-}
-
 /// Tab `t` creates up to `n` parts `prefix i` (qty i), stopping at the first "no ids"
 /// (offline, out of ids): the ones made.
 fn try_burst(s: &mut Setup, t: usize, prefix: &str, n: u32) -> Vec<(u64, String, u32)> {
@@ -97,10 +80,10 @@ fn case(how: Regrant) -> Vec<String> {
     match how {
         Regrant::Restarts(n) => {
             for _ in 0..n {
-                restart(&mut s);
+                s.restart();
             }
         }
-        Regrant::SameBackupTwice => restore_from(&mut s, &backup),
+        Regrant::SameBackupTwice => s.restore_from(&backup),
     }
     s.tabs
         .wait_status(0, "tab 0 online after the restarts", online);
@@ -120,7 +103,7 @@ fn case(how: Regrant) -> Vec<String> {
     s.tabs.ok(0, "await window.db.flush(); return null;");
     // The user closes the tab; the server comes back restored from the backup.
     s.tabs.op("close_tab", 0);
-    restore_from(&mut s, &backup);
+    s.restore_from(&backup);
     // Another replica connects first and creates.
     let other = Db::open_synced(
         s.dir.path().join("other.rekord"),

@@ -33,24 +33,6 @@ pub struct Doc {
     pub b: u32,
 }
 
-/// Kills the server and starts it again on the same address (and origin).
-#[allow(dead_code)]
-fn restart(s: &mut Setup) {
-    if let Some(old) = s.server.take() {
-        old.kill();
-    }
-    s.server = Some(start(&s.data, &s.addr.to_string(), s.page_port));
-}
-
-/// Kills the server, puts the backup `from` in place of its database, starts it again.
-fn restore_from(s: &mut Setup, from: &std::path::Path) {
-    if let Some(old) = s.server.take() {
-        old.kill();
-    }
-    std::fs::copy(from, s.data.join("server.redb")).unwrap();
-    s.server = Some(start(&s.data, &s.addr.to_string(), s.page_port));
-}
-
 fn native_status(s: &Setup) -> rekord::SyncStatus {
     s._native.sync_status().unwrap()
 }
@@ -306,7 +288,7 @@ fn restore_case_with(
         last = wait_leader(&mut s, &[1]);
         std::thread::sleep(Duration::from_millis(down_ms));
     }
-    restore_from(&mut s, &backup);
+    s.restore_from(&backup);
     if let Some(ms) = crash_ms {
         std::thread::sleep(Duration::from_millis(ms));
         s.tabs.op("crash", 0);

@@ -227,6 +227,25 @@ pub struct Setup {
     pub tabs: Tabs,
 }
 
+impl Setup {
+    /// Kills the server and starts it again on the same address (and origin).
+    pub fn restart(&mut self) {
+        if let Some(old) = self.server.take() {
+            old.kill();
+        }
+        self.server = Some(start(&self.data, &self.addr.to_string(), self.page_port));
+    }
+
+    /// Kills the server, puts the backup `from` in place of its database, starts it again.
+    pub fn restore_from(&mut self, from: &Path) {
+        if let Some(old) = self.server.take() {
+            old.kill();
+        }
+        std::fs::copy(from, self.data.join("server.redb")).unwrap();
+        self.server = Some(start(&self.data, &self.addr.to_string(), self.page_port));
+    }
+}
+
 pub fn setup() -> Setup {
     setup_page("synced.html")
 }
